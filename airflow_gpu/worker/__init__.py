@@ -1,0 +1,1 @@
+"""The container wing: runs inside the GPU image. It never imports airflow."""
