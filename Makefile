@@ -1,5 +1,6 @@
 # The two commands a newcomer needs: `make demo` and `make test`.
-# Both build .venv from scratch when it is missing (or when pyproject.toml changed).
+# Both build .venv from scratch when it is missing, and bring it up to date when
+# pyproject.toml changed (in place, so a running test never loses its interpreter).
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -10,8 +11,7 @@ STAMP  := $(VENV)/.installed
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml
-	rm -rf $(VENV)
-	$(PYTHON) -m venv $(VENV)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	# uv resolves Airflow's ~200 dependencies in seconds instead of minutes; fall back to pip.
 	($(BIN)/pip install -q uv && $(BIN)/uv pip install --python $(BIN)/python -e '.[dev,worker]') \
 	  || $(BIN)/pip install -e '.[dev,worker]'

@@ -1,0 +1,343 @@
+"""A real AWS wire protocol for tests: a moto server on loopback, plus levers on its Batch jobs.
+
+moto's in-process decorator cannot intercept aiobotocore, so every test talks HTTP
+to a ``ThreadedMotoServer``. Because that server runs in the test process, the test
+can reach into moto's backend objects to drive a job through its lifecycle, the way
+AWS Batch would: RUNNABLE while no GPU is free, RUNNING, then SUCCEEDED or FAILED
+with a status reason and an exit code.
+
+Nothing here is imported by the package; benchmarks may import it from tests/.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.request
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Callable, Iterator
+
+import boto3
+from moto.batch import models as batch_models
+from moto.batch import responses as batch_responses
+from moto.batch_simple import models as batch_simple_models
+from moto.core.exceptions import JsonRESTError
+from moto.server import ThreadedMotoServer
+
+REGION = "us-east-1"
+ACCOUNT = "123456789012"
+CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_SESSION_TOKEN": "testing",
+    "AWS_DEFAULT_REGION": REGION,
+}
+
+LIVE_STATES = ("SUBMITTED", "PENDING", "RUNNABLE", "STARTING", "RUNNING")
+
+
+class Throttled(JsonRESTError):
+    """What Batch answers when a caller exceeds its request rate (HTTP 429)."""
+
+    code = 429
+
+    def __init__(self) -> None:
+        super().__init__("TooManyRequestsException", "Too Many Requests")
+
+
+@dataclass
+class BatchCallLog:
+    """Batch API calls seen by the server: counts per action, and the ids of each DescribeJobs."""
+
+    calls: Counter = field(default_factory=Counter)
+    describe_batches: list[tuple[float, list[str]]] = field(default_factory=list)
+    submitted: list[dict[str, Any]] = field(default_factory=list)
+    terminated: list[tuple[str, str]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def reset(self) -> None:
+        with self.lock:
+            self.calls.clear()
+            self.describe_batches.clear()
+            self.submitted.clear()
+            self.terminated.clear()
+
+
+class BatchJobDriver:
+    """Drives moto's Batch jobs by hand.
+
+    moto's docker-less Batch finishes every job the instant it is submitted. While
+    ``hold`` is on, new jobs stay in ``hold_status`` instead, until the test moves
+    them with ``set_status``; and TerminateJob fails a held job with its reason, as
+    AWS Batch does (moto's own terminate only flags a docker thread that never runs).
+    """
+
+    def __init__(self, log: BatchCallLog) -> None:
+        self.log = log
+        self.hold_status: str | None = None
+        self.throttle_until = 0.0
+        self.throttle_actions: set[str] = {"describejobs"}
+
+    # -- levers ---------------------------------------------------------------
+    def hold(self, status: str = "RUNNING") -> None:
+        """New jobs stay in ``status`` until released."""
+        assert status in LIVE_STATES, status
+        self.hold_status = status
+
+    def release_hold(self) -> None:
+        self.hold_status = None
+
+    def throttle(self, seconds: float, actions: tuple[str, ...] = ("describejobs",)) -> None:
+        """Answer the given Batch actions with HTTP 429 TooManyRequestsException for a while."""
+        self.throttle_actions = set(actions)
+        self.throttle_until = time.monotonic() + seconds
+
+    def job(self, job_id: str) -> batch_models.Job:
+        return batch_models.batch_backends[ACCOUNT][REGION]._jobs[job_id]
+
+    def jobs(self) -> dict[str, batch_models.Job]:
+        return dict(batch_models.batch_backends[ACCOUNT][REGION]._jobs)
+
+    def status(self, job_id: str) -> str:
+        return self.job(job_id).status
+
+    def set_status(
+        self,
+        job_id: str,
+        status: str,
+        *,
+        reason: str | None = None,
+        exit_code: int | None = None,
+    ) -> None:
+        """Move a job to ``status``; terminal states take a status reason and a container exit code."""
+        job = self.job(job_id)
+        if status in ("SUCCEEDED", "FAILED"):
+            if not job.attempts:
+                job._start_attempt()
+            job.exit_code = exit_code if exit_code is not None else (0 if status == "SUCCEEDED" else 1)
+            if reason is not None:
+                job.job_stopped_reason = reason
+            if job.latest_attempt is not None:
+                job.latest_attempt["container"]["exitCode"] = job.exit_code
+                if reason is not None:
+                    job.latest_attempt["statusReason"] = reason
+            job._mark_stopped(success=status == "SUCCEEDED")
+            return
+        assert status in LIVE_STATES, status
+        if status in ("STARTING", "RUNNING") and not job.attempts:
+            job.job_started_at = datetime.now()
+            job._start_attempt()
+        job.status = status
+
+    def wait_for_jobs(self, count: int, timeout: float = 30.0, status: str | None = None) -> list[str]:
+        """Block until at least ``count`` jobs exist (optionally in ``status``); return their ids."""
+        deadline = time.monotonic() + timeout
+        while True:
+            ids = [j for j, job in self.jobs().items() if status is None or job.status == status]
+            if len(ids) >= count:
+                return ids
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"expected {count} jobs{' in ' + status if status else ''}, saw {len(ids)}")
+            time.sleep(0.05)
+
+    # -- hooks installed into moto -------------------------------------------
+    def _finish_or_hold(self, original: Callable, backend: Any, include_start_attempt: bool, job: Any) -> None:
+        if self.hold_status is None:
+            return original(backend, include_start_attempt=include_start_attempt, job=job)
+        backend.backend._jobs[job.job_id] = job
+        job.log_stream_name = job._stream_name
+        job.status = self.hold_status
+        if self.hold_status in ("STARTING", "RUNNING"):
+            job.job_started_at = datetime.now()
+            if include_start_attempt:
+                job._start_attempt()
+
+    def _terminate(self, original: Callable, job: Any, reason: str) -> None:
+        with self.log.lock:
+            self.log.terminated.append((job.job_id, reason))
+        original(job, reason)
+        if not job.job_stopped and job.status in LIVE_STATES:
+            job.job_stopped_reason = reason
+            if job.attempts and job.latest_attempt is not None:
+                job.exit_code = 143  # SIGTERM, as the ECS agent reports for a stopped container
+            job._mark_stopped(success=False)
+
+
+@dataclass
+class MotoAws:
+    """A running moto server and what a test needs to talk to it."""
+
+    endpoint_url: str
+    region: str
+    batch: BatchJobDriver
+    log: BatchCallLog
+
+    def client(self, service: str):
+        return boto3.client(
+            service,
+            endpoint_url=self.endpoint_url,
+            region_name=self.region,
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
+
+    def reset(self) -> None:
+        """Forget every resource and counter, and put Batch back into docker-less mode."""
+        _post(self.endpoint_url + "/moto-api/reset", b"")
+        _post(self.endpoint_url + "/moto-api/config", json.dumps({"batch": {"use_docker": False}}).encode())
+        self.log.reset()
+        self.batch.release_hold()
+        self.batch.throttle_until = 0.0
+
+    def create_gpu_batch_environment(self, name: str = "gpu", *, gpus: int = 1, vcpus: int = 4, memory_mib: int = 15000) -> dict[str, str]:
+        """A managed GPU compute environment, a job queue and a job definition, as batch-setup would make them."""
+        iam = self.client("iam")
+        ec2 = self.client("ec2")
+        batch = self.client("batch")
+        trust = json.dumps({"Version": "2012-10-17", "Statement": []})
+        service_role = iam.create_role(RoleName=f"{name}-batch-service", AssumeRolePolicyDocument=trust)["Role"]["Arn"]
+        instance_role = iam.create_instance_profile(InstanceProfileName=f"{name}-ecs-instance")["InstanceProfile"]["Arn"]
+        vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
+        subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.0.0.0/24")["Subnet"]["SubnetId"]
+        sg = ec2.create_security_group(GroupName=f"{name}-sg", Description="batch", VpcId=vpc)["GroupId"]
+        ce = batch.create_compute_environment(
+            computeEnvironmentName=f"{name}-ce",
+            type="MANAGED",
+            state="ENABLED",
+            computeResources={
+                "type": "EC2",
+                "minvCpus": 0,
+                "maxvCpus": 64,
+                "instanceTypes": ["g5.xlarge"],
+                "subnets": [subnet],
+                "securityGroupIds": [sg],
+                "instanceRole": instance_role,
+                "ec2Configuration": [{"imageType": "ECS_AL2023_NVIDIA"}],
+            },
+            serviceRole=service_role,
+        )["computeEnvironmentArn"]
+        queue = batch.create_job_queue(
+            jobQueueName=f"{name}-queue",
+            state="ENABLED",
+            priority=1,
+            computeEnvironmentOrder=[{"order": 1, "computeEnvironment": ce}],
+        )["jobQueueArn"]
+        definition = batch.register_job_definition(
+            jobDefinitionName=f"{name}-als",
+            type="container",
+            containerProperties={
+                "image": "example.com/airflow-gpu-worker:latest",
+                "command": ["airflow-gpu-worker", "als"],
+                "resourceRequirements": [
+                    {"type": "GPU", "value": str(gpus)},
+                    {"type": "VCPU", "value": str(vcpus)},
+                    {"type": "MEMORY", "value": str(memory_mib)},
+                ],
+            },
+        )["jobDefinitionArn"]
+        return {
+            "compute_environment": ce,
+            "job_queue": f"{name}-queue",
+            "job_queue_arn": queue,
+            "job_definition": f"{name}-als",
+            "job_definition_arn": definition,
+        }
+
+
+def _post(url: str, body: bytes) -> None:
+    req = urllib.request.Request(url, data=body, method="POST")
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        resp.read()
+
+
+_installed: MotoAws | None = None
+
+
+def _install_hooks(driver: BatchJobDriver, log: BatchCallLog) -> None:
+    """Wrap moto's Batch handlers so the test can count calls, hold jobs and throttle."""
+    simple = batch_simple_models.BatchSimpleBackend
+    original_finish = simple._mark_job_as_finished
+    simple._mark_job_as_finished = lambda self, include_start_attempt, job: driver._finish_or_hold(
+        original_finish, self, include_start_attempt, job
+    )
+
+    original_describe = batch_models.Job.describe
+
+    def describe(job: Any) -> dict[str, Any]:
+        # moto drops the container's exit code from the full description; AWS Batch reports it.
+        result = original_describe(job)
+        if job.exit_code is not None and isinstance(result.get("container"), dict):
+            result["container"]["exitCode"] = job.exit_code
+        return result
+
+    batch_models.Job.describe = describe
+
+    original_terminate = batch_models.Job.terminate
+    batch_models.Job.terminate = lambda job, reason: driver._terminate(original_terminate, job, reason)
+
+    def counted(action: str, original: Callable) -> Callable:
+        def handler(self: Any) -> Any:
+            if action in driver.throttle_actions and time.monotonic() < driver.throttle_until:
+                with log.lock:
+                    log.calls[action + ":throttled"] += 1
+                raise Throttled()
+            with log.lock:
+                log.calls[action] += 1
+                if action == "describejobs":
+                    log.describe_batches.append((time.monotonic(), list(self._get_param("jobs") or [])))
+                elif action == "submitjob":
+                    log.submitted.append(
+                        {
+                            "jobName": self._get_param("jobName"),
+                            "jobQueue": self._get_param("jobQueue"),
+                            "jobDefinition": self._get_param("jobDefinition"),
+                            "containerOverrides": self._get_param("containerOverrides"),
+                            "tags": self._get_param("tags"),
+                            "propagateTags": self._get_param("propagateTags"),
+                            "retryStrategy": self._get_param("retryStrategy"),
+                            "timeout": self._get_param("timeout"),
+                            "parameters": self._get_param("parameters"),
+                        }
+                    )
+            return original(self)
+
+        return handler
+
+    for action in ("describejobs", "submitjob", "listjobs", "terminatejob", "canceljob"):
+        setattr(batch_responses.BatchResponse, action, counted(action, getattr(batch_responses.BatchResponse, action)))
+
+
+def start_moto() -> tuple[ThreadedMotoServer, MotoAws]:
+    """Start one moto server on a free loopback port, with the Batch levers installed once per process."""
+    global _installed
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    log = BatchCallLog()
+    driver = BatchJobDriver(log)
+    if _installed is None:
+        _install_hooks(driver, log)
+        aws = MotoAws(endpoint_url=f"http://{host}:{port}", region=REGION, batch=driver, log=log)
+        _installed = aws
+    else:
+        # Hooks are process-wide; a second server shares the first one's levers.
+        aws = MotoAws(endpoint_url=f"http://{host}:{port}", region=REGION, batch=_installed.batch, log=_installed.log)
+    aws.reset()
+    return server, aws
+
+
+def iter_describe_cycles(log: BatchCallLog, gap: float) -> Iterator[list[list[str]]]:
+    """Group DescribeJobs calls into poll cycles: calls closer than ``gap`` seconds belong to one cycle."""
+    cycle: list[list[str]] = []
+    last = None
+    for at, ids in list(log.describe_batches):
+        if last is not None and at - last > gap and cycle:
+            yield cycle
+            cycle = []
+        cycle.append(ids)
+        last = at
+    if cycle:
+        yield cycle
