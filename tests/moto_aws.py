@@ -24,7 +24,9 @@ import boto3
 from moto.batch import models as batch_models
 from moto.batch import responses as batch_responses
 from moto.batch_simple import models as batch_simple_models
+from moto.batch.exceptions import ClientException
 from moto.core.exceptions import JsonRESTError
+from moto.core.responses import BaseResponse
 from moto.server import ThreadedMotoServer
 
 REGION = "us-east-1"
@@ -57,6 +59,10 @@ class BatchCallLog:
     submitted: list[dict[str, Any]] = field(default_factory=list)
     terminated: list[tuple[str, str]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # Every call of every service, as "service:action" in lower case ("batch:createjobqueue",
+    # "logs:createloggroup"), so a test can prove a command wrote nothing.
+    aws_calls: Counter = field(default_factory=Counter)
+    aws_call_order: list[str] = field(default_factory=list)
 
     def reset(self) -> None:
         with self.lock:
@@ -64,6 +70,29 @@ class BatchCallLog:
             self.describe_batches.clear()
             self.submitted.clear()
             self.terminated.clear()
+            self.aws_calls.clear()
+            self.aws_call_order.clear()
+
+    def writes(self, services: tuple[str, ...] = ("batch", "logs")) -> Counter:
+        """Calls that may change something (anything but Describe*, List*, Get*) to ``services``."""
+        with self.lock:
+            return Counter({key: n for key, n in self.aws_calls.items() if _is_write(key, services)})
+
+    def write_order(self, services: tuple[str, ...] = ("batch", "logs")) -> list[str]:
+        """The same calls, in the order the server received them."""
+        with self.lock:
+            return [key for key in self.aws_call_order if _is_write(key, services)]
+
+
+def _is_write(key: str, services: tuple[str, ...]) -> bool:
+    service, action = key.split(":", 1)
+    return service in services and not action.startswith(("describe", "list", "get"))
+
+
+# The AWS Batch rules for in-place compute environment updates (see _install_aws_rules).
+SCALING_UPDATE_FIELDS = {"minvCpus", "maxvCpus", "desiredvCpus"}
+INFRASTRUCTURE_UPDATE_STRATEGIES = ("BEST_FIT_PROGRESSIVE", "SPOT_CAPACITY_OPTIMIZED", "SPOT_PRICE_CAPACITY_OPTIMIZED")
+SERVICE_LINKED_ROLE = "/AWSServiceRoleForBatch"
 
 
 class BatchJobDriver:
@@ -80,6 +109,8 @@ class BatchJobDriver:
         self.hold_status: str | None = None
         self.throttle_until = 0.0
         self.throttle_actions: set[str] = {"describejobs"}
+        self.settle_describes = 0
+        self.settling: dict[str, list] = {}  # arn -> [transitional status, describes left]
 
     # -- levers ---------------------------------------------------------------
     def hold(self, status: str = "RUNNING") -> None:
@@ -94,6 +125,26 @@ class BatchJobDriver:
         """Answer the given Batch actions with HTTP 429 TooManyRequestsException for a while."""
         self.throttle_actions = set(actions)
         self.throttle_until = time.monotonic() + seconds
+
+    def settle_after(self, describes: int) -> None:
+        """Make compute environments and queues report CREATING/UPDATING for this many describes after each change.
+
+        moto makes them VALID at once; AWS takes a while, and callers must wait for VALID.
+        """
+        self.settle_describes = describes
+        self.settling.clear()
+
+    def _changed(self, arn: str, status: str) -> None:
+        if self.settle_describes:
+            self.settling[arn] = [status, self.settle_describes]
+
+    def _settle(self, items: list[dict[str, Any]], arn_key: str) -> list[dict[str, Any]]:
+        for item in items:
+            pending = self.settling.get(item.get(arn_key))
+            if pending and pending[1] > 0:
+                item["status"] = pending[0]
+                pending[1] -= 1
+        return items
 
     def job(self, job_id: str) -> batch_models.Job:
         return batch_models.batch_backends[ACCOUNT][REGION]._jobs[job_id]
@@ -191,6 +242,7 @@ class MotoAws:
         self.log.reset()
         self.batch.release_hold()
         self.batch.throttle_until = 0.0
+        self.batch.settle_after(0)
 
     def create_gpu_batch_environment(self, name: str = "gpu", *, gpus: int = 1, vcpus: int = 4, memory_mib: int = 15000) -> dict[str, str]:
         """A managed GPU compute environment, a job queue and a job definition, as batch-setup would make them."""
@@ -308,6 +360,127 @@ def _install_hooks(driver: BatchJobDriver, log: BatchCallLog) -> None:
 
     for action in ("describejobs", "submitjob", "listjobs", "terminatejob", "canceljob"):
         setattr(batch_responses.BatchResponse, action, counted(action, getattr(batch_responses.BatchResponse, action)))
+
+    original_call_action = BaseResponse.call_action
+
+    def call_action(self: Any) -> Any:
+        action = self._get_action().lower()
+        if self.service_name == "batch" and action == "tags":  # one URL, three operations
+            action = {"GET": "listtagsforresource", "POST": "tagresource", "DELETE": "untagresource"}.get(self.method, action)
+        with log.lock:
+            log.aws_calls[f"{self.service_name}:{action}"] += 1
+            log.aws_call_order.append(f"{self.service_name}:{action}")
+        return original_call_action(self)
+
+    BaseResponse.call_action = call_action
+    _install_aws_rules(driver)
+
+
+def _install_aws_rules(driver: BatchJobDriver) -> None:
+    """Teach moto's Batch the AWS rules it skips, so set-up and tear-down code meets them in tests.
+
+    - UpdateComputeEnvironment: moto ignores computeResources. AWS applies them: min/max/desired
+      vCPUs at any time (a scaling update); anything else only as an infrastructure update, which
+      needs the AWSServiceRoleForBatch service-linked role and a BEST_FIT_PROGRESSIVE or SPOT_*
+      allocation strategy; and a compute environment never switches between the service-linked
+      role and an ordinary one.
+    - DeleteJobQueue needs the queue DISABLED; DeleteComputeEnvironment needs it DISABLED and
+      attached to no job queue.
+    - With ``settle_after(n)``, compute environments and queues report CREATING/UPDATING for n
+      describes after each change, as AWS does for a while.
+    """
+    backend_cls = batch_models.BatchBackend
+
+    original_update = backend_cls.update_compute_environment
+
+    def update_compute_environment(self, compute_environment_name, state, compute_resources, service_role):
+        env = self.get_compute_environment(compute_environment_name)
+        if env is not None:
+            if service_role is not None and service_role.endswith(SERVICE_LINKED_ROLE) != env.service_role.endswith(SERVICE_LINKED_ROLE):
+                raise ClientException("A compute environment cannot switch between a service-linked role and a regular IAM role")
+            infrastructure = set(compute_resources or {}) - SCALING_UPDATE_FIELDS
+            if infrastructure:
+                strategy = env.compute_resources.get("allocationStrategy", "BEST_FIT")
+                if service_role is not None and service_role != env.service_role:
+                    raise ClientException("serviceRole can only be changed in a scaling update")
+                if not env.service_role.endswith(SERVICE_LINKED_ROLE) or strategy not in INFRASTRUCTURE_UPDATE_STRATEGIES:
+                    raise ClientException(
+                        f"Updating {sorted(infrastructure)} requires an infrastructure update, which needs the "
+                        "AWSServiceRoleForBatch service-linked role and allocation strategy BEST_FIT_PROGRESSIVE, "
+                        "SPOT_CAPACITY_OPTIMIZED or SPOT_PRICE_CAPACITY_OPTIMIZED"
+                    )
+            if compute_resources:
+                merged = {**env.compute_resources, **compute_resources}
+                self._validate_compute_resources(merged)
+        result = original_update(self, compute_environment_name, state, compute_resources, service_role)
+        if env is not None and compute_resources:
+            env.compute_resources.update(compute_resources)
+            driver._changed(env.arn, "UPDATING")
+        elif env is not None and state is not None:
+            driver._changed(env.arn, "UPDATING")
+        return result
+
+    backend_cls.update_compute_environment = update_compute_environment
+
+    original_delete_queue = backend_cls.delete_job_queue
+
+    def delete_job_queue(self, queue_name):
+        queue = self.get_job_queue(queue_name)
+        if queue is not None and queue.state != "DISABLED":
+            raise ClientException(f"Job queue {queue.name} must be DISABLED before it can be deleted")
+        return original_delete_queue(self, queue_name)
+
+    backend_cls.delete_job_queue = delete_job_queue
+
+    original_delete_ce = backend_cls.delete_compute_environment
+
+    def delete_compute_environment(self, compute_environment_name):
+        env = self.get_compute_environment(compute_environment_name)
+        if env is not None:
+            if env.state != "DISABLED":
+                raise ClientException(f"Compute environment {env.name} must be DISABLED before it can be deleted")
+            users = [q.name for q in self._job_queues.values() if env in q.environments]
+            if users:
+                raise ClientException(f"Compute environment {env.name} is still attached to job queue(s) {users}")
+        return original_delete_ce(self, compute_environment_name)
+
+    backend_cls.delete_compute_environment = delete_compute_environment
+
+    original_create_ce = backend_cls.create_compute_environment
+
+    def create_compute_environment(self, *args, **kwargs):
+        env = original_create_ce(self, *args, **kwargs)
+        driver._changed(env.arn, "CREATING")
+        return env
+
+    backend_cls.create_compute_environment = create_compute_environment
+
+    original_create_queue = backend_cls.create_job_queue
+
+    def create_job_queue(self, *args, **kwargs):
+        queue = original_create_queue(self, *args, **kwargs)
+        driver._changed(queue.arn, "CREATING")
+        return queue
+
+    backend_cls.create_job_queue = create_job_queue
+
+    original_update_queue = backend_cls.update_job_queue
+
+    def update_job_queue(self, *args, **kwargs):
+        name, arn = original_update_queue(self, *args, **kwargs)
+        driver._changed(arn, "UPDATING")
+        return name, arn
+
+    backend_cls.update_job_queue = update_job_queue
+
+    original_describe_ces = backend_cls.describe_compute_environments
+    backend_cls.describe_compute_environments = lambda self, environments=None: driver._settle(
+        original_describe_ces(self, environments), "computeEnvironmentArn"
+    )
+    original_describe_queues = backend_cls.describe_job_queues
+    backend_cls.describe_job_queues = lambda self, job_queues=None: driver._settle(
+        original_describe_queues(self, job_queues), "jobQueueArn"
+    )
 
 
 def start_moto() -> tuple[ThreadedMotoServer, MotoAws]:
