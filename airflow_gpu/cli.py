@@ -1,0 +1,53 @@
+"""`airflow-gpu`: a thin dispatcher to subcommand modules.
+
+Only the chosen subcommand's module is imported, so `airflow-gpu batch-setup` never
+loads Airflow and `airflow-gpu demo` never loads boto3. Each module offers
+``add_arguments(parser)`` and ``run(args) -> int`` (the exit status).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from types import ModuleType
+
+SUBCOMMANDS = {
+    "batch-setup": (
+        "airflow_gpu.provision.command",
+        "create or update the AWS Batch GPU compute environment, job queue and job definition",
+    ),
+    "demo": ("airflow_gpu.demo", "run the gpu_recommendations DAG end to end on this machine"),
+}
+
+
+def _load(module_name: str) -> ModuleType | None:
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name != module_name:  # the module exists but something it needs is missing: show that
+            raise
+        return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="airflow-gpu", description="GPU jobs on AWS Batch as deferrable Airflow tasks.")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    chosen = next((arg for arg in argv if not arg.startswith("-")), None)
+    module = None
+    for name, (module_name, help_text) in SUBCOMMANDS.items():
+        sub = subparsers.add_parser(name, help=help_text, description=help_text)
+        if name == chosen:
+            module = _load(module_name)
+            if module is None:
+                print(f"airflow-gpu {name}: not available: this installation has no {module_name} module", file=sys.stderr)
+                return 2
+            module.add_arguments(sub)
+    args = parser.parse_args(argv)
+    assert module is not None  # argparse has rejected any other command
+    return int(module.run(args))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
