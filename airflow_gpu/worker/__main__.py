@@ -1,0 +1,183 @@
+"""``airflow-gpu-worker``: the command the GPU container runs.
+
+    airflow-gpu-worker als --input s3://bucket/interactions/ --output s3://bucket/als/run-1/
+    airflow-gpu-worker run-script --script s3://bucket/jobs/train.py --input ... --output ...
+
+A user's mistake ends with one line on stderr, ``airflow-gpu-worker: error: ...``, and
+exit code 2; progress goes to stderr as timestamped lines, which Batch sends to
+CloudWatch Logs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+import warnings
+
+from .errors import WorkerError
+
+PROG = "airflow-gpu-worker"
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .ingest import FORMATS
+    from .matrix import DEFAULT_ALPHA, DEFAULT_WEIGHTING, WEIGHTINGS
+    from .train import DEVICES, TrainParams
+
+    defaults = TrainParams()
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="The airflow-gpu container worker: built-in ALS collaborative filtering, or your own script.",
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    als = commands.add_parser(
+        "als",
+        help="train implicit ALS on interactions and publish recommendations",
+        description=(
+            "Stream interactions (user, item[, weight]) from S3 or local files, train implicit ALS on the GPU "
+            "(or the CPU), and publish recommendations, similar items, factors, metrics.json and report.html "
+            "under --output. manifest.json is written last: a prefix without one is incomplete."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    io = als.add_argument_group("input and output")
+    io.add_argument("--input", required=True, metavar="URI", help="s3://bucket/prefix/, or a local file or folder")
+    io.add_argument("--output", required=True, metavar="URI", help="s3://bucket/prefix/ or a local folder for the outputs")
+    io.add_argument("--format", default="auto", choices=FORMATS, help="input format; auto goes by extension, then magic bytes")
+    io.add_argument("--user-col", default="user_id", help="column with user ids (strings or integers)")
+    io.add_argument("--item-col", default="item_id", help="column with item ids (strings or integers)")
+    io.add_argument("--weight-col", default=None, help="column with counts/plays/views; without it each row counts once")
+    io.add_argument("--drop-invalid", action="store_true", help="skip rows with a negative, NaN or non-numeric weight instead of failing")
+    io.add_argument("--endpoint-url", default=None, help="S3 endpoint (else the standard AWS settings, AWS_ENDPOINT_URL included)")
+    io.add_argument("--concurrency", type=_positive_int, default=16, help="S3 requests in flight")
+
+    model = als.add_argument_group("model")
+    model.add_argument("--weighting", default=DEFAULT_WEIGHTING, choices=WEIGHTINGS,
+                       help="confidence = 1 + alpha * f(weight): bm25, log1p, linear, or none (binary)")
+    model.add_argument("--alpha", type=float, default=None,
+                       help="confidence scale; default per weighting: " + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_ALPHA.items()))
+    model.add_argument("--factors", type=_positive_int, default=defaults.factors, help="latent factors")
+    model.add_argument("--iterations", type=_positive_int, default=defaults.iterations, help="ALS iterations")
+    model.add_argument("--regularization", type=float, default=defaults.regularization, help="L2 regularization")
+    model.add_argument("--seed", type=int, default=defaults.seed, help="random seed (factors, holdout split)")
+    model.add_argument("--device", default="auto", choices=DEVICES, help="auto uses the GPU when implicit sees CUDA, else all CPU cores")
+    model.add_argument("--threads", type=int, default=0, help="CPU threads for training and decoding; 0 = every core")
+    model.add_argument("--no-loss", action="store_true", help="skip computing the training loss each iteration (a little faster)")
+
+    out = als.add_argument_group("outputs")
+    out.add_argument("--top-n", type=_positive_int, default=10, help="recommendations per user (seen items left out)")
+    out.add_argument("--similar-n", type=int, default=10, help="similar items per item; 0 skips similar_items")
+    out.add_argument("--no-factors", action="store_true", help="do not write user_factors and item_factors")
+    out.add_argument("--batch-users", type=_positive_int, default=100_000, help="users (or items) per output part")
+    out.add_argument("--eval-holdout", type=float, default=0.0, metavar="F",
+                     help="hold out this share of each user's items and report precision/MAP/NDCG@k against popularity")
+    out.add_argument("--eval-k", type=_positive_int, default=10, help="k of the evaluation metrics")
+    out.add_argument("--eval-users", type=_positive_int, default=50_000, help="evaluate on at most this many users (sampled)")
+    out.add_argument("--progress-interval", type=float, default=5.0, metavar="SECONDS", help="seconds between progress lines")
+    als.set_defaults(handler=_run_als)
+
+    script = commands.add_parser(
+        "run-script",
+        help="run your own Python script with input/ and output/ folders",
+        description=(
+            "Fetch --script and every object under --input into a fresh folder, run `python SCRIPT [ARGS...]` there "
+            "with input/ and output/ beside it ($INPUT_DIR, $OUTPUT_DIR), then upload output/ and write manifest.json "
+            "last. The script's exit code is the job's; a failed script publishes nothing."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    script.add_argument("--script", required=True, metavar="URI", help="s3://bucket/path/script.py or a local .py file")
+    script.add_argument("--input", default=None, metavar="URI", help="s3:// prefix or local folder copied into input/")
+    script.add_argument("--output", required=True, metavar="URI", help="where output/ and manifest.json go")
+    script.add_argument("--endpoint-url", default=None, help="S3 endpoint (else the standard AWS settings)")
+    script.add_argument("--concurrency", type=_positive_int, default=16, help="S3 requests in flight")
+    script.add_argument("--workdir", default=None, help="working folder (default: a fresh temporary folder, removed after)")
+    script.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the script, after --")
+    script.set_defaults(handler=_run_script)
+    return parser
+
+
+def _run_als(args: argparse.Namespace) -> int:
+    from .ingest import Columns
+    from .pipeline import AlsConfig, run_als
+    from .train import TrainParams
+
+    config = AlsConfig(
+        input=args.input,
+        output=args.output,
+        format=args.format,
+        columns=Columns(args.user_col, args.item_col, args.weight_col),
+        endpoint_url=args.endpoint_url,
+        concurrency=args.concurrency,
+        drop_invalid=args.drop_invalid,
+        weighting=args.weighting,
+        alpha=args.alpha,
+        train=TrainParams(
+            factors=args.factors,
+            iterations=args.iterations,
+            regularization=args.regularization,
+            seed=args.seed,
+            device=args.device,
+            threads=args.threads,
+            loss=not args.no_loss,
+        ),
+        top_n=args.top_n,
+        similar_n=args.similar_n,
+        write_factors=not args.no_factors,
+        eval_holdout=args.eval_holdout,
+        eval_k=args.eval_k,
+        eval_users=args.eval_users,
+        batch_users=args.batch_users,
+        threads=args.threads or None,
+        progress_interval=args.progress_interval,
+    )
+    run_als(config)
+    return 0
+
+
+def _run_script(args: argparse.Namespace) -> int:
+    from .script import run_script_async
+
+    extra = args.args[1:] if args.args[:1] == ["--"] else args.args
+    return asyncio.run(
+        run_script_async(
+            args.script, args.input, args.output, extra,
+            endpoint_url=args.endpoint_url, concurrency=args.concurrency, workdir=args.workdir,
+        )
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO,
+        format="%(asctime)s %(levelname)s %(message)s",
+        datefmt="%Y-%m-%dT%H:%M:%S",
+        stream=sys.stderr,
+    )
+    logging.getLogger("implicit").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*OpenBLAS is configured.*")
+    try:
+        return args.handler(args)
+    except WorkerError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; nothing was published", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

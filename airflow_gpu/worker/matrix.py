@@ -1,0 +1,331 @@
+"""Ids to dense indices, the user x item CSR matrix, and confidence weighting.
+
+Ids are mapped with Arrow dictionary encoding, never with Python objects: each decoded
+object is encoded on its own (in the decoding thread), and the per-object dictionaries
+are folded into one global dictionary from time to time. Folding concatenates the global
+dictionary *first*, so indices already handed out never change; only the newest objects'
+codes are translated. Folding whenever the pending dictionaries outgrow the global one
+keeps both the time (each id is hashed a bounded number of times) and the memory (at most
+about twice the final dictionaries) linear.
+
+Per interaction the builder keeps only an int32 user code, an int32 item code and, when
+there is a weight column, a float32 weight: 8 or 12 bytes. The CSR is then filled object
+by object, freeing each object's codes as it goes, so the peak is about 20 bytes per
+interaction plus the id dictionaries.
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import scipy.sparse
+
+from .errors import WorkerError
+
+WEIGHTINGS = ("bm25", "log", "linear", "none")
+# Chosen on synthetic latent-taste data with heavy-tailed play counts (benchmarks/README.md,
+# "Weighting"): bm25 damps both very large counts and very popular items, which lifts
+# precision@10 well above the other schemes at its best alpha.
+DEFAULT_WEIGHTING = "bm25"
+DEFAULT_ALPHA = {"bm25": 0.5, "log": 10.0, "linear": 1.0, "none": 10.0}
+BM25_K1 = 100.0
+BM25_B = 0.8
+
+
+# ---------------------------------------------------------------------------------------
+# Id dictionaries
+# ---------------------------------------------------------------------------------------
+
+
+def id_value_type(column_type: pa.DataType) -> pa.DataType | None:
+    """The type the global dictionary uses for ids of ``column_type``, or None when ids cannot have it."""
+    if pa.types.is_dictionary(column_type):
+        return id_value_type(column_type.value_type)
+    if pa.types.is_integer(column_type):
+        return pa.int64()
+    if pa.types.is_string(column_type) or pa.types.is_large_string(column_type):
+        # large_string: a folded dictionary of many objects may pass the 2 GiB offset limit.
+        return pa.large_string()
+    return None
+
+
+def local_codes(column: pa.ChunkedArray) -> tuple[pa.Array, np.ndarray]:
+    """One object's ids as (its own dictionary of distinct ids, int32 code per row)."""
+    value_type = id_value_type(column.type)
+    if pa.types.is_dictionary(column.type):
+        # Parquet hands string columns over already dictionary-encoded, one dictionary per
+        # row group: unify them instead of hashing every row again.
+        column = column.unify_dictionaries()
+    else:
+        if column.type != value_type:
+            column = column.cast(value_type)
+        column = pc.dictionary_encode(column)
+    if column.num_chunks == 0:
+        return pa.array([], value_type), np.empty(0, np.int32)
+    dictionary = column.chunk(0).dictionary
+    if dictionary.type != value_type:
+        dictionary = dictionary.cast(value_type)
+    codes = np.empty(len(column), np.int32)
+    offset = 0
+    for chunk in column.chunks:
+        codes[offset : offset + len(chunk)] = chunk.indices.to_numpy(zero_copy_only=False)
+        offset += len(chunk)
+    return dictionary, codes
+
+
+class _Codes:
+    """One object's codes for one id column: local to ``dictionary`` until folded, then global."""
+
+    __slots__ = ("codes", "dictionary")
+
+    def __init__(self, codes: np.ndarray, dictionary: pa.Array | None) -> None:
+        self.codes = codes
+        self.dictionary = dictionary
+
+
+class IdDictionary:
+    """The growing set of distinct ids of one column; position in ``values`` is the dense index.
+
+    Objects are folded in their listing order (``seq``), whatever order their downloads
+    finish in, so the same input always gives the same indices, and so the same model.
+    """
+
+    def __init__(self, column: str) -> None:
+        self.column = column
+        self.values: pa.Array | None = None
+        self._waiting: dict[int, _Codes] = {}
+        self._waiting_ids = 0
+        self._next_seq = 0
+        self._lock = threading.Lock()
+
+    def add(self, seq: int, dictionary: pa.Array, codes: np.ndarray) -> _Codes:
+        entry = _Codes(codes, dictionary)
+        with self._lock:
+            self._waiting[seq] = entry
+            self._waiting_ids += len(dictionary)
+            if self._waiting_ids > max(1 << 20, len(self)):
+                self._fold(final=False)
+        return entry
+
+    def finish(self) -> pa.Array:
+        with self._lock:
+            self._fold(final=True)
+            if self.values is None:
+                self.values = pa.array([], pa.large_string())
+            return self.values
+
+    def __len__(self) -> int:
+        return 0 if self.values is None else len(self.values)
+
+    def _fold(self, final: bool) -> None:
+        batch: list[_Codes] = []
+        if final:
+            batch = [self._waiting[k] for k in sorted(self._waiting)]
+            self._waiting.clear()
+        else:
+            while self._next_seq in self._waiting:
+                batch.append(self._waiting.pop(self._next_seq))
+                self._next_seq += 1
+        if not batch:
+            return
+        self._waiting_ids -= sum(len(e.dictionary) for e in batch)
+        parts = ([self.values] if self.values is not None else []) + [e.dictionary for e in batch]
+        value_type = _common_type([p.type for p in parts])
+        parts = [p if p.type == value_type else p.cast(value_type) for p in parts]
+        encoded = pc.dictionary_encode(pa.chunked_array(parts, value_type))
+        folded = encoded.chunk(0).dictionary if encoded.num_chunks else pa.array([], value_type)
+        # dictionary_encode numbers values in order of first appearance, and the old values
+        # come first and are distinct, so they keep their indices.
+        offset = len(self)
+        translation = np.concatenate([c.indices.to_numpy(zero_copy_only=False) for c in encoded.chunks])
+        for entry in batch:
+            table = translation[offset : offset + len(entry.dictionary)]
+            offset += len(entry.dictionary)
+            entry.codes = table.take(entry.codes).astype(np.int32, copy=False)
+            entry.dictionary = None
+        self.values = folded
+
+
+def _common_type(types: list[pa.DataType]) -> pa.DataType:
+    """Integers stay int64; any mix with strings becomes strings ("42" and 42 are the same id)."""
+    return pa.int64() if all(pa.types.is_integer(t) for t in types) else pa.large_string()
+
+
+# ---------------------------------------------------------------------------------------
+# The matrix
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Interactions:
+    """The summed user x item matrix and the ids behind its rows and columns."""
+
+    matrix: scipy.sparse.csr_matrix  # float32 raw weights, duplicates summed, column indices sorted
+    user_ids: pa.Array  # row i is user_ids[i]
+    item_ids: pa.Array  # column j is item_ids[j]
+    rows: int  # interactions added (after dropping nulls and invalid weights)
+    duplicates: int  # rows folded into an earlier (user, item) pair
+
+    @property
+    def users(self) -> int:
+        return self.matrix.shape[0]
+
+    @property
+    def items(self) -> int:
+        return self.matrix.shape[1]
+
+
+class _Part:
+    __slots__ = ("seq", "users", "items", "weights")
+
+    def __init__(self, seq: int, users: _Codes, items: _Codes, weights: np.ndarray | None) -> None:
+        self.seq, self.users, self.items, self.weights = seq, users, items, weights
+
+
+class MatrixBuilder:
+    """Collects interactions object by object (thread-safe), then builds the CSR once."""
+
+    def __init__(self, user_col: str = "user_id", item_col: str = "item_id") -> None:
+        self.user_ids = IdDictionary(user_col)
+        self.item_ids = IdDictionary(item_col)
+        self._parts: list[_Part] = []
+        self._lock = threading.Lock()
+        self._seq = 0
+        self.rows = 0
+
+    def add(
+        self, users: pa.ChunkedArray, items: pa.ChunkedArray, weights: np.ndarray | None = None, *, seq: int | None = None
+    ) -> None:
+        """Add one object's rows: ids without nulls, and float32 weights > 0 (None: each row counts once).
+
+        ``seq`` is the object's position in the listing; every position from 0 up must be
+        added once (an object with no rows too). Without it, parts are numbered as they come.
+        """
+        if seq is None:
+            with self._lock:
+                seq, self._seq = self._seq, self._seq + 1
+        user_dict, user_codes = local_codes(users)
+        item_dict, item_codes = local_codes(items)
+        part = _Part(seq, self.user_ids.add(seq, user_dict, user_codes), self.item_ids.add(seq, item_dict, item_codes), weights)
+        with self._lock:
+            self._parts.append(part)
+            self.rows += len(user_codes)
+
+    def build(self, threads: int | None = None) -> Interactions:
+        user_values = self.user_ids.finish()
+        item_values = self.item_ids.finish()
+        parts, self._parts = sorted(self._parts, key=lambda p: p.seq), []
+        n_users, n_items = len(user_values), len(item_values)
+        rows = sum(len(p.users.codes) for p in parts)
+        if rows == 0:
+            raise WorkerError("no interactions left after dropping rows with null ids or invalid weights; check the input")
+        index_dtype = np.int32 if rows < 2**31 else np.int64
+
+        # Pass 1, in threads: sort each part by user and count its rows per user.
+        def sort_part(part: _Part):
+            order = np.argsort(part.users.codes, kind="stable")
+            part.users.codes = part.users.codes[order]
+            part.items.codes = part.items.codes[order]
+            if part.weights is not None:
+                part.weights = part.weights[order]
+            del order
+            starts = np.flatnonzero(np.diff(part.users.codes)) + 1
+            starts = np.concatenate([[0], starts])
+            counts = np.diff(np.concatenate([starts, [len(part.users.codes)]]))
+            return part.users.codes[starts], counts
+
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            runs = list(pool.map(sort_part, parts))
+        per_user = np.zeros(n_users, np.int64)
+        for users, counts in runs:
+            per_user[users] += counts
+        indptr = np.zeros(n_users + 1, np.int64)
+        np.cumsum(per_user, out=indptr[1:])
+        del per_user
+
+        # Pass 2: place each part's rows at the next free slots of their users, then free it.
+        indices = np.empty(rows, index_dtype)
+        data = np.empty(rows, np.float32)
+        next_free = indptr[:-1].copy()
+        for part, (users, counts) in zip(parts, runs):
+            within = np.arange(len(part.users.codes), dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
+            dest = np.repeat(next_free[users], counts) + within
+            del within
+            indices[dest] = part.items.codes
+            data[dest] = 1.0 if part.weights is None else part.weights
+            next_free[users] += counts
+            part.users.codes = part.items.codes = part.weights = None
+        del parts, runs, next_free
+
+        matrix = scipy.sparse.csr_matrix(
+            (data, indices, indptr.astype(index_dtype, copy=False)), shape=(n_users, n_items), copy=False
+        )
+        matrix.sum_duplicates()
+        return Interactions(matrix, user_values, item_values, rows, rows - matrix.nnz)
+
+
+def build_interactions(users, items, weights=None) -> Interactions:
+    """Convenience for callers holding whole columns (benchmarks, tests): one builder, one part."""
+    builder = MatrixBuilder()
+    builder.add(_chunked(users), _chunked(items), None if weights is None else np.asarray(weights, np.float32))
+    return builder.build()
+
+
+def _chunked(values) -> pa.ChunkedArray:
+    if isinstance(values, pa.ChunkedArray):
+        return values
+    if isinstance(values, pa.Array):
+        return pa.chunked_array([values])
+    return pa.chunked_array([pa.array(values)])
+
+
+# ---------------------------------------------------------------------------------------
+# Confidence
+# ---------------------------------------------------------------------------------------
+
+
+def confidence(matrix: scipy.sparse.csr_matrix, weighting: str = DEFAULT_WEIGHTING, alpha: float | None = None) -> scipy.sparse.csr_matrix:
+    """The confidence matrix C = 1 + alpha * f(r) of Hu, Koren and Volinsky, as a new CSR.
+
+    implicit reads a stored value as the confidence of a positive (unstored cells have
+    confidence 1 and preference 0). We compute it here for both devices, and train with
+    implicit's own alpha left at 1, because its GPU ``fit`` ignores alpha: this way the CPU
+    and the GPU fit the same objective.
+    """
+    if weighting not in WEIGHTINGS:
+        raise WorkerError(f"unknown weighting '{weighting}'; use one of {', '.join(WEIGHTINGS)}")
+    alpha = DEFAULT_ALPHA[weighting] if alpha is None else float(alpha)
+    if not np.isfinite(alpha) or alpha < 0:
+        raise WorkerError(f"--alpha must be a finite number >= 0, got {alpha}")
+    r = matrix.data.astype(np.float32, copy=False)
+    if weighting == "none":
+        values = np.full_like(r, 1.0 + alpha)
+    elif weighting == "linear":
+        values = 1.0 + alpha * r
+    elif weighting == "log":
+        values = 1.0 + alpha * np.log1p(r)
+    else:
+        values = 1.0 + alpha * bm25(matrix)
+    result = scipy.sparse.csr_matrix((values.astype(np.float32, copy=False), matrix.indices, matrix.indptr), shape=matrix.shape, copy=False)
+    result.has_sorted_indices = matrix.has_sorted_indices
+    return result
+
+
+def bm25(matrix: scipy.sparse.csr_matrix, k1: float = BM25_K1, b: float = BM25_B) -> np.ndarray:
+    """BM25 weight of each stored value: saturating in the count, normalised by the user's
+    total, and scaled by the item's inverse user frequency."""
+    r = matrix.data.astype(np.float32, copy=False)
+    n_users = max(matrix.shape[0], 1)
+    users_per_item = np.bincount(matrix.indices, minlength=matrix.shape[1])
+    idf = (np.log(n_users) - np.log1p(users_per_item)).astype(np.float32)
+    np.maximum(idf, 0.0, out=idf)
+    row_sums = np.asarray(matrix.sum(axis=1), dtype=np.float32).ravel()
+    mean = float(row_sums.mean()) if row_sums.size else 1.0
+    length_norm = ((1.0 - b) + b * row_sums / (mean or 1.0)).astype(np.float32)
+    per_row = np.repeat(length_norm, np.diff(matrix.indptr))
+    return (r * (k1 + 1.0) / (k1 * per_row + r) * idf[matrix.indices]).astype(np.float32)

@@ -1,0 +1,381 @@
+"""The ``als`` job from input URI to committed manifest, stage by stage, with timings.
+
+``run_als(AlsConfig(...))`` is the whole worker pipeline as a function: the CLI calls it,
+and so can benchmarks (with ``output=None`` nothing is written, but every stage,
+recommendations for every user included, still runs and is timed).
+
+Every call into the model runs on one dedicated thread: implicit's GPU objects are then
+always used from the thread that made them, and the event loop stays free to upload
+finished parts while the next batch is computed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import platform
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+
+import numpy as np
+import pyarrow as pa
+
+from .errors import WorkerError
+from .evaluate import evaluate, holdout_split
+from .ingest import Columns, IngestStats, ingest
+from .matrix import DEFAULT_ALPHA, DEFAULT_WEIGHTING, Interactions, confidence
+from .publish import MANIFEST, Publisher, new_run_id, parquet_bytes, read_manifest
+from .recommend import long_table, similar_items, top_n
+from .report import render
+from .storage import MiB, open_store
+from .train import TrainParams, TrainResult, fit
+
+log = logging.getLogger("airflow_gpu.worker")
+
+
+@dataclass
+class AlsConfig:
+    input: str
+    output: str | None = None
+    format: str = "auto"
+    columns: Columns = field(default_factory=Columns)
+    endpoint_url: str | None = None
+    concurrency: int = 16
+    drop_invalid: bool = False
+    weighting: str = DEFAULT_WEIGHTING
+    alpha: float | None = None  # None: the weighting's default (matrix.DEFAULT_ALPHA)
+    train: TrainParams = field(default_factory=TrainParams)
+    top_n: int = 10
+    similar_n: int = 10
+    write_factors: bool = True
+    eval_holdout: float = 0.0
+    eval_k: int = 10
+    eval_users: int = 50_000
+    batch_users: int = 100_000
+    threads: int | None = None
+    progress_interval: float = 5.0
+    run_id: str | None = None
+
+    def check(self) -> None:
+        self.train.check()
+        for flag, value, low in (
+            ("--top-n", self.top_n, 1),
+            ("--similar-n", self.similar_n, 0),
+            ("--concurrency", self.concurrency, 1),
+            ("--eval-k", self.eval_k, 1),
+            ("--eval-users", self.eval_users, 1),
+            ("--batch-users", self.batch_users, 1),
+        ):
+            if value < low:
+                raise WorkerError(f"{flag} must be at least {low}, got {value}")
+        if self.eval_holdout and not 0 < self.eval_holdout < 1:
+            raise WorkerError(f"--eval-holdout must be between 0 and 1 (exclusive), got {self.eval_holdout}")
+
+    def params(self) -> dict:
+        params = asdict(self)
+        params["alpha"] = self.alpha if self.alpha is not None else DEFAULT_ALPHA.get(self.weighting)
+        return params
+
+
+@dataclass
+class AlsRun:
+    metrics: dict
+    manifest: dict | None
+    interactions: Interactions
+    training: TrainResult
+
+
+def run_als(config: AlsConfig) -> AlsRun:
+    return asyncio.run(run_als_async(config))
+
+
+class _Stages:
+    """Wall time per stage, in order, logged as each one ends."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        started = time.monotonic()
+        yield
+        self.seconds[name] = round(self.seconds.get(name, 0.0) + time.monotonic() - started, 4)
+        log.info("%s: %.2fs", name, self.seconds[name])
+
+
+async def run_als_async(config: AlsConfig) -> AlsRun:
+    config.check()
+    started_at = datetime.now(timezone.utc)
+    started = time.monotonic()
+    stages = _Stages()
+    loop = asyncio.get_running_loop()
+    run_id = config.run_id or new_run_id()
+    log.info("als: run %s, input %s, output %s", run_id, config.input, config.output or "(none: nothing is written)")
+
+    async with contextlib.AsyncExitStack() as stack:
+        out = None
+        if config.output:
+            out = await stack.enter_async_context(
+                open_store(config.output, endpoint_url=config.endpoint_url, concurrency=config.concurrency)
+            )
+            # Fails fast on a missing bucket or a denied prefix, before any training time is spent.
+            previous = await read_manifest(out)
+            if previous:
+                log.info("als: %s holds run %s; it stays current until this run commits", config.output, previous.get("run_id"))
+        compute = stack.enter_context(ThreadPoolExecutor(max_workers=1, thread_name_prefix="model"))
+
+        async def on_model(fn, *args, **kwargs):
+            return await loop.run_in_executor(compute, lambda: fn(*args, **kwargs))
+
+        interactions, ingest_stats = await ingest(
+            config.input,
+            config.columns,
+            fmt=config.format,
+            endpoint_url=config.endpoint_url,
+            concurrency=config.concurrency,
+            drop_invalid=config.drop_invalid,
+            threads=config.threads,
+            progress_interval=config.progress_interval,
+        )
+        stages.seconds["ingest"] = round(ingest_stats.seconds, 4)
+        stages.seconds["matrix"] = round(ingest_stats.build_seconds, 4)
+        matrix = interactions.matrix
+
+        test = None
+        train_matrix = matrix
+        if config.eval_holdout:
+            with stages("split"):
+                train_matrix, test = await on_model(holdout_split, matrix, config.eval_holdout, config.train.seed)
+        with stages("weighting"):
+            weighted = await on_model(confidence, train_matrix, config.weighting, config.alpha)
+        with stages("train"):
+            training = await on_model(fit, weighted, config.train)
+        del weighted
+        evaluation = None
+        if test is not None:
+            with stages("evaluate"):
+                evaluation = await on_model(
+                    evaluate, training.model, train_matrix, test, k=config.eval_k, max_users=config.eval_users,
+                    seed=config.train.seed, holdout=config.eval_holdout,
+                )
+        del test, train_matrix
+
+        publisher = Publisher(out, run_id) if out is not None else None
+        try:
+            counts = await _write_outputs(config, interactions, training, publisher, stages, on_model)
+            metrics = _metrics(config, run_id, started_at, ingest_stats, interactions, training, evaluation, stages, counts)
+            manifest = None
+            if publisher is not None:
+                with stages("publish"):
+                    await publisher.drain()
+                    metrics["stages"] = dict(stages.seconds)
+                    metrics["total_seconds"] = round(time.monotonic() - started, 4)
+                    await publisher.put("metrics.json", _json_bytes(metrics), kind="metrics")
+                    await publisher.put("report.html", render(metrics).encode(), kind="report")
+                    manifest = await publisher.commit(_manifest_fields(config, metrics, publisher))
+        except BaseException:
+            if publisher is not None:
+                await publisher.abort()
+            raise
+    metrics["stages"] = dict(stages.seconds)
+    metrics["total_seconds"] = round(time.monotonic() - started, 4)
+    log.info("als: done in %.1fs%s", metrics["total_seconds"], f"; manifest {out.uri_of(MANIFEST)}" if out else "")
+    return AlsRun(metrics, manifest, interactions, training)
+
+
+async def _write_outputs(config: AlsConfig, interactions: Interactions, training: TrainResult, publisher, stages, on_model) -> dict:
+    """Recommendations, similar items and factors, batch by batch: computing one batch while the last uploads."""
+    counts = {"recommendations": 0, "similar_items": 0}
+    users, items = interactions.users, interactions.items
+    matrix = interactions.matrix
+    user_ids, item_ids = interactions.user_ids, interactions.item_ids
+
+    async def emit(dataset: str, build, *args) -> int:
+        table = await asyncio.to_thread(build, *args)
+        if publisher is None:
+            return table.num_rows
+        data = await asyncio.to_thread(parquet_bytes, table)
+        await publisher.submit(publisher.next_part(dataset), data, kind=dataset, rows=table.num_rows)
+        return table.num_rows
+
+    async def batched(dataset: str, total: int, batch: int, compute, build) -> int:
+        rows, pending, done, last_log = 0, None, 0, time.monotonic()
+        for start in range(0, total, batch):
+            index = np.arange(start, min(start + batch, total), dtype=np.int32)
+            result = await on_model(compute, index)
+            if pending is not None:
+                rows += await pending
+            pending = asyncio.ensure_future(emit(dataset, build, index, *result))
+            done = index[-1] + 1
+            if time.monotonic() - last_log >= config.progress_interval:
+                log.info("%s: %s/%s done", dataset, f"{done:,}", f"{total:,}")
+                last_log = time.monotonic()
+        if pending is not None:
+            rows += await pending
+        return rows
+
+    with stages("recommend"):
+        counts["recommendations"] = await batched(
+            "recommendations", users, config.batch_users,
+            lambda idx: top_n(training.model, matrix, idx, config.top_n),
+            lambda idx, ids, scores: long_table(user_ids, idx, item_ids, ids, scores, ("user_id", "item_id")),
+        )
+        log.info("recommend: %s rows for %s users", f"{counts['recommendations']:,}", f"{users:,}")
+    if config.similar_n:
+        with stages("similar_items"):
+            counts["similar_items"] = await batched(
+                "similar_items", items, config.batch_users,
+                lambda idx: similar_items(training.model, idx, config.similar_n),
+                lambda idx, ids, scores: long_table(item_ids, idx, item_ids, ids, scores, ("item_id", "similar_item_id")),
+            )
+    if config.write_factors and publisher is not None:
+        with stages("factors"):
+            for dataset, column, ids, factors in (
+                ("user_factors", "user_id", user_ids, await on_model(training.user_factors)),
+                ("item_factors", "item_id", item_ids, await on_model(training.item_factors)),
+            ):
+                per_part = max(1, (64 * MiB) // max(factors.shape[1] * 4, 1))
+                for start in range(0, len(factors), per_part):
+                    await emit(dataset, _factor_table, column, ids, factors, start, start + per_part)
+    return counts
+
+
+def _factor_table(name: str, ids: pa.Array, factors: np.ndarray, start: int, end: int) -> pa.Table:
+    """Rows of (original id, vector): row i of the factor matrix belongs to ids[i]."""
+    block = np.ascontiguousarray(factors[start:end], dtype=np.float32)
+    vectors = pa.FixedSizeListArray.from_arrays(pa.array(block.reshape(-1)), factors.shape[1])
+    column = ids.slice(start, end - start)
+    if pa.types.is_large_string(column.type):
+        column = column.cast(pa.string())
+    return pa.table({name: column, "factors": vectors})
+
+
+def _versions() -> dict:
+    import aiobotocore
+    import botocore
+    import implicit
+    import scipy
+
+    from .. import __version__
+
+    return {
+        "airflow_gpu": __version__,
+        "python": platform.python_version(),
+        "implicit": implicit.__version__,
+        "numpy": np.__version__,
+        "scipy": scipy.__version__,
+        "pyarrow": pa.__version__,
+        "aiobotocore": aiobotocore.__version__,
+        "botocore": botocore.__version__,
+        "platform": f"{sys.platform}-{platform.machine()}",
+    }
+
+
+def _metrics(config, run_id, started_at, ingest_stats: IngestStats, interactions: Interactions, training: TrainResult,
+             evaluation, stages: _Stages, counts: dict) -> dict:
+    matrix = interactions.matrix
+    train_seconds = stages.seconds.get("train", 0.0)
+    recommend_seconds = stages.seconds.get("recommend", 0.0)
+    return {
+        "run_id": run_id,
+        "started_at": started_at.isoformat(timespec="seconds"),
+        "input": config.input,
+        "output": config.output,
+        "counts": {
+            "objects": ingest_stats.objects,
+            "bytes_read": ingest_stats.bytes,
+            "rows_read": ingest_stats.rows_read,
+            "null_id_rows_dropped": ingest_stats.null_id_rows,
+            "invalid_weight_rows_dropped": ingest_stats.invalid_weight_rows,
+            "zero_weight_rows_dropped": ingest_stats.zero_weight_rows,
+            "interactions": interactions.rows,
+            "duplicates_summed": interactions.duplicates,
+            "users": interactions.users,
+            "items": interactions.items,
+            "nonzeros": int(matrix.nnz),
+            "density": round(matrix.nnz / max(interactions.users * interactions.items, 1), 8),
+            "recommendations": counts.get("recommendations", 0),
+            "similar_items": counts.get("similar_items", 0),
+        },
+        "stages": dict(stages.seconds),
+        "throughput": {
+            "ingest_mb_per_s": ingest_stats.as_dict()["mb_per_s"],
+            "ingest_rows_per_s": ingest_stats.as_dict()["rows_per_s"],
+            "train_nonzeros_per_s_per_iteration": round(matrix.nnz * config.train.iterations / train_seconds) if train_seconds else None,
+            "recommend_users_per_s": round(interactions.users / recommend_seconds) if recommend_seconds else None,
+        },
+        "training": {
+            "device": training.device,
+            "factors": config.train.factors,
+            "iterations": config.train.iterations,
+            "regularization": config.train.regularization,
+            "weighting": config.weighting,
+            "alpha": config.params()["alpha"],
+            "seconds": round(training.seconds, 4),
+            "loss": training.loss,
+            "iteration_seconds": [round(s, 4) for s in training.iteration_seconds],
+        },
+        "evaluation": evaluation,
+        "ingest": ingest_stats.as_dict(),
+        "params": config.params(),
+        "versions": _versions(),
+    }
+
+
+def _manifest_fields(config: AlsConfig, metrics: dict, publisher: Publisher) -> dict:
+    datasets: dict[str, dict] = {}
+    for entry in publisher.files:
+        if entry["kind"] in ("metrics", "report"):
+            continue
+        summary = datasets.setdefault(entry["kind"], {"path": publisher.root + entry["kind"] + "/", "files": 0, "rows": 0, "bytes": 0})
+        summary["files"] += 1
+        summary["rows"] += entry["rows"] or 0
+        summary["bytes"] += entry["bytes"]
+    evaluation = metrics.get("evaluation") or {}
+    k = evaluation.get("k")
+    return {
+        "command": "als",
+        "created_at": metrics["started_at"],
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "input": config.input,
+        "params": config.params(),
+        "summary": {
+            "users": metrics["counts"]["users"],
+            "items": metrics["counts"]["items"],
+            "interactions": metrics["counts"]["interactions"],
+            "recommendations": metrics["counts"]["recommendations"],
+            "device": metrics["training"]["device"],
+            "train_seconds": metrics["training"]["seconds"],
+            "final_loss": next((x for x in reversed(metrics["training"]["loss"]) if x is not None), None),
+            "precision_at_k": {
+                "k": k,
+                "als": evaluation["als"][f"precision_at_{k}"],
+                "popularity": evaluation["popularity"][f"precision_at_{k}"],
+            }
+            if evaluation
+            else None,
+        },
+        "datasets": datasets,
+        "metrics": publisher.root + "metrics.json",
+        "report": publisher.root + "report.html",
+    }
+
+
+def _json_bytes(document: dict) -> bytes:
+    import json
+
+    return json.dumps(document, indent=2, default=_plain).encode()
+
+
+def _plain(value):
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return float(value)
+    if isinstance(value, Columns):
+        return asdict(value)
+    raise TypeError(f"cannot write {type(value).__name__} to JSON")

@@ -1,0 +1,157 @@
+"""Outputs go up as parts under a run folder; manifest.json, written last, is the commit point.
+
+Layout under ``--output``::
+
+    manifest.json                       the commit point: lists exactly this run's files
+    runs/<run_id>/recommendations/part-00000.parquet ...
+    runs/<run_id>/similar_items/part-00000.parquet ...
+    runs/<run_id>/user_factors/part-00000.parquet ...
+    runs/<run_id>/item_factors/part-00000.parquet ...
+    runs/<run_id>/metrics.json
+    runs/<run_id>/report.html
+
+Each run writes into its own folder, so a rerun never overwrites the files the current
+manifest points at, and a reader that lists a folder never mixes two runs' parts. A
+rerun replaces manifest.json in one PUT (or one rename, locally) at its very end; until
+then readers keep seeing the previous complete run. A run that fails deletes what it
+uploaded and never writes a manifest. Readers treat a prefix without a manifest as absent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import time
+import uuid
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .storage import Store
+
+log = logging.getLogger("airflow_gpu.worker")
+
+MANIFEST = "manifest.json"
+MANIFEST_FORMAT = "airflow-gpu-manifest"
+MANIFEST_VERSION = 1
+
+
+def new_run_id() -> str:
+    """Sortable by time, unique across concurrent runs."""
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:8]
+
+
+def parquet_bytes(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="snappy")
+    return sink.getvalue().to_pybytes()
+
+
+class Publisher:
+    """Uploads a run's files with a bounded number in flight, then commits the manifest."""
+
+    def __init__(self, store: Store, run_id: str | None = None, *, max_in_flight: int = 4) -> None:
+        self.store = store
+        self.run_id = run_id or new_run_id()
+        self.root = f"runs/{self.run_id}/"
+        self.files: list[dict] = []
+        self._uploaded: list[str] = []
+        self._tasks: set[asyncio.Task] = set()
+        self._slots = asyncio.Semaphore(max_in_flight)
+        self._parts: dict[str, int] = {}
+        self.bytes_written = 0
+
+    def next_part(self, dataset: str) -> str:
+        number = self._parts.get(dataset, 0)
+        self._parts[dataset] = number + 1
+        return f"{dataset}/part-{number:05d}.parquet"
+
+    async def put(self, name: str, data: bytes, *, kind: str, rows: int | None = None) -> dict:
+        """Upload ``data`` as ``runs/<run_id>/<name>`` and record its size, rows and checksum."""
+        path = self.root + name
+        digest = await asyncio.to_thread(lambda: hashlib.sha256(data).hexdigest())
+        self._uploaded.append(path)  # before the upload, so an abort also removes a partial one
+        await self.store.write(path, data)
+        entry = {"path": path, "kind": kind, "bytes": len(data), "rows": rows, "sha256": digest}
+        self.files.append(entry)
+        self.bytes_written += len(data)
+        return entry
+
+    async def put_file(self, name: str, path, *, kind: str) -> dict:
+        """Upload a local file (streamed, multipart when big) and record its size and checksum."""
+        target = self.root + name
+
+        def digest() -> tuple[str, int]:
+            sha, size = hashlib.sha256(), 0
+            with open(path, "rb") as handle:
+                while chunk := handle.read(8 * 2**20):
+                    sha.update(chunk)
+                    size += len(chunk)
+            return sha.hexdigest(), size
+
+        checksum, size = await asyncio.to_thread(digest)
+        self._uploaded.append(target)
+        await self.store.write_file(target, path)
+        entry = {"path": target, "kind": kind, "bytes": size, "rows": None, "sha256": checksum}
+        self.files.append(entry)
+        self.bytes_written += size
+        return entry
+
+    async def submit(self, name: str, data: bytes, *, kind: str, rows: int | None = None) -> None:
+        """Start uploading in the background; waits only while ``max_in_flight`` uploads are running."""
+        self._raise_failed()
+        await self._slots.acquire()
+        task = asyncio.create_task(self.put(name, data, kind=kind, rows=rows))
+        task.add_done_callback(lambda _: self._slots.release())
+        self._tasks.add(task)
+
+    async def drain(self) -> None:
+        tasks, self._tasks = list(self._tasks), set()
+        if tasks:
+            await asyncio.gather(*tasks)
+
+    async def commit(self, manifest: dict) -> dict:
+        """Write manifest.json after every other file is up: from here on the run exists."""
+        await self.drain()
+        document = {
+            "format": MANIFEST_FORMAT,
+            "version": MANIFEST_VERSION,
+            **manifest,
+            "run_id": self.run_id,
+            "root": self.root,
+            "files": sorted(self.files, key=lambda f: f["path"]),
+            "complete": True,
+        }
+        await self.store.write(MANIFEST, json.dumps(document, indent=2, sort_keys=False).encode())
+        log.info("publish: committed %s (%d files, %.1f MB)", self.store.uri_of(MANIFEST), len(self.files), self.bytes_written / 2**20)
+        return document
+
+    async def abort(self) -> None:
+        """Stop uploads and remove what this run wrote (best effort); the old manifest stays as it was."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        if self._uploaded:
+            with contextlib.suppress(Exception):
+                await self.store.delete(self._uploaded)
+                log.info("publish: removed %d files of the failed run %s", len(self._uploaded), self.run_id)
+
+    def _raise_failed(self) -> None:
+        for task in list(self._tasks):
+            if task.done():
+                self._tasks.discard(task)
+                if not task.cancelled() and task.exception() is not None:
+                    raise task.exception()
+
+
+async def read_manifest(store: Store) -> dict | None:
+    """The committed manifest under a store's root, or None: the reader's side of the contract."""
+    data = await store.read_small(MANIFEST)
+    if data is None:
+        return None
+    manifest = json.loads(data)
+    return manifest if manifest.get("complete") is True else None

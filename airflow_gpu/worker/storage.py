@@ -1,0 +1,411 @@
+"""Async object I/O for ``s3://`` URIs and local paths, behind one small interface.
+
+The worker reads its inputs and writes its outputs through ``Store``. S3 goes through
+aiobotocore so that many GETs and PUTs are in flight on one event loop: big objects are
+fetched as parallel ranged GETs and written as multipart uploads, always with bounded
+concurrency. Local paths take the same calls, with file I/O moved to threads so the event
+loop never blocks. Errors a user can cause (no such bucket, access denied, nothing under
+the prefix) become one-line ``WorkerError``s naming the URI.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import uuid
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import AsyncIterator, Callable
+
+from .errors import WorkerError
+
+MiB = 1024 * 1024
+# Ranged GETs and multipart parts of 16 MiB keep each request long enough to reach full
+# throughput while giving large objects enough pieces to spread over the connections.
+PART_SIZE = 16 * MiB
+MAX_PARTS = 10_000  # S3's limit on parts per multipart upload
+
+
+@dataclass(frozen=True)
+class ObjectRef:
+    """One object (or file) found under a store's root."""
+
+    key: str  # full S3 key, or absolute local path
+    name: str  # path relative to the listed root; the base name for a single object
+    size: int
+
+
+def is_data_name(name: str) -> bool:
+    """Skip markers that exports leave beside their data (_SUCCESS, .crc, folder keys)."""
+    base = name.rstrip("/").rsplit("/", 1)[-1]
+    return bool(base) and not name.endswith("/") and not base.startswith(("_", "."))
+
+
+class Store(ABC):
+    """Objects under one root URI: an S3 prefix or a local folder (or a single object)."""
+
+    uri: str
+
+    @abstractmethod
+    async def list(self) -> list[ObjectRef]:
+        """Every data object under the root, sorted by name; a single object if the root is one."""
+
+    @abstractmethod
+    async def read(self, ref: ObjectRef):
+        """The object's bytes, as ``bytes`` or a zero-copy buffer."""
+
+    @abstractmethod
+    async def read_to_file(self, ref: ObjectRef, dest: Path) -> None:
+        """Stream the object into a local file without holding it all in memory."""
+
+    @abstractmethod
+    async def write(self, name: str, data: bytes | memoryview) -> None:
+        """Put ``data`` at ``root/name``, replacing any object there in one step."""
+
+    @abstractmethod
+    async def write_file(self, name: str, path: Path) -> None:
+        """Upload a local file to ``root/name``."""
+
+    @abstractmethod
+    async def read_small(self, name: str) -> bytes | None:
+        """Read ``root/name`` whole, or None when it does not exist (manifests, scripts)."""
+
+    @abstractmethod
+    async def delete(self, names: list[str]) -> None:
+        """Remove ``root/name`` for each name; missing ones are ignored."""
+
+    def uri_of(self, name: str) -> str:
+        return self.uri.rstrip("/") + "/" + name if name else self.uri
+
+    def ref_uri(self, ref: ObjectRef) -> str:
+        """The full URI of a listed object, for messages."""
+        return ref.key
+
+    async def close(self) -> None:  # pragma: no cover - trivial
+        return None
+
+
+# ---------------------------------------------------------------------------------------
+# S3
+# ---------------------------------------------------------------------------------------
+
+
+def split_s3_uri(uri: str) -> tuple[str, str]:
+    rest = uri[len("s3://") :]
+    bucket, _, key = rest.partition("/")
+    if not bucket:
+        raise WorkerError(f"'{uri}' names no bucket; write s3://BUCKET/PREFIX/")
+    return bucket, key
+
+
+class S3Store(Store):
+    """An S3 prefix, through one aiobotocore client shared by all requests."""
+
+    def __init__(self, uri: str, client, concurrency: int) -> None:
+        self.uri = uri
+        self.bucket, self.prefix = split_s3_uri(uri)
+        self._client = client
+        # One slot per request in flight; a multipart upload or ranged download takes one per part.
+        self._requests = asyncio.Semaphore(max(1, concurrency))
+
+    @property
+    def _dir(self) -> str:
+        return self.prefix if not self.prefix or self.prefix.endswith("/") else self.prefix + "/"
+
+    async def list(self) -> list[ObjectRef]:
+        refs: list[ObjectRef] = []
+        async with self._translate(self.uri):
+            paginator = self._client.get_paginator("list_objects_v2")
+            async for page in paginator.paginate(Bucket=self.bucket, Prefix=self._dir):
+                for item in page.get("Contents", ()):
+                    name = item["Key"][len(self._dir) :]
+                    if is_data_name(name):
+                        refs.append(ObjectRef(item["Key"], name, int(item["Size"])))
+            if not refs and self.prefix and not self.prefix.endswith("/"):
+                # The URI may name one object rather than a folder.
+                try:
+                    head = await self._client.head_object(Bucket=self.bucket, Key=self.prefix)
+                except self._client.exceptions.ClientError as exc:
+                    if _error_code(exc) not in ("404", "NoSuchKey", "NotFound"):
+                        raise
+                else:
+                    refs.append(ObjectRef(self.prefix, self.prefix.rsplit("/", 1)[-1], int(head["ContentLength"])))
+        return sorted(refs, key=lambda r: r.name)
+
+    async def read(self, ref: ObjectRef):
+        if ref.size <= 2 * PART_SIZE:
+            async with self._requests, self._translate(self.ref_uri(ref)):
+                response = await self._client.get_object(Bucket=self.bucket, Key=ref.key)
+                async with response["Body"] as body:
+                    return await body.read()
+        # Parallel ranged GETs straight into one preallocated buffer.
+        buffer = bytearray(ref.size)
+        view = memoryview(buffer)
+
+        async def fetch(start: int, end: int) -> None:
+            async with self._requests, self._translate(self.ref_uri(ref)):
+                response = await self._client.get_object(Bucket=self.bucket, Key=ref.key, Range=f"bytes={start}-{end - 1}")
+                async with response["Body"] as body:
+                    offset = start
+                    async for chunk in body.iter_chunks(1 * MiB):
+                        view[offset : offset + len(chunk)] = chunk
+                        offset += len(chunk)
+                if offset != end:
+                    raise WorkerError(
+                        f"{self.ref_uri(ref)} changed while it was read (got {offset - start} of {end - start} bytes "
+                        "of a range); rerun once its writer has finished"
+                    )
+
+        await _gather_all([fetch(s, min(s + PART_SIZE, ref.size)) for s in range(0, ref.size, PART_SIZE)])
+        return buffer
+
+    async def read_to_file(self, ref: ObjectRef, dest: Path) -> None:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        async with self._requests, self._translate(self.ref_uri(ref)):
+            response = await self._client.get_object(Bucket=self.bucket, Key=ref.key)
+            with open(dest, "wb") as handle:
+                async with response["Body"] as body:
+                    async for chunk in body.iter_chunks(4 * MiB):
+                        await asyncio.to_thread(handle.write, chunk)
+
+    async def read_small(self, name: str) -> bytes | None:
+        key = self._dir + name
+        async with self._requests, self._translate(self.uri_of(name)):
+            try:
+                response = await self._client.get_object(Bucket=self.bucket, Key=key)
+            except self._client.exceptions.ClientError as exc:
+                if _error_code(exc) in ("404", "NoSuchKey", "NotFound"):
+                    return None
+                raise
+            async with response["Body"] as body:
+                return await body.read()
+
+    async def write(self, name: str, data: bytes | memoryview) -> None:
+        view = memoryview(data).cast("B")
+        await self._put(name, len(view), lambda start, end: asyncio.sleep(0, bytes(view[start:end])))
+
+    async def write_file(self, name: str, path: Path) -> None:
+        size = path.stat().st_size
+
+        def read_range(start: int, end: int) -> bytes:
+            with open(path, "rb") as handle:
+                handle.seek(start)
+                return handle.read(end - start)
+
+        await self._put(name, size, lambda start, end: asyncio.to_thread(read_range, start, end))
+
+    async def _put(self, name: str, size: int, read_range: Callable) -> None:
+        key = self._dir + name
+        uri = self.uri_of(name)
+        if size <= 2 * PART_SIZE:
+            body = await read_range(0, size)
+            async with self._requests, self._translate(uri):
+                await self._client.put_object(Bucket=self.bucket, Key=key, Body=body)
+            return
+        part_size = max(PART_SIZE, -(-size // MAX_PARTS))
+        async with self._translate(uri):
+            upload = await self._client.create_multipart_upload(Bucket=self.bucket, Key=key)
+        upload_id = upload["UploadId"]
+
+        async def put_part(number: int, start: int) -> dict:
+            body = await read_range(start, min(start + part_size, size))
+            async with self._requests, self._translate(uri):
+                part = await self._client.upload_part(
+                    Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=body
+                )
+            return {"PartNumber": number, "ETag": part["ETag"]}
+
+        try:
+            parts = await _gather_all([put_part(n + 1, s) for n, s in enumerate(range(0, size, part_size))])
+            async with self._translate(uri):
+                await self._client.complete_multipart_upload(
+                    Bucket=self.bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
+                )
+        except BaseException:
+            # An unfinished multipart upload is invisible to readers but still billed: abort it.
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id))
+            raise
+
+    async def delete(self, names: list[str]) -> None:
+        keys = [self._dir + n for n in names]
+        for start in range(0, len(keys), 1000):
+            batch = keys[start : start + 1000]
+            async with self._requests, self._translate(self.uri):
+                await self._client.delete_objects(
+                    Bucket=self.bucket, Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True}
+                )
+
+    def uri_of(self, name: str) -> str:
+        return f"s3://{self.bucket}/{self._dir}{name}" if name else self.uri
+
+    def ref_uri(self, ref: ObjectRef) -> str:
+        return f"s3://{self.bucket}/{ref.key}"
+
+    @contextlib.asynccontextmanager
+    async def _translate(self, uri: str) -> AsyncIterator[None]:
+        """Turn the S3 errors a user can cause into one clear line naming the URI."""
+        from botocore.exceptions import (
+            ClientError,
+            EndpointConnectionError,
+            NoCredentialsError,
+            PartialCredentialsError,
+        )
+
+        try:
+            yield
+        except ClientError as exc:
+            code = _error_code(exc)
+            if code in ("AccessDenied", "403", "AllAccessDisabled", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
+                raise WorkerError(
+                    f"access denied to {uri} ({code}); give the job's role s3:ListBucket, s3:GetObject and "
+                    "s3:PutObject on it, or check the AWS credentials"
+                ) from None
+            if code == "NoSuchBucket":
+                raise WorkerError(f"bucket '{self.bucket}' does not exist ({uri}); check the URI") from None
+            if code in ("NoSuchKey", "404", "NotFound"):
+                raise WorkerError(f"{uri} does not exist; check the URI") from None
+            raise
+        except NoCredentialsError:
+            raise WorkerError(
+                f"no AWS credentials found to reach {uri}; set AWS_PROFILE or AWS_ACCESS_KEY_ID, or run with a job role"
+            ) from None
+        except PartialCredentialsError as exc:
+            raise WorkerError(f"incomplete AWS credentials for {uri}: {exc}") from None
+        except EndpointConnectionError as exc:
+            raise WorkerError(f"cannot reach S3 for {uri} ({exc}); check --endpoint-url or AWS_ENDPOINT_URL") from None
+
+
+def _error_code(exc: Exception) -> str:
+    return str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
+
+
+async def _gather_all(coros: list) -> list:
+    """Like gather, but cancels the siblings as soon as one fails, so a failure stops all work."""
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    try:
+        return await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+
+
+# ---------------------------------------------------------------------------------------
+# Local paths
+# ---------------------------------------------------------------------------------------
+
+
+class LocalStore(Store):
+    """A local folder or file. Writes go to a temporary name first, then are renamed into place."""
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+        self.root = Path(uri[len("file://") :] if uri.startswith("file://") else uri).expanduser().absolute()
+
+    async def list(self) -> list[ObjectRef]:
+        return await asyncio.to_thread(self._list)
+
+    def _list(self) -> list[ObjectRef]:
+        if self.root.is_file():
+            return [ObjectRef(str(self.root), self.root.name, self.root.stat().st_size)]
+        if not self.root.is_dir():
+            return []
+        refs = []
+        for folder, dirs, files in os.walk(self.root):
+            dirs[:] = sorted(d for d in dirs if is_data_name(d))
+            for file in files:
+                path = Path(folder, file)
+                name = path.relative_to(self.root).as_posix()
+                if is_data_name(name):
+                    refs.append(ObjectRef(str(path), name, path.stat().st_size))
+        return sorted(refs, key=lambda r: r.name)
+
+    async def read(self, ref: ObjectRef):
+        import pyarrow as pa
+
+        def read():
+            with pa.memory_map(ref.key) as source:
+                return source.read_buffer()
+
+        try:
+            return await asyncio.to_thread(read)
+        except PermissionError:
+            raise WorkerError(f"permission denied reading {ref.key}; check the file's permissions") from None
+
+    async def read_to_file(self, ref: ObjectRef, dest: Path) -> None:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(shutil.copyfile, ref.key, dest)
+
+    async def read_small(self, name: str) -> bytes | None:
+        path = self.root / name if name else self.root
+        try:
+            return await asyncio.to_thread(path.read_bytes)
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            return None
+
+    async def write(self, name: str, data: bytes | memoryview) -> None:
+        await asyncio.to_thread(self._write, name, lambda handle: handle.write(data))
+
+    async def write_file(self, name: str, path: Path) -> None:
+        def copy(handle) -> None:
+            with open(path, "rb") as source:
+                shutil.copyfileobj(source, handle, 8 * MiB)
+
+        await asyncio.to_thread(self._write, name, copy)
+
+    def _write(self, name: str, fill: Callable) -> None:
+        target = self.root / name
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            temp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+            with open(temp, "wb") as handle:
+                fill(handle)
+            os.replace(temp, target)
+        except PermissionError:
+            raise WorkerError(f"permission denied writing {target}; choose an --output you can write to") from None
+
+    async def delete(self, names: list[str]) -> None:
+        def remove() -> None:
+            for name in names:
+                with contextlib.suppress(FileNotFoundError):
+                    (self.root / name).unlink()
+
+        await asyncio.to_thread(remove)
+
+    def uri_of(self, name: str) -> str:
+        if not name or self.root.is_file():
+            return str(self.root)
+        return str(self.root / name)
+
+
+# ---------------------------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def open_store(uri: str, *, endpoint_url: str | None = None, concurrency: int = 16) -> AsyncIterator[Store]:
+    """A Store for ``uri``; for S3 one aiobotocore client with a pool sized to ``concurrency``.
+
+    With no ``endpoint_url`` botocore's standard settings apply, ``AWS_ENDPOINT_URL`` included.
+    """
+    if not uri.startswith("s3://"):
+        if "://" in uri and not uri.startswith("file://"):
+            raise WorkerError(f"'{uri}' is neither s3://BUCKET/PREFIX nor a local path; use one of those")
+        yield LocalStore(uri)
+        return
+    from aiobotocore.config import AioConfig
+    from aiobotocore.session import get_session
+
+    config = AioConfig(
+        max_pool_connections=max(1, concurrency),
+        retries={"max_attempts": 8, "mode": "adaptive"},
+        connect_timeout=10,
+        read_timeout=120,
+    )
+    session = get_session()
+    async with session.create_client("s3", endpoint_url=endpoint_url, config=config) as client:
+        yield S3Store(uri, client, concurrency)

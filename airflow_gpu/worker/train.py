@@ -1,0 +1,210 @@
+"""implicit ALS on the GPU or the CPU, behind one function, with the GPU's limits checked first.
+
+Both devices get the same confidence matrix (see ``matrix.confidence``) and implicit's own
+alpha stays at 1, so they fit the same objective. Before touching the GPU we refuse sizes
+that implicit's int32-indexed CUDA kernels cannot hold, with a message that says what to
+change, rather than letting them overflow or fail deep inside CUDA.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import scipy.sparse
+
+from .errors import WorkerError
+
+log = logging.getLogger("airflow_gpu.worker")
+
+DEVICES = ("auto", "gpu", "cpu")
+INT32_LIMIT = 2**31
+MIN_COMPUTE_CAPABILITY = (8, 0)  # the CUDA 13 build of implicit ships sm_80+ kernels only
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    factors: int = 64
+    iterations: int = 15
+    regularization: float = 1.0
+    seed: int = 0
+    device: str = "auto"
+    threads: int = 0  # CPU threads; 0 means every core
+    loss: bool = True  # compute the training loss after each iteration (costs about one extra pass)
+
+    def check(self) -> None:
+        if self.factors < 1:
+            raise WorkerError(f"--factors must be at least 1, got {self.factors}")
+        if self.iterations < 1:
+            raise WorkerError(f"--iterations must be at least 1, got {self.iterations}")
+        if not np.isfinite(self.regularization) or self.regularization < 0:
+            raise WorkerError(f"--regularization must be a number >= 0, got {self.regularization}")
+        if self.device not in DEVICES:
+            raise WorkerError(f"unknown --device '{self.device}'; use auto, gpu or cpu")
+
+
+@dataclass
+class TrainResult:
+    model: Any  # an implicit model: its recommend/similar_items run on the device it trained on
+    device: str
+    loss: list[float | None] = field(default_factory=list)
+    iteration_seconds: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def user_factors(self) -> np.ndarray:
+        return _host(self.model.user_factors)
+
+    def item_factors(self) -> np.ndarray:
+        return _host(self.model.item_factors)
+
+
+def _host(factors) -> np.ndarray:
+    return factors if isinstance(factors, np.ndarray) else factors.to_numpy()
+
+
+def _gpu_als_class():
+    """implicit's GPU ALS class, or None when no usable CUDA device is visible. Tests replace this."""
+    try:
+        import implicit.gpu
+    except ImportError:  # pragma: no cover - implicit is a hard dependency
+        return None
+    if not implicit.gpu.HAS_CUDA:
+        return None
+    from implicit.gpu.als import AlternatingLeastSquares
+
+    return AlternatingLeastSquares
+
+
+def _compute_capability() -> tuple[int, int] | None:
+    """The first GPU's compute capability through cuda-python (an RMM dependency), if it can tell."""
+    try:
+        from cuda.bindings import runtime
+    except ImportError:
+        return None
+    try:
+        err, props = runtime.cudaGetDeviceProperties(0)
+        if int(err) != 0:
+            return None
+        return int(props.major), int(props.minor)
+    except Exception:  # noqa: BLE001 - only a hint; implicit reports real failures itself
+        return None
+
+
+def resolve_device(requested: str) -> str:
+    """``gpu`` when asked for or when ``auto`` finds a usable GPU; otherwise ``cpu``."""
+    gpu = _gpu_als_class() is not None
+    capability = _compute_capability() if gpu else None
+    too_old = capability is not None and capability < MIN_COMPUTE_CAPABILITY
+    if requested == "gpu":
+        if not gpu:
+            raise WorkerError(
+                "--device gpu, but implicit sees no CUDA GPU (implicit.gpu.HAS_CUDA is False); check the job has a GPU "
+                "and the image has rmm-cu13, or use --device cpu"
+            )
+        if too_old:
+            raise WorkerError(
+                f"--device gpu, but the GPU has compute capability {capability[0]}.{capability[1]} and implicit's CUDA 13 "
+                "build needs 8.0 or newer (A10G, A100, L4, L40S, H100, H200); use a newer GPU or --device cpu"
+            )
+        return "gpu"
+    if requested == "auto" and gpu and not too_old:
+        return "gpu"
+    if requested == "auto" and too_old:
+        log.warning("train: GPU compute capability %d.%d is below 8.0; training on the CPU", *capability)
+    return "cpu"
+
+
+def check_gpu_limits(users: int, items: int, nnz: int, factors: int) -> None:
+    """Refuse sizes whose GPU arrays would need indices of 2^31 or more."""
+    problems = []
+    if users * factors >= INT32_LIMIT:
+        problems.append(f"users x factors = {users:,} x {factors} = {users * factors:,}")
+    if items * factors >= INT32_LIMIT:
+        problems.append(f"items x factors = {items:,} x {factors} = {items * factors:,}")
+    if nnz >= INT32_LIMIT:
+        problems.append(f"interactions = {nnz:,}")
+    if not problems:
+        return
+    fitting = (INT32_LIMIT - 1) // max(users, items, 1)
+    fewer = f"--factors {fitting} or fewer, or " if nnz < INT32_LIMIT and fitting >= 1 else ""
+    raise WorkerError(
+        f"too large for implicit's GPU kernels, which index with int32: {'; '.join(problems)} reaches 2^31 "
+        f"({INT32_LIMIT:,}); use {fewer}--device cpu"
+    )
+
+
+def fit(confidence: scipy.sparse.csr_matrix, params: TrainParams) -> TrainResult:
+    """Fit ALS to a user x item confidence matrix; log the loss and time of each iteration."""
+    params.check()
+    device = resolve_device(params.device)
+    users, items = confidence.shape
+    if device == "gpu":
+        check_gpu_limits(users, items, confidence.nnz, params.factors)
+        model = _gpu_als_class()(
+            factors=params.factors,
+            regularization=params.regularization,
+            alpha=1.0,  # ignored by the GPU fit anyway: the confidence is already in the matrix
+            dtype=np.float32,
+            iterations=params.iterations,
+            calculate_training_loss=params.loss,
+            random_state=params.seed,
+        )
+    else:
+        from implicit.cpu.als import AlternatingLeastSquares
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(1, "blas"):  # implicit checks (and warns about) BLAS threads here
+            model = AlternatingLeastSquares(
+                factors=params.factors,
+                regularization=params.regularization,
+                alpha=1.0,
+                dtype=np.float32,
+                iterations=params.iterations,
+                calculate_training_loss=params.loss,
+                num_threads=params.threads,
+                random_state=params.seed,
+            )
+    result = TrainResult(model=model, device=device)
+    log.info(
+        "train: ALS on %s, %d factors, %d iterations, %s users x %s items, %s interactions",
+        device.upper(),
+        params.factors,
+        params.iterations,
+        f"{users:,}",
+        f"{items:,}",
+        f"{confidence.nnz:,}",
+    )
+
+    def on_iteration(iteration: int, seconds: float, loss: float | None) -> None:
+        result.iteration_seconds.append(float(seconds))
+        result.loss.append(None if loss is None else float(loss))
+        shown = "" if loss is None else f", loss {loss:.6f}"
+        log.info("train: iteration %d/%d in %.2fs%s", iteration + 1, params.iterations, seconds, shown)
+
+    started = time.monotonic()
+    try:
+        if device == "cpu":
+            from threadpoolctl import threadpool_limits
+
+            # implicit runs its own threads; a multithreaded BLAS underneath slows it badly.
+            with threadpool_limits(1, "blas"):
+                model.fit(confidence, show_progress=False, callback=on_iteration)
+        else:
+            model.fit(confidence, show_progress=False, callback=on_iteration)
+    except MemoryError:
+        raise WorkerError(
+            f"out of memory training {params.factors} factors on the {device.upper()}; use fewer --factors, "
+            "or a machine with more memory"
+        ) from None
+    except RuntimeError as exc:
+        if "memory" in str(exc).lower():
+            raise WorkerError(
+                f"the GPU ran out of memory ({' '.join(str(exc).split())[:160]}); use fewer --factors, a GPU with "
+                "more memory, or --device cpu"
+            ) from None
+        raise
+    result.seconds = time.monotonic() - started
+    return result
