@@ -186,7 +186,8 @@ def _decode_csv(buffer: pa.Buffer, columns: Columns, uri: str) -> pa.Table:
 
 
 def _csv_header(source) -> list[str]:
-    head = source.read(64 * 1024).to_pybytes().decode("utf-8", errors="replace")
+    head = source.read(64 * 1024)
+    head = (head if isinstance(head, bytes) else head.to_pybytes()).decode("utf-8", errors="replace")
     line = head.splitlines()[0] if head else ""
     return next(csv.reader(io.StringIO(line)), [])
 

@@ -95,6 +95,9 @@ class IdDictionary:
     finish in, so the same input always gives the same indices, and so the same model.
     """
 
+    # Fold once the waiting dictionaries hold more ids than this or than the folded ones.
+    fold_at = 1 << 20
+
     def __init__(self, column: str) -> None:
         self.column = column
         self.values: pa.Array | None = None
@@ -108,7 +111,7 @@ class IdDictionary:
         with self._lock:
             self._waiting[seq] = entry
             self._waiting_ids += len(dictionary)
-            if self._waiting_ids > max(1 << 20, len(self)):
+            if self._waiting_ids > max(self.fold_at, len(self)):
                 self._fold(final=False)
         return entry
 

@@ -1,0 +1,159 @@
+"""ALS training: the CPU for real, the GPU path through a stand-in for implicit's GPU model.
+
+No GPU exists here, so only the GPU itself is replaced: ``FakeGpuAls`` behaves as
+implicit.gpu.als.AlternatingLeastSquares does where it matters to us (its ``fit`` ignores
+alpha, its factors are device matrices with ``to_numpy``), and computes with the CPU
+solver. benchmarks/gpu_smoke.py runs the same checks on a real GPU.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import scipy.sparse
+
+from airflow_gpu.worker import train
+from airflow_gpu.worker.errors import WorkerError
+from airflow_gpu.worker.matrix import confidence
+from airflow_gpu.worker.recommend import similar_items, top_n
+from airflow_gpu.worker.train import INT32_LIMIT, TrainParams, check_gpu_limits, fit
+
+
+class DeviceMatrix:
+    def __init__(self, array: np.ndarray) -> None:
+        self.array = array
+        self.shape = array.shape
+
+    def to_numpy(self) -> np.ndarray:
+        return self.array.copy()
+
+
+class FakeGpuAls:
+    instances: list["FakeGpuAls"] = []
+
+    def __init__(self, factors, regularization, alpha, dtype, iterations, calculate_training_loss, random_state):
+        from implicit.cpu.als import AlternatingLeastSquares
+
+        self.alpha = alpha
+        self.fitted_on = None
+        self._cpu = AlternatingLeastSquares(
+            factors=factors, regularization=regularization, alpha=1.0, dtype=dtype, iterations=iterations,
+            calculate_training_loss=calculate_training_loss, random_state=random_state, num_threads=1,
+        )
+        FakeGpuAls.instances.append(self)
+
+    def fit(self, user_items, show_progress=True, callback=None):
+        self.fitted_on = user_items.copy()  # like the real one: alpha is not applied
+        self._cpu.fit(user_items, show_progress=show_progress, callback=callback)
+
+    @property
+    def user_factors(self):
+        return DeviceMatrix(self._cpu.user_factors)
+
+    @property
+    def item_factors(self):
+        return DeviceMatrix(self._cpu.item_factors)
+
+    def recommend(self, *args, **kwargs):
+        return self._cpu.recommend(*args, **kwargs)
+
+    def similar_items(self, *args, **kwargs):
+        return self._cpu.similar_items(*args, **kwargs)
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch):
+    FakeGpuAls.instances.clear()
+    monkeypatch.setattr(train, "_gpu_als_class", lambda: FakeGpuAls)
+    monkeypatch.setattr(train, "_compute_capability", lambda: (9, 0))
+    return FakeGpuAls
+
+
+def data(seed: int = 0) -> scipy.sparse.csr_matrix:
+    raw = scipy.sparse.random(200, 80, density=0.08, format="csr", dtype=np.float32, random_state=seed)
+    raw.data = np.ceil(raw.data * 9)
+    return raw
+
+
+def test_cpu_fit_logs_loss_and_time_per_iteration(caplog):
+    caplog.set_level(logging.INFO, "airflow_gpu.worker")
+    result = fit(confidence(data()), TrainParams(factors=8, iterations=4, device="cpu", threads=1))
+    assert result.device == "cpu"
+    assert len(result.loss) == 4 and all(isinstance(x, float) for x in result.loss)
+    assert result.loss[-1] < result.loss[0]
+    assert len(result.iteration_seconds) == 4
+    assert sum("train: iteration" in r.message and "loss" in r.message for r in caplog.records) == 4
+    assert result.user_factors().shape == (200, 8) and result.item_factors().shape == (80, 8)
+
+
+def test_gpu_path_trains_on_the_confidence_matrix_with_alpha_one(fake_gpu):
+    weighted = confidence(data(), "log", 7.0)
+    gpu = fit(weighted, TrainParams(factors=8, iterations=3, device="gpu", seed=3))
+    cpu = fit(weighted, TrainParams(factors=8, iterations=3, device="cpu", seed=3, threads=1))
+    model = fake_gpu.instances[-1]
+    assert gpu.device == "gpu" and model.alpha == 1.0
+    # The GPU got the confidence itself, since its fit would ignore any alpha.
+    assert (model.fitted_on != weighted).nnz == 0
+    np.testing.assert_allclose(gpu.user_factors(), cpu.user_factors(), rtol=1e-5, atol=1e-6)
+    users = np.arange(200, dtype=np.int32)
+    raw = data()
+    assert (top_n(gpu.model, raw, users, 5)[0] == top_n(cpu.model, raw, users, 5)[0]).all()
+
+
+def test_auto_picks_the_gpu_when_implicit_sees_cuda(fake_gpu):
+    assert train.resolve_device("auto") == "gpu"
+
+
+def test_auto_falls_back_to_cpu_on_a_pre_ampere_gpu(fake_gpu, monkeypatch):
+    monkeypatch.setattr(train, "_compute_capability", lambda: (7, 5))
+    assert train.resolve_device("auto") == "cpu"
+    with pytest.raises(WorkerError, match=r"compute capability 7\.5.*8\.0 or newer.*--device cpu"):
+        train.resolve_device("gpu")
+
+
+def test_gpu_requested_without_cuda_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(train, "_gpu_als_class", lambda: None)
+    assert train.resolve_device("auto") == "cpu"
+    with pytest.raises(WorkerError, match=r"--device gpu.*HAS_CUDA is False.*--device cpu"):
+        fit(confidence(data()), TrainParams(factors=4, iterations=1, device="gpu"))
+
+
+@pytest.mark.parametrize("users,items,nnz,factors,fragment", [
+    (25_000_000, 8_400_000, 10**9, 128, "users x factors = 25,000,000 x 128"),
+    (1_000, 20_000_000, 10**6, 200, "items x factors = 20,000,000 x 200"),
+    (1_000, 1_000, INT32_LIMIT, 8, "interactions = 2,147,483,648"),
+])
+def test_int32_guard_refuses_before_training(users, items, nnz, factors, fragment):
+    with pytest.raises(WorkerError) as caught:
+        check_gpu_limits(users, items, nnz, factors)
+    message = str(caught.value)
+    assert fragment in message and "2^31" in message and "--device cpu" in message
+    if nnz < INT32_LIMIT:
+        most = (INT32_LIMIT - 1) // max(users, items)
+        assert f"--factors {most} or fewer" in message
+        check_gpu_limits(users, items, nnz, most)  # the suggestion really fits
+
+
+def test_guard_runs_before_the_gpu_model_is_built(fake_gpu):
+    huge_factors = INT32_LIMIT // 200 + 1
+    with pytest.raises(WorkerError, match="int32"):
+        fit(confidence(data()), TrainParams(factors=huge_factors, iterations=1, device="gpu"))
+    assert fake_gpu.instances == []
+
+
+def test_similar_items_leave_the_item_itself_out():
+    result = fit(confidence(data()), TrainParams(factors=8, iterations=3, device="cpu", threads=1))
+    items = np.arange(80, dtype=np.int32)
+    ids, scores = similar_items(result.model, items, 5)
+    assert ids.shape == (80, 5)
+    assert not (ids == items[:, None]).any()
+    assert (np.diff(scores, axis=1) <= 1e-6).all()
+
+
+def test_bad_parameters():
+    for params, flag in ((TrainParams(factors=0), "--factors"), (TrainParams(iterations=0), "--iterations"),
+                         (TrainParams(regularization=-1), "--regularization"), (TrainParams(device="tpu"), "--device")):
+        with pytest.raises(WorkerError, match=flag):
+            params.check()
