@@ -158,16 +158,24 @@ def _run_script(args: argparse.Namespace) -> int:
     )
 
 
+def _configure_logging(level: int) -> None:
+    """Timestamped lines on stderr for the worker's own logger (replacing any set by an earlier call)."""
+    logger = logging.getLogger("airflow_gpu.worker")
+    for handler in list(logger.handlers):
+        if getattr(handler, "_worker_cli", False):
+            logger.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stderr)
+    handler._worker_cli = True
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%S"))
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    logging.getLogger("implicit").setLevel(logging.WARNING)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.WARNING if args.quiet else logging.INFO,
-        format="%(asctime)s %(levelname)s %(message)s",
-        datefmt="%Y-%m-%dT%H:%M:%S",
-        stream=sys.stderr,
-    )
-    logging.getLogger("implicit").setLevel(logging.WARNING)
+    _configure_logging(logging.WARNING if args.quiet else logging.INFO)
     warnings.filterwarnings("ignore", message=".*OpenBLAS is configured.*")
     try:
         return args.handler(args)

@@ -145,7 +145,8 @@ class IdDictionary:
         # dictionary_encode numbers values in order of first appearance, and the old values
         # come first and are distinct, so they keep their indices.
         offset = len(self)
-        translation = np.concatenate([c.indices.to_numpy(zero_copy_only=False) for c in encoded.chunks])
+        chunks = [c.indices.to_numpy(zero_copy_only=False) for c in encoded.chunks]
+        translation = np.concatenate(chunks) if chunks else np.empty(0, np.int32)
         for entry in batch:
             table = translation[offset : offset + len(entry.dictionary)]
             offset += len(entry.dictionary)
