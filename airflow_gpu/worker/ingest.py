@@ -25,6 +25,7 @@ import pyarrow.compute as pc
 
 from .errors import WorkerError
 from .matrix import Interactions, MatrixBuilder, id_value_type
+from .memory import bound_allocators
 from .storage import MiB, ObjectRef, Store, _gather_all, open_store
 
 log = logging.getLogger("airflow_gpu.worker")
@@ -258,6 +259,18 @@ def check(table: pa.Table, columns: Columns, uri: str, drop_invalid: bool) -> Ch
 def _weights(column: pa.ChunkedArray, name: str, uri: str, drop_invalid: bool) -> tuple[np.ndarray, np.ndarray]:
     """(values as float64 with invalid ones set to 0, mask of invalid rows)."""
     column_type = column.type
+    if column.null_count == 0 and (pa.types.is_integer(column_type) or pa.types.is_floating(column_type)):
+        # The common case, without a float64 round trip: integers can only be negative.
+        array = np.concatenate([c.to_numpy() for c in column.chunks]) if column.num_chunks else np.empty(0)
+        if pa.types.is_integer(column_type):
+            bad = array < 0
+            return array.astype(np.float64) if bad.any() else array, bad
+        array = array.astype(np.float64)
+        with np.errstate(invalid="ignore"):
+            bad = ~np.isfinite(array) | (array < 0)
+        if bad.any():
+            array[bad] = 0.0
+        return array, bad
     if pa.types.is_integer(column_type) or pa.types.is_floating(column_type) or pa.types.is_decimal(column_type):
         values = column.cast(pa.float64())
     elif pa.types.is_string(column_type) or pa.types.is_large_string(column_type):
@@ -354,6 +367,7 @@ async def ingest(
     """Read every object under ``uri`` into the summed user x item matrix."""
     if fmt not in FORMATS:
         raise WorkerError(f"unknown --format '{fmt}'; use one of {', '.join(FORMATS)}")
+    bound_allocators()
     started = time.monotonic()
     stats = IngestStats()
     builder = MatrixBuilder(columns.user, columns.item)
@@ -367,7 +381,7 @@ async def ingest(
     stats.seconds = time.monotonic() - started
     log.info("matrix: building the CSR from %s rows", f"{builder.rows:,}")
     started = time.monotonic()
-    interactions = await asyncio.to_thread(builder.build, threads)
+    interactions = await asyncio.to_thread(builder.build)
     stats.build_seconds = time.monotonic() - started
     log.info(
         "matrix: done in %.1fs: %s users x %s items, %s interactions (%s duplicates summed)",

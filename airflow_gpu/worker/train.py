@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,12 +66,18 @@ def _host(factors) -> np.ndarray:
     return factors if isinstance(factors, np.ndarray) else factors.to_numpy()
 
 
+_gpu_unavailable: list[str] = []
+
+
 def _gpu_als_class():
     """implicit's GPU ALS class, or None when no usable CUDA device is visible. Tests replace this."""
-    try:
+    with warnings.catch_warnings(record=True) as caught:
+        # implicit warns on import when its CUDA extension cannot load (no driver, no cuBLAS):
+        # expected on CPU machines, so keep the reason for --device gpu's error instead.
+        warnings.simplefilter("always")
         import implicit.gpu
-    except ImportError:  # pragma: no cover - implicit is a hard dependency
-        return None
+    if caught and not _gpu_unavailable:
+        _gpu_unavailable.extend(str(w.message) for w in caught)
     if not implicit.gpu.HAS_CUDA:
         return None
     from implicit.gpu.als import AlternatingLeastSquares
@@ -100,9 +107,10 @@ def resolve_device(requested: str) -> str:
     too_old = capability is not None and capability < MIN_COMPUTE_CAPABILITY
     if requested == "gpu":
         if not gpu:
+            why = f" ({'; '.join(_gpu_unavailable)[:200]})" if _gpu_unavailable else ""
             raise WorkerError(
-                "--device gpu, but implicit sees no CUDA GPU (implicit.gpu.HAS_CUDA is False); check the job has a GPU "
-                "and the image has rmm-cu13, or use --device cpu"
+                f"--device gpu, but implicit sees no CUDA GPU (implicit.gpu.HAS_CUDA is False{why}); check the job has "
+                "a GPU and the image has rmm-cu13, or use --device cpu"
             )
         if too_old:
             raise WorkerError(
