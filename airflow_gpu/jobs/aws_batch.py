@@ -1,0 +1,327 @@
+"""AwsBatchBackend: AWS Batch through one aiobotocore client per (connection, region, endpoint).
+
+One instance serves every job on its event loop (the shared watcher owns it).
+botocore's own retries are switched off: a retry storm from thousands of
+independent callers is what throttling punishes, so every call goes through
+one :class:`SharedBackoff` per client instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Sequence
+from urllib.parse import quote
+
+import aiohttp
+import botocore.config
+import botocore.exceptions
+
+from airflow_gpu.aws_connection import AwsConnection, resolve_aws_connection
+from airflow_gpu.jobs.backend import (
+    QUEUED_STATES,
+    SUCCEEDED,
+    BackendTarget,
+    JobBackend,
+    JobState,
+    LogChunk,
+    register_backend,
+)
+from airflow_gpu.jobs.backoff import RetryPolicy, SharedBackoff
+from airflow_gpu.jobs.spec import TAG_CANCELLED, TAG_IDEMPOTENCY_KEY, JobSpec
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LOG_GROUP = "/aws/batch/job"
+MAX_REASON = 512  # keep TerminateJob reasons readable in the console
+
+_THROTTLING = frozenset(
+    {
+        "Throttling",
+        "ThrottlingException",
+        "ThrottledException",
+        "TooManyRequestsException",
+        "RequestLimitExceeded",
+        "RequestThrottled",
+        "RequestThrottledException",
+        "SlowDown",
+        "ServiceUnavailable",
+        "ServiceUnavailableException",
+        "InternalError",
+        "InternalFailure",
+        "RequestTimeout",
+        "RequestTimeoutException",
+    }
+)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Faults worth retrying: throttling, HTTP 429 and 5xx, and connection-level errors."""
+    if isinstance(exc, botocore.exceptions.ClientError):
+        code = exc.response.get("Error", {}).get("Code", "")
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+        return code in _THROTTLING or status == 429 or status >= 500
+    return isinstance(
+        exc,
+        (
+            botocore.exceptions.HTTPClientError,
+            botocore.exceptions.ConnectionError,
+            aiohttp.ClientError,
+            asyncio.TimeoutError,
+            ConnectionError,
+        ),
+    )
+
+
+def _error_code(exc: BaseException) -> str:
+    if isinstance(exc, botocore.exceptions.ClientError):
+        return exc.response.get("Error", {}).get("Code", "")
+    return ""
+
+
+def parse_job(job: dict[str, Any]) -> JobState:
+    """A DescribeJobs entry as a JobState. Runs for every watched job on every poll: keep it lean."""
+    container = job.get("container") or {}
+    attempts = job.get("attempts") or ()
+    last = attempts[-1] if attempts else {}
+    last_container = last.get("container") or {}
+    exit_code = container.get("exitCode", last_container.get("exitCode"))
+    stream = container.get("logStreamName") or last_container.get("logStreamName")
+    reason = job.get("statusReason")
+    container_reason = container.get("reason") or last_container.get("reason")
+    if container_reason and container_reason != reason:
+        reason = f"{reason}; container: {container_reason}" if reason else container_reason
+    group = None
+    log_config = container.get("logConfiguration")
+    if log_config and log_config.get("logDriver") == "awslogs":
+        group = (log_config.get("options") or {}).get("awslogs-group")
+    status = job["status"]
+    created = job.get("createdAt")
+    queued_since = None
+    if status in QUEUED_STATES:
+        # A retried job queues again from the end of its last attempt.
+        since = last.get("stoppedAt") or created
+        queued_since = since / 1000 if since else None
+    return JobState(
+        job_id=job["jobId"],
+        status=status,
+        name=job.get("jobName"),
+        status_reason=reason,
+        exit_code=exit_code,
+        attempts=len(attempts),
+        log_stream=stream,
+        log_group=(group or DEFAULT_LOG_GROUP) if stream else group,
+        queued_since=queued_since,
+        tags=job.get("tags") or {},
+    )
+
+
+def console_host(region: str) -> str:
+    if region.startswith("cn-"):
+        return "console.amazonaws.cn"
+    if region.startswith("us-gov-"):
+        return "console.amazonaws-us-gov.com"
+    return "console.aws.amazon.com"
+
+
+def _console_escape(value: str) -> str:
+    # The CloudWatch console wants each path part URL-encoded twice, with '%' written as '$'.
+    return quote(quote(value, safe=""), safe="").replace("%", "$")
+
+
+def batch_job_url(region: str, job_id: str) -> str:
+    return f"https://{console_host(region)}/batch/home?region={region}#jobs/detail/{quote(job_id, safe='')}"
+
+
+def log_stream_url(region: str, group: str, stream: str) -> str:
+    return (
+        f"https://{console_host(region)}/cloudwatch/home?region={region}#logsV2:log-groups/log-group/"
+        f"{_console_escape(group)}/log-events/{_console_escape(stream)}"
+    )
+
+
+def _client_config(base: botocore.config.Config | None) -> botocore.config.Config:
+    ours = botocore.config.Config(retries={"mode": "standard", "total_max_attempts": 1}, max_pool_connections=16)
+    return base.merge(ours) if base is not None else ours
+
+
+@register_backend
+class AwsBatchBackend(JobBackend):
+    name = "aws_batch"
+    describe_batch_size = 100
+    #: Backoff for every call on one client; tests shorten it.
+    retry_policy = RetryPolicy()
+
+    def __init__(self, connection: AwsConnection, client: Any) -> None:
+        self.connection = connection
+        self.region = connection.region_name
+        self._batch = client
+        self._logs: Any = None
+        self._logs_lock = asyncio.Lock()
+        self.backoff = SharedBackoff(f"AWS Batch in {self.region}", is_transient, self.retry_policy, log)
+        self.logs_backoff = SharedBackoff(f"CloudWatch Logs in {self.region}", is_transient, self.retry_policy, log)
+        self.closed = False
+
+    @classmethod
+    async def open(cls, target: BackendTarget) -> AwsBatchBackend:
+        connection = await resolve_aws_connection(target.conn_id, target.region_name)
+        client = await cls._create_client(connection, "batch")
+        return cls(connection, client)
+
+    @staticmethod
+    async def _create_client(connection: AwsConnection, service: str) -> Any:
+        context = connection.session.create_client(
+            service,
+            region_name=connection.region_name,
+            endpoint_url=connection.endpoint_url(service),
+            config=_client_config(connection.config),
+            verify=connection.verify,
+        )
+        return await context.__aenter__()
+
+    @property
+    def location(self) -> str:
+        endpoint = self.connection.endpoint_url("batch")
+        return f"AWS Batch in {self.region}" + (f" at {endpoint}" if endpoint else "")
+
+    # -- submit and reattach ----------------------------------------------------------------------
+
+    def submit_params(self, spec: JobSpec) -> dict[str, Any]:
+        overrides: dict[str, Any] = {}
+        if spec.command is not None:
+            overrides["command"] = list(spec.command)  # argv as given: Batch runs it without a shell
+        if spec.environment:
+            overrides["environment"] = [{"name": k, "value": v} for k, v in spec.environment.items()]
+        requirements = spec.resource_requirements()
+        if requirements:
+            overrides["resourceRequirements"] = requirements
+        params: dict[str, Any] = {
+            "jobName": spec.name,
+            "jobQueue": spec.queue,
+            "jobDefinition": spec.definition,
+            "containerOverrides": overrides,
+            "tags": dict(spec.tags),
+            "propagateTags": True,
+            "retryStrategy": spec.retry_strategy(),
+        }
+        if spec.parameters:
+            params["parameters"] = dict(spec.parameters)
+        if spec.timeout_s is not None:
+            params["timeout"] = {"attemptDurationSeconds": spec.timeout_s}
+        return params
+
+    async def submit(self, spec: JobSpec) -> JobState:
+        params = self.submit_params(spec)
+        tries = 0
+        while True:
+            try:
+                reply = await self.backoff.call(lambda: self._batch.submit_job(**params), attempts=1)
+            except Exception as exc:
+                tries += 1
+                if not is_transient(exc) or tries >= self.retry_policy.attempts:
+                    raise
+                # The request may have reached Batch before the fault: look before submitting again,
+                # so a lost reply never becomes a second GPU job.
+                if _error_code(exc) not in _THROTTLING:
+                    existing = [s for s in await self.find(spec) if s.is_live or s.status == SUCCEEDED]
+                    if existing:
+                        return existing[0]
+                continue
+            return JobState(job_id=reply["jobId"], status="SUBMITTED", name=reply.get("jobName", spec.name), tags=spec.tags)
+
+    async def find(self, spec: JobSpec) -> list[JobState]:
+        # ListJobs cannot filter by tag, but its JOB_NAME filter returns jobs in every state;
+        # the name carries a hash of the idempotency key, the tag confirms it.
+        ids: list[str] = []
+        token = None
+        while True:
+            kwargs: dict[str, Any] = {"jobQueue": spec.queue, "filters": [{"name": "JOB_NAME", "values": [spec.name]}]}
+            if token:
+                kwargs["nextToken"] = token
+            page = await self.backoff.call(lambda: self._batch.list_jobs(**kwargs))
+            ids.extend(summary["jobId"] for summary in page.get("jobSummaryList", ()))
+            token = page.get("nextToken")
+            if not token:
+                break
+        raws: list[dict[str, Any]] = []
+        for start in range(0, len(ids), self.describe_batch_size):
+            chunk = ids[start : start + self.describe_batch_size]
+            reply = await self.backoff.call(lambda: self._batch.describe_jobs(jobs=chunk))
+            raws.extend(reply.get("jobs", ()))
+        raws = [
+            j
+            for j in raws
+            if (j.get("tags") or {}).get(TAG_IDEMPOTENCY_KEY) == spec.idempotency_key
+            and TAG_CANCELLED not in (j.get("tags") or {})
+        ]
+        raws.sort(key=lambda j: j.get("createdAt") or 0, reverse=True)
+        return [parse_job(j) for j in raws]
+
+    # -- watch ------------------------------------------------------------------------------------
+
+    async def describe(self, job_ids: Sequence[str]) -> list[JobState]:
+        ids = list(job_ids)
+        reply = await self.backoff.call(lambda: self._batch.describe_jobs(jobs=ids), attempts=None)
+        return [parse_job(j) for j in reply.get("jobs", ())]
+
+    async def terminate(self, job_id: str, reason: str) -> None:
+        reply = await self.backoff.call(lambda: self._batch.describe_jobs(jobs=[job_id]))
+        jobs = reply.get("jobs") or []
+        if not jobs:
+            log.warning("Not terminating %s: %s has no such job", job_id, self.location)
+            return
+        job = jobs[0]
+        if job["status"] not in QUEUED_STATES and job["status"] != "RUNNING":
+            return
+        try:
+            # Marked first, so a retry looking for this task's job never reattaches to one on its way out.
+            await self.backoff.call(lambda: self._batch.tag_resource(resourceArn=job["jobArn"], tags={TAG_CANCELLED: "true"}))
+        except botocore.exceptions.ClientError as exc:
+            log.warning("Could not tag %s as cancelled (%s); terminating it anyway", job_id, _error_code(exc) or exc)
+        await self.backoff.call(lambda: self._batch.terminate_job(jobId=job_id, reason=reason[:MAX_REASON]))
+        log.info("Terminated AWS Batch job %s: %s", job_id, reason)
+
+    # -- logs -------------------------------------------------------------------------------------
+
+    async def _logs_client(self) -> Any:
+        async with self._logs_lock:
+            if self._logs is None:
+                self._logs = await self._create_client(self.connection, "logs")
+            return self._logs
+
+    async def read_logs(self, job: JobState, *, cursor: str | None = None, tail: int | None = None) -> LogChunk:
+        if not job.log_stream:
+            return LogChunk([], cursor)
+        logs = await self._logs_client()
+        kwargs: dict[str, Any] = {"logGroupName": job.log_group or DEFAULT_LOG_GROUP, "logStreamName": job.log_stream}
+        if tail is not None:
+            kwargs.update(startFromHead=False, limit=max(1, int(tail)))
+        else:
+            kwargs["startFromHead"] = True
+            if cursor:
+                kwargs["nextToken"] = cursor
+        try:
+            reply = await self.logs_backoff.call(lambda: logs.get_log_events(**kwargs))
+        except botocore.exceptions.ClientError as exc:
+            if _error_code(exc) == "ResourceNotFoundException":
+                return LogChunk([], cursor)
+            raise
+        return LogChunk([e["message"] for e in reply.get("events", ())], reply.get("nextForwardToken") or cursor)
+
+    # -- links ------------------------------------------------------------------------------------
+
+    def job_url(self, job_id: str) -> str | None:
+        return batch_job_url(self.region, job_id)
+
+    def log_url(self, job: JobState) -> str | None:
+        if not job.log_stream:
+            return None
+        return log_stream_url(self.region, job.log_group or DEFAULT_LOG_GROUP, job.log_stream)
+
+    async def aclose(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        for client in (self._batch, self._logs):
+            if client is not None:
+                await client.close()

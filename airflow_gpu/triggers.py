@@ -1,0 +1,116 @@
+"""GpuBatchJobTrigger: waits for one GPU job in the triggerer, through the loop's shared watcher."""
+
+from __future__ import annotations
+
+from typing import Any, AsyncIterator
+
+from airflow.triggers.base import BaseTrigger, TriggerEvent
+
+from airflow_gpu.jobs.backend import BackendTarget, JobState
+from airflow_gpu.jobs.watcher import DEFAULT_POLL_INTERVAL, JobWatch, JobWatcher, follow_job
+
+
+class GpuBatchJobTrigger(BaseTrigger):
+    """Fires one event when the job reaches SUCCEEDED or FAILED (or turns out not to exist).
+
+    The trigger holds no client and no timer of its own: it registers its job
+    with the event loop's :class:`JobWatcher`, which describes every watched job
+    in batches and wakes this trigger only when its job's state changes. That is
+    what lets one triggerer wait for thousands of GPU jobs.
+
+    :param job_id: the backend's job id.
+    :param aws_conn_id: Airflow connection for AWS; only its id is stored, never credentials.
+    :param region_name: overrides the connection's region.
+    :param poll_interval: seconds between polls; the watcher polls at the smallest
+        interval any of its triggers asks for.
+    :param max_queued: seconds the job may wait for capacity (SUBMITTED, PENDING,
+        RUNNABLE, STARTING) before it is terminated; None waits for ever.
+    :param stream_logs: relay the job's log lines into the task log while it runs
+        (the relay itself arrives with live log streaming; the flag is kept so
+        serialized triggers stay compatible).
+    :param backend: which job system, e.g. ``"aws_batch"``.
+    """
+
+    def __init__(
+        self,
+        job_id: str,
+        *,
+        aws_conn_id: str | None = "aws_default",
+        region_name: str | None = None,
+        poll_interval: float = DEFAULT_POLL_INTERVAL,
+        max_queued: float | None = None,
+        stream_logs: bool = True,
+        backend: str = "aws_batch",
+    ) -> None:
+        super().__init__()
+        self.job_id = job_id
+        self.aws_conn_id = aws_conn_id
+        self.region_name = region_name
+        self.poll_interval = poll_interval
+        self.max_queued = max_queued
+        self.stream_logs = stream_logs
+        self.backend = backend
+        self._watch: JobWatch | None = None
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (
+            "airflow_gpu.triggers.GpuBatchJobTrigger",
+            {
+                "job_id": self.job_id,
+                "aws_conn_id": self.aws_conn_id,
+                "region_name": self.region_name,
+                "poll_interval": self.poll_interval,
+                "max_queued": self.max_queued,
+                "stream_logs": self.stream_logs,
+                "backend": self.backend,
+            },
+        )
+
+    @property
+    def target(self) -> BackendTarget:
+        return BackendTarget(backend=self.backend, conn_id=self.aws_conn_id, region_name=self.region_name)
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        watcher = JobWatcher.shared(self.target)
+        self._watch = watcher.watch(self.job_id, poll_interval=self.poll_interval, max_queued=self.max_queued)
+        try:
+            final = await follow_job(self._watch, on_change=self._log_change)
+            event = final.as_event()
+            async with watcher.backend() as backend:  # console links for the operator's extra links
+                event["job_url"] = backend.job_url(final.job_id)
+                event["log_url"] = backend.log_url(final)
+        finally:
+            self._release()
+        # Released before yielding: the triggerer may keep this generator suspended at the yield.
+        yield TriggerEvent(event)
+
+    def _log_change(self, state: JobState) -> None:
+        # One line per state change, never per poll: at 10,000 jobs the log is a cost too.
+        if state.status_reason and state.is_terminal:
+            self.log.info("Job %s is %s: %s", state.job_id, state.status, state.status_reason)
+        else:
+            self.log.info("Job %s is %s", state.job_id, state.status)
+
+    def _release(self) -> None:
+        if self._watch is not None:
+            self._watch.close()
+            self._watch = None
+
+    async def cleanup(self) -> None:
+        """Release the watch only. Never terminate here: cleanup also runs when the triggerer
+        restarts or hands the trigger to another triggerer, and the job must live on."""
+        self._release()
+
+    async def on_kill(self) -> None:
+        """The user cleared the task or marked it failed or succeeded: stop the GPU job."""
+        async with JobWatcher.shared(self.target).backend() as backend:
+            await backend.terminate(self.job_id, self._kill_reason())
+
+    def _kill_reason(self) -> str:
+        ti = self.task_instance
+        if ti is None:
+            return "the Airflow task waiting for this job was cleared or marked failed/succeeded"
+        where = f"{ti.dag_id}.{ti.task_id} run {ti.run_id}"
+        if getattr(ti, "map_index", -1) not in (-1, None):
+            where += f" map index {ti.map_index}"
+        return f"Airflow task {where} was cleared or marked failed/succeeded"
