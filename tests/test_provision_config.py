@@ -141,6 +141,7 @@ def test_good_config_builds_the_requests():
         ({"job": {"environment": {"AWS_BATCH_X": "1"}}}, "job.environment.AWS_BATCH_X", ["reserves"]),
         ({"job": {"timeout_seconds": 10}}, "job.timeout_seconds", ["between 60"]),
         ({"job": {"retry_attempts": 11}}, "job.retry_attempts", ["between 1 and 10"]),
+        ({"job": {"shared_memory_mib": 15000}}, "job.shared_memory_mib", ["below job.memory_mib", "/dev/shm"]),
         ({"region": "mars-1"}, "region", ["not an AWS region"]),
         ({"prefix": "-bad"}, "prefix", ["name prefix"]),
         ({"tags": {"aws:owner": "me"}}, "tags.aws:owner", ["may not start with 'aws:'"]),

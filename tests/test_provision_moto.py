@@ -114,7 +114,7 @@ def test_example_config_creates_everything_through_aws_endpoint_url(moto_aws, id
         "SPOT", "SPOT_PRICE_CAPACITY_OPTIMIZED", 0, 0, 64,
     )
     assert cr["ec2Configuration"] == [{"imageType": "ECS_AL2023_NVIDIA"}]
-    assert cr["instanceTypes"] == ["g6.xlarge", "g6.2xlarge", "g5.xlarge", "g5.2xlarge"]
+    assert cr["instanceTypes"] == ["g6e.2xlarge", "g6.4xlarge", "g5.4xlarge"]
     assert cr["instanceRole"] == ids["instance_role"]
 
     queue = batch.describe_job_queues(jobQueues=["airflow-gpu-queue"])["jobQueues"][0]
@@ -124,7 +124,8 @@ def test_example_config_creates_everything_through_aws_endpoint_url(moto_aws, id
     jd = batch.describe_job_definitions(jobDefinitionName="airflow-gpu-worker", status="ACTIVE")["jobDefinitions"]
     assert [d["revision"] for d in jd] == [1]
     container = jd[0]["containerProperties"]
-    assert {r["type"]: r["value"] for r in container["resourceRequirements"]} == {"GPU": "1", "VCPU": "4", "MEMORY": "15000"}
+    assert {r["type"]: r["value"] for r in container["resourceRequirements"]} == {"GPU": "1", "VCPU": "8", "MEMORY": "60000"}
+    assert container["linuxParameters"] == {"sharedMemorySize": 2048}
     assert container["jobRoleArn"] == f"arn:aws:iam::{ACCOUNT}:role/airflow-gpu-job"
     assert container["logConfiguration"] == {
         "logDriver": "awslogs",

@@ -78,6 +78,7 @@ class JobConfig:
     retry_attempts: int
     command: tuple[str, ...] | None
     environment: dict[str, str]
+    shared_memory_mib: int | None = None
 
 
 @dataclass(frozen=True)
@@ -249,7 +250,7 @@ class _Validator:
         )))
         job = self._job(_Table(data.get("job"), "job", self.problems, (
             "image", "job_role", "vcpus", "memory_mib", "gpus", "timeout_seconds", "retry_attempts",
-            "command", "environment",
+            "command", "environment", "shared_memory_mib",
         )))
         logs = self._logs(_Table(data.get("logs"), "logs", self.problems, ("group", "retention_days", "stream_prefix")), prefix)
         tags = self._tags(data.get("tags"))
@@ -337,6 +338,10 @@ class _Validator:
         command = None
         if t.data.get("command") is not None:
             command = t.strings("command", required=False, hint="an argv list for the image's entrypoint, e.g. [\"als\", \"--help\"]")
+        shm = t.integer("shared_memory_mib", required=False, low=64, high=1024 * 1024,
+                        hint="the size of /dev/shm in MiB (Docker's default is 64), e.g. 2048")
+        if shm is not None and memory is not None and shm >= memory:
+            t.problem("shared_memory_mib", f"= {shm} must be below job.memory_mib = {memory}: /dev/shm is part of the job's memory")
         env = t.mapping("environment", hint='e.g. environment = { LOG_LEVEL = "INFO" }')
         if env:
             for name in env:
@@ -347,7 +352,7 @@ class _Validator:
         if len(self.problems) > before:
             return None
         assert image and job_role and vcpus and memory and gpus and timeout and attempts and env is not None
-        return JobConfig(image, job_role, vcpus, memory, gpus, timeout, attempts, command, env)
+        return JobConfig(image, job_role, vcpus, memory, gpus, timeout, attempts, command, env, shm)
 
     # -- [logs] ----------------------------------------------------------------
     def _logs(self, t: _Table, prefix: str | None) -> LogsConfig | None:

@@ -88,6 +88,8 @@ def job_definition_request(cfg: BatchSetupConfig) -> dict[str, Any]:
             },
         },
     }
+    if j.shared_memory_mib:
+        container["linuxParameters"] = {"sharedMemorySize": j.shared_memory_mib}
     if j.command:
         container["command"] = list(j.command)
     if j.environment:
