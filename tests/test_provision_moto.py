@@ -210,6 +210,22 @@ def test_changed_config_updates_in_place_registers_a_revision_and_prints_the_dif
     assert moto_aws.log.writes() == Counter()
 
 
+def test_spot_to_on_demand_is_an_in_place_infrastructure_update(moto_aws, ids, tmp_path, capsys):
+    assert run(moto_aws, tmp_path, capsys, config(ids))[0] == 0
+    moto_aws.log.reset()
+    on_demand = config(ids, compute={"provisioning": "on-demand"})
+    rc, out, err = run(moto_aws, tmp_path, capsys, on_demand)
+    assert rc == 0, err
+    assert "computeResources.type: 'SPOT' -> 'EC2'" in out
+    assert "computeResources.allocationStrategy: 'SPOT_PRICE_CAPACITY_OPTIMIZED' -> 'BEST_FIT_PROGRESSIVE'" in out
+    assert moto_aws.log.writes() == Counter({"batch:updatecomputeenvironment": 1})
+    cr = moto_aws.client("batch").describe_compute_environments(computeEnvironments=["gpu-test-ce"])["computeEnvironments"][0]["computeResources"]
+    assert (cr["type"], cr["allocationStrategy"]) == ("EC2", "BEST_FIT_PROGRESSIVE")
+    moto_aws.log.reset()
+    assert run(moto_aws, tmp_path, capsys, on_demand)[0] == 0
+    assert moto_aws.log.writes() == Counter()
+
+
 def test_drift_made_by_hand_is_put_back(moto_aws, ids, tmp_path, capsys):
     data = config(ids)
     assert run(moto_aws, tmp_path, capsys, data)[0] == 0
@@ -295,6 +311,22 @@ def test_delete_refuses_what_batch_setup_did_not_make(moto_aws, ids, tmp_path, c
     assert "job queue gpu-test-queue was not made by batch-setup" in err
     assert "compute environment gpu-test-ce was not made by batch-setup" in err
     assert moto_aws.log.writes() == Counter()
+
+
+def test_delete_keeps_job_definition_revisions_it_did_not_register(moto_aws, ids, tmp_path, capsys):
+    assert run(moto_aws, tmp_path, capsys, config(ids))[0] == 0
+    batch = moto_aws.client("batch")
+    batch.register_job_definition(  # revision 2, registered by hand
+        jobDefinitionName="gpu-test-worker", type="container",
+        containerProperties={"image": "x", "resourceRequirements": [{"type": "VCPU", "value": "1"}, {"type": "MEMORY", "value": "512"}]},
+    )
+    moto_aws.log.reset()
+    rc, out, err = run(moto_aws, tmp_path, capsys, config(ids), "--delete")
+    assert rc == 0, err
+    assert "gpu-test-worker:2 were not registered by batch-setup and are kept" in out
+    assert moto_aws.log.writes()["batch:deregisterjobdefinition"] == 1
+    active = batch.describe_job_definitions(jobDefinitionName="gpu-test-worker", status="ACTIVE")["jobDefinitions"]
+    assert [d["revision"] for d in active] == [2]
 
 
 def test_delete_refuses_while_jobs_are_live(moto_aws, ids, tmp_path, capsys):

@@ -202,7 +202,10 @@ def _compute_update_request(
             request["serviceRole"] = want["serviceRole"]
         elif change.field.startswith("computeResources."):
             key = change.field.removeprefix("computeResources.")
-            resources[key] = want["computeResources"][key]
+            # A field the config no longer sets (bidPercentage after a switch to On-Demand)
+            # cannot be unset by an update, and AWS ignores it there.
+            if key in want["computeResources"]:
+                resources[key] = want["computeResources"][key]
     if resources:
         request["computeResources"] = resources
     return request
@@ -311,10 +314,15 @@ def plan_teardown(cfg: BatchSetupConfig, clients: Clients, *, delete_logs: bool 
         plan.actions.append(DeleteComputeEnvironment(
             "compute environment", cfg.compute_environment_name, "delete", note="after the queue is gone and it is DISABLED",
         ))
+    foreign = []
     for definition in state.active_job_definitions(clients, cfg.job_definition_name):
-        plan.actions.append(DeregisterJobDefinition(
-            "job definition", f"{cfg.job_definition_name}:{definition['revision']}", "deregister", arn=definition["jobDefinitionArn"],
-        ))
+        revision = f"{cfg.job_definition_name}:{definition['revision']}"
+        if not _managed_by_us(definition.get("tags")):
+            foreign.append(revision)
+            continue
+        plan.actions.append(DeregisterJobDefinition("job definition", revision, "deregister", arn=definition["jobDefinitionArn"]))
+    if foreign:
+        plan.notes.append(f"job definition revision(s) {', '.join(foreign)} were not registered by batch-setup and are kept")
     group = state.log_group(clients, cfg.logs.group)
     if group is not None:
         if delete_logs:
