@@ -157,3 +157,24 @@ def test_bad_parameters():
                          (TrainParams(regularization=-1), "--regularization"), (TrainParams(device="tpu"), "--device")):
         with pytest.raises(WorkerError, match=flag):
             params.check()
+
+
+def test_popularity_baseline_matches_a_full_ranking():
+    from implicit.cpu.topk import topk
+
+    from airflow_gpu.worker.recommend import popularity_top_n
+
+    rng = np.random.default_rng(3)
+    seen = scipy.sparse.random(300, 90, density=0.1, format="lil", dtype=np.float32, random_state=4)
+    seen[5, :85] = 1.0  # a user who has seen almost everything takes the fallback path
+    seen[6, :] = 1.0  # and one who has seen everything gets nothing
+    seen = seen.tocsr()
+    popularity = rng.permutation(90).astype(np.float32)  # distinct, so the ranking is unique
+    users = np.arange(300, dtype=np.int32)
+    ids, scores = popularity_top_n(popularity, seen, users, 10)
+    full_ids, full_scores = topk(popularity.reshape(-1, 1), np.ones((300, 1), np.float32), 10, filter_query_items=seen)
+    full_ids = np.where(np.asarray(full_scores) <= -1e30, -1, full_ids)
+    assert (ids == full_ids).all()
+    assert (ids[6] == -1).all() and (ids[5] >= 0).sum() == 5
+    dense = seen.toarray() > 0
+    assert not any(dense[u, i] for u in range(300) for i in ids[u] if i >= 0)

@@ -74,11 +74,12 @@ def evaluate(model, train: scipy.sparse.csr_matrix, test: scipy.sparse.csr_matri
     rng = np.random.default_rng(seed + 1)
     users = np.sort(rng.choice(candidates, size=min(max_users, len(candidates)), replace=False)).astype(np.int32)
     popularity = np.bincount(train.indices, minlength=train.shape[1]).astype(np.float32)
+    order = np.argsort(-popularity, kind="stable")
     totals = {"als": {"precision": 0.0, "map": 0.0, "ndcg": 0.0}, "popularity": {"precision": 0.0, "map": 0.0, "ndcg": 0.0}}
     for start in range(0, len(users), batch):
         chunk = users[start : start + batch]
         truth = test[chunk]
-        for name, (ids, _) in (("als", top_n(model, train, chunk, k)), ("popularity", popularity_top_n(popularity, train, chunk, k))):
+        for name, (ids, _) in (("als", top_n(model, train, chunk, k)), ("popularity", popularity_top_n(popularity, train, chunk, k, order=order))):
             for metric, values in ranking_metrics(ids, truth, k).items():
                 totals[name][metric] += float(values.sum())
     result = {

@@ -20,14 +20,38 @@ def top_n(model, user_items: scipy.sparse.csr_matrix, users: np.ndarray, n: int)
     return _clean(np.asarray(ids), np.asarray(scores))
 
 
-def popularity_top_n(popularity: np.ndarray, user_items: scipy.sparse.csr_matrix, users: np.ndarray, n: int):
-    """The most popular items each user has not seen: the baseline ALS must beat."""
+def popularity_top_n(popularity: np.ndarray, user_items: scipy.sparse.csr_matrix, users: np.ndarray, n: int,
+                     *, order: np.ndarray | None = None):
+    """The most popular items each user has not seen: the baseline ALS must beat.
+
+    Every user ranks the same list, so only its head is checked against each user's seen
+    items; the few users who have seen most of the head fall back to a full ranking.
+    """
     from implicit.cpu.topk import topk
 
-    n = min(n, user_items.shape[1])
-    item_scores = np.ascontiguousarray(popularity, dtype=np.float32).reshape(-1, 1)
-    queries = np.ones((len(users), 1), np.float32)
-    ids, scores = topk(item_scores, queries, n, filter_query_items=user_items[users], num_threads=0)
+    n_items = user_items.shape[1]
+    n = min(n, n_items)
+    if order is None:
+        order = np.argsort(-popularity, kind="stable")
+    head = order[: min(n_items, n + 64)]
+    seen = user_items[users]
+    keys = np.repeat(np.arange(len(users), dtype=np.int64), np.diff(seen.indptr)) * n_items + seen.indices
+    keys.sort()
+    candidates = np.arange(len(users), dtype=np.int64)[:, None] * n_items + head[None, :]
+    pos = np.minimum(np.searchsorted(keys, candidates), max(len(keys) - 1, 0))
+    unseen = ~(keys[pos] == candidates) if len(keys) else np.ones(candidates.shape, bool)
+    enough = unseen.sum(axis=1) >= n
+    # Stable argsort of "seen" puts each row's unseen head items first, in popularity order.
+    first = np.argsort(~unseen, axis=1, kind="stable")[:, :n]
+    ids = head[first]
+    scores = popularity[ids].astype(np.float32)
+    ids[~np.take_along_axis(unseen, first, axis=1)] = -1
+    short = np.flatnonzero(~enough)
+    if len(short):
+        item_scores = np.ascontiguousarray(popularity, dtype=np.float32).reshape(-1, 1)
+        queries = np.ones((len(short), 1), np.float32)
+        full_ids, full_scores = topk(item_scores, queries, n, filter_query_items=seen[short], num_threads=0)
+        ids[short], scores[short] = full_ids, full_scores
     return _clean(np.asarray(ids), np.asarray(scores))
 
 
