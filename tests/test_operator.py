@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
 from datetime import timedelta
@@ -325,6 +328,22 @@ def test_default_deferrable_is_true_unless_set(gpu_batch, monkeypatch):
     monkeypatch.setenv("AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE", "true")
     assert operator(gpu_batch, deferrable=None).deferrable is True
     assert operator(gpu_batch, deferrable=False).deferrable is False
+
+
+def test_a_generated_airflow_cfg_does_not_turn_deferral_off(tmp_path):
+    # `airflow db migrate` writes every default, "default_deferrable = false" included, into airflow.cfg.
+    home = tmp_path / "airflow-home"
+    home.mkdir()
+    (home / "airflow.cfg").write_text("[operators]\ndefault_deferrable = false\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
+    env["AIRFLOW_HOME"] = str(home)
+    code = (
+        "import os; from airflow_gpu.operators import default_deferrable as d; a = d(); "
+        "os.environ['AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE'] = 'false'; print(a, d())"
+    )
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "True False"
 
 
 def test_resume_without_event_is_a_clear_error(gpu_batch):
