@@ -201,14 +201,15 @@ def _bad_inputs(tmp_path: Path, s3) -> dict:
     cases["nothing left after filtering"] = (str(tmp_path / "all-null"), [], r"no interactions left after dropping rows")
     _parquet(pa.table({"user_id": ["a", "b"], "item_id": ["x", "y"], "plays": [1.0, -2.0]}), tmp_path / "negative" / "p.parquet")
     cases["negative weight"] = (str(tmp_path / "negative"), ["--weight-col", "plays"], r"invalid weight.*-2\.0 at row 1.*--drop-invalid")
-    cases["unknown format"] = (str(tmp_path / "good"), ["--format", "avro"], None)  # argparse's own message
+    cases["output inside input"] = (str(tmp_path / "good"), ["--output", str(tmp_path / "good" / "als")],
+                                    r"--output .*good/als is inside --input .*good; write the outputs somewhere else")
     return cases
 
 
 BAD_CASES = [
     "missing prefix", "prefix with only markers", "missing bucket", "missing local folder", "corrupt parquet",
     "corrupt orc", "corrupt csv", "missing column", "wrong id type", "wrong weight type", "nothing left after filtering",
-    "negative weight",
+    "negative weight", "output inside input",
 ]
 
 

@@ -74,11 +74,25 @@ class AlsConfig:
                 raise WorkerError(f"{flag} must be at least {low}, got {value}")
         if self.eval_holdout and not 0 < self.eval_holdout < 1:
             raise WorkerError(f"--eval-holdout must be between 0 and 1 (exclusive), got {self.eval_holdout}")
+        if self.output and _inside(self.output, self.input):
+            # A rerun would read the previous run's outputs back in as interactions.
+            raise WorkerError(f"--output {self.output} is inside --input {self.input}; write the outputs somewhere else")
 
     def params(self) -> dict:
         params = asdict(self)
         params["alpha"] = self.alpha if self.alpha is not None else DEFAULT_ALPHA.get(self.weighting)
         return params
+
+
+def _inside(child: str, parent: str) -> bool:
+    def norm(uri: str) -> str:
+        if not uri.startswith("s3://"):
+            from pathlib import Path
+
+            uri = str(Path(uri[len("file://") :] if uri.startswith("file://") else uri).expanduser().absolute())
+        return uri.rstrip("/") + "/"
+
+    return norm(child).startswith(norm(parent))
 
 
 @dataclass

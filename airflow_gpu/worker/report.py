@@ -154,7 +154,7 @@ def _grouped_bars(rows, width: int = 560, height: int = 200) -> str:
     data = [(name, float(a.replace(",", "")), float(p.replace(",", ""))) for name, a, p, _ in rows if a != "–" and p != "–"]
     if not data:
         return ""
-    left, bottom, top = 40, 30, 10
+    left, bottom, top = 40, 30, 26  # room for the legend above the tallest bar
     top_value = max(max(a, p) for _, a, p in data) or 1.0
     group = (width - left) / len(data)
     bw = group / 3.2
