@@ -222,3 +222,19 @@ async def test_each_target_gets_its_own_watcher_and_each_loop_its_own(aws_conn, 
         return asyncio.run(get())
 
     assert await asyncio.to_thread(in_another_loop) is not a
+
+
+async def test_two_watches_on_one_job_share_its_poll_and_both_see_the_end(moto_aws, gpu_batch, aws_conn, closed_after):
+    moto_aws.batch.hold("RUNNING")
+    job_id = submit_raw(moto_aws, gpu_batch)
+    watcher = JobWatcher.shared(BackendTarget())
+    first = watcher.watch(job_id, poll_interval=0.1)
+    second = watcher.watch(job_id, poll_interval=0.1)
+    assert (await first.next_change()).status == "RUNNING"
+    assert (await second.next_change()).status == "RUNNING"
+    assert all(ids == [job_id] for _, ids in moto_aws.log.describe_batches)  # described once per cycle
+    first.close()  # one leaving does not end the other's watch
+    moto_aws.batch.set_status(job_id, "SUCCEEDED")
+    assert (await asyncio.wait_for(second.next_change(), 5)).status == "SUCCEEDED"
+    second.close()
+    assert watcher.watched == 0
