@@ -178,3 +178,48 @@ def test_popularity_baseline_matches_a_full_ranking():
     assert (ids[6] == -1).all() and (ids[5] >= 0).sum() == 5
     dense = seen.toarray() > 0
     assert not any(dense[u, i] for u in range(300) for i in ids[u] if i >= 0)
+
+
+@pytest.mark.parametrize("n_items", [400, 2_000, 3_217])  # below and above the chunked fast path, ragged tail
+def test_cpu_ranking_matches_implicits_topk(monkeypatch, n_items):
+    from implicit.cpu.topk import topk
+
+    from airflow_gpu.worker import recommend
+    from airflow_gpu.worker.recommend import blocked_top_k
+
+    monkeypatch.setattr(recommend, "_BLOCK_ELEMENTS", 50 * n_items)  # several blocks, run in threads
+    rng = np.random.default_rng(8)
+    users, items = rng.standard_normal((700, 16)).astype(np.float32), rng.standard_normal((n_items, 16)).astype(np.float32)
+    seen = scipy.sparse.random(700, n_items, density=0.05, format="lil", dtype=np.float32, random_state=9)
+    seen[3, : n_items - 4] = 1.0  # at most 4 unseen items: 6 slots stay empty
+    seen[4, :] = 1.0  # nothing left to recommend
+    seen[5, : n_items // 2] = 1.0  # half the chunks blanked: a tie on -inf among the chunk maxima
+    seen = seen.tocsr()
+    ids, scores = blocked_top_k(users, items, 10, seen=seen, threads=2)
+    ref_ids, ref_scores = topk(items, users, 10, filter_query_items=seen, num_threads=1)
+    ref_ids = np.where(ref_scores <= -1e30, -1, ref_ids)
+    assert (ids == ref_ids).all()
+    filled = ids >= 0
+    np.testing.assert_allclose(scores[filled], ref_scores[filled], rtol=1e-5)
+    assert (ids[3] >= 0).sum() == n_items - seen[3].nnz and (ids[4] == -1).all()
+
+
+@pytest.mark.parametrize("n_items", [300, 1_500])
+def test_cpu_similar_items_match_implicits(n_items):
+    from implicit.cpu.als import AlternatingLeastSquares
+
+    model = AlternatingLeastSquares(factors=8)
+    rng = np.random.default_rng(2)
+    model.item_factors = rng.standard_normal((n_items, 8)).astype(np.float32)
+    model.user_factors = rng.standard_normal((5, 8)).astype(np.float32)
+    items = np.arange(n_items)
+    ids, scores = similar_items(model, items, 7)
+    ref_ids, ref_scores = model.similar_items(items, N=8)
+    ref_ids, ref_scores = ref_ids[:, 1:], ref_scores[:, 1:]  # implicit's first hit is the item itself
+    np.testing.assert_allclose(scores, ref_scores, atol=1e-5)
+    # Ids agree except where two scores tie to float precision and either order is right.
+    tied = np.zeros_like(ids, dtype=bool)
+    close = np.abs(np.diff(ref_scores, axis=1)) < 1e-5
+    tied[:, :-1] |= close
+    tied[:, 1:] |= close
+    assert (ids[~tied] == ref_ids[~tied]).all()
