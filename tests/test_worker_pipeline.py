@@ -330,3 +330,40 @@ def test_python_dash_m_runs_the_cli(tmp_path):
                              "--output", str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("airflow-gpu-worker: error: no data objects under")
+
+
+SLOW_PUBLISH = """
+import asyncio, sys
+from airflow_gpu.worker import publish
+original = publish.Publisher.put
+
+async def slow_put(self, *args, **kwargs):
+    await asyncio.sleep(0.3)  # a slow object store, so the test can stop the job mid-publish
+    return await original(self, *args, **kwargs)
+
+publish.Publisher.put = slow_put
+from airflow_gpu.worker.__main__ import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_sigterm_mid_publish_removes_the_uploads(tmp_path, interactions):
+    import signal
+    import time
+
+    write_shards(interactions, tmp_path / "in", "parquet", objects=2)
+    out = tmp_path / "out"
+    process = subprocess.Popen(
+        [sys.executable, "-c", SLOW_PUBLISH, "als", "--input", str(tmp_path / "in"), "--output", str(out),
+         "--factors", "8", "--iterations", "2", "--batch-users", "50"],
+        stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.monotonic() + 120
+    while not any(out.rglob("part-*.parquet")):
+        assert process.poll() is None and time.monotonic() < deadline, "the job ended before it published a part"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 143, err
+    assert err.strip().splitlines()[-1] == "airflow-gpu-worker: stopped by SIGTERM; nothing was published"
+    assert not any(p.is_file() for p in out.rglob("*"))

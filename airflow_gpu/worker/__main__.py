@@ -182,6 +182,10 @@ def main(argv: list[str] | None = None) -> int:
     except WorkerError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except asyncio.CancelledError:
+        # SIGTERM (how Batch stops a job) cancels the run; its uploads were removed.
+        print(f"{PROG}: stopped by SIGTERM; nothing was published", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted; nothing was published", file=sys.stderr)
         return 130

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import platform
+import signal
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -107,6 +108,20 @@ def run_als(config: AlsConfig) -> AlsRun:
     return asyncio.run(run_als_async(config))
 
 
+def _cancel_on_sigterm(loop: asyncio.AbstractEventLoop) -> None:
+    """Batch stops a job with SIGTERM: cancel the run, so the publisher removes what it uploaded."""
+    task = asyncio.current_task()
+
+    def stop() -> None:
+        log.warning("als: SIGTERM received; stopping and removing this run's uploads")
+        task.cancel()
+
+    try:
+        loop.add_signal_handler(signal.SIGTERM, stop)
+    except (NotImplementedError, RuntimeError, ValueError):  # not the main thread, or no signals here
+        pass
+
+
 class _Stages:
     """Wall time per stage, in order, logged as each one ends."""
 
@@ -128,6 +143,7 @@ async def run_als_async(config: AlsConfig) -> AlsRun:
     stages = _Stages()
     loop = asyncio.get_running_loop()
     run_id = config.run_id or new_run_id()
+    _cancel_on_sigterm(loop)
     log.info("als: run %s, input %s, output %s", run_id, config.input, config.output or "(none: nothing is written)")
 
     async with contextlib.AsyncExitStack() as stack:
@@ -140,7 +156,9 @@ async def run_als_async(config: AlsConfig) -> AlsRun:
             previous = await read_manifest(out)
             if previous:
                 log.info("als: %s holds run %s; it stays current until this run commits", config.output, previous.get("run_id"))
-        compute = stack.enter_context(ThreadPoolExecutor(max_workers=1, thread_name_prefix="model"))
+        compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+        # On failure or cancellation, do not wait here for a model call still running.
+        stack.callback(compute.shutdown, wait=False, cancel_futures=True)
 
         async def on_model(fn, *args, **kwargs):
             return await loop.run_in_executor(compute, lambda: fn(*args, **kwargs))
