@@ -158,13 +158,25 @@ def _run_script(args: argparse.Namespace) -> int:
     )
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at the time, never to a stream that was replaced and closed."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def _configure_logging(level: int) -> None:
     """Timestamped lines on stderr for the worker's own logger (replacing any set by an earlier call)."""
     logger = logging.getLogger("airflow_gpu.worker")
     for handler in list(logger.handlers):
         if getattr(handler, "_worker_cli", False):
             logger.removeHandler(handler)
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler._worker_cli = True
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%S"))
     logger.addHandler(handler)
