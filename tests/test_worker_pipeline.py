@@ -98,6 +98,9 @@ def test_als_end_to_end_on_s3(moto_aws, tmp_path, interactions, capsys):
     assert not (similar["item_id"] == similar["similar_item_id"]).any()
     factors = read_dataset(s3, "out", "als/", manifest, "user_factors")
     assert factors.num_rows == manifest["summary"]["users"] and factors.schema.field("factors").type.list_size == 16
+    id_map = read_dataset(s3, "out", "als/", manifest, "user_ids")
+    assert id_map["index"].to_pylist() == list(range(factors.num_rows))
+    assert id_map["user_id"].to_pylist() == factors["user_id"].to_pylist()
 
     metrics = json.loads(s3_bytes(s3, "out", "als/" + manifest["metrics"]))
     assert {"ingest", "matrix", "train", "evaluate", "recommend", "similar_items", "factors"} <= metrics["stages"].keys()

@@ -264,6 +264,12 @@ async def _write_outputs(config: AlsConfig, interactions: Interactions, training
                 lambda idx: similar_items(training.model, idx, config.similar_n),
                 lambda idx, ids, scores: long_table(item_ids, idx, item_ids, ids, scores, ("item_id", "similar_item_id")),
             )
+    if publisher is not None:
+        with stages("id_maps"):
+            # Dense index -> original id, the row order of the factor matrices.
+            for dataset, column, ids in (("user_ids", "user_id", user_ids), ("item_ids", "item_id", item_ids)):
+                for start in range(0, len(ids), _ID_MAP_PART_ROWS):
+                    await emit(dataset, _id_map_table, column, ids, start, start + _ID_MAP_PART_ROWS)
     if config.write_factors and publisher is not None:
         with stages("factors"):
             for dataset, column, ids, factors in (
@@ -274,6 +280,16 @@ async def _write_outputs(config: AlsConfig, interactions: Interactions, training
                 for start in range(0, len(factors), per_part):
                     await emit(dataset, _factor_table, column, ids, factors, start, start + per_part)
     return counts
+
+
+_ID_MAP_PART_ROWS = 4_000_000
+
+
+def _id_map_table(name: str, ids: pa.Array, start: int, end: int) -> pa.Table:
+    column = ids.slice(start, end - start)
+    if pa.types.is_large_string(column.type):
+        column = column.cast(pa.string())
+    return pa.table({"index": pa.array(np.arange(start, start + len(column), dtype=np.int32)), name: column})
 
 
 def _factor_table(name: str, ids: pa.Array, factors: np.ndarray, start: int, end: int) -> pa.Table:
