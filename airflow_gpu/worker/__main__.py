@@ -51,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
+    als.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="log warnings and errors only")
     io = als.add_argument_group("input and output")
     io.add_argument("--input", required=True, metavar="URI", help="s3://bucket/prefix/, or a local file or folder")
     io.add_argument("--output", required=True, metavar="URI", help="s3://bucket/prefix/ or a local folder for the outputs")
@@ -97,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
+    script.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="log warnings and errors only")
     script.add_argument("--script", required=True, metavar="URI", help="s3://bucket/path/script.py or a local .py file")
     script.add_argument("--input", default=None, metavar="URI", help="s3:// prefix or local folder copied into input/")
     script.add_argument("--output", required=True, metavar="URI", help="where output/ and manifest.json go")
