@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, AsyncIterator
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_gpu.jobs.backend import BackendTarget, JobState
+from airflow_gpu.jobs.logs import LogFollow, LogFollower
 from airflow_gpu.jobs.watcher import DEFAULT_POLL_INTERVAL, JobWatch, JobWatcher, follow_job
 
 
@@ -18,6 +20,13 @@ class GpuBatchJobTrigger(BaseTrigger):
     in batches and wakes this trigger only when its job's state changes. That is
     what lets one triggerer wait for thousands of GPU jobs.
 
+    With ``stream_logs``, once the job has a log stream the trigger registers it
+    with the loop's :class:`~airflow_gpu.jobs.logs.LogFollower`, which reads the
+    logs of all jobs in batches and writes each job's new lines into this
+    trigger's log (hence the task's log) about once per poll interval. When the
+    job ends, the trigger asks for one last read, waits for it at most about a
+    second, and fires.
+
     :param job_id: the backend's job id.
     :param aws_conn_id: Airflow connection for AWS; only its id is stored, never credentials.
     :param region_name: overrides the connection's region.
@@ -25,9 +34,7 @@ class GpuBatchJobTrigger(BaseTrigger):
         interval any of its triggers asks for.
     :param max_queued: seconds the job may wait for capacity (SUBMITTED, PENDING,
         RUNNABLE, STARTING) before it is terminated; None waits for ever.
-    :param stream_logs: relay the job's log lines into the task log while it runs
-        (the relay itself arrives with live log streaming; the flag is kept so
-        serialized triggers stay compatible).
+    :param stream_logs: relay the job's log lines into the task log while it runs.
     :param backend: which job system, e.g. ``"aws_batch"``.
     """
 
@@ -51,6 +58,8 @@ class GpuBatchJobTrigger(BaseTrigger):
         self.stream_logs = stream_logs
         self.backend = backend
         self._watch: JobWatch | None = None
+        self._follow: LogFollow | None = None
+        self._retired: asyncio.Future | None = None
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -74,7 +83,10 @@ class GpuBatchJobTrigger(BaseTrigger):
         watcher = JobWatcher.shared(self.target)
         self._watch = watcher.watch(self.job_id, poll_interval=self.poll_interval, max_queued=self.max_queued)
         try:
-            final = await follow_job(self._watch, on_change=self._log_change)
+            final = await follow_job(self._watch, on_change=self._on_change)
+            if self._follow is not None:
+                if not await self._follow.finish():
+                    self.log.info("Stopped relaying the log of job %s before its last lines (the log API is busy)", final.job_id)
             event = final.as_event()
             async with watcher.backend() as backend:  # console links for the operator's extra links
                 event["job_url"] = backend.job_url(final.job_id)
@@ -84,14 +96,35 @@ class GpuBatchJobTrigger(BaseTrigger):
         # Released before yielding: the triggerer may keep this generator suspended at the yield.
         yield TriggerEvent(event)
 
-    def _log_change(self, state: JobState) -> None:
+    def _on_change(self, state: JobState) -> None:
         # One line per state change, never per poll: at 10,000 jobs the log is a cost too.
         if state.status_reason and state.is_terminal:
             self.log.info("Job %s is %s: %s", state.job_id, state.status, state.status_reason)
         else:
             self.log.info("Job %s is %s", state.job_id, state.status)
+        if self.stream_logs and state.log_stream:
+            self._follow_log(state)
+
+    def _follow_log(self, state: JobState) -> None:
+        current = self._follow
+        if current is not None and current.stream == state.log_stream:
+            return
+        if current is not None:  # a new attempt writes a new stream: the old one gets its last read
+            self._retired = asyncio.ensure_future(current.finish())
+        self._follow = LogFollower.shared(self.target).follow(state, self._relay_lines, poll_interval=self.poll_interval)
+
+    def _relay_lines(self, lines: list[str]) -> None:
+        # One record per read, not per line: a record costs ~40 us in the triggerer whatever its
+        # length, and a chatty job should not cost a core.
+        self.log.info("\n".join(lines))
 
     def _release(self) -> None:
+        if self._retired is not None:
+            self._retired.cancel()
+            self._retired = None
+        if self._follow is not None:
+            self._follow.close()
+            self._follow = None
         if self._watch is not None:
             self._watch.close()
             self._watch = None

@@ -27,6 +27,8 @@ from moto.batch_simple import models as batch_simple_models
 from moto.batch.exceptions import ClientException
 from moto.core.exceptions import JsonRESTError
 from moto.core.responses import BaseResponse
+from moto.logs import exceptions as logs_exceptions
+from moto.logs import models as logs_models
 from moto.server import ThreadedMotoServer
 
 REGION = "us-east-1"
@@ -63,6 +65,8 @@ class BatchCallLog:
     # "logs:createloggroup"), so a test can prove a command wrote nothing.
     aws_calls: Counter = field(default_factory=Counter)
     aws_call_order: list[str] = field(default_factory=list)
+    # The same calls with the time.monotonic() they reached the server, to check a call rate.
+    aws_call_times: list[tuple[float, str]] = field(default_factory=list)
 
     def reset(self) -> None:
         with self.lock:
@@ -72,11 +76,17 @@ class BatchCallLog:
             self.terminated.clear()
             self.aws_calls.clear()
             self.aws_call_order.clear()
+            self.aws_call_times.clear()
 
     def writes(self, services: tuple[str, ...] = ("batch", "logs")) -> Counter:
         """Calls that may change something (anything but Describe*, List*, Get*) to ``services``."""
         with self.lock:
             return Counter({key: n for key, n in self.aws_calls.items() if _is_write(key, services)})
+
+    def call_times(self, key: str) -> list[float]:
+        """When each ``service:action`` call reached the server (time.monotonic())."""
+        with self.lock:
+            return [at for at, k in self.aws_call_times if k == key]
 
     def write_order(self, services: tuple[str, ...] = ("batch", "logs")) -> list[str]:
         """The same calls, in the order the server received them."""
@@ -319,10 +329,14 @@ def _install_hooks(driver: BatchJobDriver, log: BatchCallLog) -> None:
     original_describe = batch_models.Job.describe
 
     def describe(job: Any) -> dict[str, Any]:
-        # moto drops the container's exit code from the full description; AWS Batch reports it.
+        # moto drops the container's exit code and log configuration from the full description;
+        # AWS Batch reports both.
         result = original_describe(job)
         if job.exit_code is not None and isinstance(result.get("container"), dict):
             result["container"]["exitCode"] = job.exit_code
+        log_config = (job.job_definition.container_properties or {}).get("logConfiguration")
+        if log_config and isinstance(result.get("container"), dict):
+            result["container"]["logConfiguration"] = log_config
         return result
 
     batch_models.Job.describe = describe
@@ -370,10 +384,32 @@ def _install_hooks(driver: BatchJobDriver, log: BatchCallLog) -> None:
         with log.lock:
             log.aws_calls[f"{self.service_name}:{action}"] += 1
             log.aws_call_order.append(f"{self.service_name}:{action}")
+            log.aws_call_times.append((time.monotonic(), f"{self.service_name}:{action}"))
         return original_call_action(self)
 
     BaseResponse.call_action = call_action
     _install_aws_rules(driver)
+    _install_logs_rules()
+
+
+def _install_logs_rules() -> None:
+    """Teach moto's CloudWatch Logs what AWS does in FilterLogEvents:
+
+    - naming a log stream that does not exist fails the whole call with ResourceNotFoundException
+      (moto ignores the name);
+    - events of all streams come interleaved, sorted by timestamp (AWS has ignored ``interleaved=false``
+      since 2019; moto honours it and defaults to false).
+    """
+    original = logs_models.LogsBackend.filter_log_events
+
+    def filter_log_events(self, log_group_name, log_stream_names, start_time, end_time, limit, next_token, filter_pattern, interleaved):
+        group = self.groups.get(log_group_name)
+        if group is not None and log_stream_names:
+            if any(name not in group.streams for name in log_stream_names):
+                raise logs_exceptions.ResourceNotFoundException("The specified log stream does not exist.")
+        return original(self, log_group_name, log_stream_names, start_time, end_time, limit, next_token, filter_pattern, True)
+
+    logs_models.LogsBackend.filter_log_events = filter_log_events
 
 
 def _install_aws_rules(driver: BatchJobDriver) -> None:

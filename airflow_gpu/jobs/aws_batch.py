@@ -4,13 +4,24 @@ One instance serves every job on its event loop (the shared watcher owns it).
 botocore's own retries are switched off: a retry storm from thousands of
 independent callers is what throttling punishes, so every call goes through
 one :class:`SharedBackoff` per client instead.
+
+**Lean parsing.** The two calls made on every poll -- DescribeJobs for up to 100
+jobs, FilterLogEvents for up to 100 log streams -- spend most of their client CPU
+in botocore's response parser, which walks the output shape member by member
+(~10 ms per 100 jobs). Both are plain JSON whose keys are the member names and
+whose numbers stay numbers (Batch's timestamps are epoch milliseconds, Logs'
+too), so :func:`_parse_json_directly` hands botocore an empty body and the
+``json.loads`` result instead, through botocore's documented ``before-parse``
+hook. Errors (status >= 300) still go through botocore's parser untouched, so
+error codes, throttling and retries behave exactly as before.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 from urllib.parse import quote
 
 import aiohttp
@@ -27,8 +38,11 @@ from airflow_gpu.jobs.backend import (
     LogChunk,
     register_backend,
 )
-from airflow_gpu.jobs.backoff import RetryPolicy, SharedBackoff
+from airflow_gpu.jobs.backoff import RateLimiter, RetryPolicy, SharedBackoff
 from airflow_gpu.jobs.spec import TAG_CANCELLED, TAG_IDEMPOTENCY_KEY, JobSpec
+
+if TYPE_CHECKING:
+    from airflow_gpu.jobs.logs import CloudWatchLogReader
 
 log = logging.getLogger(__name__)
 
@@ -91,10 +105,15 @@ def parse_job(job: dict[str, Any]) -> JobState:
     container_reason = container.get("reason") or last_container.get("reason")
     if container_reason and container_reason != reason:
         reason = f"{reason}; container: {container_reason}" if reason else container_reason
-    group = None
+    # Batch sends container output to CloudWatch Logs (group /aws/batch/job) unless the job
+    # definition names another log driver; then there is no CloudWatch stream to read.
+    group: str | None = DEFAULT_LOG_GROUP
     log_config = container.get("logConfiguration")
-    if log_config and log_config.get("logDriver") == "awslogs":
-        group = (log_config.get("options") or {}).get("awslogs-group")
+    if log_config and log_config.get("logDriver"):
+        if log_config["logDriver"] == "awslogs":
+            group = (log_config.get("options") or {}).get("awslogs-group") or DEFAULT_LOG_GROUP
+        else:
+            group = None
     status = job["status"]
     created = job.get("createdAt")
     queued_since = None
@@ -110,7 +129,7 @@ def parse_job(job: dict[str, Any]) -> JobState:
         exit_code=exit_code,
         attempts=len(attempts),
         log_stream=stream,
-        log_group=(group or DEFAULT_LOG_GROUP) if stream else group,
+        log_group=group if stream else None,
         queued_since=queued_since,
         tags=job.get("tags") or {},
     )
@@ -140,6 +159,40 @@ def log_stream_url(region: str, group: str, stream: str) -> str:
     )
 
 
+def _parse_json_directly(response_dict: dict[str, Any], customized_response_dict: dict[str, Any], **_: Any) -> None:
+    """botocore ``before-parse`` handler: a successful JSON reply becomes the parsed result as is.
+
+    botocore merges ``customized_response_dict`` into what its parser returns, and
+    parses the ``{}`` left in its place at no cost. Anything unexpected (an error
+    status, a body that is not a JSON object) is left to botocore's own parser.
+    """
+    if response_dict.get("status_code", 500) >= 300:
+        return
+    body = response_dict.get("body")
+    if not isinstance(body, (bytes, bytearray)) or not body:
+        return
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return
+    if isinstance(data, dict):
+        customized_response_dict.update(data)
+        response_dict["body"] = b"{}"
+
+
+#: (service id in botocore's event names, operation) pairs read on every poll.
+LEAN_OPERATIONS = (("batch", "DescribeJobs"), ("cloudwatch-logs", "FilterLogEvents"))
+
+
+def parse_lean(client: Any) -> Any:
+    """Make ``client`` parse the polling operations' replies with ``json.loads`` alone."""
+    for service_id, operation in LEAN_OPERATIONS:
+        client.meta.events.register(
+            f"before-parse.{service_id}.{operation}", _parse_json_directly, unique_id=f"airflow-gpu-lean-{operation}"
+        )
+    return client
+
+
 def _client_config(base: botocore.config.Config | None) -> botocore.config.Config:
     ours = botocore.config.Config(retries={"mode": "standard", "total_max_attempts": 1}, max_pool_connections=16)
     return base.merge(ours) if base is not None else ours
@@ -151,15 +204,22 @@ class AwsBatchBackend(JobBackend):
     describe_batch_size = 100
     #: Backoff for every call on one client; tests shorten it.
     retry_policy = RetryPolicy()
+    #: FilterLogEvents calls per second on one connection, and how many may go at once. CloudWatch
+    #: allows about 5 per second per account and region, shared with everyone else reading logs
+    #: there (the console, other triggerers), so live logs take at most 2 of them.
+    logs_calls_per_second: float = 2.0
+    logs_burst: int = 4
 
     def __init__(self, connection: AwsConnection, client: Any) -> None:
         self.connection = connection
         self.region = connection.region_name
-        self._batch = client
+        self._batch = parse_lean(client)
         self._logs: Any = None
         self._logs_lock = asyncio.Lock()
         self.backoff = SharedBackoff(f"AWS Batch in {self.region}", is_transient, self.retry_policy, log)
         self.logs_backoff = SharedBackoff(f"CloudWatch Logs in {self.region}", is_transient, self.retry_policy, log)
+        self.logs_limiter = RateLimiter(self.logs_calls_per_second, self.logs_burst)
+        self._log_reader: CloudWatchLogReader | None = None
         self.closed = False
 
     @classmethod
@@ -286,14 +346,14 @@ class AwsBatchBackend(JobBackend):
     async def _logs_client(self) -> Any:
         async with self._logs_lock:
             if self._logs is None:
-                self._logs = await self._create_client(self.connection, "logs")
+                self._logs = parse_lean(await self._create_client(self.connection, "logs"))
             return self._logs
 
     async def read_logs(self, job: JobState, *, cursor: str | None = None, tail: int | None = None) -> LogChunk:
-        if not job.log_stream:
+        if not job.log_stream or not job.log_group:  # no stream yet, or not logging to CloudWatch
             return LogChunk([], cursor)
         logs = await self._logs_client()
-        kwargs: dict[str, Any] = {"logGroupName": job.log_group or DEFAULT_LOG_GROUP, "logStreamName": job.log_stream}
+        kwargs: dict[str, Any] = {"logGroupName": job.log_group, "logStreamName": job.log_stream}
         if tail is not None:
             kwargs.update(startFromHead=False, limit=max(1, int(tail)))
         else:
@@ -308,15 +368,37 @@ class AwsBatchBackend(JobBackend):
             raise
         return LogChunk([e["message"] for e in reply.get("events", ())], reply.get("nextForwardToken") or cursor)
 
+    async def filter_log_events(self, *, urgent: bool = False, **kwargs: Any) -> dict[str, Any]:
+        """One FilterLogEvents call, paced by the connection's rate limiter and backoff.
+
+        ``urgent`` calls (a job's last lines, read before its trigger fires) go ahead of
+        the routine sweep in the limiter's queue.
+        """
+        logs = await self._logs_client()
+
+        async def call() -> dict[str, Any]:
+            await self.logs_limiter.acquire(urgent=urgent)
+            return await logs.filter_log_events(**kwargs)
+
+        return await self.logs_backoff.call(call)
+
+    def log_reader(self) -> CloudWatchLogReader:
+        """Live logs read in batches of up to 100 streams per FilterLogEvents call."""
+        if self._log_reader is None:
+            from airflow_gpu.jobs.logs import CloudWatchLogReader
+
+            self._log_reader = CloudWatchLogReader(self)
+        return self._log_reader
+
     # -- links ------------------------------------------------------------------------------------
 
     def job_url(self, job_id: str) -> str | None:
         return batch_job_url(self.region, job_id)
 
     def log_url(self, job: JobState) -> str | None:
-        if not job.log_stream:
+        if not job.log_stream or not job.log_group:
             return None
-        return log_stream_url(self.region, job.log_group or DEFAULT_LOG_GROUP, job.log_stream)
+        return log_stream_url(self.region, job.log_group, job.log_stream)
 
     async def aclose(self) -> None:
         if self.closed:

@@ -149,6 +149,12 @@ class JobBackend(abc.ABC):
         log stream that does not exist yet, gives an empty chunk, never an error.
         """
 
+    def log_reader(self) -> Any:
+        """A reader that fetches the new log lines of many jobs per call, for live streaming
+        (see :class:`airflow_gpu.jobs.logs.LogReader`); None streams job by job through
+        ``read_logs(cursor=...)``."""
+        return None
+
     def job_url(self, job_id: str) -> str | None:
         """A web page for the job, if the system has one."""
         return None

@@ -1,4 +1,4 @@
-"""Exponential backoff with full jitter, shared by every call on one connection.
+"""Pacing for every call on one connection: exponential backoff with full jitter, and a rate limit.
 
 When Batch throttles, it throttles the account, not one job: if each of 10,000
 triggers backed off on its own, their retries would keep the rate up. So one
@@ -6,11 +6,17 @@ triggers backed off on its own, their retries would keep the rate up. So one
 back every call on that client, the delay grows with consecutive faults and
 resets on the first success, and the log gets one line when an episode starts
 and one when it ends -- not one per job.
+
+Some APIs have quotas low enough that one should not even reach them: CloudWatch
+Logs answers FilterLogEvents about 5 times a second per account and region. A
+:class:`RateLimiter` per connection keeps a steady pace below that, so reading
+the logs of a thousand jobs takes longer instead of failing.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import random
 from dataclasses import dataclass
@@ -96,3 +102,84 @@ class SharedBackoff:
 def _short(exc: BaseException) -> str:
     text = str(exc) or type(exc).__name__
     return text if len(text) <= 200 else text[:200] + "..."
+
+
+class RateLimiter:
+    """A token bucket for one event loop: ``rate`` calls per second on average, ``burst`` at once.
+
+    Waiters are served first in, first out, urgent ones before the rest: a trigger
+    waiting on its job's last log lines before it fires should not queue behind a
+    routine sweep of a thousand streams. The bucket is shared by everything that
+    calls one API on one connection, so the pace holds however many jobs there are.
+    """
+
+    def __init__(self, rate: float, burst: int = 1) -> None:
+        if rate <= 0 or burst < 1:
+            raise ValueError(f"RateLimiter needs rate > 0 and burst >= 1, got rate={rate}, burst={burst}")
+        self.rate = float(rate)
+        self.burst = int(burst)
+        self._tokens = float(burst)
+        self._stamp: float | None = None
+        self._urgent: collections.deque[asyncio.Future] = collections.deque()
+        self._normal: collections.deque[asyncio.Future] = collections.deque()
+        self._timer: asyncio.TimerHandle | None = None
+        self.granted = 0  # for tests and metrics
+
+    @property
+    def waiting(self) -> int:
+        return len(self._urgent) + len(self._normal)
+
+    def expected_wait(self, *, urgent: bool = False) -> float:
+        """Seconds a call asking now would wait, if nobody else came: how far behind the limiter is."""
+        self._refill(asyncio.get_running_loop().time())
+        ahead = len(self._urgent) + (0 if urgent else len(self._normal))
+        missing = ahead + 1 - self._tokens
+        return max(0.0, missing / self.rate)
+
+    async def acquire(self, *, urgent: bool = False) -> None:
+        """Wait for a turn."""
+        loop = asyncio.get_running_loop()
+        self._refill(loop.time())
+        if self._tokens >= 1 and not self._urgent and (urgent or not self._normal):
+            self._tokens -= 1
+            self.granted += 1
+            return
+        waiter = loop.create_future()
+        (self._urgent if urgent else self._normal).append(waiter)
+        self._schedule(loop)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if not waiter.done() or waiter.cancelled():
+                self._forget(waiter)
+            raise
+
+    def _refill(self, now: float) -> None:
+        if self._stamp is not None:
+            self._tokens = min(float(self.burst), self._tokens + (now - self._stamp) * self.rate)
+        self._stamp = now
+
+    def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._timer is None and (self._urgent or self._normal):
+            delay = max(0.0, (1 - self._tokens) / self.rate)
+            self._timer = loop.call_later(delay, self._release)
+
+    def _release(self) -> None:
+        self._timer = None
+        loop = asyncio.get_running_loop()
+        self._refill(loop.time())
+        while self._tokens >= 1 and (self._urgent or self._normal):
+            waiter = (self._urgent or self._normal).popleft()
+            if waiter.done():  # cancelled while queued
+                continue
+            waiter.set_result(None)
+            self._tokens -= 1
+            self.granted += 1
+        self._schedule(loop)
+
+    def _forget(self, waiter: asyncio.Future) -> None:
+        for queue in (self._urgent, self._normal):
+            try:
+                queue.remove(waiter)
+            except ValueError:
+                pass

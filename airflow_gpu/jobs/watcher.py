@@ -35,12 +35,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import time
 import weakref
 from collections import Counter
 from dataclasses import replace
-from typing import AsyncIterator, Callable, ClassVar, Sequence
+from typing import Any, AsyncIterator, Callable, ClassVar, Coroutine, Sequence
 
 from airflow_gpu.jobs.backend import FAILED, UNKNOWN, BackendTarget, JobBackend, JobState, backend_class
 
@@ -134,6 +135,14 @@ class JobWatch:
             waiter.set_result(None)
 
 
+def detached_task(coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task:
+    """A task in an empty context. Work shared by all triggers belongs to none of them: in the
+    triggerer a record's context decides which task log it goes to, and a plain task would
+    inherit the context of whichever trigger happened to start it."""
+    loop = asyncio.get_running_loop()
+    return contextvars.Context().run(loop.create_task, coro, name=name)
+
+
 _WATCHERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[BackendTarget, JobWatcher]] = (
     weakref.WeakKeyDictionary()
 )
@@ -209,7 +218,7 @@ class JobWatcher:
         if latest is None or not latest.is_terminal:
             self._pending[job_id] = None
         if self._poll_task is None or self._poll_task.done():
-            self._poll_task = asyncio.get_running_loop().create_task(self._poll_loop(), name=f"airflow-gpu watcher {self.target}")
+            self._poll_task = detached_task(self._poll_loop(), f"airflow-gpu watcher {self.target}")
         elif faster:
             self._wake.set()
         return watch
@@ -289,7 +298,7 @@ class JobWatcher:
     def _close_if_idle(self) -> None:
         self._close_timer = None
         if self._users == 0 and not self._closed:
-            self._closer = asyncio.get_running_loop().create_task(self.aclose())
+            self._closer = detached_task(self.aclose(), f"airflow-gpu close {self.target}")
 
     def _release_watch(self, watch: JobWatch) -> None:
         entry = self._watches.get(watch.job_id)
@@ -313,7 +322,7 @@ class JobWatcher:
         task = self._backend_task
         if task is None or (task.done() and (task.cancelled() or task.exception() is not None)):
             opener = backend_class(self.target.backend).open(self.target)
-            task = self._backend_task = asyncio.get_running_loop().create_task(opener)
+            task = self._backend_task = detached_task(opener, f"airflow-gpu open {self.target}")
         return await asyncio.shield(task)
 
     async def _poll_loop(self) -> None:
