@@ -197,3 +197,67 @@ async def test_describe_of_a_known_job_via_raw_submit(moto_aws, gpu_batch, backe
     job_id = submit_raw(moto_aws, gpu_batch)
     [state] = await backend.describe([job_id])
     assert state.status == "SUCCEEDED" and state.log_stream.endswith(job_id)
+
+
+def _without_metadata(reply: dict) -> dict:
+    return {k: v for k, v in reply.items() if k != "ResponseMetadata"}
+
+
+def _covers(lean, full) -> bool:
+    """Everything botocore's parser returns is in the lean result, with the same value."""
+    if isinstance(full, dict):
+        return isinstance(lean, dict) and all(k in lean and _covers(lean[k], v) for k, v in full.items())
+    if isinstance(full, list):
+        return isinstance(lean, list) and len(lean) == len(full) and all(map(_covers, lean, full))
+    return lean == full
+
+
+async def test_lean_parsing_returns_what_botocores_parser_returns(moto_aws, gpu_batch, backend, monkeypatch):
+    from airflow_gpu.jobs import aws_batch
+
+    used = []
+    real = aws_batch._parse_json_directly
+    monkeypatch.setattr(aws_batch, "_parse_json_directly", lambda **kw: (used.append(1), real(**kw))[1])
+    moto_aws.batch.hold("RUNNING")
+    ids = [submit_raw(moto_aws, gpu_batch, f"lean-{i}", tags={"k": str(i)}) for i in range(3)]
+    moto_aws.batch.set_status(ids[0], "FAILED", reason="Essential container in task exited", exit_code=2)
+    put_log_lines(moto_aws, "/aws/batch/job", "lean/stream", [f"line {i}" for i in range(5)])
+
+    lean_batch = aws_batch.parse_lean(await AwsBatchBackend._create_client(backend.connection, "batch"))
+    lean_logs = aws_batch.parse_lean(await AwsBatchBackend._create_client(backend.connection, "logs"))
+    plain_batch = await AwsBatchBackend._create_client(backend.connection, "batch")
+    plain_logs = await AwsBatchBackend._create_client(backend.connection, "logs")
+    try:
+        lean = await lean_batch.describe_jobs(jobs=ids)
+        full = await plain_batch.describe_jobs(jobs=ids)
+        assert used, "the lean path did not run"
+        assert _covers(_without_metadata(lean), _without_metadata(full))
+        assert [parse_job(j) for j in lean["jobs"]] == [parse_job(j) for j in full["jobs"]]
+        assert lean["ResponseMetadata"]["HTTPStatusCode"] == 200
+
+        query = {"logGroupName": "/aws/batch/job", "logStreamNames": ["lean/stream"], "limit": 2}
+        lean_page = await lean_logs.filter_log_events(**query)
+        full_page = await plain_logs.filter_log_events(**query)
+        assert _covers(_without_metadata(lean_page), _without_metadata(full_page))
+        assert lean_page["nextToken"] and [e["message"] for e in lean_page["events"]] == ["line 0", "line 1"]
+
+        # Errors are still botocore's: codes, messages and the exception class.
+        with pytest.raises(lean_logs.exceptions.ResourceNotFoundException, match="log group does not exist"):
+            await lean_logs.filter_log_events(logGroupName="/no/such/group")
+    finally:
+        for client in (lean_batch, lean_logs, plain_batch, plain_logs):
+            await client.close()
+
+
+def test_a_job_logging_elsewhere_than_cloudwatch_has_no_log_group():
+    splunk = parse_job(
+        {
+            "jobId": "j",
+            "status": "RUNNING",
+            "container": {"logStreamName": "def/default/t", "logConfiguration": {"logDriver": "splunk", "options": {}}},
+        }
+    )
+    assert splunk.log_stream == "def/default/t" and splunk.log_group is None
+    default = parse_job({"jobId": "j", "status": "RUNNING", "container": {"logStreamName": "def/default/t"}})
+    assert default.log_group == "/aws/batch/job"
+    assert parse_job({"jobId": "j", "status": "RUNNABLE", "container": {}}).log_group is None  # no stream yet

@@ -48,8 +48,9 @@ class LineLog:
     warning = error = debug = info
 
     def relayed(self, job_id: str) -> list[str]:
-        """Container lines only (the trigger's own lines name the job)."""
-        return [line for r in self.records if job_id not in r for line in r.split("\n")]
+        """Container lines only, without the trigger's own lines about the job."""
+        own = (f"Job {job_id} is ", f"Stopped relaying the log of job {job_id} ")
+        return [line for r in self.records if not r.startswith(own) for line in r.split("\n")]
 
 
 def logs_client(moto_aws):
