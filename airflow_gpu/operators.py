@@ -36,6 +36,7 @@ from airflow_gpu.jobs.spec import (
     is_template,
 )
 from airflow_gpu.jobs.watcher import JobWatcher, follow_job
+from airflow_gpu.manifest import ManifestError, manifest_uri, read_manifest, summarize
 from airflow_gpu.triggers import GpuBatchJobTrigger
 
 if TYPE_CHECKING:
@@ -154,9 +155,15 @@ class GpuBatchOperator(BaseOperator):
         waited on, a SUCCEEDED one is reused, a FAILED one is submitted anew. A worker
         crash and retry thus never starts a second GPU job.
     :param stream_logs: relay the job's log lines into the task log while it runs.
-    :param backend: job system: ``"aws_batch"`` (default) or another registered backend.
+    :param backend: job system: ``"aws_batch"`` (default), ``"local"`` (a process on this
+        machine, for demos and development; see :mod:`airflow_gpu.jobs.local`) or another
+        registered backend. Templated, so a DAG param can choose it.
+    :param output_uri: where the job writes its outputs (the worker's ``--output``). When set,
+        success means the job also committed ``manifest.json`` there: its summary is added to
+        the XCom under ``"manifest"``, and a job that ended SUCCEEDED without one fails the task.
 
-    Returns (XCom) ``{"job_id", "job_name", "status", "attempts", "exit_code", "log_stream", "log_group"}``.
+    Returns (XCom) ``{"job_id", "job_name", "status", "attempts", "exit_code", "log_stream", "log_group"}``,
+    plus ``"manifest"`` (run id, where the outputs are, counts, precision@k) with ``output_uri``.
     """
 
     template_fields: Sequence[str] = (
@@ -172,6 +179,9 @@ class GpuBatchOperator(BaseOperator):
         "parameters",
         "aws_conn_id",
         "region_name",
+        "backend",
+        "poll_interval",
+        "output_uri",
     )
     template_fields_renderers = {"command": "json", "environment": "json", "tags": "json", "parameters": "json"}
     operator_extra_links = (BatchJobLink(), CloudWatchLogsLink())
@@ -200,6 +210,7 @@ class GpuBatchOperator(BaseOperator):
         reattach: bool = True,
         stream_logs: bool = True,
         backend: str = "aws_batch",
+        output_uri: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -218,11 +229,12 @@ class GpuBatchOperator(BaseOperator):
         self.max_queued = check_max_queued(max_queued)
         self.aws_conn_id = aws_conn_id
         self.region_name = region_name
-        self.poll_interval = check_poll_interval(poll_interval)
+        self.poll_interval = poll_interval if is_template(poll_interval) else check_poll_interval(poll_interval)
         self.deferrable = default_deferrable() if deferrable is None else bool(deferrable)
         self.reattach = bool(reattach)
         self.stream_logs = bool(stream_logs)
-        self.backend = check_backend_name(backend)
+        self.backend = backend if is_template(backend) else check_backend_name(backend)
+        self.output_uri = output_uri
         self._check_fields(skip_templates=True)
         self._job_id: str | None = None
         self._job_url: str | None = None
@@ -251,6 +263,17 @@ class GpuBatchOperator(BaseOperator):
             check(value)
         if self.job_name is not None and not (skip_templates and is_template(self.job_name)):
             check_name("job_name", self.job_name, "Pass a name or leave it out to derive one from dag and task.")
+        if not skip_templates:
+            self.backend = check_backend_name(self.backend)
+            poll = self.poll_interval
+            if isinstance(poll, str):  # a rendered template such as "{{ params.poll_interval }}"
+                try:
+                    poll = float(poll)
+                except ValueError:
+                    raise JobSpecError(f"poll_interval must be a number of seconds, got {self.poll_interval!r}.") from None
+            self.poll_interval = check_poll_interval(poll)
+        if self.output_uri is not None and not (skip_templates and is_template(self.output_uri)):
+            check_name("output_uri", self.output_uri, "Pass the job's output prefix (s3://bucket/prefix/ or a folder), or None.")
 
     def _spec(self, identity: TaskIdentity) -> JobSpec:
         return JobSpec.build(
@@ -351,9 +374,8 @@ class GpuBatchOperator(BaseOperator):
         self.log.info("Job %s SUCCEEDED after %d attempt(s)", state.job_id, state.attempts)
         return self._result(state)
 
-    @staticmethod
-    def _result(state: JobState) -> dict[str, Any]:
-        return {
+    def _result(self, state: JobState) -> dict[str, Any]:
+        result = {
             "job_id": state.job_id,
             "job_name": state.name,
             "status": state.status,
@@ -362,6 +384,27 @@ class GpuBatchOperator(BaseOperator):
             "log_stream": state.log_stream,
             "log_group": state.log_group,
         }
+        if self.output_uri:
+            result["manifest"] = self._manifest_summary(state)
+        return result
+
+    def _manifest_summary(self, state: JobState) -> dict[str, Any]:
+        """Read the manifest the job committed; a success without one is no success for its readers."""
+        from airflow_gpu.objects import ObjectStore
+
+        store = ObjectStore(self.aws_conn_id, self.region_name)
+        try:
+            manifest = read_manifest(store, self.output_uri)
+        except ManifestError as exc:
+            raise AirflowException(f"Job {state.job_id} SUCCEEDED but its output is unreadable: {exc}") from exc
+        if manifest is None:
+            raise AirflowException(
+                f"Job {state.job_id} SUCCEEDED but committed no manifest at {manifest_uri(self.output_uri)}; readers "
+                f"treat the output as absent. Check that the job's command writes to output_uri={self.output_uri!r}."
+            )
+        summary = summarize(manifest, self.output_uri)
+        self.log.info("Job %s committed run %s at %s", state.job_id, summary["run_id"], summary["manifest_uri"])
+        return summary
 
     # -- logs and links ---------------------------------------------------------------------------
 

@@ -1,0 +1,130 @@
+"""The reader's side of the worker's output contract, for the Airflow wing.
+
+The worker writes ``manifest.json`` last under its ``--output`` prefix: a prefix without
+one is absent. The operator reads it when a job succeeds (``output_uri=``) and returns
+its summary as XCom; the DAG's publish step validates it before it points the "latest"
+marker at the run. This module knows the manifest's fields but imports nothing from the
+worker, so the two wings stay apart.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Mapping
+
+from airflow_gpu.objects import ObjectStore, join
+
+MANIFEST = "manifest.json"
+MANIFEST_FORMAT = "airflow-gpu-manifest"
+LATEST_FORMAT = "airflow-gpu-latest"
+
+
+class ManifestError(ValueError):
+    """The outputs are missing, incomplete or fail validation; the message says which check and why."""
+
+
+def manifest_uri(output_uri: str) -> str:
+    return join(output_uri, MANIFEST)
+
+
+def read_manifest(store: ObjectStore, output_uri: str) -> dict | None:
+    """The committed manifest under ``output_uri``, or None when there is none (or it is not complete)."""
+    data = store.read(manifest_uri(output_uri))
+    if data is None:
+        return None
+    try:
+        manifest = json.loads(data)
+    except ValueError as exc:
+        raise ManifestError(f"{manifest_uri(output_uri)} is not valid JSON ({exc}); rerun the job to rewrite it") from exc
+    if not isinstance(manifest, dict) or manifest.get("complete") is not True:
+        return None
+    return manifest
+
+
+def summarize(manifest: Mapping[str, Any], output_uri: str) -> dict[str, Any]:
+    """The small part of a manifest worth an XCom: ids, where things are, counts and quality."""
+    return {
+        "output_uri": output_uri,
+        "manifest_uri": manifest_uri(output_uri),
+        "run_id": manifest.get("run_id"),
+        "root": join(output_uri, manifest.get("root") or ""),
+        "finished_at": manifest.get("finished_at"),
+        "summary": manifest.get("summary") or {},
+        "datasets": {
+            name: {key: info.get(key) for key in ("files", "rows", "bytes")}
+            for name, info in (manifest.get("datasets") or {}).items()
+        },
+    }
+
+
+def validate(
+    store: ObjectStore,
+    output_uri: str,
+    *,
+    expected_run_id: str | None = None,
+    top_n: int | None = None,
+    require_evaluation: bool = False,
+    min_lift: float = 1.0,
+) -> dict[str, Any]:
+    """Check the committed outputs under ``output_uri``; return the manifest, or raise ManifestError.
+
+    Checks: the manifest is complete and is the one the job wrote (``expected_run_id``);
+    counts are positive and consistent (dataset rows add up to the summary, at most
+    ``top_n`` recommendations per user); every listed file exists with its listed size;
+    and, with ``require_evaluation``, ALS precision@k beats popularity by more than ``min_lift``.
+    """
+    where = manifest_uri(output_uri)
+    manifest = read_manifest(store, output_uri)
+    if manifest is None:
+        raise ManifestError(f"no committed manifest at {where}: the job wrote no complete output there")
+    problems: list[str] = []
+    if manifest.get("format") != MANIFEST_FORMAT:
+        problems.append(f"format is {manifest.get('format')!r}, not {MANIFEST_FORMAT!r}")
+    if expected_run_id and manifest.get("run_id") != expected_run_id:
+        problems.append(
+            f"it now belongs to worker run {manifest.get('run_id')!r}, not {expected_run_id!r} that the train task "
+            f"produced: another run wrote to this prefix"
+        )
+    summary = manifest.get("summary") or {}
+    for count in ("users", "items", "interactions", "recommendations"):
+        value = summary.get(count)
+        if not isinstance(value, int) or value <= 0:
+            problems.append(f"summary.{count} is {value!r}, expected a positive count")
+    datasets = manifest.get("datasets") or {}
+    files = manifest.get("files") or []
+    recommendations = datasets.get("recommendations") or {}
+    if recommendations.get("rows") != summary.get("recommendations"):
+        problems.append(
+            f"the recommendations files hold {recommendations.get('rows')!r} rows but the summary says "
+            f"{summary.get('recommendations')!r}"
+        )
+    if top_n and isinstance(summary.get("users"), int) and isinstance(summary.get("recommendations"), int):
+        if summary["recommendations"] > summary["users"] * top_n:
+            problems.append(f"{summary['recommendations']} recommendations for {summary['users']} users exceed top_n={top_n}")
+    for name, info in datasets.items():
+        listed = [f for f in files if f.get("kind") == name]
+        if sum(f.get("rows") or 0 for f in listed) != info.get("rows") or len(listed) != info.get("files"):
+            problems.append(f"dataset {name}: the file list does not add up to its {info.get('files')} files / {info.get('rows')} rows")
+    if not files:
+        problems.append("it lists no files")
+    for entry in files:
+        uri = join(output_uri, entry.get("path", ""))
+        size = store.size(uri)
+        if size is None:
+            problems.append(f"{uri} is listed but missing")
+        elif size != entry.get("bytes"):
+            problems.append(f"{uri} has {size} bytes, the manifest says {entry.get('bytes')}")
+    if require_evaluation:
+        quality = summary.get("precision_at_k")
+        if not quality:
+            problems.append("it has no evaluation (precision_at_k); run the worker with --eval-holdout")
+        else:
+            als, popularity, k = quality.get("als"), quality.get("popularity"), quality.get("k")
+            if not isinstance(als, (int, float)) or not isinstance(popularity, (int, float)):
+                problems.append(f"precision_at_k is incomplete: {quality!r}")
+            elif not als > popularity * min_lift:
+                needed = "beat popularity" if min_lift == 1.0 else f"beat popularity by {min_lift:g}x"
+                problems.append(f"ALS precision@{k} {als:.4f} does not {needed} ({popularity:.4f})")
+    if problems:
+        raise ManifestError(f"{where} failed validation: " + "; ".join(problems))
+    return manifest
