@@ -13,8 +13,8 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	# uv resolves Airflow's ~200 dependencies in seconds instead of minutes; fall back to pip.
-	($(BIN)/pip install -q uv && $(BIN)/uv pip install --python $(BIN)/python -e '.[dev,worker]') \
-	  || $(BIN)/pip install -e '.[dev,worker]'
+	($(BIN)/pip install -q uv && $(BIN)/uv pip install --python $(BIN)/python -e '.[dev,worker,demo]') \
+	  || $(BIN)/pip install -e '.[dev,worker,demo]'
 	touch $(STAMP)
 
 test: $(STAMP)
