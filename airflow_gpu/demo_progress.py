@@ -78,12 +78,18 @@ class Progress:
         from sqlalchemy import text
 
         query = text(
-            "SELECT task_id, state FROM task_instance WHERE dag_id = :dag AND run_id = "
+            "SELECT task_id, state, next_method FROM task_instance WHERE dag_id = :dag AND run_id = "
             "(SELECT run_id FROM dag_run WHERE dag_id = :dag ORDER BY id DESC LIMIT 1)"
         )
         with self._engine().connect() as connection:
             rows = connection.execute(query, {"dag": self.dag_id}).all()
-        return [(task_id, state) for task_id, state in rows if state]
+        # dag.test() runs the trigger inline and marks the task queued meanwhile; the task is
+        # still deferred (it waits to resume in next_method), so show it as such.
+        return [
+            (task_id, "deferred" if next_method and state in ("queued", "scheduled") else state)
+            for task_id, state, next_method in rows
+            if state
+        ]
 
     def _engine(self):
         if self._db is None:

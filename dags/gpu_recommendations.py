@@ -66,10 +66,22 @@ PARAMS = {
         type=["string", "null"],
         description="Column with interaction strength (plays, views, counts); null counts each row once.",
     ),
-    "factors": Param(64, type="integer", minimum=1, maximum=1024, description="ALS latent factors."),
-    "iterations": Param(15, type="integer", minimum=1, maximum=200, description="ALS iterations."),
-    "regularization": Param(1.0, type="number", minimum=0, description="ALS L2 regularization."),
-    "top_n": Param(10, type="integer", minimum=1, maximum=1000, description="Recommendations per user."),
+    "factors": Param(
+        64, type="integer", minimum=1, maximum=1024,
+        description="ALS latent factors per user and item: more capture finer tastes, at more GPU memory and time.",
+    ),
+    "iterations": Param(
+        15, type="integer", minimum=1, maximum=200,
+        description="ALS iterations (each solves all users, then all items); the loss is logged per iteration.",
+    ),
+    "regularization": Param(
+        1.0, type="number", minimum=0,
+        description="ALS L2 regularization; raise it when very active users dominate the model.",
+    ),
+    "top_n": Param(
+        10, type="integer", minimum=1, maximum=1000,
+        description="Recommendations written per user; items the user already interacted with are left out.",
+    ),
     "eval_holdout": Param(
         0.1,
         type="number",
