@@ -24,4 +24,4 @@ demo: $(STAMP)
 	$(BIN)/airflow-gpu demo $(DEMO_ARGS)
 
 clean:
-	rm -rf $(VENV) .airflow build *.egg-info
+	rm -rf $(VENV) .airflow .demo build *.egg-info
