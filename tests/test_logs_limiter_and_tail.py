@@ -131,7 +131,7 @@ class Lines:
         self.records.append(message % args if args else message)
 
     def relayed(self, job_id: str) -> list[str]:
-        own = (f"Job {job_id} is ", f"Stopped relaying the log of job {job_id} ")
+        own = f"Job {job_id} is "
         return [line for r in self.records if not r.startswith(own) for line in r.split("\n")]
 
 

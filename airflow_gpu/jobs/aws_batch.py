@@ -205,10 +205,10 @@ class AwsBatchBackend(JobBackend):
     #: Backoff for every call on one client; tests shorten it.
     retry_policy = RetryPolicy()
     #: FilterLogEvents calls per second on one connection, and how many may go at once. CloudWatch
-    #: allows about 5 per second per account and region, shared with everyone else reading logs
-    #: there (the console, other triggerers), so live logs take at most 2 of them.
+    #: allows 5 per second per account and region, shared with everyone else reading logs there
+    #: (the console, other triggerers), so live logs take 2 of them, and never more than 4 in any second.
     logs_calls_per_second: float = 2.0
-    logs_burst: int = 4
+    logs_burst: int = 2
 
     def __init__(self, connection: AwsConnection, client: Any) -> None:
         self.connection = connection

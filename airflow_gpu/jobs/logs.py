@@ -56,8 +56,8 @@ class LogReader(Protocol):
 
     async def read(self, follows: Sequence[LogFollow], *, urgent: bool = False) -> None: ...
 
-    def expected_wait(self) -> float:
-        """Seconds an urgent read asked now would wait for its turn."""
+    def affordable(self, follows: Sequence[LogFollow], seconds: float) -> list[LogFollow]:
+        """Those of ``follows`` an urgent read would serve within ``seconds``, given the rate limit."""
         ...
 
 
@@ -243,8 +243,23 @@ class CloudWatchLogReader:
         self.backend = backend
         self.calls = 0
 
-    def expected_wait(self) -> float:
-        return self.backend.logs_limiter.expected_wait(urgent=True)
+    def affordable(self, follows: Sequence[LogFollow], seconds: float) -> list[LogFollow]:
+        # Calls that can start in the first half of the time, so that they also end within it.
+        limiter = self.backend.logs_limiter
+        wait = limiter.expected_wait(urgent=True)
+        calls = int((seconds / 2 - wait) * limiter.rate) + 1 if wait <= seconds / 2 else 0
+        chosen: list[LogFollow] = []
+        by_group: dict[str, list[LogFollow]] = {}
+        for follow in follows:
+            if follow.job.log_group and follow.stream:
+                by_group.setdefault(follow.job.log_group, []).append(follow)
+            else:
+                chosen.append(follow)  # not in CloudWatch: nothing to read, costs no call
+        for members in by_group.values():
+            take = members[: max(calls, 0) * self.streams_per_call]
+            calls -= -(-len(take) // self.streams_per_call)
+            chosen += take
+        return chosen
 
     async def read(self, follows: Sequence[LogFollow], *, urgent: bool = False) -> None:
         loop = asyncio.get_running_loop()
@@ -350,8 +365,8 @@ class CursorLogReader:
         self.calls = 0
         self._warned: weakref.WeakSet[LogFollow] = weakref.WeakSet()
 
-    def expected_wait(self) -> float:
-        return 0.0
+    def affordable(self, follows: Sequence[LogFollow], seconds: float) -> list[LogFollow]:
+        return list(follows)  # no rate limit: a file tail is cheap
 
     async def read(self, follows: Sequence[LogFollow], *, urgent: bool = False) -> None:
         gate = asyncio.Semaphore(self.max_concurrent_reads)
@@ -516,43 +531,53 @@ class LogFollower:
     async def _finish(self, follow: LogFollow, timeout: float) -> bool:
         if follow.closed:
             return False
+        loop = asyncio.get_running_loop()
+        done = follow.finishing = loop.create_future()
+        # A plain timer rather than wait_for(shield(...)): thousands of jobs may end in one poll.
+        timer = loop.call_later(timeout, _settle, follow, False)
         try:
-            if self._reader is None:
+            if self._reader is None:  # the follower has not opened its backend yet
                 if self._ready is None:
                     return False
                 await asyncio.wait_for(asyncio.shield(self._ready), timeout)
-            reader = self._reader
-            if reader is None or reader.expected_wait() > timeout:  # would not make it: do not hold the event up
-                self.unfinished += 1
-                return False
-            done = follow.finishing = asyncio.get_running_loop().create_future()
             self._drains.append(follow)
             if self._drain_task is None or self._drain_task.done():
-                self._drain_task = detached_task(self._drain(), f"airflow-gpu last log reads {self.target}")
-            await asyncio.wait_for(asyncio.shield(done), timeout)
-            return True
+                self._drain_task = detached_task(self._drain(timeout), f"airflow-gpu last log reads {self.target}")
+            if await done:
+                return True
         except asyncio.TimeoutError:
-            self.unfinished += 1
-            return False
+            pass
         except Exception as exc:
             log.debug("Last log read for job %s failed: %s", follow.job.job_id, exc)
-            return False
         finally:
+            timer.cancel()
             follow.close()
+        self.unfinished += 1
+        return False
 
-    async def _drain(self) -> None:
+    async def _drain(self, within: float) -> None:
+        """Last reads for jobs that ended, batched. Those the log API cannot serve ``within``
+        seconds are let go at once: a trigger waiting on a read that will come too late only
+        delays its event."""
         while self._drains:
             await asyncio.sleep(self.gather_delay)  # jobs ending together share their calls
             batch, self._drains = [f for f in self._drains if not f.closed], []
+            reader = self._reader
+            chosen = reader.affordable(batch, within) if reader is not None else []
+            served = set(chosen)
+            for follow in batch:
+                if follow not in served:
+                    _settle(follow, False)
             try:
-                if batch and self._reader is not None:
-                    await self._reader.read(batch, urgent=True)
+                if chosen:
+                    await reader.read(chosen, urgent=True)  # type: ignore[union-attr]
             except Exception as exc:
                 log.warning("Reading the last log lines for %s failed: %s", self.target, exc)
+                for follow in chosen:
+                    _settle(follow, False)
             finally:
-                for follow in batch:
-                    if follow.finishing is not None and not follow.finishing.done():
-                        follow.finishing.set_result(None)
+                for follow in chosen:
+                    _settle(follow, True)
 
     async def aclose(self) -> None:
         """Stop following everything now (tests, a loop about to end)."""
@@ -568,6 +593,11 @@ class LogFollower:
     async def close_all(cls) -> None:
         for follower in list(_FOLLOWERS.get(asyncio.get_running_loop(), {}).values()):
             await follower.aclose()
+
+
+def _settle(follow: LogFollow, read: bool) -> None:
+    if follow.finishing is not None and not follow.finishing.done():
+        follow.finishing.set_result(read)
 
 
 async def _gather_all(coros: Any) -> None:
