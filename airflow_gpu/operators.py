@@ -18,6 +18,7 @@ from airflow.sdk.exceptions import AirflowException
 from airflow_gpu.jobs.backend import SUCCEEDED, BackendTarget, JobBackend, JobState, check_backend_name
 from airflow_gpu.jobs.blocking import run_blocking
 from airflow_gpu.jobs.spec import (
+    TAG_CANCELLED,
     JobSpec,
     JobSpecError,
     TaskIdentity,
@@ -45,6 +46,8 @@ if TYPE_CHECKING:
 
 #: XCom key holding the job id from the moment it is known, so a failed deferral can find the job.
 JOB_ID_XCOM_KEY = "gpu_batch_job_id"
+#: How follow_job's max_queued reason starts (jobs.watcher.queued_too_long_reason): that stop is this try's own.
+QUEUED_TOO_LONG_PREFIX = "no GPU capacity for"
 #: Log lines quoted in the error of a failed job.
 TAIL_LINES = 20
 _TRIGGER_TIMEOUT = "Trigger timeout"  # airflow's TriggerFailureReason.TRIGGER_TIMEOUT
@@ -153,7 +156,9 @@ class GpuBatchOperator(BaseOperator):
         ``[operators] default_deferrable`` is explicitly set.
     :param reattach: before submitting, look for this task instance's job: a live one is
         waited on, a SUCCEEDED one is reused, a FAILED one is submitted anew. A worker
-        crash and retry thus never starts a second GPU job.
+        crash and retry thus never starts a second GPU job. After a clear, a new try may
+        reattach before the earlier try's trigger has terminated the job (its ``on_kill``);
+        when that termination arrives, the new try submits a fresh job instead of failing.
     :param stream_logs: relay the job's log lines into the task log while it runs.
     :param backend: job system: ``"aws_batch"`` (default), ``"local"`` (a process on this
         machine, for demos and development; see :mod:`airflow_gpu.jobs.local`) or another
@@ -237,6 +242,7 @@ class GpuBatchOperator(BaseOperator):
         self.output_uri = output_uri
         self._check_fields(skip_templates=True)
         self._job_id: str | None = None
+        self._reattached = False
         self._job_url: str | None = None
         self._log_url: str | None = None
 
@@ -310,9 +316,13 @@ class GpuBatchOperator(BaseOperator):
         if not self.deferrable:
             final, lines = run_blocking(lambda: self._wait_here(state.job_id))
             return self._finish(final, lines)
+        self._defer(state.job_id, reattached=self._reattached)
+        return None  # not reached: defer raises
+
+    def _defer(self, job_id: str, *, reattached: bool) -> None:
         self.defer(
             trigger=GpuBatchJobTrigger(
-                state.job_id,
+                job_id,
                 aws_conn_id=self.aws_conn_id,
                 region_name=self.region_name,
                 poll_interval=self.poll_interval,
@@ -321,19 +331,21 @@ class GpuBatchOperator(BaseOperator):
                 backend=self.backend,
             ),
             method_name="execute_complete",
+            kwargs={"reattached": True} if reattached else None,
             timeout=self.execution_timeout,
         )
-        return None  # not reached: defer raises
 
-    async def _submit_or_reattach(self, spec: JobSpec) -> JobState:
+    async def _submit_or_reattach(self, spec: JobSpec, *, reattach: bool | None = None) -> JobState:
+        self._reattached = False
         async with JobWatcher.shared(self.target).backend() as backend:
             state = None
-            if self.reattach:
+            if self.reattach if reattach is None else reattach:
                 found = await backend.find(spec)
                 state = next((s for s in found if s.is_live), None) or next(
                     (s for s in found if s.status == SUCCEEDED), None
                 )
                 if state is not None and state.is_live:
+                    self._reattached = True
                     self.log.info("Reattaching to job %s (%s), already %s for this task instance", state.job_id, spec.name, state.status)
                 elif found:
                     self.log.info("Earlier jobs for this task instance failed; submitting a new one")
@@ -355,11 +367,25 @@ class GpuBatchOperator(BaseOperator):
             lines = [] if final.status == SUCCEEDED else await self._tail(backend, final)
         return final, lines
 
-    def execute_complete(self, context: Context, event: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    def execute_complete(
+        self, context: Context, event: Mapping[str, Any] | None = None, reattached: bool = False
+    ) -> dict[str, Any]:
         """Resume after the trigger fired. Idempotent: a redelivered event gives the same outcome."""
         if not event or "job_id" not in event or "status" not in event:
             raise AirflowException(f"The GPU job trigger resumed the task without a job event ({event!r}).")
         state = JobState.from_event(event)
+        if reattached and state.status != SUCCEEDED and self._stopped_for_an_earlier_try(state):
+            # This try reattached to a job that an earlier try had deferred on, and that try's
+            # trigger then terminated it (its on_kill, when the task was cleared or marked): the
+            # clear asked for a fresh run, so submit one instead of failing.
+            self.log.warning(
+                "Job %s, which this try reattached to, was stopped for an earlier try (%s); submitting a new job",
+                state.job_id, state.status_reason,
+            )
+            fresh = run_blocking(lambda: self._submit_or_reattach(self._spec(_identity(context)), reattach=False))
+            self._job_id = fresh.job_id
+            context["ti"].xcom_push(key=JOB_ID_XCOM_KEY, value=fresh.job_id)
+            self._defer(fresh.job_id, reattached=False)
         self._job_id = state.job_id
         self._job_url = event.get("job_url") or self._job_url
         self._log_url = event.get("log_url") or self._log_url
@@ -367,6 +393,24 @@ class GpuBatchOperator(BaseOperator):
         if state.status != SUCCEEDED:
             lines = self._tail_blocking(state)
         return self._finish(state, lines)
+
+    def _stopped_for_an_earlier_try(self, state: JobState) -> bool:
+        """Did airflow-gpu itself terminate the job (it carries the cancelled mark), and not for
+        max_queued (which this try's own trigger enforces)? Then an earlier try's on_kill did."""
+        if state.status_reason and state.status_reason.startswith(QUEUED_TOO_LONG_PREFIX):
+            return False
+
+        async def describe() -> JobState | None:
+            async with JobWatcher.shared(self.target).backend() as backend:
+                found = await backend.describe([state.job_id])
+                return found[0] if found else None
+
+        try:
+            current = run_blocking(describe, timeout=60)
+        except Exception as exc:
+            self.log.warning("Could not describe job %s to tell why it stopped: %s", state.job_id, exc)
+            return False
+        return current is not None and TAG_CANCELLED in current.tags
 
     def _finish(self, state: JobState, lines: Sequence[str]) -> dict[str, Any]:
         if state.status != SUCCEEDED:

@@ -15,12 +15,15 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+from airflow.sdk.exceptions import TaskDeferred
 
 from airflow_gpu.jobs import local_runner as records
 from airflow_gpu.jobs.backend import BackendTarget, backend_class
 from airflow_gpu.jobs.local import STATE_DIR_ENV, LocalBackend, default_state_dir, job_record
 from airflow_gpu.jobs.spec import JobSpec, JobSpecError, TaskIdentity
 from airflow_gpu.jobs.watcher import JobWatcher, follow_job
+from airflow_gpu.operators import JOB_ID_XCOM_KEY, GpuBatchOperator, GpuJobFailed
+from gpu_batch_testing import FakeTaskInstance, fire, make_context
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -292,3 +295,76 @@ async def test_the_shared_watcher_follows_local_jobs(state_dir):
         w.close()
     assert [f.status for f in finals] == ["SUCCEEDED", "FAILED", "SUCCEEDED", "FAILED"]
     await JobWatcher.close_all()
+
+
+# -- the operator on the local backend --------------------------------------------------------------
+
+
+def local_operator(command, **kwargs) -> GpuBatchOperator:
+    return GpuBatchOperator(task_id="train", job_queue="local", job_definition="local", command=command,
+                            backend="local", poll_interval=0.05, **kwargs)
+
+
+def test_operator_submits_defers_and_resumes_on_the_local_backend(state_dir):
+    context = make_context(FakeTaskInstance(dag_id="dag", task_id="train"))
+    with pytest.raises(TaskDeferred) as deferred:
+        local_operator(py("print('trained')")).execute(context)
+    assert deferred.value.kwargs is None  # a fresh job, not a reattached one
+    event = fire(deferred.value.trigger)
+    result = local_operator(py("print('trained')")).execute_complete(context, event)
+    assert result["status"] == "SUCCEEDED" and result["job_id"] == context["ti"].xcoms[JOB_ID_XCOM_KEY]
+
+
+async def _kill_like_an_earlier_try(job_id: str) -> None:
+    await LocalBackend().terminate(job_id, "Airflow task dag.train run r was cleared or marked failed/succeeded")
+
+
+def test_a_clear_racing_the_earlier_trys_on_kill_ends_in_a_fresh_job(state_dir):
+    # Try 1 deferred on a job; the task is cleared; try 2 starts before the triggerer has run try 1's
+    # on_kill, so it finds the job still RUNNING and reattaches. Then on_kill terminates that job.
+    ti = FakeTaskInstance(dag_id="dag", task_id="train")
+    context = make_context(ti)
+    command = py("import time; time.sleep(300)")
+    with pytest.raises(TaskDeferred) as first:
+        local_operator(command).execute(context)
+    with pytest.raises(TaskDeferred) as second:
+        local_operator(command).execute(context)
+    old = second.value.trigger.job_id
+    assert old == first.value.trigger.job_id and second.value.kwargs == {"reattached": True}
+    asyncio.run(_kill_like_an_earlier_try(old))
+    event = fire(second.value.trigger)
+    assert event["status"] == "FAILED"
+
+    with pytest.raises(TaskDeferred) as resubmitted:  # not a failure: the clear asked for a fresh run
+        local_operator(command).execute_complete(context, event, **second.value.kwargs)
+    fresh = resubmitted.value.trigger.job_id
+    assert fresh != old and ti.xcoms[JOB_ID_XCOM_KEY] == fresh
+    assert resubmitted.value.kwargs is None
+    asyncio.run(LocalBackend().terminate(fresh, "test over"))
+
+
+def test_a_reattached_job_that_fails_on_its_own_still_fails_the_task(state_dir, tmp_path):
+    context = make_context(FakeTaskInstance(dag_id="dag", task_id="train"))
+    go = tmp_path / "go"
+    command = py(f"""
+        import os, sys, time
+        while not os.path.exists({str(go)!r}): time.sleep(0.02)
+        print('boom'); sys.exit(3)
+    """)
+    with pytest.raises(TaskDeferred):
+        local_operator(command).execute(context)
+    with pytest.raises(TaskDeferred) as second:
+        local_operator(command).execute(context)
+    assert second.value.kwargs == {"reattached": True}
+    go.touch()
+    event = fire(second.value.trigger)
+    with pytest.raises(GpuJobFailed, match="exited with code 3") as failed:
+        local_operator(command).execute_complete(context, event, **second.value.kwargs)
+    assert "boom" in str(failed.value)  # the last log lines, read through the backend
+
+
+def test_the_max_queued_reason_is_recognised_as_the_trys_own():
+    from airflow_gpu.jobs.watcher import queued_too_long_reason
+    from airflow_gpu.operators import QUEUED_TOO_LONG_PREFIX
+
+    assert queued_too_long_reason(75.0, "RUNNABLE", 60).startswith(QUEUED_TOO_LONG_PREFIX)

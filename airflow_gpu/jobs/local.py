@@ -52,7 +52,7 @@ from airflow_gpu.jobs.backend import (
     LogChunk,
     register_backend,
 )
-from airflow_gpu.jobs.spec import JobSpec, JobSpecError
+from airflow_gpu.jobs.spec import TAG_CANCELLED, JobSpec, JobSpecError
 
 STATE_DIR_ENV = "AIRFLOW_GPU_LOCAL_JOBS_DIR"
 RUNNER = Path(records.__file__).resolve()
@@ -218,7 +218,8 @@ class LocalBackend(JobBackend):
         common: dict[str, Any] = {
             "job_id": job_id,
             "name": job.get("name"),
-            "tags": job.get("tags") or {},
+            # Marked like a Batch job that airflow-gpu terminated, so callers can tell who stopped it.
+            "tags": {**(job.get("tags") or {}), **({TAG_CANCELLED: "true"} if cancel is not None else {})},
             "log_group": str(self.state_dir / job_id),
             "log_stream": records.LOG_FILE,
         }
