@@ -337,8 +337,7 @@ def scaled(args, share: float) -> tuple[int, int, int]:
 
 
 def spawn(args, label: str, device: str, users: int, items: int, interactions: int, recommend_users: int,
-          timeout: float, workdir: Path) -> dict:
-    out = workdir / f"{label}.json"
+          timeout: float, out: Path) -> dict:
     command = [
         sys.executable, str(Path(__file__).resolve()), "--role", "run", "--label", label, "--out", str(out),
         "--device", device, "--users", str(users), "--items", str(items), "--interactions", str(interactions),
@@ -461,37 +460,48 @@ def orchestrate(args) -> int:
     say("estimate for the main run (GiB): " + ", ".join(f"{k} {v:.1f}" for k, v in shape.items()))
     cpu_users, cpu_items, cpu_interactions = scaled(args, args.cpu_interactions / args.interactions)
     cpu_reserve = 0 if args.no_cpu else min(args.cpu_timeout, args.budget * 0.3)
-    workdir = Path(tempfile.mkdtemp(prefix="gpu_als-"))
+    # Each run's own JSON goes beside --json (so it survives even if this process is killed
+    # mid-run), or into a temporary folder.
+    folder = Path(args.json).resolve().parent if args.json else Path(tempfile.mkdtemp(prefix="gpu_als-"))
+    prefix = Path(args.json).stem + "-" if args.json else ""
     report = {"started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "args": vars(args), "estimate": shape, "runs": {}}
     runs = report["runs"]
+
+    def run(label: str, device: str, size: tuple[int, int, int], recommend_users: int, timeout: float) -> dict:
+        result = spawn(args, label, device, *size, recommend_users, timeout, folder / f"{prefix}{label}.json")
+        report["wall_seconds"] = round(time.monotonic() - started, 1)
+        if args.json:
+            Path(args.json).write_text(json.dumps(report | {"runs": runs | {label: result}}, indent=2, default=_plain))
+        return result
+
+    cpu_size = (cpu_users, cpu_items, cpu_interactions)
     try:
         if args.device != "cpu" and args.same_size:
-            runs["same-size"] = spawn(args, "same-size", args.device, cpu_users, cpu_items, cpu_interactions,
-                                      args.cpu_recommend_users, min(args.same_size_timeout, args.budget * 0.25), workdir)
-        runs["main"] = spawn(args, "main", args.device, args.users, args.items, args.interactions, args.recommend_users,
-                             deadline - time.monotonic() - cpu_reserve, workdir)
+            runs["same-size"] = run("same-size", args.device, cpu_size, args.cpu_recommend_users,
+                                    min(args.same_size_timeout, args.budget * 0.25))
+        runs["main"] = run("main", args.device, (args.users, args.items, args.interactions), args.recommend_users,
+                           deadline - time.monotonic() - cpu_reserve)
         # A quick failure at full size (memory, most likely) leaves time for one try at half the size.
         if (args.retry_smaller and runs["main"].get("status") == "failed" and per_iteration(runs["main"]) is None
                 and _size_problem(runs["main"]) and time.monotonic() - started < args.budget * 0.4):
             runs["main-failed"] = runs.pop("main")
             say("the full-size run failed before training; trying once more at half the size")
-            users, items, interactions = scaled(args, 0.5)
-            runs["main"] = spawn(args, "main", args.device, users, items, interactions, args.recommend_users,
-                                 deadline - time.monotonic() - cpu_reserve, workdir)
+            runs["main"] = run("main-half", args.device, scaled(args, 0.5), args.recommend_users,
+                               deadline - time.monotonic() - cpu_reserve)
         if not args.no_cpu:
             left = deadline - time.monotonic()
             if left < 20:
                 say(f"skipping the CPU comparison: only {left:.0f} s left")
             else:
-                runs["cpu"] = spawn(args, "cpu", "cpu", cpu_users, cpu_items, cpu_interactions, args.cpu_recommend_users,
-                                    min(args.cpu_timeout, left - 5), workdir)
+                runs["cpu"] = run("cpu", "cpu", cpu_size, args.cpu_recommend_users, min(args.cpu_timeout, left - 5))
         report["summary"] = summarize(runs, args.device)
     finally:
         report["wall_seconds"] = round(time.monotonic() - started, 1)
         if args.json:
             Path(args.json).write_text(json.dumps(report, indent=2, default=_plain))
             say(f"wrote {args.json}")
-        shutil.rmtree(workdir, ignore_errors=True)
+        if not args.json:
+            shutil.rmtree(folder, ignore_errors=True)
     summary = report["summary"]
     main_row = summary["rows"].get("main", {})
     print(f"gpu_als: device={args.device} nnz={main_row.get('nnz')} train_s={_f(main_row.get('train_s'), '.2f')} "

@@ -166,15 +166,15 @@ def _block(xp, rng: np.random.Generator, taste: _Tastes, rows: np.ndarray, count
     """(pairs per row, item indices, play counts) for a block of users, as host arrays."""
     events = int(counts.sum())
     item_of_rank, home, second = taste.on(xp)
-    generator = xp.random.default_rng(int(rng.integers(0, 2**63 - 1)))
+    uniform = _uniform(xp, int(rng.integers(0, 2**31 - 1)))
     counts_x = xp.asarray(counts)
     ends = xp.cumsum(counts_x)
     # Row (within the block) of each event: cupy has no repeat() by array, so search.
     local_row = xp.searchsorted(ends, xp.arange(events, dtype=xp.int64), side="right")
     user = xp.asarray(rows)[local_row]
 
-    u = generator.random(events, dtype=xp.float64)
-    pick = generator.random(events, dtype=xp.float64)
+    u = uniform(events)
+    pick = uniform(events)
     g = taste.genres
     # Overall popularity: Zipf rank over every item.
     rank = xp.floor(xp.power(float(items), u)).astype(xp.int64) - 1
@@ -198,11 +198,21 @@ def _block(xp, rng: np.random.Generator, taste: _Tastes, rows: np.ndarray, count
     repeats = xp.diff(xp.concatenate([starts, xp.asarray([events], dtype=starts.dtype)]))
     del keys, first, starts
     # Plays per event are geometric (mean 2.5): heavy-tailed counts like the seed's.
-    plays = xp.floor(xp.log1p(-generator.random(len(pairs), dtype=xp.float64)) / math.log(0.6)) + 1
+    plays = xp.floor(xp.log1p(-uniform(len(pairs))) / math.log(0.6)) + 1
     values = (repeats * plays).astype(xp.float32)
     per_row = xp.bincount((pairs // items).astype(xp.int64), minlength=len(rows))
     cols = (pairs % items).astype(xp.int32)
     return _host(xp, per_row), _host(xp, cols), _host(xp, values)
+
+
+def _uniform(xp, seed: int):
+    """n -> n float64 uniforms in [0, 1). On the GPU, cupy's RandomState: it calls cuRAND's
+    host API, where cupy's newer Generator compiles cuRAND's device headers at run time."""
+    if xp is np:
+        generator = np.random.default_rng(seed)
+        return lambda n: generator.random(n)
+    state = xp.random.RandomState(seed)
+    return lambda n: state.random_sample(n, dtype=xp.float64)
 
 
 def _host(xp, array) -> np.ndarray:

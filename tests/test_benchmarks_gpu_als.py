@@ -79,6 +79,8 @@ def test_cpu_smoke_run_reports_every_stage_and_the_ratio(tmp_path):
     per_user = [r["stages"]["generate"]["interactions_per_user"] for r in (main, cpu)]
     assert abs(per_user[0] - per_user[1]) / per_user[0] < 0.1
     assert report["summary"]["cpu_over_device_per_nnz_iteration"] > 0
+    # Each run's own record sits beside the report, so it survives a kill of the parent.
+    assert json.loads((tmp_path / "gpu_als-cpu.json").read_text())["stages"] == cpu["stages"]
     last = done.stdout.strip().splitlines()[-1]
     match = LAST_LINE.match(last)
     assert match, last
