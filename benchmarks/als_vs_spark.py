@@ -204,6 +204,7 @@ class SparkSettings:
 def spark_session(settings: SparkSettings, scratch: Path):
     from pyspark.sql import SparkSession
 
+    logging.getLogger("py4j").setLevel(logging.WARNING)  # one INFO line per connection otherwise
     cores = os.cpu_count() or 1
     session = (
         SparkSession.builder.master("local[*]")
@@ -391,7 +392,6 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"print Spark's precision over a grid, then stop (default grid {TUNE_GRID})")
     parser.add_argument("--workdir", help="where the Parquet goes (default: a temporary folder)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
     settings = SparkSettings(args.spark_memory, args.spark_partitions, args.spark_blocks, args.spark_alpha,
                              args.spark_reg, args.spark_rating)
 
@@ -458,4 +458,5 @@ def report(ours: SideResult, spark: SideResult, ratio: float, p10_ours: float, p
 
 
 if __name__ == "__main__":
+    logging.basicConfig(level=logging.WARNING)
     sys.exit(main())
