@@ -305,13 +305,20 @@ def local_operator(command, **kwargs) -> GpuBatchOperator:
                             backend="local", poll_interval=0.05, **kwargs)
 
 
-def test_operator_submits_defers_and_resumes_on_the_local_backend(state_dir):
+def test_operator_submits_defers_and_resumes_on_the_local_backend(state_dir, tmp_path):
     context = make_context(FakeTaskInstance(dag_id="dag", task_id="train"))
+    go = tmp_path / "go"
+    command = py(f"""
+        import os, time
+        while not os.path.exists({str(go)!r}): time.sleep(0.02)
+        print('trained')
+    """)
     with pytest.raises(TaskDeferred) as deferred:
-        local_operator(py("print('trained')")).execute(context)
+        local_operator(command).execute(context)
     assert deferred.value.kwargs is None  # a fresh job, not a reattached one
+    go.touch()
     event = fire(deferred.value.trigger)
-    result = local_operator(py("print('trained')")).execute_complete(context, event)
+    result = local_operator(command).execute_complete(context, event)
     assert result["status"] == "SUCCEEDED" and result["job_id"] == context["ti"].xcoms[JOB_ID_XCOM_KEY]
 
 
