@@ -218,7 +218,7 @@ def run_child(args) -> int:
             record.data["errors"][name + "_traceback"] = traceback.format_exc()[-3000:]
             ok = False
         figures["seconds"] = round(time.perf_counter() - started, 3)
-        figures["host_peak_rss_gib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GiB, 3)
+        figures["host_peak_rss_gib"] = round(peak_rss() / GiB, 3)
         if gpu:
             figures.update(gpu.stage_figures())
         record.save()
@@ -285,6 +285,18 @@ def run_child(args) -> int:
     record.data["status"] = "ok" if ok else "failed"
     record.save()
     return 0 if ok else 1
+
+
+def peak_rss() -> int:
+    """This process's peak resident memory in bytes (VmHWM: unlike ru_maxrss, not inherited from the parent)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def _progress(label: str):
@@ -394,6 +406,7 @@ def row_of(label: str, run: dict) -> dict:
         "users_per_s": rec.get("users_per_second"),
         "ns_per_user_item": (1e9 / rec["users_per_second"] / rec["items"]) if rec.get("users_per_second") else None,
         "gpu_peak_gib": run.get("gpu_peak_gib"),
+        "host_peak_gib": max((st.get("host_peak_rss_gib") or 0 for st in stages.values()), default=None),
         "status": run.get("status"),
     }
 
@@ -403,13 +416,13 @@ def summarize(runs: dict[str, dict], device: str) -> dict:
     rows = {label: row_of(label, run) for label, run in runs.items()}
     print()
     print(f"{'run':<16} {'nnz':>13} {'gen s':>7} {'weight s':>8} {'train s':>8} {'setup s':>8} {'iters':>5} {'s/iter':>7} "
-          f"{'ns/nnz-iter':>11} {'rec s':>6} {'users/s':>9} {'GPU GiB':>8}  status")
+          f"{'ns/nnz-iter':>11} {'rec s':>6} {'users/s':>9} {'GPU GiB':>8} {'host GiB':>8}  status")
     for row in rows.values():
         print(f"{row['run']:<16} {_f(row['nnz'], ',.0f'):>13} {_f(row['generate_s']):>7} {_f(row['weighting_s']):>8} "
               f"{_f(row['train_s']):>8} {_f(row['setup_s']):>8} {row['iterations_done']:>5} "
               f"{_f(row['s_per_iteration'], '.3f'):>7} {_f(row['ns_per_nnz_iteration'], '.2f'):>11} "
-              f"{_f(row['recommend_s']):>6} {_f(row['users_per_s'], ',.0f'):>9} {_f(row['gpu_peak_gib'], '.1f'):>8}  "
-              f"{row['status']}")
+              f"{_f(row['recommend_s']):>6} {_f(row['users_per_s'], ',.0f'):>9} {_f(row['gpu_peak_gib'], '.1f'):>8} "
+              f"{_f(row['host_peak_gib'], '.1f'):>8}  {row['status']}")
     summary: dict = {"rows": rows}
     cpu, main, small = rows.get("cpu"), rows.get("main"), rows.get("same-size")
 
