@@ -476,6 +476,7 @@ def orchestrate(args) -> int:
     # Each run's own JSON goes beside --json (so it survives even if this process is killed
     # mid-run), or into a temporary folder.
     folder = Path(args.json).resolve().parent if args.json else Path(tempfile.mkdtemp(prefix="gpu_als-"))
+    folder.mkdir(parents=True, exist_ok=True)
     prefix = Path(args.json).stem + "-" if args.json else ""
     report = {"started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "args": vars(args), "estimate": shape, "runs": {}}
     runs = report["runs"]
