@@ -104,3 +104,18 @@ def test_a_failed_gpu_run_is_reported_and_the_cpu_figures_kept(tmp_path):
     assert cpu["status"] == "ok" and len(cpu["stages"]["train"]["iteration_seconds"]) == 2
     assert "main: train failed: WorkerError" in done.stdout
     assert LAST_LINE.match(done.stdout.strip().splitlines()[-1])
+
+
+def test_a_run_past_its_timeout_is_stopped_and_keeps_what_it_finished(tmp_path):
+    # 200 iterations cannot finish inside the ~9 s the budget leaves the main run.
+    done, report = run_benchmark(tmp_path, "--device", "cpu", "--users", "5000", "--items", "8000", "--interactions",
+                                 "400000", "--iterations", "200", "--budget", "12", "--cpu-timeout", "3")
+    main = report["runs"]["main"]
+    assert main["status"].startswith("timed out")
+    assert main["stages"]["generate"]["nnz"] > 0
+    assert "recommend" not in main["stages"]
+    assert len(main["stages"].get("train", {}).get("iteration_seconds", [])) < 200
+    assert "cpu" not in report["runs"]  # too little time left for it, said so
+    assert "skipping the CPU comparison" in done.stdout
+    assert LAST_LINE.match(done.stdout.strip().splitlines()[-1])
+    assert done.returncode == 1
