@@ -190,6 +190,11 @@ class IterationLog(logging.Handler):
 
 
 def run_child(args) -> int:
+    if args.stop_at:
+        # Belt and braces: should the parent die without stopping us, we still stop on time.
+        stopper = threading.Timer(max(args.stop_at - time.time(), 0), lambda: os._exit(124))
+        stopper.daemon = True
+        stopper.start()
     from airflow_gpu.worker.matrix import DEFAULT_WEIGHTING, confidence
     from airflow_gpu.worker.recommend import top_n
     from airflow_gpu.worker.train import TrainParams, fit
@@ -360,8 +365,10 @@ def spawn(args, label: str, device: str, users: int, items: int, interactions: i
     say(f"[{label}] {device.upper()}: {users:,} users x {items:,} items, ~{interactions:,} interactions; "
         f"timeout {timeout:.0f} s")
     started = time.monotonic()
-    # Own process group, so a timeout ends the child and anything it started.
-    child = subprocess.Popen(command, start_new_session=True)
+    # Its own process group (so a timeout ends it and anything it started) in our session (so
+    # whatever ends this command's session ends it too), and a deadline of its own as well.
+    command += ["--stop-at", str(time.time() + timeout + 10)]
+    child = subprocess.Popen(command, process_group=0)
     try:
         rc = child.wait(timeout=max(timeout, 1))
         timed_out = False
@@ -556,6 +563,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--role", choices=("plan", "run"), default="plan", help=argparse.SUPPRESS)
     parser.add_argument("--label", default="main", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
+    parser.add_argument("--stop-at", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stdout)
     logging.getLogger("implicit").setLevel(logging.WARNING)  # the worker logs the loss already
