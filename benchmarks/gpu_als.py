@@ -327,10 +327,14 @@ def machine() -> dict:
             info["memory_gib"] = round(int(meminfo.readline().split()[1]) * 1024 / GiB, 1)
     except OSError:
         pass
-    for name in ("numpy", "scipy", "implicit", "cupy", "rmm"):
+    # Versions from package metadata, without importing anything: importing implicit here would
+    # swallow the warning that train.py turns into its explanation when the GPU is unusable.
+    from importlib import metadata
+
+    for name in ("numpy", "scipy", "pyarrow", "implicit", "cupy-cuda13x", "rmm-cu13"):
         try:
-            info[name] = __import__(name).__version__
-        except Exception:  # noqa: BLE001 - absent here
+            info[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
             pass
     if shutil.which("nvidia-smi"):
         try:
