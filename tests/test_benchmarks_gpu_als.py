@@ -119,3 +119,31 @@ def test_a_run_past_its_timeout_is_stopped_and_keeps_what_it_finished(tmp_path):
     assert "skipping the CPU comparison" in done.stdout
     assert LAST_LINE.match(done.stdout.strip().splitlines()[-1])
     assert done.returncode == 1
+
+
+def test_the_gpu_branch_of_the_generator_runs_with_a_numpy_stand_in_for_cupy(monkeypatch):
+    """The cupy path (sequential blocks, cuRAND-style RandomState, device-to-host copies, pool release)
+    with numpy under cupy's names; only the arithmetic is shared with the CPU path."""
+    import types
+
+    import synthetic
+
+    released = []
+
+    class RandomState:
+        def __init__(self, seed):
+            self._rng = np.random.RandomState(seed)
+
+        def random_sample(self, size, dtype):
+            assert dtype == np.float64
+            return self._rng.random_sample(size)
+
+    fake = types.ModuleType("cupy")
+    fake.__dict__.update({name: getattr(np, name) for name in dir(np) if not name.startswith("_")})
+    fake.random = types.SimpleNamespace(RandomState=RandomState)
+    fake.asnumpy = lambda array: np.array(array, copy=True)
+    fake.get_default_memory_pool = lambda: types.SimpleNamespace(free_all_blocks=lambda: released.append(True))
+    monkeypatch.setattr(synthetic, "array_module", lambda device: (fake, "gpu"))
+    made = seed_like_csr(3_000, 1_000, 60_000, device="gpu", seed=3, block_events=20_000)
+    assert made.device == "gpu" and released == [True]
+    assert abs(made.matrix.nnz - 60_000) / 60_000 < 0.03 and made.matrix.has_canonical_format
