@@ -7,7 +7,9 @@ Three kinds of process, so that each figure belongs to one of them:
   calls as they arrive. Jobs, log group and streams are created inside it, straight in
   moto's backend (setup, not measured: SubmitJob over HTTP would take minutes at 10,000).
   While a job runs, it writes a log line every ``--log-every`` seconds, and a last line
-  when it ends;
+  when it ends. DescribeJobs answers from each job's description serialized once per
+  state change (moto scans all jobs and serializes again on every call), so that the
+  server, which shares the two cores, never sets the pace;
 * one **trigger process** per side and N: N triggers in one event loop, each trigger's
   ``run()`` a task that consumes its events, with structlog contextvars bound and a
   greenback portal, as Airflow 3's triggerer runs them, and logging configured as in
@@ -74,7 +76,10 @@ class BenchServer:
         import logging
 
         logging.getLogger("werkzeug").setLevel(logging.WARNING)
-        from moto.batch import models as batch_models
+        from moto.batch import responses as batch_responses
+
+        # Installed before the harness wraps DescribeJobs with its call counting.
+        self._install(batch_responses)
         from moto_aws import start_moto
 
         self.log_every = log_every
@@ -85,63 +90,78 @@ class BenchServer:
         self.end_at: dict[str, float] = {}
         self.streams: dict[str, str] = {}
         self.index: dict[str, int] = {}
+        self.described_json: dict[str, str] = {}
         self.finished: set[str] = set()
         self.described: set[str] = set()
-        self.due: list[_Due] = []
+        self.due: list[_Due] = []  # log lines and job ends, by time
         self.lines_written = 0
-        self._install(batch_models)
-        self._writer = threading.Thread(target=self._write_lines, daemon=True)
-        self._writer.start()
+        self._clock = threading.Thread(target=self._run_clock, daemon=True)
+        self._clock.start()
 
-    def _install(self, batch_models: Any) -> None:
-        """Jobs end on the clock, and DescribeJobs looks ids up instead of scanning every job
-        per call as moto does (10,000 x 100 calls a cycle), so the server never sets the pace."""
+    def _install(self, batch_responses: Any) -> None:
+        """DescribeJobs from each job's description, serialized once per state change.
+
+        moto scans every job for each call and serializes each description again (10,000 jobs,
+        100 calls a cycle); a Batch server is not the subject here, so it must never set the pace.
+        """
         bench = self
 
-        def describe_jobs(backend: Any, jobs: list[str] | None) -> list[dict[str, Any]]:
-            result = []
+        def describejobs(response: Any) -> str:
             now = time.time()
-            for job_id in jobs or ():
-                job = backend._jobs.get(job_id)
-                if job is None:
-                    continue
-                bench.described.add(job_id)
-                if job.status == "RUNNING" and now >= bench.end_at.get(job_id, math.inf):
-                    bench._finish(job)
-                result.append(job.describe())
-            return result
+            parts = []
+            for job_id in response._get_param("jobs") or ():
+                if job_id not in bench.finished and now >= bench.end_at.get(job_id, math.inf):
+                    bench._finish(job_id)  # due, and the clock thread has not come round yet
+                text = bench.described_json.get(job_id)
+                if text is not None:
+                    bench.described.add(job_id)
+                    parts.append(text)
+            return '{"jobs": [' + ", ".join(parts) + "]}"
 
-        batch_models.BatchBackend.describe_jobs = describe_jobs
+        batch_responses.BatchResponse.describejobs = describejobs
 
-    def _finish(self, job: Any) -> None:
+    def _describe(self, job_id: str) -> None:
+        self.described_json[job_id] = json.dumps(self.aws.batch.job(job_id).describe())
+
+    def _finish(self, job_id: str) -> None:
+        """The job ends at its set time: its last log line, then SUCCEEDED, as a container would."""
         from datetime import datetime
 
-        end = self.end_at[job.job_id]
         with self.lock:
-            if job.job_id in self.finished:
+            if job_id in self.finished:
                 return
-            self.finished.add(job.job_id)
-            self._put(job.job_id, end, f"job {self.index[job.job_id]} finished t={int(end * 1000)}")
-        self.aws.batch.set_status(job.job_id, "SUCCEEDED")
-        job.job_stopped_at = datetime.fromtimestamp(end)
+            self.finished.add(job_id)
+            end = self.end_at[job_id]
+            self._put(job_id, end, f"job {self.index[job_id]} finished t={int(end * 1000)}")
+            self.aws.batch.set_status(job_id, "SUCCEEDED")
+            self.aws.batch.job(job_id).job_stopped_at = datetime.fromtimestamp(end)
+            self._describe(job_id)
 
     def _put(self, job_id: str, at: float, message: str) -> None:
         self.logs.put_log_events(LOG_GROUP, self.streams[job_id], [{"timestamp": int(at * 1000), "message": message}])
         self.lines_written += 1
 
-    def _write_lines(self) -> None:
+    def _run_clock(self) -> None:
+        """Every 0.1 s: write the log lines that are due, and end the jobs whose time has come."""
         step: dict[str, int] = {}
         while True:
-            time.sleep(0.2)
+            time.sleep(0.1)
             now = time.time()
+            ending = []
             with self.lock:
                 while self.due and self.due[0].at <= now:
                     item = heapq.heappop(self.due)
-                    if item.job_id in self.finished or item.at >= self.end_at.get(item.job_id, math.inf):
+                    job_id = item.job_id
+                    if job_id in self.finished:
                         continue
-                    k = step[item.job_id] = step.get(item.job_id, 0) + 1
-                    self._put(item.job_id, item.at, f"job {self.index[item.job_id]} step {k} t={int(item.at * 1000)}")
-                    heapq.heappush(self.due, _Due(item.at + self.log_every, item.job_id))
+                    if item.at >= self.end_at.get(job_id, math.inf):
+                        ending.append(job_id)
+                        continue
+                    k = step[job_id] = step.get(job_id, 0) + 1
+                    self._put(job_id, item.at, f"job {self.index[job_id]} step {k} t={int(item.at * 1000)}")
+                    heapq.heappush(self.due, _Due(item.at + self.log_every, job_id))
+            for job_id in ending:
+                self._finish(job_id)
 
     # -- commands ----------------------------------------------------------------------------------
 
@@ -160,6 +180,7 @@ class BenchServer:
             self.end_at.clear()
             self.streams.clear()
             self.index.clear()
+            self.described_json.clear()
             self.finished.clear()
             self.described.clear()
             self.due.clear()
@@ -171,6 +192,7 @@ class BenchServer:
                 self.logs.create_log_stream(LOG_GROUP, job.log_stream_name)
                 self.streams[job_id] = job.log_stream_name
                 self.index[job_id] = i
+                self._describe(job_id)
                 ids.append(job_id)
         self.aws.log.reset()
         return ids
@@ -184,7 +206,8 @@ class BenchServer:
             slots = list(range(len(self.index)))
             random.Random(len(slots)).shuffle(slots)
             for (job_id, i), slot in zip(self.index.items(), slots):
-                self.end_at[job_id] = t0 + job_seconds + poll * slot / n
+                end = self.end_at[job_id] = t0 + job_seconds + poll * slot / n
+                heapq.heappush(self.due, _Due(end, job_id))
                 if self.log_every > 0:
                     heapq.heappush(self.due, _Due(t0 + self.log_every * slot / n, job_id))
         return dict(self.end_at)
@@ -280,7 +303,7 @@ def child_main(args: argparse.Namespace) -> None:
     baseline_rss = _rss_kib("VmRSS")
     event_at: list[float | None] = [None] * len(job_ids)
     statuses: list[str | None] = [None] * len(job_ids)
-    samples: list[tuple[float, float, int]] = []
+    samples: list[tuple[float, float, int, int]] = []
 
     async def run_trigger(i: int, trigger: Any) -> None:
         # What TriggerRunner.run_trigger does around a trigger, minus the database.
@@ -296,15 +319,23 @@ def child_main(args: argparse.Namespace) -> None:
 
     async def sample() -> None:
         while True:
-            samples.append((time.time(), time.process_time(), _rss_kib("VmRSS")))
+            samples.append((time.time(), time.process_time(), _rss_kib("VmRSS"), _rss_kib("VmHWM")))
             await asyncio.sleep(0.5)
 
     async def main() -> None:
         sampler = asyncio.get_running_loop().create_task(sample())
+        if args.trace_memory:
+            import tracemalloc
+
+            tracemalloc.start(1)
+            before = tracemalloc.take_snapshot()
         tasks = [asyncio.create_task(run_trigger(i, make(job_id))) for i, job_id in enumerate(job_ids)]
         created = time.time(), time.process_time()
+        if args.trace_memory:
+            await asyncio.sleep(2 * args.poll)  # all triggers up, a cycle or two done
+            _print_memory(tracemalloc.take_snapshot().compare_to(before, "filename"), len(job_ids))
         await asyncio.gather(*tasks)
-        samples.append((time.time(), time.process_time(), _rss_kib("VmRSS")))
+        samples.append((time.time(), time.process_time(), _rss_kib("VmRSS"), _rss_kib("VmHWM")))
         sampler.cancel()
         results["created"] = created
 
@@ -325,6 +356,15 @@ def child_main(args: argparse.Namespace) -> None:
         log_records=_count_lines(args.log_file),
     )
     Path(args.out).write_text(json.dumps(results))
+
+
+def _print_memory(diff: list, n: int) -> None:
+    """Python allocations since the triggers were created, by file, per trigger (to stderr)."""
+    total = sum(d.size_diff for d in diff)
+    print(f"traced Python memory: +{total / 2**20:.1f} MiB, {total / n:.0f} B per trigger", file=sys.stderr)
+    for d in diff[:25]:
+        name = d.traceback[0].filename.split("site-packages/")[-1]
+        print(f"{d.size_diff / n:8.0f} B/trigger  {d.size_diff / 2**20:6.1f} MiB  {name}", file=sys.stderr)
 
 
 def _rss_kib(field_name: str) -> int:
@@ -385,10 +425,13 @@ def run_side(server: ServerHandle, side: str, n: int, args: argparse.Namespace, 
         "--out", str(out),
         "--log-file", str(log_file),
     ]  # fmt: skip
+    if args.trace_memory:
+        command.append("--trace-memory")
     if args.profile and side == "ours":  # on-CPU samples of the trigger process, as collapsed stacks
         Path(args.profile).mkdir(parents=True, exist_ok=True)
         py_spy = Path(sys.executable).with_name("py-spy")
-        command = [str(py_spy), "record", "--rate", "200", "--format", "raw", "--output", str(Path(args.profile) / f"ours-{n}.txt"), "--", *command]
+        output = str(Path(args.profile) / f"ours-{n}.txt")
+        command = [str(py_spy), "record", "--gil", "--rate", "200", "--format", "raw", "--output", output, "--", *command]
     stderr = open(workdir / f"{side}-{n}-stderr.txt", "wb")
     started = time.time()
     child = subprocess.Popen(command, stdout=stderr, stderr=stderr, cwd=ROOT)
@@ -414,6 +457,7 @@ def run_side(server: ServerHandle, side: str, n: int, args: argparse.Namespace, 
         raise RuntimeError(f"{side} trigger process failed ({child.returncode}); see {stderr.name}")
     result = json.loads(out.read_text())
     stats = server.call("stats")
+    (workdir / f"{side}-{n}-server.json").write_text(json.dumps({"end_at": end_at, "stats": stats}))
     return summarize(side, n, job_ids, end_at, result, stats, args, log_file)
 
 
@@ -555,6 +599,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--finish-timeout", type=float, default=120.0, help="seconds past the last job end to wait for events")
     parser.add_argument("--profile", help="record our trigger process with py-spy (collapsed stacks, one file per N) into this folder")
     parser.add_argument("--workdir", help="keep the per-run files (ids, results, trigger logs) here")
+    parser.add_argument("--trace-memory", action="store_true", help="tracemalloc the trigger processes (slower); per-file figures in each side's stderr file")
     # The trigger process re-enters this script with these:
     parser.add_argument("--child", choices=["ours", "anchor"], help=argparse.SUPPRESS)
     parser.add_argument("--ids", help=argparse.SUPPRESS)

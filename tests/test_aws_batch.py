@@ -203,43 +203,54 @@ def _without_metadata(reply: dict) -> dict:
     return {k: v for k, v in reply.items() if k != "ResponseMetadata"}
 
 
-def _covers(lean, full) -> bool:
-    """Everything botocore's parser returns is in the lean result, with the same value."""
-    if isinstance(full, dict):
-        return isinstance(lean, dict) and all(k in lean and _covers(lean[k], v) for k, v in full.items())
-    if isinstance(full, list):
-        return isinstance(lean, list) and len(lean) == len(full) and all(map(_covers, lean, full))
+def _within(lean, full) -> bool:
+    """Everything in the lean reply is in botocore's, with the same value (lean keeps fewer fields)."""
+    if isinstance(lean, dict):
+        return isinstance(full, dict) and all(k in full and _within(v, full[k]) for k, v in lean.items())
+    if isinstance(lean, list):
+        return isinstance(full, list) and len(lean) == len(full) and all(map(_within, lean, full))
     return lean == full
 
 
-async def test_lean_parsing_returns_what_botocores_parser_returns(moto_aws, gpu_batch, backend, monkeypatch):
-    from airflow_gpu.jobs import aws_batch
+async def test_lean_decoding_keeps_what_airflow_gpu_reads_as_botocore_parses_it(moto_aws, gpu_batch, backend, monkeypatch):
+    from airflow_gpu.jobs import aws_replies
 
-    used = []
-    real = aws_batch._parse_json_directly
-    monkeypatch.setattr(aws_batch, "_parse_json_directly", lambda **kw: (used.append(1), real(**kw))[1])
+    decoded = []
+    for key, decoder in list(aws_replies.DECODERS.items()):
+        class Counting:
+            def __init__(self, inner, key=key):
+                self.inner, self.key = inner, key
+
+            def decode(self, body):
+                decoded.append(self.key)
+                return self.inner.decode(body)
+
+        monkeypatch.setitem(aws_replies.DECODERS, key, Counting(decoder))
     moto_aws.batch.hold("RUNNING")
     ids = [submit_raw(moto_aws, gpu_batch, f"lean-{i}", tags={"k": str(i)}) for i in range(3)]
     moto_aws.batch.set_status(ids[0], "FAILED", reason="Essential container in task exited", exit_code=2)
     put_log_lines(moto_aws, "/aws/batch/job", "lean/stream", [f"line {i}" for i in range(5)])
 
-    lean_batch = aws_batch.parse_lean(await AwsBatchBackend._create_client(backend.connection, "batch"))
-    lean_logs = aws_batch.parse_lean(await AwsBatchBackend._create_client(backend.connection, "logs"))
+    lean_batch = aws_replies.decode_leanly(await AwsBatchBackend._create_client(backend.connection, "batch"))
+    lean_logs = aws_replies.decode_leanly(await AwsBatchBackend._create_client(backend.connection, "logs"))
     plain_batch = await AwsBatchBackend._create_client(backend.connection, "batch")
     plain_logs = await AwsBatchBackend._create_client(backend.connection, "logs")
     try:
         lean = await lean_batch.describe_jobs(jobs=ids)
         full = await plain_batch.describe_jobs(jobs=ids)
-        assert used, "the lean path did not run"
-        assert _covers(_without_metadata(lean), _without_metadata(full))
+        assert decoded == [("batch", "DescribeJobs")], "the lean path did not run"
+        assert _within(_without_metadata(lean), _without_metadata(full))
         assert [parse_job(j) for j in lean["jobs"]] == [parse_job(j) for j in full["jobs"]]
+        assert [j["jobArn"] for j in lean["jobs"]] == [j["jobArn"] for j in full["jobs"]]  # terminate needs it
+        assert "environment" not in lean["jobs"][0]["container"]  # not decoded at all
         assert lean["ResponseMetadata"]["HTTPStatusCode"] == 200
 
         query = {"logGroupName": "/aws/batch/job", "logStreamNames": ["lean/stream"], "limit": 2}
         lean_page = await lean_logs.filter_log_events(**query)
         full_page = await plain_logs.filter_log_events(**query)
-        assert _covers(_without_metadata(lean_page), _without_metadata(full_page))
+        assert _within(_without_metadata(lean_page), _without_metadata(full_page))
         assert lean_page["nextToken"] and [e["message"] for e in lean_page["events"]] == ["line 0", "line 1"]
+        assert {"eventId", "timestamp", "logStreamName"} <= set(lean_page["events"][0])
 
         # Errors are still botocore's: codes, messages and the exception class.
         with pytest.raises(lean_logs.exceptions.ResourceNotFoundException, match="log group does not exist"):
@@ -247,6 +258,19 @@ async def test_lean_parsing_returns_what_botocores_parser_returns(moto_aws, gpu_
     finally:
         for client in (lean_batch, lean_logs, plain_batch, plain_logs):
             await client.close()
+
+
+def test_a_reply_that_does_not_fit_the_schema_is_left_to_botocore():
+    from airflow_gpu.jobs.aws_replies import DECODERS, _handler
+
+    handler = _handler(DECODERS[("batch", "DescribeJobs")])
+    odd = {"status_code": 200, "body": b'{"jobs": [{"jobId": 7, "status": "RUNNING"}]}'}
+    customized: dict = {}
+    handler(response_dict=odd, customized_response_dict=customized)
+    assert customized == {} and odd["body"].startswith(b'{"jobs"')  # botocore parses it as usual
+    error = {"status_code": 400, "body": b'{"__type": "ClientException", "message": "no"}'}
+    handler(response_dict=error, customized_response_dict=customized)
+    assert customized == {} and error["body"].startswith(b'{"__type"')
 
 
 def test_a_job_logging_elsewhere_than_cloudwatch_has_no_log_group():

@@ -124,6 +124,7 @@ async def test_lines_arrive_in_order_once_across_polls_pages_and_streams(moto_aw
 
     for (_, job_id, recorder), events in zip(jobs, results):
         assert [e["status"] for e in events] == ["SUCCEEDED"]
+        assert events[0]["log_relayed_to_end"] is True
         assert recorder.relayed(job_id) == expected[job_id]
     assert moto_aws.log.aws_calls["logs:filterlogevents"] > 0
     assert moto_aws.log.aws_calls["logs:getlogevents"] == 0
@@ -319,12 +320,12 @@ async def test_every_call_names_at_most_100_streams_of_one_group(moto_aws, aws_c
     assert sorted(per_sweep[:4]) == [15, 15, 100, 100]
 
 
-async def test_a_busy_log_api_does_not_hold_the_event_up(moto_aws, gpu_batch, aws_conn, monkeypatch, closed_after):
+async def test_a_busy_log_api_does_not_hold_the_event_up(moto_aws, gpu_batch, aws_conn, monkeypatch, caplog, closed_after):
     monkeypatch.setattr(AwsBatchBackend, "logs_calls_per_second", 0.2)  # one call every 5 s
     monkeypatch.setattr(AwsBatchBackend, "logs_burst", 1)
     monkeypatch.setattr(LogFollower, "final_read_timeout", 0.5)
     moto_aws.batch.hold("RUNNING")
-    trigger, job_id, recorder = running_trigger(moto_aws, gpu_batch, "busy")
+    trigger, job_id, _ = running_trigger(moto_aws, gpu_batch, "busy")
     task = asyncio.create_task(collect_events(trigger))
     await wait_until(lambda: moto_aws.log.aws_calls["logs:filterlogevents"] >= 1)  # the token is spent
     moto_aws.batch.set_status(job_id, "SUCCEEDED")
@@ -333,8 +334,10 @@ async def test_a_busy_log_api_does_not_hold_the_event_up(moto_aws, gpu_batch, aw
     [event] = await task
     assert event["status"] == "SUCCEEDED"
     assert loop.time() - started < 4  # not the 5 s the limiter would have made it wait
-    assert any(r.startswith(f"Job {job_id} is SUCCEEDED (its last log lines were not relayed") for r in recorder.records)
+    assert event["log_relayed_to_end"] is False  # the operator can say where the rest is
     assert LogFollower.shared(BackendTarget()).unfinished == 1
+    [warning] = [r.getMessage() for r in caplog.records if "Not relaying the last log lines" in r.getMessage()]
+    assert "of 1 of 1 jobs" in warning
 
 
 # -- the cursor ------------------------------------------------------------------------------------------

@@ -5,21 +5,15 @@ botocore's own retries are switched off: a retry storm from thousands of
 independent callers is what throttling punishes, so every call goes through
 one :class:`SharedBackoff` per client instead.
 
-**Lean parsing.** The two calls made on every poll -- DescribeJobs for up to 100
-jobs, FilterLogEvents for up to 100 log streams -- spend most of their client CPU
-in botocore's response parser, which walks the output shape member by member
-(~10 ms per 100 jobs). Both are plain JSON whose keys are the member names and
-whose numbers stay numbers (Batch's timestamps are epoch milliseconds, Logs'
-too), so :func:`_parse_json_directly` hands botocore an empty body and the
-``json.loads`` result instead, through botocore's documented ``before-parse``
-hook. Errors (status >= 300) still go through botocore's parser untouched, so
-error codes, throttling and retries behave exactly as before.
+The two calls made on every poll -- DescribeJobs for up to 100 jobs,
+FilterLogEvents for up to 100 log streams -- would spend most of their client CPU
+in botocore's response parser; both clients decode those replies leanly instead
+(:mod:`airflow_gpu.jobs.aws_replies`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from typing import TYPE_CHECKING, Any, Sequence
 from urllib.parse import quote
@@ -38,6 +32,7 @@ from airflow_gpu.jobs.backend import (
     LogChunk,
     register_backend,
 )
+from airflow_gpu.jobs.aws_replies import decode_leanly
 from airflow_gpu.jobs.backoff import RateLimiter, RetryPolicy, SharedBackoff
 from airflow_gpu.jobs.spec import TAG_CANCELLED, TAG_IDEMPOTENCY_KEY, JobSpec
 
@@ -159,40 +154,6 @@ def log_stream_url(region: str, group: str, stream: str) -> str:
     )
 
 
-def _parse_json_directly(response_dict: dict[str, Any], customized_response_dict: dict[str, Any], **_: Any) -> None:
-    """botocore ``before-parse`` handler: a successful JSON reply becomes the parsed result as is.
-
-    botocore merges ``customized_response_dict`` into what its parser returns, and
-    parses the ``{}`` left in its place at no cost. Anything unexpected (an error
-    status, a body that is not a JSON object) is left to botocore's own parser.
-    """
-    if response_dict.get("status_code", 500) >= 300:
-        return
-    body = response_dict.get("body")
-    if not isinstance(body, (bytes, bytearray)) or not body:
-        return
-    try:
-        data = json.loads(body)
-    except ValueError:
-        return
-    if isinstance(data, dict):
-        customized_response_dict.update(data)
-        response_dict["body"] = b"{}"
-
-
-#: (service id in botocore's event names, operation) pairs read on every poll.
-LEAN_OPERATIONS = (("batch", "DescribeJobs"), ("cloudwatch-logs", "FilterLogEvents"))
-
-
-def parse_lean(client: Any) -> Any:
-    """Make ``client`` parse the polling operations' replies with ``json.loads`` alone."""
-    for service_id, operation in LEAN_OPERATIONS:
-        client.meta.events.register(
-            f"before-parse.{service_id}.{operation}", _parse_json_directly, unique_id=f"airflow-gpu-lean-{operation}"
-        )
-    return client
-
-
 def _client_config(base: botocore.config.Config | None) -> botocore.config.Config:
     ours = botocore.config.Config(retries={"mode": "standard", "total_max_attempts": 1}, max_pool_connections=16)
     return base.merge(ours) if base is not None else ours
@@ -213,7 +174,7 @@ class AwsBatchBackend(JobBackend):
     def __init__(self, connection: AwsConnection, client: Any) -> None:
         self.connection = connection
         self.region = connection.region_name
-        self._batch = parse_lean(client)
+        self._batch = decode_leanly(client)
         self._logs: Any = None
         self._logs_lock = asyncio.Lock()
         self.backoff = SharedBackoff(f"AWS Batch in {self.region}", is_transient, self.retry_policy, log)
@@ -346,7 +307,7 @@ class AwsBatchBackend(JobBackend):
     async def _logs_client(self) -> Any:
         async with self._logs_lock:
             if self._logs is None:
-                self._logs = parse_lean(await self._create_client(self.connection, "logs"))
+                self._logs = decode_leanly(await self._create_client(self.connection, "logs"))
             return self._logs
 
     async def read_logs(self, job: JobState, *, cursor: str | None = None, tail: int | None = None) -> LogChunk:
