@@ -2,10 +2,12 @@
 
 On the GPU, implicit's own ``recommend``/``similar_items`` run (cuBLAS plus a GPU top-k).
 On the CPU we rank ourselves: implicit's CPU top-k blanks each user's seen items in a
-Python loop, one user at a time, and selects with a heap; here a block of users is scored
-with one GEMM, seen items are blanked with one fancy-index assignment, and the k-th best
-score of each row comes from ``np.partition`` (all of which release the GIL, so blocks run
-in parallel threads). That is 2-3x less CPU for the same result.
+Python loop, one user at a time, and selects with a heap. Here a block of users is scored
+with one GEMM into a buffer each thread reuses, seen items are blanked with one
+fancy-index assignment, and the top k comes from the maxima of 64-column groups (one SIMD
+pass) plus a partition of the few groups that can hold it. All of it releases the GIL, so
+blocks run in parallel threads, one BLAS thread each. The GEMM is then most of the time
+(measured at 10M interactions in benchmarks/README.md, "Recommendations on the CPU").
 
 A slot that cannot be filled (a user who has seen almost every item) becomes -1 and never
 reaches an output.
@@ -14,6 +16,7 @@ reaches an output.
 from __future__ import annotations
 
 import os
+import queue
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -21,7 +24,7 @@ import pyarrow as pa
 import scipy.sparse
 
 _UNFILLED = np.float32(-1e30)
-_BLOCK_ELEMENTS = 1 << 24  # scores per block: 64 MiB of float32, twice while partitioning
+_BLOCK_ELEMENTS = 1 << 23  # scores per block and thread: 32 MiB of float32 (measured best of 1-32 Mi)
 
 
 def top_n(model, user_items: scipy.sparse.csr_matrix, users: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -54,9 +57,25 @@ def blocked_top_k(queries: np.ndarray, items: np.ndarray, k: int, *, seen: scipy
     items_t = np.ascontiguousarray(items.T, dtype=np.float32)
     inverse_norms = None if item_norms is None else (1.0 / np.maximum(item_norms, 1e-10)).astype(np.float32)
 
+    workers = threads or os.cpu_count() or 1
+    starts = range(0, rows, block)
+    workers = min(workers, len(starts))
+    # One score buffer per thread, reused block after block: a fresh 64 MiB array per block
+    # is a fresh mmap, and its first-touch page faults cost more than the GEMM that fills it.
+    buffers: queue.SimpleQueue = queue.SimpleQueue()
+    for _ in range(workers):
+        buffers.put(np.empty((min(block, rows), n_items), np.float32))
+
     def run(start: int) -> None:
         end = min(start + block, rows)
-        block_scores = np.ascontiguousarray(queries[start:end], dtype=np.float32) @ items_t
+        buffer = buffers.get()
+        try:
+            _score_and_select(start, end, buffer[: end - start])
+        finally:
+            buffers.put(buffer)
+
+    def _score_and_select(start: int, end: int, block_scores: np.ndarray) -> None:
+        np.matmul(np.ascontiguousarray(queries[start:end], dtype=np.float32), items_t, out=block_scores)
         if inverse_norms is not None:
             block_scores *= inverse_norms
         if seen is not None:
@@ -66,16 +85,14 @@ def blocked_top_k(queries: np.ndarray, items: np.ndarray, k: int, *, seen: scipy
             block_scores[np.arange(end - start), exclude[start:end]] = -np.inf
         ids[start:end], scores[start:end] = _select(block_scores, k)
 
-    workers = threads or os.cpu_count() or 1
-    starts = range(0, rows, block)
     # The blocks are the parallelism: one BLAS thread each (the limit is process-wide, so it
-    # is set once around all of them).
-    with threadpool_limits(1 if workers > 1 and len(starts) > 1 else None, "blas"):
-        if workers == 1 or len(starts) == 1:
+    # is set once around all of them). BLAS's own threads would split each small GEMM again.
+    with threadpool_limits(1 if len(starts) > 1 else threads or None, "blas"):
+        if workers == 1:
             for start in starts:
                 run(start)
         else:
-            with ThreadPoolExecutor(max_workers=min(workers, len(starts))) as pool:
+            with ThreadPoolExecutor(max_workers=workers) as pool:
                 list(pool.map(run, starts))
     return _clean(ids, scores)
 
@@ -86,29 +103,33 @@ _CHUNK = 64
 def _select(block: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Each row's k largest values, best first.
 
-    Fast path: split each row into chunks of 64 and take each chunk's max (a SIMD pass).
-    The k best values of a row lie in the k chunks with the largest maxima, so only those
-    k x 64 values are ranked. Rows where maxima tie (seen items blanked to -inf, say) take
-    the general path.
+    Fast path: split each row's columns into 64-column groups and take each group's max.
+    The k best values of a row lie in the k groups with the largest maxima (each of those
+    holds a value at least as large as anything in an unchosen group), so only those
+    k x 64 values are ranked. A group is every ``groups``-th column (column j belongs to
+    group j mod groups), not 64 adjacent ones: the maxima are then an element-wise max
+    over 64 contiguous slices, which numpy runs with SIMD at memory speed, where a max
+    over each run of 64 adjacent values costs 7x more. Rows where maxima tie (seen items
+    blanked to -inf, say) take the general path.
     """
     rows, cols = block.shape
-    chunks = cols // _CHUNK
-    if chunks <= k or rows == 0:
+    groups = cols // _CHUNK
+    if groups <= k or rows == 0:
         return _select_general(block, k)
-    head = block[:, : chunks * _CHUNK].reshape(rows, chunks, _CHUNK)
-    maxima = head.max(axis=2)
-    if chunks * _CHUNK < cols:  # the ragged tail is one more chunk
-        maxima = np.concatenate([maxima, block[:, chunks * _CHUNK :].max(axis=1, keepdims=True)], axis=1)
+    head = block[:, : groups * _CHUNK].reshape(rows, _CHUNK, groups)  # head[r, c, g] = block[r, c * groups + g]
+    maxima = np.maximum.reduce(head, axis=1)
+    if groups * _CHUNK < cols:  # the ragged tail is one more group
+        maxima = np.concatenate([maxima, block[:, groups * _CHUNK :].max(axis=1, keepdims=True)], axis=1)
     bound = np.partition(maxima, maxima.shape[1] - k, axis=1)[:, maxima.shape[1] - k]
     chosen = maxima >= bound[:, None]
-    exact = (chosen.sum(axis=1) == k) & np.isfinite(bound) & ~chosen[:, chunks:].any(axis=1)
+    exact = (chosen.sum(axis=1) == k) & np.isfinite(bound) & ~chosen[:, groups:].any(axis=1)
     ids = np.full((rows, k), -1, np.int64)
     scores = np.full((rows, k), -np.inf, np.float32)
     fast = np.flatnonzero(exact)
     if len(fast):
-        chunk_ids = np.nonzero(chosen[fast, :chunks])[1].reshape(len(fast), k)
-        values = head[fast[:, None], chunk_ids].reshape(len(fast), k * _CHUNK)
-        columns = (chunk_ids[:, :, None] * _CHUNK + np.arange(_CHUNK)).reshape(len(fast), k * _CHUNK)
+        group_ids = np.nonzero(chosen[fast, :groups])[1].reshape(len(fast), k)
+        values = head[fast[:, None], :, group_ids].reshape(len(fast), k * _CHUNK)  # (row, group, member)
+        columns = (group_ids[:, :, None] + np.arange(_CHUNK) * groups).reshape(len(fast), k * _CHUNK)
         top = np.argpartition(values, values.shape[1] - k, axis=1)[:, values.shape[1] - k :]
         top_values = np.take_along_axis(values, top, axis=1)
         order = np.argsort(-top_values, axis=1, kind="stable")
