@@ -223,3 +223,86 @@ def test_cpu_similar_items_match_implicits(n_items):
     tied[:, :-1] |= close
     tied[:, 1:] |= close
     assert (ids[~tied] == ref_ids[~tied]).all()
+
+
+def test_on_iteration_sees_every_iteration_as_recorded():
+    seen = []
+    params = TrainParams(factors=8, iterations=3, device="cpu", threads=1,
+                         on_iteration=lambda i, seconds, loss: seen.append((i, seconds, loss)))
+    result = fit(confidence(data()), params)
+    assert [i for i, _, _ in seen] == [0, 1, 2]
+    assert [s for _, s, _ in seen] == result.iteration_seconds
+    assert [loss for _, _, loss in seen] == result.loss and all(isinstance(x, float) for x in result.loss)
+
+
+def test_largest_singular_value_matches_a_dense_svd_whole_and_sampled():
+    from airflow_gpu.worker.train import largest_singular_value
+
+    rng = np.random.default_rng(5)
+    # Rows of a low-rank pattern plus noise, so sigma_1 is well separated, as in real data.
+    pattern = rng.random((6, 300)) < 0.2
+    rows = pattern[rng.integers(0, 6, 20_000)] & (rng.random((20_000, 300)) < 0.5)
+    matrix = scipy.sparse.csr_matrix(rows.astype(np.float32) * rng.integers(1, 5, rows.shape).astype(np.float32))
+    exact = np.linalg.svd(matrix.toarray(), compute_uv=False)[0]
+    assert largest_singular_value(matrix) == pytest.approx(exact, rel=1e-3)
+    # A sample of about a sixth of the rows, scaled back up.
+    assert largest_singular_value(matrix, max_nnz=matrix.nnz // 6, seed=1) == pytest.approx(exact, rel=0.03)
+    assert largest_singular_value(scipy.sparse.csr_matrix((3, 4), dtype=np.float32)) == 0.0
+
+
+def test_regularization_is_scaled_to_the_data_unless_given(caplog):
+    from airflow_gpu.worker.train import AUTO_REGULARIZATION_SHARE, largest_singular_value
+
+    caplog.set_level(logging.INFO, "airflow_gpu.worker")
+    weighted = confidence(data())
+    auto = fit(weighted, TrainParams(factors=8, iterations=1, device="cpu", threads=1))
+    sigma = largest_singular_value(weighted)
+    assert auto.regularization == pytest.approx(AUTO_REGULARIZATION_SHARE * sigma, rel=1e-6)
+    assert auto.model.regularization == pytest.approx(auto.regularization)
+    assert any("regularization" in r.message and "auto" in r.message for r in caplog.records)
+    # Twice the confidence, twice the regularization: the rule has no scale of its own.
+    doubled = weighted.copy()
+    doubled.data *= 2
+    assert fit(doubled, TrainParams(factors=8, iterations=1, device="cpu", threads=1)).regularization == \
+        pytest.approx(2 * auto.regularization, rel=1e-4)
+    fixed = fit(weighted, TrainParams(factors=8, iterations=1, regularization=3.5, device="cpu", threads=1))
+    assert fixed.regularization == 3.5 and fixed.model.regularization == 3.5
+
+
+def test_cli_regularization_is_auto_or_a_number(capsys):
+    from airflow_gpu.worker.__main__ import build_parser
+
+    parser = build_parser()
+    base = ["als", "--input", "in", "--output", "out"]
+    assert parser.parse_args(base).regularization is None
+    assert parser.parse_args(base + ["--regularization", "AUTO"]).regularization is None
+    assert parser.parse_args(base + ["--regularization", "12.5"]).regularization == 12.5
+    for bad in ("-1", "lots", "nan"):
+        with pytest.raises(SystemExit):
+            parser.parse_args(base + ["--regularization", bad])
+        assert "must be auto or a number >= 0" in capsys.readouterr().err
+
+
+def test_pipeline_records_the_trained_regularization_and_keeps_the_callback_out_of_its_files(tmp_path):
+    import json
+
+    from worker_data import synthetic_interactions, write_shards
+
+    from airflow_gpu.worker.ingest import Columns
+    from airflow_gpu.worker.pipeline import AlsConfig, run_als
+
+    write_shards(synthetic_interactions(20_000, n_users=800, n_items=200, seed=2), tmp_path / "in", objects=2)
+    calls = []
+    config = AlsConfig(input=str(tmp_path / "in"), output=str(tmp_path / "out"), columns=Columns(weight="plays"),
+                       train=TrainParams(factors=8, iterations=3, on_iteration=lambda *args: calls.append(args)),
+                       similar_n=0, write_factors=False, eval_holdout=0.2)
+    run = run_als(config)
+    assert len(calls) == 3
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    metrics = json.loads((tmp_path / "out" / manifest["metrics"]).read_text())
+    assert run.training.regularization > 0
+    assert metrics["training"]["regularization"] == pytest.approx(run.training.regularization)
+    assert metrics["training"]["regularization_auto"] is True
+    assert manifest["params"]["train"]["regularization"] is None and "on_iteration" not in manifest["params"]["train"]
+    evaluation = metrics["evaluation"]
+    assert evaluation["als"]["precision_at_10"] > evaluation["popularity"]["precision_at_10"]

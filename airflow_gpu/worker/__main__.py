@@ -28,10 +28,23 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _regularization(text: str) -> float | None:
+    """``auto`` (None: scaled to the data, see train.auto_regularization) or a number >= 0."""
+    if text.strip().lower() == "auto":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be auto or a number >= 0, got {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be auto or a number >= 0, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .ingest import FORMATS
     from .matrix import DEFAULT_ALPHA, DEFAULT_WEIGHTING, WEIGHTINGS
-    from .train import DEVICES, TrainParams
+    from .train import AUTO_REGULARIZATION_SHARE, DEVICES, TrainParams
 
     defaults = TrainParams()
     parser = argparse.ArgumentParser(
@@ -70,7 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="confidence scale; default per weighting: " + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_ALPHA.items()))
     model.add_argument("--factors", type=_positive_int, default=defaults.factors, help="latent factors")
     model.add_argument("--iterations", type=_positive_int, default=defaults.iterations, help="ALS iterations")
-    model.add_argument("--regularization", type=float, default=defaults.regularization, help="L2 regularization")
+    model.add_argument("--regularization", type=_regularization, default="auto", metavar="auto|X",
+                       help=f"L2 regularization: auto = {AUTO_REGULARIZATION_SHARE:g} x the largest singular value of the "
+                            "confidence matrix (it scales with the data), or a number, used as given")
     model.add_argument("--seed", type=int, default=defaults.seed, help="random seed (factors, holdout split)")
     model.add_argument("--device", default="auto", choices=DEVICES, help="auto uses the GPU when implicit sees CUDA, else all CPU cores")
     model.add_argument("--threads", type=int, default=0, help="CPU threads for training and decoding; 0 = every core")

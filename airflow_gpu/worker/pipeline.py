@@ -19,7 +19,7 @@ import signal
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 
 import numpy as np
@@ -80,7 +80,9 @@ class AlsConfig:
             raise WorkerError(f"--output {self.output} is inside --input {self.input}; write the outputs somewhere else")
 
     def params(self) -> dict:
-        params = asdict(self)
+        # The iteration callback is code, not a parameter: it stays out of metrics and manifest.
+        params = asdict(replace(self, train=replace(self.train, on_iteration=None)))
+        del params["train"]["on_iteration"]
         params["alpha"] = self.alpha if self.alpha is not None else DEFAULT_ALPHA.get(self.weighting)
         return params
 
@@ -360,7 +362,8 @@ def _metrics(config, run_id, started_at, ingest_stats: IngestStats, interactions
             "device": training.device,
             "factors": config.train.factors,
             "iterations": config.train.iterations,
-            "regularization": config.train.regularization,
+            "regularization": training.regularization,  # as trained: auto resolved to a number
+            "regularization_auto": config.train.regularization is None,
             "weighting": config.weighting,
             "alpha": config.params()["alpha"],
             "seconds": round(training.seconds, 4),

@@ -12,7 +12,7 @@ import logging
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import scipy.sparse
@@ -26,23 +26,31 @@ INT32_LIMIT = 2**31
 MIN_COMPUTE_CAPABILITY = (8, 0)  # the CUDA 13 build of implicit ships sm_80+ kernels only
 
 
+# The default regularization is this share of the largest singular value of the confidence
+# matrix (see auto_regularization), chosen on tuning data (benchmarks/README.md, "Weighting").
+AUTO_REGULARIZATION_SHARE = 0.1
+
+
 @dataclass(frozen=True)
 class TrainParams:
     factors: int = 64
     iterations: int = 15
-    regularization: float = 1.0
+    regularization: float | None = None  # None: scaled to the data (auto_regularization)
     seed: int = 0
     device: str = "auto"
     threads: int = 0  # CPU threads; 0 means every core
     loss: bool = True  # compute the training loss after each iteration (costs about one extra pass)
+    # Called after each iteration with (iteration from 0, its seconds, its loss or None), on the
+    # training thread, once the result has recorded them: for progress and checkpoints of figures.
+    on_iteration: Callable[[int, float, float | None], None] | None = field(default=None, compare=False, repr=False)
 
     def check(self) -> None:
         if self.factors < 1:
             raise WorkerError(f"--factors must be at least 1, got {self.factors}")
         if self.iterations < 1:
             raise WorkerError(f"--iterations must be at least 1, got {self.iterations}")
-        if not np.isfinite(self.regularization) or self.regularization < 0:
-            raise WorkerError(f"--regularization must be a number >= 0, got {self.regularization}")
+        if self.regularization is not None and (not np.isfinite(self.regularization) or self.regularization < 0):
+            raise WorkerError(f"--regularization must be auto or a number >= 0, got {self.regularization}")
         if self.device not in DEVICES:
             raise WorkerError(f"unknown --device '{self.device}'; use auto, gpu or cpu")
 
@@ -51,6 +59,7 @@ class TrainParams:
 class TrainResult:
     model: Any  # an implicit model: its recommend/similar_items run on the device it trained on
     device: str
+    regularization: float = 0.0  # the value trained with (auto resolved)
     loss: list[float | None] = field(default_factory=list)
     iteration_seconds: list[float] = field(default_factory=list)
     seconds: float = 0.0
@@ -144,16 +153,69 @@ def check_gpu_limits(users: int, items: int, nnz: int, factors: int) -> None:
     )
 
 
+def largest_singular_value(matrix: scipy.sparse.csr_matrix, *, iterations: int = 16, max_nnz: int = 1 << 22,
+                           seed: int = 0) -> float:
+    """The largest singular value of a sparse matrix, by power iteration on a sample of its rows.
+
+    A uniform sample of a share f of the rows has a Gram matrix close to f times the whole
+    one, so sigma_1 is sqrt(sigma_1(sample)^2 / f): a few million stored values settle it
+    to a few per cent, at any size. Power iteration approaches sigma_1 from below, and when
+    the top of the spectrum is flat it lands between sigma_2 and sigma_1, which is as good here.
+    """
+    rng = np.random.default_rng(seed)
+    rows = matrix.shape[0]
+    share = 1.0
+    if matrix.nnz > max_nnz:
+        chosen = np.flatnonzero(rng.random(rows) < max_nnz / matrix.nnz)
+        if len(chosen) >= 2_000:
+            matrix, share = matrix[chosen], len(chosen) / rows
+    if matrix.nnz == 0:
+        return 0.0
+    transposed = matrix.T  # a CSC view: no copy
+    v = rng.standard_normal(matrix.shape[1]).astype(np.float32)
+    v /= np.linalg.norm(v)
+    squared = 0.0
+    for _ in range(iterations):
+        u = matrix @ v
+        squared = float(u @ u)  # v is a unit vector: ||C v||^2 tends to sigma_1^2
+        w = transposed @ u
+        norm = float(np.linalg.norm(w))
+        if norm == 0.0:
+            break
+        v = (w / norm).astype(np.float32, copy=False)
+    return float(np.sqrt(squared / share))
+
+
+def auto_regularization(confidence: scipy.sparse.csr_matrix, seed: int = 0) -> tuple[float, float]:
+    """(regularization, sigma_1): a fixed share of the regularization at which ALS learns nothing.
+
+    With factors near zero, an ALS half-step maps the other side's factors through the
+    confidence matrix C divided by the regularization (x_u ~ sum_i c_ui y_i / lambda), so
+    factors grow only while lambda is below C's largest singular value sigma_1, and every
+    factor dimension whose singular value is below lambda is shrunk away. sigma_1 thus sets
+    the scale of useful regularization whatever the data's size, density and weighting, and
+    the best lambda sat at 5-30% of it on every tuning set, with collapse past ~40%; a
+    constant cannot serve them all (benchmarks/README.md, "Weighting").
+    """
+    sigma = largest_singular_value(confidence, seed=seed)
+    return AUTO_REGULARIZATION_SHARE * sigma, sigma
+
+
 def fit(confidence: scipy.sparse.csr_matrix, params: TrainParams) -> TrainResult:
     """Fit ALS to a user x item confidence matrix; log the loss and time of each iteration."""
     params.check()
     device = resolve_device(params.device)
     users, items = confidence.shape
+    regularization = params.regularization
+    if regularization is None:
+        regularization, sigma = auto_regularization(confidence, params.seed)
+        log.info("train: regularization %.4g (auto: %g x %.4g, the largest singular value of the confidence matrix)",
+                 regularization, AUTO_REGULARIZATION_SHARE, sigma)
     if device == "gpu":
         check_gpu_limits(users, items, confidence.nnz, params.factors)
         model = _gpu_als_class()(
             factors=params.factors,
-            regularization=params.regularization,
+            regularization=regularization,
             alpha=1.0,  # ignored by the GPU fit anyway: the confidence is already in the matrix
             dtype=np.float32,
             iterations=params.iterations,
@@ -167,7 +229,7 @@ def fit(confidence: scipy.sparse.csr_matrix, params: TrainParams) -> TrainResult
         with threadpool_limits(1, "blas"):  # implicit checks (and warns about) BLAS threads here
             model = AlternatingLeastSquares(
                 factors=params.factors,
-                regularization=params.regularization,
+                regularization=regularization,
                 alpha=1.0,
                 dtype=np.float32,
                 iterations=params.iterations,
@@ -175,7 +237,7 @@ def fit(confidence: scipy.sparse.csr_matrix, params: TrainParams) -> TrainResult
                 num_threads=params.threads,
                 random_state=params.seed,
             )
-    result = TrainResult(model=model, device=device)
+    result = TrainResult(model=model, device=device, regularization=float(regularization))
     log.info(
         "train: ALS on %s, %d factors, %d iterations, %s users x %s items, %s interactions",
         device.upper(),
@@ -191,6 +253,8 @@ def fit(confidence: scipy.sparse.csr_matrix, params: TrainParams) -> TrainResult
         result.loss.append(None if loss is None else float(loss))
         shown = "" if loss is None else f", loss {loss:.6f}"
         log.info("train: iteration %d/%d in %.2fs%s", iteration + 1, params.iterations, seconds, shown)
+        if params.on_iteration is not None:
+            params.on_iteration(iteration, float(seconds), result.loss[-1])
 
     started = time.monotonic()
     try:
