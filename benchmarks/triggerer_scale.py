@@ -291,7 +291,7 @@ def child_main(args: argparse.Namespace) -> None:
         from airflow_gpu.triggers import GpuBatchJobTrigger
 
         def make(job_id: str):
-            return GpuBatchJobTrigger(job_id, poll_interval=args.poll)
+            return GpuBatchJobTrigger(job_id, poll_interval=args.poll, stream_logs=not args.no_live_logs)
     else:
         from airflow.providers.amazon.aws.triggers.batch import BatchJobTrigger
 
@@ -341,8 +341,10 @@ def child_main(args: argparse.Namespace) -> None:
 
     results: dict[str, Any] = {}
     start = time.time(), time.process_time()
+    start_thread = time.thread_time()
     asyncio.run(main())
     end = time.time(), time.process_time()
+    results["loop_thread_cpu"] = time.thread_time() - start_thread
     log_io.close()
     supervisor.wait(30)
     results.update(
@@ -427,6 +429,8 @@ def run_side(server: ServerHandle, side: str, n: int, args: argparse.Namespace, 
     ]  # fmt: skip
     if args.trace_memory:
         command.append("--trace-memory")
+    if args.no_live_logs:
+        command.append("--no-live-logs")
     if args.profile and side == "ours":  # on-CPU samples of the trigger process, as collapsed stacks
         Path(args.profile).mkdir(parents=True, exist_ok=True)
         py_spy = Path(sys.executable).with_name("py-spy")
@@ -599,6 +603,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--finish-timeout", type=float, default=120.0, help="seconds past the last job end to wait for events")
     parser.add_argument("--profile", help="record our trigger process with py-spy (collapsed stacks, one file per N) into this folder")
     parser.add_argument("--workdir", help="keep the per-run files (ids, results, trigger logs) here")
+    parser.add_argument("--no-live-logs", action="store_true", help="ours with stream_logs=False, to see what live logs cost")
     parser.add_argument("--trace-memory", action="store_true", help="tracemalloc the trigger processes (slower); per-file figures in each side's stderr file")
     # The trigger process re-enters this script with these:
     parser.add_argument("--child", choices=["ours", "anchor"], help=argparse.SUPPRESS)

@@ -337,7 +337,7 @@ async def test_a_busy_log_api_does_not_hold_the_event_up(moto_aws, gpu_batch, aw
     assert event["log_relayed_to_end"] is False  # the operator can say where the rest is
     assert LogFollower.shared(BackendTarget()).unfinished == 1
     [warning] = [r.getMessage() for r in caplog.records if "Not relaying the last log lines" in r.getMessage()]
-    assert "of 1 of 1 jobs" in warning
+    assert "of 1 job(s)" in warning
 
 
 # -- the cursor ------------------------------------------------------------------------------------------

@@ -56,8 +56,12 @@ class LogReader(Protocol):
 
     async def read(self, follows: Sequence[LogFollow], *, urgent: bool = False) -> None: ...
 
-    def affordable(self, follows: Sequence[LogFollow], seconds: float) -> list[LogFollow]:
-        """Those of ``follows`` an urgent read would serve within ``seconds``, given the rate limit."""
+    def needs_last_read(self, follow: LogFollow) -> bool:
+        """Whether the follow's log is somewhere this reader reads (else there is nothing to wait for)."""
+        ...
+
+    def capacity(self, seconds: float) -> int:
+        """How many follows urgent reads could serve within ``seconds``, given the rate limit."""
         ...
 
 
@@ -243,23 +247,16 @@ class CloudWatchLogReader:
         self.backend = backend
         self.calls = 0
 
-    def affordable(self, follows: Sequence[LogFollow], seconds: float) -> list[LogFollow]:
+    def needs_last_read(self, follow: LogFollow) -> bool:
+        return bool(follow.job.log_group and follow.stream)
+
+    def capacity(self, seconds: float) -> int:
         # Calls that can start in the first half of the time, so that they also end within it.
         limiter = self.backend.logs_limiter
         wait = limiter.expected_wait(urgent=True)
-        calls = int((seconds / 2 - wait) * limiter.rate) + 1 if wait <= seconds / 2 else 0
-        chosen: list[LogFollow] = []
-        by_group: dict[str, list[LogFollow]] = {}
-        for follow in follows:
-            if follow.job.log_group and follow.stream:
-                by_group.setdefault(follow.job.log_group, []).append(follow)
-            else:
-                chosen.append(follow)  # not in CloudWatch: nothing to read, costs no call
-        for members in by_group.values():
-            take = members[: max(calls, 0) * self.streams_per_call]
-            calls -= -(-len(take) // self.streams_per_call)
-            chosen += take
-        return chosen
+        if wait > seconds / 2:
+            return 0
+        return (int((seconds / 2 - wait) * limiter.rate) + 1) * self.streams_per_call
 
     async def read(self, follows: Sequence[LogFollow], *, urgent: bool = False) -> None:
         loop = asyncio.get_running_loop()
@@ -365,8 +362,11 @@ class CursorLogReader:
         self.calls = 0
         self._warned: weakref.WeakSet[LogFollow] = weakref.WeakSet()
 
-    def affordable(self, follows: Sequence[LogFollow], seconds: float) -> list[LogFollow]:
-        return list(follows)  # no rate limit: a file tail is cheap
+    def needs_last_read(self, follow: LogFollow) -> bool:
+        return bool(follow.stream)
+
+    def capacity(self, seconds: float) -> int:
+        return 1 << 30  # no rate limit: a file tail is cheap
 
     async def read(self, follows: Sequence[LogFollow], *, urgent: bool = False) -> None:
         gate = asyncio.Semaphore(self.max_concurrent_reads)
@@ -407,7 +407,7 @@ class LogFollower:
     #: Seconds a new follower waits before its first sweep, to batch follows starting together.
     gather_delay: ClassVar[float] = 0.05
     #: The longest a trigger waits for its job's last log lines before it fires.
-    final_read_timeout: ClassVar[float] = 1.0
+    final_read_timeout: ClassVar[float] = 0.5
     #: The longest pause before asking again for a stream that does not exist.
     max_missing_pause: ClassVar[float] = 300.0
 
@@ -422,6 +422,7 @@ class LogFollower:
         self._drain_task: asyncio.Task | None = None
         self._wake = asyncio.Event()
         self._failing = False
+        self._unreported = 0
         self.sweeps = 0
         self.unfinished = 0  # last reads given up on (the log API was busy)
 
@@ -529,62 +530,69 @@ class LogFollower:
     # -- last reads --------------------------------------------------------------------------------
 
     async def _finish(self, follow: LogFollow, timeout: float) -> bool:
-        if follow.closed:
-            return False
-        loop = asyncio.get_running_loop()
-        done = follow.finishing = loop.create_future()
-        # A plain timer rather than wait_for(shield(...)): thousands of jobs may end in one poll.
-        timer = loop.call_later(timeout, _settle, follow, False)
         try:
+            if follow.closed:
+                return False
             if self._reader is None:  # the follower has not opened its backend yet
                 if self._ready is None:
-                    return False
-                await asyncio.wait_for(asyncio.shield(self._ready), timeout)
+                    return self._gave_up()
+                try:
+                    await asyncio.wait_for(asyncio.shield(self._ready), timeout)
+                except Exception:
+                    return self._gave_up()
+            reader = self._reader
+            if reader is None:
+                return self._gave_up()
+            if not reader.needs_last_read(follow):
+                return True  # nothing to read, nothing to wait for
+            # Decided now, without waiting, when the log API could not serve it in time anyway:
+            # when thousands of jobs end in one poll, most of them fire at once.
+            if len(self._drains) >= reader.capacity(timeout):
+                return self._gave_up()
+            done = follow.finishing = asyncio.get_running_loop().create_future()
             self._drains.append(follow)
             if self._drain_task is None or self._drain_task.done():
                 self._drain_task = detached_task(self._drain(timeout), f"airflow-gpu last log reads {self.target}")
-            if await done:
-                return True
-        except asyncio.TimeoutError:
-            pass
-        except Exception as exc:
-            log.debug("Last log read for job %s failed: %s", follow.job.job_id, exc)
+            return await done or self._gave_up()
         finally:
-            timer.cancel()
             follow.close()
+
+    def _gave_up(self) -> bool:
         self.unfinished += 1
+        self._unreported += 1
+        if self._unreported == 1:  # one record per burst, in the triggerer's log, not one per task
+            asyncio.get_running_loop().call_soon(self._report_unfinished, context=contextvars.Context())
         return False
 
+    def _report_unfinished(self) -> None:
+        count, self._unreported = self._unreported, 0
+        log.warning(
+            "Not relaying the last log lines of %d job(s) that just ended on %s: the log API cannot serve them "
+            "within %.1f s, and their triggers fire now (the full logs stay behind the tasks' log links)",
+            count, self.target, self.final_read_timeout,
+        )
+
     async def _drain(self, within: float) -> None:
-        """Last reads for jobs that ended, batched. Those the log API cannot serve ``within``
-        seconds are let go at once: a trigger waiting on a read that will come too late only
-        delays its event."""
+        """Last reads for jobs that ended, batched; each batch is given ``within`` seconds."""
+        loop = asyncio.get_running_loop()
         while self._drains:
             await asyncio.sleep(self.gather_delay)  # jobs ending together share their calls
             batch, self._drains = [f for f in self._drains if not f.closed], []
             reader = self._reader
-            chosen = reader.affordable(batch, within) if reader is not None else []
-            if len(chosen) < len(batch):
-                # One line here, not one per task: at thousands of jobs each record costs.
-                log.warning(
-                    "Not relaying the last log lines of %d of %d jobs that just ended on %s: the log API "
-                    "cannot serve them within %.1f s (their triggers fire now; the full logs stay in the log links)",
-                    len(batch) - len(chosen), len(batch), self.target, within,
-                )
-                served = set(chosen)
-                for follow in batch:
-                    if follow not in served:
-                        _settle(follow, False)
+            room = reader.capacity(within) if reader is not None else 0
+            chosen, late = batch[:room], batch[room:]
+            _settle_all(late, False)
+            if not chosen:
+                continue
+            deadline = loop.call_later(within, _settle_all, chosen, False)  # one timer per batch
             try:
-                if chosen:
-                    await reader.read(chosen, urgent=True)  # type: ignore[union-attr]
+                await reader.read(chosen, urgent=True)  # type: ignore[union-attr]
             except Exception as exc:
                 log.warning("Reading the last log lines for %s failed: %s", self.target, exc)
-                for follow in chosen:
-                    _settle(follow, False)
+                _settle_all(chosen, False)
             finally:
-                for follow in chosen:
-                    _settle(follow, True)
+                deadline.cancel()
+                _settle_all(chosen, True)
 
     async def aclose(self) -> None:
         """Stop following everything now (tests, a loop about to end)."""
@@ -602,9 +610,10 @@ class LogFollower:
             await follower.aclose()
 
 
-def _settle(follow: LogFollow, read: bool) -> None:
-    if follow.finishing is not None and not follow.finishing.done():
-        follow.finishing.set_result(read)
+def _settle_all(follows: Sequence[LogFollow], read: bool) -> None:
+    for follow in follows:
+        if follow.finishing is not None and not follow.finishing.done():
+            follow.finishing.set_result(read)
 
 
 async def _gather_all(coros: Any) -> None:
