@@ -170,23 +170,20 @@ class GpuMemory:
         return {"gpu_peak_gib": round(self.stage_peak / GiB, 3), "gpu_after_gib": round(now / GiB, 3)}
 
 
-class IterationLog(logging.Handler):
-    """Keeps the worker's per-iteration log lines in the record as they happen, so a run
-    stopped mid-training still reports the iterations it finished."""
+def iteration_recorder(record: Record):
+    """train.fit's on_iteration: each finished iteration goes into the record as it happens,
+    so a run stopped mid-training still reports the iterations it finished."""
 
-    def __init__(self, record: Record) -> None:
-        super().__init__(logging.INFO)
-        self.record = record
-
-    def emit(self, entry: logging.LogRecord) -> None:
-        if not str(entry.msg).startswith("train: iteration") or not isinstance(entry.args, tuple) or len(entry.args) < 3:
-            return
-        train = self.record.data["stages"].setdefault("train", {})
-        train.setdefault("iteration_seconds", []).append(float(entry.args[2]))
+    def on_iteration(iteration: int, seconds: float, loss: float | None) -> None:
+        train = record.data["stages"].setdefault("train", {})
+        train.setdefault("iteration_seconds", []).append(round(seconds, 4))
+        train.setdefault("loss", []).append(loss)
         try:
-            self.record.save()
+            record.save()
         except OSError:
             pass
+
+    return on_iteration
 
 
 def run_child(args) -> int:
@@ -203,7 +200,6 @@ def run_child(args) -> int:
                     params={k: getattr(args, k) for k in ("users", "items", "interactions", "factors", "iterations",
                                                          "recommend_users", "seed", "loss")},
                     machine=machine())
-    logging.getLogger("airflow_gpu.worker").addHandler(IterationLog(record))
     gpu = GpuMemory() if args.device == "gpu" else None
     if gpu and gpu.baseline is not None:
         record.data["gpu_baseline_gib"] = round(gpu.baseline / GiB, 3)
@@ -254,7 +250,7 @@ def run_child(args) -> int:
 
     def train():
         params = TrainParams(factors=args.factors, iterations=args.iterations, seed=args.seed, device=args.device,
-                             loss=args.loss)
+                             loss=args.loss, on_iteration=iteration_recorder(record))
         result = fit(state.pop("weighted"), params)
         state["model"] = result.model
         iterations = [round(s, 4) for s in result.iteration_seconds]
