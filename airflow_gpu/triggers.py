@@ -86,7 +86,7 @@ class GpuBatchJobTrigger(BaseTrigger):
             final = await follow_job(self._watch, on_change=self._on_change)
             # The end itself is not logged here: the triggerer logs the event and the task logs the
             # outcome when it resumes. At 10,000 jobs ending together, every record counts.
-            relayed = None if self._follow is None else await self._follow.finish()
+            relayed = None if self._follow is None else await self._follow.finish(final)
             event = final.as_event()
             if relayed is not None:
                 event["log_relayed_to_end"] = relayed  # False: the live log stops short; the log link has it all

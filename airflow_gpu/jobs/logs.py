@@ -196,13 +196,17 @@ class LogFollow:
         self.misses = 0
         self.retry_at = 0.0
 
-    async def finish(self, timeout: float | None = None) -> bool:
+    async def finish(self, final: JobState | None = None, *, timeout: float | None = None) -> bool:
         """Read the stream one last time (the job ended), then stop following it.
 
+        ``final`` is the job's last state: a reader may read an ended job's log differently
+        (the local backend then also hands over a last line without its newline).
         Waits at most ``timeout`` seconds (default: the follower's ``final_read_timeout``);
         returns False when the last read did not happen in time, e.g. because the
         log API is busy with many other jobs.
         """
+        if final is not None and final.log_stream == self.job.log_stream:
+            self.job = final
         return await self.follower._finish(self, self.follower.final_read_timeout if timeout is None else timeout)
 
     def close(self) -> None:
