@@ -197,7 +197,7 @@ class BenchServer:
         self.aws.log.reset()
         return ids
 
-    def start(self, job_seconds: float, poll: float) -> dict[str, float]:
+    def start(self, job_seconds: float, poll: float) -> dict[str, Any]:
         """Start the clock: jobs end at now + job_seconds + [0, poll), spread evenly in a shuffled order
         (triggers start in job order, so an orderly spread would line job ends up with poll phases)."""
         t0 = time.time()
@@ -210,7 +210,7 @@ class BenchServer:
                 heapq.heappush(self.due, _Due(end, job_id))
                 if self.log_every > 0:
                     heapq.heappush(self.due, _Due(t0 + self.log_every * slot / n, job_id))
-        return dict(self.end_at)
+        return {"end_at": dict(self.end_at), "server_cpu": time.process_time(), "at": time.time()}
 
     def stats(self) -> dict[str, Any]:
         with self.aws.log.lock:
@@ -221,6 +221,7 @@ class BenchServer:
             "filters": filters,
             "lines_written": self.lines_written,
             "server_cpu": time.process_time(),
+            "at": time.time(),
         }
 
 
@@ -408,6 +409,12 @@ class SideResult:
     log_delay_p50_s: float = math.nan
     log_delay_max_s: float = math.nan
     lines_relayed: int = 0
+    server_cpu_pct: float = math.nan
+
+    @property
+    def run_cpu_pct(self) -> float:
+        """CPU over the whole run, from creating the triggers to the last event."""
+        return 100 * self.cpu_s / self.wall_s if self.wall_s else math.nan
 
 
 def run_side(server: ServerHandle, side: str, n: int, args: argparse.Namespace, workdir: Path) -> SideResult:
@@ -449,7 +456,8 @@ def run_side(server: ServerHandle, side: str, n: int, args: argparse.Namespace, 
                 return SideResult(side, n, skipped=f"not all triggers up after {args.start_timeout:.0f} s")
             time.sleep(0.2)
         up = time.time() - started
-        end_at = server.call("start", args.job_seconds, args.poll)
+        clock = server.call("start", args.job_seconds, args.poll)
+        end_at = clock["end_at"]
         print(f"[{side} N={n}] all up after {up:.1f} s; jobs end in {args.job_seconds:.0f}-{args.job_seconds + args.poll:.0f} s", flush=True)
         child.wait(timeout=args.job_seconds + args.poll + args.finish_timeout)
     except subprocess.TimeoutExpired:
@@ -462,7 +470,9 @@ def run_side(server: ServerHandle, side: str, n: int, args: argparse.Namespace, 
     result = json.loads(out.read_text())
     stats = server.call("stats")
     (workdir / f"{side}-{n}-server.json").write_text(json.dumps({"end_at": end_at, "stats": stats}))
-    return summarize(side, n, job_ids, end_at, result, stats, args, log_file)
+    summary = summarize(side, n, job_ids, end_at, result, stats, args, log_file)
+    summary.server_cpu_pct = 100 * (stats["server_cpu"] - clock["server_cpu"]) / max(stats["at"] - clock["at"], 1e-9)
+    return summary
 
 
 def summarize(side, n, job_ids, end_at, result, stats, args, log_file) -> SideResult:
@@ -556,27 +566,34 @@ def _ratio(a: float, b: float) -> str:
 
 def print_table(results: list[tuple[SideResult, SideResult]], args: argparse.Namespace) -> None:
     print()
-    print(f"poll {args.poll:g} s, jobs RUNNING {args.job_seconds:g} s (ends spread over one poll), a log line every {args.log_every:g} s per job (ours)")
-    header = (
-        "| N | side | DescribeJobs / poll | max in a cycle | CPU s (startup) | avg CPU watching | peak RSS MB | "
-        "delay p50 / max s | events ok | log records |"
+    print(
+        f"poll {args.poll:g} s; jobs RUNNING {args.job_seconds:g} s once all triggers are up, ends spread over one poll; "
+        f"ours relays a log line per job every {args.log_every:g} s"
+        + (" (live logs off)" if args.no_live_logs else "")
     )
-    print(header)
-    print("| --- " * 10 + "|")
-    for anchor, ours in results:
-        for r in (anchor, ours):
+    print()
+    print(
+        "| N | side | DescribeJobs per poll (most in one cycle) | CPU s (startup) | CPU % of a core: watching / whole run "
+        "| peak RSS MB | delay p50 / max s | events | log records | server CPU % |"
+    )
+    print("|" + " --- |" * 10)
+    for pair in results:
+        for r in pair:
             if r.skipped:
                 print(f"| {r.n} | {r.side} | skipped: {r.skipped} | | | | | | | |")
                 continue
-            cycle = str(r.max_calls_in_a_cycle) if r.side == "ours" else "-"
+            cycle = f" ({r.max_calls_in_a_cycle})" if r.side == "ours" else ""
             print(
-                f"| {r.n} | {r.side} | {r.calls_per_poll:.1f} | {cycle} | {r.cpu_s:.1f} ({r.startup_cpu_s:.1f}) | "
-                f"{r.cpu_watch_pct:.2f}% | {r.peak_rss_mb:.0f} | {r.p50_delay_s:.1f} / {r.max_delay_s:.1f} | "
-                f"{r.events_ok}/{r.n} | {r.log_records} |"
+                f"| {r.n} | {r.side} | {r.calls_per_poll:.1f}{cycle} | {r.cpu_s:.1f} ({r.startup_cpu_s:.1f}) | "
+                f"{r.cpu_watch_pct:.2f} / {r.run_cpu_pct:.2f} | {r.peak_rss_mb:.0f} | {r.p50_delay_s:.1f} / {r.max_delay_s:.1f} | "
+                f"{r.events_ok}/{r.n} | {r.log_records} | {r.server_cpu_pct:.0f} |"
             )
     print()
-    print("| N | calls anchor/ours | CPU anchor/ours | RSS anchor/ours | ours: FilterLogEvents/s (max in 1 s) | ours: log delay p50 / max s | lines written / relayed |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print(
+        "| N | calls anchor/ours | CPU anchor/ours | RSS anchor/ours | ours: FilterLogEvents per s (most in 1 s) "
+        "| ours: log line delay p50 / max s | ours: log lines written / relayed |"
+    )
+    print("|" + " --- |" * 7)
     for anchor, ours in results:
         print(
             f"| {ours.n} | {_ratio(anchor.calls_per_poll, ours.calls_per_poll)} | {_ratio(anchor.cpu_s, ours.cpu_s)} | "
@@ -585,11 +602,40 @@ def print_table(results: list[tuple[SideResult, SideResult]], args: argparse.Nam
         )
     print()
     for anchor, ours in results:
+        for line in _targets(anchor, ours, args):
+            print(line)
+    print()
+    for anchor, ours in results:
         print(
             f"triggers N={ours.n}: calls_ratio={_ratio(anchor.calls_per_poll, ours.calls_per_poll)} "
             f"cpu_ratio={_ratio(anchor.cpu_s, ours.cpu_s)} rss_ratio={_ratio(anchor.peak_rss_mb, ours.peak_rss_mb)} "
             f"max_delay_s={ours.max_delay_s:.2f}"
         )
+
+
+def _targets(anchor: SideResult, ours: SideResult, args: argparse.Namespace) -> list[str]:
+    """The issue's targets that apply to this N, each with its measured figure."""
+    if ours.skipped:
+        return []
+    checks: list[tuple[str, float, float, bool]] = []  # (what, measured, bound, at most?)
+    if ours.n >= 10_000:
+        checks += [
+            ("DescribeJobs calls in a cycle", ours.max_calls_in_a_cycle, math.ceil(ours.n / 100), True),
+            ("CPU % of a core while watching", ours.cpu_watch_pct, 5.0, True),
+            ("peak RSS MB", ours.peak_rss_mb, 300.0, True),
+            ("slowest event after its job's end, s", ours.max_delay_s, args.poll + 2, True),
+        ]
+    if ours.n == 1000 and not anchor.skipped:
+        checks += [
+            ("fewer DescribeJobs calls than the anchor (x)", anchor.calls_per_poll / ours.calls_per_poll, 50.0, False),
+            ("less CPU than the anchor (x)", anchor.cpu_s / ours.cpu_s, 20.0, False),
+            ("less peak RSS than the anchor (x)", anchor.peak_rss_mb / ours.peak_rss_mb, 4.0, False),
+        ]
+    lines = []
+    for what, measured, bound, at_most in checks:
+        met = measured <= bound if at_most else measured >= bound
+        lines.append(f"target N={ours.n}: {what} {measured:.2f} {'<=' if at_most else '>='} {bound:g}: {'met' if met else 'MISSED'}")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
