@@ -204,6 +204,34 @@ def test_cpu_ranking_matches_implicits_topk(monkeypatch, n_items):
     assert (ids[3] >= 0).sum() == n_items - seen[3].nnz and (ids[4] == -1).all()
 
 
+@pytest.mark.parametrize("skew", [0.0, 3.0])  # item norms equal-ish (most rows fall back) or heavy-tailed (most settle)
+def test_cpu_ranking_by_the_norm_head_matches_implicits_topk(monkeypatch, skew):
+    from implicit.cpu.topk import topk
+
+    from airflow_gpu.worker import recommend
+    from airflow_gpu.worker.recommend import blocked_top_k
+
+    monkeypatch.setattr(recommend, "_BLOCK_ELEMENTS", 100 * 2_048)  # several blocks in both passes, run in threads
+    rng = np.random.default_rng(12)
+    n_items = 6_000  # head: 2,048 items
+    users = rng.standard_normal((900, 16)).astype(np.float32)
+    items = rng.standard_normal((n_items, 16)).astype(np.float32) * np.exp(skew * rng.standard_normal((n_items, 1))).astype(np.float32)
+    seen = scipy.sparse.random(900, n_items, density=0.01, format="lil", dtype=np.float32, random_state=13)
+    by_norm = np.argsort(-np.linalg.norm(items, axis=1))
+    seen[7, by_norm[:3_000]] = 1.0  # the whole head seen: this row must fall back
+    seen[8, by_norm[:5]] = 1.0  # the very best items seen
+    seen = seen.tocsr()
+    settled = []
+    original = recommend._norm_head
+    monkeypatch.setattr(recommend, "_norm_head", lambda *a: settled.append(1) or original(*a))
+    ids, scores = blocked_top_k(users, items, 10, seen=seen, threads=2)
+    ref_ids, ref_scores = topk(items, users, 10, filter_query_items=seen, num_threads=1)
+    assert settled, "the head pass did not run"
+    assert (ids == ref_ids).all()
+    np.testing.assert_allclose(scores, ref_scores, rtol=1e-5)
+    assert not set(ids[8]) & set(by_norm[:5])
+
+
 @pytest.mark.parametrize("n_items", [300, 1_500])
 def test_cpu_similar_items_match_implicits(n_items):
     from implicit.cpu.als import AlternatingLeastSquares
