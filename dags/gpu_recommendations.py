@@ -75,8 +75,12 @@ PARAMS = {
         description="ALS iterations (each solves all users, then all items); the loss is logged per iteration.",
     ),
     "regularization": Param(
-        1.0, type="number", minimum=0,
-        description="ALS L2 regularization; raise it when very active users dominate the model.",
+        "auto",
+        anyOf=[{"type": "string", "enum": ["auto"]}, {"type": "number", "minimum": 0}],
+        description=(
+            "ALS L2 regularization: auto scales it to the data (0.2 x the largest singular value of the "
+            "confidence matrix, chosen on tuning data), or a number >= 0 to set it."
+        ),
     ),
     "top_n": Param(
         10, type="integer", minimum=1, maximum=1000,

@@ -103,3 +103,18 @@ def test_worker_command_for_a_local_process(module):
     assert command[:2] == ["airflow-gpu-worker", "als"]
     assert command[-2:] == ["--endpoint-url", "http://127.0.0.1:9000"]
     assert "--weight-col" not in command and "--eval-holdout" not in command
+
+
+def test_regularization_is_auto_or_a_number_the_worker_accepts(module):
+    from airflow.sdk.definitions.param import ParamValidationError
+
+    from airflow_gpu.worker.__main__ import _regularization
+
+    param = module.PARAMS["regularization"]
+    assert param.resolve("auto") == "auto" and param.resolve(2.5) == 2.5
+    for bad in ("strong", -1):
+        with pytest.raises(ParamValidationError):
+            param.resolve(bad)
+    for value, parsed in (("auto", None), (2.5, 2.5)):
+        command = module.worker_command(params_of(module, regularization=value), "s3://b/in/", "s3://b/out/", "")
+        assert _regularization(command[command.index("--regularization") + 1]) == parsed
