@@ -16,6 +16,7 @@ from airflow_gpu.jobs.logs import CloudWatchLogReader, LogFollower, StreamCursor
 from airflow_gpu.jobs.watcher import JobWatcher
 from airflow_gpu.triggers import GpuBatchJobTrigger
 from gpu_batch_testing import aws_conn, collect_events, fast_watcher, submit_raw  # noqa: F401
+from waiting import wait_until
 
 GROUP = "/aws/batch/job"
 
@@ -77,13 +78,6 @@ def stream_of(moto_aws, job_id: str) -> str:
     return moto_aws.client("batch").describe_jobs(jobs=[job_id])["jobs"][0]["container"]["logStreamName"]
 
 
-async def wait_until(predicate, timeout: float = 20.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        if loop.time() > deadline:
-            raise TimeoutError("condition not met")
-        await asyncio.sleep(0.02)
 
 
 def running_trigger(moto_aws, gpu_batch, name: str, poll: float = 0.1) -> tuple[GpuBatchJobTrigger, str, LineLog]:

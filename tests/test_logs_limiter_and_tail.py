@@ -13,6 +13,7 @@ from airflow_gpu.jobs.backoff import RateLimiter
 from airflow_gpu.jobs.logs import CursorLogReader, LogFollower
 from airflow_gpu.jobs.watcher import JobWatcher
 from airflow_gpu.triggers import GpuBatchJobTrigger
+from waiting import wait_until
 
 
 async def test_limiter_keeps_the_rate_after_its_burst():
@@ -135,13 +136,6 @@ class Lines:
         return [line for r in self.records if not r.startswith(own) for line in r.split("\n")]
 
 
-async def wait_until(predicate, timeout: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        if loop.time() > deadline:
-            raise TimeoutError("condition not met")
-        await asyncio.sleep(0.02)
 
 
 async def test_a_backend_without_batched_reads_is_tailed_through_read_logs(tail_backend):

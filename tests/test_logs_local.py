@@ -18,6 +18,7 @@ from airflow_gpu.jobs.logs import CursorLogReader, LogFollower
 from airflow_gpu.jobs.spec import JobSpec, TaskIdentity
 from airflow_gpu.jobs.watcher import JobWatcher
 from airflow_gpu.triggers import GpuBatchJobTrigger
+from waiting import wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -51,13 +52,6 @@ class Lines:
         return [line for r in self.records if not r.startswith(f"Job {job_id} is ") for line in r.split("\n")]
 
 
-async def wait_until(predicate, timeout: float = 30.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        if loop.time() > deadline:
-            raise TimeoutError("condition not met")
-        await asyncio.sleep(0.05)
 
 
 async def test_the_trigger_tails_a_local_jobs_log_file_in_order_to_its_last_partial_line(local_jobs, tmp_path):

@@ -18,6 +18,7 @@ from gpu_batch_testing import (  # noqa: F401  (fixtures)
     fast_watcher,
     submit_raw,
 )
+from waiting import wait_until
 
 
 @pytest.fixture
@@ -26,13 +27,6 @@ async def closed_after():
     await JobWatcher.close_all()
 
 
-async def wait_until(predicate, timeout: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        if loop.time() > deadline:
-            raise TimeoutError("condition not met")
-        await asyncio.sleep(0.02)
 
 
 def watcher_for(trigger: GpuBatchJobTrigger) -> JobWatcher:

@@ -18,6 +18,7 @@ from airflow_gpu.jobs.watcher import JobWatcher
 from airflow_gpu.triggers import GpuBatchJobTrigger
 from gpu_batch_testing import aws_conn, collect_events, fast_watcher, submit_raw  # noqa: F401
 from moto_aws import iter_describe_cycles
+from waiting import wait_until
 
 
 @pytest.fixture
@@ -47,13 +48,6 @@ def opened(monkeypatch):
     return seen
 
 
-async def wait_until(predicate, timeout: float = 20.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        if loop.time() > deadline:
-            raise TimeoutError("condition not met")
-        await asyncio.sleep(0.02)
 
 
 async def submit_many(moto_aws, gpu_batch, n: int) -> list[str]:
