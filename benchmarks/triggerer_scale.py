@@ -339,6 +339,14 @@ def child_main(args: argparse.Namespace) -> None:
         samples.append((time.time(), time.process_time(), _rss_kib("VmRSS"), _rss_kib("VmHWM")))
         sampler.cancel()
         results["created"] = created
+        if args.child == "ours":
+            # A triggerer's loop lives on and the watcher closes its client after a grace period;
+            # this loop ends now, so close the shared clients rather than leave aiohttp sessions open.
+            from airflow_gpu.jobs.logs import LogFollower
+            from airflow_gpu.jobs.watcher import JobWatcher
+
+            await LogFollower.close_all()
+            await JobWatcher.close_all()
 
     results: dict[str, Any] = {}
     start = time.time(), time.process_time()
