@@ -1,5 +1,6 @@
 """Helpers for the operator, trigger and watcher tests: an Airflow AWS connection pointing at the
-moto server, a stand-in task instance, and a way to run a trigger to its event.
+moto server, a stand-in task instance, a stand-in for a trigger's log, and a way to run a
+trigger to its event.
 
 Import the fixtures with ``from gpu_batch_testing import aws_conn, fast_watcher  # noqa: F401``.
 """
@@ -17,6 +18,23 @@ from airflow_gpu.jobs.aws_batch import AwsBatchBackend
 from airflow_gpu.jobs.backoff import RetryPolicy
 from airflow_gpu.jobs.blocking import run_blocking
 from airflow_gpu.jobs.watcher import JobWatcher
+
+class LineLog:
+    """Stands in for a trigger's ``self.log``: the relayed container lines, in the order logged."""
+
+    def __init__(self) -> None:
+        self.records: list[str] = []
+
+    def info(self, message: str, *args: object) -> None:
+        self.records.append(message % args if args else message)
+
+    warning = error = debug = info
+
+    def relayed(self, job_id: str) -> list[str]:
+        """Container lines only, without the trigger's own lines about the job."""
+        own = f"Job {job_id} is "
+        return [line for r in self.records if not r.startswith(own) for line in r.split("\n")]
+
 
 # A recognisable secret: it must never show up in trigger kwargs or events.
 SECRET_KEY = "wJalrXUtnFEMI-K7MDENG-bPxRfiCYSECRET"

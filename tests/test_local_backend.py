@@ -24,6 +24,7 @@ from airflow_gpu.jobs.spec import JobSpec, JobSpecError, TaskIdentity
 from airflow_gpu.jobs.watcher import JobWatcher, follow_job
 from airflow_gpu.operators import JOB_ID_XCOM_KEY, GpuBatchOperator, GpuJobFailed
 from gpu_batch_testing import FakeTaskInstance, fire, make_context
+from local_jobs_testing import kill_leftover_local_jobs
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -33,15 +34,7 @@ def state_dir(tmp_path, monkeypatch) -> Iterator[Path]:
     folder = tmp_path / "local-jobs"
     monkeypatch.setenv(STATE_DIR_ENV, str(folder))
     yield folder
-    # Whatever a failed test left running goes: every job's process group, then its supervisor.
-    for run_file in folder.glob("*/run.json"):
-        run = json.loads(run_file.read_text())
-        for kill, target in ((os.killpg, run.get("pgid")), (os.kill, run.get("runner_pid"))):
-            if target:
-                try:
-                    kill(int(target), signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
+    kill_leftover_local_jobs(folder)
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from airflow_gpu.jobs.backend import BackendTarget, JobState
 from airflow_gpu.jobs.logs import CloudWatchLogReader, LogFollower, StreamCursor
 from airflow_gpu.jobs.watcher import JobWatcher
 from airflow_gpu.triggers import GpuBatchJobTrigger
-from gpu_batch_testing import aws_conn, collect_events, fast_watcher, submit_raw  # noqa: F401
+from gpu_batch_testing import LineLog, aws_conn, collect_events, fast_watcher, submit_raw  # noqa: F401
 from waiting import wait_until
 
 GROUP = "/aws/batch/job"
@@ -35,23 +35,6 @@ def small_pages(monkeypatch):
     monkeypatch.setattr(CloudWatchLogReader, "page_limit", 7)
     monkeypatch.setattr(AwsBatchBackend, "logs_calls_per_second", 50.0)
     monkeypatch.setattr(AwsBatchBackend, "logs_burst", 10)
-
-
-class LineLog:
-    """Stands in for a trigger's ``self.log``: the relayed container lines, in the order logged."""
-
-    def __init__(self) -> None:
-        self.records: list[str] = []
-
-    def info(self, message: str, *args: object) -> None:
-        self.records.append(message % args if args else message)
-
-    warning = error = debug = info
-
-    def relayed(self, job_id: str) -> list[str]:
-        """Container lines only, without the trigger's own lines about the job."""
-        own = f"Job {job_id} is "
-        return [line for r in self.records if not r.startswith(own) for line in r.split("\n")]
 
 
 def logs_client(moto_aws):

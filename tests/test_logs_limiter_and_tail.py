@@ -13,6 +13,7 @@ from airflow_gpu.jobs.backoff import RateLimiter
 from airflow_gpu.jobs.logs import CursorLogReader, LogFollower
 from airflow_gpu.jobs.watcher import JobWatcher
 from airflow_gpu.triggers import GpuBatchJobTrigger
+from gpu_batch_testing import LineLog
 from waiting import wait_until
 
 
@@ -124,20 +125,6 @@ async def tail_backend(monkeypatch):
     await JobWatcher.close_all()
 
 
-class Lines:
-    def __init__(self) -> None:
-        self.records: list[str] = []
-
-    def info(self, message: str, *args: object) -> None:
-        self.records.append(message % args if args else message)
-
-    def relayed(self, job_id: str) -> list[str]:
-        own = f"Job {job_id} is "
-        return [line for r in self.records if not r.startswith(own) for line in r.split("\n")]
-
-
-
-
 async def test_a_backend_without_batched_reads_is_tailed_through_read_logs(tail_backend):
     jobs, logs = tail_backend.jobs, tail_backend.logs
     jobs["a"] = JobState("a", "RUNNING", log_stream="/tmp/a.log")
@@ -146,7 +133,7 @@ async def test_a_backend_without_batched_reads_is_tailed_through_read_logs(tail_
     logs["/tmp/a.log"] = ["epoch 1"]
     triggers = {j: GpuBatchJobTrigger(j, poll_interval=0.05, backend="test-tail") for j in ("a", "b")}
     for trigger in triggers.values():
-        trigger._log = Lines()
+        trigger._log = LineLog()
 
     async def run(trigger):
         return [e.payload async for e in trigger.run()]
@@ -176,7 +163,7 @@ async def test_a_new_attempt_switches_streams_and_the_old_one_gets_its_last_read
     jobs["r"] = JobState("r", "RUNNING", attempts=1, log_stream="/tmp/r-1.log")
     logs["/tmp/r-1.log"] = ["attempt 1 starts"]
     trigger = GpuBatchJobTrigger("r", poll_interval=0.05, backend="test-tail")
-    trigger._log = Lines()
+    trigger._log = LineLog()
 
     async def run():
         return [e.payload async for e in trigger.run()]

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
-import os
-import signal
 import sys
 import textwrap
 from pathlib import Path
@@ -18,6 +15,8 @@ from airflow_gpu.jobs.logs import CursorLogReader, LogFollower
 from airflow_gpu.jobs.spec import JobSpec, TaskIdentity
 from airflow_gpu.jobs.watcher import JobWatcher
 from airflow_gpu.triggers import GpuBatchJobTrigger
+from gpu_batch_testing import LineLog
+from local_jobs_testing import kill_leftover_local_jobs
 from waiting import wait_until
 
 pytestmark = pytest.mark.timeout(120)
@@ -31,27 +30,7 @@ async def local_jobs(tmp_path, monkeypatch):
     yield folder
     await LogFollower.close_all()
     await JobWatcher.close_all()
-    for run_file in folder.glob("*/run.json"):  # whatever a failed test left running
-        run = json.loads(run_file.read_text())
-        for kill, target in ((os.killpg, run.get("pgid")), (os.kill, run.get("runner_pid"))):
-            if target:
-                try:
-                    kill(int(target), signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
-
-
-class Lines:
-    def __init__(self) -> None:
-        self.records: list[str] = []
-
-    def info(self, message: str, *args: object) -> None:
-        self.records.append(message % args if args else message)
-
-    def relayed(self, job_id: str) -> list[str]:
-        return [line for r in self.records if not r.startswith(f"Job {job_id} is ") for line in r.split("\n")]
-
-
+    kill_leftover_local_jobs(folder)
 
 
 async def test_the_trigger_tails_a_local_jobs_log_file_in_order_to_its_last_partial_line(local_jobs, tmp_path):
@@ -74,7 +53,7 @@ async def test_the_trigger_tails_a_local_jobs_log_file_in_order_to_its_last_part
     )
     job = await LocalBackend().submit(spec)
     trigger = GpuBatchJobTrigger(job.job_id, poll_interval=0.1, backend="local")
-    trigger._log = recorder = Lines()
+    trigger._log = recorder = LineLog()
 
     async def run():
         return [e.payload async for e in trigger.run()]
