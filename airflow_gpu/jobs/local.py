@@ -29,7 +29,6 @@ state directory must be on the host that runs the jobs: pids mean nothing elsewh
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import secrets
 import shutil
