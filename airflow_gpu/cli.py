@@ -17,7 +17,7 @@ SUBCOMMANDS = {
         "airflow_gpu.provision.command",
         "create or update the AWS Batch GPU compute environment, job queue and job definition",
     ),
-    "demo": ("airflow_gpu.demo", "run the gpu_recommendations DAG end to end on this machine"),
+    "demo": ("airflow_gpu.demo.command", "run the gpu_recommendations DAG end to end on this machine"),
 }
 
 

@@ -37,7 +37,7 @@ from airflow_gpu.jobs.spec import (
     is_template,
 )
 from airflow_gpu.jobs.watcher import JobWatcher, follow_job
-from airflow_gpu.manifest import ManifestError, manifest_uri, read_manifest, summarize
+from airflow_gpu.outputs import ManifestError, manifest_uri, read_manifest, summarize
 from airflow_gpu.triggers import GpuBatchJobTrigger
 
 if TYPE_CHECKING:
@@ -161,7 +161,7 @@ class GpuBatchOperator(BaseOperator):
         when that termination arrives, the new try submits a fresh job instead of failing.
     :param stream_logs: relay the job's log lines into the task log while it runs.
     :param backend: job system: ``"aws_batch"`` (default), ``"local"`` (a process on this
-        machine, for demos and development; see :mod:`airflow_gpu.jobs.local`) or another
+        machine, for demos and development; see :mod:`airflow_gpu.jobs.local.backend`) or another
         registered backend. Templated, so a DAG param can choose it.
     :param output_uri: where the job writes its outputs (the worker's ``--output``). When set,
         success means the job also committed ``manifest.json`` there: its summary is added to

@@ -8,7 +8,7 @@ from typing import Any, AsyncIterator
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_gpu.jobs.backend import BackendTarget, JobBackend, JobState
-from airflow_gpu.jobs.logs import LogFollow, LogFollower
+from airflow_gpu.jobs.follower import LogFollow, LogFollower
 from airflow_gpu.jobs.watcher import DEFAULT_POLL_INTERVAL, JobWatch, JobWatcher, follow_job
 
 
@@ -21,7 +21,7 @@ class GpuBatchJobTrigger(BaseTrigger):
     what lets one triggerer wait for thousands of GPU jobs.
 
     With ``stream_logs``, once the job has a log stream the trigger registers it
-    with the loop's :class:`~airflow_gpu.jobs.logs.LogFollower`, which reads the
+    with the loop's :class:`~airflow_gpu.jobs.follower.LogFollower`, which reads the
     logs of all jobs in batches and writes each job's new lines into this
     trigger's log (hence the task's log) about once per poll interval. When the
     job ends, the trigger asks for one last read, waits for it at most half a

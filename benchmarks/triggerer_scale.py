@@ -342,7 +342,7 @@ def child_main(args: argparse.Namespace) -> None:
         if args.child == "ours":
             # A triggerer's loop lives on and the watcher closes its client after a grace period;
             # this loop ends now, so close the shared clients rather than leave aiohttp sessions open.
-            from airflow_gpu.jobs.logs import LogFollower
+            from airflow_gpu.jobs.follower import LogFollower
             from airflow_gpu.jobs.watcher import JobWatcher
 
             await LogFollower.close_all()

@@ -273,7 +273,7 @@ with DAG(
         """Validate the committed outputs, then (and only then) point the latest marker at this run."""
         import logging
 
-        from airflow_gpu.manifest import LATEST_FORMAT, validate
+        from airflow_gpu.outputs import LATEST_FORMAT, validate
         from airflow_gpu.objects import ObjectStore
 
         log = logging.getLogger("airflow.task")

@@ -13,14 +13,14 @@ from pathlib import Path
 
 
 def main(home: Path) -> dict:
-    from airflow_gpu import demo
+    from airflow_gpu.demo import command as demo
 
     project = demo.project_root()
     demo.configure_airflow(home, project / "dags", verbose=False)
     demo.migrate_if_needed(home, print)
 
-    from airflow_gpu.demo_s3 import DemoS3
-    from airflow_gpu.synthetic import synthetic_interactions
+    from airflow_gpu.demo.s3 import DemoS3
+    from airflow_gpu.demo.synthetic import synthetic_interactions
 
     s3 = DemoS3.start()
     try:

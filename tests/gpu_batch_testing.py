@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from airflow_gpu.jobs.aws_batch import AwsBatchBackend
+from airflow_gpu.jobs.aws.backend import AwsBatchBackend
 from airflow_gpu.jobs.backoff import RetryPolicy
 from airflow_gpu.jobs.blocking import run_blocking
 from airflow_gpu.jobs.watcher import JobWatcher

@@ -9,9 +9,9 @@ import threading
 import botocore.exceptions
 import pytest
 
-from airflow_gpu import aws_connection
-from airflow_gpu.aws_connection import resolve_aws_connection
-from airflow_gpu.jobs.aws_batch import AwsBatchBackend, batch_job_url, is_transient, log_stream_url, parse_job
+from airflow_gpu.jobs.aws import connection as aws_connection
+from airflow_gpu.jobs.aws.connection import resolve_aws_connection
+from airflow_gpu.jobs.aws.backend import AwsBatchBackend, batch_job_url, is_transient, log_stream_url, parse_job
 from airflow_gpu.jobs.backend import BackendTarget, JobState
 from airflow_gpu.jobs.spec import TAG_CANCELLED, JobSpec, JobSpecError, TaskIdentity
 from gpu_batch_testing import SECRET_KEY, aws_conn, fast_watcher, put_log_lines, submit_raw  # noqa: F401
@@ -213,7 +213,7 @@ def _within(lean, full) -> bool:
 
 
 async def test_lean_decoding_keeps_what_airflow_gpu_reads_as_botocore_parses_it(moto_aws, gpu_batch, backend, monkeypatch):
-    from airflow_gpu.jobs import aws_replies
+    from airflow_gpu.jobs.aws import replies as aws_replies
 
     decoded = []
     for key, decoder in list(aws_replies.DECODERS.items()):
@@ -261,7 +261,7 @@ async def test_lean_decoding_keeps_what_airflow_gpu_reads_as_botocore_parses_it(
 
 
 def test_a_reply_that_does_not_fit_the_schema_is_left_to_botocore():
-    from airflow_gpu.jobs.aws_replies import DECODERS, _handler
+    from airflow_gpu.jobs.aws.replies import DECODERS, _handler
 
     handler = _handler(DECODERS[("batch", "DescribeJobs")])
     odd = {"status_code": 200, "body": b'{"jobs": [{"jobId": 7, "status": "RUNNING"}]}'}

@@ -17,9 +17,9 @@ from typing import Iterator
 import pytest
 from airflow.sdk.exceptions import TaskDeferred
 
-from airflow_gpu.jobs import local_runner as records
+from airflow_gpu.jobs.local import runner as records
 from airflow_gpu.jobs.backend import BackendTarget, backend_class
-from airflow_gpu.jobs.local import STATE_DIR_ENV, LocalBackend, default_state_dir, job_record
+from airflow_gpu.jobs.local.backend import STATE_DIR_ENV, LocalBackend, default_state_dir, job_record
 from airflow_gpu.jobs.spec import JobSpec, JobSpecError, TaskIdentity
 from airflow_gpu.jobs.watcher import JobWatcher, follow_job
 from airflow_gpu.operators import JOB_ID_XCOM_KEY, GpuBatchOperator, GpuJobFailed
@@ -122,7 +122,7 @@ async def test_job_outlives_its_submitter_and_is_watched_from_another_process(st
     flag = tmp_path / "go"
     code = f"""
         import asyncio, sys
-        from airflow_gpu.jobs.local import LocalBackend
+        from airflow_gpu.jobs.local.backend import LocalBackend
         from airflow_gpu.jobs.spec import JobSpec, TaskIdentity
         command = [sys.executable, "-c", "import os, time\\nwhile not os.path.exists({str(flag)!r}): time.sleep(0.05)\\nprint('released')"]
         s = JobSpec.build(identity=TaskIdentity("dag", "train", "run-x"), job_queue="q", job_definition="d", command=command)
@@ -172,7 +172,7 @@ async def test_terminate_kills_the_whole_process_group_and_marks_it_cancelled(ba
 
 
 async def test_terminate_escalates_to_sigkill(backend, monkeypatch):
-    import airflow_gpu.jobs.local as local
+    import airflow_gpu.jobs.local.backend as local
 
     monkeypatch.setattr(local, "TERMINATE_GRACE", 0.5)
     job = await backend.submit(spec(py("""
@@ -231,7 +231,7 @@ async def test_a_record_from_an_earlier_boot_is_not_running(backend, state_dir):
 
 
 async def test_a_job_that_never_started_is_failed_after_the_grace(backend, state_dir, monkeypatch):
-    import airflow_gpu.jobs.local as local
+    import airflow_gpu.jobs.local.backend as local
 
     folder = state_dir / "0123456789ab-20260101T000000-abcdef"
     folder.mkdir(parents=True)

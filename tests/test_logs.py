@@ -10,9 +10,9 @@ import pytest
 import structlog
 from structlog.contextvars import bind_contextvars, merge_contextvars
 
-from airflow_gpu.jobs.aws_batch import AwsBatchBackend
+from airflow_gpu.jobs.aws.backend import AwsBatchBackend
 from airflow_gpu.jobs.backend import BackendTarget, JobState
-from airflow_gpu.jobs.logs import CloudWatchLogReader, LogFollower, StreamCursor
+from airflow_gpu.jobs.follower import CloudWatchLogReader, LogFollower, StreamCursor
 from airflow_gpu.jobs.watcher import JobWatcher
 from airflow_gpu.triggers import GpuBatchJobTrigger
 from gpu_batch_testing import LineLog, aws_conn, collect_events, fast_watcher, submit_raw  # noqa: F401

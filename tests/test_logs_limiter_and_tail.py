@@ -10,7 +10,7 @@ import pytest
 
 from airflow_gpu.jobs.backend import BackendTarget, JobBackend, JobState, LogChunk, register_backend
 from airflow_gpu.jobs.backoff import RateLimiter
-from airflow_gpu.jobs.logs import CursorLogReader, LogFollower
+from airflow_gpu.jobs.follower import CursorLogReader, LogFollower
 from airflow_gpu.jobs.watcher import JobWatcher
 from airflow_gpu.triggers import GpuBatchJobTrigger
 from gpu_batch_testing import LineLog

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from airflow_gpu.jobs.backend import BackendTarget
-from airflow_gpu.jobs.local import STATE_DIR_ENV, LocalBackend
-from airflow_gpu.jobs.logs import CursorLogReader, LogFollower
+from airflow_gpu.jobs.local.backend import STATE_DIR_ENV, LocalBackend
+from airflow_gpu.jobs.follower import CursorLogReader, LogFollower
 from airflow_gpu.jobs.spec import JobSpec, TaskIdentity
 from airflow_gpu.jobs.watcher import JobWatcher
 from airflow_gpu.triggers import GpuBatchJobTrigger

@@ -11,8 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from airflow_gpu import aws_connection
-from airflow_gpu.jobs.aws_batch import AwsBatchBackend
+from airflow_gpu.jobs.aws import connection as aws_connection
+from airflow_gpu.jobs.aws.backend import AwsBatchBackend
 from airflow_gpu.jobs.backend import BackendTarget
 from airflow_gpu.jobs.watcher import JobWatcher
 from airflow_gpu.triggers import GpuBatchJobTrigger
@@ -108,7 +108,7 @@ async def test_throttling_backs_off_and_every_trigger_still_succeeds(moto_aws, g
     tasks = [asyncio.create_task(collect_events(GpuBatchJobTrigger(j, poll_interval=0.1), timeout=60)) for j in job_ids]
     watcher = JobWatcher.shared(BackendTarget())
     await wait_until(lambda: watcher.cycles >= 1)
-    caplog.set_level(logging.WARNING, logger="airflow_gpu.jobs.aws_batch")
+    caplog.set_level(logging.WARNING, logger="airflow_gpu.jobs.aws.backend")
 
     moto_aws.batch.throttle(3.0)
     await wait_until(lambda: moto_aws.log.calls["describejobs:throttled"] >= 3)

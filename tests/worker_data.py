@@ -1,4 +1,4 @@
-"""Test data helpers: the synthetic generator (airflow_gpu.synthetic, shared with the demo
+"""Test data helpers: the synthetic generator (airflow_gpu.demo.synthetic, shared with the demo
 and the benchmarks), and writers that lay a table out as shards on disk or in S3.
 """
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from airflow_gpu.synthetic import synthetic_interactions  # noqa: F401  (re-exported for tests and benchmarks)
+from airflow_gpu.demo.synthetic import synthetic_interactions  # noqa: F401  (re-exported for tests and benchmarks)
 
 
 def write_shards(table: pa.Table, folder: Path, fmt: str = "parquet", objects: int = 4, **options) -> list[Path]:

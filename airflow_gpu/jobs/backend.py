@@ -151,7 +151,7 @@ class JobBackend(abc.ABC):
 
     def log_reader(self) -> Any:
         """A reader that fetches the new log lines of many jobs per call, for live streaming
-        (see :class:`airflow_gpu.jobs.logs.LogReader`); None streams job by job through
+        (see :class:`airflow_gpu.jobs.follower.LogReader`); None streams job by job through
         ``read_logs(cursor=...)``."""
         return None
 
@@ -173,8 +173,8 @@ class JobBackend(abc.ABC):
 # Built-in backends are named here so that checking ``backend=`` at DAG parse time
 # imports nothing; a module registers its class when it is imported.
 BUILTIN_BACKENDS: dict[str, str] = {
-    "aws_batch": "airflow_gpu.jobs.aws_batch",
-    "local": "airflow_gpu.jobs.local",
+    "aws_batch": "airflow_gpu.jobs.aws.backend",
+    "local": "airflow_gpu.jobs.local.backend",
 }
 _REGISTRY: dict[str, type[JobBackend]] = {}
 

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from airflow_gpu.jobs import local_runner as records
+from airflow_gpu.jobs.local import runner as records
 from airflow_gpu.jobs.backend import (
     FAILED,
     SUCCEEDED,

@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from airflow_gpu.synthetic import Synthetic, id_number
+from airflow_gpu.demo.synthetic import Synthetic, id_number
 
 
 @dataclass

@@ -8,7 +8,7 @@ job's command in a process group of its own, with stdout and stderr going to
 only after ``run.json`` exists, so a submitted job is always on record as started.
 
 It is run by path, not as a module, so it imports nothing but the standard library and
-starts in a few milliseconds. The record layout is read by ``airflow_gpu.jobs.local``.
+starts in a few milliseconds. The record layout is read by ``airflow_gpu.jobs.local.backend``.
 """
 
 from __future__ import annotations

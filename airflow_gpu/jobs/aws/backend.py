@@ -8,7 +8,7 @@ one :class:`SharedBackoff` per client instead.
 The two calls made on every poll -- DescribeJobs for up to 100 jobs,
 FilterLogEvents for up to 100 log streams -- would spend most of their client CPU
 in botocore's response parser; both clients decode those replies leanly instead
-(:mod:`airflow_gpu.jobs.aws_replies`).
+(:mod:`airflow_gpu.jobs.aws.replies`).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import aiohttp
 import botocore.config
 import botocore.exceptions
 
-from airflow_gpu.aws_connection import AwsConnection, resolve_aws_connection
+from airflow_gpu.jobs.aws.connection import AwsConnection, resolve_aws_connection
 from airflow_gpu.jobs.backend import (
     QUEUED_STATES,
     SUCCEEDED,
@@ -32,12 +32,12 @@ from airflow_gpu.jobs.backend import (
     LogChunk,
     register_backend,
 )
-from airflow_gpu.jobs.aws_replies import decode_leanly
+from airflow_gpu.jobs.aws.replies import decode_leanly
 from airflow_gpu.jobs.backoff import RateLimiter, RetryPolicy, SharedBackoff
 from airflow_gpu.jobs.spec import TAG_CANCELLED, TAG_IDEMPOTENCY_KEY, JobSpec
 
 if TYPE_CHECKING:
-    from airflow_gpu.jobs.logs import CloudWatchLogReader
+    from airflow_gpu.jobs.follower import CloudWatchLogReader
 
 log = logging.getLogger(__name__)
 
@@ -346,7 +346,7 @@ class AwsBatchBackend(JobBackend):
     def log_reader(self) -> CloudWatchLogReader:
         """Live logs read in batches of up to 100 streams per FilterLogEvents call."""
         if self._log_reader is None:
-            from airflow_gpu.jobs.logs import CloudWatchLogReader
+            from airflow_gpu.jobs.follower import CloudWatchLogReader
 
             self._log_reader = CloudWatchLogReader(self)
         return self._log_reader

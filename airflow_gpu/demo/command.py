@@ -55,7 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def project_root() -> Path:
     """The checkout holding dags/: the demo runs the project's own DAG file."""
-    here = Path(__file__).resolve().parents[1]
+    here = Path(__file__).resolve().parents[2]
     for candidate in (here, Path.cwd()):
         if (candidate / "dags" / DAG_FILE).is_file():
             return candidate
@@ -111,7 +111,7 @@ def migrate_if_needed(home: Path, say) -> None:
 
 def upload_export(s3, data_table, bucket: str, prefix: str, objects: int) -> tuple[int, int]:
     """Replace s3://bucket/prefix with a Spark-style ORC export of the table; (objects, bytes)."""
-    from airflow_gpu.synthetic import spark_export
+    from airflow_gpu.demo.synthetic import spark_export
 
     try:
         s3.create_bucket(Bucket=bucket)
@@ -133,7 +133,7 @@ def upload_export(s3, data_table, bucket: str, prefix: str, objects: int) -> tup
 
 
 def run(args: argparse.Namespace) -> int:
-    from airflow_gpu.demo_progress import elapsed_printer
+    from airflow_gpu.demo.progress import elapsed_printer
 
     started = time.monotonic()
     say = elapsed_printer(started)
@@ -145,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
     say(f"airflow-gpu demo: DAG {DAG_ID}, {args.size:,} interactions, Airflow home {home}")
     migrate_if_needed(home, say)
 
-    from airflow_gpu.demo_s3 import DemoS3
+    from airflow_gpu.demo.s3 import DemoS3
 
     s3 = DemoS3.start(args.s3_endpoint)
     progress = None
@@ -157,11 +157,11 @@ def run(args: argparse.Namespace) -> int:
         client = s3.client()
 
         stages = []
-        from airflow_gpu.demo_summary import Stage
+        from airflow_gpu.demo.summary import Stage
 
         say(f"generating {args.size:,} interactions with latent tastes and power-law popularity ...")
         t0 = time.monotonic()
-        from airflow_gpu.synthetic import generate
+        from airflow_gpu.demo.synthetic import generate
 
         data = generate(args.size, seed=args.seed)
         users = len(data.user_home)
@@ -179,8 +179,8 @@ def run(args: argparse.Namespace) -> int:
         # Fail fast: in a demo a retry only repeats the same error a minute later.
         for task in dag.tasks:
             task.retries = 0
-        from airflow_gpu.demo_progress import Progress
-        from airflow_gpu.jobs.local import default_state_dir
+        from airflow_gpu.demo.progress import Progress
+        from airflow_gpu.jobs.local.backend import default_state_dir
 
         say(f"running the DAG with dag.test(), params {json.dumps(params)}")
         progress = Progress(DAG_ID, time.time(), default_state_dir(), say)
@@ -235,7 +235,7 @@ def stop_jobs(job_ids: list[str]) -> None:
         return
     import asyncio
 
-    from airflow_gpu.jobs.local import LocalBackend
+    from airflow_gpu.jobs.local.backend import LocalBackend
 
     async def stop() -> None:
         backend = LocalBackend()
@@ -247,7 +247,7 @@ def stop_jobs(job_ids: list[str]) -> None:
 
 
 def summarize(args, say, stages, tasks, data, client, embedded: bool, dag_run, outputs_root: Path, started: float) -> None:
-    from airflow_gpu.demo_summary import (
+    from airflow_gpu.demo.summary import (
         Stage,
         copy_outputs,
         pick_users,

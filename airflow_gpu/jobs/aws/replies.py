@@ -12,7 +12,7 @@ in C, not built), and botocore is left an empty body to parse. A 234 KB reply fo
 Only successful replies are touched: errors still go through botocore's parser, so
 error codes, throttling and retries behave exactly as before. A reply that does not
 fit the schema (a type AWS changed, say) is also left to botocore. The clients that
-use this are private to :class:`~airflow_gpu.jobs.aws_batch.AwsBatchBackend`, whose
+use this are private to :class:`~airflow_gpu.jobs.aws.backend.AwsBatchBackend`, whose
 code reads only the fields listed here.
 """
 

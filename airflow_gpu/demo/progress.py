@@ -41,7 +41,7 @@ class Progress:
         self._thread.join(timeout=10)
 
     async def _run(self) -> None:
-        from airflow_gpu.jobs.local import LocalBackend
+        from airflow_gpu.jobs.local.backend import LocalBackend
 
         backend = LocalBackend(self.state_dir)
         states: dict[str, str] = {}
