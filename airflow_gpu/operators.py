@@ -434,7 +434,7 @@ class GpuBatchOperator(BaseOperator):
 
     def _manifest_summary(self, state: JobState) -> dict[str, Any]:
         """Read the manifest the job committed; a success without one is no success for its readers."""
-        from airflow_gpu.objects import ObjectStore
+        from airflow_gpu.outputs import ObjectStore
 
         store = ObjectStore(self.aws_conn_id, self.region_name)
         try:

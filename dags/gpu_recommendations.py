@@ -192,7 +192,8 @@ with DAG(
 
         from airflow.sdk import Variable
 
-        from airflow_gpu.objects import ObjectStore, is_marker
+        from airflow_gpu.contract import format_from_name, is_marker
+        from airflow_gpu.outputs import ObjectStore
 
         log = logging.getLogger("airflow.task")
         assert params is not None and run_id is not None
@@ -219,8 +220,7 @@ with DAG(
             )
         formats: dict[str, dict[str, int]] = {}
         for info in objects:
-            name = info.name.lower()
-            kind = next((f for f in ("parquet", "orc", "csv") if name.endswith(f) or f".{f}." in name), "other")
+            kind = format_from_name(info.name) or "other"
             entry = formats.setdefault(kind, {"objects": 0, "bytes": 0})
             entry["objects"] += 1
             entry["bytes"] += info.size
@@ -273,8 +273,8 @@ with DAG(
         """Validate the committed outputs, then (and only then) point the latest marker at this run."""
         import logging
 
-        from airflow_gpu.outputs import LATEST_FORMAT, validate
-        from airflow_gpu.objects import ObjectStore
+        from airflow_gpu.contract import LATEST_FORMAT, LATEST_VERSION
+        from airflow_gpu.outputs import ObjectStore, validate
 
         log = logging.getLogger("airflow.task")
         assert params is not None
@@ -294,7 +294,7 @@ with DAG(
         run_after = getattr(dag_run, "run_after", None) or datetime.now(timezone.utc)
         marker = {
             "format": LATEST_FORMAT,
-            "version": 1,
+            "version": LATEST_VERSION,
             "environment": prepared["environment"],
             "run_prefix": output_uri,
             "manifest": output_uri + "manifest.json",

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from airflow.sdk.exceptions import AirflowException
 
-from airflow_gpu.outputs import ManifestError, read_manifest, summarize, validate
-from airflow_gpu.objects import ObjectStore, is_marker
+from airflow_gpu.contract import is_marker
+from airflow_gpu.outputs import ManifestError, ObjectStore, read_manifest, summarize, validate
 from airflow_gpu.operators import GpuBatchOperator
 from airflow_gpu.demo.synthetic import spark_export, synthetic_interactions
 from gpu_batch_testing import aws_conn, fast_watcher, make_context  # noqa: F401  (fixtures)

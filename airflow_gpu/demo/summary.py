@@ -29,7 +29,7 @@ class Stage:
 
 def copy_outputs(s3, run_prefix: str, latest_uri: str, dest: Path) -> list[Path]:
     """Download the run's prefix (and the latest marker) into ``dest``; the embedded S3 dies with the demo."""
-    from airflow_gpu.objects import split_s3
+    from airflow_gpu.contract import split_s3
 
     bucket, prefix = split_s3(run_prefix)
     dest.mkdir(parents=True, exist_ok=True)

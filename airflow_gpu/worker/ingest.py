@@ -23,6 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ..contract import format_from_name
 from .errors import WorkerError
 from .matrix import Interactions, MatrixBuilder, id_value_type
 from .memory import bound_allocators
@@ -31,17 +32,6 @@ from .storage import MiB, ObjectRef, Store, _gather_all, open_store
 log = logging.getLogger("airflow_gpu.worker")
 
 FORMATS = ("auto", "parquet", "orc", "csv")
-_EXTENSIONS = {
-    ".parquet": "parquet",
-    ".parq": "parquet",
-    ".pq": "parquet",
-    ".orc": "orc",
-    ".csv": "csv",
-    ".csv.gz": "csv",
-    ".csv.bz2": "csv",
-    ".csv.zst": "csv",
-    ".txt": "csv",
-}
 _NUMBER = r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$"
 
 
@@ -90,14 +80,6 @@ class IngestStats:
 # ---------------------------------------------------------------------------------------
 # Formats
 # ---------------------------------------------------------------------------------------
-
-
-def format_from_name(name: str) -> str | None:
-    lower = name.lower()
-    for ext in sorted(_EXTENSIONS, key=len, reverse=True):
-        if lower.endswith(ext):
-            return _EXTENSIONS[ext]
-    return None
 
 
 def sniff_format(head: bytes) -> str | None:

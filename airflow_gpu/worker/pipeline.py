@@ -29,7 +29,8 @@ from .errors import WorkerError
 from .evaluate import evaluate, holdout_split
 from .ingest import Columns, IngestStats, ingest
 from .matrix import DEFAULT_ALPHA, DEFAULT_WEIGHTING, Interactions, confidence
-from .publish import MANIFEST, Publisher, new_run_id, parquet_bytes, read_manifest
+from ..contract import MANIFEST
+from .publish import Publisher, new_run_id, parquet_bytes, read_manifest
 from .recommend import long_table, similar_items, top_n
 from .report import render
 from .storage import MiB, open_store

@@ -32,13 +32,11 @@ import uuid
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ..contract import MANIFEST, MANIFEST_FORMAT, MANIFEST_VERSION, committed_manifest
 from .storage import Store
 
 log = logging.getLogger("airflow_gpu.worker")
 
-MANIFEST = "manifest.json"
-MANIFEST_FORMAT = "airflow-gpu-manifest"
-MANIFEST_VERSION = 1
 
 
 def new_run_id() -> str:
@@ -155,5 +153,4 @@ async def read_manifest(store: Store) -> dict | None:
     data = await store.read_small(MANIFEST)
     if data is None:
         return None
-    manifest = json.loads(data)
-    return manifest if manifest.get("complete") is True else None
+    return committed_manifest(data)

@@ -20,7 +20,8 @@ import time
 from pathlib import Path
 
 from .errors import WorkerError
-from .publish import MANIFEST, Publisher
+from ..contract import MANIFEST
+from .publish import Publisher
 from .storage import ObjectRef, Store, open_store
 
 log = logging.getLogger("airflow_gpu.worker")

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import AsyncIterator, Callable
 
+from ..contract import is_marker, split_s3
 from .errors import WorkerError
 
 MiB = 1024 * 1024
@@ -36,12 +37,6 @@ class ObjectRef:
     key: str  # full S3 key, or absolute local path
     name: str  # path relative to the listed root; the base name for a single object
     size: int
-
-
-def is_data_name(name: str) -> bool:
-    """Skip markers that exports leave beside their data (_SUCCESS, .crc, folder keys)."""
-    base = name.rstrip("/").rsplit("/", 1)[-1]
-    return bool(base) and not name.endswith("/") and not base.startswith(("_", "."))
 
 
 class Store(ABC):
@@ -93,20 +88,15 @@ class Store(ABC):
 # ---------------------------------------------------------------------------------------
 
 
-def split_s3_uri(uri: str) -> tuple[str, str]:
-    rest = uri[len("s3://") :]
-    bucket, _, key = rest.partition("/")
-    if not bucket:
-        raise WorkerError(f"'{uri}' names no bucket; write s3://BUCKET/PREFIX/")
-    return bucket, key
-
-
 class S3Store(Store):
     """An S3 prefix, through one aiobotocore client shared by all requests."""
 
     def __init__(self, uri: str, client, concurrency: int) -> None:
         self.uri = uri
-        self.bucket, self.prefix = split_s3_uri(uri)
+        try:
+            self.bucket, self.prefix = split_s3(uri)
+        except ValueError as exc:
+            raise WorkerError(str(exc)) from None
         self._client = client
         # One slot per request in flight; a multipart upload or ranged download takes one per part.
         self._requests = asyncio.Semaphore(max(1, concurrency))
@@ -122,7 +112,7 @@ class S3Store(Store):
             async for page in paginator.paginate(Bucket=self.bucket, Prefix=self._dir):
                 for item in page.get("Contents", ()):
                     name = item["Key"][len(self._dir) :]
-                    if is_data_name(name):
+                    if not is_marker(name):
                         refs.append(ObjectRef(item["Key"], name, int(item["Size"])))
             if not refs and self.prefix and not self.prefix.endswith("/"):
                 # The URI may name one object rather than a folder.
@@ -317,11 +307,11 @@ class LocalStore(Store):
             return []
         refs = []
         for folder, dirs, files in os.walk(self.root):
-            dirs[:] = sorted(d for d in dirs if is_data_name(d))
+            dirs[:] = sorted(d for d in dirs if not is_marker(d))
             for file in files:
                 path = Path(folder, file)
                 name = path.relative_to(self.root).as_posix()
-                if is_data_name(name):
+                if not is_marker(name):
                     refs.append(ObjectRef(str(path), name, path.stat().st_size))
         return sorted(refs, key=lambda r: r.name)
 

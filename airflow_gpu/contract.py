@@ -1,0 +1,68 @@
+"""What both wings must agree on, written once: the standard library only, importable from either.
+
+The worker (in the GPU image, without Airflow) writes outputs that the Airflow wing reads;
+the DAG describes an input prefix that the worker later ingests. Each side keeps its own
+I/O (blocking boto3 on Airflow's side, aiobotocore in the worker), but the names, versions
+and rules that the two must see alike live here, so they cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import json
+
+# The worker writes MANIFEST last under its --output prefix: the commit point. A prefix
+# without a complete manifest is absent to every reader.
+MANIFEST = "manifest.json"
+MANIFEST_FORMAT = "airflow-gpu-manifest"
+MANIFEST_VERSION = 1
+# The DAG's "latest" marker, written only after the outputs it points at validate.
+LATEST_FORMAT = "airflow-gpu-latest"
+LATEST_VERSION = 1
+
+# Input formats by file name; longest suffix first, so ".csv.gz" wins over ".gz"-less guesses.
+FORMAT_EXTENSIONS = {
+    ".parquet": "parquet",
+    ".parq": "parquet",
+    ".pq": "parquet",
+    ".orc": "orc",
+    ".csv": "csv",
+    ".csv.gz": "csv",
+    ".csv.bz2": "csv",
+    ".csv.zst": "csv",
+    ".txt": "csv",
+}
+
+
+def is_marker(name: str) -> bool:
+    """Files exports leave beside their data (_SUCCESS, .crc, folder keys): never read as data."""
+    base = name.rstrip("/").rsplit("/", 1)[-1]
+    return not base or name.endswith("/") or base.startswith(("_", "."))
+
+
+def format_from_name(name: str) -> str | None:
+    """``parquet``, ``orc`` or ``csv`` from a file name's extension, or None when it says nothing."""
+    lower = name.lower()
+    for ext in sorted(FORMAT_EXTENSIONS, key=len, reverse=True):
+        if lower.endswith(ext):
+            return FORMAT_EXTENSIONS[ext]
+    return None
+
+
+def split_s3(uri: str) -> tuple[str, str]:
+    """``s3://bucket/key`` -> (bucket, key); ValueError when no bucket is named."""
+    bucket, _, key = uri[len("s3://") :].partition("/")
+    if not bucket:
+        raise ValueError(f"'{uri}' names no bucket; write s3://BUCKET/PREFIX/")
+    return bucket, key
+
+
+def join(prefix: str, name: str) -> str:
+    return prefix.rstrip("/") + "/" + name.lstrip("/")
+
+
+def committed_manifest(data: bytes) -> dict | None:
+    """The manifest in ``data`` if it is a complete one, else None; ValueError when it is not JSON."""
+    manifest = json.loads(data)
+    if not isinstance(manifest, dict) or manifest.get("complete") is not True:
+        return None
+    return manifest
