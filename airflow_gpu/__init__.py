@@ -24,7 +24,7 @@ def get_provider_info() -> dict:
             }
         ],
         "extra-links": [
-            "airflow_gpu.operators.BatchJobLink",
-            "airflow_gpu.operators.CloudWatchLogsLink",
+            "airflow_gpu.links.BatchJobLink",
+            "airflow_gpu.links.CloudWatchLogsLink",
         ],
     }

@@ -7,37 +7,32 @@ or an error carrying the reason, exit code and last log lines.
 
 from __future__ import annotations
 
-import configparser
-import os
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
-from airflow.sdk import BaseOperator, BaseOperatorLink
+from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException
 
-from airflow_gpu.jobs.backend import SUCCEEDED, BackendTarget, JobBackend, JobState, check_backend_name
-from airflow_gpu.jobs.blocking import run_blocking
+from airflow_gpu.config import default_deferrable
+from airflow_gpu.exceptions import GpuJobFailed
+from airflow_gpu.jobs.backend import STOPPED_FOR_MAX_QUEUED, SUCCEEDED, BackendTarget, JobState, check_backend_name
+from airflow_gpu.jobs.blocking import BlockingJobs, JobView
 from airflow_gpu.jobs.spec import (
+    FIELD_CHECKS,
     TAG_CANCELLED,
     JobSpec,
     JobSpecError,
     TaskIdentity,
-    check_command,
-    check_environment,
-    check_gpus,
     check_max_queued,
-    check_memory_mib,
     check_name,
-    check_parameters,
     check_poll_interval,
     check_retry_attempts,
-    check_tags,
     check_timeout,
-    check_vcpus,
+    holds_template,
     is_template,
 )
-from airflow_gpu.jobs.watcher import JobWatcher, follow_job
-from airflow_gpu.outputs import ManifestError, manifest_uri, read_manifest, summarize
+from airflow_gpu.links import BatchJobLink, CloudWatchLogsLink
+from airflow_gpu.outputs import ManifestError, ObjectStore, manifest_uri, read_manifest, summarize
 from airflow_gpu.triggers import GpuBatchJobTrigger
 
 if TYPE_CHECKING:
@@ -46,86 +41,7 @@ if TYPE_CHECKING:
 
 #: XCom key holding the job id from the moment it is known, so a failed deferral can find the job.
 JOB_ID_XCOM_KEY = "gpu_batch_job_id"
-#: How follow_job's max_queued reason starts (jobs.watcher.queued_too_long_reason): that stop is this try's own.
-QUEUED_TOO_LONG_PREFIX = "no GPU capacity for"
-#: Log lines quoted in the error of a failed job.
-TAIL_LINES = 20
 _TRIGGER_TIMEOUT = "Trigger timeout"  # airflow's TriggerFailureReason.TRIGGER_TIMEOUT
-
-
-class GpuJobFailed(AirflowException):
-    """The GPU job did not succeed. The message names the job, its reason, exit code and last log lines."""
-
-    def __init__(self, state: JobState, log_lines: Sequence[str] = ()) -> None:
-        self.state = state
-        self.log_lines = list(log_lines)
-        name = f" ({state.name})" if state.name else ""
-        message = (
-            f"GPU job {state.job_id}{name} ended {state.status}: {state.status_reason or 'no reason given'}; "
-            f"exit code {state.exit_code if state.exit_code is not None else 'unknown'}; "
-            f"{state.attempts} attempt(s)."
-        )
-        if self.log_lines:
-            message += "\nLast log lines:\n" + "\n".join(f"  {line}" for line in self.log_lines)
-        elif state.log_stream:
-            message += f"\nLog stream: {state.log_group}/{state.log_stream}"
-        super().__init__(message)
-
-
-def default_deferrable() -> bool:
-    """True, unless the deployment deliberately sets ``[operators] default_deferrable``.
-
-    Airflow ships that option as "false", and ``airflow db migrate`` writes every
-    default into a generated airflow.cfg, so neither ``conf.getboolean(...,
-    fallback=True)`` nor "the file has the option" can tell a choice from the
-    default. A deliberate setting is one made in the environment
-    (``AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE``, ``_CMD``, ``_SECRET``) or a file
-    value that differs from Airflow's default; otherwise a GPU job defers.
-    """
-    from airflow.sdk import conf
-
-    section, key = "operators", "default_deferrable"
-    if any(os.environ.get(f"AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE{s}") for s in ("", "_CMD", "_SECRET")):
-        return conf.getboolean(section, key, fallback=True)
-    try:
-        in_file = configparser.ConfigParser.get(conf, section, key, raw=True, fallback=None)
-        shipped = conf.get_default_value(section, key)
-    except Exception:
-        return True
-    if in_file is not None and str(in_file).strip().lower() != str(shipped).strip().lower():
-        return conf.getboolean(section, key, fallback=True)
-    return True
-
-
-class _JobLink(BaseOperatorLink):
-    """Read the URL from the operator (set while it ran) or from the XCom Airflow stored for this link."""
-
-    attr: ClassVar[str]
-
-    def get_link(self, operator: BaseOperator, *, ti_key: TaskInstanceKey) -> str:
-        url = getattr(operator, self.attr, None)
-        if url:
-            return url
-        try:
-            from airflow.sdk import XCom
-
-            return XCom.get_value(ti_key=ti_key, key=self.xcom_key) or ""
-        except Exception:  # no XCom access outside a task (e.g. in tests)
-            return ""
-
-
-class BatchJobLink(_JobLink):
-    """The job's page in the AWS Batch console."""
-
-    name = "AWS Batch job"
-    attr = "_job_url"
-
-
-class CloudWatchLogsLink(_JobLink):
-    """The job's log stream in the CloudWatch console."""
-
-    name = "CloudWatch log stream"
-    attr = "_log_url"
 
 
 class GpuBatchOperator(BaseOperator):
@@ -251,24 +167,10 @@ class GpuBatchOperator(BaseOperator):
     def _check_fields(self, *, skip_templates: bool) -> None:
         """Check the templatable parameters: at DAG parse time those that are plain values,
         at run time (after rendering) all of them -- always before any call to a backend."""
-        checks = {
-            "job_queue": lambda v: check_name("job_queue", v, "Pass the Batch job queue name or ARN."),
-            "job_definition": lambda v: check_name("job_definition", v, "Pass the job definition name or ARN."),
-            "command": check_command,
-            "environment": check_environment,
-            "gpus": check_gpus,
-            "vcpus": check_vcpus,
-            "memory_mib": check_memory_mib,
-            "tags": check_tags,
-            "parameters": check_parameters,
-        }
-        for field, check in checks.items():
+        for field, check in FIELD_CHECKS.items():
             value = getattr(self, field)
-            if skip_templates and _holds_template(value):
-                continue
-            check(value)
-        if self.job_name is not None and not (skip_templates and is_template(self.job_name)):
-            check_name("job_name", self.job_name, "Pass a name or leave it out to derive one from dag and task.")
+            if not (skip_templates and holds_template(value)):
+                check(value)
         if not skip_templates:
             self.backend = check_backend_name(self.backend)
             poll = self.poll_interval
@@ -299,24 +201,31 @@ class GpuBatchOperator(BaseOperator):
         )
 
     @property
-    def target(self) -> BackendTarget:
-        return BackendTarget(backend=self.backend, conn_id=self.aws_conn_id, region_name=self.region_name)
+    def jobs(self) -> BlockingJobs:
+        """The I/O of this task, one call per step (built per use: ``backend`` is templated)."""
+        return BlockingJobs(BackendTarget(backend=self.backend, conn_id=self.aws_conn_id, region_name=self.region_name), self.log)
+
+    def _seen(self, view: JobView) -> JobView:
+        """Keep the job's id and web pages for the extra links."""
+        self._job_id = view.state.job_id
+        self._job_url = view.job_url or self._job_url
+        self._log_url = view.log_url or self._log_url
+        return view
 
     # -- execute ----------------------------------------------------------------------------------
 
     def execute(self, context: Context) -> dict[str, Any] | None:
         self._check_fields(skip_templates=False)
-        spec = self._spec(_identity(context))
-        state = run_blocking(lambda: self._submit_or_reattach(spec))
-        self._job_id = state.job_id
+        view = self._seen(self.jobs.submit_or_reattach(self._spec(_identity(context)), reattach=self.reattach))
+        state = view.state
         context["ti"].xcom_push(key=JOB_ID_XCOM_KEY, value=state.job_id)
         if state.status == SUCCEEDED:
             self.log.info("Reusing the result of job %s, which already SUCCEEDED for this task instance", state.job_id)
             return self._result(state)
         if not self.deferrable:
-            final, lines = run_blocking(lambda: self._wait_here(state.job_id))
-            return self._finish(final, lines)
-        self._defer(state.job_id, reattached=self._reattached)
+            final = self._seen(self.jobs.wait(state.job_id, poll_interval=self.poll_interval, max_queued=self.max_queued))
+            return self._finish(final.state, final.log_lines)
+        self._defer(state.job_id, reattached=view.reattached)
         return None  # not reached: defer raises
 
     def _defer(self, job_id: str, *, reattached: bool) -> None:
@@ -335,38 +244,6 @@ class GpuBatchOperator(BaseOperator):
             timeout=self.execution_timeout,
         )
 
-    async def _submit_or_reattach(self, spec: JobSpec, *, reattach: bool | None = None) -> JobState:
-        self._reattached = False
-        async with JobWatcher.shared(self.target).backend() as backend:
-            state = None
-            if self.reattach if reattach is None else reattach:
-                found = await backend.find(spec)
-                state = next((s for s in found if s.is_live), None) or next(
-                    (s for s in found if s.status == SUCCEEDED), None
-                )
-                if state is not None and state.is_live:
-                    self._reattached = True
-                    self.log.info("Reattaching to job %s (%s), already %s for this task instance", state.job_id, spec.name, state.status)
-                elif found:
-                    self.log.info("Earlier jobs for this task instance failed; submitting a new one")
-            if state is None:
-                state = await backend.submit(spec)
-                self.log.info(
-                    "Submitted job %s (%s) to %s, queue %s, %d GPU(s)", state.job_id, spec.name, backend.location, spec.queue, spec.gpus
-                )
-            self._set_urls(backend, state)
-            return state
-
-    async def _wait_here(self, job_id: str) -> tuple[JobState, list[str]]:
-        """The blocking path: the same watcher and follow logic as the trigger, in this worker."""
-        watcher = JobWatcher.shared(self.target)
-        async with watcher.watch(job_id, poll_interval=self.poll_interval, max_queued=self.max_queued) as watch:
-            final = await follow_job(watch, on_change=lambda s: self.log.info("Job %s is %s", s.job_id, s.status))
-        async with watcher.backend() as backend:
-            self._set_urls(backend, final)
-            lines = [] if final.status == SUCCEEDED else await self._tail(backend, final)
-        return final, lines
-
     def execute_complete(
         self, context: Context, event: Mapping[str, Any] | None = None, reattached: bool = False
     ) -> dict[str, Any]:
@@ -382,31 +259,22 @@ class GpuBatchOperator(BaseOperator):
                 "Job %s, which this try reattached to, was stopped for an earlier try (%s); submitting a new job",
                 state.job_id, state.status_reason,
             )
-            fresh = run_blocking(lambda: self._submit_or_reattach(self._spec(_identity(context)), reattach=False))
-            self._job_id = fresh.job_id
+            fresh = self._seen(self.jobs.submit_or_reattach(self._spec(_identity(context)), reattach=False)).state
             context["ti"].xcom_push(key=JOB_ID_XCOM_KEY, value=fresh.job_id)
             self._defer(fresh.job_id, reattached=False)
-        self._job_id = state.job_id
-        self._job_url = event.get("job_url") or self._job_url
-        self._log_url = event.get("log_url") or self._log_url
-        lines: list[str] = []
+        self._seen(JobView(state, event.get("job_url"), event.get("log_url")))
+        lines: Sequence[str] = ()
         if state.status != SUCCEEDED:
-            lines = self._tail_blocking(state)
+            lines = self._seen(self.jobs.tail(state)).log_lines
         return self._finish(state, lines)
 
     def _stopped_for_an_earlier_try(self, state: JobState) -> bool:
         """Did airflow-gpu itself terminate the job (it carries the cancelled mark), and not for
         max_queued (which this try's own trigger enforces)? Then an earlier try's on_kill did."""
-        if state.status_reason and state.status_reason.startswith(QUEUED_TOO_LONG_PREFIX):
+        if state.stopped_for == STOPPED_FOR_MAX_QUEUED:
             return False
-
-        async def describe() -> JobState | None:
-            async with JobWatcher.shared(self.target).backend() as backend:
-                found = await backend.describe([state.job_id])
-                return found[0] if found else None
-
         try:
-            current = run_blocking(describe, timeout=60)
+            current = self.jobs.describe(state.job_id, timeout=60)
         except Exception as exc:
             self.log.warning("Could not describe job %s to tell why it stopped: %s", state.job_id, exc)
             return False
@@ -434,8 +302,6 @@ class GpuBatchOperator(BaseOperator):
 
     def _manifest_summary(self, state: JobState) -> dict[str, Any]:
         """Read the manifest the job committed; a success without one is no success for its readers."""
-        from airflow_gpu.outputs import ObjectStore
-
         store = ObjectStore(self.aws_conn_id, self.region_name)
         try:
             manifest = read_manifest(store, self.output_uri)
@@ -449,34 +315,6 @@ class GpuBatchOperator(BaseOperator):
         summary = summarize(manifest, self.output_uri)
         self.log.info("Job %s committed run %s at %s", state.job_id, summary["run_id"], summary["manifest_uri"])
         return summary
-
-    # -- logs and links ---------------------------------------------------------------------------
-
-    def _set_urls(self, backend: JobBackend, state: JobState) -> None:
-        self._job_url = backend.job_url(state.job_id) or self._job_url
-        self._log_url = backend.log_url(state) or self._log_url
-
-    async def _tail(self, backend: JobBackend, state: JobState) -> list[str]:
-        try:
-            return (await backend.read_logs(state, tail=TAIL_LINES)).lines
-        except Exception as exc:  # the failure matters more than its log
-            self.log.warning("Could not read the last log lines of job %s: %s", state.job_id, exc)
-            return []
-
-    def _tail_blocking(self, state: JobState) -> list[str]:
-        if not state.log_stream:
-            return []
-
-        async def tail() -> list[str]:
-            async with JobWatcher.shared(self.target).backend() as backend:
-                self._set_urls(backend, state)
-                return await self._tail(backend, state)
-
-        try:
-            return run_blocking(tail, timeout=60)
-        except Exception as exc:
-            self.log.warning("Could not read the last log lines of job %s: %s", state.job_id, exc)
-            return []
 
     # -- cancellation -----------------------------------------------------------------------------
 
@@ -497,19 +335,9 @@ class GpuBatchOperator(BaseOperator):
         reason = f"Airflow task {identity.describe()} {why}"
         ti = context["ti"]
         job_id = ti.xcom_pull(task_ids=ti.task_id, key=JOB_ID_XCOM_KEY, map_indexes=ti.map_index)
-
-        async def terminate() -> str | None:
-            async with JobWatcher.shared(self.target).backend() as backend:
-                target_id = job_id
-                if not target_id:  # the XCom is gone: find the job by its idempotency key
-                    live = [s for s in await backend.find(self._spec(identity)) if s.is_live]
-                    target_id = live[0].job_id if live else None
-                if target_id:
-                    await backend.terminate(target_id, reason)
-                return target_id
-
         try:
-            terminated = run_blocking(terminate, timeout=120)
+            # Without the XCom, the job is found by its idempotency key.
+            terminated = self.jobs.terminate(job_id, reason, find=None if job_id else self._spec(identity), timeout=120)
         except Exception as exc:
             self.log.error("Could not terminate the GPU job after the deferral failed: %s", exc)
             return
@@ -522,13 +350,8 @@ class GpuBatchOperator(BaseOperator):
         if not job_id:
             return
         reason = f"Airflow task {self.dag_id}.{self.task_id} was killed"
-
-        async def terminate() -> None:
-            async with JobWatcher.shared(self.target).backend() as backend:
-                await backend.terminate(job_id, reason)
-
         try:
-            run_blocking(terminate, in_thread=True, timeout=60)
+            self.jobs.terminate(job_id, reason, in_thread=True, timeout=60)
         except Exception as exc:
             self.log.error("Could not terminate job %s: %s", job_id, exc)
 
@@ -539,14 +362,4 @@ def _identity(context: Context) -> TaskIdentity:
     return TaskIdentity(ti.dag_id, ti.task_id, ti.run_id, -1 if map_index is None else int(map_index))
 
 
-def _holds_template(value: Any) -> bool:
-    if is_template(value):
-        return True
-    if isinstance(value, Mapping):
-        return any(is_template(k) or is_template(v) for k, v in value.items())
-    if isinstance(value, (list, tuple)):
-        return any(is_template(v) for v in value)
-    return False
-
-
-__all__ = ["GpuBatchOperator", "BatchJobLink", "CloudWatchLogsLink", "GpuJobFailed", "JobSpecError", "JOB_ID_XCOM_KEY"]
+__all__ = ["GpuBatchOperator", "JOB_ID_XCOM_KEY"]

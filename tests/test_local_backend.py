@@ -22,7 +22,8 @@ from airflow_gpu.jobs.backend import BackendTarget, backend_class
 from airflow_gpu.jobs.local.backend import STATE_DIR_ENV, LocalBackend, default_state_dir, job_record
 from airflow_gpu.jobs.spec import JobSpec, JobSpecError, TaskIdentity
 from airflow_gpu.jobs.watcher import JobWatcher, follow_job
-from airflow_gpu.operators import JOB_ID_XCOM_KEY, GpuBatchOperator, GpuJobFailed
+from airflow_gpu.exceptions import GpuJobFailed
+from airflow_gpu.operators import JOB_ID_XCOM_KEY, GpuBatchOperator
 from gpu_batch_testing import FakeTaskInstance, fire, make_context
 from local_jobs_testing import kill_leftover_local_jobs
 
@@ -363,8 +364,18 @@ def test_a_reattached_job_that_fails_on_its_own_still_fails_the_task(state_dir, 
     assert "boom" in str(failed.value)  # the last log lines, read through the backend
 
 
-def test_the_max_queued_reason_is_recognised_as_the_trys_own():
-    from airflow_gpu.jobs.watcher import queued_too_long_reason
-    from airflow_gpu.operators import QUEUED_TOO_LONG_PREFIX
+def test_a_max_queued_stop_is_recognised_as_the_trys_own_by_its_event_field(monkeypatch):
+    """The event says the try's own follow_job stopped the job (a field, whatever the reason's words),
+    so a reattached try fails with it instead of asking the backend whose stop it was."""
+    from airflow_gpu.jobs.backend import STOPPED_FOR_MAX_QUEUED, JobState
+    from airflow_gpu.jobs.blocking import BlockingJobs
 
-    assert queued_too_long_reason(75.0, "RUNNABLE", 60).startswith(QUEUED_TOO_LONG_PREFIX)
+    event = JobState("job-1", "FAILED", status_reason="reworded", stopped_for=STOPPED_FOR_MAX_QUEUED).as_event()
+    state = JobState.from_event(event)
+    assert state.stopped_for == STOPPED_FOR_MAX_QUEUED
+
+    def must_not_describe(*args, **kwargs):
+        raise AssertionError("a max_queued stop is told from the event, not from the backend")
+
+    monkeypatch.setattr(BlockingJobs, "describe", must_not_describe)
+    assert local_operator(["true"])._stopped_for_an_earlier_try(state) is False

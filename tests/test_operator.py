@@ -13,13 +13,9 @@ import pytest
 from airflow.sdk.exceptions import TaskDeferralTimeout, TaskDeferred
 
 from airflow_gpu.jobs.spec import TAG_CANCELLED, TAG_IDEMPOTENCY_KEY, JobSpecError, TaskIdentity
-from airflow_gpu.operators import (
-    JOB_ID_XCOM_KEY,
-    BatchJobLink,
-    CloudWatchLogsLink,
-    GpuBatchOperator,
-    GpuJobFailed,
-)
+from airflow_gpu.exceptions import GpuJobFailed
+from airflow_gpu.links import BatchJobLink, CloudWatchLogsLink
+from airflow_gpu.operators import JOB_ID_XCOM_KEY, GpuBatchOperator
 from airflow_gpu.triggers import GpuBatchJobTrigger
 from gpu_batch_testing import (  # noqa: F401  (fixtures)
     RUN_ID,
@@ -277,6 +273,7 @@ def test_max_queued_terminates_a_job_stuck_waiting_for_gpus(moto_aws, gpu_batch,
     event = fire(deferred.trigger)
     assert event["status"] == "FAILED"
     assert event["status_reason"].startswith("no GPU capacity for ")
+    assert event["stopped_for"] == "max_queued"
     assert [j for j, _ in moto_aws.log.terminated] == [deferred.trigger.job_id]
     with pytest.raises(GpuJobFailed, match="no GPU capacity"):
         operator(gpu_batch).execute_complete(context, event)
@@ -338,7 +335,7 @@ def test_a_generated_airflow_cfg_does_not_turn_deferral_off(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
     env["AIRFLOW_HOME"] = str(home)
     code = (
-        "import os; from airflow_gpu.operators import default_deferrable as d; a = d(); "
+        "import os; from airflow_gpu.config import default_deferrable as d; a = d(); "
         "os.environ['AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE'] = 'false'; print(a, d())"
     )
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=180)

@@ -38,7 +38,7 @@ def test_airflow_providers_list_shows_airflow_gpu(tmp_path):
 def test_airflow_registers_our_extra_links(tmp_path):
     rows = json_rows(airflow_cli(tmp_path, "providers", "links", "-o", "json"))
     names = {r["extra_link_class_name"] for r in rows}
-    assert {"airflow_gpu.operators.BatchJobLink", "airflow_gpu.operators.CloudWatchLogsLink"} <= names
+    assert {"airflow_gpu.links.BatchJobLink", "airflow_gpu.links.CloudWatchLogsLink"} <= names
 
 
 def test_provider_info_points_at_importable_classes():

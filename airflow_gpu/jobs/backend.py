@@ -22,6 +22,8 @@ FAILED = "FAILED"
 TERMINAL_STATES = frozenset({SUCCEEDED, FAILED})
 # Not a Batch status: the backend has no job with this id (wrong id, region or account, or long expired).
 UNKNOWN = "UNKNOWN"
+# JobState.stopped_for when airflow-gpu's own follow_job terminated a job that queued past max_queued.
+STOPPED_FOR_MAX_QUEUED = "max_queued"
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,14 +42,13 @@ class JobState:
     # the last attempt for a retried job); drives ``max_queued``.
     queued_since: float | None = None
     tags: Mapping[str, str] = field(default_factory=dict)
+    # Why airflow-gpu itself stopped the job, when it did (STOPPED_FOR_MAX_QUEUED); None otherwise.
+    # A field rather than a phrase in status_reason, so the operator never parses a message.
+    stopped_for: str | None = None
 
     @property
     def is_terminal(self) -> bool:
         return self.status in TERMINAL_STATES or self.status == UNKNOWN
-
-    @property
-    def is_queued(self) -> bool:
-        return self.status in QUEUED_STATES
 
     @property
     def is_live(self) -> bool:
@@ -64,6 +65,7 @@ class JobState:
             "attempts": self.attempts,
             "log_stream": self.log_stream,
             "log_group": self.log_group,
+            "stopped_for": self.stopped_for,
         }
 
     @classmethod
@@ -77,6 +79,7 @@ class JobState:
             attempts=event.get("attempts") or 0,
             log_stream=event.get("log_stream"),
             log_group=event.get("log_group"),
+            stopped_for=event.get("stopped_for"),
         )
 
 

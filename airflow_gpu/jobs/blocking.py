@@ -1,20 +1,27 @@
-"""Run the async job machinery from a blocking worker, on a short-lived event loop.
+"""The synchronous facade the operator (and a terminal) calls, as a provider's operator calls its hook.
 
-The operator's worker side (submit, reattach, the non-deferrable wait, on_kill,
-the log tail on failure) uses the same backend and watcher as the triggerer, so
-both paths behave alike. Each call gets its own loop and closes that loop's
-watchers (and so its clients) before returning: nothing outlives the call.
+Each method is one I/O step on the same backend and watcher the triggerer uses, so both
+paths behave alike: submit or reattach, wait, read a log's tail, describe, terminate.
+Each runs on a short-lived event loop of its own and closes that loop's watchers (and so
+its clients) before returning: nothing outlives the call.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
+from dataclasses import dataclass
 from typing import Awaitable, Callable, TypeVar
 
-from airflow_gpu.jobs.watcher import JobWatcher
+from airflow_gpu.jobs.backend import SUCCEEDED, BackendTarget, JobBackend, JobState
+from airflow_gpu.jobs.spec import JobSpec
+from airflow_gpu.jobs.watcher import JobWatcher, follow_job
 
 T = TypeVar("T")
+
+#: Log lines quoted in the error of a failed job.
+TAIL_LINES = 20
 
 
 def run_blocking(fn: Callable[[], Awaitable[T]], *, in_thread: bool = False, timeout: float | None = None) -> T:
@@ -55,3 +62,118 @@ def run_blocking(fn: Callable[[], Awaitable[T]], *, in_thread: bool = False, tim
     if "error" in outcome:
         raise outcome["error"]  # type: ignore[misc]
     return outcome["result"]  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class JobView:
+    """A job as one call left it: its state, its web pages, and (for a failure) its last log lines."""
+
+    state: JobState
+    job_url: str | None = None
+    log_url: str | None = None
+    reattached: bool = False
+    log_lines: tuple[str, ...] = ()
+
+
+class BlockingJobs:
+    """One backend target, reached synchronously. ``log`` is the caller's logger (the task log)."""
+
+    def __init__(self, target: BackendTarget, log: logging.Logger) -> None:
+        self.target = target
+        self.log = log
+
+    def _view(self, backend: JobBackend, state: JobState, **more) -> JobView:
+        return JobView(state, backend.job_url(state.job_id), backend.log_url(state), **more)
+
+    def submit_or_reattach(self, spec: JobSpec, *, reattach: bool) -> JobView:
+        """This task instance's live or succeeded job when ``reattach`` finds one; else a new job."""
+
+        async def call() -> JobView:
+            async with JobWatcher.shared(self.target).backend() as backend:
+                state, reattached = None, False
+                if reattach:
+                    found = await backend.find(spec)
+                    state = next((s for s in found if s.is_live), None) or next(
+                        (s for s in found if s.status == SUCCEEDED), None
+                    )
+                    if state is not None and state.is_live:
+                        reattached = True
+                        self.log.info(
+                            "Reattaching to job %s (%s), already %s for this task instance", state.job_id, spec.name, state.status
+                        )
+                    elif found:
+                        self.log.info("Earlier jobs for this task instance failed; submitting a new one")
+                if state is None:
+                    state = await backend.submit(spec)
+                    self.log.info(
+                        "Submitted job %s (%s) to %s, queue %s, %d GPU(s)",
+                        state.job_id, spec.name, backend.location, spec.queue, spec.gpus,
+                    )
+                return self._view(backend, state, reattached=reattached)
+
+        return run_blocking(call)
+
+    def wait(self, job_id: str, *, poll_interval: float, max_queued: float | None) -> JobView:
+        """Follow the job here, as the trigger would, to its final state (with the log's tail on failure)."""
+
+        async def call() -> JobView:
+            watcher = JobWatcher.shared(self.target)
+            async with watcher.watch(job_id, poll_interval=poll_interval, max_queued=max_queued) as watch:
+                final = await follow_job(watch, on_change=lambda s: self.log.info("Job %s is %s", s.job_id, s.status))
+            async with watcher.backend() as backend:
+                lines = () if final.status == SUCCEEDED else await self._tail(backend, final)
+                return self._view(backend, final, log_lines=lines)
+
+        return run_blocking(call)
+
+    def tail(self, state: JobState) -> JobView:
+        """The job's last log lines; none (with a warning) when the log cannot be read."""
+        if not state.log_stream:
+            return JobView(state)
+
+        async def call() -> JobView:
+            async with JobWatcher.shared(self.target).backend() as backend:
+                return self._view(backend, state, log_lines=await self._tail(backend, state))
+
+        try:
+            return run_blocking(call, timeout=60)
+        except Exception as exc:
+            self.log.warning("Could not read the last log lines of job %s: %s", state.job_id, exc)
+            return JobView(state)
+
+    async def _tail(self, backend: JobBackend, state: JobState) -> tuple[str, ...]:
+        try:
+            return tuple((await backend.read_logs(state, tail=TAIL_LINES)).lines)
+        except Exception as exc:  # the failure matters more than its log
+            self.log.warning("Could not read the last log lines of job %s: %s", state.job_id, exc)
+            return ()
+
+    def describe(self, job_id: str, *, timeout: float = 60) -> JobState | None:
+        """The job's current state, or None when the backend does not know it."""
+
+        async def call() -> JobState | None:
+            async with JobWatcher.shared(self.target).backend() as backend:
+                found = await backend.describe([job_id])
+                return found[0] if found else None
+
+        return run_blocking(call, timeout=timeout)
+
+    def terminate(self, job_id: str | None, reason: str, *, find: JobSpec | None = None,
+                  in_thread: bool = False, timeout: float = 60) -> str | None:
+        """Stop ``job_id`` (or, without one, the live job ``find`` identifies); the id stopped, or None.
+
+        ``in_thread=True`` for ``on_kill``, which may run in a signal handler while this
+        thread's own loop is suspended.
+        """
+
+        async def call() -> str | None:
+            async with JobWatcher.shared(self.target).backend() as backend:
+                target_id = job_id
+                if not target_id and find is not None:  # the job id is lost: find it by its idempotency key
+                    live = [s for s in await backend.find(find) if s.is_live]
+                    target_id = live[0].job_id if live else None
+                if target_id:
+                    await backend.terminate(target_id, reason)
+                return target_id
+
+        return run_blocking(call, in_thread=in_thread, timeout=timeout)

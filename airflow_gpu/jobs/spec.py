@@ -13,7 +13,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 # AWS Batch limits (SubmitJob and TagResource API references).
 MAX_JOB_NAME = 128
@@ -261,6 +261,37 @@ def check_name(param: str, value: Any, hint: str) -> str:
     return value.strip()
 
 
+def check_job_name(value: Any) -> str | None:
+    return None if value is None else check_name("job_name", value, "Pass a name or leave it out to derive one from dag and task.")
+
+
+#: One check (and so one hint) per JobSpec parameter that a task may template: JobSpec.build
+#: runs them, and the operator runs the same ones at DAG parse time on the values already plain.
+FIELD_CHECKS: dict[str, Callable[[Any], Any]] = {
+    "job_queue": lambda v: check_name("job_queue", v, "Pass the Batch job queue name or ARN."),
+    "job_definition": lambda v: check_name("job_definition", v, "Pass the job definition name, name:revision or ARN."),
+    "job_name": check_job_name,
+    "command": check_command,
+    "environment": check_environment,
+    "gpus": check_gpus,
+    "vcpus": check_vcpus,
+    "memory_mib": check_memory_mib,
+    "tags": check_tags,
+    "parameters": check_parameters,
+}
+
+
+def holds_template(value: Any) -> bool:
+    """A value, or a list's or mapping's member, that Airflow will still render."""
+    if is_template(value):
+        return True
+    if isinstance(value, Mapping):
+        return any(is_template(k) or is_template(v) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return any(is_template(v) for v in value)
+    return False
+
+
 # -- the spec -----------------------------------------------------------------------------------
 
 
@@ -300,24 +331,23 @@ class JobSpec:
         retry_attempts: Any = 3,
         timeout: Any = None,
     ) -> JobSpec:
-        queue = check_name("job_queue", job_queue, "Pass the Batch job queue name or ARN.")
-        definition = check_name("job_definition", job_definition, "Pass the job definition name, name:revision or ARN.")
-        base = f"{identity.dag_id}-{identity.task_id}"
-        if job_name is not None:
-            base = check_name("job_name", job_name, "Pass a name or leave it out to derive one from dag and task.")
-        user_tags = check_tags(tags)
+        c = FIELD_CHECKS
+        queue = c["job_queue"](job_queue)
+        definition = c["job_definition"](job_definition)
+        base = c["job_name"](job_name) or f"{identity.dag_id}-{identity.task_id}"
+        user_tags = c["tags"](tags)
         return cls(
             name=job_name_for(base, identity),
             queue=queue,
             definition=definition,
             identity=identity,
-            command=check_command(command),
-            environment=check_environment(environment),
-            gpus=check_gpus(gpus),
-            vcpus=check_vcpus(vcpus),
-            memory_mib=check_memory_mib(memory_mib),
+            command=c["command"](command),
+            environment=c["environment"](environment),
+            gpus=c["gpus"](gpus),
+            vcpus=c["vcpus"](vcpus),
+            memory_mib=c["memory_mib"](memory_mib),
             tags={**user_tags, **identity.tags()},
-            parameters=check_parameters(parameters),
+            parameters=c["parameters"](parameters),
             retry_attempts=check_retry_attempts(retry_attempts),
             timeout_s=check_timeout(timeout),
         )

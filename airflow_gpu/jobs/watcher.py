@@ -43,7 +43,7 @@ from collections import Counter
 from dataclasses import replace
 from typing import Any, AsyncIterator, Callable, ClassVar, Coroutine, Sequence
 
-from airflow_gpu.jobs.backend import FAILED, UNKNOWN, BackendTarget, JobBackend, JobState, backend_class
+from airflow_gpu.jobs.backend import FAILED, STOPPED_FOR_MAX_QUEUED, UNKNOWN, BackendTarget, JobBackend, JobState, backend_class
 
 log = logging.getLogger(__name__)
 
@@ -451,7 +451,7 @@ async def follow_job(watch: JobWatch, *, on_change: Callable[[JobState], None] |
             reason = queued_too_long_reason(watch.queued_for, state.status, watch.max_queued)
             async with watch.watcher.backend() as backend:
                 await backend.terminate(watch.job_id, reason)
-            return replace(state, status=FAILED, status_reason=reason, exit_code=None)
+            return replace(state, status=FAILED, status_reason=reason, exit_code=None, stopped_for=STOPPED_FOR_MAX_QUEUED)
         if on_change is not None:
             on_change(state)
         if state.is_terminal:
