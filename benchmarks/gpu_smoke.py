@@ -26,7 +26,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 
 checks: list[tuple[str, bool, str]] = []
@@ -63,7 +62,7 @@ def main() -> int:
     from airflow_gpu.worker.ingest import Columns
     from airflow_gpu.worker.pipeline import AlsConfig, run_als
     from airflow_gpu.worker.train import TrainParams
-    from worker_data import synthetic_interactions, write_shards
+    from airflow_gpu.demo.synthetic import synthetic_interactions, write_shards
 
     print("1. device")
     has_cuda = train._gpu_als_class() is not None

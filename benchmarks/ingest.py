@@ -33,7 +33,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 
 BUCKET = "bench"
@@ -190,7 +189,7 @@ def upload_dataset(endpoint: str, objects: int, rows: int) -> tuple[int, float]:
     import boto3
     import numpy as np
     import pyarrow.parquet as pq
-    from worker_data import synthetic_interactions
+    from airflow_gpu.demo.synthetic import synthetic_interactions
 
     started = time.perf_counter()
     table = synthetic_interactions(rows, seed=7)

@@ -8,7 +8,7 @@ vectorised call, sorted by (user, item) so repeats can be summed, and copied int
 final ``indices`` and ``data`` arrays. Memory is the final CSR (int32 indices, float32
 values: 8 bytes per interaction) plus one block.
 
-The shape follows tests/worker_data.py, the generator the worker's own tests use: user
+The shape follows airflow_gpu/demo/synthetic.py, the generator the worker's own tests use: user
 activity is log-normal; each item belongs to one of ``genres`` genres and has Zipf
 popularity (exponent 1) both overall and inside its genre; 75% of a user's interactions
 come from their two favourite genres and the rest from overall popularity. Zipf ranks

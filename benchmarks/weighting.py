@@ -33,9 +33,8 @@ import pyarrow as pa
 import scipy.sparse
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from worker_data import synthetic_interactions  # noqa: E402
+from airflow_gpu.demo.synthetic import synthetic_interactions  # noqa: E402
 
 from airflow_gpu.worker.evaluate import evaluate, holdout_split  # noqa: E402
 from airflow_gpu.worker.matrix import build_interactions, confidence  # noqa: E402

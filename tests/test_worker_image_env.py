@@ -16,7 +16,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from worker_data import synthetic_interactions, write_shards
+
+from airflow_gpu.demo.synthetic import synthetic_interactions, write_shards
 
 ROOT = Path(__file__).resolve().parents[1]
 OFFLINE_HINTS = ("failed to fetch", "dns error", "connection refused", "could not connect", "network is unreachable",

@@ -13,8 +13,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from worker_data import synthetic_interactions, write_shards
 
+from airflow_gpu.demo.synthetic import synthetic_interactions, write_shards
 from airflow_gpu.worker import storage
 from airflow_gpu.worker.__main__ import main
 from airflow_gpu.worker.ingest import Columns

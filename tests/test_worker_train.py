@@ -314,7 +314,7 @@ def test_cli_regularization_is_auto_or_a_number(capsys):
 def test_pipeline_records_the_trained_regularization_and_keeps_the_callback_out_of_its_files(tmp_path):
     import json
 
-    from worker_data import synthetic_interactions, write_shards
+    from airflow_gpu.demo.synthetic import synthetic_interactions, write_shards
 
     from airflow_gpu.worker.ingest import Columns
     from airflow_gpu.worker.pipeline import AlsConfig, run_als

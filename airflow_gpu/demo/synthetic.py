@@ -20,6 +20,7 @@ from __future__ import annotations
 import io
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterator
 
 import numpy as np
@@ -156,3 +157,27 @@ def spark_export(table: pa.Table, objects: int = 8) -> Iterator[tuple[str, bytes
         orc.write_table(table.slice(start, end - start), sink, compression="snappy")
         yield f"part-{n:05d}-{write_id}-c000.snappy.orc", sink.getvalue()
     yield SUCCESS_MARKER, b""
+
+
+def write_shards(table: pa.Table, folder: Path, fmt: str = "parquet", objects: int = 4, **options) -> list[Path]:
+    """Split ``table`` into ``objects`` files of ``fmt`` under ``folder`` (a Spark-like export on disk)."""
+    import pyarrow.csv as pacsv
+    import pyarrow.orc as orc
+    import pyarrow.parquet as pq
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    bounds = np.linspace(0, table.num_rows, objects + 1).astype(int)
+    for n, (start, end) in enumerate(zip(bounds[:-1], bounds[1:])):
+        part = table.slice(start, end - start)
+        path = folder / f"part-{n:05d}.{fmt}"
+        if fmt == "parquet":
+            pq.write_table(part, path, **options)
+        elif fmt == "orc":
+            orc.write_table(part, path, **options)
+        elif fmt == "csv":
+            pacsv.write_csv(part, path, **options)
+        else:
+            raise ValueError(fmt)
+        paths.append(path)
+    return paths
