@@ -9,7 +9,8 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_gpu.jobs.backend import BackendTarget, JobBackend, JobState
 from airflow_gpu.jobs.follower import LogFollow, LogFollower
-from airflow_gpu.jobs.watcher import DEFAULT_POLL_INTERVAL, JobWatch, JobWatcher, follow_job
+from airflow_gpu.jobs.shared import DEFAULT_POLL_INTERVAL
+from airflow_gpu.jobs.watcher import JobWatch, JobWatcher, follow_job
 
 
 class GpuBatchJobTrigger(BaseTrigger):

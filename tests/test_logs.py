@@ -12,7 +12,8 @@ from structlog.contextvars import bind_contextvars, merge_contextvars
 
 from airflow_gpu.jobs.aws.backend import AwsBatchBackend
 from airflow_gpu.jobs.backend import BackendTarget, JobState
-from airflow_gpu.jobs.follower import CloudWatchLogReader, LogFollower, StreamCursor
+from airflow_gpu.jobs.aws.cloudwatch import CloudWatchLogReader, StreamCursor
+from airflow_gpu.jobs.follower import LogFollower
 from airflow_gpu.jobs.watcher import JobWatcher
 from airflow_gpu.triggers import GpuBatchJobTrigger
 from gpu_batch_testing import LineLog, aws_conn, collect_events, fast_watcher, submit_raw  # noqa: F401

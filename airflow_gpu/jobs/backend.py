@@ -11,9 +11,12 @@ from __future__ import annotations
 import abc
 import importlib
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Protocol, Sequence
 
 from airflow_gpu.jobs.spec import JobSpec, JobSpecError
+
+if TYPE_CHECKING:  # for the LogReader protocol's signatures only
+    from airflow_gpu.jobs.follower import LogFollow
 
 QUEUED_STATES = frozenset({"SUBMITTED", "PENDING", "RUNNABLE", "STARTING"})
 LIVE_STATES = QUEUED_STATES | {"RUNNING"}
@@ -100,6 +103,20 @@ class LogChunk:
     cursor: str | None = None
 
 
+class LogReader(Protocol):
+    """Reads the new lines of many follows and delivers them through :meth:`LogFollow.deliver`."""
+
+    async def read(self, follows: Sequence[LogFollow], *, urgent: bool = False) -> None: ...
+
+    def needs_last_read(self, follow: LogFollow) -> bool:
+        """Whether the follow's log is somewhere this reader reads (else there is nothing to wait for)."""
+        ...
+
+    def capacity(self, seconds: float) -> int:
+        """How many follows urgent reads could serve within ``seconds``, given the rate limit."""
+        ...
+
+
 class JobBackend(abc.ABC):
     """How jobs are submitted, found, described, terminated and read, for one job system.
 
@@ -110,7 +127,7 @@ class JobBackend(abc.ABC):
 
     #: The name users pass as ``backend=``.
     name: ClassVar[str]
-    #: The most job ids ``describe`` accepts per call.
+    #: The most job ids ``describe`` accepts per call (AWS Batch's DescribeJobs limit by default).
     describe_batch_size: ClassVar[int] = 100
 
     @classmethod
@@ -152,10 +169,9 @@ class JobBackend(abc.ABC):
         log stream that does not exist yet, gives an empty chunk, never an error.
         """
 
-    def log_reader(self) -> Any:
-        """A reader that fetches the new log lines of many jobs per call, for live streaming
-        (see :class:`airflow_gpu.jobs.follower.LogReader`); None streams job by job through
-        ``read_logs(cursor=...)``."""
+    def log_reader(self) -> LogReader | None:
+        """A reader that fetches the new log lines of many jobs per call, for live streaming;
+        None streams job by job through ``read_logs(cursor=...)``."""
         return None
 
     def job_url(self, job_id: str) -> str | None:

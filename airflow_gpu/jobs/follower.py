@@ -9,7 +9,7 @@ FilterLogEvents only about 5 times a second per account and region. So, like the
 
 * every poll interval (the smallest any follow asked for, start to start) it
   sweeps all followed streams through the backend's :class:`LogReader` -- for
-  AWS Batch, :class:`CloudWatchLogReader`: FilterLogEvents for up to 100 streams
+  AWS Batch, :class:`~airflow_gpu.jobs.aws.cloudwatch.CloudWatchLogReader`: FilterLogEvents for up to 100 streams
   of one log group per call, paced by one rate limiter per connection, so with
   many jobs the sweep takes longer (lines arrive later) instead of failing;
 * it hands each follow its new lines in order, once, through the follow's sink,
@@ -39,15 +39,12 @@ import asyncio
 import contextlib
 import contextvars
 import logging
-import time
 import weakref
-from collections import Counter
-from typing import Any, Callable, ClassVar, Protocol, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
-import botocore.exceptions
-
-from airflow_gpu.jobs.backend import BackendTarget, JobBackend, JobState
-from airflow_gpu.jobs.watcher import JobWatcher, detached_task
+from airflow_gpu.jobs.backend import BackendTarget, JobBackend, JobState, LogReader
+from airflow_gpu.jobs.shared import DEFAULT_POLL_INTERVAL, Cadence, PerLoop, detached_task, gather_then_raise
+from airflow_gpu.jobs.watcher import JobWatcher
 
 log = logging.getLogger(__name__)
 
@@ -55,90 +52,7 @@ log = logging.getLogger(__name__)
 LineSink = Callable[[list[str]], None]
 
 
-class LogReader(Protocol):
-    """Reads the new lines of many follows and delivers them through :meth:`LogFollow.deliver`."""
-
-    async def read(self, follows: Sequence[LogFollow], *, urgent: bool = False) -> None: ...
-
-    def needs_last_read(self, follow: LogFollow) -> bool:
-        """Whether the follow's log is somewhere this reader reads (else there is nothing to wait for)."""
-        ...
-
-    def capacity(self, seconds: float) -> int:
-        """How many follows urgent reads could serve within ``seconds``, given the rate limit."""
-        ...
-
-
 # -- one follow ------------------------------------------------------------------------------------
-
-
-class StreamCursor:
-    """How far one CloudWatch log stream has been read, robust to what FilterLogEvents does.
-
-    FilterLogEvents interleaves the events of many streams by timestamp, pages with
-    ``nextToken``, can put many events on one millisecond, and is eventually
-    consistent: an event may become visible a few seconds after events with later
-    timestamps were returned. A plain "last timestamp" cursor would then skip it
-    (or, re-reading from that timestamp, repeat the events on it). So the cursor is:
-
-    * ``mark``: a time (ms) up to which the stream has been read: the end of the
-      last range read to its last page, or -- for a range cut short after some
-      pages -- the last timestamp returned (results are sorted by timestamp, so
-      everything before it in the range was on the pages read; ``partial`` is then
-      set and the next read resumes exactly there);
-    * ``seen``: the ids of delivered events whose timestamps are within ``late_ms``
-      below the mark.
-
-    After a complete read, the next one starts ``late_ms`` before the mark: events
-    re-read from that window are recognised by id and dropped, and an event that
-    showed up late in it is delivered (after lines already relayed: arrival order
-    is the only order a live view can keep). Events older than the window are
-    taken to be relayed already. An id leaves ``seen`` once the mark has moved
-    ``late_ms`` past its timestamp, so memory stays proportional to a few seconds
-    of output.
-    """
-
-    __slots__ = ("mark", "partial", "seen")
-
-    def __init__(self) -> None:
-        self.mark: int | None = None
-        self.partial = False
-        self.seen: dict[str, int] = {}
-
-    def start(self, late_ms: int) -> int | None:
-        if self.mark is None:
-            return None  # a new stream is read from its beginning
-        return self.mark if self.partial else max(0, self.mark - late_ms)
-
-    def accept(self, event_id: str, timestamp: int, late_ms: int) -> bool:
-        """True for an event not delivered before (and now marked delivered)."""
-        if self.mark is not None and timestamp < self.mark - late_ms:
-            return False
-        if event_id in self.seen:
-            return False
-        self.seen[event_id] = timestamp
-        return True
-
-    def read_to(self, end: int, late_ms: int) -> None:
-        """The range up to ``end`` was read to its last page."""
-        if self.mark is None or end >= self.mark:
-            self.mark = end
-            self.partial = False
-        self._prune(late_ms)
-
-    def read_partly(self, last: int | None, late_ms: int) -> None:
-        """The range was cut short after events up to ``last`` (None: no events)."""
-        if last is not None and (self.mark is None or last >= self.mark):
-            self.mark = last
-            self.partial = True
-        self._prune(late_ms)
-
-    def _prune(self, late_ms: int) -> None:
-        if self.seen and self.mark is not None:
-            floor = self.mark - late_ms
-            stale = [event_id for event_id, ts in self.seen.items() if ts < floor]
-            for event_id in stale:
-                del self.seen[event_id]
 
 
 class LogFollow:
@@ -168,8 +82,9 @@ class LogFollow:
         # The owner's context: a trigger's log records are routed to its task by context.
         self.context = contextvars.copy_context()
         self.poll_interval = poll_interval
-        self.cursor = StreamCursor()  # batched readers (CloudWatch)
-        self.token: str | None = None  # per-job readers: the backend's read_logs cursor
+        # Where the reader is in this job's log, in the reader's own terms: a read_logs cursor for
+        # CursorLogReader, a StreamCursor for the CloudWatch reader; None before the first read.
+        self.cursor: Any = None
         self.retry_at = 0.0  # loop time before which a missing stream is not asked for again
         self.misses = 0
         self.lines = 0  # relayed so far
@@ -223,142 +138,6 @@ class LogFollow:
 # -- readers ---------------------------------------------------------------------------------------
 
 
-class GroupMissing(Exception):
-    """The log group does not exist (yet)."""
-
-
-class CloudWatchLogReader:
-    """FilterLogEvents for up to 100 streams of one log group per call, with per-stream cursors.
-
-    Streams are grouped by log group and, within a group, ordered by cursor, so the
-    streams of one call start from about the same time and a call never re-reads
-    one stream's history for the sake of another's. Each call covers a fixed range
-    ``[min start, now]`` and pages through it with ``nextToken``; a range with more
-    than ``max_pages`` pages is continued by the next sweep from where it stopped.
-
-    FilterLogEvents fails the whole call when one named stream does not exist; the
-    call is then split in halves until the missing streams are singled out, and
-    those are asked for again later (see :meth:`LogFollow.missing`).
-    """
-
-    streams_per_call: ClassVar[int] = 100
-    #: Calls of one sweep in flight at once (the rate limiter sets the pace; this bounds memory).
-    max_concurrent_calls: ClassVar[int] = 4
-    #: Pages read per range before the rest waits for the next sweep (which resumes where this stopped).
-    max_pages: ClassVar[int] = 50
-    #: Events per page; None lets CloudWatch fill a page (up to 10,000 events or 1 MB).
-    page_limit: ClassVar[int | None] = None
-    #: How late (ms) an event may appear after events with later timestamps and still be relayed.
-    late_ms: ClassVar[int] = 10_000
-
-    def __init__(self, backend: Any) -> None:
-        self.backend = backend
-        self.calls = 0
-
-    def needs_last_read(self, follow: LogFollow) -> bool:
-        return bool(follow.job.log_group and follow.stream)
-
-    def capacity(self, seconds: float) -> int:
-        # Calls that can start in the first half of the time, so that they also end within it.
-        limiter = self.backend.logs_limiter
-        wait = limiter.expected_wait(urgent=True)
-        if wait > seconds / 2:
-            return 0
-        return (int((seconds / 2 - wait) * limiter.rate) + 1) * self.streams_per_call
-
-    async def read(self, follows: Sequence[LogFollow], *, urgent: bool = False) -> None:
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        by_group: dict[str, list[LogFollow]] = {}
-        for follow in follows:
-            if follow.closed or not follow.job.log_group or not follow.stream:
-                continue  # not logging to CloudWatch
-            if not urgent and follow.retry_at > now:
-                continue
-            by_group.setdefault(follow.job.log_group, []).append(follow)
-        end_ms = int(time.time() * 1000)
-        gate = asyncio.Semaphore(self.max_concurrent_calls)
-
-        async def read_group(group: str, members: list[LogFollow]) -> None:
-            members.sort(key=lambda f: -1 if f.cursor.mark is None else f.cursor.mark)
-            size = self.streams_per_call
-            for i in range(0, len(members), size):
-                async with gate:
-                    try:
-                        await self._read_range(group, members[i : i + size], end_ms, urgent)
-                    except GroupMissing:
-                        when = loop.time()
-                        for follow in members:
-                            follow.missing(when)
-                        return
-
-        await _gather_all(read_group(group, members) for group, members in by_group.items())
-
-    async def _read_range(self, group: str, follows: list[LogFollow], end_ms: int, urgent: bool) -> None:
-        by_stream: dict[str, list[LogFollow]] = {}
-        for follow in follows:
-            by_stream.setdefault(follow.stream, []).append(follow)  # type: ignore[arg-type]
-        late = self.late_ms
-        starts = [f.cursor.start(late) for f in follows]
-        kwargs: dict[str, Any] = {"logGroupName": group, "logStreamNames": list(by_stream), "endTime": end_ms}
-        if None not in starts:
-            kwargs["startTime"] = min(starts)  # type: ignore[type-var]
-        if self.page_limit:
-            kwargs["limit"] = self.page_limit
-        last_ts: int | None = None
-        complete = False
-        for page in range(self.max_pages):
-            try:
-                self.calls += 1
-                reply = await self.backend.filter_log_events(urgent=urgent, **kwargs)
-            except botocore.exceptions.ClientError as exc:
-                if exc.response.get("Error", {}).get("Code") != "ResourceNotFoundException":
-                    raise
-                if page:  # a stream vanished mid-range: continue from where we are next time
-                    break
-                if "stream" not in str(exc).lower():
-                    raise GroupMissing(group) from exc
-                await self._single_out_missing(group, follows, end_ms, urgent)
-                return
-            if page == 0:
-                for follow in follows:
-                    follow.found()
-            fresh: dict[LogFollow, list[str]] = {}
-            for event in reply.get("events") or ():
-                timestamp = event["timestamp"]
-                last_ts = timestamp
-                for follow in by_stream.get(event.get("logStreamName"), ()):
-                    if follow.cursor.accept(event["eventId"], timestamp, late):
-                        lines = fresh.get(follow)
-                        if lines is None:
-                            fresh[follow] = [event["message"]]
-                        else:
-                            lines.append(event["message"])
-            for follow, lines in fresh.items():
-                follow.deliver(lines)
-            token = reply.get("nextToken")
-            if not token:
-                complete = True
-                break
-            kwargs["nextToken"] = token
-        for follow in follows:
-            if complete:
-                follow.cursor.read_to(end_ms, late)
-            else:
-                follow.cursor.read_partly(last_ts, late)
-
-    async def _single_out_missing(self, group: str, follows: list[LogFollow], end_ms: int, urgent: bool) -> None:
-        streams = list(dict.fromkeys(f.stream for f in follows))
-        if len(streams) == 1:
-            now = asyncio.get_running_loop().time()
-            for follow in follows:
-                follow.missing(now)
-            return
-        half = set(streams[: len(streams) // 2])
-        await self._read_range(group, [f for f in follows if f.stream in half], end_ms, urgent)
-        await self._read_range(group, [f for f in follows if f.stream not in half], end_ms, urgent)
-
-
 class CursorLogReader:
     """Job by job through ``JobBackend.read_logs(job, cursor=...)``: for backends without a batched
     log API, such as the local backend, whose reads are cheap (a file tail)."""
@@ -367,7 +146,6 @@ class CursorLogReader:
 
     def __init__(self, backend: JobBackend) -> None:
         self.backend = backend
-        self.calls = 0
         self._warned: weakref.WeakSet[LogFollow] = weakref.WeakSet()
 
     def needs_last_read(self, follow: LogFollow) -> bool:
@@ -387,8 +165,7 @@ class CursorLogReader:
                 if follow.closed:
                     return
                 try:
-                    self.calls += 1
-                    chunk = await self.backend.read_logs(follow.job, cursor=follow.token)
+                    chunk = await self.backend.read_logs(follow.job, cursor=follow.cursor)
                 except Exception as exc:
                     if follow not in self._warned:
                         self._warned.add(follow)
@@ -396,17 +173,15 @@ class CursorLogReader:
                     follow.missing(asyncio.get_running_loop().time())
                     return
                 follow.found()
-                follow.token = chunk.cursor
+                follow.cursor = chunk.cursor
                 follow.deliver(chunk.lines)
 
-        await _gather_all(one(f) for f in follows if urgent or f.retry_at <= now)
+        await gather_then_raise(one(f) for f in follows if urgent or f.retry_at <= now)
 
 
 # -- the shared follower ---------------------------------------------------------------------------
 
-_FOLLOWERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[BackendTarget, LogFollower]] = (
-    weakref.WeakKeyDictionary()
-)
+_FOLLOWERS: PerLoop[BackendTarget, LogFollower] = PerLoop()
 
 
 class LogFollower:
@@ -422,13 +197,12 @@ class LogFollower:
     def __init__(self, target: BackendTarget) -> None:
         self.target = target
         self._follows: dict[LogFollow, None] = {}
-        self._intervals: Counter[float] = Counter()
+        self._cadence = Cadence()
         self._task: asyncio.Task | None = None
         self._reader: LogReader | None = None
         self._ready: asyncio.Future | None = None
         self._drains: list[LogFollow] = []
         self._drain_task: asyncio.Task | None = None
-        self._wake = asyncio.Event()
         self._failing = False
         self._unreported = 0
         self.sweeps = 0
@@ -436,14 +210,7 @@ class LogFollower:
 
     @classmethod
     def shared(cls, target: BackendTarget) -> LogFollower:
-        loop = asyncio.get_running_loop()
-        for other in [lp for lp in _FOLLOWERS if lp.is_closed()]:
-            _FOLLOWERS.pop(other, None)
-        per_loop = _FOLLOWERS.setdefault(loop, {})
-        follower = per_loop.get(target)
-        if follower is None:
-            follower = per_loop[target] = cls(target)
-        return follower
+        return _FOLLOWERS.get(target, cls)
 
     @property
     def running(self) -> bool:
@@ -459,29 +226,26 @@ class LogFollower:
 
     @property
     def interval(self) -> float:
-        return min(self._intervals) if self._intervals else 30.0
+        return self._cadence.interval
 
-    def follow(self, job: JobState, sink: LineSink, *, poll_interval: float = 30.0) -> LogFollow:
+    def follow(self, job: JobState, sink: LineSink, *, poll_interval: float = DEFAULT_POLL_INTERVAL) -> LogFollow:
         """Start relaying ``job``'s log lines to ``sink`` (called in the owner's context)."""
         follow = LogFollow(self, job, sink, float(poll_interval))
-        faster = not self._intervals or follow.poll_interval < min(self._intervals)
         self._follows[follow] = None
-        self._intervals[follow.poll_interval] += 1
+        faster = self._cadence.add(follow.poll_interval)
         if not self.running:
             self._ready = asyncio.get_running_loop().create_future()
             self._task = detached_task(self._run(), f"airflow-gpu log follower {self.target}")
         elif faster:
-            self._wake.set()
+            self._cadence.wake()
         return follow
 
     def _drop(self, follow: LogFollow) -> None:
         if follow in self._follows:
             del self._follows[follow]
-            self._intervals[follow.poll_interval] -= 1
-            if self._intervals[follow.poll_interval] <= 0:
-                del self._intervals[follow.poll_interval]
+            self._cadence.remove(follow.poll_interval)
         if not self._follows:
-            self._wake.set()  # let the sweep loop end and release the backend
+            self._cadence.wake()  # let the sweep loop end and release the backend
 
     # -- sweeping ----------------------------------------------------------------------------------
 
@@ -503,33 +267,22 @@ class LogFollower:
             self._reader = None
 
     async def _sweep_loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        next_at = loop.time() + self.gather_delay
-        last_start: float | None = None
-        while self._follows:
-            wait = next_at - loop.time()
-            if wait > 0:
-                self._wake.clear()
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), wait)
-                if last_start is not None:
-                    next_at = min(next_at, last_start + self.interval)
-                continue
-            last_start = loop.time()
-            follows = [f for f in self._follows if f.finishing is None]
-            if follows:
-                try:
-                    await self._reader.read(follows)  # type: ignore[union-attr]
-                except Exception as exc:  # the next sweep tries again; a trigger never fails for logs
-                    if not self._failing:
-                        log.warning("Reading live logs for %s failed (%s); trying again every poll", self.target, exc)
-                    self._failing = True
-                else:
-                    if self._failing:
-                        log.warning("Reading live logs for %s works again", self.target)
-                    self._failing = False
-            self.sweeps += 1
-            next_at = last_start + self.interval
+        await self._cadence.run(self._sweep, while_=lambda: bool(self._follows), first_delay=self.gather_delay)
+
+    async def _sweep(self) -> None:
+        follows = [f for f in self._follows if f.finishing is None]
+        if follows:
+            try:
+                await self._reader.read(follows)  # type: ignore[union-attr]
+            except Exception as exc:  # the next sweep tries again; a trigger never fails for logs
+                if not self._failing:
+                    log.warning("Reading live logs for %s failed (%s); trying again every poll", self.target, exc)
+                self._failing = True
+            else:
+                if self._failing:
+                    log.warning("Reading live logs for %s works again", self.target)
+                self._failing = False
+        self.sweeps += 1
 
     # -- last reads --------------------------------------------------------------------------------
 
@@ -610,7 +363,7 @@ class LogFollower:
 
     @classmethod
     async def close_all(cls) -> None:
-        for follower in list(_FOLLOWERS.get(asyncio.get_running_loop(), {}).values()):
+        for follower in _FOLLOWERS.values():
             await follower.aclose()
 
 
@@ -618,12 +371,3 @@ def _settle_all(follows: Sequence[LogFollow], read: bool) -> None:
     for follow in follows:
         if follow.finishing is not None and not follow.finishing.done():
             follow.finishing.set_result(read)
-
-
-async def _gather_all(coros: Any) -> None:
-    """Run all to the end, then raise the first error: one failing group must not orphan the others."""
-    results = await asyncio.gather(*coros, return_exceptions=True)
-    for result in results:
-        if isinstance(result, BaseException):
-            raise result
-

@@ -35,19 +35,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import logging
 import time
-import weakref
-from collections import Counter
 from dataclasses import replace
-from typing import Any, AsyncIterator, Callable, ClassVar, Coroutine, Sequence
+from typing import AsyncIterator, Callable, ClassVar, Sequence
 
 from airflow_gpu.jobs.backend import FAILED, STOPPED_FOR_MAX_QUEUED, UNKNOWN, BackendTarget, JobBackend, JobState, backend_class
+from airflow_gpu.jobs.shared import DEFAULT_POLL_INTERVAL, Cadence, PerLoop, detached_task
 
 log = logging.getLogger(__name__)
-
-DEFAULT_POLL_INTERVAL = 30.0
 
 
 class WatcherClosed(RuntimeError):
@@ -135,17 +131,7 @@ class JobWatch:
             waiter.set_result(None)
 
 
-def detached_task(coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task:
-    """A task in an empty context. Work shared by all triggers belongs to none of them: in the
-    triggerer a record's context decides which task log it goes to, and a plain task would
-    inherit the context of whichever trigger happened to start it."""
-    loop = asyncio.get_running_loop()
-    return contextvars.Context().run(loop.create_task, coro, name=name)
-
-
-_WATCHERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[BackendTarget, JobWatcher]] = (
-    weakref.WeakKeyDictionary()
-)
+_WATCHERS: PerLoop[BackendTarget, JobWatcher] = PerLoop()
 
 
 class JobWatcher:
@@ -165,13 +151,12 @@ class JobWatcher:
         self._latest: dict[str, JobState] = {}
         self._pending: dict[str, None] = {}  # ids still polled (not terminal), in watch order
         self._misses: dict[str, int] = {}
-        self._intervals: Counter[float] = Counter()
+        self._cadence = Cadence()
         self._users = 0
         self._backend_task: asyncio.Task[JobBackend] | None = None
         self._poll_task: asyncio.Task | None = None
         self._closer: asyncio.Task | None = None
         self._close_timer: asyncio.TimerHandle | None = None
-        self._wake = asyncio.Event()
         self._closed = False
         self.cycles = 0
 
@@ -180,19 +165,12 @@ class JobWatcher:
     @classmethod
     def shared(cls, target: BackendTarget) -> JobWatcher:
         """The running loop's watcher for ``target``, created on first use."""
-        loop = asyncio.get_running_loop()
-        for other in [lp for lp in _WATCHERS if lp.is_closed()]:
-            _WATCHERS.pop(other, None)
-        per_loop = _WATCHERS.setdefault(loop, {})
-        watcher = per_loop.get(target)
-        if watcher is None or watcher._closed:
-            watcher = per_loop[target] = cls(target)
-        return watcher
+        return _WATCHERS.get(target, cls, stale=lambda watcher: watcher._closed)
 
     @classmethod
     def active(cls) -> list[JobWatcher]:
         """Watchers open on the running loop (for tests and diagnostics)."""
-        return list(_WATCHERS.get(asyncio.get_running_loop(), {}).values())
+        return _WATCHERS.values()
 
     @classmethod
     async def close_all(cls) -> None:
@@ -205,8 +183,7 @@ class JobWatcher:
             raise WatcherClosed("this watcher is closed; get a fresh one with JobWatcher.shared()")
         self._acquire()
         watch = JobWatch(self, job_id, float(poll_interval), max_queued)
-        faster = not self._intervals or watch.poll_interval < min(self._intervals)
-        self._intervals[watch.poll_interval] += 1
+        faster = self._cadence.add(watch.poll_interval)
         entry = self._watches.get(job_id)
         if entry is None:
             self._watches[job_id] = [watch]
@@ -220,7 +197,7 @@ class JobWatcher:
         if self._poll_task is None or self._poll_task.done():
             self._poll_task = detached_task(self._poll_loop(), f"airflow-gpu watcher {self.target}")
         elif faster:
-            self._wake.set()
+            self._cadence.wake()
         return watch
 
     @contextlib.asynccontextmanager
@@ -234,7 +211,7 @@ class JobWatcher:
 
     @property
     def interval(self) -> float:
-        return min(self._intervals) if self._intervals else DEFAULT_POLL_INTERVAL
+        return self._cadence.interval
 
     @property
     def watched(self) -> int:
@@ -257,9 +234,7 @@ class JobWatcher:
         if self._closed:
             return
         self._closed = True
-        per_loop = _WATCHERS.get(asyncio.get_running_loop(), {})
-        if per_loop.get(self.target) is self:
-            del per_loop[self.target]
+        _WATCHERS.forget(self.target, self)
         if self._close_timer is not None:
             self._close_timer.cancel()
         if self._poll_task is not None and not self._poll_task.done():
@@ -309,9 +284,7 @@ class JobWatcher:
                 self._latest.pop(watch.job_id, None)
                 self._pending.pop(watch.job_id, None)
                 self._misses.pop(watch.job_id, None)
-        self._intervals[watch.poll_interval] -= 1
-        if self._intervals[watch.poll_interval] <= 0:
-            del self._intervals[watch.poll_interval]
+        self._cadence.remove(watch.poll_interval)
         self._release()
 
     # -- polling ----------------------------------------------------------------------------------
@@ -334,25 +307,12 @@ class JobWatcher:
                 for watch in watches:
                     watch._fail(exc)
             return
-        loop = asyncio.get_running_loop()
-        next_at = loop.time() + self.gather_delay
-        last_start: float | None = None
-        while self._pending:
-            wait = next_at - loop.time()
-            if wait > 0:
-                self._wake.clear()
-                try:
-                    await asyncio.wait_for(self._wake.wait(), wait)
-                except asyncio.TimeoutError:
-                    pass
-                else:  # a faster watch arrived: bring the next cycle forward
-                    if last_start is not None:
-                        next_at = min(next_at, last_start + self.interval)
-                continue
-            last_start = loop.time()
+
+        async def cycle() -> None:
             await self._poll_once(backend)
             self.cycles += 1
-            next_at = last_start + self.interval
+
+        await self._cadence.run(cycle, while_=lambda: bool(self._pending), first_delay=self.gather_delay)
 
     async def _poll_once(self, backend: JobBackend) -> None:
         ids = list(self._pending)

@@ -32,10 +32,10 @@ def holdout_split(matrix: scipy.sparse.csr_matrix, fraction: float, seed: int = 
     held_per_row = np.bincount(rows[held], minlength=matrix.shape[0])
     everything = np.flatnonzero((held_per_row == lengths) & (lengths > 0))
     held[matrix.indptr[everything]] = False  # keep each such user's first item for training
-    return _select(matrix, rows, ~held), _select(matrix, rows, held)
+    return _masked_rows(matrix, rows, ~held), _masked_rows(matrix, rows, held)
 
 
-def _select(matrix: scipy.sparse.csr_matrix, rows: np.ndarray, keep: np.ndarray) -> scipy.sparse.csr_matrix:
+def _masked_rows(matrix: scipy.sparse.csr_matrix, rows: np.ndarray, keep: np.ndarray) -> scipy.sparse.csr_matrix:
     indptr = np.zeros(matrix.shape[0] + 1, dtype=matrix.indptr.dtype)
     np.cumsum(np.bincount(rows[keep], minlength=matrix.shape[0]), out=indptr[1:])
     result = scipy.sparse.csr_matrix((matrix.data[keep], matrix.indices[keep], indptr), shape=matrix.shape)

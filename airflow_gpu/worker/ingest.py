@@ -27,7 +27,7 @@ from ..contract import format_from_name
 from .errors import WorkerError
 from .matrix import Interactions, MatrixBuilder, id_value_type
 from .memory import bound_allocators
-from .storage import MiB, ObjectRef, Store, _gather_all, open_store
+from .storage import MiB, ObjectRef, Store, gather_or_cancel, open_store
 
 log = logging.getLogger("airflow_gpu.worker")
 
@@ -432,7 +432,7 @@ async def _stream(
 
     try:
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
-            await _gather_all([one(seq, ref, pool) for seq, ref in enumerate(refs)])
+            await gather_or_cancel([one(seq, ref, pool) for seq, ref in enumerate(refs)])
     finally:
         reporter.cancel()
     log.info(progress.line())

@@ -420,10 +420,10 @@ def _manifest_fields(config: AlsConfig, metrics: dict, publisher: Publisher) -> 
 def _json_bytes(document: dict) -> bytes:
     import json
 
-    return json.dumps(document, indent=2, default=_plain).encode()
+    return json.dumps(document, indent=2, default=_json_default).encode()
 
 
-def _plain(value):
+def _json_default(value):
     if isinstance(value, (np.integer,)):
         return int(value)
     if isinstance(value, (np.floating,)):

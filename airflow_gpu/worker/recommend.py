@@ -73,7 +73,7 @@ def blocked_top_k(queries: np.ndarray, items: np.ndarray, k: int, *, seen: scipy
                 position = head_position[part.indices]
                 inside = position >= 0
                 block_scores[np.repeat(np.arange(end - start), np.diff(part.indptr))[inside], position[inside]] = -np.inf
-            block_ids, block_best = _select(block_scores, k)
+            block_ids, block_best = _top_k_of_block(block_scores, k)
             # No item outside the head scores above |query| x its largest norm (Cauchy-Schwarz);
             # the margin covers float32 rounding in both the GEMM and the bound.
             bound = np.linalg.norm(query, axis=1) * np.float32(outside * (1 + 1e-4))
@@ -102,7 +102,7 @@ def blocked_top_k(queries: np.ndarray, items: np.ndarray, k: int, *, seen: scipy
         if exclude is not None:
             block_scores[np.arange(end - start), exclude[start:end]] = -np.inf
         target = slice(start, end) if todo is None else todo[start:end]
-        ids[target], scores[target] = _select(block_scores, k)
+        ids[target], scores[target] = _top_k_of_block(block_scores, k)
 
     _in_blocks(len(full_queries), n_items, threads, rank_all)
     return _clean(ids, scores)
@@ -167,7 +167,7 @@ def _in_blocks(rows: int, width: int, threads: int, body) -> None:
 _CHUNK = 64
 
 
-def _select(block: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def _top_k_of_block(block: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Each row's k largest values, best first.
 
     Fast path: split each row's columns into 64-column groups and take each group's max.
@@ -182,7 +182,7 @@ def _select(block: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     rows, cols = block.shape
     groups = cols // _CHUNK
     if groups <= k or rows == 0:
-        return _select_general(block, k)
+        return _top_k_general(block, k)
     head = block[:, : groups * _CHUNK].reshape(rows, _CHUNK, groups)  # head[r, c, g] = block[r, c * groups + g]
     maxima = np.maximum.reduce(head, axis=1)
     if groups * _CHUNK < cols:  # the ragged tail is one more group
@@ -204,11 +204,11 @@ def _select(block: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         scores[fast] = np.take_along_axis(top_values, order, axis=1)
     slow = np.flatnonzero(~exact)
     if len(slow):
-        ids[slow], scores[slow] = _select_general(block[slow], k)
+        ids[slow], scores[slow] = _top_k_general(block[slow], k)
     return ids, scores
 
 
-def _select_general(block: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def _top_k_general(block: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Each row's k largest values, best first: partition for the threshold, then sort the few above it."""
     rows, cols = block.shape
     if k < cols:
@@ -302,15 +302,15 @@ def long_table(
     rank = np.tile(np.arange(1, width + 1, dtype=np.int16), len(rows)).reshape(ids.shape)[filled]
     return pa.table(
         {
-            names[0]: _plain(row_ids.take(pa.array(row_index))),
-            names[1]: _plain(column_ids.take(pa.array(ids[filled]))),
+            names[0]: _plain_ids(row_ids.take(pa.array(row_index))),
+            names[1]: _plain_ids(column_ids.take(pa.array(ids[filled]))),
             "score": pa.array(scores[filled], pa.float32()),
             "rank": pa.array(rank, pa.int16()),
         }
     )
 
 
-def _plain(ids: pa.Array) -> pa.Array:
+def _plain_ids(ids: pa.Array) -> pa.Array:
     """Ids as users gave them: string (not large_string) when they fit, integers as int64."""
     if pa.types.is_large_string(ids.type):
         return ids.cast(pa.string())

@@ -149,7 +149,7 @@ class S3Store(Store):
                         "of a range); rerun once its writer has finished"
                     )
 
-        await _gather_all([fetch(s, min(s + PART_SIZE, ref.size)) for s in range(0, ref.size, PART_SIZE)])
+        await gather_or_cancel([fetch(s, min(s + PART_SIZE, ref.size)) for s in range(0, ref.size, PART_SIZE)])
         return buffer
 
     async def read_to_file(self, ref: ObjectRef, dest: Path) -> None:
@@ -209,7 +209,7 @@ class S3Store(Store):
             return {"PartNumber": number, "ETag": part["ETag"]}
 
         try:
-            parts = await _gather_all([put_part(n + 1, s) for n, s in enumerate(range(0, size, part_size))])
+            parts = await gather_or_cancel([put_part(n + 1, s) for n, s in enumerate(range(0, size, part_size))])
             async with self._translate(uri):
                 await self._client.complete_multipart_upload(
                     Bucket=self.bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
@@ -273,7 +273,7 @@ def _error_code(exc: Exception) -> str:
     return str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
 
 
-async def _gather_all(coros: list) -> list:
+async def gather_or_cancel(coros: list) -> list:
     """Like gather, but cancels the siblings as soon as one fails, so a failure stops all work."""
     tasks = [asyncio.ensure_future(c) for c in coros]
     try:

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 from urllib.parse import quote
 
 import aiohttp
 import botocore.config
 import botocore.exceptions
 
+from airflow_gpu.jobs.aws.cloudwatch import CloudWatchLogReader
 from airflow_gpu.jobs.aws.connection import AwsConnection, resolve_aws_connection
 from airflow_gpu.jobs.backend import (
     QUEUED_STATES,
@@ -36,8 +37,6 @@ from airflow_gpu.jobs.aws.replies import decode_leanly
 from airflow_gpu.jobs.backoff import RateLimiter, RetryPolicy, SharedBackoff
 from airflow_gpu.jobs.spec import TAG_CANCELLED, TAG_IDEMPOTENCY_KEY, JobSpec
 
-if TYPE_CHECKING:
-    from airflow_gpu.jobs.follower import CloudWatchLogReader
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +161,6 @@ def _client_config(base: botocore.config.Config | None) -> botocore.config.Confi
 @register_backend
 class AwsBatchBackend(JobBackend):
     name = "aws_batch"
-    describe_batch_size = 100
     #: Backoff for every call on one client; tests shorten it.
     retry_policy = RetryPolicy()
     #: FilterLogEvents calls per second on one connection, and how many may go at once. CloudWatch
@@ -346,8 +344,6 @@ class AwsBatchBackend(JobBackend):
     def log_reader(self) -> CloudWatchLogReader:
         """Live logs read in batches of up to 100 streams per FilterLogEvents call."""
         if self._log_reader is None:
-            from airflow_gpu.jobs.follower import CloudWatchLogReader
-
             self._log_reader = CloudWatchLogReader(self)
         return self._log_reader
 
