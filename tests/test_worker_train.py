@@ -334,3 +334,28 @@ def test_pipeline_records_the_trained_regularization_and_keeps_the_callback_out_
     assert manifest["params"]["train"]["regularization"] is None and "on_iteration" not in manifest["params"]["train"]
     evaluation = metrics["evaluation"]
     assert evaluation["als"]["precision_at_10"] > evaluation["popularity"]["precision_at_10"]
+
+
+def test_the_weighting_help_names_exactly_the_accepted_choices():
+    from airflow_gpu.worker.__main__ import build_parser
+    from airflow_gpu.worker.matrix import WEIGHTINGS
+
+    als = next(a for a in build_parser()._subparsers._group_actions[0].choices.values() if a.prog.endswith(" als"))
+    weighting = next(a for a in als._actions if "--weighting" in a.option_strings)
+    listed = weighting.help.split(":", 1)[1].split("(")[0]
+    assert [name.strip() for name in listed.split(",")] == list(weighting.choices) == list(WEIGHTINGS)
+
+
+def test_quiet_and_the_s3_options_are_defined_once_and_work_everywhere():
+    from pathlib import Path
+
+    from airflow_gpu.worker.__main__ import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["-q", "als", "--input", "i", "--output", "o"]).quiet is True
+    assert parser.parse_args(["als", "-q", "--input", "i", "--output", "o"]).quiet is True
+    assert getattr(parser.parse_args(["als", "--input", "i", "--output", "o"]), "quiet", False) is False
+    script = parser.parse_args(["run-script", "--script", "s.py", "--output", "o", "--endpoint-url", "http://x", "--concurrency", "3"])
+    assert (script.endpoint_url, script.concurrency, getattr(script, "quiet", False)) == ("http://x", 3, False)
+    source = (Path(__file__).resolve().parents[1] / "airflow_gpu" / "worker" / "__main__.py").read_text()
+    assert source.count('"--quiet"') == 1 and source.count('"--endpoint-url"') == 1 and source.count('"--concurrency"') == 1

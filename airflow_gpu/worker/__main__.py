@@ -47,11 +47,19 @@ def build_parser() -> argparse.ArgumentParser:
     from .train import AUTO_REGULARIZATION_SHARE, DEVICES, TrainParams
 
     defaults = TrainParams()
+    # Options every command takes, written once. -q works before or after the command; SUPPRESS
+    # keeps a subcommand that was not given -q from resetting the top level's value (absent = not quiet).
+    quiet = argparse.ArgumentParser(add_help=False)
+    quiet.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="log warnings and errors only")
+    s3 = argparse.ArgumentParser(add_help=False)
+    s3.add_argument("--endpoint-url", default=None, help="S3 endpoint (else the standard AWS settings, AWS_ENDPOINT_URL included)")
+    s3.add_argument("--concurrency", type=_positive_int, default=16, help="S3 requests in flight")
+
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="The airflow-gpu container worker: built-in ALS collaborative filtering, or your own script.",
+        parents=[quiet],
     )
-    parser.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     als = commands.add_parser(
@@ -63,8 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
             "under --output. manifest.json is written last: a prefix without one is incomplete."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        parents=[quiet, s3],
     )
-    als.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="log warnings and errors only")
     io = als.add_argument_group("input and output")
     io.add_argument("--input", required=True, metavar="URI", help="s3://bucket/prefix/, or a local file or folder")
     io.add_argument("--output", required=True, metavar="URI", help="s3://bucket/prefix/ or a local folder for the outputs")
@@ -73,12 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--item-col", default="item_id", help="column with item ids (strings or integers)")
     io.add_argument("--weight-col", default=None, help="column with counts/plays/views; without it each row counts once")
     io.add_argument("--drop-invalid", action="store_true", help="skip rows with a negative, NaN or non-numeric weight instead of failing")
-    io.add_argument("--endpoint-url", default=None, help="S3 endpoint (else the standard AWS settings, AWS_ENDPOINT_URL included)")
-    io.add_argument("--concurrency", type=_positive_int, default=16, help="S3 requests in flight")
 
     model = als.add_argument_group("model")
     model.add_argument("--weighting", default=DEFAULT_WEIGHTING, choices=WEIGHTINGS,
-                       help="confidence = 1 + alpha * f(weight): bm25, log1p, linear, or none (binary)")
+                       help=f"confidence = 1 + alpha * f(weight): {', '.join(WEIGHTINGS)} (log is log1p; none is binary)")
     model.add_argument("--alpha", type=float, default=None,
                        help="confidence scale; default per weighting: " + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_ALPHA.items()))
     model.add_argument("--factors", type=_positive_int, default=defaults.factors, help="latent factors")
@@ -112,13 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
             "last. The script's exit code is the job's; a failed script publishes nothing."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        parents=[quiet, s3],
     )
-    script.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="log warnings and errors only")
     script.add_argument("--script", required=True, metavar="URI", help="s3://bucket/path/script.py or a local .py file")
     script.add_argument("--input", default=None, metavar="URI", help="s3:// prefix or local folder copied into input/")
     script.add_argument("--output", required=True, metavar="URI", help="where output/ and manifest.json go")
-    script.add_argument("--endpoint-url", default=None, help="S3 endpoint (else the standard AWS settings)")
-    script.add_argument("--concurrency", type=_positive_int, default=16, help="S3 requests in flight")
     script.add_argument("--workdir", default=None, help="working folder (default: a fresh temporary folder, removed after)")
     script.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the script, after --")
     script.set_defaults(handler=_run_script)
@@ -204,7 +208,7 @@ def _configure_logging(level: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    _configure_logging(logging.WARNING if args.quiet else logging.INFO)
+    _configure_logging(logging.WARNING if getattr(args, "quiet", False) else logging.INFO)
     warnings.filterwarnings("ignore", message=".*OpenBLAS is configured.*")
     try:
         return args.handler(args)

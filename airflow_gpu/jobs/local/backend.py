@@ -422,13 +422,4 @@ def _tail(path: Path, lines: int) -> LogChunk:
     return LogChunk(_decode(data)[-lines:], str(size))
 
 
-def job_record(state_dir: Path | str, job_id: str) -> dict[str, Any]:
-    """Every record of one job, for tests and tools (``airflow-gpu demo`` prints where the log is)."""
-    folder = Path(state_dir) / job_id
-    return {
-        name: records.read_json(str(folder / name))
-        for name in (records.JOB_FILE, records.RUN_FILE, records.EXIT_FILE, records.CANCEL_FILE)
-    }
-
-
-__all__ = ["LocalBackend", "STATE_DIR_ENV", "default_state_dir", "job_record"]
+__all__ = ["LocalBackend", "STATE_DIR_ENV", "default_state_dir"]
