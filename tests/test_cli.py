@@ -12,12 +12,27 @@ import pytest
 from airflow_gpu import cli
 
 
-def test_help_lists_the_subcommands_without_loading_them(capsys):
-    with pytest.raises(SystemExit) as exit_:
-        cli.main(["--help"])
-    assert exit_.value.code == 0
-    out = capsys.readouterr().out
-    assert "batch-setup" in out and "demo" in out
+def test_help_lists_the_subcommands_without_loading_them():
+    """In a fresh interpreter: --help names every subcommand and imports none of their modules."""
+    script = (
+        "import json, sys\n"
+        "from airflow_gpu import cli\n"
+        "try:\n"
+        "    cli.main(['--help'])\n"
+        "except SystemExit as exc:\n"
+        "    code = exc.code\n"
+        "print(json.dumps({'code': code, 'modules': sorted(sys.modules)}))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["code"] == 0
+    assert "batch-setup" in done.stdout and "demo" in done.stdout
+    subcommand_modules = {module for module, _ in cli.SUBCOMMANDS.values()}
+    assert subcommand_modules == {"airflow_gpu.provision.command", "airflow_gpu.demo.command"}
+    loaded = set(result["modules"])
+    assert "airflow_gpu.cli" in loaded  # the list is the child's, not empty
+    assert not subcommand_modules & loaded
+    assert not {m for m in loaded if m == "airflow" or m.startswith(("airflow.", "boto3", "airflow_gpu.provision", "airflow_gpu.demo"))}
 
 
 def test_no_command_is_a_usage_error(capsys):

@@ -120,9 +120,24 @@ def test_operator_fails_a_success_without_a_manifest(tmp_path):
         op.execute_complete(make_context(), success_event())
 
 
-def test_operator_without_output_uri_reads_nothing():
+def test_operator_without_output_uri_reads_nothing(monkeypatch):
+    touched: list[str] = []
+    for method in ("__init__", "list", "read", "size", "write"):
+        real = getattr(ObjectStore, method)
+
+        def spy(self, *args, _name=method, _real=real, **kwargs):
+            touched.append(_name)
+            return _real(self, *args, **kwargs)
+
+        monkeypatch.setattr(ObjectStore, method, spy)
     op = GpuBatchOperator(task_id="train", job_queue="q", job_definition="d")
     assert "manifest" not in op.execute_complete(make_context(), success_event())
+    assert touched == []
+    # The spy does see a read where there is an output to read.
+    op = GpuBatchOperator(task_id="train", job_queue="q", job_definition="d", output_uri="/nonexistent/airflow-gpu/out")
+    with pytest.raises(AirflowException, match="committed no manifest"):
+        op.execute_complete(make_context(), success_event())
+    assert touched == ["__init__", "read"]
 
 
 def test_templated_backend_and_poll_interval_are_checked_after_rendering():
