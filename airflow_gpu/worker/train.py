@@ -8,6 +8,7 @@ change, rather than letting them overflow or fail deep inside CUDA.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import warnings
@@ -205,6 +206,15 @@ def auto_regularization(confidence: scipy.sparse.csr_matrix, seed: int = 0) -> t
     return AUTO_REGULARIZATION_SHARE * sigma, sigma
 
 
+def _blas_single_threaded(device: str) -> contextlib.AbstractContextManager:
+    """On the CPU, implicit runs its own threads; a multithreaded BLAS underneath slows it badly."""
+    if device != "cpu":
+        return contextlib.nullcontext()
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(1, "blas")
+
+
 def fit(confidence: scipy.sparse.csr_matrix, params: TrainParams) -> TrainResult:
     """Fit ALS to a user x item confidence matrix; log the loss and time of each iteration."""
     params.check()
@@ -217,30 +227,22 @@ def fit(confidence: scipy.sparse.csr_matrix, params: TrainParams) -> TrainResult
                  regularization, AUTO_REGULARIZATION_SHARE, sigma)
     if device == "gpu":
         check_gpu_limits(users, items, confidence.nnz, params.factors)
-        model = _gpu_als_class()(
+        als_class, device_options = _gpu_als_class(), {}
+    else:
+        from implicit.cpu.als import AlternatingLeastSquares as als_class
+
+        device_options = {"num_threads": params.threads}
+    with _blas_single_threaded(device):  # implicit checks (and warns about) BLAS threads here
+        model = als_class(
             factors=params.factors,
             regularization=regularization,
-            alpha=1.0,  # ignored by the GPU fit anyway: the confidence is already in the matrix
+            alpha=1.0,  # the confidence is already in the matrix
             dtype=np.float32,
             iterations=params.iterations,
             calculate_training_loss=params.loss,
             random_state=params.seed,
+            **device_options,
         )
-    else:
-        from implicit.cpu.als import AlternatingLeastSquares
-        from threadpoolctl import threadpool_limits
-
-        with threadpool_limits(1, "blas"):  # implicit checks (and warns about) BLAS threads here
-            model = AlternatingLeastSquares(
-                factors=params.factors,
-                regularization=regularization,
-                alpha=1.0,
-                dtype=np.float32,
-                iterations=params.iterations,
-                calculate_training_loss=params.loss,
-                num_threads=params.threads,
-                random_state=params.seed,
-            )
     result = TrainResult(model=model, device=device, regularization=float(regularization))
     log.info(
         "train: ALS on %s, %d factors, %d iterations, %s users x %s items, %s interactions",
@@ -262,13 +264,7 @@ def fit(confidence: scipy.sparse.csr_matrix, params: TrainParams) -> TrainResult
 
     started = time.monotonic()
     try:
-        if device == "cpu":
-            from threadpoolctl import threadpool_limits
-
-            # implicit runs its own threads; a multithreaded BLAS underneath slows it badly.
-            with threadpool_limits(1, "blas"):
-                model.fit(confidence, show_progress=False, callback=on_iteration)
-        else:
+        with _blas_single_threaded(device):
             model.fit(confidence, show_progress=False, callback=on_iteration)
     except MemoryError:
         raise WorkerError(

@@ -17,7 +17,7 @@ Each job is a folder under the state directory (``AIRFLOW_GPU_LOCAL_JOBS_DIR``, 
 
 Files are the whole protocol, so the process that submits (an Airflow worker) and the one
 that watches (the triggerer) may differ, and either may restart. The job's command runs
-under a small supervisor (``local_runner.py``) in a session of its own, so it outlives the
+under a small supervisor (``runner.py``) in a session of its own, so it outlives the
 task that submitted it; ``terminate`` signals the command's process group.
 
 A supervisor that vanished without writing ``exit.json`` (host reboot, ``kill -9``) is

@@ -1,4 +1,4 @@
-"""The supervisor of one local job: ``python local_runner.py JOB_DIR``, started by LocalBackend.submit.
+"""The supervisor of one local job: ``python runner.py JOB_DIR``, started by LocalBackend.submit.
 
 It detaches (double fork, its own session), so the job outlives the Airflow task that
 submitted it, and no process is left for the submitter to reap. It then starts the
@@ -72,7 +72,7 @@ def read_json(path: str) -> dict | None:
 def main(job_dir: str) -> int:
     job = read_json(os.path.join(job_dir, JOB_FILE))
     if job is None:
-        print(f"local_runner: no readable {JOB_FILE} in {job_dir}", file=sys.stderr)
+        print(f"airflow-gpu local runner: no readable {JOB_FILE} in {job_dir}", file=sys.stderr)
         return 2
     ready_read, ready_write = os.pipe()
     if os.fork() > 0:
@@ -172,6 +172,6 @@ def _kill_group(pgid: int, signum: int) -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) != 2:
-        print("usage: local_runner.py JOB_DIR", file=sys.stderr)
+        print("usage: runner.py JOB_DIR", file=sys.stderr)
         sys.exit(2)
     sys.exit(main(sys.argv[1]))
