@@ -17,6 +17,7 @@ from airflow.sdk.exceptions import AirflowException
 
 from airflow_gpu.jobs.backend import SUCCEEDED, BackendTarget, JobBackend, JobState, check_backend_name
 from airflow_gpu.jobs.blocking import run_blocking
+from airflow_gpu.jobs.blocked import waiting_line
 from airflow_gpu.jobs.spec import (
     TAG_CANCELLED,
     JobSpec,
@@ -361,7 +362,7 @@ class GpuBatchOperator(BaseOperator):
         """The blocking path: the same watcher and follow logic as the trigger, in this worker."""
         watcher = JobWatcher.shared(self.target)
         async with watcher.watch(job_id, poll_interval=self.poll_interval, max_queued=self.max_queued) as watch:
-            final = await follow_job(watch, on_change=lambda s: self.log.info("Job %s is %s", s.job_id, s.status))
+            final = await follow_job(watch, on_change=lambda s: self.log.info(waiting_line(s.job_id, s.status, s.blocked)))
         async with watcher.backend() as backend:
             self._set_urls(backend, final)
             lines = [] if final.status == SUCCEEDED else await self._tail(backend, final)
@@ -397,8 +398,10 @@ class GpuBatchOperator(BaseOperator):
     def _stopped_for_an_earlier_try(self, state: JobState) -> bool:
         """Did airflow-gpu itself terminate the job (it carries the cancelled mark), and not for
         max_queued (which this try's own trigger enforces)? Then an earlier try's on_kill did."""
-        if state.status_reason and state.status_reason.startswith(QUEUED_TOO_LONG_PREFIX):
+        if state.terminated_for is not None:  # this try's own trigger stopped it (max_queued, never starts)
             return False
+        if state.status_reason and state.status_reason.startswith(QUEUED_TOO_LONG_PREFIX):
+            return False  # an event stored before terminated_for existed
 
         async def describe() -> JobState | None:
             async with JobWatcher.shared(self.target).backend() as backend:

@@ -173,7 +173,11 @@ class BatchJobDriver:
         reason: str | None = None,
         exit_code: int | None = None,
     ) -> None:
-        """Move a job to ``status``; terminal states take a status reason and a container exit code."""
+        """Move a job to ``status``; terminal states take a status reason and a container exit code.
+
+        A live state takes a reason too: AWS Batch writes why it cannot place a RUNNABLE job
+        (``MISCONFIGURATION:JOB_RESOURCE_REQUIREMENT - ...``) into the job's statusReason.
+        """
         job = self.job(job_id)
         if status in ("SUCCEEDED", "FAILED"):
             if not job.attempts:
@@ -192,6 +196,8 @@ class BatchJobDriver:
             job.job_started_at = datetime.now()
             job._start_attempt()
         job.status = status
+        # moto reports job_stopped_reason as statusReason; a live job's reason lasts until the next move.
+        job.job_stopped_reason = reason
 
     def wait_for_jobs(self, count: int, timeout: float = 30.0, status: str | None = None) -> list[str]:
         """Block until at least ``count`` jobs exist (optionally in ``status``); return their ids."""

@@ -13,6 +13,7 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Mapping, Sequence
 
+from airflow_gpu.jobs.blocked import BlockedReason
 from airflow_gpu.jobs.spec import JobSpec, JobSpecError
 
 QUEUED_STATES = frozenset({"SUBMITTED", "PENDING", "RUNNABLE", "STARTING"})
@@ -22,6 +23,9 @@ FAILED = "FAILED"
 TERMINAL_STATES = frozenset({SUCCEEDED, FAILED})
 # Not a Batch status: the backend has no job with this id (wrong id, region or account, or long expired).
 UNKNOWN = "UNKNOWN"
+# Why airflow-gpu itself terminated a job while waiting for it (JobState.terminated_for).
+QUEUED_TOO_LONG = "max_queued"
+NEVER_STARTS = "never_starts"
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +44,10 @@ class JobState:
     # the last attempt for a retried job); drives ``max_queued``.
     queued_since: float | None = None
     tags: Mapping[str, str] = field(default_factory=dict)
+    # Why a RUNNABLE job cannot be placed, as the backend reports it (AWS Batch's blocked reasons).
+    blocked: BlockedReason | None = None
+    # Set when the waiting side stopped the job itself: QUEUED_TOO_LONG or NEVER_STARTS.
+    terminated_for: str | None = None
 
     @property
     def is_terminal(self) -> bool:
@@ -64,6 +72,7 @@ class JobState:
             "attempts": self.attempts,
             "log_stream": self.log_stream,
             "log_group": self.log_group,
+            "terminated_for": self.terminated_for,
         }
 
     @classmethod
@@ -77,6 +86,7 @@ class JobState:
             attempts=event.get("attempts") or 0,
             log_stream=event.get("log_stream"),
             log_group=event.get("log_group"),
+            terminated_for=event.get("terminated_for"),
         )
 
 
