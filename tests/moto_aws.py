@@ -515,6 +515,19 @@ def _install_aws_rules(driver: BatchJobDriver) -> None:
 
     backend_cls.update_job_queue = update_job_queue
 
+    # moto drops a queue's jobStateTimeLimitActions; AWS keeps and reports them. Create and
+    # update replace the whole list, as in AWS.
+    for action, name_param in (("createjobqueue", "jobQueueName"), ("updatejobqueue", "jobQueue")):
+        setattr(batch_responses.BatchResponse, action, _keeping_time_limit_actions(getattr(batch_responses.BatchResponse, action), name_param))
+    original_queue_describe = batch_models.JobQueue.describe
+
+    def describe_queue(queue: Any) -> dict[str, Any]:
+        result = original_queue_describe(queue)
+        result["jobStateTimeLimitActions"] = list(getattr(queue, "job_state_time_limit_actions", []))
+        return result
+
+    batch_models.JobQueue.describe = describe_queue
+
     original_describe_ces = backend_cls.describe_compute_environments
     backend_cls.describe_compute_environments = lambda self, environments=None: driver._settle(
         original_describe_ces(self, environments), "computeEnvironmentArn"
@@ -523,6 +536,18 @@ def _install_aws_rules(driver: BatchJobDriver) -> None:
     backend_cls.describe_job_queues = lambda self, job_queues=None: driver._settle(
         original_describe_queues(self, job_queues), "jobQueueArn"
     )
+
+
+def _keeping_time_limit_actions(original: Callable, name_param: str) -> Callable:
+    def handler(self: Any) -> Any:
+        result = original(self)
+        actions = self._get_param("jobStateTimeLimitActions")
+        if actions is not None:
+            queue = self.batch_backend.get_job_queue(self._get_param(name_param))
+            queue.job_state_time_limit_actions = list(actions)
+        return result
+
+    return handler
 
 
 def start_moto() -> tuple[ThreadedMotoServer, MotoAws]:

@@ -80,7 +80,7 @@ def config(ids: dict, **tables) -> dict:
     }
     for table, changes in tables.items():
         if isinstance(changes, dict):
-            data[table].update(changes)
+            data.setdefault(table, {}).update(changes)
         else:
             data[table] = changes
     return data
@@ -430,3 +430,38 @@ def test_aws_errors_become_one_clear_message(moto_aws, ids, tmp_path, capsys):
     assert rc == 1
     assert "creating compute environment gpu-test-ce failed" in err and "subnet-0123456789abcdef0" in err
     assert "Traceback" not in err
+
+
+def test_the_queue_cancels_misconfigured_jobs_after_10_minutes_by_default_and_the_limits_update_in_place(
+    moto_aws, ids, tmp_path, capsys
+):
+    assert run(moto_aws, tmp_path, capsys, config(ids))[0] == 0
+    batch = moto_aws.client("batch")
+
+    def actions() -> list[tuple]:
+        queue = batch.describe_job_queues(jobQueues=["gpu-test-queue"])["jobQueues"][0]
+        return sorted((a["reason"], a["state"], a["maxTimeSeconds"], a["action"]) for a in queue["jobStateTimeLimitActions"])
+
+    assert actions() == [
+        ("MISCONFIGURATION:COMPUTE_ENVIRONMENT_MAX_RESOURCE", "RUNNABLE", 600, "CANCEL"),
+        ("MISCONFIGURATION:EC2_INSTANCE_CONFIGURATION_UNSUPPORTED", "RUNNABLE", 600, "CANCEL"),
+        ("MISCONFIGURATION:JOB_RESOURCE_REQUIREMENT", "RUNNABLE", 600, "CANCEL"),
+    ]
+    moto_aws.log.reset()
+    assert run(moto_aws, tmp_path, capsys, config(ids))[0] == 0
+    assert moto_aws.log.writes() == Counter()  # the limits read back as written: nothing to update
+
+    changed = config(ids, queue={"cancel_misconfigured_after_seconds": 0, "cancel_no_capacity_after_seconds": 14400})
+    rc, out, err = run(moto_aws, tmp_path, capsys, changed)
+    assert rc == 0, err
+    assert moto_aws.log.writes() == Counter({"batch:updatejobqueue": 1})
+    assert "jobStateTimeLimitActions" in out
+    assert actions() == [("CAPACITY:INSUFFICIENT_INSTANCE_CAPACITY", "RUNNABLE", 14400, "CANCEL")]
+
+
+@pytest.mark.parametrize("value", [599, 86401, "ten"])
+def test_a_queue_time_limit_outside_what_aws_accepts_is_refused_before_any_call(moto_aws, ids, tmp_path, capsys, value):
+    rc, out, err = run(moto_aws, tmp_path, capsys, config(ids, queue={"cancel_misconfigured_after_seconds": value}))
+    assert rc == 2
+    assert "queue.cancel_misconfigured_after_seconds" in err and "600-86400" in err
+    assert sum(moto_aws.log.aws_calls.values()) == 0
