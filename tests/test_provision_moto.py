@@ -37,6 +37,8 @@ def ids(moto_aws):
     custom = iam.create_role(RoleName="AWSBatchServiceRole", Path="/service-role/", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
     job_role = iam.create_role(RoleName="airflow-gpu-job", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
     profile = iam.create_instance_profile(InstanceProfileName="ecsInstanceRole")["InstanceProfile"]["Arn"]
+    iam.create_role(RoleName="ecsInstanceRole", AssumeRolePolicyDocument="{}")
+    iam.add_role_to_instance_profile(InstanceProfileName="ecsInstanceRole", RoleName="ecsInstanceRole")
     vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
     subnets = [ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.0.{i}.0/24")["Subnet"]["SubnetId"] for i in range(3)]
     sg = ec2.create_security_group(GroupName="batch", Description="batch", VpcId=vpc)["GroupId"]
@@ -496,6 +498,11 @@ MISSING_PIECES = {
     "instance profile": (
         lambda aws, ids: {"compute": {"instance_role": f"arn:aws:iam::{ACCOUNT}:instance-profile/noSuchProfile"}},
         "compute.instance_role", "aws iam create-instance-profile --instance-profile-name noSuchProfile",
+    ),
+    "instance profile without a role": (
+        lambda aws, ids: aws.client("iam").create_instance_profile(InstanceProfileName="emptyProfile") and
+        {"compute": {"instance_role": f"arn:aws:iam::{ACCOUNT}:instance-profile/emptyProfile"}},
+        "holds no role", "aws iam add-role-to-instance-profile --instance-profile-name emptyProfile",
     ),
     "job role": (
         lambda aws, ids: {"job": {"job_role": f"arn:aws:iam::{ACCOUNT}:role/no-such-job-role"}},

@@ -90,8 +90,20 @@ def _check_service_role(cfg: BatchSetupConfig, clients: Clients) -> list[Missing
 def _check_instance_profile(cfg: BatchSetupConfig, clients: Clients) -> list[Missing]:
     profile = cfg.compute.instance_role
     name = _name(profile)
-    if _exists(lambda: clients.iam.get_instance_profile(InstanceProfileName=name), f"looking up the instance profile {name}"):
-        return []
+    found: dict[str, Any] = {}
+
+    def look_up() -> None:
+        found.update(clients.iam.get_instance_profile(InstanceProfileName=name)["InstanceProfile"])
+
+    if _exists(look_up, f"looking up the instance profile {name}"):
+        if found.get("Roles"):
+            return []
+        # An empty profile gives the hosts no credentials: the ECS agent cannot register and the
+        # compute environment never gets an instance to run on.
+        return [Missing(f"compute.instance_role {profile}", "holds no role", (
+            f"aws iam add-role-to-instance-profile --instance-profile-name {name} --role-name ecsInstanceRole",
+            "(a role trusted by ec2.amazonaws.com with AmazonEC2ContainerServiceforEC2Role attached)",
+        ))]
     return [Missing(f"compute.instance_role {profile}", "does not exist", (
         f"aws iam create-role --role-name {name} --assume-role-policy-document '{_trust('ec2.amazonaws.com')}'",
         f"aws iam attach-role-policy --role-name {name} --policy-arn arn:aws:iam::aws:policy/service-role/AmazonEC2ContainerServiceforEC2Role",
