@@ -15,7 +15,7 @@ from airflow.sdk.exceptions import AirflowException
 
 from airflow_gpu.config import default_deferrable
 from airflow_gpu.exceptions import GpuJobFailed
-from airflow_gpu.jobs.backend import STOPPED_FOR_MAX_QUEUED, SUCCEEDED, BackendTarget, JobState, check_backend_name
+from airflow_gpu.jobs.backend import SUCCEEDED, BackendTarget, JobState, check_backend_name
 from airflow_gpu.jobs.blocking import BlockingJobs, JobView
 from airflow_gpu.jobs.spec import (
     FIELD_CHECKS,
@@ -271,7 +271,7 @@ class GpuBatchOperator(BaseOperator):
     def _stopped_for_an_earlier_try(self, state: JobState) -> bool:
         """Did airflow-gpu itself terminate the job (it carries the cancelled mark), and not for
         max_queued (which this try's own trigger enforces)? Then an earlier try's on_kill did."""
-        if state.stopped_for == STOPPED_FOR_MAX_QUEUED:
+        if state.stopped_for is not None:  # this try's own trigger stopped it (max_queued, never starts)
             return False
         try:
             current = self.jobs.describe(state.job_id, timeout=60)

@@ -8,6 +8,7 @@ from typing import Any, AsyncIterator
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_gpu.jobs.backend import BackendTarget, JobBackend, JobState
+from airflow_gpu.jobs.blocked import waiting_line
 from airflow_gpu.jobs.follower import LogFollow, LogFollower
 from airflow_gpu.jobs.shared import DEFAULT_POLL_INTERVAL
 from airflow_gpu.jobs.watcher import JobWatch, JobWatcher, follow_job
@@ -114,7 +115,7 @@ class GpuBatchJobTrigger(BaseTrigger):
         # One line per state change while the job lives, never per poll: at 10,000 jobs the log
         # is a cost too (a record costs 40-100 us in the triggerer).
         if not state.is_terminal:
-            self.log.info("Job %s is %s", state.job_id, state.status)
+            self.log.info(waiting_line(state.job_id, state.status, state.blocked))
         if self.stream_logs and state.log_stream:
             self._follow_log(state)
 

@@ -173,7 +173,11 @@ class BatchJobDriver:
         reason: str | None = None,
         exit_code: int | None = None,
     ) -> None:
-        """Move a job to ``status``; terminal states take a status reason and a container exit code."""
+        """Move a job to ``status``; terminal states take a status reason and a container exit code.
+
+        A live state takes a reason too: AWS Batch writes why it cannot place a RUNNABLE job
+        (``MISCONFIGURATION:JOB_RESOURCE_REQUIREMENT - ...``) into the job's statusReason.
+        """
         job = self.job(job_id)
         if status in ("SUCCEEDED", "FAILED"):
             if not job.attempts:
@@ -192,6 +196,8 @@ class BatchJobDriver:
             job.job_started_at = datetime.now()
             job._start_attempt()
         job.status = status
+        # moto reports job_stopped_reason as statusReason; a live job's reason lasts until the next move.
+        job.job_stopped_reason = reason
 
     def wait_for_jobs(self, count: int, timeout: float = 30.0, status: str | None = None) -> list[str]:
         """Block until at least ``count`` jobs exist (optionally in ``status``); return their ids."""
@@ -509,6 +515,19 @@ def _install_aws_rules(driver: BatchJobDriver) -> None:
 
     backend_cls.update_job_queue = update_job_queue
 
+    # moto drops a queue's jobStateTimeLimitActions; AWS keeps and reports them. Create and
+    # update replace the whole list, as in AWS.
+    for action, name_param in (("createjobqueue", "jobQueueName"), ("updatejobqueue", "jobQueue")):
+        setattr(batch_responses.BatchResponse, action, _keeping_time_limit_actions(getattr(batch_responses.BatchResponse, action), name_param))
+    original_queue_describe = batch_models.JobQueue.describe
+
+    def describe_queue(queue: Any) -> dict[str, Any]:
+        result = original_queue_describe(queue)
+        result["jobStateTimeLimitActions"] = list(getattr(queue, "job_state_time_limit_actions", []))
+        return result
+
+    batch_models.JobQueue.describe = describe_queue
+
     original_describe_ces = backend_cls.describe_compute_environments
     backend_cls.describe_compute_environments = lambda self, environments=None: driver._settle(
         original_describe_ces(self, environments), "computeEnvironmentArn"
@@ -517,6 +536,18 @@ def _install_aws_rules(driver: BatchJobDriver) -> None:
     backend_cls.describe_job_queues = lambda self, job_queues=None: driver._settle(
         original_describe_queues(self, job_queues), "jobQueueArn"
     )
+
+
+def _keeping_time_limit_actions(original: Callable, name_param: str) -> Callable:
+    def handler(self: Any) -> Any:
+        result = original(self)
+        actions = self._get_param("jobStateTimeLimitActions")
+        if actions is not None:
+            queue = self.batch_backend.get_job_queue(self._get_param(name_param))
+            queue.job_state_time_limit_actions = list(actions)
+        return result
+
+    return handler
 
 
 def start_moto() -> tuple[ThreadedMotoServer, MotoAws]:

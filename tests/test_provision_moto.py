@@ -37,13 +37,19 @@ def ids(moto_aws):
     custom = iam.create_role(RoleName="AWSBatchServiceRole", Path="/service-role/", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
     job_role = iam.create_role(RoleName="airflow-gpu-job", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
     profile = iam.create_instance_profile(InstanceProfileName="ecsInstanceRole")["InstanceProfile"]["Arn"]
+    iam.create_role(RoleName="ecsInstanceRole", AssumeRolePolicyDocument="{}")
+    iam.add_role_to_instance_profile(InstanceProfileName="ecsInstanceRole", RoleName="ecsInstanceRole")
     vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
     subnets = [ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.0.{i}.0/24")["Subnet"]["SubnetId"] for i in range(3)]
     sg = ec2.create_security_group(GroupName="batch", Description="batch", VpcId=vpc)["GroupId"]
+    # The worker image that config() names, pushed to ECR.
+    ecr = moto_aws.client("ecr")
+    ecr.create_repository(repositoryName="airflow-gpu-worker")
+    ecr.put_image(repositoryName="airflow-gpu-worker", imageTag="0.1.0", imageManifest=json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.v2+json", "layers": []}))
     moto_aws.log.reset()
     return {
         "service_role": slr, "custom_service_role": custom, "job_role": job_role, "instance_role": profile,
-        "subnets": subnets, "security_group": sg,
+        "subnets": subnets, "security_group": sg, "vpc": vpc,
     }
 
 
@@ -80,7 +86,7 @@ def config(ids: dict, **tables) -> dict:
     }
     for table, changes in tables.items():
         if isinstance(changes, dict):
-            data[table].update(changes)
+            data.setdefault(table, {}).update(changes)
         else:
             data[table] = changes
     return data
@@ -430,3 +436,113 @@ def test_aws_errors_become_one_clear_message(moto_aws, ids, tmp_path, capsys):
     assert rc == 1
     assert "creating compute environment gpu-test-ce failed" in err and "subnet-0123456789abcdef0" in err
     assert "Traceback" not in err
+
+
+def test_the_queue_cancels_misconfigured_jobs_after_10_minutes_by_default_and_the_limits_update_in_place(
+    moto_aws, ids, tmp_path, capsys
+):
+    assert run(moto_aws, tmp_path, capsys, config(ids))[0] == 0
+    batch = moto_aws.client("batch")
+
+    def actions() -> list[tuple]:
+        queue = batch.describe_job_queues(jobQueues=["gpu-test-queue"])["jobQueues"][0]
+        return sorted((a["reason"], a["state"], a["maxTimeSeconds"], a["action"]) for a in queue["jobStateTimeLimitActions"])
+
+    assert actions() == [
+        ("MISCONFIGURATION:COMPUTE_ENVIRONMENT_MAX_RESOURCE", "RUNNABLE", 600, "CANCEL"),
+        ("MISCONFIGURATION:EC2_INSTANCE_CONFIGURATION_UNSUPPORTED", "RUNNABLE", 600, "CANCEL"),
+        ("MISCONFIGURATION:JOB_RESOURCE_REQUIREMENT", "RUNNABLE", 600, "CANCEL"),
+    ]
+    moto_aws.log.reset()
+    assert run(moto_aws, tmp_path, capsys, config(ids))[0] == 0
+    assert moto_aws.log.writes() == Counter()  # the limits read back as written: nothing to update
+
+    changed = config(ids, queue={"cancel_misconfigured_after_seconds": 0, "cancel_no_capacity_after_seconds": 14400})
+    rc, out, err = run(moto_aws, tmp_path, capsys, changed)
+    assert rc == 0, err
+    assert moto_aws.log.writes() == Counter({"batch:updatejobqueue": 1})
+    assert "jobStateTimeLimitActions" in out
+    assert actions() == [("CAPACITY:INSUFFICIENT_INSTANCE_CAPACITY", "RUNNABLE", 14400, "CANCEL")]
+
+
+@pytest.mark.parametrize("value", [599, 86401, "ten"])
+def test_a_queue_time_limit_outside_what_aws_accepts_is_refused_before_any_call(moto_aws, ids, tmp_path, capsys, value):
+    rc, out, err = run(moto_aws, tmp_path, capsys, config(ids, queue={"cancel_misconfigured_after_seconds": value}))
+    assert rc == 2
+    assert "queue.cancel_misconfigured_after_seconds" in err and "600-86400" in err
+    assert sum(moto_aws.log.aws_calls.values()) == 0
+
+
+def _remove_slr(moto_aws, ids):
+    moto_aws.client("iam").delete_role(RoleName="AWSServiceRoleForBatch")
+    return {}
+
+
+def _other_vpc_subnet(moto_aws, ids):
+    ec2 = moto_aws.client("ec2")
+    vpc = ec2.create_vpc(CidrBlock="10.9.0.0/16")["Vpc"]["VpcId"]
+    subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.9.0.0/24")["Subnet"]["SubnetId"]
+    return {"compute": {"subnets": [ids["subnets"][0], subnet]}}
+
+
+def _untagged_image(moto_aws, ids):
+    return {"job": {"image": f"{ACCOUNT}.dkr.ecr.us-east-1.amazonaws.com/airflow-gpu-worker:9.9.9"}}
+
+
+MISSING_PIECES = {
+    "service-linked role": (_remove_slr, "compute.service_role", "aws iam create-service-linked-role --aws-service-name batch.amazonaws.com"),
+    "service role": (
+        lambda aws, ids: {"compute": {"service_role": f"arn:aws:iam::{ACCOUNT}:role/service-role/no-such-batch-role"}},
+        "compute.service_role", "aws iam create-role --role-name no-such-batch-role --path /service-role/",
+    ),
+    "instance profile": (
+        lambda aws, ids: {"compute": {"instance_role": f"arn:aws:iam::{ACCOUNT}:instance-profile/noSuchProfile"}},
+        "compute.instance_role", "aws iam create-instance-profile --instance-profile-name noSuchProfile",
+    ),
+    "instance profile without a role": (
+        lambda aws, ids: aws.client("iam").create_instance_profile(InstanceProfileName="emptyProfile") and
+        {"compute": {"instance_role": f"arn:aws:iam::{ACCOUNT}:instance-profile/emptyProfile"}},
+        "holds no role", "aws iam add-role-to-instance-profile --instance-profile-name emptyProfile",
+    ),
+    "job role": (
+        lambda aws, ids: {"job": {"job_role": f"arn:aws:iam::{ACCOUNT}:role/no-such-job-role"}},
+        "job.job_role", "aws iam put-role-policy --role-name no-such-job-role",
+    ),
+    "subnet": (
+        lambda aws, ids: {"compute": {"subnets": [ids["subnets"][0], "subnet-0123456789abcdef0"]}},
+        "compute.subnets subnet-0123456789abcdef0", "aws ec2 create-subnet --region us-east-1 --vpc-id {vpc}",
+    ),
+    "security group": (
+        lambda aws, ids: {"compute": {"security_groups": ["sg-0123456789abcdef0"]}},
+        "compute.security_groups sg-0123456789abcdef0", "aws ec2 create-security-group --region us-east-1 --vpc-id {vpc}",
+    ),
+    "two VPCs": (_other_vpc_subnet, "are not in one VPC", "aws ec2 describe-subnets --region us-east-1 --filters Name=vpc-id"),
+    "ECR repository": (
+        lambda aws, ids: {"job": {"image": f"{ACCOUNT}.dkr.ecr.us-east-1.amazonaws.com/no-such-repo:1.0"}},
+        "which does not exist", "aws ecr create-repository --region us-east-1 --repository-name no-such-repo",
+    ),
+    "ECR image": (_untagged_image, "is not in ECR repository airflow-gpu-worker", "docker push 123456789012.dkr.ecr.us-east-1.amazonaws.com/airflow-gpu-worker:9.9.9"),
+}
+
+
+@pytest.mark.parametrize("piece", list(MISSING_PIECES))
+def test_dry_run_reports_a_missing_dependency_with_the_command_that_creates_it(moto_aws, ids, tmp_path, capsys, piece):
+    make_it_missing, names, command = MISSING_PIECES[piece]
+    data = config(ids, **make_it_missing(moto_aws, ids))
+    moto_aws.log.reset()
+    rc, out, err = run(moto_aws, tmp_path, capsys, data, "--dry-run")
+    assert rc == 1, out + err
+    assert "depends on 1 thing(s) that AWS does not have" in err
+    assert names in err
+    assert command.format(vpc=ids["vpc"]) in err
+    assert moto_aws.log.writes(("batch", "logs", "iam", "ec2", "ecr")) == Counter()
+
+
+def test_dry_run_with_every_dependency_present_checks_them_read_only(moto_aws, ids, tmp_path, capsys):
+    rc, out, err = run(moto_aws, tmp_path, capsys, config(ids), "--dry-run")
+    assert rc == 0, err
+    calls = moto_aws.log.aws_calls
+    assert calls["iam:getrole"] == 2 and calls["iam:getinstanceprofile"] == 1
+    assert calls["ec2:describesubnets"] == 1 and calls["ec2:describesecuritygroups"] == 1
+    assert calls["ecr:describeimages"] == 1
+    assert moto_aws.log.writes(("batch", "logs", "iam", "ec2", "ecr")) == Counter()

@@ -13,6 +13,7 @@ import importlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Protocol, Sequence
 
+from airflow_gpu.jobs.blocked import BlockedReason
 from airflow_gpu.jobs.spec import JobSpec, JobSpecError
 
 if TYPE_CHECKING:  # for the LogReader protocol's signatures only
@@ -25,8 +26,10 @@ FAILED = "FAILED"
 TERMINAL_STATES = frozenset({SUCCEEDED, FAILED})
 # Not a Batch status: the backend has no job with this id (wrong id, region or account, or long expired).
 UNKNOWN = "UNKNOWN"
-# JobState.stopped_for when airflow-gpu's own follow_job terminated a job that queued past max_queued.
+# Why airflow-gpu's own follow_job terminated a job (JobState.stopped_for): it queued past
+# max_queued, or Batch reported a misconfiguration that means it can never start.
 STOPPED_FOR_MAX_QUEUED = "max_queued"
+STOPPED_FOR_NEVER_STARTS = "never_starts"
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +48,9 @@ class JobState:
     # the last attempt for a retried job); drives ``max_queued``.
     queued_since: float | None = None
     tags: Mapping[str, str] = field(default_factory=dict)
-    # Why airflow-gpu itself stopped the job, when it did (STOPPED_FOR_MAX_QUEUED); None otherwise.
+    # Why a RUNNABLE job cannot be placed, as the backend reports it (AWS Batch's blocked reasons).
+    blocked: BlockedReason | None = None
+    # Why airflow-gpu itself stopped the job, when it did (STOPPED_FOR_*); None otherwise.
     # A field rather than a phrase in status_reason, so the operator never parses a message.
     stopped_for: str | None = None
 

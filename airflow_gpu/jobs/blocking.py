@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Awaitable, Callable, TypeVar
 
 from airflow_gpu.jobs.backend import SUCCEEDED, BackendTarget, JobBackend, JobState
+from airflow_gpu.jobs.blocked import waiting_line
 from airflow_gpu.jobs.spec import JobSpec
 from airflow_gpu.jobs.watcher import JobWatcher, follow_job
 
@@ -119,7 +120,7 @@ class BlockingJobs:
         async def call() -> JobView:
             watcher = JobWatcher.shared(self.target)
             async with watcher.watch(job_id, poll_interval=poll_interval, max_queued=max_queued) as watch:
-                final = await follow_job(watch, on_change=lambda s: self.log.info("Job %s is %s", s.job_id, s.status))
+                final = await follow_job(watch, on_change=lambda s: self.log.info(waiting_line(s.job_id, s.status, s.blocked)))
             async with watcher.backend() as backend:
                 lines = () if final.status == SUCCEEDED else await self._tail(backend, final)
                 return self._view(backend, final, log_lines=lines)

@@ -40,7 +40,17 @@ import time
 from dataclasses import replace
 from typing import AsyncIterator, Callable, ClassVar, Sequence
 
-from airflow_gpu.jobs.backend import FAILED, STOPPED_FOR_MAX_QUEUED, UNKNOWN, BackendTarget, JobBackend, JobState, backend_class
+from airflow_gpu.jobs.backend import (
+    FAILED,
+    STOPPED_FOR_MAX_QUEUED,
+    STOPPED_FOR_NEVER_STARTS,
+    UNKNOWN,
+    BackendTarget,
+    JobBackend,
+    JobState,
+    backend_class,
+)
+from airflow_gpu.jobs.blocked import never_starts_reason
 from airflow_gpu.jobs.shared import DEFAULT_POLL_INTERVAL, Cadence, PerLoop, detached_task
 
 log = logging.getLogger(__name__)
@@ -348,6 +358,7 @@ class JobWatcher:
                 or previous.status != state.status
                 or previous.attempts != state.attempts
                 or previous.log_stream != state.log_stream
+                or previous.blocked != state.blocked  # a blocked reason appears, changes or clears
             ):
                 self._latest[job_id] = state
                 for watch in watches:
@@ -399,19 +410,26 @@ def queued_too_long_reason(queued_for: float, status: str, max_queued: float | N
 
 
 async def follow_job(watch: JobWatch, *, on_change: Callable[[JobState], None] | None = None) -> JobState:
-    """Wait for the watched job's final state; terminate it if it queues past ``max_queued``.
+    """Wait for the watched job's final state; terminate it if it queues past ``max_queued``,
+    or at once if the backend says it can never start (a misconfigured queue).
 
     Returns a terminal state (SUCCEEDED, FAILED) or UNKNOWN. Shared by the
     trigger (in the triggerer) and the operator's blocking path (in a worker),
-    so both behave the same.
+    so both behave the same. ``on_change`` sees every other change, a blocked
+    reason's included, once.
     """
     while True:
         state = await watch.next_change()
-        if watch.queued_for is not None and not state.is_terminal:
-            reason = queued_too_long_reason(watch.queued_for, state.status, watch.max_queued)
+        stop: tuple[str, str] | None = None
+        if state.blocked is not None and state.blocked.never_starts:
+            stop = (STOPPED_FOR_NEVER_STARTS, never_starts_reason(state.blocked))
+        elif watch.queued_for is not None and not state.is_terminal:
+            stop = (STOPPED_FOR_MAX_QUEUED, queued_too_long_reason(watch.queued_for, state.status, watch.max_queued))
+        if stop is not None:
+            why, reason = stop
             async with watch.watcher.backend() as backend:
                 await backend.terminate(watch.job_id, reason)
-            return replace(state, status=FAILED, status_reason=reason, exit_code=None, stopped_for=STOPPED_FOR_MAX_QUEUED)
+            return replace(state, status=FAILED, status_reason=reason, exit_code=None, blocked=None, stopped_for=why)
         if on_change is not None:
             on_change(state)
         if state.is_terminal:

@@ -37,6 +37,18 @@ class Clients:
     logs: Any
     region: str
     endpoint_url: str | None
+    # Read-only look-ups of what the set-up depends on (provision/dependencies.py).
+    iam: Any = None
+    ec2: Any = None
+    session: Any = None
+    config: Any = None
+
+    def ecr_in(self, region: str) -> Any:
+        """An ECR client for the image's region, which need not be the set-up's."""
+        kwargs: dict[str, Any] = {"region_name": region, "config": self.config}
+        if self.endpoint_url:
+            kwargs["endpoint_url"] = self.endpoint_url
+        return self.session.client("ecr", **kwargs)
 
 
 def connect(region: str, endpoint_url: str | None = None, profile: str | None = None) -> Clients:
@@ -57,6 +69,10 @@ def connect(region: str, endpoint_url: str | None = None, profile: str | None = 
         logs=session.client("logs", **kwargs),
         region=region,
         endpoint_url=endpoint_url,
+        iam=session.client("iam", **kwargs),
+        ec2=session.client("ec2", **kwargs),
+        session=session,
+        config=config,
     )
 
 

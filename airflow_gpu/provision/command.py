@@ -34,6 +34,7 @@ def run(args: argparse.Namespace, *, stdout: TextIO | None = None, stderr: TextI
     from .apply import execute, outputs_of
     from .aws import WaitPolicy, connect
     from .config import load_config
+    from .dependencies import check_dependencies
     from .errors import ConfigError, ProvisionError
     from .plan import plan_setup, plan_teardown
     from .report import render_outputs, render_plan, write_json
@@ -71,6 +72,13 @@ def run(args: argparse.Namespace, *, stdout: TextIO | None = None, stderr: TextI
             say(line)
         if args.dry_run:
             outputs = outputs_of(plan, None, dry_run=True)
+            missing = [] if args.delete else check_dependencies(cfg, clients)
+            if missing:
+                print(f"error: the set-up depends on {len(missing)} thing(s) that AWS does not have; "
+                      "the real run would fail. Create them, then run batch-setup again:", file=stderr)
+                for item in missing:
+                    print("\n".join(["  - " + item.render()[0], *item.render()[1:]]), file=stderr)
+                return EXIT_FAILED
         else:
             outputs = execute(plan, clients, WaitPolicy(timeout=args.wait_timeout, interval=args.poll_interval), say)
     except ProvisionError as exc:

@@ -108,6 +108,10 @@ def job_queue_view(queue: dict[str, Any]) -> dict[str, Any]:
         "state": queue.get("state"),
         "priority": int(queue["priority"]) if queue.get("priority") is not None else None,
         "computeEnvironmentOrder": [f"{int(o['order'])}: {o['computeEnvironment']}" for o in order] or None,
+        "jobStateTimeLimitActions": sorted(
+            f"{a.get('action')} {a.get('state')} {a.get('reason')} after {int(a.get('maxTimeSeconds') or 0)} s"
+            for a in queue.get("jobStateTimeLimitActions") or []
+        ) or None,
     }
 
 

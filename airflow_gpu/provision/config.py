@@ -88,6 +88,32 @@ class LogsConfig:
     stream_prefix: str
 
 
+# The blocked reasons AWS Batch can act on by itself (jobStateTimeLimitActions) that waiting never clears.
+MISCONFIGURATION_REASONS = (
+    "MISCONFIGURATION:COMPUTE_ENVIRONMENT_MAX_RESOURCE",
+    "MISCONFIGURATION:JOB_RESOURCE_REQUIREMENT",
+    "MISCONFIGURATION:EC2_INSTANCE_CONFIGURATION_UNSUPPORTED",
+)
+NO_CAPACITY_REASON = "CAPACITY:INSUFFICIENT_INSTANCE_CAPACITY"
+# AWS accepts maxTimeSeconds from 600 to 86400.
+TIME_LIMIT_RANGE = (600, 86400)
+
+
+@dataclass(frozen=True)
+class QueueConfig:
+    """What the job queue does with jobs blocked at its head (its jobStateTimeLimitActions).
+
+    A blocked job at the head of a queue holds up every job behind it. airflow-gpu's watcher
+    fails a misconfigured job at once, but only while something waits for it; the queue's own
+    action also catches jobs nobody watches (a stopped triggerer, ``airflow-gpu submit``).
+    """
+
+    # Seconds before AWS cancels a job blocked by a MISCONFIGURATION reason; None: never.
+    cancel_misconfigured_after_seconds: int | None = 600
+    # Seconds before AWS cancels a job waiting for instance capacity; None: never (max_queued decides).
+    cancel_no_capacity_after_seconds: int | None = None
+
+
 @dataclass(frozen=True)
 class BatchSetupConfig:
     """Everything batch-setup needs, checked. Resource names derive from ``prefix``."""
@@ -98,6 +124,7 @@ class BatchSetupConfig:
     job: JobConfig
     logs: LogsConfig
     tags: dict[str, str]
+    queue: QueueConfig = QueueConfig()
     source: str = "config"
     warnings: tuple[str, ...] = field(default=(), compare=False)
 
@@ -232,7 +259,7 @@ class _Validator:
         self.warnings: list[str] = []
 
     def validate(self, data: dict[str, Any], region_override: str | None) -> BatchSetupConfig:
-        top = _Table(data, "", self.problems, ("prefix", "region", "compute", "job", "logs", "tags"))
+        top = _Table(data, "", self.problems, ("prefix", "region", "compute", "job", "logs", "queue", "tags"))
         prefix = top.string(
             "prefix", pattern=_PREFIX, shape="a name prefix (letters, digits, - and _, up to 100, starting with a letter or digit)",
             hint='set prefix = "airflow-gpu"; resources are named <prefix>-ce, <prefix>-queue, <prefix>-worker',
@@ -253,6 +280,9 @@ class _Validator:
             "command", "environment", "shared_memory_mib",
         )))
         logs = self._logs(_Table(data.get("logs"), "logs", self.problems, ("group", "retention_days", "stream_prefix")), prefix)
+        queue = self._queue(_Table(data.get("queue"), "queue", self.problems, (
+            "cancel_misconfigured_after_seconds", "cancel_no_capacity_after_seconds",
+        )))
         tags = self._tags(data.get("tags"))
 
         if compute is not None and job is not None:
@@ -261,7 +291,7 @@ class _Validator:
             raise ConfigError(self.source, self.problems)
         assert prefix and region and compute and job and logs and tags is not None
         return BatchSetupConfig(
-            prefix=prefix, region=region, compute=compute, job=job, logs=logs, tags=tags,
+            prefix=prefix, region=region, compute=compute, job=job, logs=logs, tags=tags, queue=queue,
             source=self.source, warnings=tuple(self.warnings),
         )
 
@@ -369,6 +399,22 @@ class _Validator:
         if len(self.problems) > before or group is None or stream_prefix is None:
             return None
         return LogsConfig(group, retention or 30, stream_prefix)
+
+    # -- [queue] ---------------------------------------------------------------
+    def _queue(self, t: _Table) -> QueueConfig:
+        low, high = TIME_LIMIT_RANGE
+
+        def limit(name: str, default: int | None, what: str) -> int | None:
+            value = t.data.get(name)
+            if value == 0 and not isinstance(value, bool):
+                return None  # 0 switches the action off
+            return t.integer(name, required=False, default=default, low=low, high=high,
+                             hint=f"seconds a job may stay RUNNABLE {what} before AWS cancels it ({low}-{high}), or 0 for never")
+
+        return QueueConfig(
+            cancel_misconfigured_after_seconds=limit("cancel_misconfigured_after_seconds", 600, "blocked by a misconfiguration"),
+            cancel_no_capacity_after_seconds=limit("cancel_no_capacity_after_seconds", None, "for want of instance capacity"),
+        )
 
     # -- [tags] ----------------------------------------------------------------
     def _tags(self, data: Any) -> dict[str, str] | None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .config import BatchSetupConfig
+from .config import MISCONFIGURATION_REASONS, NO_CAPACITY_REASON, BatchSetupConfig
 
 # Marks what batch-setup made, so --delete never removes a same-named resource someone else owns.
 MANAGED_BY_KEY = "airflow-gpu:managed-by"
@@ -64,8 +64,20 @@ def job_queue_request(cfg: BatchSetupConfig, compute_environment_arn: str) -> di
         "state": "ENABLED",
         "priority": 1,
         "computeEnvironmentOrder": [{"order": 1, "computeEnvironment": compute_environment_arn}],
+        "jobStateTimeLimitActions": job_state_time_limit_actions(cfg),
         "tags": resource_tags(cfg),
     }
+
+
+def job_state_time_limit_actions(cfg: BatchSetupConfig) -> list[dict[str, Any]]:
+    """Cancel jobs blocked at the head of the queue, so one bad job cannot hold up the rest for ever."""
+    q = cfg.queue
+    reasons: list[tuple[str, int]] = []
+    if q.cancel_misconfigured_after_seconds is not None:
+        reasons += [(reason, q.cancel_misconfigured_after_seconds) for reason in MISCONFIGURATION_REASONS]
+    if q.cancel_no_capacity_after_seconds is not None:
+        reasons.append((NO_CAPACITY_REASON, q.cancel_no_capacity_after_seconds))
+    return [{"reason": r, "state": "RUNNABLE", "maxTimeSeconds": t, "action": "CANCEL"} for r, t in reasons]
 
 
 def job_definition_request(cfg: BatchSetupConfig) -> dict[str, Any]:

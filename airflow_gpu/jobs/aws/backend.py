@@ -35,6 +35,7 @@ from airflow_gpu.jobs.backend import (
 )
 from airflow_gpu.jobs.aws.replies import decode_leanly
 from airflow_gpu.jobs.backoff import RateLimiter, RetryPolicy, SharedBackoff
+from airflow_gpu.jobs.blocked import parse_blocked
 from airflow_gpu.jobs.spec import TAG_CANCELLED, TAG_IDEMPOTENCY_KEY, JobSpec
 
 
@@ -126,6 +127,7 @@ def parse_job(job: dict[str, Any]) -> JobState:
         log_group=group if stream else None,
         queued_since=queued_since,
         tags=job.get("tags") or {},
+        blocked=parse_blocked(status, job.get("statusReason")),
     )
 
 
