@@ -45,3 +45,28 @@ def upload_folder(s3_client, folder: Path, bucket: str, prefix: str) -> None:
     for path in sorted(folder.rglob("*")):
         if path.is_file():
             s3_client.upload_file(str(path), bucket, f"{prefix.rstrip('/')}/{path.relative_to(folder).as_posix()}")
+
+
+def confidence_with_heavy_rows(n_interactions: int, *, heavy_users: int = 3, heavy_share: float = 0.5, seed: int = 0):
+    """A bm25 confidence CSR from the synthetic generator, with ``heavy_users`` planted users who
+    each played ``heavy_share`` of the catalogue (the popular items are heavy rows of their own):
+    data for the native solver's heavy-row split."""
+    import scipy.sparse
+
+    from airflow_gpu.worker.matrix import build_interactions, confidence
+
+    table = synthetic_interactions(n_interactions, seed=seed, string_ids=False)
+    counts = build_interactions(table["user_id"], table["item_id"], table["plays"].to_numpy()).matrix.tocsr()
+    rng = np.random.default_rng(seed)
+    users, items = counts.shape
+    planted_rows, planted_cols = [], []
+    for n in range(heavy_users):
+        chosen = rng.choice(items, size=max(1, int(heavy_share * items)), replace=False)
+        planted_rows.append(np.full(len(chosen), users + n))
+        planted_cols.append(chosen)
+    planted = scipy.sparse.csr_matrix(
+        (rng.integers(1, 5, sum(map(len, planted_cols))).astype(np.float32),
+         (np.concatenate(planted_rows) - users, np.concatenate(planted_cols))), shape=(heavy_users, items))
+    matrix = scipy.sparse.vstack([counts, planted]).tocsr().astype(np.float32)
+    matrix.sum_duplicates()
+    return confidence(matrix, "bm25")
