@@ -58,6 +58,10 @@ class TrainParams:
             raise WorkerError(f"unknown --device '{self.device}'; use auto, gpu or cpu")
         if self.solver not in SOLVERS:
             raise WorkerError(f"unknown --solver '{self.solver}'; use implicit or native")
+        if self.solver == "native":  # here, so the pipeline refuses before it reads any data
+            from .gpu.solver import resolve_native_device
+
+            resolve_native_device(self.device)
 
 
 @dataclass

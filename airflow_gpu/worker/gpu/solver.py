@@ -43,9 +43,9 @@ def _cupy():
 def gpu_available() -> str | None:
     """None when CuPy sees a CUDA GPU of compute capability 8.0+, else why not (for an error message)."""
     try:
-        cupy = _cupy()
-    except WorkerError as exc:
-        return str(exc)
+        import cupy
+    except ImportError:
+        return "CuPy (cupy-cuda13x) is not installed here; install airflow-gpu[gpu] (the worker image has it)"
     try:
         if cupy.cuda.runtime.getDeviceCount() < 1:
             return "CuPy sees no CUDA device"
@@ -69,7 +69,8 @@ def resolve_native_device(requested: str) -> str:
         raise WorkerError("--solver native runs on the GPU only; use --solver implicit with --device cpu")
     why = gpu_available()
     if why is not None:
-        raise WorkerError(f"--solver native needs a CUDA GPU: {why}; use --solver implicit (it falls back to the CPU)")
+        raise WorkerError(f"--solver native needs CuPy and a CUDA GPU: {why}; or use --solver implicit (it falls back "
+                          "to the CPU)")
     return "gpu"
 
 
