@@ -84,6 +84,9 @@ __device__ __forceinline__ void yty_times(const float* __restrict__ yty, float* 
 // The sparse term of one stretch [start, end) of a row: with residual set,
 //   sum_i [max(c_i, 0) - (|c_i| - 1) y_i.v] y_i   (the right-hand side minus the sparse part of A v),
 // else sum_i (|c_i| - 1) (y_i.v) y_i             (the sparse part of A v).
+// UNROLL interactions at a time: their factor rows are loaded and their dot products reduced
+// side by side, so a warp keeps several loads in flight instead of waiting on each in turn.
+#define UNROLL 4
 __device__ __forceinline__ void sparse_term(const int* __restrict__ indices, const float* __restrict__ data,
                                             const float* __restrict__ Y, i64 start, i64 end, int lane,
                                             const float (&v)[PER_LANE], bool residual, float (&acc)[PER_LANE]) {
@@ -95,18 +98,36 @@ __device__ __forceinline__ void sparse_term(const int* __restrict__ indices, con
             my_index = __ldg(indices + mine);
             my_conf = __ldg(data + mine);
         }
-        int count = (int)min((i64)WARP, end - base);
-        for (int t = 0; t < count; ++t) {
-            int item = __shfl_sync(FULL_MASK, my_index, t);
-            float conf = __shfl_sync(FULL_MASK, my_conf, t);
-            float y[PER_LANE];
-            load_row(Y, item, lane, y);
-            float positive = conf > 0.f ? conf : 0.f;
-            float c = fabsf(conf);
-            float weight = (c - 1.f) * dot_lanes(y, v);
-            if (residual) weight = positive - weight;
+        const int count = (int)min((i64)WARP, end - base);
+        for (int t = 0; t < count; t += UNROLL) {
+            float y[UNROLL][PER_LANE], conf[UNROLL], dot[UNROLL];
 #pragma unroll
-            for (int j = 0; j < PER_LANE; ++j) acc[j] += weight * y[j];
+            for (int u = 0; u < UNROLL; ++u) {
+                const int item = __shfl_sync(FULL_MASK, my_index, (t + u) & (WARP - 1));
+                conf[u] = __shfl_sync(FULL_MASK, my_conf, (t + u) & (WARP - 1));
+                if (t + u < count) {  // the same for every lane
+                    load_row(Y, item, lane, y[u]);
+                } else {
+#pragma unroll
+                    for (int j = 0; j < PER_LANE; ++j) y[u][j] = 0.f;  // contributes nothing
+                }
+                dot[u] = 0.f;
+#pragma unroll
+                for (int j = 0; j < PER_LANE; ++j) dot[u] += y[u][j] * v[j];
+            }
+#pragma unroll
+            for (int offset = WARP / 2; offset > 0; offset /= 2) {
+#pragma unroll
+                for (int u = 0; u < UNROLL; ++u) dot[u] += __shfl_xor_sync(FULL_MASK, dot[u], offset);
+            }
+#pragma unroll
+            for (int u = 0; u < UNROLL; ++u) {
+                const float positive = conf[u] > 0.f ? conf[u] : 0.f;
+                float weight = (fabsf(conf[u]) - 1.f) * dot[u];
+                if (residual) weight = positive - weight;
+#pragma unroll
+                for (int j = 0; j < PER_LANE; ++j) acc[j] += weight * y[u][j];
+            }
         }
     }
 }

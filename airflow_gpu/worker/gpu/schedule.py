@@ -45,7 +45,7 @@ def plan(indptr, threshold: int = HEAVY_THRESHOLD, chunk: int = CHUNK, xp=np) ->
     heavy_rows = xp.flatnonzero(heavy).astype(xp.int32)
     per_row = (lengths[heavy_rows] + chunk - 1) // chunk
     chunk_first = xp.zeros(heavy_rows.shape[0] + 1, dtype=xp.int64)
-    xp.cumsum(per_row, out=chunk_first[1:])
+    chunk_first[1:] = xp.cumsum(per_row)
     chunks = int(chunk_first[-1])
     # searchsorted rather than repeat: CuPy's repeat takes no array of counts
     chunk_heavy = (xp.searchsorted(chunk_first, xp.arange(chunks, dtype=xp.int64), side="right") - 1).astype(xp.int32)
