@@ -24,6 +24,7 @@ EPS = 1e-20
 PARAM_TYPES = {  # als.cu parameter type -> (is an array, numpy dtype)
     "i64*": (True, np.int64), "int*": (True, np.int32), "float*": (True, np.float32),
     "unsigned long long*": (True, np.uint64), "int": (False, np.int32), "i64": (False, np.int64),
+    "float": (False, np.float32),
 }
 
 
@@ -127,7 +128,20 @@ def scatter_columns(indptr, indices, data, n_rows, cursor, out_indices, out_data
             out_data[at] = data[n]
 
 
-EMULATED = {f.__name__: f for f in (cg_light, heavy_partials, heavy_start, heavy_step, count_columns, scatter_columns)}
+def row_sums(indptr, data, n_rows, sums):
+    for row in range(n_rows):
+        sums[row] = data[indptr[row]:indptr[row + 1]].sum(dtype=np.float32)
+
+
+def bm25_confidence(indptr, indices, data, n_rows, norm, idf, k1, alpha):
+    for row in range(n_rows):
+        span = slice(indptr[row], indptr[row + 1])
+        r = data[span]
+        data[span] = 1 + alpha * (r * (k1 + 1) / (k1 * norm[row] + r) * idf[indices[span]])
+
+
+EMULATED = {f.__name__: f for f in (cg_light, heavy_partials, heavy_start, heavy_step, count_columns, scatter_columns,
+                                    row_sums, bm25_confidence)}
 
 
 class FakeKernel:
@@ -219,6 +233,21 @@ def test_native_fit_drives_the_kernels_to_the_reference_result(fake_gpu):
     X64, Y64 = implicit_fit(matrix, X0, Y0, 2.0, 2, dtype=np.float64)
     for ours, theirs, f32, f64 in ((model.user_factors, X, X32, X64), (model.item_factors, Y, Y32, Y64)):
         assert relative(ours, theirs) <= max(ROUNDING * relative(f32, f64), 1e-5)
+
+
+@pytest.mark.parametrize("weighting", ["bm25", "log"])
+def test_weighting_on_the_gpu_matches_the_hosts(fake_gpu, weighting):
+    from airflow_gpu.worker.matrix import confidence
+
+    fake = fake_gpu()
+    counts = confidence_with_heavy_rows(8_000, heavy_users=2, seed=4)
+    counts.data = np.random.default_rng(0).integers(1, 30, counts.nnz).astype(np.float32)  # play counts
+    model = solver.NativeAls(factors=4)
+    side = model._upload(fake, counts)
+    model._weigh(fake, model._kernels(fake), side, counts.shape[1], weighting, None)
+    expected = confidence(counts, weighting).data
+    assert np.allclose(side["data"], expected, rtol=1e-5) and not np.allclose(expected, counts.data)
+    assert ("bm25_confidence" in fake.launches) == (weighting == "bm25")
 
 
 def test_native_fit_refuses_a_matrix_that_will_not_fit_before_uploading(fake_gpu):

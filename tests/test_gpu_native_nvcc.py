@@ -15,7 +15,8 @@ import pytest
 
 from airflow_gpu.worker.gpu.solver import SOURCE
 
-KERNELS = {"cg_light", "heavy_partials", "heavy_start", "heavy_step", "count_columns", "scatter_columns"}
+KERNELS = {"cg_light", "heavy_partials", "heavy_start", "heavy_step", "count_columns", "scatter_columns", "row_sums",
+           "bm25_confidence"}
 
 
 def nvcc() -> str | None:

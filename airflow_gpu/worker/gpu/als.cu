@@ -306,3 +306,32 @@ extern "C" __global__ void scatter_columns(const i64* __restrict__ indptr, const
         }
     }
 }
+
+// bm25 weighting on the GPU, pass 1: each row's total count (a warp per row).
+extern "C" __global__ void row_sums(const i64* __restrict__ indptr, const float* __restrict__ data, int n_rows,
+                                    float* __restrict__ sums) {
+    const int warps = blockDim.x / WARP;
+    const int lane = threadIdx.x % WARP;
+    for (int row = blockIdx.x * warps + threadIdx.x / WARP; row < n_rows; row += gridDim.x * warps) {
+        float total = 0.f;
+        for (i64 n = indptr[row] + lane; n < indptr[row + 1]; n += WARP) total += __ldg(data + n);
+        total = warp_sum(total);
+        if (lane == 0) sums[row] = total;
+    }
+}
+
+// bm25 weighting, pass 2, in place: c = 1 + alpha * r (k1 + 1) / (k1 norm_u + r) * idf_i, the
+// formula of matrix.bm25 / matrix.confidence (norm_u: the row's length normalisation).
+extern "C" __global__ void bm25_confidence(const i64* __restrict__ indptr, const int* __restrict__ indices,
+                                           float* __restrict__ data, int n_rows, const float* __restrict__ norm,
+                                           const float* __restrict__ idf, float k1, float alpha) {
+    const int warps = blockDim.x / WARP;
+    const int lane = threadIdx.x % WARP;
+    for (int row = blockIdx.x * warps + threadIdx.x / WARP; row < n_rows; row += gridDim.x * warps) {
+        const float scaled = k1 * norm[row];
+        for (i64 n = indptr[row] + lane; n < indptr[row + 1]; n += WARP) {
+            const float r = data[n];
+            data[n] = 1.f + alpha * (r * (k1 + 1.f) / (scaled + r) * __ldg(idf + indices[n]));
+        }
+    }
+}

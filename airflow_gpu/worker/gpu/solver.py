@@ -87,7 +87,10 @@ class NativeAls:
         self.item_factors: np.ndarray | None = None
         self.timings: dict[str, float] = {}
 
-    def fit(self, user_items: scipy.sparse.csr_matrix, show_progress: bool = False, callback=None) -> None:
+    def fit(self, user_items: scipy.sparse.csr_matrix, show_progress: bool = False, callback=None, *,
+            weighting: str | None = None, alpha: float | None = None) -> None:
+        """Train on ``user_items``: confidences, or with ``weighting`` raw counts weighted here on the GPU
+        (matrix.confidence's formulas), so the host's single-threaded bm25 pass is skipped."""
         cupy = _cupy()
         matrix = user_items.tocsr()
         users, items = matrix.shape
@@ -106,6 +109,11 @@ class NativeAls:
         self.timings["compile_s"] = time.perf_counter() - started
 
         started = time.perf_counter()
+        if weighting is not None:
+            self._weigh(cupy, kernels, user_side, items, weighting, alpha)
+            cupy.cuda.Device().synchronize()
+            self.timings["weighting_s"] = time.perf_counter() - started
+            started = time.perf_counter()
         item_side = self._transpose(cupy, kernels, user_side, items)
         sides = [self._prepare(cupy, user_side), self._prepare(cupy, item_side)]
         X = self._initial(cupy, self.user_factors, users, 0)
@@ -135,7 +143,8 @@ class NativeAls:
 
     def _kernels(self, cupy):
         module = _module(self.factors)
-        names = ("cg_light", "heavy_partials", "heavy_start", "heavy_step", "count_columns", "scatter_columns")
+        names = ("cg_light", "heavy_partials", "heavy_start", "heavy_step", "count_columns", "scatter_columns",
+                 "row_sums", "bm25_confidence")
         kernels = {name: module.get_function(name) for name in names}
         shared = (self.factors * self.factors + WARPS_PER_BLOCK * self.factors) * 4
         for name in ("cg_light", "heavy_start", "heavy_step"):
@@ -147,6 +156,35 @@ class NativeAls:
 
     def _grid(self, kernels, work: int) -> tuple[int]:
         return (max(1, min(kernels["grid"], -(-work // WARPS_PER_BLOCK))),)
+
+    def _weigh(self, cupy, kernels, side, columns: int, weighting: str, alpha: float | None) -> None:
+        """matrix.confidence on the GPU, in place on the uploaded counts: C = 1 + alpha * f(r)."""
+        from ..matrix import BM25_B, BM25_K1, DEFAULT_ALPHA, WEIGHTINGS
+
+        if weighting not in WEIGHTINGS:
+            raise WorkerError(f"unknown weighting '{weighting}'; use one of {', '.join(WEIGHTINGS)}")
+        alpha = DEFAULT_ALPHA[weighting] if alpha is None else float(alpha)
+        data, rows = side["data"], side["rows"]
+        if weighting == "none":
+            data.fill(1.0 + alpha)
+        elif weighting == "linear":
+            data *= cupy.float32(alpha)
+            data += cupy.float32(1)
+        elif weighting == "log":
+            cupy.log1p(data, out=data)
+            data *= cupy.float32(alpha)
+            data += cupy.float32(1)
+        else:
+            sums = cupy.empty(rows, dtype=cupy.float32)
+            block = (WARPS_PER_BLOCK * 32,)
+            kernels["row_sums"](self._grid(kernels, rows), block, (side["indptr"], data, np.int32(rows), sums))
+            mean = float(sums.mean()) if rows else 1.0
+            norm = ((1.0 - BM25_B) + BM25_B * sums / cupy.float32(mean or 1.0)).astype(cupy.float32)
+            per_item = cupy.bincount(side["indices"], minlength=columns)
+            idf = cupy.maximum(float(np.log(max(rows, 1))) - cupy.log1p(per_item), 0).astype(cupy.float32)
+            kernels["bm25_confidence"](self._grid(kernels, rows), block,
+                                       (side["indptr"], side["indices"], data, np.int32(rows), norm, idf,
+                                        np.float32(BM25_K1), np.float32(alpha)))
 
     def _transpose(self, cupy, kernels, side, columns: int):
         """The item x user CSR from the user x item one: count, scan, scatter, all on the GPU."""
