@@ -181,3 +181,22 @@ def write_shards(table: pa.Table, folder: Path, fmt: str = "parquet", objects: i
             raise ValueError(fmt)
         paths.append(path)
     return paths
+
+
+def with_heavy_users(table: pa.Table, *, heavy_users: int = 3, heavy_share: float = 0.5, seed: int = 0) -> pa.Table:
+    """``table`` (integer ids, see ``string_ids=False``) plus ``heavy_users`` new users who each played
+    ``heavy_share`` of its items: rows far above any warp's share, the native solver's heavy-row case."""
+    rng = np.random.default_rng(seed)
+    items = np.unique(table["item_id"].to_numpy())
+    first = int(pc.max(table["user_id"]).as_py()) + 1
+    users, chosen = [], []
+    for n in range(heavy_users):
+        picked = rng.choice(items, size=max(1, int(heavy_share * len(items))), replace=False)
+        users.append(np.full(len(picked), first + n, dtype=table["user_id"].type.to_pandas_dtype()))
+        chosen.append(picked)
+    planted = pa.table({
+        "user_id": pa.array(np.concatenate(users), type=table["user_id"].type),
+        "item_id": pa.array(np.concatenate(chosen), type=table["item_id"].type),
+        "plays": pa.array(rng.integers(1, 5, sum(map(len, chosen))), type=table["plays"].type),
+    })
+    return pa.concat_tables([table.select(["user_id", "item_id", "plays"]), planted])

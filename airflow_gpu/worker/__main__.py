@@ -44,7 +44,7 @@ def _regularization(text: str) -> float | None:
 def build_parser() -> argparse.ArgumentParser:
     from .ingest import FORMATS
     from .matrix import DEFAULT_ALPHA, DEFAULT_WEIGHTING, WEIGHTINGS
-    from .train import AUTO_REGULARIZATION_SHARE, DEVICES, TrainParams
+    from .train import AUTO_REGULARIZATION_SHARE, DEVICES, SOLVERS, TrainParams
 
     defaults = TrainParams()
     # Options every command takes, written once. -q works before or after the command; SUPPRESS
@@ -94,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "confidence matrix (it scales with the data), or a number, used as given")
     model.add_argument("--seed", type=int, default=defaults.seed, help="random seed (factors, holdout split)")
     model.add_argument("--device", default="auto", choices=DEVICES, help="auto uses the GPU when implicit sees CUDA, else all CPU cores")
+    model.add_argument("--solver", default=defaults.solver, choices=SOLVERS,
+                       help="implicit (GPU or CPU), or native: our own CUDA solver (GPU only, needs CuPy)")
     model.add_argument("--threads", type=int, default=0, help="CPU threads for training and decoding; 0 = every core")
     model.add_argument("--no-loss", action="store_true", help="skip computing the training loss each iteration (a little faster)")
 
@@ -150,6 +152,7 @@ def _run_als(args: argparse.Namespace) -> int:
             regularization=args.regularization,
             seed=args.seed,
             device=args.device,
+            solver=args.solver,
             threads=args.threads,
             loss=not args.no_loss,
         ),

@@ -23,6 +23,7 @@ from .errors import WorkerError
 log = logging.getLogger("airflow_gpu.worker")
 
 DEVICES = ("auto", "gpu", "cpu")
+SOLVERS = ("implicit", "native")  # native: our own CUDA solver (worker/gpu/), GPU only
 INT32_LIMIT = 2**31
 MIN_COMPUTE_CAPABILITY = (8, 0)  # the CUDA 13 build of implicit ships sm_80+ kernels only
 
@@ -42,6 +43,7 @@ class TrainParams:
     device: str = "auto"
     threads: int = 0  # CPU threads; 0 means every core
     loss: bool = True  # compute the training loss after each iteration (costs about one extra pass)
+    solver: str = "implicit"  # "native" trains with worker/gpu's CUDA solver (no training loss)
     # Called after each iteration with (iteration from 0, its seconds, its loss or None), on the
     # training thread, once the result has recorded them: for progress and checkpoints of figures.
     on_iteration: Callable[[int, float, float | None], None] | None = field(default=None, compare=False, repr=False)
@@ -55,6 +57,12 @@ class TrainParams:
             raise WorkerError(f"--regularization must be auto or a number >= 0, got {self.regularization}")
         if self.device not in DEVICES:
             raise WorkerError(f"unknown --device '{self.device}'; use auto, gpu or cpu")
+        if self.solver not in SOLVERS:
+            raise WorkerError(f"unknown --solver '{self.solver}'; use implicit or native")
+        if self.solver == "native":  # here, so the pipeline refuses before it reads any data
+            from .gpu.solver import resolve_native_device
+
+            resolve_native_device(self.device)
 
 
 @dataclass
@@ -218,14 +226,24 @@ def _blas_single_threaded(device: str) -> contextlib.AbstractContextManager:
 def fit(confidence: scipy.sparse.csr_matrix, params: TrainParams) -> TrainResult:
     """Fit ALS to a user x item confidence matrix; log the loss and time of each iteration."""
     params.check()
-    device = resolve_device(params.device)
+    if params.solver == "native":
+        from .gpu.solver import resolve_native_device
+
+        device = resolve_native_device(params.device)
+    else:
+        device = resolve_device(params.device)
     users, items = confidence.shape
     regularization = params.regularization
     if regularization is None:
         regularization, sigma = auto_regularization(confidence, params.seed)
         log.info("train: regularization %.4g (auto: %g x %.4g, the largest singular value of the confidence matrix)",
                  regularization, AUTO_REGULARIZATION_SHARE, sigma)
-    if device == "gpu":
+    if params.solver == "native":
+        from .gpu.solver import NativeAls
+
+        model = NativeAls(factors=params.factors, regularization=regularization, iterations=params.iterations,
+                          random_state=params.seed)
+    elif device == "gpu":
         check_gpu_limits(users, items, confidence.nnz, params.factors)
         als_class, device_options = _gpu_als_class(), {}
     else:
@@ -245,8 +263,9 @@ def fit(confidence: scipy.sparse.csr_matrix, params: TrainParams) -> TrainResult
         )
     result = TrainResult(model=model, device=device, regularization=float(regularization))
     log.info(
-        "train: ALS on %s, %d factors, %d iterations, %s users x %s items, %s interactions",
+        "train: ALS on %s (%s solver), %d factors, %d iterations, %s users x %s items, %s interactions",
         device.upper(),
+        params.solver,
         params.factors,
         params.iterations,
         f"{users:,}",

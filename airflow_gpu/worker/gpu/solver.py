@@ -1,0 +1,257 @@
+"""The native GPU ALS solver: als.cu loaded through CuPy's RawModule, driven half-step by half-step.
+
+CuPy (cupy-cuda13x, the ``gpu`` extra and the image) is imported only when a fit starts, so
+the worker imports and runs without it. The model keeps implicit's surface where the worker
+uses it: ``fit(matrix, show_progress=..., callback=...)`` with ``callback(iteration, seconds,
+loss)``, and ``user_factors`` / ``item_factors`` as numpy arrays afterwards (so recommend and
+evaluate take their host path).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse
+
+from ..errors import WorkerError
+from .memory import check_fits, plan_memory
+from .schedule import CHUNK, HEAVY_THRESHOLD, plan
+
+log = logging.getLogger("airflow_gpu.worker")
+
+SOURCE = Path(__file__).with_name("als.cu")
+WARPS_PER_BLOCK = 8  # 256 threads: 8 light rows per block share one copy of YtY in shared memory
+BLOCKS_PER_SM = 16  # grid-stride loops: enough blocks to fill each SM, few enough to load YtY rarely
+MAX_FACTORS = 160  # YtY in shared memory: 160 x 160 x 4 B = 100 KiB, about what sm_86/sm_89 allow
+
+
+def _cupy():
+    try:
+        import cupy
+    except ImportError:
+        raise WorkerError(
+            "--solver native needs CuPy (cupy-cuda13x), which this environment lacks; install airflow-gpu[gpu] "
+            "(the worker image has it), or use --solver implicit"
+        ) from None
+    return cupy
+
+
+def gpu_available() -> str | None:
+    """None when CuPy sees a CUDA GPU of compute capability 8.0+, else why not (for an error message)."""
+    try:
+        import cupy
+    except ImportError:
+        return "CuPy (cupy-cuda13x) is not installed here; install airflow-gpu[gpu] (the worker image has it)"
+    try:
+        if cupy.cuda.runtime.getDeviceCount() < 1:
+            return "CuPy sees no CUDA device"
+        capability = str(cupy.cuda.Device(0).compute_capability)  # "90" for 9.0
+        if int(capability) < 80:
+            return f"the GPU has compute capability {capability[:-1]}.{capability[-1]}; the native solver needs 8.0 or newer"
+    except Exception as exc:  # noqa: BLE001 - no driver, no device: say why
+        return f"CuPy cannot reach a CUDA device ({' '.join(str(exc).split())[:160]})"
+    return None
+
+
+@lru_cache(maxsize=4)
+def _module(factors: int):
+    cupy = _cupy()
+    return cupy.RawModule(code=SOURCE.read_text(), options=(f"-DFACTORS={factors}", "--std=c++17"))
+
+
+def resolve_native_device(requested: str) -> str:
+    """The native solver runs on the GPU only: refuse, saying why, rather than fall back silently."""
+    if requested == "cpu":
+        raise WorkerError("--solver native runs on the GPU only; use --solver implicit with --device cpu")
+    why = gpu_available()
+    if why is not None:
+        raise WorkerError(f"--solver native needs CuPy and a CUDA GPU: {why}; or use --solver implicit (it falls back "
+                          "to the CPU)")
+    return "gpu"
+
+
+class NativeAls:
+    """ALS by conjugate gradient on the GPU, the same objective and steps as implicit's."""
+
+    def __init__(self, factors: int = 64, regularization: float = 0.01, iterations: int = 15, random_state: int = 0,
+                 cg_steps: int = 3, threshold: int = HEAVY_THRESHOLD, chunk: int = CHUNK) -> None:
+        if not 1 <= factors <= MAX_FACTORS:
+            raise WorkerError(f"--solver native supports 1 to {MAX_FACTORS} factors, got {factors}; use --solver implicit")
+        self.factors, self.regularization, self.iterations = factors, float(regularization), iterations
+        self.random_state, self.cg_steps, self.threshold, self.chunk = random_state, cg_steps, threshold, chunk
+        self.user_factors: np.ndarray | None = None  # set before fit for a warm start, as with implicit
+        self.item_factors: np.ndarray | None = None
+        self.timings: dict[str, float] = {}
+
+    def fit(self, user_items: scipy.sparse.csr_matrix, show_progress: bool = False, callback=None, *,
+            weighting: str | None = None, alpha: float | None = None) -> None:
+        """Train on ``user_items``: confidences, or with ``weighting`` raw counts weighted here on the GPU
+        (matrix.confidence's formulas), so the host's single-threaded bm25 pass is skipped."""
+        cupy = _cupy()
+        matrix = user_items.tocsr()
+        users, items = matrix.shape
+        memory = plan_memory(users, items, matrix.nnz, self.factors, threshold=self.threshold, chunk=self.chunk)
+        free, total = cupy.cuda.runtime.memGetInfo()
+        check_fits(memory, free, total)
+        log.info("train: native solver: %s", memory.describe())
+
+        started = time.perf_counter()
+        user_side = self._upload(cupy, matrix)
+        cupy.cuda.Device().synchronize()
+        self.timings["upload_s"] = time.perf_counter() - started
+
+        started = time.perf_counter()
+        kernels = self._kernels(cupy)
+        self.timings["compile_s"] = time.perf_counter() - started
+
+        started = time.perf_counter()
+        if weighting is not None:
+            self._weigh(cupy, kernels, user_side, items, weighting, alpha)
+            cupy.cuda.Device().synchronize()
+            self.timings["weighting_s"] = time.perf_counter() - started
+            started = time.perf_counter()
+        item_side = self._transpose(cupy, kernels, user_side, items)
+        sides = [self._prepare(cupy, user_side), self._prepare(cupy, item_side)]
+        X = self._initial(cupy, self.user_factors, users, 0)
+        Y = self._initial(cupy, self.item_factors, items, 1)
+        cupy.cuda.Device().synchronize()
+        self.timings["setup_s"] = time.perf_counter() - started  # transpose, row plans, factors: all on the GPU
+
+        for iteration in range(self.iterations):
+            started = time.perf_counter()
+            self._half_step(cupy, kernels, sides[0], X, Y)
+            self._half_step(cupy, kernels, sides[1], Y, X)
+            cupy.cuda.Device().synchronize()
+            if callback is not None:
+                callback(iteration, time.perf_counter() - started, None)
+        self.user_factors, self.item_factors = cupy.asnumpy(X), cupy.asnumpy(Y)
+
+    # -- setup -----------------------------------------------------------------------------
+
+    @staticmethod
+    def _upload(cupy, matrix):
+        return {
+            "indptr": cupy.asarray(matrix.indptr).astype(cupy.int64),
+            "indices": cupy.asarray(matrix.indices.astype(np.int32, copy=False)),
+            "data": cupy.asarray(matrix.data.astype(np.float32, copy=False)),
+            "rows": matrix.shape[0],
+        }
+
+    def _kernels(self, cupy):
+        module = _module(self.factors)
+        names = ("cg_light", "heavy_partials", "heavy_start", "heavy_step", "count_columns", "scatter_columns",
+                 "row_sums", "bm25_confidence")
+        kernels = {name: module.get_function(name) for name in names}
+        shared = (self.factors * self.factors + WARPS_PER_BLOCK * self.factors) * 4
+        for name in ("cg_light", "heavy_start", "heavy_step"):
+            if shared > 48 * 1024:  # above 48 KiB a kernel must opt in to more dynamic shared memory
+                kernels[name].max_dynamic_shared_size_bytes = shared
+        kernels["shared"] = shared
+        kernels["grid"] = cupy.cuda.Device().attributes["MultiProcessorCount"] * BLOCKS_PER_SM
+        return kernels
+
+    def _grid(self, kernels, work: int) -> tuple[int]:
+        return (max(1, min(kernels["grid"], -(-work // WARPS_PER_BLOCK))),)
+
+    def _weigh(self, cupy, kernels, side, columns: int, weighting: str, alpha: float | None) -> None:
+        """matrix.confidence on the GPU, in place on the uploaded counts: C = 1 + alpha * f(r)."""
+        from ..matrix import BM25_B, BM25_K1, DEFAULT_ALPHA, WEIGHTINGS
+
+        if weighting not in WEIGHTINGS:
+            raise WorkerError(f"unknown weighting '{weighting}'; use one of {', '.join(WEIGHTINGS)}")
+        alpha = DEFAULT_ALPHA[weighting] if alpha is None else float(alpha)
+        data, rows = side["data"], side["rows"]
+        if weighting == "none":
+            data.fill(1.0 + alpha)
+        elif weighting == "linear":
+            data *= cupy.float32(alpha)
+            data += cupy.float32(1)
+        elif weighting == "log":
+            cupy.log1p(data, out=data)
+            data *= cupy.float32(alpha)
+            data += cupy.float32(1)
+        else:
+            sums = cupy.empty(rows, dtype=cupy.float32)
+            block = (WARPS_PER_BLOCK * 32,)
+            kernels["row_sums"](self._grid(kernels, rows), block, (side["indptr"], data, np.int32(rows), sums))
+            mean = float(sums.mean()) if rows else 1.0
+            norm = ((1.0 - BM25_B) + BM25_B * sums / cupy.float32(mean or 1.0)).astype(cupy.float32)
+            per_item = cupy.bincount(side["indices"], minlength=columns)
+            idf = cupy.maximum(float(np.log(max(rows, 1))) - cupy.log1p(per_item), 0).astype(cupy.float32)
+            kernels["bm25_confidence"](self._grid(kernels, rows), block,
+                                       (side["indptr"], side["indices"], data, np.int32(rows), norm, idf,
+                                        np.float32(BM25_K1), np.float32(alpha)))
+
+    def _transpose(self, cupy, kernels, side, columns: int):
+        """The item x user CSR from the user x item one: count, scan, scatter, all on the GPU."""
+        nnz = side["indices"].shape[0]
+        counts = cupy.zeros(columns + 1, dtype=cupy.uint64)
+        threads = 256
+        blocks = max(1, min(kernels["grid"] * 8, -(-nnz // threads)))
+        kernels["count_columns"]((blocks,), (threads,), (side["indices"], np.int64(nnz), counts[1:]))
+        indptr = cupy.cumsum(counts).astype(cupy.int64)
+        del counts
+        cursor = indptr[:-1].astype(cupy.uint64)
+        indices = cupy.empty(nnz, dtype=cupy.int32)
+        data = cupy.empty(nnz, dtype=cupy.float32)
+        block = WARPS_PER_BLOCK * 32
+        kernels["scatter_columns"](self._grid(kernels, side["rows"]), (block,),
+                                   (side["indptr"], side["indices"], side["data"], np.int32(side["rows"]), cursor,
+                                    indices, data))
+        return {"indptr": indptr, "indices": indices, "data": data, "rows": columns}
+
+    def _prepare(self, cupy, side):
+        schedule = plan(side["indptr"], self.threshold, self.chunk, xp=cupy)
+        heavy = int(schedule.heavy_rows.shape[0])
+        side["schedule"] = schedule
+        side["R"] = cupy.empty((heavy, self.factors), dtype=cupy.float32)
+        side["P"] = cupy.empty((heavy, self.factors), dtype=cupy.float32)
+        side["rs"] = cupy.empty(heavy, dtype=cupy.float32)
+        side["active"] = cupy.empty(heavy, dtype=cupy.int32)
+        side["partials"] = cupy.empty((schedule.chunks, self.factors), dtype=cupy.float32)
+        return side
+
+    def _initial(self, cupy, preset, rows: int, offset: int):
+        if preset is not None:
+            if preset.shape != (rows, self.factors):
+                raise WorkerError(f"preset factors have shape {preset.shape}, expected {(rows, self.factors)}")
+            return cupy.asarray(np.ascontiguousarray(preset, dtype=np.float32))
+        # implicit's CPU scale (uniform in [0, 0.01)), drawn on the GPU rather than the host
+        rng = cupy.random.RandomState(int(self.random_state or 0) * 2 + offset)
+        return rng.random_sample((rows, self.factors), dtype=cupy.float32) * cupy.float32(0.01)
+
+    # -- one half-iteration -----------------------------------------------------------------
+
+    def _half_step(self, cupy, kernels, side, X, Y) -> None:
+        """New X for every row of this side, Y fixed: YtY once, light rows, then the heavy rows' chunks."""
+        yty = Y.T @ Y
+        yty += cupy.eye(self.factors, dtype=cupy.float32) * cupy.float32(self.regularization)
+        yty = cupy.ascontiguousarray(yty)
+        schedule = side["schedule"]
+        block, shared = (WARPS_PER_BLOCK * 32,), kernels["shared"]
+        light = int(schedule.light_rows.shape[0])
+        if light:
+            kernels["cg_light"](self._grid(kernels, light), block,
+                                (side["indptr"], side["indices"], side["data"], schedule.light_rows, np.int32(light),
+                                 X, Y, yty, np.int32(self.cg_steps)), shared_mem=shared)
+        heavy = int(schedule.heavy_rows.shape[0])
+        if not heavy:
+            return
+        chunks = schedule.chunks
+        partial_args = lambda residual: (  # noqa: E731 - the same arguments but one, four times
+            side["indices"], side["data"], schedule.heavy_rows, schedule.chunk_heavy, schedule.chunk_start,
+            schedule.chunk_end, np.int32(chunks), X, side["P"], side["active"], Y, np.int32(residual), side["partials"])
+        state = (side["R"], side["P"], side["rs"], side["active"])
+        kernels["heavy_partials"](self._grid(kernels, chunks), block, partial_args(1))
+        kernels["heavy_start"](self._grid(kernels, heavy), block,
+                               (schedule.heavy_rows, schedule.chunk_first, np.int32(heavy), X, yty, side["partials"],
+                                *state), shared_mem=shared)
+        for _ in range(self.cg_steps):
+            kernels["heavy_partials"](self._grid(kernels, chunks), block, partial_args(0))
+            kernels["heavy_step"](self._grid(kernels, heavy), block,
+                                  (schedule.heavy_rows, schedule.chunk_first, np.int32(heavy), X, yty,
+                                   side["partials"], *state), shared_mem=shared)
