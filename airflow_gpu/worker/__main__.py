@@ -140,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Whether `als` tunes unless told --no-tune: see benchmarks/README.md, "Tuning", for its cost and gain.
-TUNE_BY_DEFAULT = True
+TUNE_BY_DEFAULT = False
 
 
 def _run_als(args: argparse.Namespace) -> int:
