@@ -35,7 +35,7 @@ from .report import render
 from .report_data import distributions, sample_users
 from .run_info import gpu_info, job_context
 from .storage import MiB, open_store
-from .train import TrainParams, TrainResult, fit, largest_singular_value
+from .train import AUTO_REGULARIZATION_SHARE, TrainParams, TrainResult, fit, largest_singular_value
 from .tune import DEFAULT_BUDGET, TuneResult, tune
 
 log = logging.getLogger("airflow_gpu.worker")
@@ -222,6 +222,10 @@ async def run_als_async(config: AlsConfig) -> AlsRun:
             counts = await _write_outputs(config, interactions, training, publisher, stages, on_model)
             metrics = _metrics(config, run_id, started_at, ingest_stats, interactions, training, evaluation, stages, counts)
             metrics["training"]["weighting"], metrics["training"]["alpha"] = weighting, _alpha(weighting, alpha)
+            metrics["training"]["regularization_share"] = (
+                tuning.choice.share if tuning is not None
+                else AUTO_REGULARIZATION_SHARE if config.train.regularization is None else None
+            )
             metrics["tuning"] = _tuning_metrics(tuning, stages)
             metrics["samples"] = samples
             metrics["distributions"] = distributions(matrix)
