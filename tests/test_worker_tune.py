@@ -170,5 +170,6 @@ def test_cli_no_tune_and_explicit_settings_skip_the_search(tmp_path, shards):
     assert metrics["tuning"] is None and metrics["training"]["weighting"] == "bm25"
     _, metrics = _run(tmp_path, shards, "--tune", "--weighting", "log")
     assert metrics["tuning"] is None and metrics["training"]["weighting"] == "log"
-    _, metrics = _run(tmp_path, shards, "--early-stop", "0")
+    manifest, metrics = _run(tmp_path, shards, "--early-stop", "0")
     assert metrics["training"]["iterations_run"] == 40 and metrics["training"]["stop_reason"] == OFF
+    assert "The loss had plateaued by iteration" in (tmp_path / "out" / manifest["report"]).read_text()
