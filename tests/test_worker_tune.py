@@ -91,7 +91,8 @@ def test_a_challenger_must_beat_the_best_by_more_than_the_paired_noise():
     assert not tune.beats(incumbent, incumbent) and tune.beats(0.2, 0.1)
 
 
-def test_tune_samples_users_validates_inside_the_training_matrix_and_records_every_point():
+def test_tune_samples_users_validates_inside_the_training_matrix_and_records_every_point(monkeypatch):
+    monkeypatch.setattr(tune, "MIN_USERS", 1_000)  # the floor, lowered so that 3,000 users get sampled
     table = synthetic_interactions(60_000, n_users=3_000, n_items=400, seed=3)
     matrix = build_interactions(table["user_id"], table["item_id"], table["plays"].to_numpy()).matrix
     result = tune.tune(matrix, TrainParams(factors=8, iterations=6, device="cpu", threads=1), budget=0.25)

@@ -144,8 +144,6 @@ TUNE_BY_DEFAULT = False
 
 
 def _run_als(args: argparse.Namespace) -> int:
-    import logging
-
     from .ingest import Columns
     from .matrix import DEFAULT_WEIGHTING
     from .pipeline import AlsConfig, run_als
@@ -154,7 +152,7 @@ def _run_als(args: argparse.Namespace) -> int:
     fixed = [flag for flag, value in (("--weighting", args.weighting), ("--alpha", args.alpha),
                                       ("--regularization", args.regularization)) if value is not None]
     if args.tune and fixed:
-        logging.getLogger("airflow_gpu.worker").info("tune: skipped, %s given (--no-tune says so quietly)", ", ".join(fixed))
+        logging.getLogger("airflow_gpu.worker").info("tune: skipped: %s given, and used as given", ", ".join(fixed))
 
     config = AlsConfig(
         input=args.input,

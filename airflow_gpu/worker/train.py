@@ -290,6 +290,7 @@ def fit(confidence: scipy.sparse.csr_matrix, params: TrainParams) -> TrainResult
         log.info("train: iteration %d/%d in %.2fs%s", iteration + 1, params.iterations, seconds, shown)
         if params.on_iteration is not None:
             params.on_iteration(iteration, float(seconds), result.loss[-1])
+
         reason = plateau.update(result.loss[-1]) if plateau is not None else None
         if reason is not None and iteration + 1 < params.iterations:
             result.stop_reason = reason

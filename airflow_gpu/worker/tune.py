@@ -47,7 +47,7 @@ ALPHAS = {"bm25": 0.5, "log": 2.0, "none": 10.0}
 SHARES = (0.05, 0.1, AUTO_REGULARIZATION_SHARE, 0.3)
 POINTS = len(ALPHAS) + len(SHARES) - 1  # the fits one search makes (see the module docstring)
 DEFAULT_BUDGET = 0.25  # share of one full training run the search may cost
-MIN_USERS = 1_500  # below this many sampled users precision@10 is too noisy to choose by
+MIN_USERS = 3_000  # fewer sampled users: noisy scores, and a sample too sparse to stand for the data
 VALIDATION_SHARE = 0.2
 K = 10
 
