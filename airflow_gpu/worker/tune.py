@@ -7,21 +7,23 @@ from the TRAINING matrix only (the evaluation holdout, when there is one, was re
 before this is called and is never seen here):
 
 1. a sample of users is drawn, so the search's cost stays a bounded share of one full
-   training run whatever the data's size (``budget``, 25% by default);
+   training run whatever the data's size: it is planned at ``budget`` (25%) of the pairs
+   over its fits, and measured 0.41 of a fit on the demo's 3M on the CPU, where each fit
+   also pays for the items and its start (benchmarks/README.md, "Tuning");
 2. each sampled user's pairs are split 80/20 (evaluate.holdout_split);
 3. points are fitted on the 80% and scored by precision@10 on the 20%, coarse to fine:
    the three weightings, each at its own alpha, at the default share; then the best
    weighting's other shares: 6 fits.
 
-The alpha is searched only through the weighting (each has the alpha it does best with on
-the tuning sets): within bm25, alpha 0.25 to 1 moved the mean share of the best by 0.004
+The alpha is searched only through the weighting, each at one alpha (bm25 the default's,
+log the 2 that benchmarks/weighting.py tunes with, none matrix.DEFAULT_ALPHA's): within bm25, alpha 0.25 to 1 moved the mean share of the best by 0.004
 at the default share (benchmarks/README.md, "Weighting"), while another stage of alphas
 would cost a third more fits.
 
 A point replaces the best so far only when it beats it by more than one standard error of
 the per-user difference in precision@10 (the same validation users score both, so the
 comparison is paired): with a sample of a few thousand users, smaller gains are mostly the
-sample's noise, and chasing them lost to the default on three of five tuning sets.
+sample's noise, and the default, chosen on several tuning sets, deserves the benefit of the doubt.
 
 The winner's share multiplies sigma_1 of the FULL confidence matrix (train.auto_regularization's
 rule), not of the sample's, because sigma_1 is what carries the scale between the two.
