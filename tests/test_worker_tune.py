@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import scipy.sparse
 from test_worker_train import FakeGpuAls, data
 from worker_data import synthetic_interactions, write_shards
 
