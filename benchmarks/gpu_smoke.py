@@ -117,7 +117,7 @@ def main() -> int:
 
         print("4. loss and seen items")
         loss = [x for x in gpu["training"]["loss"] if x is not None]
-        check("GPU loss recorded and falling", len(loss) == args.iterations and loss[-1] < loss[0],
+        check("GPU loss recorded and falling", len(loss) == gpu["training"]["iterations_run"] and loss[-1] < loss[0],
               f"{loss[0]:.5f} -> {loss[-1]:.5f}" if loss else "no loss")
         import pyarrow.dataset as ds
 
@@ -139,6 +139,17 @@ def main() -> int:
             check("int32 guard refuses users x factors >= 2^31", False, "it trained")
         except WorkerError as exc:
             check("int32 guard refuses users x factors >= 2^31", "2^31" in str(exc) and "--device cpu" in str(exc), str(exc)[:160])
+
+        print("6. early stop on the GPU")
+        matrix = runs["gpu"].interactions.matrix
+        stopped = train.fit(matrix, TrainParams(factors=args.factors, iterations=60, device="gpu", seed=5))
+        check("GPU fit stops early on a loss plateau", stopped.iterations_run < 60 and stopped.stop_reason.startswith("converged"),
+              f"{stopped.iterations_run} iterations: {stopped.stop_reason}")
+        fixed = train.fit(matrix, TrainParams(factors=args.factors, iterations=stopped.iterations_run, device="gpu",
+                                              seed=5, early_stop=0))
+        gap = max(float(np.linalg.norm(a - b) / np.linalg.norm(b)) for a, b in
+                  ((stopped.user_factors(), fixed.user_factors()), (stopped.item_factors(), fixed.item_factors())))
+        check("stopped GPU model keeps its last iteration's factors", gap < 1e-3, f"relative difference {gap:.2e}")
 
     passed = sum(ok for _, ok, _ in checks)
     verdict = "PASS" if passed == len(checks) else "FAIL"

@@ -15,6 +15,9 @@ A grid point is ``weighting:alpha:regularization``; the regularization is a numb
 as given) or ``xS``, S times the largest singular value of the confidence matrix (what
 ``--regularization auto`` computes, with S = train.AUTO_REGULARIZATION_SHARE).
 
+The worker's own search on the user's data (``--tune``) is scored against these sets by
+``benchmarks/tuning.py``, which reuses this module's loaders.
+
     .venv/bin/python benchmarks/weighting.py                         # ~8 min on 2 cores
     .venv/bin/python benchmarks/weighting.py --movielens ml-100k.inter
 """

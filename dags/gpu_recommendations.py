@@ -72,7 +72,10 @@ PARAMS = {
     ),
     "iterations": Param(
         15, type="integer", minimum=1, maximum=200,
-        description="ALS iterations (each solves all users, then all items); the loss is logged per iteration.",
+        description=(
+            "The most ALS iterations (each solves all users, then all items); the loss is logged per iteration "
+            "and training stops sooner once it stops improving (the worker's --early-stop)."
+        ),
     ),
     "regularization": Param(
         "auto",

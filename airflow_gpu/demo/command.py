@@ -283,8 +283,11 @@ def summarize(args, say, stages, tasks, data, client, embedded: bool, dag_run, o
     for line in stage_lines(stages):
         print("  " + line)
     print()
-    print(f"Model: {summary['users']:,} users x {summary['items']:,} items, {summary['interactions']:,} interactions, "
-          f"{metrics['training']['factors']} factors, {metrics['training']['iterations']} iterations on {summary['device']}")
+    training = metrics["training"]
+    ran = training.get("iterations_run", training["iterations"])
+    print(f"Model: {summary['users']:,} users x {summary['items']:,} items, {summary['interactions']:,} interactions "
+          f"({summary.get('pairs', summary['interactions']):,} distinct pairs), {training['factors']} factors, "
+          f"{ran} of at most {training['iterations']} iterations on {summary['device']}")
     for line in quality_lines(metrics):
         print("  " + line)
     print()

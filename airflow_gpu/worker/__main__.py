@@ -45,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .ingest import FORMATS
     from .matrix import DEFAULT_ALPHA, DEFAULT_WEIGHTING, WEIGHTINGS
     from .train import AUTO_REGULARIZATION_SHARE, DEVICES, SOLVERS, TrainParams
+    from .tune import DEFAULT_BUDGET
 
     defaults = TrainParams()
     # Options every command takes, written once. -q works before or after the command; SUPPRESS
@@ -83,12 +84,25 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--drop-invalid", action="store_true", help="skip rows with a negative, NaN or non-numeric weight instead of failing")
 
     model = als.add_argument_group("model")
-    model.add_argument("--weighting", default=DEFAULT_WEIGHTING, choices=WEIGHTINGS,
-                       help=f"confidence = 1 + alpha * f(weight): {', '.join(WEIGHTINGS)} (log is log1p; none is binary)")
+    model.add_argument("--weighting", default=None, choices=WEIGHTINGS,
+                       help=f"confidence = 1 + alpha * f(weight): {', '.join(WEIGHTINGS)} (log is log1p; none is binary); "
+                            f"default {DEFAULT_WEIGHTING}, or what --tune picks")
     model.add_argument("--alpha", type=float, default=None,
                        help="confidence scale; default per weighting: " + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_ALPHA.items()))
     model.add_argument("--factors", type=_positive_int, default=defaults.factors, help="latent factors")
-    model.add_argument("--iterations", type=_positive_int, default=defaults.iterations, help="ALS iterations")
+    model.add_argument("--iterations", type=_positive_int, default=defaults.iterations,
+                       help="the most ALS iterations; training stops sooner once the loss stops improving (--early-stop)")
+    model.add_argument("--early-stop", type=float, default=defaults.early_stop, metavar="TOL",
+                       help="stop once the loss improved by less than this share for --patience iterations in a row; 0 runs "
+                            "every iteration")
+    model.add_argument("--patience", type=_positive_int, default=defaults.patience,
+                       help="iterations in a row below --early-stop that end training")
+    model.add_argument("--tune", action=argparse.BooleanOptionalAction, default=TUNE_BY_DEFAULT,
+                       help="first pick weighting, alpha and regularization share on a validation split of the training "
+                            "data (sampled users; see --tune-budget); skipped when --weighting, --alpha or a numeric "
+                            "--regularization is given")
+    model.add_argument("--tune-budget", type=float, default=DEFAULT_BUDGET, metavar="SHARE",
+                       help="the search's planned cost as a share of one full training run (sets how many users it samples)")
     model.add_argument("--regularization", type=_regularization, default="auto", metavar="auto|X",
                        help=f"L2 regularization: auto = {AUTO_REGULARIZATION_SHARE:g} x the largest singular value of the "
                             "confidence matrix (it scales with the data), or a number, used as given")
@@ -131,10 +145,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Whether `als` tunes unless told --no-tune: see benchmarks/README.md, "Tuning", for its cost and gain.
+TUNE_BY_DEFAULT = False
+
+
 def _run_als(args: argparse.Namespace) -> int:
     from .ingest import Columns
+    from .matrix import DEFAULT_WEIGHTING
     from .pipeline import AlsConfig, run_als
     from .train import TrainParams
+
+    fixed = [flag for flag, value in (("--weighting", args.weighting), ("--alpha", args.alpha),
+                                      ("--regularization", args.regularization)) if value is not None]
+    if args.tune and fixed:
+        logging.getLogger("airflow_gpu.worker").info("tune: skipped: %s given, and used as given", ", ".join(fixed))
 
     config = AlsConfig(
         input=args.input,
@@ -144,8 +168,10 @@ def _run_als(args: argparse.Namespace) -> int:
         endpoint_url=args.endpoint_url,
         concurrency=args.concurrency,
         drop_invalid=args.drop_invalid,
-        weighting=args.weighting,
+        weighting=args.weighting or DEFAULT_WEIGHTING,
         alpha=args.alpha,
+        tune=args.tune and not fixed,
+        tune_budget=args.tune_budget,
         train=TrainParams(
             factors=args.factors,
             iterations=args.iterations,
@@ -155,6 +181,8 @@ def _run_als(args: argparse.Namespace) -> int:
             solver=args.solver,
             threads=args.threads,
             loss=not args.no_loss,
+            early_stop=args.early_stop,
+            patience=args.patience,
         ),
         top_n=args.top_n,
         similar_n=args.similar_n,

@@ -33,8 +33,11 @@ from ..contract import MANIFEST
 from .publish import Publisher, new_run_id, parquet_bytes, read_manifest
 from .recommend import long_table, similar_items, top_n
 from .report import render
+from .report_data import distributions, sample_users
+from .run_info import gpu_info, job_context
 from .storage import MiB, open_store
-from .train import TrainParams, TrainResult, fit
+from .train import AUTO_REGULARIZATION_SHARE, TrainParams, TrainResult, fit, largest_singular_value
+from .tune import DEFAULT_BUDGET, TuneResult, tune
 
 log = logging.getLogger("airflow_gpu.worker")
 
@@ -61,6 +64,8 @@ class AlsConfig:
     threads: int | None = None
     progress_interval: float = 5.0
     run_id: str | None = None
+    tune: bool = False  # search weighting, alpha and regularization share first (tune.py)
+    tune_budget: float = DEFAULT_BUDGET
 
     def check(self) -> None:
         self.train.check()
@@ -74,6 +79,8 @@ class AlsConfig:
         ):
             if value < low:
                 raise WorkerError(f"{flag} must be at least {low}, got {value}")
+        if not 0 < self.tune_budget <= 1:
+            raise WorkerError(f"--tune-budget must be above 0 and at most 1, got {self.tune_budget}")
         if self.eval_holdout and not 0 < self.eval_holdout < 1:
             raise WorkerError(f"--eval-holdout must be between 0 and 1 (exclusive), got {self.eval_holdout}")
         if self.output and _inside(self.output, self.input):
@@ -105,6 +112,7 @@ class AlsRun:
     manifest: dict | None
     interactions: Interactions
     training: TrainResult
+    tuning: TuneResult | None = None
 
 
 def run_als(config: AlsConfig) -> AlsRun:
@@ -185,10 +193,19 @@ async def run_als_async(config: AlsConfig) -> AlsRun:
         if config.eval_holdout:
             with stages("split"):
                 train_matrix, test = await on_model(holdout_split, matrix, config.eval_holdout, config.train.seed)
+        tuning, weighting, alpha, train_params = None, config.weighting, config.alpha, config.train
+        if config.tune:
+            with stages("tune"):
+                # On the training matrix only: the evaluation holdout was split off above.
+                tuning = await on_model(tune, train_matrix, config.train, config.tune_budget)
+            weighting, alpha = tuning.choice.weighting, tuning.choice.alpha
         with stages("weighting"):
-            weighted = await on_model(confidence, train_matrix, config.weighting, config.alpha)
+            weighted = await on_model(confidence, train_matrix, weighting, alpha)
+            if tuning is not None:
+                sigma = await on_model(largest_singular_value, weighted, seed=config.train.seed)
+                train_params = replace(config.train, regularization=tuning.choice.share * sigma)
         with stages("train"):
-            training = await on_model(fit, weighted, config.train)
+            training = await on_model(fit, weighted, train_params)
         del weighted
         evaluation = None
         if test is not None:
@@ -198,11 +215,23 @@ async def run_als_async(config: AlsConfig) -> AlsRun:
                     seed=config.train.seed, holdout=config.eval_holdout,
                 )
         del test, train_matrix
+        samples = await on_model(sample_users, training.model, matrix, interactions.user_ids, interactions.item_ids,
+                                 n=config.top_n, seed=config.train.seed)
 
         publisher = Publisher(out, run_id) if out is not None else None
         try:
             counts = await _write_outputs(config, interactions, training, publisher, stages, on_model)
             metrics = _metrics(config, run_id, started_at, ingest_stats, interactions, training, evaluation, stages, counts)
+            metrics["training"]["weighting"], metrics["training"]["alpha"] = weighting, _alpha(weighting, alpha)
+            metrics["training"]["regularization_share"] = (
+                tuning.choice.share if tuning is not None
+                else AUTO_REGULARIZATION_SHARE if config.train.regularization is None else None
+            )
+            metrics["tuning"] = _tuning_metrics(tuning, stages)
+            metrics["samples"] = samples
+            metrics["distributions"] = distributions(matrix)
+            metrics["job"] = job_context(started_at)
+            metrics["gpu"] = gpu_info() if training.device == "gpu" else None
             manifest = None
             if publisher is not None:
                 with stages("publish"):
@@ -219,7 +248,21 @@ async def run_als_async(config: AlsConfig) -> AlsRun:
     metrics["stages"] = dict(stages.seconds)
     metrics["total_seconds"] = round(time.monotonic() - started, 4)
     log.info("als: done in %.1fs%s", metrics["total_seconds"], f"; manifest {out.uri_of(MANIFEST)}" if out else "")
-    return AlsRun(metrics, manifest, interactions, training)
+    return AlsRun(metrics, manifest, interactions, training, tuning)
+
+
+def _alpha(weighting: str, alpha: float | None) -> float | None:
+    return alpha if alpha is not None else DEFAULT_ALPHA.get(weighting)
+
+
+def _tuning_metrics(tuning: TuneResult | None, stages: _Stages) -> dict | None:
+    """The search's grid, scores and choice, with its cost measured against the final training."""
+    if tuning is None:
+        return None
+    document = tuning.as_dict()
+    train_seconds = stages.seconds.get("train")
+    document["share_of_training"] = round(tuning.seconds / train_seconds, 4) if train_seconds else None
+    return document
 
 
 async def _write_outputs(config: AlsConfig, interactions: Interactions, training: TrainResult, publisher, stages, on_model) -> dict:
@@ -343,11 +386,12 @@ def _metrics(config, run_id, started_at, ingest_stats: IngestStats, interactions
             "null_id_rows_dropped": ingest_stats.null_id_rows,
             "invalid_weight_rows_dropped": ingest_stats.invalid_weight_rows,
             "zero_weight_rows_dropped": ingest_stats.zero_weight_rows,
+            # rows kept (after the drops above), duplicates included; "pairs" sums duplicates into one.
             "interactions": interactions.rows,
             "duplicates_summed": interactions.duplicates,
+            "pairs": int(matrix.nnz),
             "users": interactions.users,
             "items": interactions.items,
-            "nonzeros": int(matrix.nnz),
             "density": round(matrix.nnz / max(interactions.users * interactions.items, 1), 8),
             "recommendations": counts.get("recommendations", 0),
             "similar_items": counts.get("similar_items", 0),
@@ -356,13 +400,17 @@ def _metrics(config, run_id, started_at, ingest_stats: IngestStats, interactions
         "throughput": {
             "ingest_mb_per_s": ingest_stats.as_dict()["mb_per_s"],
             "ingest_rows_per_s": ingest_stats.as_dict()["rows_per_s"],
-            "train_nonzeros_per_s_per_iteration": round(matrix.nnz * config.train.iterations / train_seconds) if train_seconds else None,
+            "train_pairs_per_s_per_iteration": round(matrix.nnz * training.iterations_run / train_seconds) if train_seconds else None,
             "recommend_users_per_s": round(interactions.users / recommend_seconds) if recommend_seconds else None,
         },
         "training": {
             "device": training.device,
             "factors": config.train.factors,
-            "iterations": config.train.iterations,
+            "iterations": config.train.iterations,  # the maximum
+            "iterations_run": training.iterations_run,
+            "stop_reason": training.stop_reason,
+            "early_stop": config.train.early_stop,
+            "patience": config.train.patience,
             "regularization": training.regularization,  # as trained: auto resolved to a number
             "regularization_auto": config.train.regularization is None,
             "weighting": config.weighting,
@@ -399,9 +447,20 @@ def _manifest_fields(config: AlsConfig, metrics: dict, publisher: Publisher) -> 
             "users": metrics["counts"]["users"],
             "items": metrics["counts"]["items"],
             "interactions": metrics["counts"]["interactions"],
+            "pairs": metrics["counts"]["pairs"],
             "recommendations": metrics["counts"]["recommendations"],
             "device": metrics["training"]["device"],
             "train_seconds": metrics["training"]["seconds"],
+            "iterations_run": metrics["training"]["iterations_run"],
+            "stop_reason": metrics["training"]["stop_reason"],
+            "tuned": {
+                "choice": metrics["tuning"]["choice"]["label"],
+                "precision_at_10": max(row["precision_at_10"] for row in metrics["tuning"]["grid"]) if metrics["tuning"]["grid"] else None,
+                "points": len(metrics["tuning"]["grid"]),
+                "seconds": metrics["tuning"]["seconds"],
+            }
+            if metrics.get("tuning")
+            else None,
             "final_loss": next((x for x in reversed(metrics["training"]["loss"]) if x is not None), None),
             "precision_at_k": {
                 "k": k,

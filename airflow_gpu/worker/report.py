@@ -9,6 +9,8 @@ from __future__ import annotations
 import html
 import json
 
+from .early_stop import DEFAULT_PATIENCE, DEFAULT_TOLERANCE, LossPlateau
+
 _STYLE = """
 body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:980px;color:#222}
 h1{font-size:22px;margin-bottom:0}h2{font-size:17px;margin-top:2em;border-bottom:1px solid #ddd}
@@ -16,7 +18,18 @@ h1{font-size:22px;margin-bottom:0}h2{font-size:17px;margin-top:2em;border-bottom
 td,th{padding:3px 12px 3px 0;text-align:left;vertical-align:top}th{color:#555;font-weight:600}
 td.n{text-align:right;font-variant-numeric:tabular-nums}svg{display:block;margin:8px 0}
 .grid{display:flex;flex-wrap:wrap;gap:24px}code{background:#f4f4f4;padding:1px 4px;border-radius:3px}
+.note{background:#fff8c5;border:1px solid #d4a72c;padding:6px 10px;border-radius:4px;margin:8px 0}
+tr.chosen td{font-weight:700}ol{margin:2px 0;padding-left:20px}
 """
+
+
+# The counts whose bare names could be read two ways.
+_COUNT_LABELS = {
+    "rows_read": "rows read",
+    "interactions": "interactions (rows kept, duplicates included)",
+    "duplicates_summed": "duplicate rows summed into a pair",
+    "pairs": "pairs (distinct user-item, duplicates summed)",
+}
 
 
 def render(metrics: dict) -> str:
@@ -31,9 +44,15 @@ def render(metrics: dict) -> str:
         "<h1>ALS collaborative filtering</h1>",
         f"<div class=sub>run <code>{_e(metrics.get('run_id', ''))}</code> · input <code>{_e(metrics.get('input', ''))}</code>"
         f" · device <b>{_e(str(training.get('device', '')).upper())}</b></div>",
+        "<h2>Job</h2>",
+        _job_table(metrics),
         "<h2>Data</h2>",
-        _table([(k.replace("_", " "), _fmt(v)) for k, v in counts.items()]),
-        "<h2>Training</h2><div class=grid>",
+        _table([(_COUNT_LABELS.get(k, k.replace("_", " ")), _fmt(v)) for k, v in counts.items()]),
+        _distributions(metrics.get("distributions") or {}),
+        _tuning(metrics.get("tuning")),
+        "<h2>Training</h2>",
+        _stop_note(training),
+        "<div class=grid>",
         _line_chart(training.get("loss") or [], "training loss per iteration", "loss"),
         _line_chart(training.get("iteration_seconds") or [], "seconds per iteration", "s"),
         "</div>",
@@ -56,6 +75,7 @@ def render(metrics: dict) -> str:
             _grouped_bars(rows),
         ]
     parts += [
+        _samples(metrics.get("samples") or []),
         "<h2>Parameters</h2>",
         f"<pre>{_e(json.dumps(metrics.get('params', {}), indent=2))}</pre>",
         "<h2>Versions</h2>",
@@ -134,10 +154,12 @@ def _line_chart(values, title: str, unit: str, width: int = 440, height: int = 2
 def _bar_chart(values: dict[str, float], width: int = 720) -> str:
     if not values:
         return "<p>not recorded</p>"
-    bar, gap, left, right = 20, 6, 150, 90
+    bar, gap, left = 20, 6, 150
     height = len(values) * (bar + gap) + 10
     top_value = max(values.values()) or 1.0
     total = sum(values.values()) or 1.0
+    # Room right of the longest bar for the widest label (about 7.5 px a character at 12 px).
+    right = 12 + max(len(f"{v:.2f} s ({v / total:.0%})") for v in values.values()) * 7.5
     rows = []
     for i, (name, seconds) in enumerate(values.items()):
         y = 5 + i * (bar + gap)
@@ -173,3 +195,125 @@ def _grouped_bars(rows, width: int = 560, height: int = 200) -> str:
         f"<rect x={width - 100} y=4 width=10 height=10 fill='#bbb'/><text x={width - 86} y=13 font-size=11>popularity</text>"
     )
     return f"<svg width={width} height={height} role=img aria-label='ALS against popularity' xmlns='http://www.w3.org/2000/svg'>{legend}{''.join(shapes)}</svg>"
+
+
+def _job_table(metrics: dict) -> str:
+    job = metrics.get("job") or {}
+    gpu = metrics.get("gpu")
+    wait = job.get("queue_wait_seconds")
+    rows = [
+        ("job id", _fmt(job.get("job_id") or "not a Batch or local job (run directly)")),
+        ("backend", _fmt(job.get("backend") or "–")),
+        ("run", f"<code>{_e(metrics.get('run_id', ''))}</code>"),
+        ("started", _fmt(metrics.get("started_at"))),
+        ("total wall time", f"{_fmt(metrics.get('total_seconds'))} s"),
+        ("queue wait", f"{_fmt(wait)} s" if wait is not None else "not known (the submitter set no AIRFLOW_GPU_SUBMITTED_AT)"),
+    ]
+    rows += [(k.replace("_", " "), _fmt(job[k])) for k in ("queue", "compute_environment", "attempt") if job.get(k)]
+    if gpu:
+        rows.append(("GPU", f"{_e(gpu.get('name'))}, {gpu.get('memory_bytes', 0) / 2**30:,.1f} GiB, "
+                            f"compute capability {_e(gpu.get('compute_capability'))}"))
+    elif (metrics.get("training") or {}).get("device") == "gpu":
+        rows.append(("GPU", "used; its model could not be read"))
+    return _table(rows)
+
+
+def _stop_note(training: dict) -> str:
+    """A visible note when training stopped early, or when the loss had plateaued long before the end."""
+    run, most = training.get("iterations_run"), training.get("iterations")
+    if run is not None and most is not None and run < most:
+        return (f"<div class=note>Training stopped after {run} of at most {most} iterations: "
+                f"{_e(training.get('stop_reason', ''))}.</div>")
+    losses = training.get("loss") or []
+    plateau = LossPlateau(DEFAULT_TOLERANCE, DEFAULT_PATIENCE)
+    for i, loss in enumerate(losses):
+        if plateau.update(loss) and i + 1 < len(losses):
+            return (f"<div class=note>The loss had plateaued by iteration {i + 1} of {len(losses)} (less than "
+                    f"{DEFAULT_TOLERANCE:g} relative improvement for {DEFAULT_PATIENCE} iterations in a row): the last "
+                    f"{len(losses) - i - 1} iterations changed little. Early stopping (--early-stop) would end there.</div>")
+    return ""
+
+
+def _distributions(distributions: dict) -> str:
+    charts = [_histogram(distributions[key], title) for key, title in
+              (("pairs_per_user", "distinct items per user"), ("pairs_per_item", "distinct users per item"))
+              if distributions.get(key, {}).get("bins")]
+    if not charts:
+        return ""
+    return "<h3>How the pairs are spread</h3><div class=grid>" + "".join(charts) + "</div>"
+
+
+def _histogram(summary: dict, title: str, width: int = 440, height: int = 220) -> str:
+    """Counts per power-of-two bin, on a log scale so the long tail stays visible."""
+    import math
+
+    bins = summary["bins"]
+    left, right, top, bottom = 56, 10, 28, 40
+    peak = max(b["count"] for b in bins) or 1
+    scale = math.log10(peak + 1)
+    slot = (width - left - right) / len(bins)
+    shapes = []
+    for i, b in enumerate(bins):
+        h = (math.log10(b["count"] + 1) / scale) * (height - top - bottom) if b["count"] else 0
+        x = left + i * slot
+        label = str(b["low"]) if b["low"] == b["high"] else f"{b['low']}-{b['high']}"
+        shapes.append(f"<rect x={x + 1:.1f} y={height - bottom - h:.1f} width={max(slot - 2, 1):.1f} height={h:.1f} "
+                      f"fill='#8250df'><title>{label}: {b['count']:,}</title></rect>")
+        if i % max(1, round(len(bins) / 8)) == 0:
+            shapes.append(f"<text x={x + slot / 2:.1f} y={height - bottom + 14} text-anchor=middle font-size=10 "
+                          f"fill='#555'>{b['low']:,}</text>")
+    for value in (1, 10, 100, 1_000, 10_000, 100_000, 1_000_000, 10_000_000):
+        if value > peak:
+            break
+        y = height - bottom - math.log10(value + 1) / scale * (height - top - bottom)
+        shapes.append(f"<line x1={left} x2={width - right} y1={y:.1f} y2={y:.1f} stroke='#eee'/>"
+                      f"<text x={left - 6} y={y + 4:.1f} text-anchor=end font-size=10 fill='#555'>{value:,}</text>")
+    caption = (f"median {summary['median']:g}, 90th percentile {summary['p90']:g}, max {summary['max']:,}; "
+               f"{summary['count']:,} in all")
+    return (
+        f"<figure style='margin:0'><svg width={width} height={height} role=img aria-label='{_e(title)}' "
+        f"class=histogram xmlns='http://www.w3.org/2000/svg'>"
+        f"<text x={left} y=16 font-size=13 font-weight=600>{_e(title)}</text>{''.join(shapes)}"
+        f"<line x1={left} x2={width - right} y1={height - bottom} y2={height - bottom} stroke='#999'/>"
+        f"<text x={(width + left) / 2:.0f} y={height - 6} text-anchor=middle font-size=11 fill='#555'>"
+        f"pairs (bins from this many)</text></svg><figcaption class=sub>{_e(caption)}</figcaption></figure>"
+    )
+
+
+def _tuning(tuning: dict | None) -> str:
+    if not tuning:
+        return ""
+    choice = tuning["choice"]["label"]
+    rows = "".join(
+        f"<tr{' class=chosen' if row['setting'] == choice else ''}><td>{_e(row['setting'])}"
+        f"{' (default)' if row['setting'] == tuning.get('default') else ''}</td>"
+        f"<td class=n>{row['precision_at_10']:.4f}</td><td class=n>{row['iterations']}</td>"
+        f"<td class=n>{row['seconds']:.2f}</td></tr>"
+        for row in tuning.get("grid", [])
+    )
+    share = tuning.get("share_of_training")
+    cost = f"{share:.0%} of the final training's time" if share is not None else "its share of training not known"
+    return (
+        f"<h2>Tuning</h2><div class=sub>chose <b>{_e(choice)}</b> (weighting:alpha:x regularization share of "
+        f"sigma_1) by precision@10 on a validation split of the training data: {_fmt(tuning.get('sample_users'))} "
+        f"sampled users, {_fmt(tuning.get('validation_interactions'))} validation pairs; "
+        f"{_fmt(tuning.get('seconds'))} s, {cost}</div>"
+        "<table class=tuning><tr><th>setting</th><th>precision@10</th><th>iterations</th><th>seconds</th></tr>"
+        f"{rows}</table>"
+    )
+
+
+def _samples(samples: list[dict]) -> str:
+    if not samples:
+        return ""
+    rows = []
+    for sample in samples:
+        history = "".join(f"<li>{_e(h['item_id'])} <span class=sub>({h['weight']:g})</span></li>" for h in sample["history"])
+        recs = "".join(f"<li>{_e(r['item_id'])} <span class=sub>({r['score']:.3f})</span></li>"
+                       for r in sample["recommendations"])
+        rows.append(f"<tr><td><code>{_e(sample['user_id'])}</code><br><span class=sub>{sample['items']:,} items</span></td>"
+                    f"<td><ol>{history}</ol></td><td><ol>{recs}</ol></td></tr>")
+    return ("<h2>Sample users</h2><div class=sub>a few users with a fair history: their heaviest items (weight) and "
+            "their recommendations (score), seen items left out</div>"
+            "<table class=samples><tr><th>user</th><th>heaviest items</th><th>recommended</th></tr>"
+            + "".join(rows) + "</table>")

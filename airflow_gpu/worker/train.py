@@ -18,6 +18,7 @@ from typing import Any, Callable
 import numpy as np
 import scipy.sparse
 
+from . import early_stop as stopping
 from .errors import WorkerError
 
 log = logging.getLogger("airflow_gpu.worker")
@@ -44,6 +45,10 @@ class TrainParams:
     threads: int = 0  # CPU threads; 0 means every core
     loss: bool = True  # compute the training loss after each iteration (costs about one extra pass)
     solver: str = "implicit"  # "native" trains with worker/gpu's CUDA solver (no training loss)
+    # Stop before `iterations` once the loss improves by less than this share for `patience`
+    # iterations in a row (early_stop.py); 0 runs every iteration.
+    early_stop: float = stopping.DEFAULT_TOLERANCE
+    patience: int = stopping.DEFAULT_PATIENCE
     # Called after each iteration with (iteration from 0, its seconds, its loss or None), on the
     # training thread, once the result has recorded them: for progress and checkpoints of figures.
     on_iteration: Callable[[int, float, float | None], None] | None = field(default=None, compare=False, repr=False)
@@ -55,6 +60,8 @@ class TrainParams:
             raise WorkerError(f"--iterations must be at least 1, got {self.iterations}")
         if self.regularization is not None and (not np.isfinite(self.regularization) or self.regularization < 0):
             raise WorkerError(f"--regularization must be auto or a number >= 0, got {self.regularization}")
+        if not 0 <= self.early_stop < 1 or self.patience < 1:
+            raise WorkerError(f"--early-stop must be in [0, 1) and --patience at least 1, got {self.early_stop} and {self.patience}")
         if self.device not in DEVICES:
             raise WorkerError(f"unknown --device '{self.device}'; use auto, gpu or cpu")
         if self.solver not in SOLVERS:
@@ -73,6 +80,11 @@ class TrainResult:
     loss: list[float | None] = field(default_factory=list)
     iteration_seconds: list[float] = field(default_factory=list)
     seconds: float = 0.0
+    stop_reason: str = stopping.REACHED_MAXIMUM
+
+    @property
+    def iterations_run(self) -> int:
+        return len(self.iteration_seconds)
 
     def user_factors(self) -> np.ndarray:
         return _host(self.model.user_factors)
@@ -223,6 +235,25 @@ def _blas_single_threaded(device: str) -> contextlib.AbstractContextManager:
     return threadpool_limits(1, "blas")
 
 
+class _StopTraining(Exception):
+    """Raised from implicit's per-iteration callback to end its loop early."""
+
+
+def _fit_until_stopped(model, confidence, callback) -> None:
+    """implicit's fit, ended early when the callback raises _StopTraining.
+
+    implicit (0.7.3, CPU and GPU alike) updates model.user_factors and model.item_factors in
+    place and calls the callback after each full iteration, so the model then holds that
+    iteration's factors. Leaving the loop skips only the CPU fit's closing check for
+    non-finite factors (the GPU fit has none), so that one is run here.
+    """
+    try:
+        model.fit(confidence, show_progress=False, callback=callback)
+    except _StopTraining:
+        if isinstance(model.user_factors, np.ndarray) and hasattr(model, "_check_fit_errors"):
+            model._check_fit_errors()
+
+
 def fit(confidence: scipy.sparse.csr_matrix, params: TrainParams) -> TrainResult:
     """Fit ALS to a user x item confidence matrix; log the loss and time of each iteration."""
     params.check()
@@ -243,27 +274,28 @@ def fit(confidence: scipy.sparse.csr_matrix, params: TrainParams) -> TrainResult
 
         model = NativeAls(factors=params.factors, regularization=regularization, iterations=params.iterations,
                           random_state=params.seed)
-    elif device == "gpu":
-        check_gpu_limits(users, items, confidence.nnz, params.factors)
-        als_class, device_options = _gpu_als_class(), {}
     else:
-        from implicit.cpu.als import AlternatingLeastSquares as als_class
+        if device == "gpu":
+            check_gpu_limits(users, items, confidence.nnz, params.factors)
+            als_class, device_options = _gpu_als_class(), {}
+        else:
+            from implicit.cpu.als import AlternatingLeastSquares as als_class
 
-        device_options = {"num_threads": params.threads}
-    with _blas_single_threaded(device):  # implicit checks (and warns about) BLAS threads here
-        model = als_class(
-            factors=params.factors,
-            regularization=regularization,
-            alpha=1.0,  # the confidence is already in the matrix
-            dtype=np.float32,
-            iterations=params.iterations,
-            calculate_training_loss=params.loss,
-            random_state=params.seed,
-            **device_options,
-        )
+            device_options = {"num_threads": params.threads}
+        with _blas_single_threaded(device):  # implicit checks (and warns about) BLAS threads here
+            model = als_class(
+                factors=params.factors,
+                regularization=regularization,
+                alpha=1.0,  # the confidence is already in the matrix
+                dtype=np.float32,
+                iterations=params.iterations,
+                calculate_training_loss=params.loss,
+                random_state=params.seed,
+                **device_options,
+            )
     result = TrainResult(model=model, device=device, regularization=float(regularization))
     log.info(
-        "train: ALS on %s (%s solver), %d factors, %d iterations, %s users x %s items, %s interactions",
+        "train: ALS on %s (%s solver), %d factors, at most %d iterations, %s users x %s items, %s distinct pairs",
         device.upper(),
         params.solver,
         params.factors,
@@ -281,10 +313,21 @@ def fit(confidence: scipy.sparse.csr_matrix, params: TrainParams) -> TrainResult
         if params.on_iteration is not None:
             params.on_iteration(iteration, float(seconds), result.loss[-1])
 
+        reason = plateau.update(result.loss[-1]) if plateau is not None else None
+        if reason is not None and iteration + 1 < params.iterations:
+            result.stop_reason = reason
+            log.info("train: stopping after iteration %d: %s", iteration + 1, reason)
+            raise _StopTraining
+
+    plateau = stopping.LossPlateau(params.early_stop, params.patience) if params.early_stop and params.loss else None
+    if not params.loss:
+        result.stop_reason = stopping.NO_LOSS
+    elif not params.early_stop:
+        result.stop_reason = stopping.OFF
     started = time.monotonic()
     try:
         with _blas_single_threaded(device):
-            model.fit(confidence, show_progress=False, callback=on_iteration)
+            _fit_until_stopped(model, confidence, on_iteration)
     except MemoryError:
         raise WorkerError(
             f"out of memory training {params.factors} factors on the {device.upper()}; use fewer --factors, "
