@@ -21,6 +21,7 @@ from pathlib import Path
 
 from .errors import WorkerError
 from .publish import MANIFEST, Publisher
+from .safe_paths import check_keys, files_to_publish, path_inside
 from .storage import ObjectRef, Store, open_store
 
 log = logging.getLogger("airflow_gpu.worker")
@@ -33,7 +34,7 @@ async def _fetch_script(uri: str, dest_dir: Path, endpoint_url: str | None) -> P
             single = [r for r in refs if r.key == store.prefix] if hasattr(store, "prefix") else []
             if len(single) != 1:
                 raise WorkerError(f"script {uri} not found; check --script (it must name one .py object)")
-            path = dest_dir / single[0].name
+            path = path_inside(dest_dir, single[0].name)
             await store.read_to_file(single[0], path)
             return path
     source = Path(uri[len("file://") :] if uri.startswith("file://") else uri).expanduser()
@@ -48,13 +49,15 @@ async def _fetch_inputs(store: Store, folder: Path, concurrency: int) -> tuple[i
     refs = await store.list()
     if not refs:
         raise WorkerError(f"no objects under {store.uri}; check --input")
+    # Every key is checked before the first download: a bad one refuses the run with nothing written.
+    paths = check_keys(folder, [r.name for r in refs])
     slots = asyncio.Semaphore(concurrency)
 
-    async def one(ref: ObjectRef) -> None:
+    async def one(ref: ObjectRef, path: Path) -> None:
         async with slots:
-            await store.read_to_file(ref, folder / ref.name)
+            await store.read_to_file(ref, path)
 
-    await asyncio.gather(*(one(r) for r in refs))
+    await asyncio.gather(*(one(r, p) for r, p in zip(refs, paths)))
     return len(refs), sum(r.size for r in refs)
 
 
@@ -108,7 +111,7 @@ async def run_script_async(
 
         publisher = Publisher(out, run_id)
         try:
-            files = sorted(p for p in outputs.rglob("*") if p.is_file())
+            files = await asyncio.to_thread(files_to_publish, outputs)
             for file in files:
                 await publisher.put_file("output/" + file.relative_to(outputs).as_posix(), file, kind="output")
             await publisher.commit(

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import AsyncIterator, Callable
 
 from .errors import WorkerError
+from .safe_paths import path_inside
 
 MiB = 1024 * 1024
 # Ranged GETs and multipart parts of 16 MiB keep each request long enough to reach full
@@ -359,7 +360,7 @@ class LocalStore(Store):
         await asyncio.to_thread(self._write, name, copy)
 
     def _write(self, name: str, fill: Callable) -> None:
-        target = self.root / name
+        target = path_inside(self.root, name)
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             temp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
