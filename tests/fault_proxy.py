@@ -182,9 +182,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.wfile.write(reply[: max(1, int(len(reply) * fault.cut_at))])
             self.wfile.flush()
             return self._reset()
+        if self.command == "HEAD":  # upstream's Content-Length stands: a HEAD has no body
+            self._send_head(status, reply_headers, None)
+            return
         self._send_head(status, reply_headers, len(reply))
-        if self.command != "HEAD":
-            self.wfile.write(reply)
+        self.wfile.write(reply)
 
     do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = do_PATCH = _handle
 
@@ -197,16 +199,18 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             connection.request(request.method, request.path, body=request.body or None, headers=headers)
             response = connection.getresponse()
             reply = response.read()
-            kept = [(k, v) for k, v in response.getheaders() if k.lower() not in HOP_HEADERS | {"content-length"}]
+            dropped = HOP_HEADERS | ({"content-length"} if request.method != "HEAD" else set())
+            kept = [(k, v) for k, v in response.getheaders() if k.lower() not in dropped]
             return response.status, kept, reply
         finally:
             connection.close()
 
-    def _send_head(self, status: int, headers: list[tuple[str, str]], length: int) -> None:
+    def _send_head(self, status: int, headers: list[tuple[str, str]], length: int | None) -> None:
         self.send_response_only(status)
         for key, value in headers:
             self.send_header(key, value)
-        self.send_header("Content-Length", str(length))
+        if length is not None:
+            self.send_header("Content-Length", str(length))
         self.end_headers()
 
     def _answer_error(self, fault: Fault) -> None:

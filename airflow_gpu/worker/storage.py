@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import logging
 import os
+import random
 import shutil
 import uuid
 from abc import ABC, abstractmethod
@@ -28,6 +31,32 @@ MiB = 1024 * 1024
 # throughput while giving large objects enough pieces to spread over the connections.
 PART_SIZE = 16 * MiB
 MAX_PARTS = 10_000  # S3's limit on parts per multipart upload
+# A connection lost mid-body: how often one read (or one part) is resumed, and the backoff between tries.
+BODY_ATTEMPTS = 10
+BODY_BACKOFF_BASE = 0.1
+BODY_BACKOFF_CAP = 5.0
+
+log = logging.getLogger("airflow_gpu.worker")
+
+
+@functools.cache
+def body_faults() -> tuple[type[BaseException], ...]:
+    """What a connection dropped in the middle of a body raises, through aiobotocore and aiohttp."""
+    import aiohttp
+    from botocore.exceptions import ConnectionError as BotoConnectionError
+    from botocore.exceptions import HTTPClientError, IncompleteReadError, ResponseStreamingError
+
+    return (
+        aiohttp.ClientPayloadError,
+        aiohttp.ClientConnectionError,
+        ResponseStreamingError,
+        IncompleteReadError,
+        HTTPClientError,
+        BotoConnectionError,
+        ConnectionError,
+        asyncio.TimeoutError,
+    )
+
 
 
 @dataclass(frozen=True)
@@ -137,52 +166,103 @@ class S3Store(Store):
         return sorted(refs, key=lambda r: r.name)
 
     async def read(self, ref: ObjectRef):
-        if ref.size <= 2 * PART_SIZE:
-            async with self._requests, self._translate(self.ref_uri(ref)):
-                response = await self._client.get_object(Bucket=self.bucket, Key=ref.key)
-                async with response["Body"] as body:
-                    return await body.read()
-        # Parallel ranged GETs straight into one preallocated buffer.
+        # One preallocated buffer; big objects arrive as parallel ranged GETs straight into it.
         buffer = bytearray(ref.size)
         view = memoryview(buffer)
 
+        async def into_buffer(offset: int, chunk: bytes) -> None:
+            view[offset : offset + len(chunk)] = chunk
+
+        if ref.size <= 2 * PART_SIZE:
+            async with self._requests:
+                await self._stream_range(ref, 0, ref.size, into_buffer)
+            return buffer
+
         async def fetch(start: int, end: int) -> None:
-            async with self._requests, self._translate(self.ref_uri(ref)):
-                response = await self._client.get_object(Bucket=self.bucket, Key=ref.key, Range=f"bytes={start}-{end - 1}")
-                async with response["Body"] as body:
-                    offset = start
-                    async for chunk in body.iter_chunks(1 * MiB):
-                        view[offset : offset + len(chunk)] = chunk
-                        offset += len(chunk)
-                if offset != end:
-                    raise WorkerError(
-                        f"{self.ref_uri(ref)} changed while it was read (got {offset - start} of {end - start} bytes "
-                        "of a range); rerun once its writer has finished"
-                    )
+            async with self._requests:
+                await self._stream_range(ref, start, end, into_buffer)
 
         await _gather_all([fetch(s, min(s + PART_SIZE, ref.size)) for s in range(0, ref.size, PART_SIZE)])
         return buffer
 
     async def read_to_file(self, ref: ObjectRef, dest: Path) -> None:
         dest.parent.mkdir(parents=True, exist_ok=True)
-        async with self._requests, self._translate(self.ref_uri(ref)):
-            response = await self._client.get_object(Bucket=self.bucket, Key=ref.key)
-            with open(dest, "wb") as handle:
-                async with response["Body"] as body:
-                    async for chunk in body.iter_chunks(4 * MiB):
-                        await asyncio.to_thread(handle.write, chunk)
+        with open(dest, "wb") as handle:
+
+            async def into_file(offset: int, chunk: bytes) -> None:
+                def write() -> None:
+                    handle.seek(offset)  # a resumed read rewrites nothing: it continues at the byte reached
+                    handle.write(chunk)
+
+                await asyncio.to_thread(write)
+
+            async with self._requests:
+                await self._stream_range(ref, 0, ref.size, into_file, chunk_size=4 * MiB)
+
+    async def _stream_range(self, ref: ObjectRef, start: int, end: int, sink: Callable, *, chunk_size: int = 1 * MiB) -> None:
+        """Hand bytes [start, end) of ``ref`` to ``sink(offset, chunk)``.
+
+        botocore retries a request until its headers arrive; a connection lost in the body
+        is the caller's to handle. So a body cut short is resumed with a ranged GET from the
+        byte reached, pinned to the first reply's ETag (an object replaced meanwhile is an
+        error, not a mix of two versions), with bounded attempts and jittered backoff.
+        """
+        uri = self.ref_uri(ref)
+        reached, etag, failures = start, None, 0
+        async with self._translate(uri):  # outside the loop: a fault is retried before it becomes a message
+            while reached < end or failures == 0:
+                kwargs: dict = {"Bucket": self.bucket, "Key": ref.key}
+                if reached > 0 or end < ref.size:
+                    kwargs["Range"] = f"bytes={reached}-{end - 1}"
+                if etag:
+                    kwargs["IfMatch"] = etag
+                try:
+                    response = await self._client.get_object(**kwargs)
+                    etag = etag or response.get("ETag")
+                    async with response["Body"] as body:
+                        async for chunk in body.iter_chunks(chunk_size):
+                            await sink(reached, chunk)
+                            reached += len(chunk)
+                except body_faults() as exc:
+                    failures += 1
+                    if failures >= BODY_ATTEMPTS:
+                        raise WorkerError(
+                            f"reading {uri} failed {failures} times (last at byte {reached} of {ref.size}: "
+                            f"{type(exc).__name__}); check the network to S3 and rerun"
+                        ) from None
+                    log.warning("storage: reading %s broke off at byte %d (%s); resuming there", uri, reached, type(exc).__name__)
+                    await asyncio.sleep(random.uniform(0, min(BODY_BACKOFF_CAP, BODY_BACKOFF_BASE * 2**failures)))
+                    continue
+                break
+        if reached != end:
+            raise WorkerError(
+                f"{uri} changed while it was read (got {reached - start} of {end - start} bytes "
+                "of a range); rerun once its writer has finished"
+            )
 
     async def read_small(self, name: str) -> bytes | None:
         key = self._dir + name
-        async with self._requests, self._translate(self.uri_of(name)):
-            try:
-                response = await self._client.get_object(Bucket=self.bucket, Key=key)
-            except self._client.exceptions.ClientError as exc:
-                if _error_code(exc) in ("404", "NoSuchKey", "NotFound"):
-                    return None
-                raise
-            async with response["Body"] as body:
-                return await body.read()
+        failures = 0
+        while True:
+            async with self._requests, self._translate(self.uri_of(name)):
+                try:
+                    response = await self._client.get_object(Bucket=self.bucket, Key=key)
+                except self._client.exceptions.ClientError as exc:
+                    if _error_code(exc) in ("404", "NoSuchKey", "NotFound"):
+                        return None
+                    raise
+                try:
+                    async with response["Body"] as body:
+                        return await body.read()
+                except body_faults() as exc:
+                    # Small (a manifest, a script): read it again whole.
+                    failures += 1
+                    if failures >= BODY_ATTEMPTS:
+                        raise WorkerError(
+                            f"reading {self.uri_of(name)} failed {failures} times ({type(exc).__name__}); "
+                            "check the network to S3 and rerun"
+                        ) from None
+            await asyncio.sleep(random.uniform(0, min(BODY_BACKOFF_CAP, BODY_BACKOFF_BASE * 2**failures)))
 
     async def write(self, name: str, data: bytes | memoryview) -> None:
         view = memoryview(data).cast("B")
@@ -213,11 +293,23 @@ class S3Store(Store):
 
         async def put_part(number: int, start: int) -> dict:
             body = await read_range(start, min(start + part_size, size))
-            async with self._requests, self._translate(uri):
-                part = await self._client.upload_part(
-                    Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=body
-                )
-            return {"PartNumber": number, "ETag": part["ETag"]}
+            failures = 0
+            async with self._translate(uri):  # outside the loop: a fault is retried before it becomes a message
+                while True:
+                    try:
+                        async with self._requests:
+                            part = await self._client.upload_part(
+                                Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=body
+                            )
+                        return {"PartNumber": number, "ETag": part["ETag"]}
+                    except body_faults() as exc:
+                        # botocore's retries are spent: send this part again; the others stay uploaded,
+                        # and S3 keeps the last copy of a part number.
+                        failures += 1
+                        if failures >= BODY_ATTEMPTS:
+                            raise
+                        log.warning("storage: part %d of %s failed (%s); sending it again", number, uri, type(exc).__name__)
+                        await asyncio.sleep(random.uniform(0, min(BODY_BACKOFF_CAP, BODY_BACKOFF_BASE * 2**failures)))
 
         try:
             parts = await _gather_all([put_part(n + 1, s) for n, s in enumerate(range(0, size, part_size))])
@@ -269,6 +361,8 @@ class S3Store(Store):
                 raise WorkerError(f"bucket '{self.bucket}' does not exist ({uri}); check the URI") from None
             if code in ("NoSuchKey", "404", "NotFound"):
                 raise WorkerError(f"{uri} does not exist; check the URI") from None
+            if code in ("PreconditionFailed", "412"):
+                raise WorkerError(f"{uri} was replaced while it was read; rerun once its writer has finished") from None
             raise
         except NoCredentialsError:
             raise WorkerError(
