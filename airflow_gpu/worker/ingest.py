@@ -385,6 +385,11 @@ async def ingest(
         stats.objects = len(refs)
         log.info("ingest: %d objects, %.1f MB under %s", len(refs), sum(r.size for r in refs) / MiB, uri)
         await _stream(store, refs, builder, stats, columns, fmt, concurrency, drop_invalid, threads, memory_budget, progress_interval)
+        if stats.empty_objects == len(refs):
+            shown = ", ".join(store.ref_uri(r) for r in refs[:3]) + (", ..." if len(refs) > 3 else "")
+            if len(refs) == 1:
+                raise WorkerError(f"{shown} is empty (0 bytes), the only object under {uri}; check the export that wrote it")
+            raise WorkerError(f"all {len(refs)} objects under {uri} are empty (0 bytes): {shown}; check the export that wrote them")
     stats.seconds = time.monotonic() - started
     log.info("matrix: building the CSR from %s rows", f"{builder.rows:,}")
     started = time.monotonic()
@@ -441,6 +446,7 @@ async def _stream(
     async def one(seq: int, ref: ObjectRef, pool: ThreadPoolExecutor) -> None:
         if ref.size == 0:
             # Exports leave empty parts behind; they hold no rows, whatever their format.
+            log.warning("ingest: %s is empty (0 bytes); skipped", store.ref_uri(ref))
             builder.add(pa.chunked_array([], pa.int64()), pa.chunked_array([], pa.int64()), None, seq=seq)
             stats.empty_objects += 1
             stats.objects_read += 1

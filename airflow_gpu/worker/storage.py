@@ -107,6 +107,10 @@ class Store(ABC):
     async def delete(self, names: list[str]) -> None:
         """Remove ``root/name`` for each name; missing ones are ignored."""
 
+    async def names_under(self, under: str) -> list[str]:
+        """Every object's name under ``root/under``, markers included (for retention)."""
+        raise NotImplementedError
+
     def uri_of(self, name: str) -> str:
         return self.uri.rstrip("/") + "/" + name if name else self.uri
 
@@ -323,6 +327,14 @@ class S3Store(Store):
                 await asyncio.shield(self._client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id))
             raise
 
+    async def names_under(self, under: str) -> list[str]:
+        names: list[str] = []
+        async with self._translate(self.uri_of(under)):
+            paginator = self._client.get_paginator("list_objects_v2")
+            async for page in paginator.paginate(Bucket=self.bucket, Prefix=self._dir + under):
+                names.extend(item["Key"][len(self._dir) :] for item in page.get("Contents", ()))
+        return sorted(names)
+
     async def delete(self, names: list[str]) -> None:
         keys = [self._dir + n for n in names]
         for start in range(0, len(keys), 1000):
@@ -464,11 +476,31 @@ class LocalStore(Store):
         except PermissionError:
             raise WorkerError(f"permission denied writing {target}; choose an --output you can write to") from None
 
+    async def names_under(self, under: str) -> list[str]:
+        def walk() -> list[str]:
+            base = self.root / under
+            if not base.is_dir():
+                return []
+            return sorted(
+                Path(folder, file).relative_to(self.root).as_posix() for folder, _, files in os.walk(base) for file in files
+            )
+
+        return await asyncio.to_thread(walk)
+
     async def delete(self, names: list[str]) -> None:
         def remove() -> None:
             for name in names:
+                path = self.root / name
                 with contextlib.suppress(FileNotFoundError):
-                    (self.root / name).unlink()
+                    path.unlink()
+                # Folders left empty go too (a pruned run's), up to the root.
+                for parent in path.parents:
+                    if parent == self.root or self.root not in parent.parents:
+                        break
+                    try:
+                        parent.rmdir()
+                    except OSError:
+                        break
 
         await asyncio.to_thread(remove)
 
