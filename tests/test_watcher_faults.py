@@ -116,3 +116,25 @@ async def test_one_malformed_id_fails_only_itself(moto_aws, gpu_batch, fault_pro
     assert [e["status"] for e in events.values()] == ["SUCCEEDED"] * 5
     assert moto_aws.log.calls["terminatejob"] == 0
     FAULT_TALLY["runs survived"] += 5
+
+
+async def test_a_connection_lookup_failing_for_a_while_fails_no_job(moto_aws, gpu_batch, proxied_conn, monkeypatch):
+    # The role lookup (an STS call in a real deployment) fails twice, then works again.
+    failures = []
+    real = aws_connection.resolve_blocking
+
+    def flaky(*args):
+        if len(failures) < 2:
+            failures.append(args)
+            raise RuntimeError("Could not connect to the endpoint URL: https://sts.amazonaws.com/")
+        return real(*args)
+
+    monkeypatch.setattr(aws_connection, "resolve_blocking", flaky)
+    job_ids, tasks = await _start(moto_aws, gpu_batch, 3)
+    await wait_until(lambda: len(failures) == 2)
+    events = await _finish(moto_aws, job_ids, tasks)
+
+    assert [e["status"] for e in events.values()] == ["SUCCEEDED"] * 3
+    assert moto_aws.log.calls["terminatejob"] == 0
+    FAULT_TALLY["faults injected"] += 2
+    FAULT_TALLY["runs survived"] += 3

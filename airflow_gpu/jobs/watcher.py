@@ -47,6 +47,7 @@ from typing import Any, AsyncIterator, Callable, ClassVar, Coroutine, Sequence
 from airflow_gpu.jobs.backend import FAILED, UNKNOWN, BackendTarget, JobBackend, JobState, backend_class
 from airflow_gpu.jobs.backoff import RetryPolicy, SharedBackoff
 from airflow_gpu.jobs.poll_errors import JobIdsRejected, not_seen_reason, rejected_reason
+from airflow_gpu.jobs.spec import JobSpecError
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ class _StillBlind(Exception):
 
 
 def _retry_within_grace(exc: BaseException) -> bool:
-    return not isinstance(exc, _StillBlind)
+    return not isinstance(exc, (_StillBlind, WatcherClosed, JobSpecError))
 
 
 def _seconds_from_env(text: str, default: float) -> float:
@@ -366,14 +367,39 @@ class JobWatcher:
             task = self._backend_task = detached_task(opener, f"airflow-gpu open {self.target}")
         return await asyncio.shield(task)
 
-    async def _poll_loop(self) -> None:
+    async def _open_backend(self) -> JobBackend | None:
+        """The backend, its opening retried like a failed poll (a connection or role lookup that
+        fails for a while fails no job); a connection the user set up wrong fails the watches at once."""
+        loop = asyncio.get_running_loop()
+        first_failure = loop.time()
+
+        async def attempt() -> JobBackend:
+            try:
+                return await self._get_backend()
+            except (WatcherClosed, JobSpecError):
+                raise
+            except Exception as exc:
+                log.warning("Cannot open %s for %s yet: %s", self.target.backend, self.target, exc)
+                if loop.time() - first_failure >= self.describe_error_grace:
+                    raise _StillBlind(exc, loop.time() - first_failure) from exc
+                raise
+
         try:
-            backend = await self._get_backend()
+            return await self._describe_errors.call(attempt, attempts=None)
+        except _StillBlind as blind:
+            log.error("Cannot open %s for %s after %.0f s: %s", self.target.backend, self.target, blind.seconds, blind.error)
+            where = f"{self.target.backend} (connection {self.target.conn_id!r})"
+            self._report(list(self._watches), lambda job_id: not_seen_reason(job_id, where, blind.seconds, blind.error))
         except Exception as exc:
             log.error("Cannot open %s for %s: %s", self.target.backend, self.target, exc)
             for watches in list(self._watches.values()):
                 for watch in watches:
                     watch._fail(exc)
+        return None
+
+    async def _poll_loop(self) -> None:
+        backend = await self._open_backend()
+        if backend is None:
             return
         loop = asyncio.get_running_loop()
         next_at = loop.time() + self.gather_delay
