@@ -145,11 +145,31 @@ class S3Store(Store):
         # One slot per request in flight; a multipart upload or ranged download takes one per part.
         self._requests = asyncio.Semaphore(max(1, concurrency))
 
+    async def _again_on_body_faults(self, uri: str, call: Callable):
+        """Run ``call()`` again when a reply is cut mid-body: aiobotocore reads a whole non-streaming
+        reply (a listing, an error, a PUT's answer) outside botocore's retries."""
+        failures = 0
+        while True:
+            try:
+                return await call()
+            except body_faults() as exc:
+                failures += 1
+                if failures >= BODY_ATTEMPTS:
+                    raise WorkerError(
+                        f"talking to S3 about {uri} failed {failures} times ({type(exc).__name__}); "
+                        "check the network to S3 and rerun"
+                    ) from None
+                log.warning("storage: a reply about %s broke off (%s); asking again", uri, type(exc).__name__)
+                await asyncio.sleep(random.uniform(0, min(BODY_BACKOFF_CAP, BODY_BACKOFF_BASE * 2**failures)))
+
     @property
     def _dir(self) -> str:
         return self.prefix if not self.prefix or self.prefix.endswith("/") else self.prefix + "/"
 
     async def list(self) -> list[ObjectRef]:
+        return await self._again_on_body_faults(self.uri, self._list_once)
+
+    async def _list_once(self) -> list[ObjectRef]:
         refs: list[ObjectRef] = []
         async with self._translate(self.uri):
             paginator = self._client.get_paginator("list_objects_v2")
@@ -246,8 +266,9 @@ class S3Store(Store):
 
     async def read_small(self, name: str) -> bytes | None:
         key = self._dir + name
-        failures = 0
-        while True:
+
+        async def once() -> bytes | None:
+            # Small (a manifest, a script): a reply cut short is read again whole.
             async with self._requests, self._translate(self.uri_of(name)):
                 try:
                     response = await self._client.get_object(Bucket=self.bucket, Key=key)
@@ -255,18 +276,10 @@ class S3Store(Store):
                     if _error_code(exc) in ("404", "NoSuchKey", "NotFound"):
                         return None
                     raise
-                try:
-                    async with response["Body"] as body:
-                        return await body.read()
-                except body_faults() as exc:
-                    # Small (a manifest, a script): read it again whole.
-                    failures += 1
-                    if failures >= BODY_ATTEMPTS:
-                        raise WorkerError(
-                            f"reading {self.uri_of(name)} failed {failures} times ({type(exc).__name__}); "
-                            "check the network to S3 and rerun"
-                        ) from None
-            await asyncio.sleep(random.uniform(0, min(BODY_BACKOFF_CAP, BODY_BACKOFF_BASE * 2**failures)))
+                async with response["Body"] as body:
+                    return await body.read()
+
+        return await self._again_on_body_faults(self.uri_of(name), once)
 
     async def write(self, name: str, data: bytes | memoryview) -> None:
         view = memoryview(data).cast("B")
@@ -287,8 +300,12 @@ class S3Store(Store):
         uri = self.uri_of(name)
         if size <= 2 * PART_SIZE:
             body = await read_range(0, size)
-            async with self._requests, self._translate(uri):
-                await self._client.put_object(Bucket=self.bucket, Key=key, Body=body)
+
+            async def put_once() -> None:
+                async with self._requests, self._translate(uri):
+                    await self._client.put_object(Bucket=self.bucket, Key=key, Body=body)
+
+            await self._again_on_body_faults(uri, put_once)  # a PUT replaces the object whole: safe to repeat
             return
         part_size = max(PART_SIZE, -(-size // MAX_PARTS))
         async with self._translate(uri):
@@ -328,12 +345,15 @@ class S3Store(Store):
             raise
 
     async def names_under(self, under: str) -> list[str]:
-        names: list[str] = []
-        async with self._translate(self.uri_of(under)):
-            paginator = self._client.get_paginator("list_objects_v2")
-            async for page in paginator.paginate(Bucket=self.bucket, Prefix=self._dir + under):
-                names.extend(item["Key"][len(self._dir) :] for item in page.get("Contents", ()))
-        return sorted(names)
+        async def once() -> list[str]:
+            names: list[str] = []
+            async with self._translate(self.uri_of(under)):
+                paginator = self._client.get_paginator("list_objects_v2")
+                async for page in paginator.paginate(Bucket=self.bucket, Prefix=self._dir + under):
+                    names.extend(item["Key"][len(self._dir) :] for item in page.get("Contents", ()))
+            return sorted(names)
+
+        return await self._again_on_body_faults(self.uri_of(under), once)
 
     async def delete(self, names: list[str]) -> None:
         keys = [self._dir + n for n in names]
