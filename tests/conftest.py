@@ -44,3 +44,23 @@ def moto_aws(_moto_server: MotoAws) -> MotoAws:
 def gpu_batch(moto_aws: MotoAws) -> dict[str, str]:
     """A GPU compute environment, job queue and job definition on the moto server."""
     return moto_aws.create_gpu_batch_environment()
+
+
+@pytest.fixture
+def fault_proxy(moto_aws):
+    """A fault-injecting proxy on 127.0.0.1 in front of the moto server (see tests/fault_proxy.py)."""
+    from fault_proxy import FaultProxy
+
+    with FaultProxy(moto_aws.endpoint_url, seed=11) as proxy:
+        yield proxy
+        FAULT_TALLY["faults injected"] += proxy.injected
+
+
+#: Counts for the fault tests' closing line: faults injected, runs that survived them, outputs
+#: byte-identical to a fault-free run. Tests add to it; the summary prints it when any ran.
+FAULT_TALLY = {"faults injected": 0, "runs survived": 0, "outputs identical": 0}
+
+
+def pytest_terminal_summary(terminalreporter):
+    if any(FAULT_TALLY.values()):
+        terminalreporter.write_line("fault tally: " + ", ".join(f"{n} {what}" for what, n in FAULT_TALLY.items()))

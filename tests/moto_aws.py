@@ -18,6 +18,7 @@ import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import boto3
@@ -581,3 +582,14 @@ def iter_describe_cycles(log: BatchCallLog, gap: float) -> Iterator[list[list[st
         last = at
     if cycle:
         yield cycle
+
+
+def upload_folder(s3_client, folder, bucket: str, prefix: str) -> None:
+    """Put every file under ``folder`` at s3://bucket/prefix/relative-path (creating the bucket)."""
+    try:
+        s3_client.create_bucket(Bucket=bucket)
+    except s3_client.exceptions.BucketAlreadyOwnedByYou:
+        pass
+    for path in sorted(Path(folder).rglob("*")):
+        if path.is_file():
+            s3_client.upload_file(str(path), bucket, f"{prefix.rstrip('/')}/{path.relative_to(folder).as_posix()}")

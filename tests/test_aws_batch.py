@@ -13,6 +13,7 @@ from airflow_gpu.jobs.aws import connection as aws_connection
 from airflow_gpu.jobs.aws.connection import resolve_aws_connection
 from airflow_gpu.jobs.aws.backend import AwsBatchBackend, batch_job_url, is_transient, log_stream_url, parse_job
 from airflow_gpu.jobs.backend import BackendTarget, JobState
+from airflow_gpu.jobs.poll_errors import CannotSeeJobs
 from airflow_gpu.jobs.spec import TAG_CANCELLED, JobSpec, JobSpecError, TaskIdentity
 from gpu_batch_testing import SECRET_KEY, aws_conn, fast_watcher, put_log_lines, submit_raw  # noqa: F401
 
@@ -118,13 +119,14 @@ async def test_a_lost_submit_reply_never_starts_a_second_job(moto_aws, gpu_batch
     assert state.job_id == moto_aws.batch.wait_for_jobs(1)[0]
 
 
-async def test_non_transient_errors_surface_at_once(gpu_batch, backend, monkeypatch):
+async def test_non_transient_errors_surface_at_once_naming_the_permission(gpu_batch, backend, monkeypatch):
     async def denied(**kwargs):
         raise client_error("AccessDeniedException", 403)
 
     monkeypatch.setattr(backend._batch, "describe_jobs", denied)
-    with pytest.raises(botocore.exceptions.ClientError, match="AccessDenied"):
+    with pytest.raises(CannotSeeJobs, match="AccessDenied") as caught:
         await backend.describe(["x"])
+    assert "grant batch:DescribeJobs" in caught.value.fix
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from moto_aws import upload_folder
+
 from airflow_gpu.demo.synthetic import synthetic_interactions, write_shards
 from airflow_gpu.worker import storage
 from airflow_gpu.worker.__main__ import main
@@ -27,15 +29,6 @@ SMALL = ["--factors", "16", "--iterations", "6", "--progress-interval", "0.2"]
 @pytest.fixture(scope="module")
 def interactions() -> pa.Table:
     return synthetic_interactions(40_000, n_users=1_500, n_items=300, seed=4)
-
-
-def put_folder(s3, folder: Path, bucket: str, prefix: str) -> None:
-    try:
-        s3.create_bucket(Bucket=bucket)
-    except s3.exceptions.BucketAlreadyOwnedByYou:
-        pass
-    for path in sorted(folder.iterdir()):
-        s3.put_object(Bucket=bucket, Key=f"{prefix}/{path.name}", Body=path.read_bytes())
 
 
 def s3_bytes(s3, bucket: str, key: str) -> bytes:
@@ -59,7 +52,7 @@ def read_dataset(s3, bucket: str, prefix: str, manifest: dict, kind: str) -> pa.
 def test_als_end_to_end_on_s3(moto_aws, tmp_path, interactions, capsys):
     s3 = moto_aws.client("s3")
     write_shards(interactions, tmp_path / "orc", "orc", objects=4)
-    put_folder(s3, tmp_path / "orc", "lake", "interactions")
+    upload_folder(s3, tmp_path / "orc", "lake", "interactions")
     s3.put_object(Bucket="lake", Key="interactions/_SUCCESS", Body=b"")
     s3.create_bucket(Bucket="out")
 
@@ -75,7 +68,8 @@ def test_als_end_to_end_on_s3(moto_aws, tmp_path, interactions, capsys):
     assert manifest["complete"] is True and manifest["command"] == "als"
     # The manifest lists exactly this run's files, each with its true size and checksum.
     listed = sorted("als/" + f["path"] for f in manifest["files"])
-    assert listed == keys(s3, "out", "als/runs/")
+    # ... plus the run's _COMMITTED mark, written after the manifest for --keep-runs.
+    assert listed == [k for k in keys(s3, "out", "als/runs/") if not k.endswith("/_COMMITTED")]
     for entry in manifest["files"]:
         body = s3_bytes(s3, "out", "als/" + entry["path"])
         assert len(body) == entry["bytes"]

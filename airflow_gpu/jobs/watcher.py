@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from dataclasses import replace
 from typing import AsyncIterator, Callable, ClassVar, Sequence
@@ -50,10 +51,39 @@ from airflow_gpu.jobs.backend import (
     JobState,
     backend_class,
 )
+from airflow_gpu.jobs.backoff import RetryPolicy, SharedBackoff
 from airflow_gpu.jobs.blocked import never_starts_reason
+from airflow_gpu.jobs.poll_errors import JobIdsRejected, not_seen_reason, rejected_reason
 from airflow_gpu.jobs.shared import DEFAULT_POLL_INTERVAL, Cadence, PerLoop, detached_task
+from airflow_gpu.jobs.spec import JobSpecError
 
 log = logging.getLogger(__name__)
+
+DESCRIBE_ERROR_GRACE_ENV = "AIRFLOW_GPU_DESCRIBE_ERROR_GRACE"
+
+
+class _StillBlind(Exception):
+    """A chunk stayed undescribable for the whole grace time."""
+
+    def __init__(self, error: BaseException, seconds: float) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.seconds = seconds
+
+
+def _retry_within_grace(exc: BaseException) -> bool:
+    return not isinstance(exc, (_StillBlind, WatcherClosed, JobSpecError))
+
+
+def _seconds_from_env(text: str, default: float) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        log.warning("Ignoring %s=%r (not a number of seconds >= 0); using %g s", DESCRIBE_ERROR_GRACE_ENV, text, default)
+        return default
+    return value
 
 
 class WatcherClosed(RuntimeError):
@@ -154,6 +184,13 @@ class JobWatcher:
     #: Consecutive polls a job may be missing before it is reported UNKNOWN (Batch is
     #: eventually consistent right after SubmitJob).
     unknown_after: ClassVar[int] = 3
+    #: Seconds a chunk of jobs may stay undescribable (AccessDenied, another 4xx, credentials that
+    #: stay bad) before its triggers end with the reason; the jobs are never terminated for it.
+    #: Long enough for a permission to be fixed; set AIRFLOW_GPU_DESCRIBE_ERROR_GRACE (seconds) in the
+    #: triggerer's environment to change it. See docs/operator.md.
+    describe_error_grace: ClassVar[float] = 900.0
+    #: Backoff between those retries (shared by all chunks of one watcher).
+    describe_error_policy: ClassVar[RetryPolicy] = RetryPolicy(base=1.0, cap=60.0)
 
     def __init__(self, target: BackendTarget) -> None:
         self.target = target
@@ -169,6 +206,12 @@ class JobWatcher:
         self._close_timer: asyncio.TimerHandle | None = None
         self._closed = False
         self.cycles = 0
+        grace = os.environ.get(DESCRIBE_ERROR_GRACE_ENV)
+        if grace:
+            self.describe_error_grace = _seconds_from_env(grace, type(self).describe_error_grace)
+        self._describe_errors = SharedBackoff(
+            f"Describing jobs on {target.backend}", _retry_within_grace, self.describe_error_policy, log
+        )
 
     # -- entry points -----------------------------------------------------------------------------
 
@@ -308,14 +351,39 @@ class JobWatcher:
             task = self._backend_task = detached_task(opener, f"airflow-gpu open {self.target}")
         return await asyncio.shield(task)
 
-    async def _poll_loop(self) -> None:
+    async def _open_backend(self) -> JobBackend | None:
+        """The backend, its opening retried like a failed poll (a connection or role lookup that
+        fails for a while fails no job); a connection the user set up wrong fails the watches at once."""
+        loop = asyncio.get_running_loop()
+        first_failure = loop.time()
+
+        async def attempt() -> JobBackend:
+            try:
+                return await self._get_backend()
+            except (WatcherClosed, JobSpecError):
+                raise
+            except Exception as exc:
+                log.warning("Cannot open %s for %s yet: %s", self.target.backend, self.target, exc)
+                if loop.time() - first_failure >= self.describe_error_grace:
+                    raise _StillBlind(exc, loop.time() - first_failure) from exc
+                raise
+
         try:
-            backend = await self._get_backend()
+            return await self._describe_errors.call(attempt, attempts=None)
+        except _StillBlind as blind:
+            log.error("Cannot open %s for %s after %.0f s: %s", self.target.backend, self.target, blind.seconds, blind.error)
+            where = f"{self.target.backend} (connection {self.target.conn_id!r})"
+            self._report(list(self._watches), lambda job_id: not_seen_reason(job_id, where, blind.seconds, blind.error))
         except Exception as exc:
             log.error("Cannot open %s for %s: %s", self.target.backend, self.target, exc)
             for watches in list(self._watches.values()):
                 for watch in watches:
                     watch._fail(exc)
+        return None
+
+    async def _poll_loop(self) -> None:
+        backend = await self._open_backend()
+        if backend is None:
             return
 
         async def cycle() -> None:
@@ -328,18 +396,71 @@ class JobWatcher:
         ids = list(self._pending)
         size = backend.describe_batch_size
         gate = asyncio.Semaphore(self.max_concurrent_calls)
+        await asyncio.gather(*(self._describe_chunk(backend, ids[i : i + size], gate) for i in range(0, len(ids), size)))
 
-        async def describe(chunk: list[str]) -> None:
+    async def _describe_chunk(self, backend: JobBackend, chunk: list[str], gate: asyncio.Semaphore) -> None:
+        """Describe one chunk. A failed poll decides no job's fate: it is retried with backoff for
+        ``describe_error_grace`` seconds, and even then the jobs are reported unseen, never failed."""
+        loop = asyncio.get_running_loop()
+        first_failure: float | None = None
+
+        async def attempt() -> tuple[list[str], Sequence[JobState], list[str], BaseException | None]:
+            nonlocal first_failure
+            asked = [job_id for job_id in chunk if job_id in self._watches]  # some may have left meanwhile
+            if not asked:
+                return asked, [], [], None
+            try:
+                states, rejected, error = await self._bisect(backend, asked, gate)
+                if rejected and len(rejected) == len(asked):
+                    raise error  # nothing in the batch was accepted: not proven to be the ids' fault
+                return asked, states, rejected, error
+            except Exception as exc:
+                now = loop.time()
+                first_failure = now if first_failure is None else first_failure
+                if now - first_failure >= self.describe_error_grace:
+                    raise _StillBlind(exc, now - first_failure) from exc
+                raise
+
+        try:
+            asked, states, rejected, error = await self._describe_errors.call(attempt, attempts=None)
+        except _StillBlind as blind:
+            log.error("Describing %d jobs on %s failed for %.0f s: %s", len(chunk), backend.location, blind.seconds, blind.error)
+            self._report(
+                [j for j in chunk if j in self._watches],
+                lambda job_id: not_seen_reason(job_id, backend.location, blind.seconds, blind.error),
+            )
+            return
+        if rejected:
+            self._report(rejected, lambda job_id: rejected_reason(job_id, backend.location, error))
+        self._apply(backend, [j for j in asked if j not in rejected], states)
+
+    async def _bisect(
+        self, backend: JobBackend, ids: list[str], gate: asyncio.Semaphore
+    ) -> tuple[list[JobState], list[str], BaseException | None]:
+        """Describe ``ids``; when the request is refused for its ids, split it to find the ones refused alone."""
+        try:
             async with gate:
-                try:
-                    states = await backend.describe(chunk)
-                except Exception as exc:  # not transient: the backend already retried those
-                    log.error("Describing %d jobs on %s failed: %s", len(chunk), backend.location, exc)
-                    self._fail_jobs(chunk, exc)
-                    return
-            self._apply(backend, chunk, states)
+                return list(await backend.describe(ids)), [], None
+        except JobIdsRejected as exc:
+            if len(ids) == 1:
+                return [], list(ids), exc
+        middle = len(ids) // 2
+        (left, left_bad, left_error), (right, right_bad, right_error) = await asyncio.gather(
+            self._bisect(backend, ids[:middle], gate), self._bisect(backend, ids[middle:], gate)
+        )
+        return left + right, left_bad + right_bad, left_error or right_error
 
-        await asyncio.gather(*(describe(ids[i : i + size]) for i in range(0, len(ids), size)))
+    def _report(self, job_ids: Sequence[str], reason: Callable[[str], str]) -> None:
+        """End the watches of jobs the watcher cannot follow, as UNKNOWN with a reason: the job itself is left alone."""
+        for job_id in job_ids:
+            watches = self._watches.get(job_id)
+            if not watches:
+                continue
+            state = JobState(job_id=job_id, status=UNKNOWN, status_reason=reason(job_id))
+            self._latest[job_id] = state
+            self._pending.pop(job_id, None)
+            for watch in watches:
+                watch._deliver(state)
 
     def _apply(self, backend: JobBackend, chunk: Sequence[str], states: Sequence[JobState]) -> None:
         now = time.time()
@@ -392,11 +513,6 @@ class JobWatcher:
                 self._pending.pop(job_id, None)
                 for watch in self._watches[job_id]:
                     watch._deliver(state)
-
-    def _fail_jobs(self, chunk: Sequence[str], exc: BaseException) -> None:
-        for job_id in chunk:
-            for watch in self._watches.get(job_id, ()):
-                watch._fail(exc)
 
 
 # -- following one job to its end -----------------------------------------------------------------

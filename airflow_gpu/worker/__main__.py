@@ -28,6 +28,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
 def _regularization(text: str) -> float | None:
     """``auto`` (None: scaled to the data, see train.auto_regularization) or a number >= 0."""
     if text.strip().lower() == "auto":
@@ -44,6 +51,7 @@ def _regularization(text: str) -> float | None:
 def build_parser() -> argparse.ArgumentParser:
     from .ingest import FORMATS
     from .matrix import DEFAULT_ALPHA, DEFAULT_WEIGHTING, WEIGHTINGS
+    from .publish import DEFAULT_KEEP_RUNS
     from .train import AUTO_REGULARIZATION_SHARE, DEVICES, SOLVERS, TrainParams
     from .tune import DEFAULT_BUDGET
 
@@ -123,6 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--eval-k", type=_positive_int, default=10, help="k of the evaluation metrics")
     out.add_argument("--eval-users", type=_positive_int, default=50_000, help="evaluate on at most this many users (sampled)")
     out.add_argument("--progress-interval", type=float, default=5.0, metavar="SECONDS", help="seconds between progress lines")
+    out.add_argument("--keep-runs", type=_non_negative_int, default=DEFAULT_KEEP_RUNS, metavar="N",
+                     help="after committing, delete committed runs/<id>/ folders older than the N newest; 0 keeps all")
     als.set_defaults(handler=_run_als)
 
     script = commands.add_parser(
@@ -140,6 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
     script.add_argument("--input", default=None, metavar="URI", help="s3:// prefix or local folder copied into input/")
     script.add_argument("--output", required=True, metavar="URI", help="where output/ and manifest.json go")
     script.add_argument("--workdir", default=None, help="working folder (default: a fresh temporary folder, removed after)")
+    script.add_argument("--keep-workdir", action="store_true", help="keep the temporary working folder, inputs included, even on failure")
+    script.add_argument("--keep-runs", type=_non_negative_int, default=DEFAULT_KEEP_RUNS, metavar="N",
+                        help="after committing, delete committed runs/<id>/ folders older than the N newest; 0 keeps all")
     script.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the script, after --")
     script.set_defaults(handler=_run_script)
     return parser
@@ -193,6 +206,7 @@ def _run_als(args: argparse.Namespace) -> int:
         batch_users=args.batch_users,
         threads=args.threads or None,
         progress_interval=args.progress_interval,
+        keep_runs=args.keep_runs,
     )
     run_als(config)
     return 0
@@ -206,6 +220,7 @@ def _run_script(args: argparse.Namespace) -> int:
         run_script_async(
             args.script, args.input, args.output, extra,
             endpoint_url=args.endpoint_url, concurrency=args.concurrency, workdir=args.workdir,
+            keep_workdir=args.keep_workdir, keep_runs=args.keep_runs,
         )
     )
 

@@ -221,9 +221,13 @@ def check(table: pa.Table, columns: Columns, uri: str, drop_invalid: bool) -> Ch
         if invalid and not drop_invalid:
             row = int(np.flatnonzero(bad)[0])
             shown = table[columns.weight][row].as_py()
+            # Checked in float64: a finite weight above float32's range would become inf when stored.
+            rule = "weights must be numbers >= 0"
+            if isinstance(shown, (int, float)) and np.isfinite(float(shown)) and float(shown) > FLOAT32_MAX:
+                rule = f"{shown!r} is finite but larger than float32 holds ({FLOAT32_MAX:.4g}), which training uses"
             raise WorkerError(
                 f"column '{columns.weight}' in {uri} has {invalid} invalid weight(s), e.g. {shown!r} at row {row}; "
-                "weights must be numbers >= 0. Fix the data, or pass --drop-invalid to skip those rows"
+                f"{rule}. Fix the data, or pass --drop-invalid to skip those rows"
             )
         good = ~bad & (values > 0)
         zero = int((~bad & (values == 0)).sum()) if ids_ok is None else int((~bad & (values == 0) & ids_ok).sum())
@@ -238,6 +242,9 @@ def check(table: pa.Table, columns: Columns, uri: str, drop_invalid: bool) -> Ch
     return Checked(users, items, weights, rows, null_ids, invalid, zero)
 
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
 def _weights(column: pa.ChunkedArray, name: str, uri: str, drop_invalid: bool) -> tuple[np.ndarray, np.ndarray]:
     """(values as float64 with invalid ones set to 0, mask of invalid rows)."""
     column_type = column.type
@@ -249,7 +256,7 @@ def _weights(column: pa.ChunkedArray, name: str, uri: str, drop_invalid: bool) -
             return array.astype(np.float64) if bad.any() else array, bad
         array = array.astype(np.float64)
         with np.errstate(invalid="ignore"):
-            bad = ~np.isfinite(array) | (array < 0)
+            bad = ~np.isfinite(array) | (array < 0) | (array > FLOAT32_MAX)
         if bad.any():
             array[bad] = 0.0
         return array, bad
@@ -275,7 +282,7 @@ def _weights(column: pa.ChunkedArray, name: str, uri: str, drop_invalid: bool) -
     array = values.to_numpy() if values.null_count == 0 else pc.fill_null(values, np.nan).to_numpy()
     array = np.array(array, dtype=np.float64)  # writable: invalid values are zeroed below
     with np.errstate(invalid="ignore"):
-        bad = ~np.isfinite(array) | (array < 0)
+        bad = ~np.isfinite(array) | (array < 0) | (array > FLOAT32_MAX)
     array[bad] = 0.0
     return array, bad
 
@@ -360,6 +367,11 @@ async def ingest(
         stats.objects = len(refs)
         log.info("ingest: %d objects, %.1f MB under %s", len(refs), sum(r.size for r in refs) / MiB, uri)
         await _stream(store, refs, builder, stats, columns, fmt, concurrency, drop_invalid, threads, memory_budget, progress_interval)
+        if stats.empty_objects == len(refs):
+            shown = ", ".join(store.ref_uri(r) for r in refs[:3]) + (", ..." if len(refs) > 3 else "")
+            if len(refs) == 1:
+                raise WorkerError(f"{shown} is empty (0 bytes), the only object under {uri}; check the export that wrote it")
+            raise WorkerError(f"all {len(refs)} objects under {uri} are empty (0 bytes): {shown}; check the export that wrote them")
     stats.seconds = time.monotonic() - started
     log.info("matrix: building the CSR from %s rows", f"{builder.rows:,}")
     started = time.monotonic()
@@ -416,6 +428,7 @@ async def _stream(
     async def one(seq: int, ref: ObjectRef, pool: ThreadPoolExecutor) -> None:
         if ref.size == 0:
             # Exports leave empty parts behind; they hold no rows, whatever their format.
+            log.warning("ingest: %s is empty (0 bytes); skipped", store.ref_uri(ref))
             builder.add(pa.chunked_array([], pa.int64()), pa.chunked_array([], pa.int64()), None, seq=seq)
             stats.empty_objects += 1
             stats.objects_read += 1

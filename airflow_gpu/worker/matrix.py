@@ -243,7 +243,12 @@ class MatrixBuilder:
         matrix = scipy.sparse.csr_matrix((by_user.data, by_user.indices, by_user.indptr), shape=(n_users, n_items))
         del by_user
         matrix.has_sorted_indices = True
-        matrix.sum_duplicates()
+        with np.errstate(over="ignore"):
+            matrix.sum_duplicates()
+        _refuse_overflow(matrix, lambda u, i, _: (
+            f"the weights of user {user_values[u].as_py()!r} and item {item_values[i].as_py()!r} sum to more than "
+            f"float32 holds ({FLOAT32_MAX:.4g}); scale the weights down, or aggregate them before the export"
+        ))
         return Interactions(matrix, user_values, item_values, rows, rows - matrix.nnz)
 
     @staticmethod
@@ -283,6 +288,19 @@ def _chunked(values) -> pa.ChunkedArray:
 # ---------------------------------------------------------------------------------------
 
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _refuse_overflow(matrix: scipy.sparse.csr_matrix, message) -> None:
+    """Raise WorkerError(message(user, item, position)) at the first value that is not finite."""
+    finite = np.isfinite(matrix.data)
+    if finite.all():
+        return
+    at = int(np.flatnonzero(~finite)[0])
+    user = int(np.searchsorted(matrix.indptr, at, side="right") - 1)
+    raise WorkerError(message(user, int(matrix.indices[at]), at))
+
+
 def confidence(matrix: scipy.sparse.csr_matrix, weighting: str = DEFAULT_WEIGHTING, alpha: float | None = None) -> scipy.sparse.csr_matrix:
     """The confidence matrix C = 1 + alpha * f(r) of Hu, Koren and Volinsky, as a new CSR.
 
@@ -297,15 +315,23 @@ def confidence(matrix: scipy.sparse.csr_matrix, weighting: str = DEFAULT_WEIGHTI
     if not np.isfinite(alpha) or alpha < 0:
         raise WorkerError(f"--alpha must be a finite number >= 0, got {alpha}")
     r = matrix.data.astype(np.float32, copy=False)
-    if weighting == "none":
-        values = np.full_like(r, 1.0 + alpha)
-    elif weighting == "linear":
-        values = 1.0 + alpha * r
-    elif weighting == "log":
-        values = 1.0 + alpha * np.log1p(r)
-    else:
-        values = 1.0 + alpha * bm25(matrix)
-    result = scipy.sparse.csr_matrix((values.astype(np.float32, copy=False), matrix.indices, matrix.indptr), shape=matrix.shape, copy=False)
+    with np.errstate(over="ignore"):
+        if weighting == "none":
+            values = np.full_like(r, 1.0 + alpha)
+        elif weighting == "linear":
+            values = 1.0 + alpha * r
+        elif weighting == "log":
+            values = 1.0 + alpha * np.log1p(r)
+        else:
+            values = 1.0 + alpha * bm25(matrix)
+        values = values.astype(np.float32, copy=False)
+    # Before training: an inf confidence only shows up as implicit's "NaN encountered in factors".
+    candidate = scipy.sparse.csr_matrix((values, matrix.indices, matrix.indptr), shape=matrix.shape, copy=False)
+    _refuse_overflow(candidate, lambda u, i, at: (
+        f"the confidence 1 + {alpha:g} x {weighting}(weight) overflows float32 ({FLOAT32_MAX:.4g}) for the weight "
+        f"{float(r[at]):g} of user #{u}, item #{i}; lower --alpha, choose --weighting log or bm25, or scale the weights down"
+    ))
+    result = candidate
     result.has_sorted_indices = matrix.has_sorted_indices
     return result
 

@@ -30,7 +30,7 @@ from .evaluate import evaluate, holdout_split
 from .ingest import Columns, IngestStats, ingest
 from .matrix import DEFAULT_ALPHA, DEFAULT_WEIGHTING, Interactions, confidence
 from ..contract import MANIFEST
-from .publish import Publisher, new_run_id, parquet_bytes, read_manifest
+from .publish import DEFAULT_KEEP_RUNS, Publisher, new_run_id, parquet_bytes, read_manifest
 from .recommend import long_table, similar_items, top_n
 from .report import render
 from .report_data import distributions, sample_users
@@ -63,6 +63,7 @@ class AlsConfig:
     batch_users: int = 100_000
     threads: int | None = None
     progress_interval: float = 5.0
+    keep_runs: int = DEFAULT_KEEP_RUNS  # committed runs kept under --output; 0 keeps all
     run_id: str | None = None
     tune: bool = False  # search weighting, alpha and regularization share first (tune.py)
     tune_budget: float = DEFAULT_BUDGET
@@ -245,6 +246,8 @@ async def run_als_async(config: AlsConfig) -> AlsRun:
             if publisher is not None:
                 await publisher.abort()
             raise
+        if publisher is not None:
+            await publisher.prune(config.keep_runs)
     metrics["stages"] = dict(stages.seconds)
     metrics["total_seconds"] = round(time.monotonic() - started, 4)
     log.info("als: done in %.1fs%s", metrics["total_seconds"], f"; manifest {out.uri_of(MANIFEST)}" if out else "")

@@ -37,6 +37,10 @@ from .storage import Store
 
 log = logging.getLogger("airflow_gpu.worker")
 
+#: Written into a run's folder right after manifest.json names it: retention deletes only marked runs.
+COMMITTED = "_COMMITTED"
+#: ``--keep-runs`` default: the committed run plus four before it (a rollback or a diff needs some).
+DEFAULT_KEEP_RUNS = 5
 
 
 def new_run_id() -> str:
@@ -127,7 +131,41 @@ class Publisher:
         }
         await self.store.write(MANIFEST, json.dumps(document, indent=2, sort_keys=False).encode())
         log.info("publish: committed %s (%d files, %.1f MB)", self.store.uri_of(MANIFEST), len(self.files), self.bytes_written / 2**20)
+        try:
+            # After the commit point: a run that crashes before it is never marked, so never pruned.
+            await self.store.write(self.root + COMMITTED, b"")
+        except Exception as exc:  # the run is committed all the same; it is only kept for ever
+            log.warning("publish: could not mark run %s as committed (%s); retention will keep it", self.run_id, exc)
         return document
+
+    async def prune(self, keep: int) -> list[str]:
+        """Delete the committed runs older than the ``keep`` newest (0 keeps all); call after commit.
+
+        Only folders carrying the COMMITTED mark count, so a run still being written by a
+        concurrent job, or one that failed, is never touched. Run ids sort by time.
+        """
+        if keep <= 0:
+            return []
+        try:
+            return await self._prune(keep)
+        except Exception as exc:  # the new run is committed: failing it now would help no one
+            log.warning("publish: could not remove old runs under %s (%s); they are kept", self.store.uri_of("runs/"), exc)
+            return []
+
+    async def _prune(self, keep: int) -> list[str]:
+        names = await self.store.names_under("runs/")
+        committed = sorted({n.split("/")[1] for n in names if n.count("/") == 2 and n.endswith("/" + COMMITTED)})
+        kept = set(committed[-keep:]) | {self.run_id}
+        old = [run for run in committed if run not in kept]
+        for run in old:
+            folder = f"runs/{run}/"
+            files = [n for n in names if n.startswith(folder)]
+            # The mark goes last: a prune cut short leaves a marked run, which the next prune finishes.
+            await self.store.delete([n for n in files if not n.endswith("/" + COMMITTED)])
+            await self.store.delete([folder + COMMITTED])
+        if old:
+            log.info("publish: removed %d old run(s) under %s (--keep-runs %d)", len(old), self.store.uri_of("runs/"), keep)
+        return old
 
     async def abort(self) -> None:
         """Stop uploads and remove what this run wrote (best effort); the old manifest stays as it was."""

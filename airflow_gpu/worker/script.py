@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import shutil
 import signal
 import sys
@@ -21,7 +22,8 @@ from pathlib import Path
 
 from .errors import WorkerError
 from ..contract import MANIFEST
-from .publish import Publisher
+from .publish import DEFAULT_KEEP_RUNS, Publisher
+from .safe_paths import check_keys, files_to_publish, path_inside
 from .storage import ObjectRef, Store, open_store
 
 log = logging.getLogger("airflow_gpu.worker")
@@ -34,7 +36,7 @@ async def _fetch_script(uri: str, dest_dir: Path, endpoint_url: str | None) -> P
             single = [r for r in refs if r.key == store.prefix] if hasattr(store, "prefix") else []
             if len(single) != 1:
                 raise WorkerError(f"script {uri} not found; check --script (it must name one .py object)")
-            path = dest_dir / single[0].name
+            path = path_inside(dest_dir, single[0].name)
             await store.read_to_file(single[0], path)
             return path
     source = Path(uri[len("file://") :] if uri.startswith("file://") else uri).expanduser()
@@ -49,13 +51,15 @@ async def _fetch_inputs(store: Store, folder: Path, concurrency: int) -> tuple[i
     refs = await store.list()
     if not refs:
         raise WorkerError(f"no objects under {store.uri}; check --input")
+    # Every key is checked before the first download: a bad one refuses the run with nothing written.
+    paths = check_keys(folder, [r.name for r in refs])
     slots = asyncio.Semaphore(concurrency)
 
-    async def one(ref: ObjectRef) -> None:
+    async def one(ref: ObjectRef, path: Path) -> None:
         async with slots:
-            await store.read_to_file(ref, folder / ref.name)
+            await store.read_to_file(ref, path)
 
-    await asyncio.gather(*(one(r) for r in refs))
+    await asyncio.gather(*(one(r, p) for r, p in zip(refs, paths)))
     return len(refs), sum(r.size for r in refs)
 
 
@@ -69,9 +73,32 @@ async def run_script_async(
     concurrency: int = 16,
     workdir: str | None = None,
     run_id: str | None = None,
+    keep_workdir: bool = False,
+    keep_runs: int = DEFAULT_KEEP_RUNS,
+) -> int:
+    folder = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="airflow-gpu-script-"))
+    try:
+        return await _run_in(folder, script, input_uri, output_uri, args, endpoint_url, concurrency, run_id, keep_runs)
+    finally:
+        # A temporary folder holds the inputs too: never leave it behind, unless asked to (to debug).
+        if not workdir and not keep_workdir:
+            await asyncio.to_thread(shutil.rmtree, folder, True)
+        elif not workdir:
+            log.info("run-script: kept the working folder %s (--keep-workdir)", folder)
+
+
+async def _run_in(
+    folder: Path,
+    script: str,
+    input_uri: str | None,
+    output_uri: str,
+    args: list[str] | None,
+    endpoint_url: str | None,
+    concurrency: int,
+    run_id: str | None,
+    keep_runs: int,
 ) -> int:
     started = time.monotonic()
-    folder = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="airflow-gpu-script-"))
     folder.mkdir(parents=True, exist_ok=True)
     inputs, outputs = folder / "input", folder / "output"
     inputs.mkdir(exist_ok=True)
@@ -103,13 +130,18 @@ async def run_script_async(
                     loop.remove_signal_handler(sig)
                 except (NotImplementedError, RuntimeError):  # pragma: no cover
                     pass
+        if code < 0:
+            # Killed by signal N: exit 128+N as a shell does (SIGKILL 137, the OOM killer's mark),
+            # not -N, which the exit status would wrap to 256-N.
+            log.error("run-script: %s was killed by signal %d", path.name, -code)
+            code = 128 - code
         if code != 0:
             log.error("run-script: %s exited with %d; nothing is published", path.name, code)
             return code
 
         publisher = Publisher(out, run_id)
         try:
-            files = sorted(p for p in outputs.rglob("*") if p.is_file())
+            files = await asyncio.to_thread(files_to_publish, outputs)
             for file in files:
                 await publisher.put_file("output/" + file.relative_to(outputs).as_posix(), file, kind="output")
             await publisher.commit(
@@ -117,7 +149,7 @@ async def run_script_async(
                     "command": "run-script",
                     "script": script,
                     "input": input_uri,
-                    "params": {"args": list(args or []), "input_objects": count, "input_bytes": size},
+                    "params": {"args": redacted_args(args or []), "input_objects": count, "input_bytes": size},
                     "exit_code": code,
                     "summary": {"files": len(files), "bytes": publisher.bytes_written, "seconds": round(time.monotonic() - started, 3)},
                 }
@@ -125,6 +157,35 @@ async def run_script_async(
         except BaseException:
             await publisher.abort()
             raise
-    if not workdir:
-        shutil.rmtree(folder, ignore_errors=True)
+        await publisher.prune(keep_runs)
     return 0
+
+
+#: Flags whose values the manifest never shows: anything that looks like a secret by its name.
+SECRET_FLAG = re.compile(r"(secret|token|passw(or)?d|passphrase|credential|api[-_]?key|access[-_]?key|private[-_]?key|auth|^-+key$)", re.I)
+REDACTED = "***"
+
+
+def redacted_args(args: list[str]) -> list[str]:
+    """The script's arguments as the manifest records them: values of secret-looking flags replaced.
+
+    Arguments are a job's only channel for settings, and some carry secrets; manifests are read
+    by everyone who reads the outputs. ``--api-key X`` and ``--api-key=X`` both become ``***``.
+    """
+    shown: list[str] = []
+    hide_next = False
+    for arg in args:
+        if hide_next and not arg.startswith("-"):
+            shown.append(REDACTED)
+            hide_next = False
+            continue
+        hide_next = False
+        if arg.startswith("-"):
+            name, sep, _ = arg.partition("=")
+            if SECRET_FLAG.search(name.lstrip("-")) or SECRET_FLAG.search(name):
+                if sep:
+                    shown.append(name + "=" + REDACTED)
+                    continue
+                hide_next = True
+        shown.append(arg)
+    return shown

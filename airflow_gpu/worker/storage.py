@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import logging
 import os
+import random
 import shutil
 import uuid
 from abc import ABC, abstractmethod
@@ -22,12 +25,39 @@ from typing import AsyncIterator, Callable
 
 from ..contract import is_marker, split_s3
 from .errors import WorkerError
+from .safe_paths import path_inside
 
 MiB = 1024 * 1024
 # Ranged GETs and multipart parts of 16 MiB keep each request long enough to reach full
 # throughput while giving large objects enough pieces to spread over the connections.
 PART_SIZE = 16 * MiB
 MAX_PARTS = 10_000  # S3's limit on parts per multipart upload
+# A connection lost mid-body: how often one read (or one part) is resumed, and the backoff between tries.
+BODY_ATTEMPTS = 10
+BODY_BACKOFF_BASE = 0.1
+BODY_BACKOFF_CAP = 5.0
+
+log = logging.getLogger("airflow_gpu.worker")
+
+
+@functools.cache
+def body_faults() -> tuple[type[BaseException], ...]:
+    """What a connection dropped in the middle of a body raises, through aiobotocore and aiohttp."""
+    import aiohttp
+    from botocore.exceptions import ConnectionError as BotoConnectionError
+    from botocore.exceptions import HTTPClientError, IncompleteReadError, ResponseStreamingError
+
+    return (
+        aiohttp.ClientPayloadError,
+        aiohttp.ClientConnectionError,
+        ResponseStreamingError,
+        IncompleteReadError,
+        HTTPClientError,
+        BotoConnectionError,
+        ConnectionError,
+        asyncio.TimeoutError,
+    )
+
 
 
 @dataclass(frozen=True)
@@ -72,6 +102,10 @@ class Store(ABC):
     async def delete(self, names: list[str]) -> None:
         """Remove ``root/name`` for each name; missing ones are ignored."""
 
+    async def names_under(self, under: str) -> list[str]:
+        """Every object's name under ``root/under``, markers included (for retention)."""
+        raise NotImplementedError
+
     def uri_of(self, name: str) -> str:
         return self.uri.rstrip("/") + "/" + name if name else self.uri
 
@@ -101,11 +135,31 @@ class S3Store(Store):
         # One slot per request in flight; a multipart upload or ranged download takes one per part.
         self._requests = asyncio.Semaphore(max(1, concurrency))
 
+    async def _again_on_body_faults(self, uri: str, call: Callable):
+        """Run ``call()`` again when a reply is cut mid-body: aiobotocore reads a whole non-streaming
+        reply (a listing, an error, a PUT's answer) outside botocore's retries."""
+        failures = 0
+        while True:
+            try:
+                return await call()
+            except body_faults() as exc:
+                failures += 1
+                if failures >= BODY_ATTEMPTS:
+                    raise WorkerError(
+                        f"talking to S3 about {uri} failed {failures} times ({type(exc).__name__}); "
+                        "check the network to S3 and rerun"
+                    ) from None
+                log.warning("storage: a reply about %s broke off (%s); asking again", uri, type(exc).__name__)
+                await asyncio.sleep(random.uniform(0, min(BODY_BACKOFF_CAP, BODY_BACKOFF_BASE * 2**failures)))
+
     @property
     def _dir(self) -> str:
         return self.prefix if not self.prefix or self.prefix.endswith("/") else self.prefix + "/"
 
     async def list(self) -> list[ObjectRef]:
+        return await self._again_on_body_faults(self.uri, self._list_once)
+
+    async def _list_once(self) -> list[ObjectRef]:
         refs: list[ObjectRef] = []
         async with self._translate(self.uri):
             paginator = self._client.get_paginator("list_objects_v2")
@@ -126,52 +180,96 @@ class S3Store(Store):
         return sorted(refs, key=lambda r: r.name)
 
     async def read(self, ref: ObjectRef):
-        if ref.size <= 2 * PART_SIZE:
-            async with self._requests, self._translate(self.ref_uri(ref)):
-                response = await self._client.get_object(Bucket=self.bucket, Key=ref.key)
-                async with response["Body"] as body:
-                    return await body.read()
-        # Parallel ranged GETs straight into one preallocated buffer.
+        # One preallocated buffer; big objects arrive as parallel ranged GETs straight into it.
         buffer = bytearray(ref.size)
         view = memoryview(buffer)
 
+        async def into_buffer(offset: int, chunk: bytes) -> None:
+            view[offset : offset + len(chunk)] = chunk
+
+        if ref.size <= 2 * PART_SIZE:
+            async with self._requests:
+                await self._stream_range(ref, 0, ref.size, into_buffer)
+            return buffer
+
         async def fetch(start: int, end: int) -> None:
-            async with self._requests, self._translate(self.ref_uri(ref)):
-                response = await self._client.get_object(Bucket=self.bucket, Key=ref.key, Range=f"bytes={start}-{end - 1}")
-                async with response["Body"] as body:
-                    offset = start
-                    async for chunk in body.iter_chunks(1 * MiB):
-                        view[offset : offset + len(chunk)] = chunk
-                        offset += len(chunk)
-                if offset != end:
-                    raise WorkerError(
-                        f"{self.ref_uri(ref)} changed while it was read (got {offset - start} of {end - start} bytes "
-                        "of a range); rerun once its writer has finished"
-                    )
+            async with self._requests:
+                await self._stream_range(ref, start, end, into_buffer)
 
         await gather_or_cancel([fetch(s, min(s + PART_SIZE, ref.size)) for s in range(0, ref.size, PART_SIZE)])
         return buffer
 
     async def read_to_file(self, ref: ObjectRef, dest: Path) -> None:
         dest.parent.mkdir(parents=True, exist_ok=True)
-        async with self._requests, self._translate(self.ref_uri(ref)):
-            response = await self._client.get_object(Bucket=self.bucket, Key=ref.key)
-            with open(dest, "wb") as handle:
-                async with response["Body"] as body:
-                    async for chunk in body.iter_chunks(4 * MiB):
-                        await asyncio.to_thread(handle.write, chunk)
+        with open(dest, "wb") as handle:
+
+            async def into_file(offset: int, chunk: bytes) -> None:
+                def write() -> None:
+                    handle.seek(offset)  # a resumed read rewrites nothing: it continues at the byte reached
+                    handle.write(chunk)
+
+                await asyncio.to_thread(write)
+
+            async with self._requests:
+                await self._stream_range(ref, 0, ref.size, into_file, chunk_size=4 * MiB)
+
+    async def _stream_range(self, ref: ObjectRef, start: int, end: int, sink: Callable, *, chunk_size: int = 1 * MiB) -> None:
+        """Hand bytes [start, end) of ``ref`` to ``sink(offset, chunk)``.
+
+        botocore retries a request until its headers arrive; a connection lost in the body
+        is the caller's to handle. So a body cut short is resumed with a ranged GET from the
+        byte reached, pinned to the first reply's ETag (an object replaced meanwhile is an
+        error, not a mix of two versions), with bounded attempts and jittered backoff.
+        """
+        uri = self.ref_uri(ref)
+        reached, etag, failures = start, None, 0
+        async with self._translate(uri):  # outside the loop: a fault is retried before it becomes a message
+            while reached < end or failures == 0:
+                kwargs: dict = {"Bucket": self.bucket, "Key": ref.key}
+                if reached > 0 or end < ref.size:
+                    kwargs["Range"] = f"bytes={reached}-{end - 1}"
+                if etag:
+                    kwargs["IfMatch"] = etag
+                try:
+                    response = await self._client.get_object(**kwargs)
+                    etag = etag or response.get("ETag")
+                    async with response["Body"] as body:
+                        async for chunk in body.iter_chunks(chunk_size):
+                            await sink(reached, chunk)
+                            reached += len(chunk)
+                except body_faults() as exc:
+                    failures += 1
+                    if failures >= BODY_ATTEMPTS:
+                        raise WorkerError(
+                            f"reading {uri} failed {failures} times (last at byte {reached} of {ref.size}: "
+                            f"{type(exc).__name__}); check the network to S3 and rerun"
+                        ) from None
+                    log.warning("storage: reading %s broke off at byte %d (%s); resuming there", uri, reached, type(exc).__name__)
+                    await asyncio.sleep(random.uniform(0, min(BODY_BACKOFF_CAP, BODY_BACKOFF_BASE * 2**failures)))
+                    continue
+                break
+        if reached != end:
+            raise WorkerError(
+                f"{uri} changed while it was read (got {reached - start} of {end - start} bytes "
+                "of a range); rerun once its writer has finished"
+            )
 
     async def read_small(self, name: str) -> bytes | None:
         key = self._dir + name
-        async with self._requests, self._translate(self.uri_of(name)):
-            try:
-                response = await self._client.get_object(Bucket=self.bucket, Key=key)
-            except self._client.exceptions.ClientError as exc:
-                if _error_code(exc) in ("404", "NoSuchKey", "NotFound"):
-                    return None
-                raise
-            async with response["Body"] as body:
-                return await body.read()
+
+        async def once() -> bytes | None:
+            # Small (a manifest, a script): a reply cut short is read again whole.
+            async with self._requests, self._translate(self.uri_of(name)):
+                try:
+                    response = await self._client.get_object(Bucket=self.bucket, Key=key)
+                except self._client.exceptions.ClientError as exc:
+                    if _error_code(exc) in ("404", "NoSuchKey", "NotFound"):
+                        return None
+                    raise
+                async with response["Body"] as body:
+                    return await body.read()
+
+        return await self._again_on_body_faults(self.uri_of(name), once)
 
     async def write(self, name: str, data: bytes | memoryview) -> None:
         view = memoryview(data).cast("B")
@@ -192,8 +290,12 @@ class S3Store(Store):
         uri = self.uri_of(name)
         if size <= 2 * PART_SIZE:
             body = await read_range(0, size)
-            async with self._requests, self._translate(uri):
-                await self._client.put_object(Bucket=self.bucket, Key=key, Body=body)
+
+            async def put_once() -> None:
+                async with self._requests, self._translate(uri):
+                    await self._client.put_object(Bucket=self.bucket, Key=key, Body=body)
+
+            await self._again_on_body_faults(uri, put_once)  # a PUT replaces the object whole: safe to repeat
             return
         part_size = max(PART_SIZE, -(-size // MAX_PARTS))
         async with self._translate(uri):
@@ -202,11 +304,23 @@ class S3Store(Store):
 
         async def put_part(number: int, start: int) -> dict:
             body = await read_range(start, min(start + part_size, size))
-            async with self._requests, self._translate(uri):
-                part = await self._client.upload_part(
-                    Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=body
-                )
-            return {"PartNumber": number, "ETag": part["ETag"]}
+            failures = 0
+            async with self._translate(uri):  # outside the loop: a fault is retried before it becomes a message
+                while True:
+                    try:
+                        async with self._requests:
+                            part = await self._client.upload_part(
+                                Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=body
+                            )
+                        return {"PartNumber": number, "ETag": part["ETag"]}
+                    except body_faults() as exc:
+                        # botocore's retries are spent: send this part again; the others stay uploaded,
+                        # and S3 keeps the last copy of a part number.
+                        failures += 1
+                        if failures >= BODY_ATTEMPTS:
+                            raise
+                        log.warning("storage: part %d of %s failed (%s); sending it again", number, uri, type(exc).__name__)
+                        await asyncio.sleep(random.uniform(0, min(BODY_BACKOFF_CAP, BODY_BACKOFF_BASE * 2**failures)))
 
         try:
             parts = await gather_or_cancel([put_part(n + 1, s) for n, s in enumerate(range(0, size, part_size))])
@@ -219,6 +333,17 @@ class S3Store(Store):
             with contextlib.suppress(Exception):
                 await asyncio.shield(self._client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id))
             raise
+
+    async def names_under(self, under: str) -> list[str]:
+        async def once() -> list[str]:
+            names: list[str] = []
+            async with self._translate(self.uri_of(under)):
+                paginator = self._client.get_paginator("list_objects_v2")
+                async for page in paginator.paginate(Bucket=self.bucket, Prefix=self._dir + under):
+                    names.extend(item["Key"][len(self._dir) :] for item in page.get("Contents", ()))
+            return sorted(names)
+
+        return await self._again_on_body_faults(self.uri_of(under), once)
 
     async def delete(self, names: list[str]) -> None:
         keys = [self._dir + n for n in names]
@@ -258,6 +383,8 @@ class S3Store(Store):
                 raise WorkerError(f"bucket '{self.bucket}' does not exist ({uri}); check the URI") from None
             if code in ("NoSuchKey", "404", "NotFound"):
                 raise WorkerError(f"{uri} does not exist; check the URI") from None
+            if code in ("PreconditionFailed", "412"):
+                raise WorkerError(f"{uri} was replaced while it was read; rerun once its writer has finished") from None
             raise
         except NoCredentialsError:
             raise WorkerError(
@@ -349,7 +476,7 @@ class LocalStore(Store):
         await asyncio.to_thread(self._write, name, copy)
 
     def _write(self, name: str, fill: Callable) -> None:
-        target = self.root / name
+        target = path_inside(self.root, name)
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             temp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
@@ -359,11 +486,31 @@ class LocalStore(Store):
         except PermissionError:
             raise WorkerError(f"permission denied writing {target}; choose an --output you can write to") from None
 
+    async def names_under(self, under: str) -> list[str]:
+        def walk() -> list[str]:
+            base = self.root / under
+            if not base.is_dir():
+                return []
+            return sorted(
+                Path(folder, file).relative_to(self.root).as_posix() for folder, _, files in os.walk(base) for file in files
+            )
+
+        return await asyncio.to_thread(walk)
+
     async def delete(self, names: list[str]) -> None:
         def remove() -> None:
             for name in names:
+                path = self.root / name
                 with contextlib.suppress(FileNotFoundError):
-                    (self.root / name).unlink()
+                    path.unlink()
+                # Folders left empty go too (a pruned run's), up to the root.
+                for parent in path.parents:
+                    if parent == self.root or self.root not in parent.parents:
+                        break
+                    try:
+                        parent.rmdir()
+                    except OSError:
+                        break
 
         await asyncio.to_thread(remove)
 

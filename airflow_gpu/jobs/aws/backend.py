@@ -23,7 +23,7 @@ import botocore.config
 import botocore.exceptions
 
 from airflow_gpu.jobs.aws.cloudwatch import CloudWatchLogReader
-from airflow_gpu.jobs.aws.connection import AwsConnection, resolve_aws_connection
+from airflow_gpu.jobs.aws.connection import AwsConnection, forget_aws_connection, resolve_aws_connection
 from airflow_gpu.jobs.backend import (
     QUEUED_STATES,
     SUCCEEDED,
@@ -36,6 +36,7 @@ from airflow_gpu.jobs.backend import (
 from airflow_gpu.jobs.aws.replies import decode_leanly
 from airflow_gpu.jobs.backoff import RateLimiter, RetryPolicy, SharedBackoff
 from airflow_gpu.jobs.blocked import parse_blocked
+from airflow_gpu.jobs.poll_errors import CannotSeeJobs, JobIdsRejected
 from airflow_gpu.jobs.spec import TAG_CANCELLED, TAG_IDEMPOTENCY_KEY, JobSpec
 
 
@@ -80,6 +81,25 @@ def is_transient(exc: BaseException) -> bool:
             ConnectionError,
         ),
     )
+
+
+#: Credentials that expired or rotated under a long-lived client: re-read the connection and retry.
+_CREDENTIALS_EXPIRED = frozenset(
+    {
+        "ExpiredToken",
+        "ExpiredTokenException",
+        "RequestExpired",
+        "InvalidClientTokenId",
+        "UnrecognizedClient",
+        "UnrecognizedClientException",
+        "InvalidToken",
+        "TokenRefreshRequired",
+        "InvalidSignatureException",
+        "SignatureDoesNotMatch",
+    }
+)
+#: Refreshes tried within one describe before the error goes to the watcher (which retries it later).
+CREDENTIAL_REFRESHES = 2
 
 
 def _error_code(exc: BaseException) -> str:
@@ -181,13 +201,19 @@ class AwsBatchBackend(JobBackend):
         self.logs_backoff = SharedBackoff(f"CloudWatch Logs in {self.region}", is_transient, self.retry_policy, log)
         self.logs_limiter = RateLimiter(self.logs_calls_per_second, self.logs_burst)
         self._log_reader: CloudWatchLogReader | None = None
+        self._refresh_lock = asyncio.Lock()
+        self._retired: Any = None
+        self._region_asked = connection.region_name
+        self.credential_refreshes = 0  # for tests and metrics
         self.closed = False
 
     @classmethod
     async def open(cls, target: BackendTarget) -> AwsBatchBackend:
         connection = await resolve_aws_connection(target.conn_id, target.region_name)
         client = await cls._create_client(connection, "batch")
-        return cls(connection, client)
+        backend = cls(connection, client)
+        backend._region_asked = target.region_name  # the cache key the connection was resolved under
+        return backend
 
     @staticmethod
     async def _create_client(connection: AwsConnection, service: str) -> Any:
@@ -282,8 +308,54 @@ class AwsBatchBackend(JobBackend):
 
     async def describe(self, job_ids: Sequence[str]) -> list[JobState]:
         ids = list(job_ids)
-        reply = await self.backoff.call(lambda: self._batch.describe_jobs(jobs=ids), attempts=None)
-        return [parse_job(j) for j in reply.get("jobs", ())]
+        refreshes = 0
+        while True:
+            client = self._batch
+            try:
+                reply = await self.backoff.call(lambda: self._batch.describe_jobs(jobs=ids), attempts=None)
+            except botocore.exceptions.ClientError as exc:
+                code = _error_code(exc)
+                if code in _CREDENTIALS_EXPIRED and refreshes < CREDENTIAL_REFRESHES:
+                    refreshes += 1
+                    await self.refresh_credentials(client, code)
+                    continue
+                raise self._cannot_see(exc, len(ids)) from exc
+            return [parse_job(j) for j in reply.get("jobs", ())]
+
+    def _cannot_see(self, exc: botocore.exceptions.ClientError, count: int) -> CannotSeeJobs:
+        code = _error_code(exc)
+        message = exc.response.get("Error", {}).get("Message") or str(exc)
+        text = f"DescribeJobs for {count} job(s) answered {code or 'an error'}: {message}"
+        if code == "ClientException":
+            return JobIdsRejected(text, code=code, fix="check the job ids")
+        who = f"connection {self.connection.conn_id!r}" if self.connection.conn_id else "the default AWS credentials"
+        if code in _CREDENTIALS_EXPIRED:
+            fix = f"the credentials of {who} stay expired or invalid after a refresh: renew them (or the role it assumes)"
+        elif "AccessDenied" in code or code in ("UnauthorizedOperation", "AuthorizationError", "Forbidden"):
+            fix = f"grant batch:DescribeJobs to the identity of {who} (see docs/aws.md, IAM)"
+        else:
+            fix = f"check that {who} may call batch:DescribeJobs in {self.region}"
+        return CannotSeeJobs(text, code=code, fix=fix)
+
+    async def refresh_credentials(self, failed_client: Any, code: str) -> None:
+        """Re-read the connection (new credentials, a fresh assumed role) and swap in a new client.
+
+        Many batches fail at once when a token expires: only the first refreshes, the
+        others find the client already replaced and simply retry.
+        """
+        async with self._refresh_lock:
+            if self._batch is not failed_client or self.closed:
+                return
+            log.warning("%s answered %s: re-reading connection %r for fresh credentials", self.location, code, self.connection.conn_id)
+            forget_aws_connection(self.connection.conn_id, self._region_asked)
+            connection = await resolve_aws_connection(self.connection.conn_id, self._region_asked)
+            client = decode_leanly(await self._create_client(connection, "batch"))
+            self.connection, self._batch = connection, client
+            self.credential_refreshes += 1
+            # Calls still in flight on the old client finish there; it is closed at the next refresh or at the end.
+            retired, self._retired = self._retired, failed_client
+        if retired is not None:
+            await retired.close()
 
     async def terminate(self, job_id: str, reason: str) -> None:
         reply = await self.backoff.call(lambda: self._batch.describe_jobs(jobs=[job_id]))
@@ -363,6 +435,6 @@ class AwsBatchBackend(JobBackend):
         if self.closed:
             return
         self.closed = True
-        for client in (self._batch, self._logs):
+        for client in (self._batch, self._logs, self._retired):
             if client is not None:
                 await client.close()

@@ -87,3 +87,11 @@ async def resolve_aws_connection(conn_id: str | None, region_name: str | None) -
 
         task.add_done_callback(forget_failure)
     return await asyncio.shield(task)
+
+
+def forget_aws_connection(conn_id: str | None, region_name: str | None) -> None:
+    """Drop this loop's resolved connection, so the next use reads it again (expired credentials)."""
+    per_loop = _cache.get(asyncio.get_running_loop(), {})
+    task = per_loop.get((conn_id, region_name))
+    if task is not None and task.done():
+        del per_loop[(conn_id, region_name)]
