@@ -131,9 +131,12 @@ class CloudWatchLogsLink(_JobLink):
 class GpuBatchOperator(BaseOperator):
     """Run a GPU job on AWS Batch, deferring while it queues and runs.
 
-    :param job_queue: Batch job queue name or ARN.
-    :param job_definition: job definition name, ``name:revision`` or ARN.
-    :param command: argv list overriding the definition's command; never run through a shell.
+    :param job_queue: Batch job queue name or ARN (required on AWS Batch; the local backend has none).
+    :param job_definition: job definition name, ``name:revision`` or ARN (required on AWS Batch; the
+        local backend takes a local job definition file here, or nothing).
+    :param command: argv handed to the image's entrypoint (``["als", "--input", ...]``), overriding
+        the definition's command; never run through a shell. The local backend prepends the same
+        entrypoint (``airflow-gpu-worker`` unless told otherwise), so a task runs unchanged on both.
     :param environment: extra environment variables (string values).
     :param gpus: GPUs per job (0-16); submitted as a GPU resource requirement.
     :param vcpus: vCPUs, or None to keep the definition's.
@@ -195,8 +198,8 @@ class GpuBatchOperator(BaseOperator):
     def __init__(
         self,
         *,
-        job_queue: str,
-        job_definition: str,
+        job_queue: str | None = None,
+        job_definition: str | None = None,
         command: Sequence[str] | None = None,
         environment: Mapping[str, str] | None = None,
         gpus: int = 1,
@@ -266,6 +269,9 @@ class GpuBatchOperator(BaseOperator):
             value = getattr(self, field)
             if skip_templates and _holds_template(value):
                 continue
+            if field in ("job_queue", "job_definition") and value is None:
+                self._check_needed(field, skip_templates=skip_templates)
+                continue
             check(value)
         if self.job_name is not None and not (skip_templates and is_template(self.job_name)):
             check_name("job_name", self.job_name, "Pass a name or leave it out to derive one from dag and task.")
@@ -280,6 +286,18 @@ class GpuBatchOperator(BaseOperator):
             self.poll_interval = check_poll_interval(poll)
         if self.output_uri is not None and not (skip_templates and is_template(self.output_uri)):
             check_name("output_uri", self.output_uri, "Pass the job's output prefix (s3://bucket/prefix/ or a folder), or None.")
+
+    def _check_needed(self, field: str, *, skip_templates: bool) -> None:
+        """A missing job_queue or job_definition is fine for a backend without queues (local) only."""
+        if skip_templates and is_template(self.backend):
+            return  # known once rendered
+        from airflow_gpu.jobs.backend import backend_class
+
+        if backend_class(check_backend_name(self.backend)).needs_queue:
+            raise JobSpecError(
+                f"{field} is required with backend={self.backend!r}: pass the Batch "
+                f"{field.replace('_', ' ')} name or ARN (airflow-gpu batch-setup prints both), or use backend='local'."
+            )
 
     def _spec(self, identity: TaskIdentity) -> JobSpec:
         return JobSpec.build(

@@ -269,8 +269,8 @@ class JobSpec:
     """One GPU job, fully checked. Build it with :meth:`build`, which names the bad parameter."""
 
     name: str
-    queue: str
-    definition: str
+    queue: str | None  # None only for backends without queues (JobBackend.needs_queue)
+    definition: str | None
     identity: TaskIdentity
     command: tuple[str, ...] | None = None
     environment: Mapping[str, str] = field(default_factory=dict)
@@ -287,8 +287,8 @@ class JobSpec:
         cls,
         *,
         identity: TaskIdentity,
-        job_queue: Any,
-        job_definition: Any,
+        job_queue: Any = None,
+        job_definition: Any = None,
         job_name: Any = None,
         command: Any = None,
         environment: Any = None,
@@ -300,8 +300,11 @@ class JobSpec:
         retry_attempts: Any = 3,
         timeout: Any = None,
     ) -> JobSpec:
-        queue = check_name("job_queue", job_queue, "Pass the Batch job queue name or ARN.")
-        definition = check_name("job_definition", job_definition, "Pass the job definition name, name:revision or ARN.")
+        # None is left to the backend: Batch refuses it (AwsBatchBackend.submit), a local process needs neither.
+        queue = None if job_queue is None else check_name("job_queue", job_queue, "Pass the Batch job queue name or ARN.")
+        definition = None if job_definition is None else check_name(
+            "job_definition", job_definition, "Pass the job definition name, name:revision or ARN."
+        )
         base = f"{identity.dag_id}-{identity.task_id}"
         if job_name is not None:
             base = check_name("job_name", job_name, "Pass a name or leave it out to derive one from dag and task.")
