@@ -53,6 +53,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         code = int(module.run(args))
         sys.stdout.flush()
+    except KeyboardInterrupt:
+        # Whatever was waited on has been stopped by then (a job's wait terminates the job).
+        print(f"airflow-gpu {args.command}: interrupted", file=sys.stderr)
+        return 130
     except BrokenPipeError:
         # The reader went away (`... --output json | head`): what it did not read is not wanted,
         # which is no error to report. Point stdout at /dev/null so the exit's flush stays quiet.

@@ -17,6 +17,7 @@ from airflow.sdk.exceptions import AirflowException
 
 from airflow_gpu.jobs.backend import SUCCEEDED, BackendTarget, JobBackend, JobState, check_backend_name
 from airflow_gpu.jobs.blocking import run_blocking
+from airflow_gpu.jobs.interrupt import INTERRUPTED, terminate_interrupted, wait_unless_interrupted
 from airflow_gpu.jobs.spec import (
     TAG_CANCELLED,
     JobSpec,
@@ -379,7 +380,13 @@ class GpuBatchOperator(BaseOperator):
         """The blocking path: the same watcher and follow logic as the trigger, in this worker."""
         watcher = JobWatcher.shared(self.target)
         async with watcher.watch(job_id, poll_interval=self.poll_interval, max_queued=self.max_queued) as watch:
-            final = await follow_job(watch, on_change=lambda s: self.log.info("Job %s is %s", s.job_id, s.status))
+            # Ctrl-C (`airflow dags test`, `airflow tasks test`) ends the wait: the job is terminated, not left running.
+            final = await wait_unless_interrupted(
+                follow_job(watch, on_change=lambda s: self.log.info("Job %s is %s", s.job_id, s.status))
+            )
+        if final is INTERRUPTED:
+            final = await terminate_interrupted(watcher, job_id, f"Airflow task {self.dag_id}.{self.task_id}")
+            self.log.warning("Ctrl-C: terminated job %s", job_id)
         async with watcher.backend() as backend:
             self._set_urls(backend, final)
             lines = [] if final.status == SUCCEEDED else await self._tail(backend, final)

@@ -8,6 +8,7 @@ from typing import Any, AsyncIterator
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_gpu.jobs.backend import BackendTarget, JobBackend, JobState
+from airflow_gpu.jobs.interrupt import INTERRUPTED, terminate_interrupted, wait_unless_interrupted
 from airflow_gpu.jobs.logs import LogFollow, LogFollower
 from airflow_gpu.jobs.watcher import DEFAULT_POLL_INTERVAL, JobWatch, JobWatcher, follow_job
 
@@ -85,7 +86,16 @@ class GpuBatchJobTrigger(BaseTrigger):
         watcher = JobWatcher.shared(self.target)
         self._watch = watcher.watch(self.job_id, poll_interval=self.poll_interval, max_queued=self.max_queued)
         try:
-            final = await follow_job(self._watch, on_change=self._on_change)
+            following = follow_job(self._watch, on_change=self._on_change)
+            if self.task_instance is not None:  # on a triggerer: its signals are its own business
+                final = await following
+            else:
+                # Run inline (`airflow dags test`): this process is the job's only watcher, so
+                # Ctrl-C terminates the job and the task resumes with that, instead of a traceback.
+                final = await wait_unless_interrupted(following)
+                if final is INTERRUPTED:
+                    final = await terminate_interrupted(watcher, self.job_id, "the inline trigger (airflow dags test)")
+                    self.log.warning("Ctrl-C: terminated job %s; the task fails with: %s", self.job_id, final.status_reason)
             # The end itself is not logged here: the triggerer logs the event and the task logs the
             # outcome when it resumes. At 10,000 jobs ending together, every record counts.
             relayed = None if self._follow is None else await self._follow.finish(final)
