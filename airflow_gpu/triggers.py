@@ -110,6 +110,10 @@ class GpuBatchJobTrigger(BaseTrigger):
                 self._add_links(event, backend, final)
         finally:
             self._release()
+        if self.task_instance is None:
+            # Run inline, the loop ends with this event: close its clients now rather than leave
+            # them to the grace period (which would outlive the loop: "Unclosed client session").
+            await _close_if_idle(watcher, LogFollower.shared(self.target))
         # Released before yielding: the triggerer may keep this generator suspended at the yield.
         yield TriggerEvent(event)
 
@@ -169,3 +173,10 @@ class GpuBatchJobTrigger(BaseTrigger):
         if getattr(ti, "map_index", -1) not in (-1, None):
             where += f" map index {ti.map_index}"
         return f"Airflow task {where} was cleared or marked failed/succeeded"
+
+
+async def _close_if_idle(watcher: JobWatcher, follower: LogFollower) -> None:
+    if follower.followed == 0:
+        await follower.aclose()
+    if watcher.idle:
+        await watcher.aclose()
