@@ -121,3 +121,26 @@ def test_ctrl_c_while_a_non_deferrable_task_waits_terminates_the_job_and_fails_t
     assert_terminated(state_dir, job_id)
     [error] = [line for line in out.splitlines() if line.startswith("ERROR ")]
     assert error.startswith(f"ERROR GpuJobFailed GPU job {job_id}") and "interrupted (Ctrl-C) while Airflow task" in error and ".train waited for it" in error
+
+
+def test_a_process_with_its_own_sigint_handler_keeps_it_while_a_job_is_waited_on():
+    # A triggerer handles SIGINT itself (stopping must never terminate jobs): the wait leaves it alone.
+    import asyncio
+
+    from airflow_gpu.jobs.interrupt import wait_unless_interrupted
+
+    def triggerers_own(signum, frame):
+        pass
+
+    async def peek():
+        return signal.getsignal(signal.SIGINT)
+
+    async def main():
+        signal.signal(signal.SIGINT, triggerers_own)
+        return await wait_unless_interrupted(peek())
+
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        assert asyncio.run(main()) is triggerers_own
+    finally:
+        signal.signal(signal.SIGINT, previous)

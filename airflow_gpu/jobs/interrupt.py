@@ -6,8 +6,9 @@ will stop the GPU job. Python would raise KeyboardInterrupt wherever the loop ha
 asyncio would cancel the whole run), leaving a traceback and the job running. Instead, for the
 length of one wait, SIGINT ends just that wait and the caller terminates the job and says so.
 
-Only the main thread receives signals, so elsewhere (a triggerer's runner never waits here, see
-the trigger) the wait is a plain await.
+Only the main thread receives signals, and only a process that left Ctrl-C to Python (not a
+triggerer, which handles SIGINT itself and must never terminate jobs when it stops) is taken
+over; elsewhere the wait is a plain await.
 """
 
 from __future__ import annotations
@@ -37,6 +38,15 @@ class _Interrupted:
 INTERRUPTED = _Interrupted()
 
 
+def _ctrl_c_unclaimed() -> bool:
+    """Is SIGINT still Python's KeyboardInterrupt (or asyncio.run's, which raises it)? A process
+    that installed its own handler (a triggerer, a supervisor) decides itself what Ctrl-C means."""
+    handler = signal.getsignal(signal.SIGINT)
+    runner = getattr(asyncio, "Runner", ())  # Python 3.11+; 3.10's asyncio.run leaves the default
+    bound = getattr(handler, "func", handler)  # asyncio.run installs a partial of Runner._on_sigint
+    return handler is signal.default_int_handler or isinstance(getattr(bound, "__self__", None), runner)
+
+
 async def wait_unless_interrupted(awaitable: Awaitable[T]) -> T | _Interrupted:
     """``await awaitable``, unless SIGINT arrives first: then it is cancelled and INTERRUPTED returned.
 
@@ -44,7 +54,7 @@ async def wait_unless_interrupted(awaitable: Awaitable[T]) -> T | _Interrupted:
     """
     work = asyncio.ensure_future(awaitable)
     loop = asyncio.get_running_loop()
-    if threading.current_thread() is not threading.main_thread():
+    if threading.current_thread() is not threading.main_thread() or not _ctrl_c_unclaimed():
         return await work
     interrupted = asyncio.Event()
     previous = signal.getsignal(signal.SIGINT)
