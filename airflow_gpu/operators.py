@@ -109,8 +109,8 @@ class _JobLink(BaseOperatorLink):
         # resume without the trigger's event, e.g. after a trigger timeout) must hand back the
         # URL an earlier run of this try saved, not overwrite it with nothing.
         url = getattr(operator, self.attr, None)
-        if url:
-            return url
+        if url or getattr(operator, "_try_began_here", False):
+            return url or ""  # a try's first run: its XComs were cleared, nothing was saved to find
         try:
             from airflow.sdk.execution_time.xcom import XCom  # the configured XCom backend, in a task
         except ImportError as exc:
@@ -257,6 +257,7 @@ class GpuBatchOperator(BaseOperator):
         self._reattached = False
         self._job_url: str | None = None
         self._log_url: str | None = None
+        self._try_began_here = False
 
     # -- checks -----------------------------------------------------------------------------------
 
@@ -332,6 +333,7 @@ class GpuBatchOperator(BaseOperator):
     # -- execute ----------------------------------------------------------------------------------
 
     def execute(self, context: Context) -> dict[str, Any] | None:
+        self._try_began_here = True  # read by the links: no earlier run of this try saved one
         self._check_fields(skip_templates=False)
         spec = self._spec(_identity(context))
         state = run_blocking(lambda: self._submit_or_reattach(spec))

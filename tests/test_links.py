@@ -45,6 +45,8 @@ def test_the_ui_shows_the_job_and_log_links_and_no_client_is_left_unclosed(airfl
     assert job_id in result["links"]["CloudWatch log stream"]
     # The trigger ran inline on a loop that ended with its event: its aiohttp session went with it.
     assert "Unclosed client session" not in output and "Unclosed connector" not in output
+    # A try's first run has nothing saved to look up: no "XCom not found" errors in its log.
+    assert "XCom not found" not in output
 
 
 def test_a_resume_that_learned_no_url_keeps_the_link_saved_when_the_task_deferred(airflow_home):
