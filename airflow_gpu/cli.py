@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from types import ModuleType
 
@@ -32,7 +33,10 @@ def _load(module_name: str) -> ModuleType | None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    from airflow_gpu import __version__
+
     parser = argparse.ArgumentParser(prog="airflow-gpu", description="GPU jobs on AWS Batch as deferrable Airflow tasks.")
+    parser.add_argument("--version", action="version", version=f"airflow-gpu {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     chosen = next((arg for arg in argv if not arg.startswith("-")), None)
     module = None
@@ -46,7 +50,19 @@ def main(argv: list[str] | None = None) -> int:
             module.add_arguments(sub)
     args = parser.parse_args(argv)
     assert module is not None  # argparse has rejected any other command
-    return int(module.run(args))
+    try:
+        code = int(module.run(args))
+        sys.stdout.flush()
+    except KeyboardInterrupt:
+        # Whatever was waited on has been stopped by then (a job's wait terminates the job).
+        print(f"airflow-gpu {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # The reader went away (`... --output json | head`): what it did not read is not wanted,
+        # which is no error to report. Point stdout at /dev/null so the exit's flush stays quiet.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    return code
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -16,14 +16,22 @@ class _JobLink(BaseOperatorLink):
     attr: ClassVar[str]
 
     def get_link(self, operator: BaseOperator, *, ti_key: TaskInstanceKey) -> str:
+        # The task runner calls this at the end of every run (a deferral too) and saves the
+        # result as this link's XCom, which is what the UI shows. A run that learned no URL (a
+        # resume without the trigger's event, e.g. after a trigger timeout) must hand back the
+        # URL an earlier run of this try saved, not overwrite it with nothing.
         url = getattr(operator, self.attr, None)
-        if url:
-            return url
+        if url or getattr(operator, "_try_began_here", False):
+            return url or ""  # a try's first run: its XComs were cleared, nothing was saved to find
         try:
-            from airflow.sdk import XCom
-
+            from airflow.sdk.execution_time.xcom import XCom  # the configured XCom backend, in a task
+        except ImportError as exc:
+            operator.log.warning("Cannot read the saved %s link: %s", self.name, exc)
+            return ""
+        try:
             return XCom.get_value(ti_key=ti_key, key=self.xcom_key) or ""
-        except Exception:  # no XCom access outside a task (e.g. in tests)
+        except Exception as exc:  # no XCom access outside a task runner
+            operator.log.debug("No saved %s link: %s", self.name, exc)
             return ""
 
 

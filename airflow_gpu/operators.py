@@ -47,9 +47,12 @@ _TRIGGER_TIMEOUT = "Trigger timeout"  # airflow's TriggerFailureReason.TRIGGER_T
 class GpuBatchOperator(BaseOperator):
     """Run a GPU job on AWS Batch, deferring while it queues and runs.
 
-    :param job_queue: Batch job queue name or ARN.
-    :param job_definition: job definition name, ``name:revision`` or ARN.
-    :param command: argv list overriding the definition's command; never run through a shell.
+    :param job_queue: Batch job queue name or ARN (required on AWS Batch; the local backend has none).
+    :param job_definition: job definition name, ``name:revision`` or ARN (required on AWS Batch; the
+        local backend takes a local job definition file here, or nothing).
+    :param command: argv handed to the image's entrypoint (``["als", "--input", ...]``), overriding
+        the definition's command; never run through a shell. The local backend prepends the same
+        entrypoint (``airflow-gpu-worker`` unless told otherwise), so a task runs unchanged on both.
     :param environment: extra environment variables (string values).
     :param gpus: GPUs per job (0-16); submitted as a GPU resource requirement.
     :param vcpus: vCPUs, or None to keep the definition's.
@@ -111,8 +114,8 @@ class GpuBatchOperator(BaseOperator):
     def __init__(
         self,
         *,
-        job_queue: str,
-        job_definition: str,
+        job_queue: str | None = None,
+        job_definition: str | None = None,
         command: Sequence[str] | None = None,
         environment: Mapping[str, str] | None = None,
         gpus: int = 1,
@@ -161,6 +164,7 @@ class GpuBatchOperator(BaseOperator):
         self._reattached = False
         self._job_url: str | None = None
         self._log_url: str | None = None
+        self._try_began_here = False
 
     # -- checks -----------------------------------------------------------------------------------
 
@@ -169,8 +173,12 @@ class GpuBatchOperator(BaseOperator):
         at run time (after rendering) all of them -- always before any call to a backend."""
         for field, check in FIELD_CHECKS.items():
             value = getattr(self, field)
-            if not (skip_templates and holds_template(value)):
-                check(value)
+            if skip_templates and holds_template(value):
+                continue
+            if field in ("job_queue", "job_definition") and value is None:
+                self._check_needed(field, skip_templates=skip_templates)
+                continue
+            check(value)
         if not skip_templates:
             self.backend = check_backend_name(self.backend)
             poll = self.poll_interval
@@ -182,6 +190,18 @@ class GpuBatchOperator(BaseOperator):
             self.poll_interval = check_poll_interval(poll)
         if self.output_uri is not None and not (skip_templates and is_template(self.output_uri)):
             check_name("output_uri", self.output_uri, "Pass the job's output prefix (s3://bucket/prefix/ or a folder), or None.")
+
+    def _check_needed(self, field: str, *, skip_templates: bool) -> None:
+        """A missing job_queue or job_definition is fine for a backend without queues (local) only."""
+        if skip_templates and is_template(self.backend):
+            return  # known once rendered
+        from airflow_gpu.jobs.backend import backend_class
+
+        if backend_class(check_backend_name(self.backend)).needs_queue:
+            raise JobSpecError(
+                f"{field} is required with backend={self.backend!r}: pass the Batch "
+                f"{field.replace('_', ' ')} name or ARN (airflow-gpu batch-setup prints both), or use backend='local'."
+            )
 
     def _spec(self, identity: TaskIdentity) -> JobSpec:
         return JobSpec.build(
@@ -215,6 +235,7 @@ class GpuBatchOperator(BaseOperator):
     # -- execute ----------------------------------------------------------------------------------
 
     def execute(self, context: Context) -> dict[str, Any] | None:
+        self._try_began_here = True  # read by the links: no earlier run of this try saved one
         self._check_fields(skip_templates=False)
         view = self._seen(self.jobs.submit_or_reattach(self._spec(_identity(context)), reattach=self.reattach))
         state = view.state
@@ -223,7 +244,8 @@ class GpuBatchOperator(BaseOperator):
             self.log.info("Reusing the result of job %s, which already SUCCEEDED for this task instance", state.job_id)
             return self._result(state)
         if not self.deferrable:
-            final = self._seen(self.jobs.wait(state.job_id, poll_interval=self.poll_interval, max_queued=self.max_queued))
+            final = self._seen(self.jobs.wait(state.job_id, poll_interval=self.poll_interval, max_queued=self.max_queued,
+                                               who=f"Airflow task {self.dag_id}.{self.task_id}"))
             return self._finish(final.state, final.log_lines)
         self._defer(state.job_id, reattached=view.reattached)
         return None  # not reached: defer raises

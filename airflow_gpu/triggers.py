@@ -10,6 +10,7 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 from airflow_gpu.jobs.backend import BackendTarget, JobBackend, JobState
 from airflow_gpu.jobs.blocked import waiting_line
 from airflow_gpu.jobs.follower import LogFollow, LogFollower
+from airflow_gpu.jobs.interrupt import INTERRUPTED, terminate_interrupted, wait_unless_interrupted
 from airflow_gpu.jobs.shared import DEFAULT_POLL_INTERVAL
 from airflow_gpu.jobs.watcher import JobWatch, JobWatcher, follow_job
 
@@ -87,7 +88,16 @@ class GpuBatchJobTrigger(BaseTrigger):
         watcher = JobWatcher.shared(self.target)
         self._watch = watcher.watch(self.job_id, poll_interval=self.poll_interval, max_queued=self.max_queued)
         try:
-            final = await follow_job(self._watch, on_change=self._on_change)
+            following = follow_job(self._watch, on_change=self._on_change)
+            if self.task_instance is not None:  # on a triggerer: its signals are its own business
+                final = await following
+            else:
+                # Run inline (`airflow dags test`): this process is the job's only watcher, so
+                # Ctrl-C terminates the job and the task resumes with that, instead of a traceback.
+                final = await wait_unless_interrupted(following)
+                if final is INTERRUPTED:
+                    final = await terminate_interrupted(watcher, self.job_id, "the inline trigger (airflow dags test)")
+                    self.log.warning("Ctrl-C: terminated job %s; the task fails with: %s", self.job_id, final.status_reason)
             # The end itself is not logged here: the triggerer logs the event and the task logs the
             # outcome when it resumes. At 10,000 jobs ending together, every record counts.
             relayed = None if self._follow is None else await self._follow.finish(final)
@@ -102,6 +112,10 @@ class GpuBatchJobTrigger(BaseTrigger):
                 self._add_links(event, backend, final)
         finally:
             self._release()
+        if self.task_instance is None:
+            # Run inline, the loop ends with this event: close its clients now rather than leave
+            # them to the grace period (which would outlive the loop: "Unclosed client session").
+            await _close_if_idle(watcher, LogFollower.shared(self.target))
         # Released before yielding: the triggerer may keep this generator suspended at the yield.
         yield TriggerEvent(event)
 
@@ -161,3 +175,10 @@ class GpuBatchJobTrigger(BaseTrigger):
         if getattr(ti, "map_index", -1) not in (-1, None):
             where += f" map index {ti.map_index}"
         return f"Airflow task {where} was cleared or marked failed/succeeded"
+
+
+async def _close_if_idle(watcher: JobWatcher, follower: LogFollower) -> None:
+    if follower.followed == 0:
+        await follower.aclose()
+    if watcher.idle:
+        await watcher.aclose()

@@ -40,8 +40,6 @@ DEFAULT_ENVIRONMENTS: dict[str, dict[str, str]] = {
     }
     for name in ("testing", "staging", "production")
 }
-#: The worker image's ENTRYPOINT is ``airflow-gpu-worker``; a local process has to name it.
-LOCAL_ENTRYPOINT = ["airflow-gpu-worker"]
 
 PARAMS = {
     "environment": Param(
@@ -167,11 +165,10 @@ def worker_command(params: dict, input_uri: str, output_uri: str, endpoint_url: 
         command += ["--weight-col", params["weight_column"]]
     if params["eval_holdout"]:
         command += ["--eval-holdout", str(params["eval_holdout"])]
-    if params["backend"] == "local":
-        # A local process has no image ENTRYPOINT, and reaches S3 where the connection says.
-        command = LOCAL_ENTRYPOINT + command
-        if endpoint_url:
-            command += ["--endpoint-url", endpoint_url]
+    # The command is the argv of the image's entrypoint on every backend (the local one prepends
+    # airflow-gpu-worker). Only where S3 is differs: a local process reaches it where the connection says.
+    if params["backend"] == "local" and endpoint_url:
+        command += ["--endpoint-url", endpoint_url]
     return command
 
 

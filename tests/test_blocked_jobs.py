@@ -16,7 +16,8 @@ from airflow_gpu.jobs.aws.backend import parse_job
 from airflow_gpu.jobs.backend import STOPPED_FOR_NEVER_STARTS, JobState
 from airflow_gpu.jobs.blocked import parse_blocked
 from airflow_gpu.jobs.watcher import JobWatcher
-from airflow_gpu.operators import GpuBatchOperator, GpuJobFailed
+from airflow_gpu.exceptions import GpuJobFailed
+from airflow_gpu.operators import GpuBatchOperator
 from airflow_gpu.triggers import GpuBatchJobTrigger
 from gpu_batch_testing import (  # noqa: F401  (fixtures)
     LineLog,

@@ -95,3 +95,53 @@ def test_batch_setup_never_imports_airflow(tmp_path):
     tops = {m.split(".")[0] for m in result["modules"]}
     assert "airflow" not in tops and "implicit" not in tops
     assert "airflow_gpu.demo" not in result["modules"]
+
+
+# -- rough edges: a closed pipe, --version, help without "(default: None)" ---------------------------
+
+_JSON_COMMAND = """
+import json, sys, types
+from airflow_gpu import cli
+
+module = types.ModuleType("json_writer")
+module.add_arguments = lambda parser: None
+module.run = lambda args: json.dump({"actions": ["x" * 100] * 2000}, sys.stdout, indent=2) or 0
+sys.modules["json_writer"] = module
+cli.SUBCOMMANDS["json-out"] = ("json_writer", "print a JSON document, as batch-setup --output json does")
+sys.exit(cli.main(["json-out"]))
+"""
+
+
+def test_a_reader_that_stops_early_gets_no_broken_pipe_traceback():
+    # `airflow-gpu batch-setup --output json | head`: the reader is gone before the document is written.
+    import os
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        done = subprocess.run([sys.executable, "-c", _JSON_COMMAND], stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(write_end)
+    assert "Traceback" not in done.stderr and "BrokenPipeError" not in done.stderr, done.stderr
+    assert done.returncode == 1
+
+
+@pytest.mark.parametrize("program", ["airflow-gpu", "airflow-gpu-worker"])
+def test_both_commands_say_their_version(program):
+    from pathlib import Path
+
+    from airflow_gpu import __version__
+
+    done = subprocess.run([str(Path(sys.executable).parent / program), "--version"], capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stdout.strip()) == (0, f"{program} {__version__}"), done.stderr
+
+
+@pytest.mark.parametrize("command", ["als", "run-script"])
+def test_worker_help_shows_real_defaults_only(command, capsys):
+    from airflow_gpu.worker.__main__ import main
+
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    out = capsys.readouterr().out
+    assert "(default: None)" not in " ".join(out.split()), out
+    assert "(default: 16)" in out  # --concurrency: a real default is still shown

@@ -97,10 +97,10 @@ def test_worker_command_for_batch_uses_the_image_entrypoint(module):
     assert all(isinstance(arg, str) for arg in command)
 
 
-def test_worker_command_for_a_local_process(module):
+def test_worker_command_for_a_local_process_is_the_same_entrypoint_argv(module):
     params = params_of(module, backend="local", weight_column=None, eval_holdout=0)
     command = module.worker_command(params, "s3://b/in/", "s3://b/out/", "http://127.0.0.1:9000")
-    assert command[:2] == ["airflow-gpu-worker", "als"]
+    assert command[:5] == ["als", "--input", "s3://b/in/", "--output", "s3://b/out/"]  # the backend prepends the entrypoint
     assert command[-2:] == ["--endpoint-url", "http://127.0.0.1:9000"]
     assert "--weight-col" not in command and "--eval-holdout" not in command
 

@@ -19,7 +19,7 @@ from airflow.sdk.exceptions import TaskDeferred
 
 from airflow_gpu.jobs.local import runner as records
 from airflow_gpu.jobs.backend import BackendTarget, backend_class
-from airflow_gpu.jobs.local.backend import STATE_DIR_ENV, LocalBackend, default_state_dir
+from airflow_gpu.jobs.local.backend import ENTRYPOINT_ENV, STATE_DIR_ENV, LocalBackend, default_state_dir
 from airflow_gpu.jobs.spec import JobSpec, JobSpecError, TaskIdentity
 from airflow_gpu.jobs.watcher import JobWatcher, follow_job
 from airflow_gpu.exceptions import GpuJobFailed
@@ -34,6 +34,8 @@ pytestmark = pytest.mark.timeout(120)
 def state_dir(tmp_path, monkeypatch) -> Iterator[Path]:
     folder = tmp_path / "local-jobs"
     monkeypatch.setenv(STATE_DIR_ENV, str(folder))
+    # The commands here are Python's arguments: Python plays the image's entrypoint.
+    monkeypatch.setenv(ENTRYPOINT_ENV, json.dumps([sys.executable]))
     yield folder
     kill_leftover_local_jobs(folder)
 
@@ -43,14 +45,15 @@ def backend(state_dir) -> LocalBackend:
     return LocalBackend()
 
 
-def spec(command, run_id: str = "run-1", task_id: str = "train", **kwargs) -> JobSpec:
+def spec(command, run_id: str = "run-1", task_id: str = "train", job_definition: str = "local", **kwargs) -> JobSpec:
     return JobSpec.build(
-        identity=TaskIdentity("dag", task_id, run_id), job_queue="local", job_definition="local", command=command, **kwargs
+        identity=TaskIdentity("dag", task_id, run_id), job_queue="local", job_definition=job_definition, command=command, **kwargs
     )
 
 
 def py(code: str) -> list[str]:
-    return [sys.executable, "-c", textwrap.dedent(code)]
+    """The arguments of the entrypoint, Python (see the state_dir fixture)."""
+    return ["-c", textwrap.dedent(code)]
 
 
 async def wait_terminal(backend: LocalBackend, job_id: str, timeout: float = 30):
@@ -106,8 +109,9 @@ async def test_failure_carries_exit_code_reason_and_log_tail(backend):
     assert tail.lines == ["line 28", "line 29", "bad input: column plays missing"]
 
 
-async def test_command_that_cannot_start_fails_the_job_not_the_submit(backend):
-    job = await backend.submit(spec(["airflow-gpu-no-such-program", "als"]))
+async def test_command_that_cannot_start_fails_the_job_not_the_submit(state_dir):
+    backend = LocalBackend(entrypoint=["airflow-gpu-no-such-program"])
+    job = await backend.submit(spec(["als"]))
     final = await wait_terminal(backend, job.job_id)
     assert (final.status, final.exit_code) == ("FAILED", 127)
     assert "cannot start" in final.status_reason and "airflow-gpu-no-such-program" in final.status_reason
@@ -125,11 +129,11 @@ async def test_job_outlives_its_submitter_and_is_watched_from_another_process(st
         import asyncio, sys
         from airflow_gpu.jobs.local.backend import LocalBackend
         from airflow_gpu.jobs.spec import JobSpec, TaskIdentity
-        command = [sys.executable, "-c", "import os, time\\nwhile not os.path.exists({str(flag)!r}): time.sleep(0.05)\\nprint('released')"]
+        command = ["-c", "import os, time\\nwhile not os.path.exists({str(flag)!r}): time.sleep(0.05)\\nprint('released')"]
         s = JobSpec.build(identity=TaskIdentity("dag", "train", "run-x"), job_queue="q", job_definition="d", command=command)
         print(asyncio.run(LocalBackend().submit(s)).job_id)
     """
-    done = subprocess.run(py(code), capture_output=True, text=True, timeout=60, env={**os.environ, STATE_DIR_ENV: str(state_dir)})
+    done = subprocess.run([sys.executable, *py(code)], capture_output=True, text=True, timeout=60, env={**os.environ, STATE_DIR_ENV: str(state_dir)})
     assert done.returncode == 0, done.stderr
     job_id = done.stdout.strip().splitlines()[-1]
     backend = LocalBackend()
@@ -379,3 +383,63 @@ def test_a_max_queued_stop_is_recognised_as_the_trys_own_by_its_event_field(monk
 
     monkeypatch.setattr(BlockingJobs, "describe", must_not_describe)
     assert local_operator(["true"])._stopped_for_an_earlier_try(state) is False
+
+
+# -- the command is the entrypoint's argv, as on AWS Batch ------------------------------------------
+
+
+async def test_the_command_goes_to_airflow_gpu_worker_by_default(state_dir, monkeypatch):
+    monkeypatch.delenv(ENTRYPOINT_ENV)
+    backend = LocalBackend()
+    final = await wait_terminal(backend, (await backend.submit(spec(["als", "--help"]))).job_id)
+    record = job_record(state_dir, final.job_id)["job.json"]
+    assert record["command"] == ["airflow-gpu-worker", "als", "--help"]
+    assert final.status == "SUCCEEDED", (await backend.read_logs(final)).lines
+    assert any(line.startswith("usage: airflow-gpu-worker als") for line in (await backend.read_logs(final)).lines)
+
+
+async def test_a_local_job_definition_file_names_the_entrypoint(state_dir, tmp_path):
+    definition = tmp_path / "my-job.json"
+    definition.write_text(json.dumps({"entrypoint": [sys.executable, "-c", "import sys; print(sys.argv[1:])"]}))
+    backend = LocalBackend()
+    job = await backend.submit(spec(["als", "--input", "x"], job_definition=str(definition)))
+    final = await wait_terminal(backend, job.job_id)
+    assert final.status == "SUCCEEDED"
+    assert (await backend.read_logs(final)).lines == ["['als', '--input', 'x']"]
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [(None, "there is none at"), ("{not json", "cannot read it as JSON"), ("{}", 'has no "entrypoint"'),
+     ('{"entrypoint": "python3 -m job"}', "must be a non-empty list of strings")],
+)
+async def test_a_bad_local_job_definition_is_refused_before_anything_runs(state_dir, tmp_path, content, message):
+    definition = tmp_path / "job.json"
+    if content is not None:
+        definition.write_text(content)
+    with pytest.raises(JobSpecError, match=message):
+        await LocalBackend().submit(spec(["als"], job_definition=str(definition)))
+    assert not state_dir.exists() or not any(state_dir.iterdir())  # nothing half-written
+
+
+def test_a_batch_job_definition_name_means_nothing_locally_and_the_env_entrypoint_runs(state_dir, monkeypatch):
+    monkeypatch.setenv(ENTRYPOINT_ENV, json.dumps([sys.executable, "-c", "print('entry')"]))
+    job = asyncio.run(LocalBackend().submit(spec(["als"], job_definition="airflow-gpu-production-worker")))
+    assert job_record(state_dir, job.job_id)["job.json"]["command"] == [sys.executable, "-c", "print('entry')", "als"]
+
+
+def test_the_local_backend_needs_no_queue_nor_definition_but_batch_does(state_dir):
+    context = make_context(FakeTaskInstance(dag_id="dag", task_id="train"))
+    operator = GpuBatchOperator(task_id="train", backend="local", command=py("print('ran')"), poll_interval=0.05)
+    with pytest.raises(TaskDeferred) as deferred:
+        operator.execute(context)
+    result = operator.execute_complete(context, fire(deferred.value.trigger))
+    assert result["status"] == "SUCCEEDED"
+    with pytest.raises(JobSpecError, match="job_queue is required with backend='aws_batch'"):
+        GpuBatchOperator(task_id="train", command=["als"], job_definition="d")
+    with pytest.raises(JobSpecError, match="job_definition is required"):
+        GpuBatchOperator(task_id="train", command=["als"], job_queue="q")
+    templated = GpuBatchOperator(task_id="train", command=["als"], backend="{{ params.backend }}")
+    templated.backend = "aws_batch"  # as rendered
+    with pytest.raises(JobSpecError, match="job_queue is required"):
+        templated._check_fields(skip_templates=False)

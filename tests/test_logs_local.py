@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from airflow_gpu.jobs.backend import BackendTarget
-from airflow_gpu.jobs.local.backend import STATE_DIR_ENV, LocalBackend
 from airflow_gpu.jobs.follower import CursorLogReader, LogFollower
+from airflow_gpu.jobs.local.backend import ENTRYPOINT_ENV, STATE_DIR_ENV, LocalBackend
 from airflow_gpu.jobs.spec import JobSpec, TaskIdentity
 from airflow_gpu.jobs.watcher import JobWatcher
 from airflow_gpu.triggers import GpuBatchJobTrigger
@@ -26,6 +26,7 @@ pytestmark = pytest.mark.timeout(120)
 async def local_jobs(tmp_path, monkeypatch):
     folder = tmp_path / "local-jobs"
     monkeypatch.setenv(STATE_DIR_ENV, str(folder))
+    monkeypatch.setenv(ENTRYPOINT_ENV, sys.executable)  # Python plays the image's entrypoint
     monkeypatch.setattr(JobWatcher, "grace_period", 0.1)
     yield folder
     await LogFollower.close_all()
@@ -49,7 +50,7 @@ async def test_the_trigger_tails_a_local_jobs_log_file_in_order_to_its_last_part
         identity=TaskIdentity("dag", "train", "run-1"),
         job_queue="local",
         job_definition="local",
-        command=[sys.executable, "-c", textwrap.dedent(script)],
+        command=["-c", textwrap.dedent(script)],
     )
     job = await LocalBackend().submit(spec)
     trigger = GpuBatchJobTrigger(job.job_id, poll_interval=0.1, backend="local")

@@ -110,7 +110,7 @@ def test_resource_requirements_and_retry_strategy():
         ({"timeout": 30}, "timeout"),
         ({"timeout": "1h"}, "timeout"),
         ({"job_queue": ""}, "job_queue"),
-        ({"job_definition": None}, "job_definition"),
+        ({"job_definition": "  "}, "job_definition"),
         ({"job_name": "  "}, "job_name"),
     ],
 )
@@ -118,6 +118,16 @@ def test_each_bad_parameter_is_named(overrides, param):
     with pytest.raises(JobSpecError) as err:
         build(**overrides)
     assert param in str(err.value)
+
+
+def test_queue_and_definition_may_be_left_to_a_backend_without_queues():
+    # The local backend needs neither; AWS Batch refuses the spec before any call.
+    from airflow_gpu.jobs.aws.backend import AwsBatchBackend
+
+    spec = build(job_queue=None, job_definition=None)
+    assert (spec.queue, spec.definition) == (None, None)
+    with pytest.raises(JobSpecError, match="job_queue is required on AWS Batch"):
+        AwsBatchBackend.submit_params(object.__new__(AwsBatchBackend), spec)
 
 
 def test_string_command_error_suggests_the_argv_list():

@@ -14,7 +14,8 @@ from airflow_gpu.jobs.watcher import JobWatcher
 from airflow_gpu.triggers import GpuBatchJobTrigger
 from conftest import FAULT_TALLY
 from fault_proxy import batch_action
-from airflow_gpu.operators import GpuBatchOperator, GpuJobFailed
+from airflow_gpu.exceptions import GpuJobFailed
+from airflow_gpu.operators import GpuBatchOperator
 from gpu_batch_testing import SECRET_KEY, collect_events, fast_watcher, make_context, submit_raw  # noqa: F401
 from waiting import wait_until
 

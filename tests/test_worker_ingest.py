@@ -229,3 +229,28 @@ def test_json_stats(tmp_path):
     _, stats = run(str(tmp_path))
     document = json.loads(json.dumps(stats.as_dict()))
     assert document["rows_read"] == 300 and document["formats"] == {"parquet": 1}
+
+
+def test_the_progress_rate_of_a_small_slow_ingest_is_not_zero():
+    from airflow_gpu.worker.ingest import IngestStats, Progress
+
+    stats = IngestStats(objects=3, objects_read=3, bytes=60_000, decoded_bytes=60_000, rows_read=20_000)
+    progress = Progress(stats, interval=5)
+    progress.started -= 5.0  # 60 kB in 5 s, as a local run of a small input (decoding's warm-up) goes
+    assert progress.line().endswith("rows, 0.011 MB/s"), progress.line()
+
+
+def test_the_progress_rate_counts_decoded_objects_not_downloads():
+    from airflow_gpu.worker.ingest import IngestStats, Progress
+
+    stats = IngestStats(objects=3, objects_read=0, bytes=3_000_000)  # all downloaded, none decoded yet
+    assert Progress(stats, interval=5).line().endswith("0 rows, 0.0 MB/s")
+
+
+def test_the_last_ingest_line_of_a_local_run_shows_a_rate(tmp_path, caplog):
+    (tmp_path / "p.parquet").write_bytes(encode(sample(True, rows=3000), "parquet"))
+    with caplog.at_level("INFO", logger="airflow_gpu.worker"):
+        run(str(tmp_path))
+    [last] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("ingest: 1/1 objects")][-1:]
+    rate = float(last.rsplit(", ", 1)[1].split()[0].replace(",", ""))
+    assert rate > 0, last

@@ -134,6 +134,8 @@ class JobBackend(abc.ABC):
     name: ClassVar[str]
     #: The most job ids ``describe`` accepts per call (AWS Batch's DescribeJobs limit by default).
     describe_batch_size: ClassVar[int] = 100
+    #: Whether a job needs ``job_queue`` and ``job_definition`` (False: they are optional).
+    needs_queue: ClassVar[bool] = True
 
     @classmethod
     @abc.abstractmethod

@@ -16,6 +16,7 @@ from typing import Awaitable, Callable, TypeVar
 
 from airflow_gpu.jobs.backend import SUCCEEDED, BackendTarget, JobBackend, JobState
 from airflow_gpu.jobs.blocked import waiting_line
+from airflow_gpu.jobs.interrupt import INTERRUPTED, terminate_interrupted, wait_unless_interrupted
 from airflow_gpu.jobs.spec import JobSpec
 from airflow_gpu.jobs.watcher import JobWatcher, follow_job
 
@@ -114,13 +115,22 @@ class BlockingJobs:
 
         return run_blocking(call)
 
-    def wait(self, job_id: str, *, poll_interval: float, max_queued: float | None) -> JobView:
-        """Follow the job here, as the trigger would, to its final state (with the log's tail on failure)."""
+    def wait(self, job_id: str, *, poll_interval: float, max_queued: float | None, who: str) -> JobView:
+        """Follow the job here, as the trigger would, to its final state (with the log's tail on failure).
+
+        Ctrl-C (``airflow dags test``, ``airflow tasks test``) ends the wait and terminates the job,
+        naming ``who`` waited: this process is the job's only watcher, so nobody else would stop it.
+        """
 
         async def call() -> JobView:
             watcher = JobWatcher.shared(self.target)
             async with watcher.watch(job_id, poll_interval=poll_interval, max_queued=max_queued) as watch:
-                final = await follow_job(watch, on_change=lambda s: self.log.info(waiting_line(s.job_id, s.status, s.blocked)))
+                final = await wait_unless_interrupted(
+                    follow_job(watch, on_change=lambda s: self.log.info(waiting_line(s.job_id, s.status, s.blocked)))
+                )
+            if final is INTERRUPTED:
+                final = await terminate_interrupted(watcher, job_id, who)
+                self.log.warning("Ctrl-C: terminated job %s", job_id)
             async with watcher.backend() as backend:
                 lines = () if final.status == SUCCEEDED else await self._tail(backend, final)
                 return self._view(backend, final, log_lines=lines)

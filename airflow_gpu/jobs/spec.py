@@ -300,8 +300,8 @@ class JobSpec:
     """One GPU job, fully checked. Build it with :meth:`build`, which names the bad parameter."""
 
     name: str
-    queue: str
-    definition: str
+    queue: str | None  # None only for backends without queues (JobBackend.needs_queue)
+    definition: str | None
     identity: TaskIdentity
     command: tuple[str, ...] | None = None
     environment: Mapping[str, str] = field(default_factory=dict)
@@ -318,8 +318,8 @@ class JobSpec:
         cls,
         *,
         identity: TaskIdentity,
-        job_queue: Any,
-        job_definition: Any,
+        job_queue: Any = None,
+        job_definition: Any = None,
         job_name: Any = None,
         command: Any = None,
         environment: Any = None,
@@ -332,8 +332,9 @@ class JobSpec:
         timeout: Any = None,
     ) -> JobSpec:
         c = FIELD_CHECKS
-        queue = c["job_queue"](job_queue)
-        definition = c["job_definition"](job_definition)
+        # None is left to the backend: Batch refuses it (AwsBatchBackend.submit), a local process needs neither.
+        queue = None if job_queue is None else c["job_queue"](job_queue)
+        definition = None if job_definition is None else c["job_definition"](job_definition)
         base = c["job_name"](job_name) or f"{identity.dag_id}-{identity.task_id}"
         user_tags = c["tags"](tags)
         return cls(

@@ -271,6 +271,11 @@ class JobWatcher:
         return len(self._watches)
 
     @property
+    def idle(self) -> bool:
+        """No watch and no lease: closing now takes nothing from anyone."""
+        return self._users == 0
+
+    @property
     def closed(self) -> bool:
         return self._closed
 

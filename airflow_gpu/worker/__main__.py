@@ -48,6 +48,26 @@ def _regularization(text: str) -> float | None:
     return value
 
 
+class _DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows an option's default only when it has one: never "(default: None)" on a required
+    option, nor on one whose absence the help text already explains."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.required or action.default is None:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def package_version() -> str:
+    """The installed distribution's version (the image installs the package with --no-deps, so it has one)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("airflow-gpu")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .ingest import FORMATS
     from .matrix import DEFAULT_ALPHA, DEFAULT_WEIGHTING, WEIGHTINGS
@@ -69,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="The airflow-gpu container worker: built-in ALS collaborative filtering, or your own script.",
         parents=[quiet],
     )
+    parser.add_argument("--version", action="version", version=f"{PROG} {package_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     als = commands.add_parser(
@@ -79,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
             "(or the CPU), and publish recommendations, similar items, factors, metrics.json and report.html "
             "under --output. manifest.json is written last: a prefix without one is incomplete."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_DefaultsHelpFormatter,
         parents=[quiet, s3],
     )
     io = als.add_argument_group("input and output")
@@ -143,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
             "with input/ and output/ beside it ($INPUT_DIR, $OUTPUT_DIR), then upload output/ and write manifest.json "
             "last. The script's exit code is the job's; a failed script publishes nothing."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_DefaultsHelpFormatter,
         parents=[quiet, s3],
     )
     script.add_argument("--script", required=True, metavar="URI", help="s3://bucket/path/script.py or a local .py file")

@@ -37,7 +37,7 @@ from airflow_gpu.jobs.aws.replies import decode_leanly
 from airflow_gpu.jobs.backoff import RateLimiter, RetryPolicy, SharedBackoff
 from airflow_gpu.jobs.blocked import parse_blocked
 from airflow_gpu.jobs.poll_errors import CannotSeeJobs, JobIdsRejected
-from airflow_gpu.jobs.spec import TAG_CANCELLED, TAG_IDEMPOTENCY_KEY, JobSpec
+from airflow_gpu.jobs.spec import TAG_CANCELLED, TAG_IDEMPOTENCY_KEY, JobSpec, JobSpecError
 
 
 log = logging.getLogger(__name__)
@@ -234,6 +234,9 @@ class AwsBatchBackend(JobBackend):
     # -- submit and reattach ----------------------------------------------------------------------
 
     def submit_params(self, spec: JobSpec) -> dict[str, Any]:
+        for value, param in ((spec.queue, "job_queue"), (spec.definition, "job_definition")):
+            if not value:
+                raise JobSpecError(f"{param} is required on AWS Batch: pass the Batch {param.replace('_', ' ')} name or ARN.")
         overrides: dict[str, Any] = {}
         if spec.command is not None:
             overrides["command"] = list(spec.command)  # argv as given: Batch runs it without a shell

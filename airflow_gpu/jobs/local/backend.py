@@ -6,6 +6,15 @@ running, and sees every CPU and GPU of the host (``gpus``, ``vcpus`` and ``memor
 are not enforced; ``retry_attempts`` is not used: nothing reclaims a local host).
 ``timeout`` is enforced. Production runs on AWS Batch.
 
+The command follows AWS Batch's rule: it is the argv handed to the image's entrypoint
+(``["als", "--input", ...]``). There is no image here, so the backend prepends the program
+that plays the entrypoint's part: the ``entrypoint`` of a local job definition file when
+``job_definition`` names one (``my-job.json``: ``{"entrypoint": ["python3", "-m", "my_job"]}``),
+else ``AIRFLOW_GPU_LOCAL_ENTRYPOINT`` (a program, or a JSON argv list), else
+``airflow-gpu-worker``, the entrypoint of the image this project builds. A Batch job
+definition name or ARN means nothing here and is ignored, so one task runs unchanged on
+both backends.
+
 Each job is a folder under the state directory (``AIRFLOW_GPU_LOCAL_JOBS_DIR``, else
 ``$AIRFLOW_HOME/airflow-gpu/local-jobs``)::
 
@@ -29,6 +38,7 @@ state directory must be on the host that runs the jobs: pids mean nothing elsewh
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import secrets
 import shutil
@@ -54,6 +64,9 @@ from airflow_gpu.jobs.backend import (
 from airflow_gpu.jobs.spec import TAG_CANCELLED, JobSpec, JobSpecError
 
 STATE_DIR_ENV = "AIRFLOW_GPU_LOCAL_JOBS_DIR"
+ENTRYPOINT_ENV = "AIRFLOW_GPU_LOCAL_ENTRYPOINT"
+#: The worker image's ENTRYPOINT (container/Dockerfile), a console script of this installation.
+DEFAULT_ENTRYPOINT = ("airflow-gpu-worker",)
 RUNNER = Path(records.__file__).resolve()
 #: Seconds a job may stay without run.json before it counts as never started (a submitter
 #: that died between writing job.json and starting the supervisor).
@@ -78,6 +91,50 @@ def default_state_dir() -> Path:
     return Path(home).expanduser() / "airflow-gpu" / "local-jobs"
 
 
+def _argv(value: Any, where: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
+        raise JobSpecError(
+            f"{where} must be a non-empty list of strings (the program and its first arguments), "
+            f"e.g. [\"python3\", \"-m\", \"my_job\"]; got {value!r}."
+        )
+    return tuple(value)
+
+
+def default_entrypoint() -> tuple[str, ...]:
+    """``AIRFLOW_GPU_LOCAL_ENTRYPOINT`` (one program, or a JSON list), else ``airflow-gpu-worker``."""
+    raw = (os.environ.get(ENTRYPOINT_ENV) or "").strip()
+    if not raw:
+        return DEFAULT_ENTRYPOINT
+    if not raw.startswith("["):
+        return (raw,)  # one program; never split, as no shell ever parses a command here
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        value = raw
+    return _argv(value, ENTRYPOINT_ENV)
+
+
+def definition_entrypoint(definition: str | None) -> tuple[str, ...] | None:
+    """The entrypoint of a local job definition file (``*.json``); None for anything else."""
+    if not definition or not definition.endswith(".json"):
+        return None
+    path = Path(definition).expanduser()
+    try:
+        document = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise JobSpecError(
+            f"job_definition {definition!r} names a local job definition file, and there is none at {path}. "
+            f"Create it ({{\"entrypoint\": [\"python3\", \"-m\", \"my_job\"]}}) or pass a Batch job definition name."
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise JobSpecError(f"job_definition {definition!r}: cannot read it as JSON ({exc}).") from None
+    if not isinstance(document, dict) or "entrypoint" not in document:
+        raise JobSpecError(
+            f"local job definition {path} has no \"entrypoint\": add one, e.g. {{\"entrypoint\": [\"python3\", \"my_job.py\"]}}."
+        )
+    return _argv(document["entrypoint"], f"\"entrypoint\" in {path}")
+
+
 @dataclass(frozen=True)
 class _Record:
     """One job folder, read at one moment."""
@@ -94,9 +151,11 @@ class LocalBackend(JobBackend):
 
     name = "local"
     describe_batch_size = 1000  # reading small files: no API limit to respect
+    needs_queue = False  # no queue, and a job definition only when it is a local file
 
-    def __init__(self, state_dir: Path | str | None = None) -> None:
+    def __init__(self, state_dir: Path | str | None = None, entrypoint: Sequence[str] | None = None) -> None:
         self.state_dir = Path(state_dir) if state_dir is not None else default_state_dir()
+        self.entrypoint = _argv(list(entrypoint), "entrypoint") if entrypoint is not None else None
 
     @classmethod
     async def open(cls, target: BackendTarget) -> LocalBackend:
@@ -116,12 +175,13 @@ class LocalBackend(JobBackend):
     async def submit(self, spec: JobSpec) -> JobState:
         if not spec.command:
             raise JobSpecError(
-                "The local backend runs the job's command on this machine and has no job definition to "
-                "take one from: pass command=[...] (e.g. ['airflow-gpu-worker', 'als', ...])."
+                "The local backend runs the job's command on this machine and has no image to take a default "
+                "from: pass command=[...], the arguments of the entrypoint (e.g. ['als', '--input', ...])."
             )
-        return await asyncio.to_thread(self._submit, spec)
+        entrypoint = definition_entrypoint(spec.definition) or self.entrypoint or default_entrypoint()
+        return await asyncio.to_thread(self._submit, spec, entrypoint)
 
-    def _submit(self, spec: JobSpec) -> JobState:
+    def _submit(self, spec: JobSpec, entrypoint: tuple[str, ...]) -> JobState:
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._prune()
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
@@ -135,7 +195,9 @@ class LocalBackend(JobBackend):
                 "name": spec.name,
                 "idempotency_key": spec.idempotency_key,
                 "tags": dict(spec.tags),
-                "command": list(spec.command or ()),
+                "entrypoint": list(entrypoint),
+                # What runs: the entrypoint, then the task's command, as a container would.
+                "command": [*entrypoint, *(spec.command or ())],
                 "timeout_s": spec.timeout_s,
                 "submitted_at": time.time(),
                 "boot_id": records.boot_id(),
@@ -422,4 +484,4 @@ def _tail(path: Path, lines: int) -> LogChunk:
     return LogChunk(_decode(data)[-lines:], str(size))
 
 
-__all__ = ["LocalBackend", "STATE_DIR_ENV", "default_state_dir"]
+__all__ = ["LocalBackend", "STATE_DIR_ENV", "ENTRYPOINT_ENV", "DEFAULT_ENTRYPOINT", "default_state_dir", "default_entrypoint"]
