@@ -111,6 +111,7 @@ async def test_max_queued_terminates_only_jobs_still_queued(moto_aws, gpu_batch,
     assert lucky_event["status"] == "SUCCEEDED"
 
 
+@pytest.mark.airflow_behaviour
 async def test_on_kill_terminates_with_a_reason_naming_the_task(moto_aws, gpu_batch, aws_conn, closed_after):
     moto_aws.batch.hold("RUNNING")
     job_id = submit_raw(moto_aws, gpu_batch)
@@ -130,22 +131,112 @@ async def test_on_kill_terminates_with_a_reason_naming_the_task(moto_aws, gpu_ba
     assert moto_aws.batch.status(job_id) == "FAILED"
 
 
-async def test_cleanup_releases_the_watch_and_never_terminates(moto_aws, gpu_batch, aws_conn):
+class TaskStates:
+    """Stands in for the triggerer's supervisor behind the Task SDK's RuntimeTaskInstance.get_task_states:
+    answers with one task instance's state, as the execution API does, and records each question."""
+
+    def __init__(self, monkeypatch, state: str | None | Exception, *, on_kill_calls: bool, exists: bool = True) -> None:
+        from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
+
+        self.state = state
+        self.exists = exists
+        self.asked: list[dict] = []
+        monkeypatch.setattr(RuntimeTaskInstance, "get_task_states", staticmethod(self.get_task_states))
+        monkeypatch.setattr("airflow_gpu.triggers.TRIGGERER_CALLS_ON_KILL", on_kill_calls)
+
+    def get_task_states(self, dag_id, map_index=None, task_ids=None, task_group_id=None, logical_dates=None, run_ids=None):
+        self.asked.append({"dag_id": dag_id, "map_index": map_index, "task_ids": task_ids, "run_ids": run_ids})
+        if isinstance(self.state, Exception):
+            raise self.state
+        if not self.exists:
+            return {}
+        [task_id], [run_id] = task_ids, run_ids
+        key = task_id if map_index in (None, -1) else f"{task_id}_{map_index}"
+        return {run_id: {key: self.state}}
+
+
+async def cancel_while_watched(moto_aws, gpu_batch, *, map_index: int = -1) -> tuple[str, GpuBatchJobTrigger, JobWatcher]:
+    """A trigger watching a RUNNING job, cancelled as the triggerer cancels it (user action, restart or move)."""
     moto_aws.batch.hold("RUNNING")
     job_id = submit_raw(moto_aws, gpu_batch)
     trigger = GpuBatchJobTrigger(job_id, poll_interval=0.1)
+    trigger.task_instance = FakeTaskInstance(dag_id="recs", task_id="train", run_id="manual__1", map_index=map_index)
     watcher = watcher_for(trigger)
-    runner = trigger.run()
-    step = asyncio.create_task(runner.__anext__())
+    step = asyncio.create_task(trigger.run().__anext__())
     await wait_until(lambda: watcher.watched == 1 and moto_aws.log.calls["describejobs"] >= 1)
-    # A triggerer restart: the task is cancelled and cleanup() runs; the job must live on.
-    step.cancel()
+    step.cancel()  # then the triggerer calls on_kill() (3.3, for a user's action) and cleanup()
     with pytest.raises(asyncio.CancelledError):
         await step
+    return job_id, trigger, watcher
+
+
+@pytest.mark.airflow_behaviour
+@pytest.mark.parametrize("on_kill_calls", [False, True], ids=["airflow-3.2", "airflow-3.3"])
+async def test_a_restart_or_move_releases_the_watch_and_leaves_the_job(moto_aws, gpu_batch, aws_conn, monkeypatch, closed_after, on_kill_calls):
+    # The triggerer stops (restart) or another triggerer takes the trigger (move): the task stays DEFERRED.
+    states = TaskStates(monkeypatch, "deferred", on_kill_calls=on_kill_calls)
+    job_id, trigger, watcher = await cancel_while_watched(moto_aws, gpu_batch, map_index=3)
+    if on_kill_calls:  # 3.3 cancels a trigger moved away from a live triggerer like a user's action
+        await trigger.on_kill()
     await trigger.cleanup()
     await trigger.cleanup()  # idempotent
     assert watcher.watched == 0
+    assert states.asked == [{"dag_id": "recs", "map_index": 3, "task_ids": ["train"], "run_ids": ["manual__1"]}]
     assert moto_aws.log.terminated == []
     assert moto_aws.batch.status(job_id) == "RUNNING"
-    await wait_until(lambda: watcher.closed)
-    await runner.aclose()
+
+
+@pytest.mark.airflow_behaviour
+@pytest.mark.parametrize("state", [None, "scheduled", "failed", "success"], ids=["cleared", "timed-out", "marked-failed", "marked-success"])
+async def test_before_airflow_3_3_cleanup_terminates_the_job_of_a_task_that_left_deferred(moto_aws, gpu_batch, aws_conn, monkeypatch, closed_after, state):
+    # Airflow 3.2 never calls on_kill: clearing or marking the task only cancels run() and calls cleanup().
+    TaskStates(monkeypatch, state, on_kill_calls=False)
+    job_id, trigger, _ = await cancel_while_watched(moto_aws, gpu_batch)
+    await trigger.cleanup()
+    [(terminated, reason)] = moto_aws.log.terminated
+    assert terminated == job_id
+    assert "recs.train run manual__1 was cleared or marked" in reason and f"state is now {state or 'none'}" in reason
+    assert moto_aws.batch.status(job_id) == "FAILED"
+
+
+@pytest.mark.airflow_behaviour
+async def test_before_airflow_3_3_cleanup_terminates_the_job_of_a_deleted_task(moto_aws, gpu_batch, aws_conn, monkeypatch, closed_after):
+    TaskStates(monkeypatch, "deferred", on_kill_calls=False, exists=False)  # its DAG run was deleted
+    job_id, trigger, _ = await cancel_while_watched(moto_aws, gpu_batch)
+    await trigger.cleanup()
+    [(terminated, reason)] = moto_aws.log.terminated
+    assert terminated == job_id and "no longer exists" in reason
+
+
+@pytest.mark.airflow_behaviour
+async def test_before_airflow_3_3_cleanup_leaves_the_job_when_the_state_cannot_be_read(moto_aws, gpu_batch, aws_conn, monkeypatch, closed_after):
+    # E.g. a shutting-down triggerer whose supervisor no longer answers: never terminate on a guess.
+    TaskStates(monkeypatch, ConnectionResetError("supervisor closed"), on_kill_calls=False)
+    job_id, trigger, _ = await cancel_while_watched(moto_aws, gpu_batch)
+    await trigger.cleanup()
+    assert moto_aws.log.terminated == []
+    assert moto_aws.batch.status(job_id) == "RUNNING"
+
+
+@pytest.mark.airflow_behaviour
+@pytest.mark.parametrize("on_kill_calls", [False, True], ids=["airflow-3.2", "airflow-3.3"])
+async def test_cleanup_after_the_event_asks_nothing_and_terminates_nothing(moto_aws, gpu_batch, aws_conn, monkeypatch, closed_after, on_kill_calls):
+    states = TaskStates(monkeypatch, "success", on_kill_calls=on_kill_calls)
+    job_id = submit_raw(moto_aws, gpu_batch)
+    trigger = GpuBatchJobTrigger(job_id, poll_interval=0.1)
+    trigger.task_instance = FakeTaskInstance()
+    [event] = await collect_events(trigger)
+    await trigger.cleanup()
+    assert event["status"] == "SUCCEEDED"
+    assert states.asked == [] and moto_aws.log.terminated == []
+
+
+@pytest.mark.airflow_behaviour
+async def test_on_kill_terminates_when_the_state_cannot_be_read(moto_aws, gpu_batch, aws_conn, monkeypatch, closed_after):
+    # On 3.3 the triggerer calls on_kill only after a user's action (or a move, which the state tells apart).
+    TaskStates(monkeypatch, TimeoutError("no answer"), on_kill_calls=True)
+    job_id, trigger, _ = await cancel_while_watched(moto_aws, gpu_batch)
+    await trigger.on_kill()
+    await trigger.cleanup()
+    [(terminated, _)] = moto_aws.log.terminated
+    assert terminated == job_id
