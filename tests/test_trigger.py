@@ -20,6 +20,9 @@ from gpu_batch_testing import (  # noqa: F401  (fixtures)
 )
 from waiting import wait_until
 
+# The trigger's life in a triggerer (events, on_kill, cleanup) is what differs between Airflow versions.
+pytestmark = pytest.mark.airflow_behaviour
+
 
 @pytest.fixture
 async def closed_after():
@@ -111,7 +114,6 @@ async def test_max_queued_terminates_only_jobs_still_queued(moto_aws, gpu_batch,
     assert lucky_event["status"] == "SUCCEEDED"
 
 
-@pytest.mark.airflow_behaviour
 async def test_on_kill_terminates_with_a_reason_naming_the_task(moto_aws, gpu_batch, aws_conn, closed_after):
     moto_aws.batch.hold("RUNNING")
     job_id = submit_raw(moto_aws, gpu_batch)
@@ -170,7 +172,6 @@ async def cancel_while_watched(moto_aws, gpu_batch, *, map_index: int = -1) -> t
     return job_id, trigger, watcher
 
 
-@pytest.mark.airflow_behaviour
 @pytest.mark.parametrize("on_kill_calls", [False, True], ids=["airflow-3.2", "airflow-3.3"])
 async def test_a_restart_or_move_releases_the_watch_and_leaves_the_job(moto_aws, gpu_batch, aws_conn, monkeypatch, closed_after, on_kill_calls):
     # The triggerer stops (restart) or another triggerer takes the trigger (move): the task stays DEFERRED.
@@ -186,7 +187,6 @@ async def test_a_restart_or_move_releases_the_watch_and_leaves_the_job(moto_aws,
     assert moto_aws.batch.status(job_id) == "RUNNING"
 
 
-@pytest.mark.airflow_behaviour
 @pytest.mark.parametrize("state", [None, "scheduled", "failed", "success"], ids=["cleared", "timed-out", "marked-failed", "marked-success"])
 async def test_before_airflow_3_3_cleanup_terminates_the_job_of_a_task_that_left_deferred(moto_aws, gpu_batch, aws_conn, monkeypatch, closed_after, state):
     # Airflow 3.2 never calls on_kill: clearing or marking the task only cancels run() and calls cleanup().
@@ -199,7 +199,6 @@ async def test_before_airflow_3_3_cleanup_terminates_the_job_of_a_task_that_left
     assert moto_aws.batch.status(job_id) == "FAILED"
 
 
-@pytest.mark.airflow_behaviour
 async def test_before_airflow_3_3_cleanup_terminates_the_job_of_a_deleted_task(moto_aws, gpu_batch, aws_conn, monkeypatch, closed_after):
     TaskStates(monkeypatch, "deferred", on_kill_calls=False, exists=False)  # its DAG run was deleted
     job_id, trigger, _ = await cancel_while_watched(moto_aws, gpu_batch)
@@ -208,7 +207,6 @@ async def test_before_airflow_3_3_cleanup_terminates_the_job_of_a_deleted_task(m
     assert terminated == job_id and "no longer exists" in reason
 
 
-@pytest.mark.airflow_behaviour
 async def test_before_airflow_3_3_cleanup_leaves_the_job_when_the_state_cannot_be_read(moto_aws, gpu_batch, aws_conn, monkeypatch, closed_after):
     # E.g. a shutting-down triggerer whose supervisor no longer answers: never terminate on a guess.
     TaskStates(monkeypatch, ConnectionResetError("supervisor closed"), on_kill_calls=False)
@@ -218,7 +216,6 @@ async def test_before_airflow_3_3_cleanup_leaves_the_job_when_the_state_cannot_b
     assert moto_aws.batch.status(job_id) == "RUNNING"
 
 
-@pytest.mark.airflow_behaviour
 @pytest.mark.parametrize("on_kill_calls", [False, True], ids=["airflow-3.2", "airflow-3.3"])
 async def test_cleanup_after_the_event_asks_nothing_and_terminates_nothing(moto_aws, gpu_batch, aws_conn, monkeypatch, closed_after, on_kill_calls):
     states = TaskStates(monkeypatch, "success", on_kill_calls=on_kill_calls)
@@ -231,7 +228,6 @@ async def test_cleanup_after_the_event_asks_nothing_and_terminates_nothing(moto_
     assert states.asked == [] and moto_aws.log.terminated == []
 
 
-@pytest.mark.airflow_behaviour
 async def test_on_kill_terminates_when_the_state_cannot_be_read(moto_aws, gpu_batch, aws_conn, monkeypatch, closed_after):
     # On 3.3 the triggerer calls on_kill only after a user's action (or a move, which the state tells apart).
     TaskStates(monkeypatch, TimeoutError("no answer"), on_kill_calls=True)
