@@ -12,6 +12,7 @@ import os
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Sequence
 
+import airflow_gpu.compat  # noqa: F401,I001  first: refuses an Airflow older than the floor with a clear message
 from airflow.sdk import BaseOperator, BaseOperatorLink
 from airflow.sdk.exceptions import AirflowException
 
