@@ -64,7 +64,6 @@ class GpuBatchJobTrigger(BaseTrigger):
         self._follow: LogFollow | None = None
         self._retired: asyncio.Future | None = None
         self._fired = False  # the event went out: nothing is left to decide
-        self._stopping = False  # the triggerer itself is shutting down
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -101,12 +100,6 @@ class GpuBatchJobTrigger(BaseTrigger):
                     self._add_links(event, backend, final)
             else:
                 self._add_links(event, backend, final)
-        except asyncio.CancelledError as cancel:
-            # Airflow 3.2 cancels a trigger for a user's action without a message, and with one
-            # ("EOF - shutting down") when the triggerer stops; 3.3 marks a user's action with its own.
-            message = cancel.args[0] if cancel.args else None
-            self._stopping = isinstance(message, str) and message != USER_ACTION_CANCEL_MESSAGE
-            raise
         finally:
             self._release()
         # Released before yielding: the triggerer may keep this generator suspended at the yield.
@@ -163,9 +156,6 @@ class GpuBatchJobTrigger(BaseTrigger):
         if self._fired or TRIGGERER_CALLS_ON_KILL:
             return
         self._fired = True  # decided once: a second cleanup() asks nothing
-        if self._stopping:  # a restart: its supervisor no longer answers, and the task stays DEFERRED
-            self.log.info("The triggerer is stopping: job %s keeps running for the next one", self.job_id)
-            return
         await self._terminate_if_task_moved_on(when_unknown=False)
 
     async def on_kill(self) -> None:
@@ -204,8 +194,6 @@ class GpuBatchJobTrigger(BaseTrigger):
 
 
 DEFERRED = "deferred"
-#: What Airflow 3.3's triggerer cancels a trigger with for a user's action (airflow.jobs.triggerer_job_runner).
-USER_ACTION_CANCEL_MESSAGE = "__airflow_user_action__"
 #: The Task SDK could not say (no supervisor, an error, no answer in time).
 UNKNOWN = object()
 #: The task instance no longer exists (its DAG run was deleted): nothing waits for the job.

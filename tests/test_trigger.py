@@ -157,7 +157,7 @@ class TaskStates:
         return {run_id: {key: self.state}}
 
 
-async def cancel_while_watched(moto_aws, gpu_batch, *, map_index: int = -1, message: str | None = None) -> tuple[str, GpuBatchJobTrigger, JobWatcher]:
+async def cancel_while_watched(moto_aws, gpu_batch, *, map_index: int = -1) -> tuple[str, GpuBatchJobTrigger, JobWatcher]:
     """A trigger watching a RUNNING job, cancelled as the triggerer cancels it (user action, restart or move)."""
     moto_aws.batch.hold("RUNNING")
     job_id = submit_raw(moto_aws, gpu_batch)
@@ -166,7 +166,7 @@ async def cancel_while_watched(moto_aws, gpu_batch, *, map_index: int = -1, mess
     watcher = watcher_for(trigger)
     step = asyncio.create_task(trigger.run().__anext__())
     await wait_until(lambda: watcher.watched == 1 and moto_aws.log.calls["describejobs"] >= 1)
-    step.cancel(message)  # then the triggerer calls on_kill() (3.3, for a user's action) and cleanup()
+    step.cancel()  # then the triggerer calls on_kill() (3.3, for a user's action) and cleanup()
     with pytest.raises(asyncio.CancelledError):
         await step
     return job_id, trigger, watcher
@@ -184,16 +184,6 @@ async def test_a_restart_or_move_releases_the_watch_and_leaves_the_job(moto_aws,
     assert watcher.watched == 0
     assert states.asked == [{"dag_id": "recs", "map_index": 3, "task_ids": ["train"], "run_ids": ["manual__1"]}]
     assert moto_aws.log.terminated == []
-    assert moto_aws.batch.status(job_id) == "RUNNING"
-
-
-async def test_before_airflow_3_3_a_stopping_triggerer_asks_nothing_and_leaves_the_job(moto_aws, gpu_batch, aws_conn, monkeypatch, closed_after):
-    # Airflow 3.2's triggerer cancels every trigger with "EOF - shutting down" as it stops; by then its
-    # supervisor no longer answers the Task SDK, and a question would only hold the shutdown up.
-    states = TaskStates(monkeypatch, "success", on_kill_calls=False)
-    job_id, trigger, _ = await cancel_while_watched(moto_aws, gpu_batch, message="EOF - shutting down")
-    await trigger.cleanup()
-    assert states.asked == [] and moto_aws.log.terminated == []
     assert moto_aws.batch.status(job_id) == "RUNNING"
 
 
