@@ -8,6 +8,9 @@ here with a message that says so, instead of an ImportError from deep inside.
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 import airflow
 from packaging.version import Version
 
@@ -25,3 +28,24 @@ if AIRFLOW_VERSION.release[:2] < MINIMUM_AIRFLOW:
 #: (apache/airflow#65590). Before that it only cancels run() and calls cleanup(), exactly as it
 #: does when it shuts down or hands the trigger to another triggerer.
 TRIGGERER_CALLS_ON_KILL = AIRFLOW_VERSION.release[:2] >= (3, 3)
+
+
+async def read_task_states(ti: Any, *, timeout: float) -> dict[str, dict[str, Any]]:
+    """Ask the triggerer's supervisor (the Task SDK's comms, as the SDK's own async calls do) for
+    one task instance's state: ``{run_id: {task_id, or task_id_<map_index>: state}}``.
+
+    On the event loop, not in a thread: when the triggerer stops, its supervisor stops answering,
+    and a thread blocked on the answer would keep the trigger runner from exiting at all.
+    """
+    from airflow.sdk.execution_time import task_runner
+    from airflow.sdk.execution_time.comms import GetTaskStates
+
+    comms = getattr(task_runner, "SUPERVISOR_COMMS", None)
+    if comms is None:
+        raise RuntimeError("no Task SDK supervisor in this process")
+    question = GetTaskStates(dag_id=ti.dag_id, map_index=ti.map_index, task_ids=[ti.task_id], run_ids=[ti.run_id])
+    reply = await asyncio.wait_for(comms.asend(question), timeout)
+    states = getattr(reply, "task_states", None)
+    if states is None:
+        raise RuntimeError(f"unexpected reply to GetTaskStates: {reply!r}")
+    return states

@@ -7,7 +7,7 @@ from typing import Any, AsyncIterator
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from airflow_gpu.compat import TRIGGERER_CALLS_ON_KILL
+from airflow_gpu.compat import TRIGGERER_CALLS_ON_KILL, read_task_states
 from airflow_gpu.jobs.backend import BackendTarget, JobBackend, JobState
 from airflow_gpu.jobs.logs import LogFollow, LogFollower
 from airflow_gpu.jobs.watcher import DEFAULT_POLL_INTERVAL, JobWatch, JobWatcher, follow_job
@@ -194,35 +194,23 @@ class GpuBatchJobTrigger(BaseTrigger):
 
 
 DEFERRED = "deferred"
+#: Long enough for a busy supervisor; short enough that a stopping triggerer (whose supervisor no
+#: longer answers) exits before Airflow escalates to SIGKILL.
+_STATE_TIMEOUT = 10.0
 #: The Task SDK could not say (no supervisor, an error, no answer in time).
 UNKNOWN = object()
 #: The task instance no longer exists (its DAG run was deleted): nothing waits for the job.
 GONE = object()
-_STATE_TIMEOUT = 15.0
 
 
 async def task_instance_state(ti: Any, log: Any) -> object:
-    """The task instance's current state (a string, or None when it has none), GONE or UNKNOWN,
-    read through the Task SDK, i.e. the triggerer's supervisor and the execution API."""
+    """The task instance's current state (a string, or None when it has none), GONE or UNKNOWN."""
     try:
-        from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
-
-        # A thread: the SDK call is synchronous; the supervisor's comms answer it from there
-        # without blocking this loop (and the 10,000 other triggers on it).
-        states = await asyncio.wait_for(
-            asyncio.to_thread(
-                RuntimeTaskInstance.get_task_states,
-                dag_id=ti.dag_id,
-                map_index=ti.map_index,
-                task_ids=[ti.task_id],
-                run_ids=[ti.run_id],
-            ),
-            timeout=_STATE_TIMEOUT,
-        )
-    except Exception as exc:  # e.g. the supervisor is gone during a shutdown
+        states = await read_task_states(ti, timeout=_STATE_TIMEOUT)
+    except Exception as exc:  # e.g. a stopping triggerer, whose supervisor no longer answers
         log.warning("Could not read the state of task %s.%s run %s: %r", ti.dag_id, ti.task_id, ti.run_id, exc)
         return UNKNOWN
-    # {run_id: {task_id, or task_id_<map_index> for a mapped task: state}}; this query matches one task instance.
+    # {run_id: {task_id, or task_id_<map_index> for a mapped task: state}}; the query matches one task instance.
     found = list((states or {}).get(ti.run_id, {}).values())
     if not found:
         return GONE

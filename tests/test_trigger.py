@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import json
+import threading
 
 import pytest
 
@@ -134,27 +135,30 @@ async def test_on_kill_terminates_with_a_reason_naming_the_task(moto_aws, gpu_ba
 
 
 class TaskStates:
-    """Stands in for the triggerer's supervisor behind the Task SDK's RuntimeTaskInstance.get_task_states:
-    answers with one task instance's state, as the execution API does, and records each question."""
+    """Stands in for the triggerer's supervisor behind the Task SDK's comms (SUPERVISOR_COMMS): answers
+    GetTaskStates with one task instance's state, as the execution API does, and records each question."""
 
     def __init__(self, monkeypatch, state: str | None | Exception, *, on_kill_calls: bool, exists: bool = True) -> None:
-        from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
-
         self.state = state
         self.exists = exists
         self.asked: list[dict] = []
-        monkeypatch.setattr(RuntimeTaskInstance, "get_task_states", staticmethod(self.get_task_states))
+        monkeypatch.setattr("airflow.sdk.execution_time.task_runner.SUPERVISOR_COMMS", self, raising=False)
         monkeypatch.setattr("airflow_gpu.triggers.TRIGGERER_CALLS_ON_KILL", on_kill_calls)
 
-    def get_task_states(self, dag_id, map_index=None, task_ids=None, task_group_id=None, logical_dates=None, run_ids=None):
-        self.asked.append({"dag_id": dag_id, "map_index": map_index, "task_ids": task_ids, "run_ids": run_ids})
+    async def asend(self, msg):
+        from airflow.sdk.execution_time.comms import GetTaskStates, TaskStatesResult
+
+        assert isinstance(msg, GetTaskStates)
+        self.asked.append({"dag_id": msg.dag_id, "map_index": msg.map_index, "task_ids": msg.task_ids, "run_ids": msg.run_ids})
+        if self.state == "no answer":  # a stopping triggerer's supervisor
+            await asyncio.Event().wait()
         if isinstance(self.state, Exception):
             raise self.state
         if not self.exists:
-            return {}
-        [task_id], [run_id] = task_ids, run_ids
-        key = task_id if map_index in (None, -1) else f"{task_id}_{map_index}"
-        return {run_id: {key: self.state}}
+            return TaskStatesResult(task_states={})
+        [task_id], [run_id] = msg.task_ids, msg.run_ids
+        key = task_id if msg.map_index in (None, -1) else f"{task_id}_{msg.map_index}"
+        return TaskStatesResult(task_states={run_id: {key: self.state}})
 
 
 async def cancel_while_watched(moto_aws, gpu_batch, *, map_index: int = -1) -> tuple[str, GpuBatchJobTrigger, JobWatcher]:
@@ -214,6 +218,18 @@ async def test_before_airflow_3_3_cleanup_leaves_the_job_when_the_state_cannot_b
     await trigger.cleanup()
     assert moto_aws.log.terminated == []
     assert moto_aws.batch.status(job_id) == "RUNNING"
+
+
+async def test_before_airflow_3_3_a_supervisor_that_never_answers_leaves_the_job_and_holds_nothing_up(moto_aws, gpu_batch, aws_conn, monkeypatch, closed_after):
+    # A stopping triggerer: its supervisor no longer answers. The question gives up, in this loop (no
+    # thread left blocked, which would keep the trigger runner from exiting), and the job lives on.
+    TaskStates(monkeypatch, "no answer", on_kill_calls=False)
+    monkeypatch.setattr("airflow_gpu.triggers._STATE_TIMEOUT", 0.2)
+    job_id, trigger, _ = await cancel_while_watched(moto_aws, gpu_batch)
+    threads = threading.active_count()
+    await asyncio.wait_for(trigger.cleanup(), 5)
+    assert threading.active_count() <= threads
+    assert moto_aws.log.terminated == [] and moto_aws.batch.status(job_id) == "RUNNING"
 
 
 @pytest.mark.parametrize("on_kill_calls", [False, True], ids=["airflow-3.2", "airflow-3.3"])
