@@ -43,6 +43,11 @@ async def read_task_states(ti: Any, *, timeout: float) -> dict[str, dict[str, An
     comms = getattr(task_runner, "SUPERVISOR_COMMS", None)
     if comms is None:
         raise RuntimeError("no Task SDK supervisor in this process")
+    reader = getattr(comms, "_reader_task", None)
+    if reader is not None and reader.done():
+        # Airflow 3.2's trigger runner stops its comms reader before it cancels the triggers on the way
+        # out: nothing can answer now, and this is a shutdown, not a user's action.
+        raise RuntimeError("the triggerer is stopping: its supervisor comms are closed")
     question = GetTaskStates(dag_id=ti.dag_id, map_index=ti.map_index, task_ids=[ti.task_id], run_ids=[ti.run_id])
     reply = await asyncio.wait_for(comms.asend(question), timeout)
     states = getattr(reply, "task_states", None)

@@ -194,9 +194,9 @@ class GpuBatchJobTrigger(BaseTrigger):
 
 
 DEFERRED = "deferred"
-#: Long enough for a busy supervisor; short enough that a stopping triggerer (whose supervisor no
-#: longer answers) exits before Airflow escalates to SIGKILL.
-_STATE_TIMEOUT = 10.0
+#: Long enough for a busy supervisor: a newly started triggerer's first Task SDK call builds its
+#: in-process execution API, which took 15-18 s on a loaded 2-core machine, answering nothing meanwhile.
+_STATE_TIMEOUT = 60.0
 #: The Task SDK could not say (no supervisor, an error, no answer in time).
 UNKNOWN = object()
 #: The task instance no longer exists (its DAG run was deleted): nothing waits for the job.

@@ -220,6 +220,17 @@ async def test_before_airflow_3_3_cleanup_leaves_the_job_when_the_state_cannot_b
     assert moto_aws.batch.status(job_id) == "RUNNING"
 
 
+async def test_before_airflow_3_3_a_stopping_triggerer_asks_nothing_and_leaves_the_job(moto_aws, gpu_batch, aws_conn, monkeypatch, closed_after):
+    # Airflow 3.2's runner stops its comms reader, then cancels every trigger: a question could not be answered.
+    states = TaskStates(monkeypatch, "success", on_kill_calls=False)
+    states._reader_task = asyncio.get_running_loop().create_future()
+    states._reader_task.cancel()
+    job_id, trigger, _ = await cancel_while_watched(moto_aws, gpu_batch)
+    await asyncio.wait_for(trigger.cleanup(), 5)
+    assert states.asked == [] and moto_aws.log.terminated == []
+    assert moto_aws.batch.status(job_id) == "RUNNING"
+
+
 async def test_before_airflow_3_3_a_supervisor_that_never_answers_leaves_the_job_and_holds_nothing_up(moto_aws, gpu_batch, aws_conn, monkeypatch, closed_after):
     # A stopping triggerer: its supervisor no longer answers. The question gives up, in this loop (no
     # thread left blocked, which would keep the trigger runner from exiting), and the job lives on.
