@@ -1,9 +1,11 @@
 """What differs between the Airflow versions the package accepts, in one place.
 
-The floor is Airflow 3.2: it is the oldest version the suite passes on (3.0 and 3.1 lack
-Task SDK names the package imports, and 3.1's trigger runner cannot serve a trigger's
-Task SDK call made from a thread). Importing the Airflow wing on an older Airflow fails
-here with a message that says so, instead of an ImportError from deep inside.
+The floor is Airflow 3.3, the first whose triggerer calls a trigger's on_kill() when the user
+clears or marks its task. 3.0 and 3.1 lack Task SDK names the package imports. On 3.2 the
+trigger's cleanup() can ask the Task SDK for the task's state instead (the fallback below and in
+triggers.py), but on a real 3.2 triggerer a task marked failed still left its job running, so 3.2
+stays refused until that passes tests/test_e2e_airflow.py. Importing the Airflow wing on an older
+Airflow fails here with a message that says so, instead of an ImportError from deep inside.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any
 import airflow
 from packaging.version import Version
 
-MINIMUM_AIRFLOW = (3, 2)
+MINIMUM_AIRFLOW = (3, 3)
 
 AIRFLOW_VERSION = Version(airflow.__version__)
 

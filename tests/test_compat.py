@@ -21,14 +21,14 @@ def reload_compat(monkeypatch):
     importlib.reload(compat)
 
 
-@pytest.mark.parametrize("version", ["3.0.6", "3.1.8", "2.11.0"])
+@pytest.mark.parametrize("version", ["3.0.6", "3.1.8", "3.2.2", "2.11.0"])
 def test_an_airflow_below_the_floor_is_refused_with_the_fix(reload_compat, version):
     with pytest.raises(ImportError) as refused:
         reload_compat(version)
     message = str(refused.value)
-    assert f"this environment has {version}" in message and "pip install 'apache-airflow>=3.2,<4'" in message
+    assert f"this environment has {version}" in message and "pip install 'apache-airflow>=3.3,<4'" in message
 
 
-@pytest.mark.parametrize(("version", "calls_on_kill"), [("3.2.2", False), ("3.3.0", True), ("3.3.2", True), ("3.4.0.dev0", True)])
-def test_the_triggerer_calls_on_kill_from_3_3(reload_compat, version, calls_on_kill):
-    assert reload_compat(version).TRIGGERER_CALLS_ON_KILL is calls_on_kill
+@pytest.mark.parametrize("version", ["3.3.0", "3.3.2", "3.4.0.dev0"])
+def test_the_triggerer_calls_on_kill_on_every_accepted_version(reload_compat, version):
+    assert reload_compat(version).TRIGGERER_CALLS_ON_KILL is True
