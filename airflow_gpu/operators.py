@@ -10,6 +10,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
+import airflow_gpu.compat  # noqa: F401,I001  first: refuses an Airflow older than the floor with a clear message
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException
 

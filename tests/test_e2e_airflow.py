@@ -7,8 +7,10 @@ Airflow watches them through the ``aws_default`` connection's endpoint_url:
   and RUNNING at once, every task instance is DEFERRED, and the triggerer's shared watcher
   describes them with one DescribeJobs call per poll cycle;
 * after the jobs are released, every task succeeds and its XCom holds its job id;
+* the triggerer is stopped and a new one takes every trigger over: no job is terminated;
 * in a second DAG run beside it, a FAILED job fails its task with the reason in the log,
-  and clearing a deferred task terminates its Batch job (the trigger's on_kill).
+  and clearing, marking failed and marking success a deferred task each terminate its Batch
+  job (the trigger's on_kill, after it has checked the task left DEFERRED).
 
 Airflow runs in its own process group in a temporary AIRFLOW_HOME on SQLite; every process
 is stopped in the fixture's teardown, whatever happens in the test.
@@ -34,12 +36,13 @@ import pytest
 
 from moto_aws import CREDENTIALS, MotoAws, iter_describe_cycles
 
-pytestmark = pytest.mark.timeout(420)
+pytestmark = [pytest.mark.timeout(600), pytest.mark.airflow_behaviour]
 
 FANOUT = "e2e_gpu_fanout"
 FAILURES = "e2e_gpu_failures"
 MAPPED = 20
 POLL = 1.0
+CASES = ("ok", "fails", "cleared", "marked_failed", "marked_success")
 REASON = "CannotInspectContainerError: Could not transition to inspecting; timed out after waiting 30s"
 
 DAG_FILE = '''
@@ -57,7 +60,7 @@ with DAG({fanout!r}, schedule=None, start_date=datetime(2026, 1, 1), catchup=Fal
     GpuBatchOperator.partial(**COMMON).expand(command=[["als", "--shard", str(i)] for i in range({mapped})])
 
 with DAG({failures!r}, schedule=None, start_date=datetime(2026, 1, 1), catchup=False):
-    GpuBatchOperator.partial(**COMMON).expand(command=[["als", "--case", case] for case in ("ok", "fails", "cleared")])
+    GpuBatchOperator.partial(**COMMON).expand(command=[["als", "--case", case] for case in {cases!r}])
 '''
 
 
@@ -87,11 +90,34 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float, interval: floa
 class Airflow:
     """A running `airflow standalone` and a small REST client for it."""
 
-    def __init__(self, home: Path, port: int, process: subprocess.Popen, log: Path) -> None:
+    def __init__(self, home: Path, port: int, process: subprocess.Popen, log: Path, env: dict[str, str]) -> None:
         self.home = home
         self.base = f"http://127.0.0.1:{port}/api/v2"
         self.process = process
         self.log = log
+        self.env = env
+        self.extra: list[subprocess.Popen] = []  # started beside standalone; stopped with it
+
+    def restart_triggerer(self) -> None:
+        """SIGTERM standalone's triggerer, wait for it to stop, and start a new one: a restart that
+        is also a move, since the new triggerer is another triggerer job taking the triggers over."""
+        [old] = [p for p in psutil.Process(self.process.pid).children() if "triggerer" in " ".join(p.cmdline())]
+        runners = old.children(recursive=True)  # the trigger runner, whose shutdown cancels and cleans up every trigger
+        old.terminate()
+        _, alive = psutil.wait_procs(runners, timeout=90)
+        assert not alive, f"the trigger runner did not stop on SIGTERM: {alive}"
+        try:
+            old.wait(timeout=20)
+        except psutil.TimeoutExpired:  # seen on 3.3.2: its trigger loop and log server ended, the process lingers
+            old.kill()
+        with open(self.log.with_name("triggerer-2.log"), "wb") as out:
+            self.extra.append(subprocess.Popen(
+                [str(Path(sys.executable).with_name("airflow")), "triggerer"], env=self.env, cwd=self.home,
+                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+            ))
+
+    def set_state(self, dag_id: str, run_id: str, map_index: int, state: str) -> None:
+        self.call("PATCH", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/train/{map_index}", {"new_state": state})
 
     def check_alive(self) -> None:
         if self.process.poll() is not None:
@@ -164,7 +190,7 @@ def airflow(tmp_path, moto_aws: MotoAws, gpu_batch) -> Airflow:
     dags.mkdir()
     (dags / "e2e_gpu.py").write_text(
         DAG_FILE.format(queue=gpu_batch["job_queue"], definition=gpu_batch["job_definition"], poll=POLL,
-                        fanout=FANOUT, failures=FAILURES, mapped=MAPPED)
+                        fanout=FANOUT, failures=FAILURES, mapped=MAPPED, cases=CASES)
     )
     port = free_port()
     connection = {
@@ -204,7 +230,7 @@ def airflow(tmp_path, moto_aws: MotoAws, gpu_batch) -> Airflow:
             [str(airflow_bin), "standalone"], env=env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, start_new_session=True,
         )
-    instance = Airflow(home, port, process, log)
+    instance = Airflow(home, port, process, log, env)
     try:
         def healthy() -> bool:
             health = instance.call("GET", "/monitor/health")
@@ -221,6 +247,8 @@ def airflow(tmp_path, moto_aws: MotoAws, gpu_batch) -> Airflow:
     finally:
         moto_aws.batch.release_hold()
         stop_process_tree(process, home)
+        for extra in instance.extra:
+            stop_process_tree(extra, home)
 
 
 def test_deferred_gpu_tasks_through_a_real_scheduler_and_triggerer(airflow: Airflow, moto_aws: MotoAws):
@@ -228,10 +256,10 @@ def test_deferred_gpu_tasks_through_a_real_scheduler_and_triggerer(airflow: Airf
     batch.hold("RUNNING")
     fanout_run = airflow.trigger(FANOUT)
     failures_run = airflow.trigger(FAILURES)
-    runs = {FANOUT: (fanout_run, MAPPED), FAILURES: (failures_run, 3)}
-    total = MAPPED + 3
+    runs = {FANOUT: (fanout_run, MAPPED), FAILURES: (failures_run, len(CASES))}
+    total = MAPPED + len(CASES)
 
-    # Every task submits its job and defers; with two slots, only deferral lets all 23 jobs run at once.
+    # Every task submits its job and defers; with two slots, only deferral lets all 25 jobs run at once.
     def all_deferred() -> bool:
         for dag_id, (run_id, count) in runs.items():
             states = airflow.states(dag_id, run_id)
@@ -263,11 +291,30 @@ def test_deferred_gpu_tasks_through_a_real_scheduler_and_triggerer(airflow: Airf
     assert 2 <= len(steady) <= 4 / POLL + 2, len(steady)
     assert all(sorted(ids) == sorted(running) for ids in steady), [len(ids) for ids in steady]
 
-    # Clearing a deferred task runs the trigger's on_kill: its Batch job is terminated.
+    # A triggerer restart, and the triggers' move to the new triggerer, terminate nothing.
+    airflow.restart_triggerer()
+    restarted_at = time.monotonic()  # the old triggerer has stopped: every DescribeJobs from now on is the new one's
+    wait_for("the new triggerer to watch every job",
+             lambda: any(at > restarted_at and sorted(ids) == sorted(running) for at, ids in list(moto_aws.log.describe_batches)),
+             timeout=120, interval=1, alive=airflow.check_alive)
+    assert moto_aws.log.terminated == []
+    assert all(batch.status(job_id) == "RUNNING" for job_id in running)
+    assert set(airflow.states(FAILURES, failures_run).values()) == {"deferred"}
+
+    # Marking a deferred task failed or success terminates its Batch job.
+    for index, state in ((3, "failed"), (4, "success")):
+        airflow.set_state(FAILURES, failures_run, index, state)
+        marked = job_of[(FAILURES, index)]
+        wait_for(f"the job of the task marked {state} to be terminated", lambda: marked in dict(moto_aws.log.terminated), timeout=120)
+        reason = dict(moto_aws.log.terminated)[marked]
+        assert f"{FAILURES}.train" in reason and f"map index {index}" in reason and "marked" in reason
+        assert batch.status(marked) == "FAILED"
+
+    # Clearing a deferred task terminates its Batch job.
     cleared = job_of[(FAILURES, 2)]
     airflow.call("POST", f"/dags/{FAILURES}/clearTaskInstances",
                  {"dry_run": False, "dag_run_id": failures_run, "task_ids": [["train", 2]], "only_failed": False})
-    wait_for("the cleared task's job to be terminated", lambda: cleared in dict(moto_aws.log.terminated), timeout=60)
+    wait_for("the cleared task's job to be terminated", lambda: cleared in dict(moto_aws.log.terminated), timeout=120)
     reason = dict(moto_aws.log.terminated)[cleared]
     assert f"{FAILURES}.train" in reason and "map index 2" in reason and "cleared" in reason
     assert batch.status(cleared) == "FAILED"
@@ -282,7 +329,7 @@ def test_deferred_gpu_tasks_through_a_real_scheduler_and_triggerer(airflow: Airf
     failing = job_of[(FAILURES, 1)]
     batch.set_status(failing, "FAILED", reason=REASON, exit_code=137)
     for job_id in running:
-        if job_id not in (failing, cleared) and batch.status(job_id) == "RUNNING":
+        if job_id not in (failing, cleared) and batch.status(job_id) == "RUNNING":  # the marked ones are FAILED
             batch.set_status(job_id, "SUCCEEDED")
     batch.release_hold()
 
@@ -302,7 +349,7 @@ def test_deferred_gpu_tasks_through_a_real_scheduler_and_triggerer(airflow: Airf
 
     # The failed job failed its task, and the task's log says why.
     instances = airflow.task_instances(FAILURES, failures_run)
-    assert [instances[i]["state"] for i in range(3)] == ["success", "failed", "success"]
+    assert [instances[i]["state"] for i in range(len(CASES))] == ["success", "failed", "success", "failed", "success"]
     assert instances[2]["try_number"] == 2  # the cleared task ran again
     assert airflow.xcom(FAILURES, failures_run, 2)["job_id"] == retried[0]
     logs = list(airflow.home.glob(f"logs/dag_id={FAILURES}/**/task_id=train/map_index=1/attempt=*.log"))

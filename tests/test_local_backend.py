@@ -303,6 +303,7 @@ def local_operator(command, **kwargs) -> GpuBatchOperator:
                             backend="local", poll_interval=0.05, **kwargs)
 
 
+@pytest.mark.airflow_behaviour
 def test_operator_submits_defers_and_resumes_on_the_local_backend(state_dir, tmp_path):
     context = make_context(FakeTaskInstance(dag_id="dag", task_id="train"))
     go = tmp_path / "go"
@@ -324,6 +325,7 @@ async def _kill_like_an_earlier_try(job_id: str) -> None:
     await LocalBackend().terminate(job_id, "Airflow task dag.train run r was cleared or marked failed/succeeded")
 
 
+@pytest.mark.airflow_behaviour
 def test_a_clear_racing_the_earlier_trys_on_kill_ends_in_a_fresh_job(state_dir):
     # Try 1 deferred on a job; the task is cleared; try 2 starts before the triggerer has run try 1's
     # on_kill, so it finds the job still RUNNING and reattaches. Then on_kill terminates that job.
@@ -348,6 +350,7 @@ def test_a_clear_racing_the_earlier_trys_on_kill_ends_in_a_fresh_job(state_dir):
     asyncio.run(LocalBackend().terminate(fresh, "test over"))
 
 
+@pytest.mark.airflow_behaviour
 def test_a_reattached_job_that_fails_on_its_own_still_fails_the_task(state_dir, tmp_path):
     context = make_context(FakeTaskInstance(dag_id="dag", task_id="train"))
     go = tmp_path / "go"

@@ -28,6 +28,9 @@ from gpu_batch_testing import (  # noqa: F401  (fixtures)
     submit_raw,
 )
 
+# Defer, resume, deferral timeout, on_kill: the operator's side of Airflow's task protocol.
+pytestmark = pytest.mark.airflow_behaviour
+
 
 def operator(gpu_batch, **kwargs) -> GpuBatchOperator:
     args = dict(

@@ -9,7 +9,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import airflow_gpu
+
+# How Airflow discovers the provider, its triggers and extra links.
+pytestmark = pytest.mark.airflow_behaviour
 
 AIRFLOW = Path(sys.executable).with_name("airflow")
 
