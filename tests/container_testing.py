@@ -29,7 +29,7 @@ def play_container(moto_aws, job_id: str, command: list[str]) -> int:
     """Run the job's command, publish its output as the job's log, end the job with its exit code."""
     moto_aws.batch.set_status(job_id, "RUNNING")
     done = run_worker(command, endpoint_url=moto_aws.endpoint_url, job_id=job_id)
-    lines = (done.stdout + done.stderr).splitlines() or ["(no output)"]
+    lines = [line or " " for line in (done.stdout + done.stderr).splitlines()] or ["(no output)"]
     stream = moto_aws.client("batch").describe_jobs(jobs=[job_id])["jobs"][0]["container"].get("logStreamName")
     if stream:
         put_log_lines(moto_aws, "/aws/batch/job", stream, lines)
