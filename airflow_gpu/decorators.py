@@ -86,7 +86,19 @@ class GpuBatchDecoratedOperator(DecoratedOperator, GpuBatchOperator):
         self._results = result_prefix(prefix, _identity(context).idempotency_key, staged.sha256)
         entry = LOCAL_ENTRYPOINT if self.backend == "local" else ()
         self.command = [*entry, "run-function", "--payload", staged.uri, "--sha256", staged.sha256, "--result", self._results]
+        endpoint = self._local_s3_endpoint(prefix)
+        if endpoint:
+            self.command += ["--endpoint-url", endpoint]
         self.log.info("Staged %s() as %s", self.python_callable.__name__, staged.uri)
+
+    def _local_s3_endpoint(self, prefix: str) -> str | None:
+        """A local job runs on this machine and reaches S3 where this task's connection does (a test or
+        demo server); a Batch job uses its own region's S3."""
+        if self.backend != "local" or not prefix.startswith("s3://"):
+            return None
+        from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+        return S3Hook(aws_conn_id=self.aws_conn_id, region_name=self.region_name).conn_config.get_service_endpoint_url("s3")
 
     def execute(self, context: Context) -> Any:
         self._check_fields(skip_templates=False)  # a bad job_queue fails before anything is staged
