@@ -93,6 +93,32 @@ def test_local_logs_whole_tail_and_follow(local_jobs):
     assert follow.returncode == 0 and "line 4" in follow.stdout
 
 
+def test_local_logs_follow_with_tail_prints_the_end_then_what_comes(local_jobs, tmp_path):
+    go = tmp_path / "go"
+    program = (f"import os, time\nfor i in range(5): print('line', i, flush=True)\n"
+               f"for _ in range(600):\n    if os.path.exists({str(go)!r}): break\n    time.sleep(0.1)\nprint('end', flush=True)\n")
+    done = cli(local_jobs, "submit", *LOCAL, "--detach", "--", "python", "-c", program)
+    job_id = job_id_in(done.stdout)
+    process = subprocess.Popen([str(CLI), "logs", job_id, *LOCAL, "--follow", "--tail", "2"], env=local_jobs,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        seen = []
+        for _ in range(100):  # bounded
+            line = process.stdout.readline()
+            if not line:
+                break
+            seen.append(line.rstrip("\n"))
+            if line.startswith("line 4"):
+                break
+        go.touch()  # only now may the job print its last line
+        out, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    lines = [line for line in seen + out.splitlines() if not line.startswith("==")]
+    assert process.returncode == 0, err
+    assert lines == ["line 3", "line 4", "end"]
+
+
 def test_local_ctrl_c_with_terminate_on_interrupt_terminates_the_job(local_jobs):
     process = subprocess.Popen(
         [str(CLI), "submit", *LOCAL, "--terminate-on-interrupt", "--", "python", "-u", "-c",

@@ -16,8 +16,11 @@ from airflow_gpu.jobs.watcher import JobWatcher, follow_job
 class JobView:
     """Prints one job's states and log lines to ``out`` (the log lines as they are, states marked ``==``)."""
 
-    def __init__(self, target: BackendTarget, out: TextIO | None = None, *, stream_logs: bool = True, poll_interval: float = 5.0):
+    def __init__(self, target: BackendTarget, out: TextIO | None = None, *, stream_logs: bool = True,
+                 poll_interval: float = 5.0, tail: int | None = None):
         self.target = target
+        # The follower reads a stream from its start; ``tail`` keeps only the last lines of that first read.
+        self.tail = tail
         self.out = out or sys.stdout
         self.stream_logs = stream_logs
         self.poll_interval = poll_interval
@@ -40,6 +43,8 @@ class JobView:
             self._follow = LogFollower.shared(self.target).follow(state, self._print_lines, poll_interval=self.poll_interval)
 
     def _print_lines(self, lines: list[str]) -> None:
+        if self.tail is not None:
+            lines, self.tail = lines[-self.tail :] if self.tail > 0 else [], None
         for line in lines:
             print(line, file=self.out)
         self.out.flush()

@@ -47,11 +47,9 @@ def _logs(args: argparse.Namespace) -> int:
                 if not (args.follow and state.is_live):
                     await _print_log(backend, state, args.tail)
                     return 0
-                if args.tail is not None:
-                    await _print_log(backend, state, args.tail)
-            # Live: the same watcher and follower as a deferred task's (the follower starts at the
-            # stream's beginning, so without --tail the whole log is printed, then what comes).
-            final = await JobView(target, poll_interval=args.poll_interval).watch(args.job_id)
+            # Live: the same watcher and follower as a deferred task's. The follower starts at the
+            # stream's beginning: the whole log is printed (or its last --tail lines), then what comes.
+            final = await JobView(target, poll_interval=args.poll_interval, tail=args.tail).watch(args.job_id)
             return exit_code_of(final)
         finally:
             await LogFollower.close_all()
