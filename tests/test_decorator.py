@@ -9,7 +9,7 @@ import pytest
 from airflow.sdk.exceptions import TaskDeferred
 
 from airflow_gpu.decorators import GpuBatchDecoratedOperator
-from airflow_gpu.exceptions import GpuFunctionFailed
+from airflow_gpu.exceptions import GpuFunctionFailed, GpuJobFailed
 from airflow_gpu.jobs.spec import JobSpecError
 from container_testing import play_container
 from gpu_batch_testing import FakeTaskInstance, aws_conn, fast_watcher, fire, make_context  # noqa: F401
@@ -115,3 +115,39 @@ def test_the_staging_prefix_comes_from_the_airflow_config(moto_aws, gpu_batch, a
 def test_a_command_cannot_be_given(gpu_batch):
     with pytest.raises(JobSpecError, match="builds the job's command itself"):
         make(gpu_batch, command=["echo"])
+
+
+def test_a_retry_reattaches_to_the_running_job_with_the_same_payload(moto_aws, gpu_batch, aws_conn, staging_bucket):
+    moto_aws.batch.hold("RUNNING")
+    context = make_context(FakeTaskInstance(task_id="scores"))
+    with pytest.raises(TaskDeferred) as first:
+        make(gpu_batch).execute(context)
+    with pytest.raises(TaskDeferred) as second:  # a worker crash and retry: a fresh operator object
+        make(gpu_batch).execute(context)
+    assert second.value.trigger.job_id == first.value.trigger.job_id
+    assert second.value.kwargs == {"reattached": True}
+    assert moto_aws.log.calls["submitjob"] == 1
+    staged = moto_aws.client("s3").list_objects_v2(Bucket="staging", Prefix="airflow-gpu/functions/")["Contents"]
+    assert len(staged) == 1  # the same call, the same bytes, the same key
+
+
+def test_max_queued_terminates_a_decorated_job_waiting_for_gpus(moto_aws, gpu_batch, aws_conn, staging_bucket):
+    moto_aws.batch.hold("RUNNABLE")
+    context = make_context(FakeTaskInstance(task_id="scores"))
+    with pytest.raises(TaskDeferred) as deferred:
+        make(gpu_batch, max_queued=1).execute(context)
+    event = fire(deferred.value.trigger)
+    assert event["status"] == "FAILED" and event["stopped_for"] == "max_queued"
+    assert [j for j, _ in moto_aws.log.terminated] == [deferred.value.trigger.job_id]
+    with pytest.raises(GpuJobFailed, match="no GPU capacity") as failed:
+        make(gpu_batch, max_queued=1).execute_complete(context, event)
+    assert not isinstance(failed.value, GpuFunctionFailed)  # the function never ran: no remote error to show
+
+
+def test_on_kill_terminates_the_decorated_job(moto_aws, gpu_batch, aws_conn, staging_bucket):
+    moto_aws.batch.hold("RUNNING")
+    op = make(gpu_batch)
+    with pytest.raises(TaskDeferred) as deferred:
+        op.execute(make_context(FakeTaskInstance(task_id="scores")))
+    op.on_kill()
+    assert [j for j, _ in moto_aws.log.terminated] == [deferred.value.trigger.job_id]
