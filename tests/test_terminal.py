@@ -53,9 +53,24 @@ PRINTS_AND_EXITS_3 = ["python", "-c", "print('epoch 1 loss 0.5'); print('epoch 2
 
 
 def test_local_submit_streams_the_log_and_exits_with_the_jobs_code(local_jobs, tmp_path):
-    done = cli(local_jobs, "submit", *LOCAL, "--", *PRINTS_AND_EXITS_3)
-    assert done.returncode == 3, done.stderr
-    out = done.stdout
+    go = tmp_path / "go"
+    program = (f"import os, time\nprint('epoch 1 loss 0.5'); print('epoch 2 loss 0.25', flush=True)\n"
+               f"for _ in range(600):\n    if os.path.exists({str(go)!r}): break\n    time.sleep(0.1)\nraise SystemExit(3)\n")
+    process = subprocess.Popen([str(CLI), "submit", *LOCAL, "--", "python", "-c", program], env=local_jobs,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        seen = ""
+        for _ in range(100):  # bounded
+            line = process.stdout.readline()
+            seen += line
+            if not line or line.startswith("epoch 2"):
+                break
+        go.touch()  # the lines were streamed while the job ran; now it may exit
+        rest, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    out = seen + rest
+    assert process.returncode == 3, err
     assert "epoch 1 loss 0.5\nepoch 2 loss 0.25" in out
     assert re.search(r"==\s+[\d.]+s  RUNNING", out) and re.search(r"==\s+[\d.]+s  FAILED, exit code 3", out)
     assert out.index("RUNNING") < out.index("epoch 1") < out.index("FAILED")
@@ -221,6 +236,7 @@ def test_moto_submit_streams_the_log_and_propagates_a_non_zero_exit(moto_aws, gp
     assert codes == [3]
     out = done.stdout
     assert "https://console.aws.amazon.com/batch/home?region=us-east-1#jobs/detail/" in out
+    assert "log: https://console.aws.amazon.com/cloudwatch/home?region=us-east-1#logsV2:log-groups/log-group/" in out
     assert "epoch 1 loss 0.5\nepoch 2 loss 0.25" in out
     assert re.search(r"RUNNABLE.*\n(.*\n)*.*RUNNING.*\n(.*\n)*.*FAILED, exit code 3", out), out
     assert f"RUNNABLE  ({WAITING})" in out

@@ -40,6 +40,10 @@ class JobView:
         if self.stream_logs and state.log_stream and (self._follow is None or self._follow.stream != state.log_stream):
             if self._follow is not None:
                 self._follow.close()
+            backend = JobWatcher.shared(self.target).backend_instance
+            url = backend.log_url(state) if backend is not None else None
+            if url:
+                self.say(f"log: {url}")
             self._follow = LogFollower.shared(self.target).follow(state, self._print_lines, poll_interval=self.poll_interval)
 
     def _print_lines(self, lines: list[str]) -> None:
