@@ -159,6 +159,51 @@ def test_local_ctrl_c_with_terminate_on_interrupt_terminates_the_job(local_jobs)
     assert "status: FAILED" in status.stdout and "(Ctrl-C)" in status.stdout
 
 
+@pytest.mark.parametrize("answer", ["y", "second ctrl-c", "n"])
+def test_local_ctrl_c_asks_before_terminating(local_jobs, answer):
+    import pty
+
+    master, slave = pty.openpty()  # a terminal on stdin, so the question can be asked
+    process = subprocess.Popen(
+        [str(CLI), "submit", *LOCAL, "--", "python", "-u", "-c", "import time; print('started', flush=True); time.sleep(120)"],
+        env=local_jobs, stdin=slave, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    os.close(slave)
+    try:
+        seen = ""
+        for _ in range(200):  # bounded
+            line = process.stdout.readline()
+            seen += line
+            if "started" in line or not line:
+                break
+        job_id = job_id_in(seen)
+        process.send_signal(signal.SIGINT)
+        prompt = ""
+        while "[y/N]" not in prompt:  # input() writes the question without a newline
+            char = process.stdout.read(1)
+            assert char, prompt
+            prompt += char
+        if answer == "second ctrl-c":
+            # A person presses it long after the question; a signal that lands before input()'s read()
+            # starts is only acted on once that read returns (how Python handles signals), so give it a moment.
+            time.sleep(0.5)
+            process.send_signal(signal.SIGINT)
+        else:
+            os.write(master, (answer + "\n").encode())
+        out, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+        os.close(master)
+    assert process.returncode == 130, err
+    status = cli(local_jobs, "status", job_id, "--backend", "local").stdout
+    if answer == "n":
+        assert f"Job {job_id} keeps running; `airflow-gpu cancel {job_id}` stops it." in out
+        assert "status: RUNNING" in status
+        cli(local_jobs, "cancel", job_id, "--backend", "local")
+    else:
+        assert f"Terminated job {job_id}." in out and "status: FAILED" in status
+
+
 def test_local_script_is_staged_and_run_by_run_script(local_jobs, tmp_path):
     script = tmp_path / "train.py"
     script.write_text("import os, sys\nprint('args', sys.argv[1:])\nopen(os.path.join(os.environ['OUTPUT_DIR'], 'model.txt'), 'w').write('ok')\n")
