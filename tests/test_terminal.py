@@ -216,6 +216,18 @@ def test_local_script_is_staged_and_run_by_run_script(local_jobs, tmp_path):
     assert list((tmp_path / "out").rglob("model.txt"))
 
 
+def test_a_script_changed_after_staging_is_refused_and_not_run(tmp_path):
+    from container_testing import run_worker
+
+    script = tmp_path / "train.py"
+    script.write_text(f"open({str(tmp_path / 'ran')!r}, 'w').write('x')\n")
+    digest = __import__("hashlib").sha256(script.read_bytes()).hexdigest()
+    script.write_text(script.read_text() + "print('tampered')\n")
+    done = run_worker(["run-script", "--script", str(script), "--sha256", digest, "--output", str(tmp_path / "out")])
+    assert done.returncode == 2 and "script digest mismatch" in done.stderr
+    assert not (tmp_path / "ran").exists()
+
+
 @pytest.mark.parametrize("command", ["logs", "status", "cancel"])
 def test_an_unknown_job_id_is_a_clear_error(local_jobs, command):
     done = cli(local_jobs, command, "no-such-job", "--backend", "local")
@@ -342,6 +354,7 @@ def test_moto_script_is_uploaded_to_the_staging_prefix_and_run_by_run_script(mot
     assert codes == [0]
     command = moto_aws.log.submitted[-1]["containerOverrides"]["command"]
     assert command[:2] == ["run-script", "--script"] and re.fullmatch(r"s3://ds-data/staging/scripts/[0-9a-f]{64}/train\.py", command[2])
+    assert command[3:5] == ["--sha256", command[2].split("/")[-2]]  # the worker runs only those bytes
     assert "inputs ['data.csv']" in done.stdout
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket="ds-data", Prefix="out/")["Contents"]]
     assert any(k.endswith("/output/m.txt") for k in keys) and any(k.endswith("manifest.json") for k in keys)

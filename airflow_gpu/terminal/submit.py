@@ -75,8 +75,8 @@ def _argv(args: argparse.Namespace) -> list[str]:
     return rest
 
 
-def _stage_script(args: argparse.Namespace, target: BackendTarget) -> str:
-    """Upload the script under ``<staging>/scripts/<sha256>/<name>`` and return its URI."""
+def _stage_script(args: argparse.Namespace, target: BackendTarget):
+    """Upload the script under ``<staging>/scripts/<sha256>/<name>``; its URI and digest."""
     from airflow_gpu.config import staging_prefix
     from airflow_gpu.outputs import ObjectStore
     from airflow_gpu.shipping import stage
@@ -95,13 +95,14 @@ def _stage_script(args: argparse.Namespace, target: BackendTarget) -> str:
         client = session.client("s3", endpoint_url=args.endpoint_url)
     staged = stage(ObjectStore(client=client), prefix, "scripts", path.read_bytes(), path.name)
     print(f"Uploaded {path.name} to {staged.uri} (sha256 {staged.sha256[:12]})", flush=True)
-    return staged.uri
+    return staged
 
 
 def _spec(args: argparse.Namespace, target: BackendTarget) -> JobSpec:
     argv = _argv(args)
     if args.script:
-        command = ["run-script", "--script", _stage_script(args, target), "--output", args.output]
+        staged = _stage_script(args, target)
+        command = ["run-script", "--script", staged.uri, "--sha256", staged.sha256, "--output", args.output]
         if args.input:
             command += ["--input", args.input]
         if args.endpoint_url and target.backend == "local":

@@ -124,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     script.add_argument("--script", required=True, metavar="URI", help="s3://bucket/path/script.py or a local .py file")
     script.add_argument("--input", default=None, metavar="URI", help="s3:// prefix or local folder copied into input/")
     script.add_argument("--output", required=True, metavar="URI", help="where output/ and manifest.json go")
+    script.add_argument("--sha256", default=None, help="refuse the script unless its bytes have this digest")
     script.add_argument("--workdir", default=None, help="working folder (default: a fresh temporary folder, removed after)")
     script.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the script, after --")
     script.set_defaults(handler=_run_script)
@@ -189,7 +190,7 @@ def _run_script(args: argparse.Namespace) -> int:
     return asyncio.run(
         run_script_async(
             args.script, args.input, args.output, extra,
-            endpoint_url=args.endpoint_url, concurrency=args.concurrency, workdir=args.workdir,
+            endpoint_url=args.endpoint_url, concurrency=args.concurrency, workdir=args.workdir, sha256=args.sha256,
         )
     )
 

@@ -45,6 +45,18 @@ async def _fetch_script(uri: str, dest_dir: Path, endpoint_url: str | None) -> P
     return path
 
 
+def _verify_script(path: Path, expected: str) -> None:
+    """``airflow-gpu submit --script`` staged the script under its sha256: run exactly those bytes."""
+    import hashlib
+
+    actual = hashlib.sha256(path.read_bytes()).hexdigest()
+    if actual != expected.lower():
+        raise WorkerError(
+            f"script digest mismatch: expected sha256 {expected}, got {actual}; the staged script was changed "
+            "after it was submitted, so nothing was run. Submit it again."
+        )
+
+
 async def _fetch_inputs(store: Store, folder: Path, concurrency: int) -> tuple[int, int]:
     refs = await store.list()
     if not refs:
@@ -69,6 +81,7 @@ async def run_script_async(
     concurrency: int = 16,
     workdir: str | None = None,
     run_id: str | None = None,
+    sha256: str | None = None,
 ) -> int:
     started = time.monotonic()
     folder = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="airflow-gpu-script-"))
@@ -79,6 +92,8 @@ async def run_script_async(
     async with open_store(output_uri, endpoint_url=endpoint_url, concurrency=concurrency) as out:
         await out.read_small(MANIFEST)  # fail fast on a missing bucket or a denied prefix
         path = await _fetch_script(script, folder, endpoint_url)
+        if sha256:
+            _verify_script(path, sha256)
         count = size = 0
         if input_uri:
             async with open_store(input_uri, endpoint_url=endpoint_url, concurrency=concurrency) as source:
