@@ -23,6 +23,9 @@ def get_provider_info() -> dict:
                 "python-modules": ["airflow_gpu.triggers"],
             }
         ],
+        "task-decorators": [
+            {"name": "gpu_batch", "class-name": "airflow_gpu.decorators.gpu_batch_task"},
+        ],
         "extra-links": [
             "airflow_gpu.links.BatchJobLink",
             "airflow_gpu.links.CloudWatchLogsLink",

@@ -14,6 +14,11 @@ import sys
 from types import ModuleType
 
 SUBCOMMANDS = {
+    "submit": ("airflow_gpu.terminal.submit", "submit a GPU job from this terminal and follow it live"),
+    "logs": ("airflow_gpu.terminal.logs", "print a job's log (--follow: live)"),
+    "status": ("airflow_gpu.terminal.status", "show a job's state, reason, exit code and links"),
+    "cancel": ("airflow_gpu.terminal.cancel", "terminate a job"),
+    "jobs": ("airflow_gpu.terminal.jobs", "list the jobs airflow-gpu submitted"),
     "batch-setup": (
         "airflow_gpu.provision.command",
         "create or update the AWS Batch GPU compute environment, job queue and job definition",

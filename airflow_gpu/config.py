@@ -29,3 +29,30 @@ def default_deferrable() -> bool:
     if in_file is not None and str(in_file).strip().lower() != str(shipped).strip().lower():
         return conf.getboolean(section, key, fallback=True)
     return True
+
+
+#: Where a terminal (no Airflow config) and a deployment without ``[airflow_gpu] staging_prefix`` look.
+STAGING_PREFIX_ENV = "AIRFLOW_GPU_STAGING_PREFIX"
+
+
+def staging_prefix(explicit: str | None = None, *, airflow_config: bool = True) -> str:
+    """Where shipped functions and scripts are staged: the task's ``staging_prefix``, else
+    ``[airflow_gpu] staging_prefix`` (``AIRFLOW__AIRFLOW_GPU__STAGING_PREFIX``), else $AIRFLOW_GPU_STAGING_PREFIX.
+
+    ``airflow_config=False`` (the terminal) never reads Airflow's configuration, which needs an Airflow home.
+    """
+    from airflow_gpu.jobs.spec import JobSpecError
+
+    value = explicit
+    if not value and airflow_config:
+        from airflow.sdk import conf
+
+        value = conf.get("airflow_gpu", "staging_prefix", fallback=None)
+    value = value or os.environ.get(STAGING_PREFIX_ENV)
+    if not value or not str(value).strip():
+        where = "pass staging_prefix= to the task, or set [airflow_gpu] staging_prefix" if airflow_config else "pass --staging-prefix"
+        raise JobSpecError(
+            f"No staging prefix: code shipped to a GPU job must be uploaded somewhere the job can read. {where} "
+            f"(or ${STAGING_PREFIX_ENV}) to an s3://bucket/prefix/ the job's role can read and write."
+        )
+    return str(value).strip()

@@ -66,3 +66,25 @@ def committed_manifest(data: bytes) -> dict | None:
     if not isinstance(manifest, dict) or manifest.get("complete") is not True:
         return None
     return manifest
+
+
+# -- @task.gpu_batch: a function shipped to the worker (``airflow-gpu-worker run-function``) --------
+# The payload is one JSON document, stored under its own sha256; the worker refuses bytes whose
+# digest differs from the one in its command, so what runs is exactly what the DAG sent.
+FUNCTION_FORMAT = "airflow-gpu-function"
+FUNCTION_VERSION = 1
+# Written under the job's result prefix: RESULT when the function returned, ERROR when it raised
+# (or could not be run at all); the Airflow side reads whichever the job left.
+FUNCTION_RESULT = "result.json"
+FUNCTION_ERROR = "error.json"
+# Return values (or dict entries, with multiple_outputs) larger than this, as JSON, go to their
+# own object and the XCom carries its URI: XComs live in the metadata database.
+INLINE_RESULT_BYTES = 48 * 1024
+
+
+def python_version_tag(version_info: tuple = ()) -> str:
+    """``"3.11"``: the part of a Python version a function's source and its JSON arguments depend on."""
+    import sys
+
+    major, minor = (version_info or sys.version_info)[:2]
+    return f"{major}.{minor}"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 from airflow.sdk.exceptions import AirflowException
 
@@ -26,3 +26,16 @@ class GpuJobFailed(AirflowException):
         elif state.log_stream:
             message += f"\nLog stream: {state.log_group}/{state.log_stream}"
         super().__init__(message)
+
+
+class GpuFunctionFailed(GpuJobFailed):
+    """A ``@task.gpu_batch`` function raised, or its payload was refused; the message carries the remote traceback."""
+
+    def __init__(self, state: JobState, log_lines: Sequence[str], remote: Mapping[str, Any]) -> None:
+        self.remote = dict(remote)
+        super().__init__(state, log_lines)
+        what = "raised" if remote.get("stage") == "run" else "was not run"
+        message = f"The GPU function {what}: {remote.get('error')}\n"
+        if remote.get("traceback"):
+            message += "Remote traceback:\n" + str(remote["traceback"]).rstrip() + "\n"
+        self.args = (message + self.args[0],)

@@ -30,10 +30,10 @@ class ObjectInfo:
 class ObjectStore:
     """One AWS connection's view of S3, plus the local file system for plain paths."""
 
-    def __init__(self, aws_conn_id: str | None = "aws_default", region_name: str | None = None) -> None:
+    def __init__(self, aws_conn_id: str | None = "aws_default", region_name: str | None = None, *, client: Any = None) -> None:
         self.aws_conn_id = aws_conn_id
         self.region_name = region_name
-        self._client: Any = None
+        self._client: Any = client  # a ready boto3 S3 client (the terminal's, from the standard chain), else the connection's
 
     @property
     def client(self) -> Any:

@@ -1,6 +1,7 @@
 """gpu_recommendations: implicit-feedback recommendations trained on a GPU, published only once validated.
 
     prepare  ->  train (GpuBatchOperator, deferred while the GPU works)  ->  publish
+                                                                        ->  gpu_check (@task.gpu_batch)
 
 * **prepare** resolves the environment (data root, Batch queue, job definition,
   connection), describes the input prefix (objects, formats, bytes) and fails at once,
@@ -12,6 +13,8 @@
   there, ALS beats popularity when evaluation is on) and only then points
   ``<data root>/recommendations/latest.json`` at this run's prefix. Readers who follow
   the marker never see a half-written or unvalidated output.
+* **gpu_check** is a decorated Python function (``@task.gpu_batch``) run in the same image:
+  it reports the Python and GPUs the container sees, next to the training job's id.
 
 Every environment has its own data root, job queue and job definition (so its own image),
 from the Airflow Variable ``gpu_recommendations_environments`` (JSON), merged over the
@@ -238,6 +241,7 @@ with DAG(
             "input_uri": input_uri,
             "output_uri": output_uri,
             "latest_uri": f"{root}recommendations/latest.json",
+            "staging_prefix": f"{root}staging/",
             "objects": len(objects),
             "bytes": total,
             "formats": formats,
@@ -319,3 +323,36 @@ with DAG(
         return {**marker, "latest_uri": prepared["latest_uri"], "latest_updated": True}
 
     publish(prepared, train.output)
+
+    @task.gpu_batch(
+        job_queue=prepared["job_queue"],
+        job_definition=prepared["job_definition"],
+        aws_conn_id=prepared["aws_conn_id"],
+        staging_prefix=prepared["staging_prefix"],
+        backend="{{ params.backend }}",
+        gpus="{{ params.gpus }}",
+        poll_interval="{{ params.poll_interval }}",
+        timeout=timedelta(minutes=10),
+        max_queued=timedelta(hours=1),
+        execution_timeout=timedelta(hours=2),
+    )
+    def gpu_check(trained: dict) -> dict:
+        """Runs inside the GPU container (a decorated function, shipped by @task.gpu_batch): what the
+        image sees of the GPUs the training job had, beside the job's own result. A few seconds."""
+        import os
+        import platform
+        import shutil
+        import subprocess
+
+        smi = shutil.which("nvidia-smi")
+        gpus = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=30).stdout.splitlines() if smi else []
+        print(f"python {platform.python_version()} on {platform.node()}: {len(gpus)} GPU(s)", flush=True)
+        return {
+            "python": platform.python_version(),
+            "gpus": gpus,
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+            "trained_job_id": trained["job_id"],
+            "precision_at_k": ((trained.get("manifest") or {}).get("summary") or {}).get("precision_at_k"),
+        }
+
+    gpu_check(train.output)

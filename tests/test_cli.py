@@ -26,13 +26,15 @@ def test_help_lists_the_subcommands_without_loading_them():
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["code"] == 0
-    assert "batch-setup" in done.stdout and "demo" in done.stdout
+    for name in ("batch-setup", "demo", "submit", "logs", "status", "cancel", "jobs"):
+        assert name in done.stdout
     subcommand_modules = {module for module, _ in cli.SUBCOMMANDS.values()}
-    assert subcommand_modules == {"airflow_gpu.provision.command", "airflow_gpu.demo.command"}
+    assert subcommand_modules == {"airflow_gpu.provision.command", "airflow_gpu.demo.command"} | {
+        f"airflow_gpu.terminal.{name}" for name in ("submit", "logs", "status", "cancel", "jobs")}
     loaded = set(result["modules"])
     assert "airflow_gpu.cli" in loaded  # the list is the child's, not empty
     assert not subcommand_modules & loaded
-    assert not {m for m in loaded if m == "airflow" or m.startswith(("airflow.", "boto3", "airflow_gpu.provision", "airflow_gpu.demo"))}
+    assert not {m for m in loaded if m == "airflow" or m.startswith(("airflow.", "boto3", "airflow_gpu.provision", "airflow_gpu.demo", "airflow_gpu.terminal"))}
 
 
 def test_no_command_is_a_usage_error(capsys):

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from airflow_gpu.decorators import GpuBatchDecoratedOperator
 from airflow_gpu.operators import GpuBatchOperator
 
 DAG_PATH = Path(__file__).resolve().parents[1] / "dags" / "gpu_recommendations.py"
@@ -29,7 +30,11 @@ def params_of(module, **overrides) -> dict:
 def test_dag_shape(module):
     dag = module.dag
     assert dag.dag_id == "gpu_recommendations"
-    assert [t.task_id for t in dag.topological_sort()] == ["prepare", "train", "publish"]
+    order = [t.task_id for t in dag.topological_sort()]
+    assert order[:2] == ["prepare", "train"] and sorted(order[2:]) == ["gpu_check", "publish"]
+    check = dag.get_task("gpu_check")
+    assert isinstance(check, GpuBatchDecoratedOperator) and check.upstream_task_ids == {"prepare", "train"}
+    assert check.deferrable is True
     train = dag.get_task("train")
     assert isinstance(train, GpuBatchOperator)
     assert train.deferrable is True

@@ -93,11 +93,19 @@ class JobState:
 
 @dataclass(frozen=True)
 class BackendTarget:
-    """Which job system to reach: the key of the shared watcher and of the connection cache."""
+    """Which job system to reach: the key of the shared watcher and of the connection cache.
+
+    ``standard_chain=True`` (the terminal) skips Airflow connections altogether: credentials come
+    from the standard AWS chain (environment, ``profile``, instance role) and ``endpoint_url``,
+    if given, is used for every service.
+    """
 
     backend: str = "aws_batch"
     conn_id: str | None = "aws_default"
     region_name: str | None = None
+    standard_chain: bool = False
+    profile: str | None = None
+    endpoint_url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -175,6 +183,10 @@ class JobBackend(abc.ABC):
         start when None), and the cursor to continue from. A job without logs, or a
         log stream that does not exist yet, gives an empty chunk, never an error.
         """
+
+    async def list_jobs(self, queue: str | None, statuses: Sequence[str]) -> list[JobState]:
+        """Jobs airflow-gpu submitted (they carry its idempotency tag), in ``statuses``; for ``airflow-gpu jobs``."""
+        raise JobSpecError(f"the {self.name} backend cannot list its jobs")
 
     def log_reader(self) -> LogReader | None:
         """A reader that fetches the new log lines of many jobs per call, for live streaming;

@@ -2,6 +2,7 @@
 
     airflow-gpu-worker als --input s3://bucket/interactions/ --output s3://bucket/als/run-1/
     airflow-gpu-worker run-script --script s3://bucket/jobs/train.py --input ... --output ...
+    airflow-gpu-worker run-function --payload s3://.../functions/SHA.json --sha256 SHA --result s3://.../
 
 A user's mistake ends with one line on stderr, ``airflow-gpu-worker: error: ...``, and
 exit code 2; progress goes to stderr as timestamped lines, which Batch sends to
@@ -170,12 +171,27 @@ def build_parser() -> argparse.ArgumentParser:
     script.add_argument("--script", required=True, metavar="URI", help="s3://bucket/path/script.py or a local .py file")
     script.add_argument("--input", default=None, metavar="URI", help="s3:// prefix or local folder copied into input/")
     script.add_argument("--output", required=True, metavar="URI", help="where output/ and manifest.json go")
+    script.add_argument("--sha256", default=None, help="refuse the script unless its bytes have this digest")
     script.add_argument("--workdir", default=None, help="working folder (default: a fresh temporary folder, removed after)")
     script.add_argument("--keep-workdir", action="store_true", help="keep the temporary working folder, inputs included, even on failure")
     script.add_argument("--keep-runs", type=_non_negative_int, default=DEFAULT_KEEP_RUNS, metavar="N",
                         help="after committing, delete committed runs/<id>/ folders older than the N newest; 0 keeps all")
     script.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the script, after --")
     script.set_defaults(handler=_run_script)
+
+    function = commands.add_parser(
+        "run-function",
+        help="run a function shipped by @task.gpu_batch",
+        description=(
+            "Fetch the payload @task.gpu_batch staged, refuse it unless its sha256 and Python version match, run "
+            "the function, and write result.json (or error.json with the traceback) under --result."
+        ),
+        parents=[quiet, s3],
+    )
+    function.add_argument("--payload", required=True, metavar="URI", help="the staged function document")
+    function.add_argument("--sha256", required=True, help="the payload's digest, as the DAG computed it")
+    function.add_argument("--result", required=True, metavar="URI", help="prefix for result.json or error.json")
+    function.set_defaults(handler=_run_function)
     return parser
 
 
@@ -240,10 +256,16 @@ def _run_script(args: argparse.Namespace) -> int:
     return asyncio.run(
         run_script_async(
             args.script, args.input, args.output, extra,
-            endpoint_url=args.endpoint_url, concurrency=args.concurrency, workdir=args.workdir,
+            endpoint_url=args.endpoint_url, concurrency=args.concurrency, workdir=args.workdir, sha256=args.sha256,
             keep_workdir=args.keep_workdir, keep_runs=args.keep_runs,
         )
     )
+
+
+def _run_function(args: argparse.Namespace) -> int:
+    from .function import run_function_async
+
+    return asyncio.run(run_function_async(args.payload, args.sha256, args.result, endpoint_url=args.endpoint_url))
 
 
 class _StderrHandler(logging.StreamHandler):

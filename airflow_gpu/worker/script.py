@@ -47,6 +47,18 @@ async def _fetch_script(uri: str, dest_dir: Path, endpoint_url: str | None) -> P
     return path
 
 
+def _verify_script(path: Path, expected: str) -> None:
+    """``airflow-gpu submit --script`` staged the script under its sha256: run exactly those bytes."""
+    import hashlib
+
+    actual = hashlib.sha256(path.read_bytes()).hexdigest()
+    if actual != expected.lower():
+        raise WorkerError(
+            f"script digest mismatch: expected sha256 {expected}, got {actual}; the staged script was changed "
+            "after it was submitted, so nothing was run. Submit it again."
+        )
+
+
 async def _fetch_inputs(store: Store, folder: Path, concurrency: int) -> tuple[int, int]:
     refs = await store.list()
     if not refs:
@@ -75,10 +87,11 @@ async def run_script_async(
     run_id: str | None = None,
     keep_workdir: bool = False,
     keep_runs: int = DEFAULT_KEEP_RUNS,
+    sha256: str | None = None,
 ) -> int:
     folder = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="airflow-gpu-script-"))
     try:
-        return await _run_in(folder, script, input_uri, output_uri, args, endpoint_url, concurrency, run_id, keep_runs)
+        return await _run_in(folder, script, input_uri, output_uri, args, endpoint_url, concurrency, run_id, keep_runs, sha256)
     finally:
         # A temporary folder holds the inputs too: never leave it behind, unless asked to (to debug).
         if not workdir and not keep_workdir:
@@ -97,6 +110,7 @@ async def _run_in(
     concurrency: int,
     run_id: str | None,
     keep_runs: int,
+    sha256: str | None,
 ) -> int:
     started = time.monotonic()
     folder.mkdir(parents=True, exist_ok=True)
@@ -106,6 +120,8 @@ async def _run_in(
     async with open_store(output_uri, endpoint_url=endpoint_url, concurrency=concurrency) as out:
         await out.read_small(MANIFEST)  # fail fast on a missing bucket or a denied prefix
         path = await _fetch_script(script, folder, endpoint_url)
+        if sha256:
+            _verify_script(path, sha256)
         count = size = 0
         if input_uri:
             async with open_store(input_uri, endpoint_url=endpoint_url, concurrency=concurrency) as source:

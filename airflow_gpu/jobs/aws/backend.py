@@ -23,7 +23,7 @@ import botocore.config
 import botocore.exceptions
 
 from airflow_gpu.jobs.aws.cloudwatch import CloudWatchLogReader
-from airflow_gpu.jobs.aws.connection import AwsConnection, forget_aws_connection, resolve_aws_connection
+from airflow_gpu.jobs.aws.connection import AwsConnection, forget_aws_connection, resolve_aws_connection, resolve_standard_chain
 from airflow_gpu.jobs.backend import (
     QUEUED_STATES,
     SUCCEEDED,
@@ -209,7 +209,10 @@ class AwsBatchBackend(JobBackend):
 
     @classmethod
     async def open(cls, target: BackendTarget) -> AwsBatchBackend:
-        connection = await resolve_aws_connection(target.conn_id, target.region_name)
+        if target.standard_chain:
+            connection = await resolve_standard_chain(target.profile, target.region_name, target.endpoint_url)
+        else:
+            connection = await resolve_aws_connection(target.conn_id, target.region_name)
         client = await cls._create_client(connection, "batch")
         backend = cls(connection, client)
         backend._region_asked = target.region_name  # the cache key the connection was resolved under
@@ -306,6 +309,26 @@ class AwsBatchBackend(JobBackend):
         ]
         raws.sort(key=lambda j: j.get("createdAt") or 0, reverse=True)
         return [parse_job(j) for j in raws]
+
+    async def list_jobs(self, queue: str | None, statuses: Sequence[str]) -> list[JobState]:
+        if not queue:
+            raise JobSpecError("AWS Batch lists jobs per queue: pass --queue.")
+        ids: list[str] = []
+        for status in statuses:  # ListJobs without a status lists RUNNING jobs only
+            token = None
+            while True:
+                kwargs: dict[str, Any] = {"jobQueue": queue, "jobStatus": status}
+                if token:
+                    kwargs["nextToken"] = token
+                page = await self.backoff.call(lambda: self._batch.list_jobs(**kwargs))
+                ids.extend(summary["jobId"] for summary in page.get("jobSummaryList", ()))
+                token = page.get("nextToken")
+                if not token:
+                    break
+        states: list[JobState] = []
+        for start in range(0, len(ids), self.describe_batch_size):
+            states.extend(await self.describe(ids[start : start + self.describe_batch_size]))
+        return [s for s in states if TAG_IDEMPOTENCY_KEY in s.tags]
 
     # -- watch ------------------------------------------------------------------------------------
 

@@ -263,6 +263,16 @@ class LocalBackend(JobBackend):
                 states.append(self._state(job_id, record))
         return states
 
+    async def list_jobs(self, queue: str | None, statuses: Sequence[str]) -> list[JobState]:
+        # There are no queues here: every job folder is listed, newest first (the ids sort by time).
+        def scan() -> list[JobState]:
+            if not self.state_dir.is_dir():
+                return []
+            ids = sorted((p.name for p in self.state_dir.iterdir() if p.is_dir()), key=lambda i: i.split("-", 1)[-1], reverse=True)
+            return [s for s in self._describe(ids) if s.status in statuses]
+
+        return await asyncio.to_thread(scan)
+
     def _read(self, folder: Path) -> _Record | None:
         job = records.read_json(str(folder / records.JOB_FILE))
         if job is None:

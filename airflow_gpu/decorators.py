@@ -1,0 +1,146 @@
+"""``@task.gpu_batch``: a Python function run inside the GPU container, as a GpuBatchOperator task.
+
+    from airflow.sdk import task
+
+    @task.gpu_batch(job_queue="gpu", job_definition="airflow-gpu-worker", gpus=1, staging_prefix="s3://b/staging/")
+    def train(rows: int) -> dict:
+        import torch  # imports inside the function: only its source travels
+        ...
+        return {"loss": 0.1}
+
+The operator does everything it does for any job (JobSpec checks, reattach, deferral, live
+logs, links, termination on kill/clear/timeout/max_queued); this class only decides the
+command. At execute it stages the function's source and its (rendered) arguments as one JSON
+document under ``<staging_prefix>/functions/<sha256>/`` and runs
+``airflow-gpu-worker run-function --payload URI --sha256 DIGEST --result PREFIX``. On
+success the task returns what the function returned (see :mod:`airflow_gpu.shipping` for what
+can be passed and returned); on failure the error carries the remote traceback.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable, Collection, Mapping, Sequence
+
+from airflow.sdk.bases.decorator import DecoratedOperator, task_decorator_factory
+from airflow.sdk.exceptions import AirflowException
+
+from airflow_gpu.config import staging_prefix
+from airflow_gpu.exceptions import GpuFunctionFailed
+from airflow_gpu.jobs.backend import SUCCEEDED, JobState
+from airflow_gpu.jobs.spec import JobSpecError
+from airflow_gpu.operators import GpuBatchOperator, _identity
+from airflow_gpu.outputs import ObjectStore
+from airflow_gpu.shipping import ResultMissing, function_payload, read_error, read_result, result_prefix, stage
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+    from airflow.sdk.bases.decorator import TaskDecorator
+
+
+class GpuBatchDecoratedOperator(DecoratedOperator, GpuBatchOperator):
+    """GpuBatchOperator whose command runs the decorated function (``run-function``).
+
+    :param staging_prefix: where the function and its results are staged (``s3://bucket/prefix/``,
+        or a folder for ``backend="local"``); else ``[airflow_gpu] staging_prefix``, else
+        ``$AIRFLOW_GPU_STAGING_PREFIX``. The job's role must read and write it.
+    """
+
+    custom_operator_name = "@task.gpu_batch"
+    template_fields: Sequence[str] = tuple(
+        dict.fromkeys((*DecoratedOperator.template_fields, *GpuBatchOperator.template_fields, "staging_prefix"))
+    )
+    template_fields_renderers = {**GpuBatchOperator.template_fields_renderers, **DecoratedOperator.template_fields_renderers}
+
+    def __init__(
+        self,
+        *,
+        python_callable: Callable,
+        op_args: Collection[Any] | None = None,
+        op_kwargs: Mapping[str, Any] | None = None,
+        staging_prefix: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if kwargs.get("command") is not None:
+            raise JobSpecError("@task.gpu_batch builds the job's command itself; drop command= (use GpuBatchOperator for a command).")
+        if kwargs.get("output_uri") is not None:
+            raise JobSpecError("@task.gpu_batch returns the function's value, not a manifest; drop output_uri=.")
+        self.staging_prefix = staging_prefix
+        self._results: str | None = None
+        super().__init__(python_callable=python_callable, op_args=op_args, op_kwargs=op_kwargs, **kwargs)
+
+    @property
+    def _store(self) -> ObjectStore:
+        return ObjectStore(self.aws_conn_id, self.region_name)
+
+    def _ship(self, context: Context) -> None:
+        """Stage the payload (same call, same bytes, same key) and point the command at it."""
+        prefix = staging_prefix(self.staging_prefix)
+        payload = function_payload(
+            self.get_python_source(), self.python_callable.__name__, list(self.op_args), dict(self.op_kwargs),
+            multiple_outputs=self.multiple_outputs,
+        )
+        staged = stage(self._store, prefix, "functions", payload, "function.json")
+        self._results = result_prefix(prefix, _identity(context).idempotency_key, staged.sha256)
+        # The argv of the image's entrypoint; the local backend puts that entrypoint in front itself.
+        self.command = ["run-function", "--payload", staged.uri, "--sha256", staged.sha256, "--result", self._results]
+        endpoint = self._local_s3_endpoint(prefix)
+        if endpoint:
+            self.command += ["--endpoint-url", endpoint]
+        self.log.info("Staged %s() as %s", self.python_callable.__name__, staged.uri)
+
+    def _local_s3_endpoint(self, prefix: str) -> str | None:
+        """A local job runs on this machine and reaches S3 where this task's connection does (a test or
+        demo server); a Batch job uses its own region's S3."""
+        if self.backend != "local" or not prefix.startswith("s3://"):
+            return None
+        from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+        return S3Hook(aws_conn_id=self.aws_conn_id, region_name=self.region_name).conn_config.get_service_endpoint_url("s3")
+
+    def execute(self, context: Context) -> Any:
+        self._check_fields(skip_templates=False)  # a bad job_queue fails before anything is staged
+        self._ship(context)
+        return super().execute(context)
+
+    def execute_complete(self, context: Context, event: Mapping[str, Any] | None = None, reattached: bool = False) -> Any:
+        # A new operator object resumes: the command and result prefix are derived again from the
+        # same rendered arguments (so the same digest), in case a fresh job must be submitted.
+        self._ship(context)
+        return super().execute_complete(context, event, reattached)
+
+    def _finish(self, state: JobState, lines: Sequence[str]) -> Any:
+        if state.status != SUCCEEDED and self._results:
+            try:
+                remote = read_error(self._store, self._results, state.job_id)
+            except Exception as exc:
+                self.log.warning("Could not read the function's error record: %s", exc)
+                remote = None
+            if remote is not None:
+                raise GpuFunctionFailed(state, lines, remote)
+        return super()._finish(state, lines)
+
+    def _result(self, state: JobState) -> Any:
+        assert self._results is not None
+        try:
+            value = read_result(self._store, self._results, state.job_id)
+        except ResultMissing as exc:
+            raise AirflowException(
+                f"Job {state.job_id} SUCCEEDED but the function left {exc}; was the job's image running "
+                "airflow-gpu-worker run-function?"
+            ) from None
+        self.log.info("Job %s SUCCEEDED; %s() returned", state.job_id, self.python_callable.__name__)
+        return value
+
+
+def gpu_batch_task(python_callable: Callable | None = None, multiple_outputs: bool | None = None, **kwargs: Any) -> TaskDecorator:
+    """``@task.gpu_batch(...)``: takes GpuBatchOperator's parameters (but ``command``/``output_uri``)
+    and ``staging_prefix``."""
+    return task_decorator_factory(
+        python_callable=python_callable,
+        multiple_outputs=multiple_outputs,
+        decorated_operator_class=GpuBatchDecoratedOperator,
+        **kwargs,
+    )
+
+
+__all__ = ["GpuBatchDecoratedOperator", "gpu_batch_task"]
