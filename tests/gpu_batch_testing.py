@@ -95,6 +95,14 @@ async def collect_events(trigger, timeout: float = 30) -> list[dict[str, Any]]:
         await trigger.cleanup()
 
 
+def in_triggerer(trigger, ti: FakeTaskInstance | None = None):
+    """The trigger as a triggerer runs it: with its task instance set. Without one a trigger runs
+    inline (``dag.test``), where it closes its loop's idle clients as it fires instead of keeping
+    them through the grace period for the next trigger."""
+    trigger.task_instance = ti or FakeTaskInstance()
+    return trigger
+
+
 def fire(trigger, timeout: float = 30) -> dict[str, Any]:
     """Run a trigger on its own loop, as a triggerer would, and return its one event."""
     events = run_blocking(lambda: collect_events(trigger, timeout))

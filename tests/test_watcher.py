@@ -16,7 +16,7 @@ from airflow_gpu.jobs.aws.backend import AwsBatchBackend
 from airflow_gpu.jobs.backend import BackendTarget
 from airflow_gpu.jobs.watcher import JobWatcher
 from airflow_gpu.triggers import GpuBatchJobTrigger
-from gpu_batch_testing import aws_conn, collect_events, fast_watcher, submit_raw  # noqa: F401
+from gpu_batch_testing import aws_conn, collect_events, fast_watcher, in_triggerer, submit_raw  # noqa: F401
 from moto_aws import iter_describe_cycles
 from waiting import wait_until
 
@@ -151,7 +151,7 @@ async def test_client_closes_after_the_last_watch_and_a_grace_period(moto_aws, g
     moto_aws.batch.hold("RUNNING")
     first, second = submit_raw(moto_aws, gpu_batch, "a"), submit_raw(moto_aws, gpu_batch, "b")
     moto_aws.batch.set_status(first, "SUCCEEDED")
-    [event] = await collect_events(GpuBatchJobTrigger(first, poll_interval=0.1))
+    [event] = await collect_events(in_triggerer(GpuBatchJobTrigger(first, poll_interval=0.1)))
     assert event["status"] == "SUCCEEDED"
     [watcher] = JobWatcher.active()
     backend = watcher.backend_instance
@@ -159,7 +159,7 @@ async def test_client_closes_after_the_last_watch_and_a_grace_period(moto_aws, g
 
     # ...so a trigger arriving meanwhile reuses the client.
     moto_aws.batch.set_status(second, "SUCCEEDED")
-    await collect_events(GpuBatchJobTrigger(second, poll_interval=0.1))
+    await collect_events(in_triggerer(GpuBatchJobTrigger(second, poll_interval=0.1)))
     assert opened["open"] == 1
 
     await wait_until(lambda: backend.closed)  # then it closes by itself

@@ -16,7 +16,7 @@ from conftest import FAULT_TALLY
 from fault_proxy import batch_action
 from airflow_gpu.exceptions import GpuJobFailed
 from airflow_gpu.operators import GpuBatchOperator
-from gpu_batch_testing import SECRET_KEY, collect_events, fast_watcher, make_context, submit_raw  # noqa: F401
+from gpu_batch_testing import SECRET_KEY, collect_events, fast_watcher, in_triggerer, make_context, submit_raw  # noqa: F401
 from waiting import wait_until
 
 DESCRIBE = batch_action("DescribeJobs")
@@ -44,7 +44,7 @@ async def _start(moto_aws, gpu_batch, n: int, extra_ids: tuple[str, ...] = ()):
     moto_aws.batch.hold("RUNNING")
     job_ids = [submit_raw(moto_aws, gpu_batch, f"job-{i}") for i in range(n)]
     tasks = {
-        job_id: asyncio.create_task(collect_events(GpuBatchJobTrigger(job_id, poll_interval=0.1), timeout=60))
+        job_id: asyncio.create_task(collect_events(in_triggerer(GpuBatchJobTrigger(job_id, poll_interval=0.1)), timeout=60))
         for job_id in [*job_ids, *extra_ids]
     }
     return job_ids, tasks
