@@ -27,7 +27,7 @@ from .matrix import DEFAULT_ALPHA, Interactions
 from .train import AUTO_REGULARIZATION_SHARE, TrainResult
 from .tune import TuneResult
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # for the signatures only: the pipeline imports this module, not the other way round
     from .pipeline import AlsConfig
 
 log = logging.getLogger("airflow_gpu.worker")

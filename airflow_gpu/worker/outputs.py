@@ -26,7 +26,7 @@ from .report import render
 from .storage import MiB
 from .train import TrainResult
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # for the signatures only: the pipeline imports this module, not the other way round
     from .pipeline import AlsConfig
 
 log = logging.getLogger("airflow_gpu.worker")

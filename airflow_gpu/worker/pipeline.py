@@ -1,4 +1,4 @@
-"""The ``als`` job from input URI to committed manifest: the stages in order, timed, and nothing else.
+"""The ``als`` job from input URI to committed manifest: its settings, and the stages in order, timed.
 
 ingest -> matrix -> split -> tune -> weighting -> train -> evaluate -> outputs -> publish.
 What each stage does lives in its module; how the outputs are laid out in ``outputs``, and
