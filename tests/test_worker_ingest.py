@@ -16,6 +16,7 @@ import pytest
 from airflow_gpu.worker import storage
 from airflow_gpu.worker.errors import WorkerError
 from airflow_gpu.worker.ingest import Columns, ingest
+from airflow_gpu.worker.matrix import MatrixBuilder
 
 BUCKET = "data"
 
@@ -64,7 +65,38 @@ def as_sums(interactions) -> dict:
 
 
 def run(uri: str, columns=Columns("user", "item", "w"), **kwargs):
-    return asyncio.run(ingest(uri, columns, progress_interval=0.05, **kwargs))
+    """Ingest into a matrix builder, then build: the two stages as the pipeline chains them."""
+    builder = MatrixBuilder(columns.user, columns.item)
+    stats = asyncio.run(ingest(uri, columns, builder, progress_interval=0.05, **kwargs))
+    return builder.build(), stats
+
+
+class RecordingSink:
+    """A row sink that keeps what ingest hands it, per object: (rows, users, items, weights)."""
+
+    def __init__(self) -> None:
+        self.objects: dict[int, tuple] = {}
+
+    def add(self, users, items, weights, *, seq):
+        assert seq not in self.objects, f"object {seq} handed over twice"
+        self.objects[seq] = (len(users), users.to_pylist(), items.to_pylist(), None if weights is None else weights.tolist())
+
+
+def test_ingest_hands_each_objects_checked_rows_to_the_sink_in_listing_positions(tmp_path):
+    # Three objects and an empty one: each listing position is handed over once, the empty one
+    # with no rows, and the rows are the checked ones (the null id dropped), with float32 weights.
+    table = pa.table({"user": ["a", "b", None, "c"], "item": ["x", "y", "z", "x"], "w": [1.0, 2.0, 3.0, 4.0]})
+    (tmp_path / "0.parquet").write_bytes(encode(table.slice(0, 2), "parquet"))
+    (tmp_path / "1.parquet").write_bytes(b"")
+    (tmp_path / "2.parquet").write_bytes(encode(table.slice(2, 2), "parquet"))
+    sink = RecordingSink()
+    stats = asyncio.run(ingest(str(tmp_path), Columns("user", "item", "w"), sink, progress_interval=0.05))
+    assert sink.objects == {
+        0: (2, ["a", "b"], ["x", "y"], [1.0, 2.0]),
+        1: (0, [], [], None),
+        2: (1, ["c"], ["x"], [4.0]),
+    }
+    assert (stats.objects, stats.empty_objects, stats.rows_read, stats.null_id_rows) == (3, 1, 4, 1)
 
 
 @pytest.mark.parametrize("fmt", ["parquet", "orc", "csv"])

@@ -20,6 +20,7 @@ from airflow_gpu.demo.synthetic import synthetic_interactions, write_shards
 from airflow_gpu.worker import storage
 from airflow_gpu.worker.__main__ import main
 from airflow_gpu.worker.ingest import Columns
+from airflow_gpu.worker.metrics import json_bytes
 from airflow_gpu.worker.pipeline import AlsConfig, run_als
 from airflow_gpu.worker.train import TrainParams
 
@@ -103,6 +104,20 @@ def test_als_end_to_end_on_s3(moto_aws, tmp_path, interactions, capsys):
     assert evaluation["als"]["precision_at_10"] > evaluation["popularity"]["precision_at_10"]
     report = s3_bytes(s3, "out", "als/" + manifest["report"]).decode()
     assert report.count("<svg") >= 3 and "<script" not in report and "https://" not in report
+
+
+def test_the_returned_metrics_are_the_document_metrics_json_holds(tmp_path, interactions):
+    # One document, assembled once: what run_als returns is what was written and what the
+    # report was drawn from, stages and total time included (publish's own time is only logged).
+    write_shards(interactions, tmp_path / "in", "parquet", objects=2)
+    out = tmp_path / "out"
+    run = run_als(AlsConfig(input=str(tmp_path / "in"), output=str(out), columns=Columns(weight="plays"),
+                            train=TrainParams(factors=8, iterations=2), eval_holdout=0.2))
+    written = json.loads((out / run.manifest["metrics"]).read_text())
+    assert json.loads(json_bytes(run.metrics)) == written
+    assert list(written["stages"]) == ["ingest", "matrix", "split", "weighting", "train", "evaluate", "recommend",
+                                       "similar_items", "id_maps", "factors"]
+    assert written["ingest"]["build_seconds"] == written["stages"]["matrix"]
 
 
 def test_rerun_replaces_the_manifest_only_at_the_end(tmp_path, interactions, monkeypatch):

@@ -1,10 +1,13 @@
-"""Objects to interactions: download, decode to Arrow and encode, all overlapped.
+"""Objects to checked rows: download and decode to Arrow, overlapped, each object's rows handed on as it is decoded.
 
 Downloads run on the event loop with bounded concurrency; each object is decoded to
 Arrow (only the needed columns) in a thread pool as soon as its bytes arrive, checked,
-and handed to the ``MatrixBuilder``, which keeps only int32 codes and float32 weights.
+and handed to the caller's ``RowSink`` (the pipeline passes a ``matrix.MatrixBuilder``,
+which keeps only int32 codes and float32 weights, and builds the CSR in the next stage).
+Handing rows on object by object, rather than returning them all, is what keeps the
+peak low: no object's decoded table outlives its own decoding.
 A byte budget bounds the raw bytes held at once: a download waits for budget before it
-starts, and gives it back once its object is decoded and encoded.
+starts, and gives it back once its object is decoded and handed on.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -25,7 +29,7 @@ import pyarrow.compute as pc
 
 from ..contract import format_from_name
 from .errors import WorkerError
-from .matrix import Interactions, MatrixBuilder, id_value_type
+from .matrix import id_value_type
 from .memory import bound_allocators
 from .storage import MiB, ObjectRef, Store, gather_or_cancel, open_store
 
@@ -58,8 +62,7 @@ class IngestStats:
     invalid_weight_rows: int = 0
     zero_weight_rows: int = 0
     formats: dict = field(default_factory=dict)
-    seconds: float = 0.0  # listing, downloading, decoding and encoding ids
-    build_seconds: float = 0.0  # the CSR: placing rows, sorting and summing duplicates
+    seconds: float = 0.0  # listing, downloading, decoding, and the sink's work on each object's rows
 
     def as_dict(self) -> dict:
         return {
@@ -72,7 +75,6 @@ class IngestStats:
             "zero_weight_rows_dropped": self.zero_weight_rows,
             "formats": dict(self.formats),
             "seconds": round(self.seconds, 4),
-            "build_seconds": round(self.build_seconds, 4),
             "mb_per_s": round(self.bytes / MiB / self.seconds, 2) if self.seconds else None,
             "rows_per_s": round(self.rows_read / self.seconds) if self.seconds else None,
         }
@@ -356,9 +358,20 @@ def megabytes_per_second(size: int, seconds: float) -> str:
     return f"{rate:.2g}"
 
 
+class RowSink(Protocol):
+    """Where ingest hands each object's checked rows, from the decoding threads (so: thread-safe).
+
+    ``seq`` is the object's position in the listing; every position from 0 up is handed
+    over once, an empty object's (with no rows) too, so the sink can keep listing order.
+    """
+
+    def add(self, users: pa.ChunkedArray, items: pa.ChunkedArray, weights: np.ndarray | None, *, seq: int) -> None: ...
+
+
 async def ingest(
     uri: str,
-    columns: Columns = Columns(),
+    columns: Columns,
+    sink: RowSink,
     *,
     fmt: str = "auto",
     endpoint_url: str | None = None,
@@ -367,46 +380,33 @@ async def ingest(
     threads: int | None = None,
     memory_budget: int | None = None,
     progress_interval: float = 5.0,
-) -> tuple[Interactions, IngestStats]:
-    """Read every object under ``uri`` into the summed user x item matrix."""
+) -> IngestStats:
+    """Read every object under ``uri``, handing each one's rows to ``sink`` as soon as they are decoded and checked."""
     if fmt not in FORMATS:
         raise WorkerError(f"unknown --format '{fmt}'; use one of {', '.join(FORMATS)}")
     bound_allocators()
     started = time.monotonic()
     stats = IngestStats()
-    builder = MatrixBuilder(columns.user, columns.item)
     async with open_store(uri, endpoint_url=endpoint_url, concurrency=concurrency) as store:
         refs = await store.list()
         if not refs:
             raise WorkerError(f"no data objects under {uri}; check --input (a missing prefix and an empty one look the same)")
         stats.objects = len(refs)
         log.info("ingest: %d objects, %.1f MB under %s", len(refs), sum(r.size for r in refs) / MiB, uri)
-        await _stream(store, refs, builder, stats, columns, fmt, concurrency, drop_invalid, threads, memory_budget, progress_interval)
+        await _stream(store, refs, sink, stats, columns, fmt, concurrency, drop_invalid, threads, memory_budget, progress_interval)
         if stats.empty_objects == len(refs):
             shown = ", ".join(store.ref_uri(r) for r in refs[:3]) + (", ..." if len(refs) > 3 else "")
             if len(refs) == 1:
                 raise WorkerError(f"{shown} is empty (0 bytes), the only object under {uri}; check the export that wrote it")
             raise WorkerError(f"all {len(refs)} objects under {uri} are empty (0 bytes): {shown}; check the export that wrote them")
     stats.seconds = time.monotonic() - started
-    log.info("matrix: building the CSR from %s rows", f"{builder.rows:,}")
-    started = time.monotonic()
-    interactions = await asyncio.to_thread(builder.build)
-    stats.build_seconds = time.monotonic() - started
-    log.info(
-        "matrix: done in %.1fs: %s users x %s items, %s interactions (%s duplicates summed)",
-        stats.build_seconds,
-        f"{interactions.users:,}",
-        f"{interactions.items:,}",
-        f"{interactions.matrix.nnz:,}",
-        f"{interactions.duplicates:,}",
-    )
-    return interactions, stats
+    return stats
 
 
 async def _stream(
     store: Store,
     refs: list[ObjectRef],
-    builder: MatrixBuilder,
+    sink: RowSink,
     stats: IngestStats,
     columns: Columns,
     fmt: str,
@@ -431,7 +431,7 @@ async def _stream(
         del data
         checked = check(table, columns, uri, drop_invalid)
         del table
-        builder.add(checked.users, checked.items, checked.weights, seq=seq)
+        sink.add(checked.users, checked.items, checked.weights, seq=seq)
         with counting:
             stats.rows_read += checked.rows
             stats.null_id_rows += checked.null_ids
@@ -445,7 +445,7 @@ async def _stream(
         if ref.size == 0:
             # Exports leave empty parts behind; they hold no rows, whatever their format.
             log.warning("ingest: %s is empty (0 bytes); skipped", store.ref_uri(ref))
-            builder.add(pa.chunked_array([], pa.int64()), pa.chunked_array([], pa.int64()), None, seq=seq)
+            sink.add(pa.chunked_array([], pa.int64()), pa.chunked_array([], pa.int64()), None, seq=seq)
             stats.empty_objects += 1
             stats.objects_read += 1
             return

@@ -1,5 +1,9 @@
 """Ids to dense indices, the user x item CSR matrix, and confidence weighting.
 
+The pipeline owns a ``MatrixBuilder`` and hands it to ingest as its row sink: ingest adds
+each object's rows while it decodes the next ones, and once ingest is done the pipeline
+calls ``build()``, the matrix stage, which turns the collected codes into the CSR.
+
 Ids are mapped with Arrow dictionary encoding, never with Python objects: each decoded
 object is encoded on its own (in the decoding thread), and the per-object dictionaries
 are folded into one global dictionary from time to time. Folding concatenates the global
@@ -16,6 +20,7 @@ scipy's counting sort, so the peak is about 20 bytes per interaction plus the id
 
 from __future__ import annotations
 
+import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -26,6 +31,8 @@ import pyarrow.compute as pc
 import scipy.sparse
 
 from .errors import WorkerError
+
+log = logging.getLogger("airflow_gpu.worker")
 
 WEIGHTINGS = ("bm25", "log", "linear", "none")
 # Chosen on synthetic latent-taste data with heavy-tailed play counts (benchmarks/README.md,
@@ -221,6 +228,8 @@ class MatrixBuilder:
             self.rows += len(user_codes)
 
     def build(self) -> Interactions:
+        """The summed CSR of every row added; call it once, after the last ``add``."""
+        log.info("matrix: building the CSR from %s rows", f"{self.rows:,}")
         # The two final folds hash different columns: run them side by side.
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="fold") as pool:
             user_values, item_values = pool.map(IdDictionary.finish, (self.user_ids, self.item_ids))
@@ -249,7 +258,12 @@ class MatrixBuilder:
             f"the weights of user {user_values[u].as_py()!r} and item {item_values[i].as_py()!r} sum to more than "
             f"float32 holds ({FLOAT32_MAX:.4g}); scale the weights down, or aggregate them before the export"
         ))
-        return Interactions(matrix, user_values, item_values, rows, rows - matrix.nnz)
+        interactions = Interactions(matrix, user_values, item_values, rows, rows - matrix.nnz)
+        log.info(
+            "matrix: %s users x %s items, %s interactions (%s duplicates summed)",
+            f"{interactions.users:,}", f"{interactions.items:,}", f"{matrix.nnz:,}", f"{interactions.duplicates:,}",
+        )
+        return interactions
 
     @staticmethod
     def _gather(parts: list[_Part], rows: int) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:

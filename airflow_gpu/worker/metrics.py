@@ -1,0 +1,189 @@
+"""The run's metrics document (metrics.json, and what ``run_als`` returns), and the stage clock it reports.
+
+The document is assembled once, by ``document``, when everything it reports is known: for a
+run that writes, that is inside the publish stage, after the last part is uploaded and before
+metrics.json is; so ``stages`` lists every stage but publish itself, whose time only the log
+shows (a file cannot hold the time it takes to write it and commit it). The same dict is
+written and returned, so what a caller reads is what the report was drawn from.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import platform
+import sys
+import time
+from dataclasses import asdict
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pyarrow as pa
+
+from .ingest import Columns, IngestStats
+from .matrix import DEFAULT_ALPHA, Interactions
+from .train import AUTO_REGULARIZATION_SHARE, TrainResult
+from .tune import TuneResult
+
+if TYPE_CHECKING:  # for the signatures only: the pipeline imports this module, not the other way round
+    from .pipeline import AlsConfig
+
+log = logging.getLogger("airflow_gpu.worker")
+
+
+class Stages:
+    """Wall time per stage, in order, logged as each one ends."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        started = time.monotonic()
+        yield
+        self.seconds[name] = round(self.seconds.get(name, 0.0) + time.monotonic() - started, 4)
+        log.info("%s: %.2fs", name, self.seconds[name])
+
+
+def document(
+    config: AlsConfig,
+    *,
+    run_id: str,
+    started_at: datetime,
+    ingest: IngestStats,
+    interactions: Interactions,
+    training: TrainResult,
+    weighting: str,
+    alpha: float | None,
+    evaluation: dict | None,
+    tuning: TuneResult | None,
+    counts: dict,
+    extras: dict,
+    stages: dict[str, float],
+    total_seconds: float,
+) -> dict:
+    """The metrics document; ``extras`` holds samples, distributions, job and gpu, computed by the pipeline.
+
+    Keys keep the order metrics.json has always had: readers diff documents across runs.
+    """
+    matrix = interactions.matrix
+    train_seconds = stages.get("train", 0.0)
+    recommend_seconds = stages.get("recommend", 0.0)
+    ingest_figures = ingest.as_dict()
+    return {
+        "run_id": run_id,
+        "started_at": started_at.isoformat(timespec="seconds"),
+        "input": config.input,
+        "output": config.output,
+        "counts": {
+            "objects": ingest.objects,
+            "bytes_read": ingest.bytes,
+            "rows_read": ingest.rows_read,
+            "null_id_rows_dropped": ingest.null_id_rows,
+            "invalid_weight_rows_dropped": ingest.invalid_weight_rows,
+            "zero_weight_rows_dropped": ingest.zero_weight_rows,
+            # rows kept (after the drops above), duplicates included; "pairs" sums duplicates into one.
+            "interactions": interactions.rows,
+            "duplicates_summed": interactions.duplicates,
+            "pairs": int(matrix.nnz),
+            "users": interactions.users,
+            "items": interactions.items,
+            "density": round(matrix.nnz / max(interactions.users * interactions.items, 1), 8),
+            "recommendations": counts.get("recommendations", 0),
+            "similar_items": counts.get("similar_items", 0),
+        },
+        "stages": dict(stages),
+        "throughput": {
+            "ingest_mb_per_s": ingest_figures["mb_per_s"],
+            "ingest_rows_per_s": ingest_figures["rows_per_s"],
+            "train_pairs_per_s_per_iteration": round(matrix.nnz * training.iterations_run / train_seconds) if train_seconds else None,
+            "recommend_users_per_s": round(interactions.users / recommend_seconds) if recommend_seconds else None,
+        },
+        "training": {
+            "device": training.device,
+            "factors": config.train.factors,
+            "iterations": config.train.iterations,  # the maximum
+            "iterations_run": training.iterations_run,
+            "stop_reason": training.stop_reason,
+            "early_stop": config.train.early_stop,
+            "patience": config.train.patience,
+            "regularization": training.regularization,  # as trained: auto resolved to a number
+            "regularization_auto": config.train.regularization is None,
+            "weighting": weighting,  # as trained: the search's choice when --tune
+            "alpha": alpha if alpha is not None else DEFAULT_ALPHA.get(weighting),
+            "seconds": round(training.seconds, 4),
+            "loss": training.loss,
+            "iteration_seconds": [round(s, 4) for s in training.iteration_seconds],
+            "regularization_share": (
+                tuning.choice.share if tuning is not None
+                else AUTO_REGULARIZATION_SHARE if config.train.regularization is None else None
+            ),
+        },
+        "evaluation": evaluation,
+        "ingest": _ingest_figures(ingest_figures, stages),
+        "params": config.params(),
+        "versions": versions(),
+        "tuning": _tuning(tuning, stages),
+        "samples": extras["samples"],
+        "distributions": extras["distributions"],
+        "job": extras["job"],
+        "gpu": extras["gpu"],
+        "total_seconds": round(total_seconds, 4),
+    }
+
+
+def _ingest_figures(figures: dict, stages: dict[str, float]) -> dict:
+    """Ingest's own figures, with the CSR build (the matrix stage) beside its seconds, where readers find it."""
+    out = {}
+    for key, value in figures.items():
+        out[key] = value
+        if key == "seconds":
+            out["build_seconds"] = stages.get("matrix", 0.0)
+    return out
+
+
+def _tuning(tuning: TuneResult | None, stages: dict[str, float]) -> dict | None:
+    """The search's grid, scores and choice, with its cost measured against the final training."""
+    if tuning is None:
+        return None
+    figures = tuning.as_dict()
+    train_seconds = stages.get("train")
+    figures["share_of_training"] = round(tuning.seconds / train_seconds, 4) if train_seconds else None
+    return figures
+
+
+def versions() -> dict:
+    import aiobotocore
+    import botocore
+    import implicit
+    import scipy
+
+    from .. import __version__
+
+    return {
+        "airflow_gpu": __version__,
+        "python": platform.python_version(),
+        "implicit": implicit.__version__,
+        "numpy": np.__version__,
+        "scipy": scipy.__version__,
+        "pyarrow": pa.__version__,
+        "aiobotocore": aiobotocore.__version__,
+        "botocore": botocore.__version__,
+        "platform": f"{sys.platform}-{platform.machine()}",
+    }
+
+
+def json_bytes(metrics: dict) -> bytes:
+    return json.dumps(metrics, indent=2, default=_json_default).encode()
+
+
+def _json_default(value):
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return float(value)
+    if isinstance(value, Columns):
+        return asdict(value)
+    raise TypeError(f"cannot write {type(value).__name__} to JSON")

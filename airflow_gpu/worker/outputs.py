@@ -1,0 +1,174 @@
+"""The output layout: which datasets a run writes, in which parts, and what the manifest says of them.
+
+``write_datasets`` computes recommendations and similar items batch by batch (computing one
+batch while the last one uploads) and writes the id maps and factors; ``commit`` writes
+metrics.json and report.html and then the manifest, through ``publish.Publisher``, which
+owns the run folder and the commit point. Without a publisher (``--output`` unset) every
+batch is still computed and counted, and nothing is written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pyarrow as pa
+
+from .matrix import Interactions
+from .metrics import Stages, json_bytes
+from .publish import Publisher, parquet_bytes
+from .recommend import long_table, similar_items, top_n
+from .report import render
+from .storage import MiB
+from .train import TrainResult
+
+if TYPE_CHECKING:  # for the signatures only: the pipeline imports this module, not the other way round
+    from .pipeline import AlsConfig
+
+log = logging.getLogger("airflow_gpu.worker")
+
+# Rows per part of the id maps: an int32 and an id each, so parts stay tens of MB.
+_ID_MAP_PART_ROWS = 4_000_000
+
+
+async def write_datasets(
+    config: AlsConfig, interactions: Interactions, training: TrainResult, publisher: Publisher | None, stages: Stages, on_model
+) -> dict:
+    """Recommendations, similar items, id maps and factors; returns the rows of the first two."""
+    counts = {"recommendations": 0, "similar_items": 0}
+    users, items = interactions.users, interactions.items
+    matrix = interactions.matrix
+    user_ids, item_ids = interactions.user_ids, interactions.item_ids
+
+    async def emit(dataset: str, build, *args) -> int:
+        table = await asyncio.to_thread(build, *args)
+        if publisher is None:
+            return table.num_rows
+        data = await asyncio.to_thread(parquet_bytes, table)
+        await publisher.submit(publisher.next_part(dataset), data, kind=dataset, rows=table.num_rows)
+        return table.num_rows
+
+    async def batched(dataset: str, total: int, batch: int, compute, build) -> int:
+        rows, pending, done, last_log = 0, None, 0, time.monotonic()
+        for start in range(0, total, batch):
+            index = np.arange(start, min(start + batch, total), dtype=np.int32)
+            result = await on_model(compute, index)
+            if pending is not None:
+                rows += await pending
+            pending = asyncio.ensure_future(emit(dataset, build, index, *result))
+            done = index[-1] + 1
+            if time.monotonic() - last_log >= config.progress_interval:
+                log.info("%s: %s/%s done", dataset, f"{done:,}", f"{total:,}")
+                last_log = time.monotonic()
+        if pending is not None:
+            rows += await pending
+        return rows
+
+    with stages("recommend"):
+        counts["recommendations"] = await batched(
+            "recommendations", users, config.batch_users,
+            lambda idx: top_n(training.model, matrix, idx, config.top_n),
+            lambda idx, ids, scores: long_table(user_ids, idx, item_ids, ids, scores, ("user_id", "item_id")),
+        )
+        log.info("recommend: %s rows for %s users", f"{counts['recommendations']:,}", f"{users:,}")
+    if config.similar_n:
+        with stages("similar_items"):
+            counts["similar_items"] = await batched(
+                "similar_items", items, config.batch_users,
+                lambda idx: similar_items(training.model, idx, config.similar_n),
+                lambda idx, ids, scores: long_table(item_ids, idx, item_ids, ids, scores, ("item_id", "similar_item_id")),
+            )
+    if publisher is not None:
+        with stages("id_maps"):
+            # Dense index -> original id, the row order of the factor matrices.
+            for dataset, column, ids in (("user_ids", "user_id", user_ids), ("item_ids", "item_id", item_ids)):
+                for start in range(0, len(ids), _ID_MAP_PART_ROWS):
+                    await emit(dataset, _id_map_table, column, ids, start, start + _ID_MAP_PART_ROWS)
+    if config.write_factors and publisher is not None:
+        with stages("factors"):
+            for dataset, column, ids, factors in (
+                ("user_factors", "user_id", user_ids, await on_model(training.user_factors)),
+                ("item_factors", "item_id", item_ids, await on_model(training.item_factors)),
+            ):
+                per_part = max(1, (64 * MiB) // max(factors.shape[1] * 4, 1))
+                for start in range(0, len(factors), per_part):
+                    await emit(dataset, _factor_table, column, ids, factors, start, start + per_part)
+    return counts
+
+
+def _id_map_table(name: str, ids: pa.Array, start: int, end: int) -> pa.Table:
+    column = ids.slice(start, end - start)
+    if pa.types.is_large_string(column.type):
+        column = column.cast(pa.string())
+    return pa.table({"index": pa.array(np.arange(start, start + len(column), dtype=np.int32)), name: column})
+
+
+def _factor_table(name: str, ids: pa.Array, factors: np.ndarray, start: int, end: int) -> pa.Table:
+    """Rows of (original id, vector): row i of the factor matrix belongs to ids[i]."""
+    block = np.ascontiguousarray(factors[start:end], dtype=np.float32)
+    vectors = pa.FixedSizeListArray.from_arrays(pa.array(block.reshape(-1)), factors.shape[1])
+    column = ids.slice(start, end - start)
+    if pa.types.is_large_string(column.type):
+        column = column.cast(pa.string())
+    return pa.table({name: column, "factors": vectors})
+
+
+async def commit(config: AlsConfig, metrics: dict, publisher: Publisher) -> dict:
+    """metrics.json and report.html, then the manifest (the commit point); the parts must be drained first."""
+    await publisher.put("metrics.json", json_bytes(metrics), kind="metrics")
+    await publisher.put("report.html", render(metrics).encode(), kind="report")
+    return await publisher.commit(_manifest_fields(config, metrics, publisher))
+
+
+def _manifest_fields(config: AlsConfig, metrics: dict, publisher: Publisher) -> dict:
+    datasets: dict[str, dict] = {}
+    for entry in publisher.files:
+        if entry["kind"] in ("metrics", "report"):
+            continue
+        summary = datasets.setdefault(entry["kind"], {"path": publisher.root + entry["kind"] + "/", "files": 0, "rows": 0, "bytes": 0})
+        summary["files"] += 1
+        summary["rows"] += entry["rows"] or 0
+        summary["bytes"] += entry["bytes"]
+    evaluation = metrics.get("evaluation") or {}
+    k = evaluation.get("k")
+    return {
+        "command": "als",
+        "created_at": metrics["started_at"],
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "input": config.input,
+        "params": config.params(),
+        "summary": {
+            "users": metrics["counts"]["users"],
+            "items": metrics["counts"]["items"],
+            "interactions": metrics["counts"]["interactions"],
+            "pairs": metrics["counts"]["pairs"],
+            "recommendations": metrics["counts"]["recommendations"],
+            "device": metrics["training"]["device"],
+            "train_seconds": metrics["training"]["seconds"],
+            "iterations_run": metrics["training"]["iterations_run"],
+            "stop_reason": metrics["training"]["stop_reason"],
+            "tuned": {
+                "choice": metrics["tuning"]["choice"]["label"],
+                "precision_at_10": max(row["precision_at_10"] for row in metrics["tuning"]["grid"]) if metrics["tuning"]["grid"] else None,
+                "points": len(metrics["tuning"]["grid"]),
+                "seconds": metrics["tuning"]["seconds"],
+            }
+            if metrics.get("tuning")
+            else None,
+            "final_loss": next((x for x in reversed(metrics["training"]["loss"]) if x is not None), None),
+            "precision_at_k": {
+                "k": k,
+                "als": evaluation["als"][f"precision_at_{k}"],
+                "popularity": evaluation["popularity"][f"precision_at_{k}"],
+            }
+            if evaluation
+            else None,
+        },
+        "datasets": datasets,
+        "metrics": publisher.root + "metrics.json",
+        "report": publisher.root + "report.html",
+    }
