@@ -66,6 +66,7 @@ class GpuBatchJobTrigger(BaseTrigger):
         self._watch: JobWatch | None = None
         self._follow: LogFollow | None = None
         self._retired: asyncio.Future | None = None
+        self._killing: asyncio.Future | None = None  # on_kill's decision, kept alive past a second cancel
         self._fired = False  # the event went out: nothing is left to decide
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
@@ -179,8 +180,13 @@ class GpuBatchJobTrigger(BaseTrigger):
 
         A trigger moved away from a triggerer that is still alive is cancelled the same way,
         so the task's state decides here too; if it cannot be read, the job is terminated, as
-        the triggerer said the user acted."""
-        await self._terminate_if_task_moved_on(when_unknown=True)
+        the triggerer said the user acted.
+
+        The triggerer cancels a trigger it has dropped again on each pass until it has ended, so
+        a second cancel can land here while the state is being read (a new triggerer's first Task
+        SDK call takes seconds): the decision runs as its own task, which that cancel cannot stop."""
+        self._killing = asyncio.ensure_future(self._terminate_if_task_moved_on(when_unknown=True))
+        await asyncio.shield(self._killing)
 
     async def _terminate_if_task_moved_on(self, *, when_unknown: bool) -> None:
         ti = self.task_instance

@@ -138,9 +138,11 @@ class TaskStates:
     """Stands in for the triggerer's supervisor behind the Task SDK's comms (SUPERVISOR_COMMS): answers
     GetTaskStates with one task instance's state, as the execution API does, and records each question."""
 
-    def __init__(self, monkeypatch, state: str | None | Exception, *, on_kill_calls: bool, exists: bool = True) -> None:
+    def __init__(self, monkeypatch, state: str | None | Exception, *, on_kill_calls: bool, exists: bool = True,
+                 answer_after: asyncio.Event | None = None) -> None:
         self.state = state
         self.exists = exists
+        self.answer_after = answer_after  # a supervisor busy until this is set (a new triggerer's first call)
         self.asked: list[dict] = []
         monkeypatch.setattr("airflow.sdk.execution_time.task_runner.SUPERVISOR_COMMS", self, raising=False)
         monkeypatch.setattr("airflow_gpu.triggers.TRIGGERER_CALLS_ON_KILL", on_kill_calls)
@@ -152,6 +154,8 @@ class TaskStates:
         self.asked.append({"dag_id": msg.dag_id, "map_index": msg.map_index, "task_ids": msg.task_ids, "run_ids": msg.run_ids})
         if self.state == "no answer":  # a stopping triggerer's supervisor
             await asyncio.Event().wait()
+        if self.answer_after is not None:
+            await self.answer_after.wait()
         if isinstance(self.state, Exception):
             raise self.state
         if not self.exists:
@@ -174,6 +178,23 @@ async def cancel_while_watched(moto_aws, gpu_batch, *, map_index: int = -1) -> t
     with pytest.raises(asyncio.CancelledError):
         await step
     return job_id, trigger, watcher
+
+
+async def test_a_second_cancel_while_on_kill_reads_the_state_still_terminates_the_job(moto_aws, gpu_batch, aws_conn, monkeypatch, closed_after):
+    # Airflow 3.3's triggerer cancels a trigger it dropped again on each pass until the trigger has
+    # ended; with a slow supervisor, that cancel lands inside on_kill, which must decide all the same.
+    answer = asyncio.Event()
+    TaskStates(monkeypatch, "failed", on_kill_calls=True, answer_after=answer)
+    job_id, trigger, _ = await cancel_while_watched(moto_aws, gpu_batch)
+    killing = asyncio.create_task(trigger.on_kill())
+    await asyncio.sleep(0.05)
+    killing.cancel()  # the triggerer's next pass
+    with pytest.raises(asyncio.CancelledError):
+        await killing
+    answer.set()
+    await wait_until(lambda: moto_aws.log.terminated)
+    [(terminated, reason)] = moto_aws.log.terminated
+    assert terminated == job_id and "(its state is now failed)" in reason
 
 
 @pytest.mark.parametrize("on_kill_calls", [False, True], ids=["airflow-3.2", "airflow-3.3"])
