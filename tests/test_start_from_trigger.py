@@ -234,3 +234,14 @@ def test_the_resume_gives_every_asset_outlet_the_manifest_summary_as_extra():
     assert extra["run_id"] == "w-123" and extra["manifest_uri"] == OUTPUT + "manifest.json"
     assert extra["counts"] == {"users": 3, "items": 2, "interactions": 5, "recommendations": 6}
     assert extra["precision_at_k"] == {"k": 10, "als": 0.3, "popularity": 0.1}
+
+
+def test_a_mapped_task_has_no_start_arguments_so_it_starts_on_a_worker():
+    """Airflow 3.3 takes a mapped task's StartTriggerArgs from partial() or the class, never from an
+    instance: without them the scheduler queues the task for a worker (documented fallback)."""
+    with DAG("mapped", schedule=None):
+        mapped = GpuBatchOperator.partial(task_id="train", job_queue="q", job_definition="d", start_from_trigger=True).expand(
+            command=[["als", "--shard", "0"], ["als", "--shard", "1"]]
+        )
+    assert mapped.start_from_trigger is True
+    assert mapped.start_trigger_args is None
