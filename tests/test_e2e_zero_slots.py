@@ -2,7 +2,9 @@
 
 * Two ordinary tasks hold both worker slots (parallelism 2) for the whole run. Meanwhile GPU tasks with
   ``start_from_trigger=True`` are submitted by the triggerer, with their templates rendered there, and
-  end there: every one succeeds with its XCom, and SubmitJob is called once per task.
+  end there, after the triggerer has read their manifest: every one succeeds with its XCom, and
+  SubmitJob is called once per task. (Six separate tasks, not ``expand``: Airflow 3.3 does not start
+  mapped tasks from the triggerer; see docs/operator.md.)
 * A GPU task with ``output_uri`` and an Asset outlet emits the Asset event with the manifest summary
   as extra; a second DAG, scheduled on that Asset, runs and receives the extra.
 
@@ -60,7 +62,8 @@ with DAG({hold!r}, schedule=None, start_date=datetime(2026, 1, 1), catchup=False
 
 with DAG({gpu!r}, schedule=None, start_date=datetime(2026, 1, 1), catchup=False, max_active_tasks=64):
     for i in range({count}):
-        GpuBatchOperator(task_id=f"gpu_{{i}}", command=["als", "--run", "{{{{ run_id }}}}", "--shard", str(i)], **COMMON)
+        GpuBatchOperator(task_id=f"gpu_{{i}}", command=["als", "--run", "{{{{ run_id }}}}", "--shard", str(i)],
+                         output_uri=OUTPUT.uri, **COMMON)
 
 with DAG({producer!r}, schedule=None, start_date=datetime(2026, 1, 1), catchup=False):
     GpuBatchOperator(task_id="train", command=["als", "--output", OUTPUT.uri], output_uri=OUTPUT.uri,
@@ -119,6 +122,7 @@ def airflow(tmp_path, moto_aws: MotoAws, gpu_batch):
 
 def test_gpu_tasks_start_and_end_on_the_triggerer_while_every_worker_slot_is_held(airflow: Airflow, moto_aws: MotoAws):
     batch = moto_aws.batch
+    put_manifest(moto_aws)  # what the jobs commit; the triggerer reads it before it ends each task
     hold_run = airflow.trigger(HOLD)
     wait_for("both worker slots to be taken", lambda: set(states(airflow, HOLD, hold_run).values()) == {"running"},
              timeout=240, interval=1, alive=airflow.check_alive)
@@ -141,15 +145,15 @@ def test_gpu_tasks_start_and_end_on_the_triggerer_while_every_worker_slot_is_hel
     # The holders kept both slots the whole time: no GPU task ever ran on a worker.
     assert set(states(airflow, HOLD, hold_run).values()) == {"running"}
     assert moto_aws.log.calls["submitjob"] == GPU_TASKS
-    results = {xcom(airflow, GPU, gpu_run, f"gpu_{i}")["job_id"] for i in range(GPU_TASKS)}
-    assert results == set(jobs)
+    results = [xcom(airflow, GPU, gpu_run, f"gpu_{i}") for i in range(GPU_TASKS)]
+    assert {result["job_id"] for result in results} == set(jobs)
+    assert all(result["manifest"]["run_id"] == "w-e2e" for result in results)  # read on the triggerer
     assert {xcom(airflow, GPU, gpu_run, f"gpu_{i}", key="gpu_batch_job_id") for i in range(GPU_TASKS)} == set(jobs)
 
     # Free the slots: the producer resumes on a worker to emit its Asset event.
     airflow.sentinel.touch()
     assert wait_for("the holders to end", lambda: finished(airflow, HOLD, hold_run), timeout=120, interval=1) == "success"
 
-    put_manifest(moto_aws)
     producer_run = airflow.trigger(PRODUCER)
     wait_for("the producer's job", lambda: moto_aws.log.calls["submitjob"] == GPU_TASKS + 1, timeout=240, interval=1,
              alive=airflow.check_alive)
