@@ -20,7 +20,7 @@ def get_provider_info() -> dict:
         "triggers": [
             {
                 "integration-name": "AWS Batch GPU",
-                "python-modules": ["airflow_gpu.triggers"],
+                "python-modules": ["airflow_gpu.triggers", "airflow_gpu.starting"],
             }
         ],
         "task-decorators": [

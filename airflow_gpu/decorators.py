@@ -64,6 +64,14 @@ class GpuBatchDecoratedOperator(DecoratedOperator, GpuBatchOperator):
             raise JobSpecError("@task.gpu_batch builds the job's command itself; drop command= (use GpuBatchOperator for a command).")
         if kwargs.get("output_uri") is not None:
             raise JobSpecError("@task.gpu_batch returns the function's value, not a manifest; drop output_uri=.")
+        if kwargs.get("start_from_trigger"):
+            # The function and its rendered arguments are staged (blocking S3 writes, the arguments'
+            # upstream XComs) before the job can be submitted: that takes a worker.
+            raise JobSpecError(
+                "@task.gpu_batch cannot start_from_trigger: it stages the function and its arguments from a worker "
+                "before submitting. Drop start_from_trigger (the task still defers while the job runs), or use "
+                "GpuBatchOperator(start_from_trigger=True) with a command."
+            )
         self.staging_prefix = staging_prefix
         self._results: str | None = None
         super().__init__(python_callable=python_callable, op_args=op_args, op_kwargs=op_kwargs, **kwargs)

@@ -33,7 +33,7 @@ from airflow_gpu.jobs.spec import (
     is_template,
 )
 from airflow_gpu.links import BatchJobLink, CloudWatchLogsLink
-from airflow_gpu.outputs import ManifestError, ObjectStore, manifest_uri, read_manifest, summarize
+from airflow_gpu.outputs import ManifestError, ObjectStore, asset_extra, job_output_summary, manifest_uri
 from airflow_gpu.triggers import GpuBatchJobTrigger
 
 if TYPE_CHECKING:
@@ -86,6 +86,14 @@ class GpuBatchOperator(BaseOperator):
     :param output_uri: where the job writes its outputs (the worker's ``--output``). When set,
         success means the job also committed ``manifest.json`` there: its summary is added to
         the XCom under ``"manifest"``, and a job that ended SUCCEEDED without one fails the task.
+        Every :class:`~airflow.sdk.Asset` in ``outlets`` then gets an event whose extra is that
+        summary (run id, where, counts, precision@k): see docs/operator.md, "Assets".
+    :param start_from_trigger: submit from the triggerer instead of a worker (templated fields are
+        rendered there), and, when the job succeeds and the task has no ``outlets``, end there too:
+        the task never takes a worker slot. A failed job, or a task with outlets, resumes on a
+        worker to raise the error or emit the Asset events. Needs ``deferrable=True`` and
+        ``reattach=True``, and fields Airflow can render without a worker (no XComArg). Mapped
+        tasks start on a worker (Airflow 3.3 does not start them from the triggerer).
 
     Returns (XCom) ``{"job_id", "job_name", "status", "attempts", "exit_code", "log_stream", "log_group"}``,
     plus ``"manifest"`` (run id, where the outputs are, counts, precision@k) with ``output_uri``.
@@ -136,6 +144,7 @@ class GpuBatchOperator(BaseOperator):
         stream_logs: bool = True,
         backend: str = "aws_batch",
         output_uri: str | None = None,
+        start_from_trigger: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -161,65 +170,25 @@ class GpuBatchOperator(BaseOperator):
         self.backend = backend if is_template(backend) else check_backend_name(backend)
         self.output_uri = output_uri
         self._check_fields(skip_templates=True)
+        if start_from_trigger:
+            from airflow_gpu.starting import start_trigger_args
+
+            self.start_trigger_args = start_trigger_args(self)  # refuses, naming why, what the triggerer cannot do
+            self.start_from_trigger = True
         self._job_id: str | None = None
         self._reattached = False
         self._job_url: str | None = None
         self._log_url: str | None = None
         self._try_began_here = False
+        self._read_by_trigger: Mapping[str, Any] | None = None
 
     # -- checks -----------------------------------------------------------------------------------
 
     def _check_fields(self, *, skip_templates: bool) -> None:
-        """Check the templatable parameters: at DAG parse time those that are plain values,
-        at run time (after rendering) all of them -- always before any call to a backend."""
-        for field, check in FIELD_CHECKS.items():
-            value = getattr(self, field)
-            if skip_templates and holds_template(value):
-                continue
-            if field in ("job_queue", "job_definition") and value is None:
-                self._check_needed(field, skip_templates=skip_templates)
-                continue
-            check(value)
-        if not skip_templates:
-            self.backend = check_backend_name(self.backend)
-            poll = self.poll_interval
-            if isinstance(poll, str):  # a rendered template such as "{{ params.poll_interval }}"
-                try:
-                    poll = float(poll)
-                except ValueError:
-                    raise JobSpecError(f"poll_interval must be a number of seconds, got {self.poll_interval!r}.") from None
-            self.poll_interval = check_poll_interval(poll)
-        if self.output_uri is not None and not (skip_templates and is_template(self.output_uri)):
-            check_name("output_uri", self.output_uri, "Pass the job's output prefix (s3://bucket/prefix/ or a folder), or None.")
-
-    def _check_needed(self, field: str, *, skip_templates: bool) -> None:
-        """A missing job_queue or job_definition is fine for a backend without queues (local) only."""
-        if skip_templates and is_template(self.backend):
-            return  # known once rendered
-        from airflow_gpu.jobs.backend import backend_class
-
-        if backend_class(check_backend_name(self.backend)).needs_queue:
-            raise JobSpecError(
-                f"{field} is required with backend={self.backend!r}: pass the Batch "
-                f"{field.replace('_', ' ')} name or ARN (airflow-gpu batch-setup prints both), or use backend='local'."
-            )
+        check_job_fields(self, skip_templates=skip_templates)
 
     def _spec(self, identity: TaskIdentity) -> JobSpec:
-        return JobSpec.build(
-            identity=identity,
-            job_queue=self.job_queue,
-            job_definition=self.job_definition,
-            job_name=self.job_name,
-            command=self.command,
-            environment=self.environment,
-            gpus=self.gpus,
-            vcpus=self.vcpus,
-            memory_mib=self.memory_mib,
-            tags=self.tags,
-            parameters=self.parameters,
-            retry_attempts=self.retry_attempts,
-            timeout=self.timeout,
-        )
+        return job_spec(self, identity)
 
     @property
     def jobs(self) -> BlockingJobs:
@@ -237,17 +206,22 @@ class GpuBatchOperator(BaseOperator):
 
     def execute(self, context: Context) -> dict[str, Any] | None:
         self._try_began_here = True  # read by the links: no earlier run of this try saved one
+        if self.start_from_trigger:
+            self.log.warning(
+                "start_from_trigger=True, but Airflow started this task on a worker (it does so for mapped tasks): "
+                "submitting from here"
+            )
         self._check_fields(skip_templates=False)
         view = self._seen(self.jobs.submit_or_reattach(self._spec(_identity(context)), reattach=self.reattach))
         state = view.state
         context["ti"].xcom_push(key=JOB_ID_XCOM_KEY, value=state.job_id)
         if state.status == SUCCEEDED:
             self.log.info("Reusing the result of job %s, which already SUCCEEDED for this task instance", state.job_id)
-            return self._result(state)
+            return self._announce(context, self._result(state))
         if not self.deferrable:
             final = self._seen(self.jobs.wait(state.job_id, poll_interval=self.poll_interval, max_queued=self.max_queued,
                                                who=f"Airflow task {self.dag_id}.{self.task_id}"))
-            return self._finish(final.state, final.log_lines)
+            return self._announce(context, self._finish(final.state, final.log_lines))
         self._defer(state.job_id, reattached=view.reattached)
         return None  # not reached: defer raises
 
@@ -274,6 +248,7 @@ class GpuBatchOperator(BaseOperator):
         if not event or "job_id" not in event or "status" not in event:
             raise AirflowException(f"The GPU job trigger resumed the task without a job event ({event!r}).")
         state = JobState.from_event(event)
+        reattached = reattached or bool(event.get("reattached"))  # from the triggerer's own submit (start_from_trigger)
         if reattached and state.status != SUCCEEDED and self._stopped_for_an_earlier_try(state):
             # This try reattached to a job that an earlier try had deferred on, and that try's
             # trigger then terminated it (its on_kill, when the task was cleared or marked): the
@@ -289,7 +264,8 @@ class GpuBatchOperator(BaseOperator):
         lines: Sequence[str] = ()
         if state.status != SUCCEEDED:
             lines = self._seen(self.jobs.tail(state)).log_lines
-        return self._finish(state, lines)
+        self._read_by_trigger = event.get("manifest")
+        return self._announce(context, self._finish(state, lines))
 
     def _stopped_for_an_earlier_try(self, state: JobState) -> bool:
         """Did airflow-gpu itself terminate the job (it carries the cancelled mark), and not for
@@ -310,34 +286,38 @@ class GpuBatchOperator(BaseOperator):
         return self._result(state)
 
     def _result(self, state: JobState) -> dict[str, Any]:
-        result = {
-            "job_id": state.job_id,
-            "job_name": state.name,
-            "status": state.status,
-            "attempts": state.attempts,
-            "exit_code": state.exit_code,
-            "log_stream": state.log_stream,
-            "log_group": state.log_group,
-        }
+        result = job_result(state)
         if self.output_uri:
-            result["manifest"] = self._manifest_summary(state)
+            # The summary the trigger already read (start_from_trigger), else read here.
+            result["manifest"] = dict(self._read_by_trigger or {}) or self._manifest_summary(state)
         return result
 
     def _manifest_summary(self, state: JobState) -> dict[str, Any]:
         """Read the manifest the job committed; a success without one is no success for its readers."""
         store = ObjectStore(self.aws_conn_id, self.region_name)
         try:
-            manifest = read_manifest(store, self.output_uri)
+            summary = job_output_summary(store.read(manifest_uri(self.output_uri)), self.output_uri, state.job_id)
         except ManifestError as exc:
-            raise AirflowException(f"Job {state.job_id} SUCCEEDED but its output is unreadable: {exc}") from exc
-        if manifest is None:
-            raise AirflowException(
-                f"Job {state.job_id} SUCCEEDED but committed no manifest at {manifest_uri(self.output_uri)}; readers "
-                f"treat the output as absent. Check that the job's command writes to output_uri={self.output_uri!r}."
-            )
-        summary = summarize(manifest, self.output_uri)
+            raise AirflowException(str(exc)) from exc
         self.log.info("Job %s committed run %s at %s", state.job_id, summary["run_id"], summary["manifest_uri"])
         return summary
+
+    def _announce(self, context: Context, result: Any) -> Any:
+        """Give every Asset in ``outlets`` the committed output's summary as its event's extra.
+
+        Airflow emits the events when the task succeeds on a worker (a task ending on the
+        triggerer emits none, which is why a task with outlets resumes on a worker)."""
+        summary = result.get("manifest") if self.output_uri and isinstance(result, Mapping) else None
+        if not summary:
+            return result
+        from airflow.sdk import Asset
+
+        extra = asset_extra(summary)
+        for outlet in self.outlets or ():
+            if isinstance(outlet, Asset):
+                context["outlet_events"][outlet].extra = extra
+                self.log.info("Asset %s: event for run %s (%s)", outlet.uri, extra["run_id"], extra["manifest_uri"])
+        return result
 
     # -- cancellation -----------------------------------------------------------------------------
 
@@ -379,10 +359,79 @@ class GpuBatchOperator(BaseOperator):
             self.log.error("Could not terminate job %s: %s", job_id, exc)
 
 
+def check_job_fields(job: Any, *, skip_templates: bool) -> None:
+    """Check the templatable parameters of ``job`` (the operator, or the trigger that starts it): at
+    DAG parse time those that are plain values, at run time (after rendering) all of them -- always
+    before any call to a backend. Rendered values are normalised in place (backend, poll_interval)."""
+    for field, check in FIELD_CHECKS.items():
+        value = getattr(job, field)
+        if skip_templates and holds_template(value):
+            continue
+        if field in ("job_queue", "job_definition") and value is None:
+            _check_needed(job, field, skip_templates=skip_templates)
+            continue
+        check(value)
+    if not skip_templates:
+        job.backend = check_backend_name(job.backend)
+        poll = job.poll_interval
+        if isinstance(poll, str):  # a rendered template such as "{{ params.poll_interval }}"
+            try:
+                poll = float(poll)
+            except ValueError:
+                raise JobSpecError(f"poll_interval must be a number of seconds, got {job.poll_interval!r}.") from None
+        job.poll_interval = check_poll_interval(poll)
+    if job.output_uri is not None and not (skip_templates and is_template(job.output_uri)):
+        check_name("output_uri", job.output_uri, "Pass the job's output prefix (s3://bucket/prefix/ or a folder), or None.")
+
+
+def _check_needed(job: Any, field: str, *, skip_templates: bool) -> None:
+    """A missing job_queue or job_definition is fine for a backend without queues (local) only."""
+    if skip_templates and is_template(job.backend):
+        return  # known once rendered
+    from airflow_gpu.jobs.backend import backend_class
+
+    if backend_class(check_backend_name(job.backend)).needs_queue:
+        raise JobSpecError(
+            f"{field} is required with backend={job.backend!r}: pass the Batch "
+            f"{field.replace('_', ' ')} name or ARN (airflow-gpu batch-setup prints both), or use backend='local'."
+        )
+
+
+def job_spec(job: Any, identity: TaskIdentity) -> JobSpec:
+    return JobSpec.build(
+        identity=identity,
+        job_queue=job.job_queue,
+        job_definition=job.job_definition,
+        job_name=job.job_name,
+        command=job.command,
+        environment=job.environment,
+        gpus=job.gpus,
+        vcpus=job.vcpus,
+        memory_mib=job.memory_mib,
+        tags=job.tags,
+        parameters=job.parameters,
+        retry_attempts=job.retry_attempts,
+        timeout=job.timeout,
+    )
+
+
+def job_result(state: JobState) -> dict[str, Any]:
+    """The XCom of a job that SUCCEEDED, before its manifest: the same on a worker and on the triggerer."""
+    return {
+        "job_id": state.job_id,
+        "job_name": state.name,
+        "status": state.status,
+        "attempts": state.attempts,
+        "exit_code": state.exit_code,
+        "log_stream": state.log_stream,
+        "log_group": state.log_group,
+    }
+
+
 def _identity(context: Context) -> TaskIdentity:
     ti = context["ti"]
     map_index = getattr(ti, "map_index", -1)
     return TaskIdentity(ti.dag_id, ti.task_id, ti.run_id, -1 if map_index is None else int(map_index))
 
 
-__all__ = ["GpuBatchOperator", "JOB_ID_XCOM_KEY"]
+__all__ = ["GpuBatchOperator", "JOB_ID_XCOM_KEY", "check_job_fields", "job_result", "job_spec"]

@@ -113,13 +113,73 @@ def manifest_uri(output_uri: str) -> str:
 
 def read_manifest(store: ObjectStore, output_uri: str) -> dict | None:
     """The committed manifest under ``output_uri``, or None when there is none (or it is not complete)."""
-    data = store.read(manifest_uri(output_uri))
+    return parse_manifest(store.read(manifest_uri(output_uri)), output_uri)
+
+
+def parse_manifest(data: bytes | None, output_uri: str) -> dict | None:
+    """The committed manifest in ``data`` (the bytes of ``manifest.json``, None when absent), or None."""
     if data is None:
         return None
     try:
         return committed_manifest(data)
     except ValueError as exc:
         raise ManifestError(f"{manifest_uri(output_uri)} is not valid JSON ({exc}); rerun the job to rewrite it") from exc
+
+
+def job_output_summary(data: bytes | None, output_uri: str, job_id: str) -> dict[str, Any]:
+    """What a job that SUCCEEDED committed under ``output_uri``, given the bytes of its ``manifest.json``.
+
+    A success without a complete manifest is no success for its readers: ManifestError says so.
+    One rule for the worker's resume (sync) and the trigger's end (async), whoever fetched the bytes.
+    """
+    try:
+        manifest = parse_manifest(data, output_uri)
+    except ManifestError as exc:
+        raise ManifestError(f"Job {job_id} SUCCEEDED but its output is unreadable: {exc}") from exc
+    if manifest is None:
+        raise ManifestError(
+            f"Job {job_id} SUCCEEDED but committed no manifest at {manifest_uri(output_uri)}; readers "
+            f"treat the output as absent. Check that the job's command writes to output_uri={output_uri!r}."
+        )
+    return summarize(manifest, output_uri)
+
+
+async def read_job_output_summary(aws_conn_id: str | None, region_name: str | None, output_uri: str, job_id: str) -> dict[str, Any]:
+    """:func:`job_output_summary`, fetched without blocking the event loop (for the triggerer).
+
+    S3 goes through aiobotocore with the loop's resolved AWS connection (the one the job
+    watcher uses); a local folder is read in a thread.
+    """
+    uri = manifest_uri(output_uri)
+    if uri.startswith("s3://"):
+        from airflow_gpu.jobs.aws.objects import read_s3_object
+
+        data = await read_s3_object(aws_conn_id, region_name, uri)
+    else:
+        import asyncio
+
+        data = await asyncio.to_thread(_read_local, uri)
+    return job_output_summary(data, output_uri, job_id)
+
+
+def _read_local(path: str) -> bytes | None:
+    try:
+        return Path(path).read_bytes()
+    except FileNotFoundError:
+        return None
+
+
+def asset_extra(summary: Mapping[str, Any]) -> dict[str, Any]:
+    """The extra of the output's Asset event: which run committed what, and how good it is."""
+    counts = summary.get("summary") or {}
+    return {
+        "run_id": summary.get("run_id"),
+        "output_uri": summary.get("output_uri"),
+        "manifest_uri": summary.get("manifest_uri"),
+        "finished_at": summary.get("finished_at"),
+        "counts": {key: counts.get(key) for key in ("users", "items", "interactions", "recommendations")},
+        "precision_at_k": counts.get("precision_at_k"),
+    }
 
 
 def summarize(manifest: Mapping[str, Any], output_uri: str) -> dict[str, Any]:

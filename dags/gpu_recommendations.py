@@ -13,6 +13,10 @@
   there, ALS beats popularity when evaluation is on) and only then points
   ``<data root>/recommendations/latest.json`` at this run's prefix. Readers who follow
   the marker never see a half-written or unvalidated output.
+* **train** declares the Asset ``gpu_recommendations.recommendations`` as its outlet: each
+  run whose job commits its outputs emits one event, whose extra names that run's prefix and
+  manifest, with the run id, counts and precision@k (``gpu_recommendations_consumer`` is
+  scheduled on it).
 * **gpu_check** is a decorated Python function (``@task.gpu_batch``) run in the same image:
   it reports the Python and GPUs the container sees, next to the training job's id.
 
@@ -29,11 +33,15 @@ import re
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from airflow.sdk import DAG, Param, task
+from airflow.sdk import DAG, Asset, Param, task
 
 from airflow_gpu.operators import GpuBatchOperator
 
 ENVIRONMENTS_VARIABLE = "gpu_recommendations_environments"
+#: The committed recommendations of train, whatever the environment: one event per committed run
+#: prefix, whose extra says which (docs/operator.md, "Assets"). Named, not a URI: every run writes
+#: its own prefix. dags/gpu_recommendations_consumer.py is scheduled on the same name.
+RECOMMENDATIONS = Asset(name="gpu_recommendations.recommendations")
 DEFAULT_ENVIRONMENTS: dict[str, dict[str, str]] = {
     name: {
         "data_root": f"s3://airflow-gpu-{name}/recsys/",
@@ -260,6 +268,7 @@ with DAG(
         aws_conn_id=prepared["aws_conn_id"],
         command=prepared["command"],
         output_uri=prepared["output_uri"],
+        outlets=[RECOMMENDATIONS],
         backend="{{ params.backend }}",
         gpus="{{ params.gpus }}",
         poll_interval="{{ params.poll_interval }}",

@@ -123,3 +123,12 @@ def test_regularization_is_auto_or_a_number_the_worker_accepts(module):
     for value, parsed in (("auto", None), (2.5, 2.5)):
         command = module.worker_command(params_of(module, regularization=value), "s3://b/in/", "s3://b/out/", "")
         assert _regularization(command[command.index("--regularization") + 1]) == parsed
+
+
+def test_train_emits_the_asset_the_consumer_dag_is_scheduled_on(module):
+    spec = importlib.util.spec_from_file_location("gpu_recommendations_consumer_dag", DAG_PATH.with_name("gpu_recommendations_consumer.py"))
+    consumer = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(consumer)
+    [outlet] = module.dag.get_task("train").outlets
+    assert outlet == module.RECOMMENDATIONS == consumer.RECOMMENDATIONS
+    assert list(consumer.dag.timetable.asset_condition.objects) == [outlet]  # scheduled on that Asset, and only on it

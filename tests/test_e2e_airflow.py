@@ -18,6 +18,7 @@ is stopped in the fixture's teardown, whatever happens in the test.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -29,7 +30,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import psutil
 import pytest
@@ -184,14 +185,23 @@ def stop_process_tree(process: subprocess.Popen, home: Path) -> None:
 
 @pytest.fixture
 def airflow(tmp_path, moto_aws: MotoAws, gpu_batch) -> Airflow:
+    dag_file = DAG_FILE.format(queue=gpu_batch["job_queue"], definition=gpu_batch["job_definition"], poll=POLL,
+                               fanout=FANOUT, failures=FAILURES, mapped=MAPPED, cases=CASES)
+    with running_airflow(tmp_path, moto_aws, {"e2e_gpu.py": dag_file}, (FANOUT, FAILURES)) as instance:
+        yield instance
+
+
+@contextlib.contextmanager
+def running_airflow(tmp_path: Path, moto_aws: MotoAws, dag_files: dict[str, str], dag_ids: tuple[str, ...],
+                    parallelism: int = 2) -> Iterator[Airflow]:
+    """`airflow standalone` on SQLite in tmp_path, with these DAG files, once it is healthy and has parsed
+    ``dag_ids``; every process it started is stopped on the way out, whatever happened."""
     home = tmp_path / "airflow-home"
     dags = tmp_path / "dags"
     home.mkdir()
     dags.mkdir()
-    (dags / "e2e_gpu.py").write_text(
-        DAG_FILE.format(queue=gpu_batch["job_queue"], definition=gpu_batch["job_definition"], poll=POLL,
-                        fanout=FANOUT, failures=FAILURES, mapped=MAPPED, cases=CASES)
-    )
+    for name, text in dag_files.items():
+        (dags / name).write_text(text)
     port = free_port()
     connection = {
         "conn_type": "aws",
@@ -209,7 +219,7 @@ def airflow(tmp_path, moto_aws: MotoAws, gpu_batch) -> Airflow:
             "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-            "AIRFLOW__CORE__PARALLELISM": "2",  # two task slots for 23 GPU tasks: only deferral lets them all run
+            "AIRFLOW__CORE__PARALLELISM": str(parallelism),  # two task slots for 25 GPU tasks: only deferral lets them all run
             "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
@@ -237,7 +247,7 @@ def airflow(tmp_path, moto_aws: MotoAws, gpu_batch) -> Airflow:
             return all((health.get(part) or {}).get("status") == "healthy" for part in ("metadatabase", "scheduler", "triggerer", "dag_processor"))
 
         wait_for("Airflow to be healthy", healthy, timeout=180, interval=1, alive=instance.check_alive)
-        for dag_id in (FANOUT, FAILURES):
+        for dag_id in dag_ids:
             wait_for(f"{dag_id} to be parsed", lambda d=dag_id: not instance.call("GET", f"/dags/{d}")["is_paused"],
                      timeout=120, interval=1, alive=instance.check_alive)
         yield instance

@@ -77,6 +77,28 @@ class JobView:
     log_lines: tuple[str, ...] = ()
 
 
+async def submit_or_reattach(backend: JobBackend, spec: JobSpec, *, reattach: bool, log: logging.Logger) -> tuple[JobState, bool]:
+    """This task instance's live or succeeded job when ``reattach`` finds one (by its idempotency
+    key), else a new job; and whether it was a live one reattached to. The one rule for every
+    submitter: a worker (:class:`BlockingJobs`) and the triggerer (``start_from_trigger``)."""
+    state, reattached = None, False
+    if reattach:
+        found = await backend.find(spec)
+        state = next((s for s in found if s.is_live), None) or next((s for s in found if s.status == SUCCEEDED), None)
+        if state is not None and state.is_live:
+            reattached = True
+            log.info("Reattaching to job %s (%s), already %s for this task instance", state.job_id, spec.name, state.status)
+        elif found:
+            log.info("Earlier jobs for this task instance failed; submitting a new one")
+    if state is None:
+        state = await backend.submit(spec)
+        log.info(
+            "Submitted job %s (%s) to %s, queue %s, %d GPU(s)",
+            state.job_id, spec.name, backend.location, spec.queue, spec.gpus,
+        )
+    return state, reattached
+
+
 class BlockingJobs:
     """One backend target, reached synchronously. ``log`` is the caller's logger (the task log)."""
 
@@ -92,25 +114,7 @@ class BlockingJobs:
 
         async def call() -> JobView:
             async with JobWatcher.shared(self.target).backend() as backend:
-                state, reattached = None, False
-                if reattach:
-                    found = await backend.find(spec)
-                    state = next((s for s in found if s.is_live), None) or next(
-                        (s for s in found if s.status == SUCCEEDED), None
-                    )
-                    if state is not None and state.is_live:
-                        reattached = True
-                        self.log.info(
-                            "Reattaching to job %s (%s), already %s for this task instance", state.job_id, spec.name, state.status
-                        )
-                    elif found:
-                        self.log.info("Earlier jobs for this task instance failed; submitting a new one")
-                if state is None:
-                    state = await backend.submit(spec)
-                    self.log.info(
-                        "Submitted job %s (%s) to %s, queue %s, %d GPU(s)",
-                        state.job_id, spec.name, backend.location, spec.queue, spec.gpus,
-                    )
+                state, reattached = await submit_or_reattach(backend, spec, reattach=reattach, log=self.log)
                 return self._view(backend, state, reattached=reattached)
 
         return run_blocking(call)

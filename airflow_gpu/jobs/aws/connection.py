@@ -18,6 +18,10 @@ from typing import Any
 from airflow_gpu.jobs.spec import JobSpecError
 
 
+#: The AWS services the Airflow wing's async code reaches.
+_SERVICES = ("batch", "logs", "s3")
+
+
 @dataclass(frozen=True)
 class AwsConnection:
     """What a client needs: an aiobotocore session (with refreshable credentials where the
@@ -48,9 +52,9 @@ def resolve_blocking(conn_id: str | None, region_name: str | None) -> AwsConnect
             f"or set region_name in the connection's extras."
         )
     # Load the service models here, in the thread, so creating clients later does not
-    # parse JSON on the event loop.
+    # parse JSON on the event loop (s3: the trigger reads the manifest a job committed).
     loader = session.get_component("data_loader")
-    for service in ("batch", "logs"):
+    for service in _SERVICES:
         loader.load_service_model(service, "service-2")
     return AwsConnection(
         conn_id=conn_id,
@@ -58,7 +62,7 @@ def resolve_blocking(conn_id: str | None, region_name: str | None) -> AwsConnect
         region_name=region,
         config=hook.config,
         verify=hook.verify,
-        endpoint_urls={s: wrapper.get_service_endpoint_url(s) for s in ("batch", "logs")},
+        endpoint_urls={s: wrapper.get_service_endpoint_url(s) for s in _SERVICES},
     )
 
 
