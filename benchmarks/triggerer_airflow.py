@@ -73,10 +73,30 @@ with DAG({anchor!r}, schedule="@once", start_date=datetime(2026, 1, 1), catchup=
 '''
 
 
+PROBE_DAG_ID = "bench_triggerer_probe"
+PROBE_DAG = '''
+from datetime import datetime
+
+from airflow.sdk import DAG
+
+from airflow_gpu.operators import GpuBatchOperator
+
+with DAG({dag_id!r}, schedule="@once", start_date=datetime(2026, 1, 1), catchup=False, max_active_tasks={k}):
+    GpuBatchOperator.partial(task_id="train", job_queue={queue!r}, job_definition={definition!r}, poll_interval=30,
+                             aws_conn_id="aws_default", vcpus=2, memory_mib=2048).expand(command=[["als", "--shard", str(i)] for i in range({k})])
+'''
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def _fernet_key() -> str:
+    from cryptography.fernet import Fernet
+
+    return Fernet.generate_key().decode()
 
 
 def airflow_env(home: Path, dags: Path, db_url: str, endpoint: str, n: int) -> dict[str, str]:
@@ -94,7 +114,7 @@ def airflow_env(home: Path, dags: Path, db_url: str, endpoint: str, n: int) -> d
             "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
             "AIRFLOW__CORE__MAX_MAP_LENGTH": str(max(n, 1024)),
             "AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": str(max(n, 16)),
-            "AIRFLOW__CORE__FERNET_KEY": "",
+            "AIRFLOW__CORE__FERNET_KEY": _fernet_key(),  # trigger kwargs stored encrypted, as in a deployment
             "AIRFLOW__TRIGGERER__CAPACITY": str(max(2 * n, 1000)),
             "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(_free_port()),
             "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(_free_port()),
@@ -280,7 +300,7 @@ def run_side(side: str, n: int, args: argparse.Namespace, server: ServerHandle, 
         try:
             wait("every trigger to describe its job", lambda: server.call("described") >= n, args.start_timeout, 0.5, alive)
         except TimeoutError as exc:
-            return SideResult(side, n, skipped=str(exc))
+            return SideResult(side, n, skipped=f"{exc} ({server.call('described')} of {n} jobs described)")
         up = time.time() - started
         clock = server.call("start", args.job_seconds, args.poll)
         end_at = clock["end_at"]
@@ -317,22 +337,74 @@ def run_side(side: str, n: int, args: argparse.Namespace, server: ServerHandle, 
     )
 
 
+def probe_executor(k: int, server: ServerHandle, procs: Processes, dags: Path) -> str:
+    """Run k real GpuBatchOperator tasks through the scheduler and LocalExecutor (with an api-server
+    for the task runners) until every one has submitted its job and DEFERRED: the CPU this costs
+    per task says whether N tasks can reach DEFERRED that way on this machine."""
+    import secrets
+
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+    from sqlalchemy import func, select
+
+    names = server.call("setup", 0)  # no jobs; the queue and definition; new jobs held RUNNING
+    port = _free_port()
+    procs.env.update({
+        "AIRFLOW__CORE__PARALLELISM": "4",
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
+        "AIRFLOW__API__HOST": "127.0.0.1", "AIRFLOW__API__PORT": str(port), "AIRFLOW__API__WORKERS": "1",
+        "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_hex(16),
+    })
+    (dags / "bench_probe.py").write_text(PROBE_DAG.format(dag_id=PROBE_DAG_ID, k=k, queue="gpu-queue", definition="gpu-als"))
+    api = procs.start("probe-api-server", "api-server")
+    procs.start("probe-dag-processor", "dag-processor")
+    time.sleep(20)  # the api-server up before the first task runner asks it
+    scheduler = procs.start("probe-scheduler", "scheduler")
+    samplers = [TreeSampler(p.pid) for p in (scheduler, api)]
+    for sampler in samplers:
+        sampler.start()
+    t0 = time.time()
+
+    def deferred() -> bool:
+        with create_session() as session:
+            count = session.scalar(select(func.count()).where(TaskInstance.dag_id == PROBE_DAG_ID, TaskInstance.state == "deferred"))
+        return count == k
+
+    try:
+        wait(f"{k} probe tasks to defer", deferred, 900, 1.0)
+        wall = time.time() - t0
+        for sampler in samplers:
+            sampler.sample()
+    finally:
+        for sampler in samplers:
+            sampler.stopped.set()
+        for name in ("probe-scheduler", "probe-dag-processor", "probe-api-server"):
+            procs.stop(name)
+        (dags / "bench_probe.py").unlink()
+    cpu = sum(s.samples[-1][1] for s in samplers)
+    del names
+    return (f"probe: {k} GpuBatchOperator tasks through scheduler + LocalExecutor (parallelism 4) + api-server to DEFERRED: "
+            f"{wall:.0f} s wall, {cpu:.0f} CPU s (scheduler and its task processes, api-server), {cpu / k:.1f} CPU s per task")
+
+
 def print_table(results: list[SideResult], args: argparse.Namespace) -> None:
     print()
     print(f"`airflow triggerer` on PostgreSQL; poll {args.poll:g} s; jobs RUNNING {args.job_seconds:g} s once all triggers are up, "
           f"ends spread over one poll; ours relays a log line per job every {args.log_every:g} s")
     print()
     print("| N | side | triggers up after s | triggerer CPU s | CPU % of a core while watching | peak RSS MB "
-          "| DescribeJobs per poll (most in one cycle) | job end -> task leaves DEFERRED p50 / max s | events |")
+          "| DescribeJobs per poll (ours: most in one cycle) | job end -> task leaves DEFERRED p50 / max s | events |")
     print("|" + " --- |" * 9)
     for r in results:
         if r.skipped:
             print(f"| {r.n} | {r.side} | skipped: {r.skipped} | | | | | | |")
             continue
         print(f"| {r.n} | {r.side} | {r.startup_s:.0f} | {r.cpu_s:.1f} | {r.cpu_watch_pct:.1f} | {r.peak_rss_mb:.0f} | "
-              f"{r.calls_per_poll:.1f} ({r.max_calls_in_a_cycle}) | {r.p50_delay_s:.1f} / {r.max_delay_s:.1f} | {r.events_ok}/{r.n} |")
+              f"{r.calls_per_poll:.1f}{f' ({r.max_calls_in_a_cycle})' if r.side == 'ours' else ''} | {r.p50_delay_s:.1f} / {r.max_delay_s:.1f} | {r.events_ok}/{r.n} |")
     print()
     by_side = {r.side: r for r in results}
+    if set(by_side) != set(SIDES):
+        return
     anchor, ours = by_side["anchor"], by_side["ours"]
     print(f"triggerer N={ours.n}: calls_ratio={_ratio(anchor.calls_per_poll, ours.calls_per_poll)} "
           f"cpu_ratio={_ratio(anchor.cpu_s, ours.cpu_s)} rss_ratio={_ratio(anchor.peak_rss_mb, ours.peak_rss_mb)} "
@@ -348,6 +420,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log-every", type=float, default=10.0, help="each job writes a log line this often, seconds (0: none)")
     parser.add_argument("--start-timeout", type=float, default=900.0, help="give up on a side whose triggers are not all up by then")
     parser.add_argument("--finish-timeout", type=float, default=180.0, help="seconds past the last job end to wait for the events")
+    parser.add_argument("--sides", default=",".join(SIDES), help="comma-separated sides to run (default anchor,ours)")
+    parser.add_argument("--probe", type=int, default=0, help="first run this many real tasks to DEFERRED through LocalExecutor and report their CPU cost")
     parser.add_argument("--workdir", help="keep Airflow's home and logs here")
     args = parser.parse_args(argv)
     n = args.jobs
@@ -357,7 +431,8 @@ def main(argv: list[str] | None = None) -> int:
     dags.mkdir(parents=True, exist_ok=True)
     load = os.getloadavg()
     print(f"machine: {os.cpu_count()} CPUs, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; files in {workdir}", flush=True)
-    (dags / "bench_triggerer.py").write_text(DAG_FILE.format(n=n, pool=POOL, ours=DAG_IDS["ours"], anchor=DAG_IDS["anchor"], poll=int(args.poll)))
+    if n > 0:
+        (dags / "bench_triggerer.py").write_text(DAG_FILE.format(n=n, pool=POOL, ours=DAG_IDS["ours"], anchor=DAG_IDS["anchor"], poll=int(args.poll)))
     server = ServerHandle(args.log_every)
     results: list[SideResult] = []
     with PostgresServer() as postgres:
@@ -368,6 +443,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"PostgreSQL {postgres.bindir.parent.name} on 127.0.0.1:{postgres.port}; migrating...", flush=True)
             procs.run("db", "migrate")
             procs.run("pools", "set", POOL, "0", "no slots: the benchmark's task instances are created, never run")
+            if args.probe:
+                print(probe_executor(args.probe, server, procs, dags), flush=True)
+            if n == 0:
+                return 0
             t0 = time.time()
             procs.start("dag-processor", "dag-processor")
             scheduler = procs.start("scheduler", "scheduler")
@@ -390,7 +469,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[setup] {2 * n} task instances SCHEDULED in pool {POOL!r} after {time.time() - t0:.0f} s; stopping the scheduler", flush=True)
             procs.stop("scheduler")
             procs.stop("dag-processor")
-            for side in SIDES:
+            for side in [s for s in SIDES if s in args.sides.split(",")]:
                 result = run_side(side, n, args, server, procs)
                 print(f"[{side} N={n}] {result}", flush=True)
                 results.append(result)
