@@ -11,6 +11,7 @@ from airflow_gpu.compat import TRIGGERER_CALLS_ON_KILL, read_task_states
 from airflow_gpu.jobs.backend import BackendTarget, JobBackend, JobState
 from airflow_gpu.jobs.blocked import waiting_line
 from airflow_gpu.jobs.follower import LogFollow, LogFollower
+from airflow_gpu.jobs.loop_log import log_off_loop, logs_written
 from airflow_gpu.jobs.interrupt import INTERRUPTED, terminate_interrupted, wait_unless_interrupted
 from airflow_gpu.jobs.shared import DEFAULT_POLL_INTERVAL
 from airflow_gpu.jobs.watcher import JobWatch, JobWatcher, follow_job
@@ -119,6 +120,7 @@ class GpuBatchJobTrigger(BaseTrigger):
             # Run inline, the loop ends with this event: close its clients now rather than leave
             # them to the grace period (which would outlive the loop: "Unclosed client session").
             await _close_if_idle(watcher, LogFollower.shared(self.target))
+        await logs_written()  # the job's lines before its event
         # Released before yielding: the triggerer may keep this generator suspended at the yield.
         self._fired = True
         yield TriggerEvent(event)
@@ -133,7 +135,7 @@ class GpuBatchJobTrigger(BaseTrigger):
         # One line per state change while the job lives, never per poll: at 10,000 jobs the log
         # is a cost too (a record costs 40-100 us in the triggerer).
         if not state.is_terminal:
-            self.log.info(waiting_line(state.job_id, state.status, state.blocked))
+            log_off_loop(self.log.info, waiting_line(state.job_id, state.status, state.blocked))  # see jobs/loop_log.py
         if self.stream_logs and state.log_stream:
             self._follow_log(state)
 
@@ -148,7 +150,7 @@ class GpuBatchJobTrigger(BaseTrigger):
     def _relay_lines(self, lines: list[str]) -> None:
         # One record per read, not per line: a record costs 40-100 us in the triggerer whatever
         # its length, and a chatty job should not cost a core.
-        self.log.info("\n".join(lines))
+        log_off_loop(self.log.info, "\n".join(lines))
 
     def _release(self) -> None:
         if self._retired is not None:
