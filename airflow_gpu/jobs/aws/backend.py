@@ -285,17 +285,7 @@ class AwsBatchBackend(JobBackend):
     async def find(self, spec: JobSpec) -> list[JobState]:
         # ListJobs cannot filter by tag, but its JOB_NAME filter returns jobs in every state;
         # the name carries a hash of the idempotency key, the tag confirms it.
-        ids: list[str] = []
-        token = None
-        while True:
-            kwargs: dict[str, Any] = {"jobQueue": spec.queue, "filters": [{"name": "JOB_NAME", "values": [spec.name]}]}
-            if token:
-                kwargs["nextToken"] = token
-            page = await self.backoff.call(lambda: self._batch.list_jobs(**kwargs))
-            ids.extend(summary["jobId"] for summary in page.get("jobSummaryList", ()))
-            token = page.get("nextToken")
-            if not token:
-                break
+        ids = await self._listed_ids(jobQueue=spec.queue, filters=[{"name": "JOB_NAME", "values": [spec.name]}])
         raws: list[dict[str, Any]] = []
         for start in range(0, len(ids), self.describe_batch_size):
             chunk = ids[start : start + self.describe_batch_size]
@@ -310,21 +300,24 @@ class AwsBatchBackend(JobBackend):
         raws.sort(key=lambda j: j.get("createdAt") or 0, reverse=True)
         return [parse_job(j) for j in raws]
 
+    async def _listed_ids(self, **query: Any) -> list[str]:
+        """Every job id ListJobs returns for ``query``, page by page."""
+        ids: list[str] = []
+        token = None
+        while True:
+            kwargs = dict(query, nextToken=token) if token else query
+            page = await self.backoff.call(lambda: self._batch.list_jobs(**kwargs))
+            ids.extend(summary["jobId"] for summary in page.get("jobSummaryList", ()))
+            token = page.get("nextToken")
+            if not token:
+                return ids
+
     async def list_jobs(self, queue: str | None, statuses: Sequence[str]) -> list[JobState]:
         if not queue:
             raise JobSpecError("AWS Batch lists jobs per queue: pass --queue.")
         ids: list[str] = []
         for status in statuses:  # ListJobs without a status lists RUNNING jobs only
-            token = None
-            while True:
-                kwargs: dict[str, Any] = {"jobQueue": queue, "jobStatus": status}
-                if token:
-                    kwargs["nextToken"] = token
-                page = await self.backoff.call(lambda: self._batch.list_jobs(**kwargs))
-                ids.extend(summary["jobId"] for summary in page.get("jobSummaryList", ()))
-                token = page.get("nextToken")
-                if not token:
-                    break
+            ids.extend(await self._listed_ids(jobQueue=queue, jobStatus=status))
         states: list[JobState] = []
         for start in range(0, len(ids), self.describe_batch_size):
             states.extend(await self.describe(ids[start : start + self.describe_batch_size]))
