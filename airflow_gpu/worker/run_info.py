@@ -50,19 +50,25 @@ def _time(text: str | None) -> datetime | None:
     return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
 
 
-def gpu_info() -> dict | None:
-    """The first GPU's model and memory through cuda-python (an RMM dependency), or None."""
+def device_properties():
+    """The first GPU's properties through cuda-python (an RMM dependency), or None when it cannot tell."""
     try:
         from cuda.bindings import runtime
     except ImportError:
         return None
     try:
         err, props = runtime.cudaGetDeviceProperties(0)
-        if int(err) != 0:
-            return None
-        name = props.name
-        name = name.split(b"\0", 1)[0].decode(errors="replace") if isinstance(name, bytes) else str(name)
-        return {"name": name.strip(), "memory_bytes": int(props.totalGlobalMem),
-                "compute_capability": f"{int(props.major)}.{int(props.minor)}"}
-    except Exception:  # noqa: BLE001 - a report detail; training already ran
+        return props if int(err) == 0 else None
+    except Exception:  # noqa: BLE001 - only a hint; implicit reports real failures itself
         return None
+
+
+def gpu_info() -> dict | None:
+    """The first GPU's model and memory, for the report; None without one."""
+    props = device_properties()
+    if props is None:
+        return None
+    name = props.name
+    name = name.split(b"\0", 1)[0].decode(errors="replace") if isinstance(name, bytes) else str(name)
+    return {"name": name.strip(), "memory_bytes": int(props.totalGlobalMem),
+            "compute_capability": f"{int(props.major)}.{int(props.minor)}"}

@@ -117,18 +117,11 @@ def _gpu_als_class():
 
 
 def _compute_capability() -> tuple[int, int] | None:
-    """The first GPU's compute capability through cuda-python (an RMM dependency), if it can tell."""
-    try:
-        from cuda.bindings import runtime
-    except ImportError:
-        return None
-    try:
-        err, props = runtime.cudaGetDeviceProperties(0)
-        if int(err) != 0:
-            return None
-        return int(props.major), int(props.minor)
-    except Exception:  # noqa: BLE001 - only a hint; implicit reports real failures itself
-        return None
+    """The first GPU's compute capability, if cuda-python can tell."""
+    from .run_info import device_properties
+
+    props = device_properties()
+    return None if props is None else (int(props.major), int(props.minor))
 
 
 def resolve_device(requested: str) -> str:
