@@ -365,10 +365,18 @@ def spawn(args, label: str, device: str, users: int, items: int, interactions: i
     ]
     say(f"[{label}] {device.upper()}: {users:,} users x {items:,} items, ~{interactions:,} interactions; "
         f"timeout {timeout:.0f} s")
+    # A deadline of its own as well, so it stops even if this parent is gone.
+    result = measure_in_child(command + ["--stop-at", str(time.time() + timeout + 10)], out, timeout)
+    say(f"[{label}] {result['status']} in {result['wall_seconds']:.0f} s")
+    return result
+
+
+def measure_in_child(command: list[str], out: Path, timeout: float) -> dict:
+    """Run one measuring child to its end or its timeout and return the JSON it wrote to ``out``,
+    with its exit code, wall time and (when it ran out of time) a "timed out" status."""
     started = time.monotonic()
     # Its own process group (so a timeout ends it and anything it started) in our session (so
-    # whatever ends this command's session ends it too), and a deadline of its own as well.
-    command += ["--stop-at", str(time.time() + timeout + 10)]
+    # whatever ends this command's session ends it too).
     child = subprocess.Popen(command, process_group=0)
     try:
         rc = child.wait(timeout=max(timeout, 1))
@@ -385,7 +393,6 @@ def spawn(args, label: str, device: str, users: int, items: int, interactions: i
         result["status"] = f"timed out after {timeout:.0f} s"
     result["exit_code"] = rc
     result["wall_seconds"] = round(time.monotonic() - started, 1)
-    say(f"[{label}] {result['status']} in {result['wall_seconds']:.0f} s")
     return result
 
 

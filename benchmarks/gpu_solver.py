@@ -38,8 +38,6 @@ import argparse
 import json
 import logging
 import os
-import signal
-import subprocess
 import sys
 import threading
 import time
@@ -52,7 +50,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from gpu_als import GpuMemory, Record, machine, peak_rss, say  # noqa: E402
+from gpu_als import GpuMemory, Record, machine, measure_in_child, peak_rss, say  # noqa: E402
 
 SEED_USERS, SEED_ITEMS, SEED_NNZ = 25_000_000, 8_400_000, 1_000_000_000
 GiB = 1 << 30
@@ -320,23 +318,7 @@ def spawn(args, step: str, timeout: float, out: Path) -> dict:
                "--quality-iterations", str(args.quality_iterations), "--stop-at", str(time.time() + timeout + 5),
                *(["--cpu"] if args.cpu else []), *(["--quick"] if args.quick else [])]
     say(f"[{step}] start; timeout {timeout:.0f} s")
-    started = time.monotonic()
-    child = subprocess.Popen(command, process_group=0)  # its own group: a timeout ends it and all it started
-    try:
-        rc = child.wait(timeout=max(timeout, 1))
-        timed_out = False
-    except subprocess.TimeoutExpired:
-        os.killpg(child.pid, signal.SIGKILL)
-        rc = child.wait()
-        timed_out = True
-    try:
-        result = json.loads(out.read_text())
-    except (OSError, ValueError):
-        result = {"status": "no result", "stages": {}, "errors": {}}
-    if timed_out:
-        result["status"] = f"timed out after {timeout:.0f} s"
-    result["exit_code"] = rc
-    result["wall_seconds"] = round(time.monotonic() - started, 1)
+    result = measure_in_child(command, out, timeout)
     say(f"[{step}] {result['status']} in {result['wall_seconds']:.0f} s"
         + (f": {result['errors'].get(step)}" if result.get("errors", {}).get(step) else ""))
     return result
