@@ -175,32 +175,34 @@ class GpuBatchJobTrigger(BaseTrigger):
         if self._fired or TRIGGERER_CALLS_ON_KILL:
             return
         self._fired = True  # decided once: a second cleanup() asks nothing
-        await self._terminate_if_task_moved_on(when_unknown=False)
+        await self._terminate_if_task_moved_on()
 
     async def on_kill(self) -> None:
-        """The triggerer cancelled this trigger for a user's action (Airflow 3.3+): stop the GPU job.
+        """The triggerer cancelled this trigger for a user's action (clear, mark failed or success;
+        Airflow 3.3+): stop the GPU job, at once and without asking the task's state.
 
-        A trigger moved away from a triggerer that is still alive is cancelled the same way,
-        so the task's state decides here too; if it cannot be read, the job is terminated, as
-        the triggerer said the user acted.
-
-        The triggerer cancels a trigger it has dropped again on each pass until it has ended, so
-        a second cancel can land here while the state is being read (a new triggerer's first Task
-        SDK call takes seconds): the decision runs as its own task, which that cancel cannot stop."""
-        self._killing = asyncio.ensure_future(self._terminate_if_task_moved_on(when_unknown=True))
+        Asking would race the user's own clear: by the time a busy supervisor answers (a new
+        triggerer's first Task SDK call takes seconds), the cleared task's next try may already
+        have reattached and deferred again, and the state would read DEFERRED. The triggerer also
+        cancels a trigger it dropped again on each pass until it has ended, so the termination runs
+        as its own task, which a second cancel cannot stop halfway."""
+        self._killing = asyncio.ensure_future(self._terminate(self._kill_reason(UNKNOWN)))
         await asyncio.shield(self._killing)
 
-    async def _terminate_if_task_moved_on(self, *, when_unknown: bool) -> None:
+    async def _terminate(self, reason: str) -> None:
+        async with JobWatcher.shared(self.target).backend() as backend:
+            await backend.terminate(self.job_id, reason)
+
+    async def _terminate_if_task_moved_on(self) -> None:
         ti = self.task_instance
         state = UNKNOWN if ti is None else await task_instance_state(ti, self.log)
         if state == DEFERRED:
             self.log.info("Task still DEFERRED: job %s keeps running for the trigger that takes over", self.job_id)
             return
-        if state is UNKNOWN and not when_unknown:
+        if state is UNKNOWN:
             self.log.warning("Could not read the task's state: job %s is left running", self.job_id)
             return
-        async with JobWatcher.shared(self.target).backend() as backend:
-            await backend.terminate(self.job_id, self._kill_reason(state))
+        await self._terminate(self._kill_reason(state))
 
     def _kill_reason(self, state: object = None) -> str:
         ti = self.task_instance

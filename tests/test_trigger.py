@@ -180,21 +180,21 @@ async def cancel_while_watched(moto_aws, gpu_batch, *, map_index: int = -1) -> t
     return job_id, trigger, watcher
 
 
-async def test_a_second_cancel_while_on_kill_reads_the_state_still_terminates_the_job(moto_aws, gpu_batch, aws_conn, monkeypatch, closed_after):
+async def test_a_second_cancel_during_on_kill_still_terminates_the_job(moto_aws, gpu_batch, aws_conn, monkeypatch, closed_after):
     # Airflow 3.3's triggerer cancels a trigger it dropped again on each pass until the trigger has
-    # ended; with a slow supervisor, that cancel lands inside on_kill, which must decide all the same.
-    answer = asyncio.Event()
-    TaskStates(monkeypatch, "failed", on_kill_calls=True, answer_after=answer)
+    # ended; that cancel can land inside on_kill, which must finish terminating the job all the same.
+    states = TaskStates(monkeypatch, "deferred", on_kill_calls=True)
     job_id, trigger, _ = await cancel_while_watched(moto_aws, gpu_batch)
     killing = asyncio.create_task(trigger.on_kill())
-    await asyncio.sleep(0.05)
+    await asyncio.sleep(0)  # on_kill has started and waits on the backend
     killing.cancel()  # the triggerer's next pass
     with pytest.raises(asyncio.CancelledError):
         await killing
-    answer.set()
     await wait_until(lambda: moto_aws.log.terminated)
     [(terminated, reason)] = moto_aws.log.terminated
-    assert terminated == job_id and "(its state is now failed)" in reason
+    assert terminated == job_id and "was cleared or marked failed/succeeded" in reason
+    # A user's action needs no state read: asking would race the cleared task's next try deferring again.
+    assert states.asked == []
 
 
 @pytest.mark.parametrize("on_kill_calls", [False, True], ids=["airflow-3.2", "airflow-3.3"])
@@ -202,12 +202,12 @@ async def test_a_restart_or_move_releases_the_watch_and_leaves_the_job(moto_aws,
     # The triggerer stops (restart) or another triggerer takes the trigger (move): the task stays DEFERRED.
     states = TaskStates(monkeypatch, "deferred", on_kill_calls=on_kill_calls)
     job_id, trigger, watcher = await cancel_while_watched(moto_aws, gpu_batch, map_index=3)
-    if on_kill_calls:  # 3.3 cancels a trigger moved away from a live triggerer like a user's action
-        await trigger.on_kill()
     await trigger.cleanup()
     await trigger.cleanup()  # idempotent
     assert watcher.watched == 0
-    assert states.asked == [{"dag_id": "recs", "map_index": 3, "task_ids": ["train"], "run_ids": ["manual__1"]}]
+    # Before 3.3 cleanup asks the task's state once; from 3.3 on, cleanup means a restart or a move and asks nothing.
+    asked_once = [{"dag_id": "recs", "map_index": 3, "task_ids": ["train"], "run_ids": ["manual__1"]}]
+    assert states.asked == ([] if on_kill_calls else asked_once)
     assert moto_aws.log.terminated == []
     assert moto_aws.batch.status(job_id) == "RUNNING"
 
@@ -276,11 +276,12 @@ async def test_cleanup_after_the_event_asks_nothing_and_terminates_nothing(moto_
     assert states.asked == [] and moto_aws.log.terminated == []
 
 
-async def test_on_kill_terminates_when_the_state_cannot_be_read(moto_aws, gpu_batch, aws_conn, monkeypatch, closed_after):
-    # On 3.3 the triggerer calls on_kill only after a user's action (or a move, which the state tells apart).
-    TaskStates(monkeypatch, TimeoutError("no answer"), on_kill_calls=True)
+async def test_on_kill_terminates_without_asking_the_tasks_state(moto_aws, gpu_batch, aws_conn, monkeypatch, closed_after):
+    # On 3.3 the triggerer calls on_kill only for a user's action, so it terminates at once.
+    states = TaskStates(monkeypatch, "deferred", on_kill_calls=True)
     job_id, trigger, _ = await cancel_while_watched(moto_aws, gpu_batch)
     await trigger.on_kill()
     await trigger.cleanup()
     [(terminated, _)] = moto_aws.log.terminated
     assert terminated == job_id
+    assert states.asked == []
