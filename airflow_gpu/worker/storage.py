@@ -417,6 +417,20 @@ async def gather_or_cancel(coros: list) -> list:
 # ---------------------------------------------------------------------------------------
 
 
+async def _finish_in_thread(fn: Callable, *args) -> None:
+    """Run a file write in a thread; when the caller is cancelled, wait for the write to end first.
+
+    A thread cannot be stopped. Without the wait, an abort (SIGTERM mid-publish) would remove this
+    run's files while the write still runs, and the file would appear again after the clean-up."""
+    write = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+    try:
+        await asyncio.shield(write)
+    except asyncio.CancelledError:
+        with contextlib.suppress(BaseException):
+            await write
+        raise
+
+
 class LocalStore(Store):
     """A local folder or file. Writes go to a temporary name first, then are renamed into place."""
 
@@ -466,14 +480,14 @@ class LocalStore(Store):
             return None
 
     async def write(self, name: str, data: bytes | memoryview) -> None:
-        await asyncio.to_thread(self._write, name, lambda handle: handle.write(data))
+        await _finish_in_thread(self._write, name, lambda handle: handle.write(data))
 
     async def write_file(self, name: str, path: Path) -> None:
         def copy(handle) -> None:
             with open(path, "rb") as source:
                 shutil.copyfileobj(source, handle, 8 * MiB)
 
-        await asyncio.to_thread(self._write, name, copy)
+        await _finish_in_thread(self._write, name, copy)
 
     def _write(self, name: str, fill: Callable) -> None:
         target = path_inside(self.root, name)
