@@ -155,7 +155,10 @@ class Publisher:
     async def _prune(self, keep: int) -> list[str]:
         names = await self.store.names_under("runs/")
         committed = sorted({n.split("/")[1] for n in names if n.count("/") == 2 and n.endswith("/" + COMMITTED)})
-        kept = set(committed[-keep:]) | {self.run_id}
+        # This run is the newest whatever its id sorts as (ids made within one second sort by their
+        # random suffix), so it takes one of the `keep` places and the rest go to the newest others.
+        others = [run for run in committed if run != self.run_id]
+        kept = set(others[max(0, len(others) - (keep - 1)):]) | {self.run_id}
         old = [run for run in committed if run not in kept]
         for run in old:
             folder = f"runs/{run}/"
