@@ -22,6 +22,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Callable, Collection, Mapping, Sequence
 
 from airflow.sdk.bases.decorator import DecoratedOperator, task_decorator_factory
+from airflow.sdk.definitions._internal.mixins import ResolveMixin
 from airflow.sdk.exceptions import AirflowException
 
 from airflow_gpu.config import staging_prefix
@@ -30,7 +31,7 @@ from airflow_gpu.jobs.backend import SUCCEEDED, JobState
 from airflow_gpu.jobs.spec import JobSpecError
 from airflow_gpu.operators import GpuBatchOperator, _identity
 from airflow_gpu.outputs import ObjectStore
-from airflow_gpu.shipping import ResultMissing, function_payload, read_error, read_result, result_prefix, stage
+from airflow_gpu.shipping import ResultMissing, check_arguments, function_payload, read_error, read_result, result_prefix, stage
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -75,6 +76,13 @@ class GpuBatchDecoratedOperator(DecoratedOperator, GpuBatchOperator):
         self.staging_prefix = staging_prefix
         self._results: str | None = None
         super().__init__(python_callable=python_callable, op_args=op_args, op_kwargs=op_kwargs, **kwargs)
+        # What the DAG file passes literally is known now: a set or a DataFrame fails the DAG's import,
+        # naming the argument, rather than each run. Upstream XComs are checked once resolved, at execute.
+        check_arguments(
+            python_callable.__name__,
+            [_as_parsed(value) for value in self.op_args],
+            {key: _as_parsed(value) for key, value in self.op_kwargs.items()},
+        )
 
     @property
     def _store(self) -> ObjectStore:
@@ -138,6 +146,17 @@ class GpuBatchDecoratedOperator(DecoratedOperator, GpuBatchOperator):
             ) from None
         self.log.info("Job %s SUCCEEDED; %s() returned", state.job_id, self.python_callable.__name__)
         return value
+
+
+def _as_parsed(value: Any) -> Any:
+    """``value`` with every upstream reference (an XComArg, resolved only at run time) put as None."""
+    if isinstance(value, ResolveMixin):
+        return None
+    if isinstance(value, (list, tuple)):
+        return [_as_parsed(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _as_parsed(item) for key, item in value.items()}
+    return value
 
 
 def gpu_batch_task(python_callable: Callable | None = None, multiple_outputs: bool | None = None, **kwargs: Any) -> TaskDecorator:

@@ -56,12 +56,17 @@ def _json_argument(label: str, value: Any, function: str) -> None:
         ) from None
 
 
-def function_payload(source: str, name: str, args: Sequence[Any], kwargs: Mapping[str, Any], *, multiple_outputs: bool) -> bytes:
-    """The document ``run-function`` runs; JobSpecError naming the first argument that is not JSON."""
+def check_arguments(name: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
+    """JobSpecError naming the first argument of ``name()`` that cannot travel as JSON."""
     for index, value in enumerate(args):
         _json_argument(f"#{index + 1}", value, name)
     for key, value in kwargs.items():
         _json_argument(repr(key), value, name)
+
+
+def function_payload(source: str, name: str, args: Sequence[Any], kwargs: Mapping[str, Any], *, multiple_outputs: bool) -> bytes:
+    """The document ``run-function`` runs; JobSpecError naming the first argument that is not JSON."""
+    check_arguments(name, args, kwargs)
     document = {
         "format": FUNCTION_FORMAT,
         "version": FUNCTION_VERSION,

@@ -151,3 +151,37 @@ def test_on_kill_terminates_the_decorated_job(moto_aws, gpu_batch, aws_conn, sta
         op.execute(make_context(FakeTaskInstance(task_id="scores")))
     op.on_kill()
     assert [j for j, _ in moto_aws.log.terminated] == [deferred.value.trigger.job_id]
+
+
+def test_a_literal_argument_that_is_not_json_fails_when_the_dag_is_parsed(gpu_batch):
+    from datetime import datetime
+
+    from airflow.sdk import DAG, task
+
+    with DAG("parse_check", schedule=None, start_date=datetime(2026, 1, 1)):
+        @task.gpu_batch(job_queue=gpu_batch["job_queue"], job_definition=gpu_batch["job_definition"], staging_prefix=STAGING)
+        def train(sizes, options):
+            return sizes
+
+        with pytest.raises(JobSpecError, match=r"Argument 'options' of train\(\) cannot be sent to the GPU job: set is not JSON"):
+            train([1, 2], options={"a", "b"})
+        with pytest.raises(JobSpecError, match=r"Argument #1 of train\(\) cannot be sent to the GPU job: datetime is not JSON"):
+            train(datetime(2026, 1, 1), options=None)
+
+
+def test_upstream_xcoms_pass_the_parse_time_check_and_are_checked_once_resolved(gpu_batch):
+    from datetime import datetime
+
+    from airflow.sdk import DAG, task
+
+    with DAG("parse_check_xcom", schedule=None, start_date=datetime(2026, 1, 1)):
+        @task
+        def upstream() -> list[int]:
+            return [1]
+
+        @task.gpu_batch(job_queue=gpu_batch["job_queue"], job_definition=gpu_batch["job_definition"], staging_prefix=STAGING)
+        def train(sizes, options):
+            return sizes
+
+        made = train(upstream(), options={"nested": [upstream()["x"], 2], "label": "{{ ds }}"})
+    assert made.operator.task_id == "train"  # built: the references stood in as None for the check
