@@ -29,6 +29,7 @@ task is then SCHEDULED to resume, which a GPU task ending on the triggerer would
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -233,6 +234,18 @@ class SideResult:
     max_delay_s: float = math.nan
     p50_delay_s: float = math.nan
     events_ok: int = 0
+    # The delay in three parts: job end -> a DescribeJobs first answers it ended (the server's record:
+    # the poll); -> its trigger fires (each task's trigger log, the runner's "Trigger fired event" record
+    # as the trigger yields: the trigger's own work); -> the task leaves DEFERRED (the supervisor
+    # recording the event in the database).
+    p50_to_seen_s: float = math.nan
+    max_to_seen_s: float = math.nan
+    p50_seen_to_fired_s: float = math.nan
+    max_seen_to_fired_s: float = math.nan
+    p50_to_fired_s: float = math.nan
+    max_to_fired_s: float = math.nan
+    p50_fired_to_recorded_s: float = math.nan
+    max_fired_to_recorded_s: float = math.nan
 
 
 def defer_all(side: str, job_ids: list[str], poll: float) -> None:
@@ -283,6 +296,24 @@ def left_deferred(side: str) -> dict[int, tuple[str, float, str]]:
     return {index: (state, updated.timestamp(), json.dumps(kwargs, default=str)) for index, state, updated, kwargs in rows}
 
 
+def fired_at(logs: Path, side: str) -> dict[int, float]:
+    """map index -> when its trigger fired (the runner's "Trigger fired event" record, epoch seconds)."""
+    from datetime import datetime
+
+    fired: dict[int, float] = {}
+    for path in (logs / f"dag_id={DAG_IDS[side]}").glob("run_id=*/task_id=*/map_index=*/attempt=*.log.trigger.*.log"):
+        index = int(path.parent.name.split("=", 1)[1])
+        with open(path, errors="replace") as lines:
+            for line in lines:
+                if '"Trigger fired event"' not in line:
+                    continue
+                with contextlib.suppress(ValueError, KeyError):
+                    stamp = json.loads(line)["timestamp"].replace("Z", "+00:00")
+                    fired[index] = datetime.fromisoformat(stamp).timestamp()
+                break
+    return fired
+
+
 def run_side(side: str, n: int, args: argparse.Namespace, server: ServerHandle, procs: Processes) -> SideResult:
     print(f"[{side} N={n}] creating {n} jobs in the server and deferring {n} task instances...", flush=True)
     job_ids = server.call("setup", n)
@@ -318,6 +349,12 @@ def run_side(side: str, n: int, args: argparse.Namespace, server: ServerHandle, 
         procs.stop(f"triggerer-{side}")
     index_of = {job_id: i for i, job_id in enumerate(job_ids)}
     delays = [done[index_of[job]][1] - end for job, end in end_at.items()]
+    fired = fired_at(procs.home / "logs", side)
+    to_fired = [fired[index_of[job]] - end for job, end in end_at.items() if index_of[job] in fired]
+    to_recorded = [done[i][1] - at for i, at in fired.items() if i in done]
+    seen = stats.get("seen_ended", {})
+    to_seen = [seen[job] - end for job, end in end_at.items() if job in seen]
+    seen_to_fired = [fired[index_of[job]] - at for job, at in seen.items() if index_of.get(job) in fired]
     last_event = max(updated for _, updated, _ in done.values())
     calls = _calls_between(stats["describes"], t_clock, last_event)
     offset = time.time() - time.monotonic()
@@ -333,6 +370,14 @@ def run_side(side: str, n: int, args: argparse.Namespace, server: ServerHandle, 
         max_calls_in_a_cycle=max((len(c) for c in _cycles(watching, gap=args.poll / 2)), default=0),
         max_delay_s=max(delays),
         p50_delay_s=statistics.median(delays),
+        p50_to_seen_s=statistics.median(to_seen) if to_seen else math.nan,
+        max_to_seen_s=max(to_seen, default=math.nan),
+        p50_seen_to_fired_s=statistics.median(seen_to_fired) if seen_to_fired else math.nan,
+        max_seen_to_fired_s=max(seen_to_fired, default=math.nan),
+        p50_to_fired_s=statistics.median(to_fired) if to_fired else math.nan,
+        max_to_fired_s=max(to_fired, default=math.nan),
+        p50_fired_to_recorded_s=statistics.median(to_recorded) if to_recorded else math.nan,
+        max_fired_to_recorded_s=max(to_recorded, default=math.nan),
         events_ok=sum(1 for state, _, kwargs in done.values() if state == "scheduled" and ("SUCCEEDED" in kwargs or "success" in kwargs)),
     )
 
@@ -393,14 +438,17 @@ def print_table(results: list[SideResult], args: argparse.Namespace) -> None:
           f"ends spread over one poll; ours relays a log line per job every {args.log_every:g} s")
     print()
     print("| N | side | triggers up after s | triggerer CPU s | CPU % of a core while watching | peak RSS MB "
-          "| DescribeJobs per poll (ours: most in one cycle) | job end -> task leaves DEFERRED p50 / max s | events |")
-    print("|" + " --- |" * 9)
+          "| DescribeJobs per poll (ours: most in one cycle) | job end -> task leaves DEFERRED p50 / max s "
+          "| of which job end -> described ended p50 / max s | described -> trigger fired p50 / max s "
+          "| fired -> recorded p50 / max s | events |")
+    print("|" + " --- |" * 12)
     for r in results:
         if r.skipped:
-            print(f"| {r.n} | {r.side} | skipped: {r.skipped} | | | | | | |")
+            print(f"| {r.n} | {r.side} | skipped: {r.skipped} | | | | | | | | | |")
             continue
         print(f"| {r.n} | {r.side} | {r.startup_s:.0f} | {r.cpu_s:.1f} | {r.cpu_watch_pct:.1f} | {r.peak_rss_mb:.0f} | "
-              f"{r.calls_per_poll:.1f}{f' ({r.max_calls_in_a_cycle})' if r.side == 'ours' else ''} | {r.p50_delay_s:.1f} / {r.max_delay_s:.1f} | {r.events_ok}/{r.n} |")
+              f"{r.calls_per_poll:.1f}{f' ({r.max_calls_in_a_cycle})' if r.side == 'ours' else ''} | {r.p50_delay_s:.1f} / {r.max_delay_s:.1f} | "
+              f"{r.p50_to_seen_s:.1f} / {r.max_to_seen_s:.1f} | {r.p50_seen_to_fired_s:.1f} / {r.max_seen_to_fired_s:.1f} | {r.p50_fired_to_recorded_s:.1f} / {r.max_fired_to_recorded_s:.1f} | {r.events_ok}/{r.n} |")
     print()
     by_side = {r.side: r for r in results}
     if set(by_side) != set(SIDES):

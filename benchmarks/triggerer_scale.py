@@ -93,6 +93,7 @@ class BenchServer:
         self.described_json: dict[str, str] = {}
         self.finished: set[str] = set()
         self.described: set[str] = set()
+        self.seen_ended: dict[str, float] = {}  # job id -> when a DescribeJobs first answered it ended
         self.due: list[_Due] = []  # log lines and job ends, by time
         self.lines_written = 0
         self._clock = threading.Thread(target=self._run_clock, daemon=True)
@@ -115,6 +116,8 @@ class BenchServer:
                 text = bench.described_json.get(job_id)
                 if text is not None:
                     bench.described.add(job_id)
+                    if job_id in bench.finished and '"SUCCEEDED"' in text:
+                        bench.seen_ended.setdefault(job_id, now)
                     parts.append(text)
             return '{"jobs": [' + ", ".join(parts) + "]}"
 
@@ -183,6 +186,7 @@ class BenchServer:
             self.described_json.clear()
             self.finished.clear()
             self.described.clear()
+            self.seen_ended.clear()
             self.due.clear()
             self.lines_written = 0
             ids = []
@@ -220,6 +224,7 @@ class BenchServer:
             "describes": describes,
             "filters": filters,
             "lines_written": self.lines_written,
+            "seen_ended": dict(self.seen_ended),
             "server_cpu": time.process_time(),
             "at": time.time(),
         }

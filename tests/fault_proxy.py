@@ -3,8 +3,9 @@
 Clients point their endpoint_url at the proxy; every request is passed to moto
 unchanged unless a :class:`Fault` matches it. A fault answers in place of moto: a
 500, a 503 or S3's SlowDown, any chosen 4xx with an AWS error code, a connection
-reset before any reply, or a reset in the middle of the reply's body (moto's real
-reply, cut after its headers and part of its bytes). Faults match on method, path
+reset before any reply, a reset in the middle of the reply's body (moto's real
+reply, cut after its headers and part of its bytes), or a slow reply (moto's real reply,
+held back for ``seconds``). Faults match on method, path
 (a regular expression over path and query) and optionally a predicate, and fire
 for a count of matching calls, after some are let through, or with a seeded
 probability, so a failing run replays exactly.
@@ -31,7 +32,7 @@ HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "proxy-connectio
 #: What each kind answers when no status is given.
 DEFAULT_STATUS = {"500": 500, "503": 503, "slowdown": 503, "error": 400}
 DEFAULT_CODE = {"500": "InternalError", "503": "ServiceUnavailable", "slowdown": "SlowDown"}
-KINDS = ("500", "503", "slowdown", "error", "reset_before", "reset_mid_body")
+KINDS = ("500", "503", "slowdown", "error", "reset_before", "reset_mid_body", "delay")
 
 
 @dataclass
@@ -55,6 +56,9 @@ class Fault:
     code: str | None = None
     message: str = "injected by the test's fault proxy"
     cut_at: float = 0.5  # reset_mid_body: share of the body sent before the reset
+    seconds: float = 0.0  # delay: how long the reply is held back at most
+    released: threading.Event = field(default_factory=threading.Event)  # delay: set it to let held replies go
+    holding: int = 0  # delay: replies held back right now
     matched: int = 0
     injected: int = 0
 
@@ -174,9 +178,16 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         fault = self.owner._choose(request)
         if fault is not None and fault.kind == "reset_before":
             return self._reset()
-        if fault is not None and fault.kind != "reset_mid_body":
+        if fault is not None and fault.kind not in ("reset_mid_body", "delay"):
             return self._answer_error(fault)
         status, reply_headers, reply = self._forward(request)
+        if fault is not None and fault.kind == "delay":
+            fault.holding += 1
+            try:
+                fault.released.wait(fault.seconds)
+            finally:
+                fault.holding -= 1
+            fault = None  # then answered as it came
         if fault is not None and len(reply) > 1:
             self._send_head(status, reply_headers, len(reply))
             self.wfile.write(reply[: max(1, int(len(reply) * fault.cut_at))])

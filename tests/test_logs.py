@@ -373,3 +373,44 @@ async def test_late_events_are_relayed_once(moto_aws, aws_conn, closed_after):
     await wait_until(lambda: follower.sweeps >= sweeps + 3)
     follow.close()
     assert got == ["one", "two", "three", "late one"]
+
+
+async def test_a_slow_last_read_holds_up_no_other_jobs_last_read(moto_aws, gpu_batch, fault_proxy, monkeypatch, closed_after):
+    """Thousands of jobs end within one poll: one slow CloudWatch reply must not make the jobs ending
+    after it wait for it. Job A's last read is held back at the proxy; B ends meanwhile, and its own
+    last read is served and its event fires while A's reply is still held."""
+    import json
+
+    from gpu_batch_testing import SECRET_KEY, in_triggerer
+
+    conn = {"conn_type": "aws", "login": "testing", "password": SECRET_KEY,
+            "extra": {"endpoint_url": fault_proxy.url, "region_name": moto_aws.region}}
+    monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", json.dumps(conn))
+    monkeypatch.setattr(LogFollower, "final_read_timeout", 2.0)  # the wait each trigger gives its last read
+    moto_aws.batch.hold("RUNNING")
+    runs = {}
+    for name in ("a", "b"):
+        trigger, job_id, recorder = running_trigger(moto_aws, gpu_batch, name, poll=0.5)
+        runs[name] = (in_triggerer(trigger), job_id, recorder, stream_of(moto_aws, job_id))
+    (a, a_job, _, a_stream), (b, b_job, b_lines, b_stream) = runs["a"], runs["b"]
+    tasks = {name: asyncio.create_task(collect_events(run[0], timeout=60)) for name, run in runs.items()}
+    follower = LogFollower.shared(BackendTarget())
+    await wait_until(lambda: follower.sweeps >= 2 and follower.followed == 2)
+
+    def a_alone(request) -> bool:  # A's last read: it names A's stream, and no longer B's
+        body = request.body.decode(errors="replace")
+        return "FilterLogEvents" in request.headers.get("x-amz-target", "") and a_stream in body and b_stream not in body
+
+    held = fault_proxy.add("delay", when=a_alone, times=1, seconds=60)
+    try:
+        moto_aws.batch.set_status(a_job, "SUCCEEDED")
+        await wait_until(lambda: held.holding == 1, timeout=30)
+        put(moto_aws, b_stream, ["b's last line"])
+        moto_aws.batch.set_status(b_job, "SUCCEEDED")
+        [b_event] = await tasks["b"]
+        assert held.holding == 1, "B's event waited for A's held reply"
+        assert b_event["log_relayed_to_end"] is True and "b's last line" in "\n".join(b_lines.records)
+        [a_event] = await tasks["a"]  # A gave up on its last lines after its own 2 s
+        assert a_event["log_relayed_to_end"] is False and held.holding == 1
+    finally:
+        held.released.set()

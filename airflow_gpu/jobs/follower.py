@@ -70,6 +70,7 @@ class LogFollow:
         "misses",
         "lines",
         "finishing",
+        "finish_by",
         "closed",
         "reading",
         "__weakref__",
@@ -89,6 +90,7 @@ class LogFollow:
         self.misses = 0
         self.lines = 0  # relayed so far
         self.finishing: asyncio.Future | None = None
+        self.finish_by = 0.0  # loop time by which the last read must be done, counted from the ask
         self.closed = False
         self.reading: asyncio.Lock | None = None
 
@@ -203,6 +205,7 @@ class LogFollower:
         self._ready: asyncio.Future | None = None
         self._drains: list[LogFollow] = []
         self._drain_task: asyncio.Task | None = None
+        self._last_reads: set[asyncio.Task] = set()
         self._failing = False
         self._unreported = 0
         self.sweeps = 0
@@ -306,10 +309,12 @@ class LogFollower:
             # when thousands of jobs end in one poll, most of them fire at once.
             if len(self._drains) >= reader.capacity(timeout):
                 return self._gave_up()
-            done = follow.finishing = asyncio.get_running_loop().create_future()
+            loop = asyncio.get_running_loop()
+            done = follow.finishing = loop.create_future()
+            follow.finish_by = loop.time() + timeout
             self._drains.append(follow)
             if self._drain_task is None or self._drain_task.done():
-                self._drain_task = detached_task(self._drain(timeout), f"airflow-gpu last log reads {self.target}")
+                self._drain_task = detached_task(self._drain(), f"airflow-gpu last log reads {self.target}")
             return await done or self._gave_up()
         finally:
             follow.close()
@@ -329,33 +334,48 @@ class LogFollower:
             count, self.target, self.final_read_timeout,
         )
 
-    async def _drain(self, within: float) -> None:
-        """Last reads for jobs that ended, batched; each batch is given ``within`` seconds."""
+    async def _drain(self) -> None:
+        """Last reads for jobs that ended, batched. Each job's wait counts from its own ask, and a
+        batch never waits for an earlier batch's reply: when thousands of jobs end in one poll and
+        one reply is slow, the jobs that end meanwhile must not queue behind it (they did, and a
+        0.5 s wait became up to 15 s at 2,000 jobs: benchmarks/README.md, "Triggerer scale through
+        Airflow"). The log API's rate limiter paces the calls in flight."""
         loop = asyncio.get_running_loop()
         while self._drains:
             await asyncio.sleep(self.gather_delay)  # jobs ending together share their calls
             batch, self._drains = [f for f in self._drains if not f.closed], []
+            now = loop.time()
+            due = [f for f in batch if f.finish_by > now]
+            _settle_all([f for f in batch if f.finish_by <= now], False)
             reader = self._reader
-            room = reader.capacity(within) if reader is not None else 0
-            chosen, late = batch[:room], batch[room:]
+            room = reader.capacity(min(f.finish_by for f in due) - now) if reader is not None and due else 0
+            chosen, late = due[:room], due[room:]
             _settle_all(late, False)
-            if not chosen:
-                continue
-            deadline = loop.call_later(within, _settle_all, chosen, False)  # one timer per batch
-            try:
-                await reader.read(chosen, urgent=True)  # type: ignore[union-attr]
-            except Exception as exc:
-                log.warning("Reading the last log lines for %s failed: %s", self.target, exc)
-                _settle_all(chosen, False)
-            finally:
-                deadline.cancel()
-                _settle_all(chosen, True)
+            if chosen:
+                read = detached_task(self._last_read(reader, chosen), f"airflow-gpu last log read {self.target}")
+                self._last_reads.add(read)
+                read.add_done_callback(self._last_reads.discard)
+
+    async def _last_read(self, reader: LogReader, chosen: list[LogFollow]) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.call_at(min(f.finish_by for f in chosen), _settle_all, chosen, False)  # one timer per batch
+        try:
+            await reader.read(chosen, urgent=True)
+        except asyncio.CancelledError:
+            _settle_all(chosen, False)
+            raise
+        except Exception as exc:
+            log.warning("Reading the last log lines for %s failed: %s", self.target, exc)
+            _settle_all(chosen, False)
+        finally:
+            deadline.cancel()
+            _settle_all(chosen, True)
 
     async def aclose(self) -> None:
         """Stop following everything now (tests, a loop about to end)."""
         for follow in list(self._follows):
             follow.close()
-        for task in (self._task, self._drain_task):
+        for task in (self._task, self._drain_task, *self._last_reads):
             if task is not None and not task.done():
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
