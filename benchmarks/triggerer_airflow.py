@@ -49,8 +49,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from postgres import PostgresServer  # noqa: E402
 from triggerer_scale import FAKE_CREDENTIALS, ServerHandle, _calls_between, _cycles, _ratio  # noqa: E402
 
-SIDES = ("anchor", "ours")
-DAG_IDS = {"ours": "bench_triggerer_ours", "anchor": "bench_triggerer_anchor"}
+#: ours_quiet is ours without live logs (stream_logs=False): what relaying container lines through the
+#: triggerer's supervisor costs, in CPU and in delay.
+SIDES = ("anchor", "ours", "ours_quiet")
+DAG_IDS = {"ours": "bench_triggerer_ours", "ours_quiet": "bench_triggerer_ours_quiet", "anchor": "bench_triggerer_anchor"}
 POOL = "bench_gate"  # no slots: the scheduler creates the task instances and never runs one
 
 DAG_FILE = '''
@@ -66,6 +68,10 @@ POOL = {pool!r}
 with DAG({ours!r}, schedule="@once", start_date=datetime(2026, 1, 1), catchup=False, max_active_tasks=N):
     GpuBatchOperator.partial(task_id="train", job_queue="q", job_definition="d", poll_interval={poll}, pool=POOL,
                              aws_conn_id="aws_default").expand(command=[["als", "--shard", str(i)] for i in range(N)])
+
+with DAG({ours_quiet!r}, schedule="@once", start_date=datetime(2026, 1, 1), catchup=False, max_active_tasks=N):
+    GpuBatchOperator.partial(task_id="train", job_queue="q", job_definition="d", poll_interval={poll}, pool=POOL,
+                             aws_conn_id="aws_default", stream_logs=False).expand(command=[["als", "--shard", str(i)] for i in range(N)])
 
 with DAG({anchor!r}, schedule="@once", start_date=datetime(2026, 1, 1), catchup=False, max_active_tasks=N):
     BatchOperator.partial(task_id="train", job_name="bench", job_queue="q", job_definition="d", deferrable=True,
@@ -256,12 +262,12 @@ def defer_all(side: str, job_ids: list[str], poll: float) -> None:
     from airflow.utils.state import TaskInstanceState
     from sqlalchemy import select, update
 
-    if side == "ours":
+    if side in ("ours", "ours_quiet"):
         from airflow_gpu.triggers import GpuBatchJobTrigger
 
         def make(job_id: str):  # as GpuBatchOperator._defer builds it
             return GpuBatchJobTrigger(job_id, aws_conn_id="aws_default", region_name=None, poll_interval=poll,
-                                      max_queued=None, stream_logs=True, backend="aws_batch")
+                                      max_queued=None, stream_logs=side == "ours", backend="aws_batch")
     else:
         from airflow.providers.amazon.aws.triggers.batch import BatchJobTrigger
 
@@ -447,17 +453,21 @@ def print_table(results: list[SideResult], args: argparse.Namespace) -> None:
             print(f"| {r.n} | {r.side} | skipped: {r.skipped} | | | | | | | | | |")
             continue
         print(f"| {r.n} | {r.side} | {r.startup_s:.0f} | {r.cpu_s:.1f} | {r.cpu_watch_pct:.1f} | {r.peak_rss_mb:.0f} | "
-              f"{r.calls_per_poll:.1f}{f' ({r.max_calls_in_a_cycle})' if r.side == 'ours' else ''} | {r.p50_delay_s:.1f} / {r.max_delay_s:.1f} | "
+              f"{r.calls_per_poll:.1f}{f' ({r.max_calls_in_a_cycle})' if r.side != 'anchor' else ''} | {r.p50_delay_s:.1f} / {r.max_delay_s:.1f} | "
               f"{r.p50_to_seen_s:.1f} / {r.max_to_seen_s:.1f} | {r.p50_seen_to_fired_s:.1f} / {r.max_seen_to_fired_s:.1f} | {r.p50_fired_to_recorded_s:.1f} / {r.max_fired_to_recorded_s:.1f} | {r.events_ok}/{r.n} |")
     print()
     by_side = {r.side: r for r in results}
-    if set(by_side) != set(SIDES):
-        return
-    anchor, ours = by_side["anchor"], by_side["ours"]
-    print(f"triggerer N={ours.n}: calls_ratio={_ratio(anchor.calls_per_poll, ours.calls_per_poll)} "
-          f"cpu_ratio={_ratio(anchor.cpu_s, ours.cpu_s)} rss_ratio={_ratio(anchor.peak_rss_mb, ours.peak_rss_mb)} "
-          f"ours_max_calls_in_a_cycle={ours.max_calls_in_a_cycle} ours_max_delay_s={ours.max_delay_s:.2f} "
-          f"anchor_max_delay_s={anchor.max_delay_s:.2f}")
+    if "anchor" in by_side and "ours" in by_side:
+        anchor, ours = by_side["anchor"], by_side["ours"]
+        print(f"triggerer N={ours.n}: calls_ratio={_ratio(anchor.calls_per_poll, ours.calls_per_poll)} "
+              f"cpu_ratio={_ratio(anchor.cpu_s, ours.cpu_s)} rss_ratio={_ratio(anchor.peak_rss_mb, ours.peak_rss_mb)} "
+              f"ours_max_calls_in_a_cycle={ours.max_calls_in_a_cycle} ours_max_delay_s={ours.max_delay_s:.2f} "
+              f"anchor_max_delay_s={anchor.max_delay_s:.2f}")
+    if "ours" in by_side and "ours_quiet" in by_side:
+        ours, quiet = by_side["ours"], by_side["ours_quiet"]
+        print(f"live logs N={ours.n}: cpu_ratio_with_logs={_ratio(ours.cpu_s, quiet.cpu_s)} "
+              f"max_delay_s_with_logs={ours.max_delay_s:.2f} max_delay_s_without={quiet.max_delay_s:.2f} "
+              f"max_described_to_fired_s_with_logs={ours.max_seen_to_fired_s:.2f} without={quiet.max_seen_to_fired_s:.2f}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -468,7 +478,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log-every", type=float, default=10.0, help="each job writes a log line this often, seconds (0: none)")
     parser.add_argument("--start-timeout", type=float, default=900.0, help="give up on a side whose triggers are not all up by then")
     parser.add_argument("--finish-timeout", type=float, default=180.0, help="seconds past the last job end to wait for the events")
-    parser.add_argument("--sides", default=",".join(SIDES), help="comma-separated sides to run (default anchor,ours)")
+    parser.add_argument("--sides", default=",".join(SIDES), help="comma-separated sides to run (default anchor,ours,ours_quiet)")
     parser.add_argument("--probe", type=int, default=0, help="first run this many real tasks to DEFERRED through LocalExecutor and report their CPU cost")
     parser.add_argument("--workdir", help="keep Airflow's home and logs here")
     args = parser.parse_args(argv)
@@ -480,7 +490,8 @@ def main(argv: list[str] | None = None) -> int:
     load = os.getloadavg()
     print(f"machine: {os.cpu_count()} CPUs, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; files in {workdir}", flush=True)
     if n > 0:
-        (dags / "bench_triggerer.py").write_text(DAG_FILE.format(n=n, pool=POOL, ours=DAG_IDS["ours"], anchor=DAG_IDS["anchor"], poll=int(args.poll)))
+        (dags / "bench_triggerer.py").write_text(DAG_FILE.format(n=n, pool=POOL, ours=DAG_IDS["ours"], ours_quiet=DAG_IDS["ours_quiet"],
+                                                              anchor=DAG_IDS["anchor"], poll=int(args.poll)))
     server = ServerHandle(args.log_every)
     results: list[SideResult] = []
     with PostgresServer() as postgres:

@@ -232,3 +232,34 @@ async def test_two_watches_on_one_job_share_its_poll_and_both_see_the_end(moto_a
     assert (await asyncio.wait_for(second.next_change(), 5)).status == "SUCCEEDED"
     second.close()
     assert watcher.watched == 0
+
+
+async def test_a_cycles_chunks_start_spread_over_half_the_interval_in_the_same_order(moto_aws, gpu_batch, aws_conn, monkeypatch, closed_after):
+    """Jobs that ended during one interval are not all seen in one instant (a burst of events that
+    Airflow's triggerer turns into task state one by one): chunk k of K starts k/(2K) of the interval
+    into its cycle, so each job is still described once per interval."""
+    moto_aws.batch.hold("RUNNING")
+    job_ids = await submit_many(moto_aws, gpu_batch, 250)
+    schedule: list[tuple[int, float, tuple[str, ...]]] = []
+    real = JobWatcher._describe_chunk
+
+    async def recording(self, backend, chunk, gate, after=0.0):
+        schedule.append((self.cycles, after, tuple(chunk)))
+        return await real(self, backend, chunk, gate, after=after)
+
+    monkeypatch.setattr(JobWatcher, "_describe_chunk", recording)
+    poll = 0.6
+    watcher = JobWatcher.shared(BackendTarget())
+    watches = [watcher.watch(job_id, poll_interval=poll) for job_id in job_ids]
+    await wait_until(lambda: watcher.cycles >= 3)
+    by_cycle: dict[int, list[tuple[float, tuple[str, ...]]]] = {}
+    for cycle, after, chunk in schedule:
+        by_cycle.setdefault(cycle, []).append((after, chunk))
+    first, second = by_cycle[0], by_cycle[1]
+    assert [after for after, _ in first] == pytest.approx([0.0, 0.1, 0.2])  # 0.5 * 0.6 s / 3 chunks apart
+    assert [len(chunk) for _, chunk in first] == [100, 100, 50]
+    assert first == second  # the same ids at the same offsets: once per interval each
+    ids_per_cycle = [i for _, chunk in first for i in chunk]
+    assert sorted(ids_per_cycle) == sorted(job_ids)
+    for watch in watches:
+        watch.close()

@@ -26,6 +26,15 @@ slow cycle does not stretch the interval. A newly created watcher waits
 ``gather_delay`` before its first cycle, so triggers that start together (a
 triggerer restart) share their first calls too.
 
+**Spread.** With more than one chunk, the chunks of a cycle start spread over its first
+``spread`` share of the interval (half), in the same order every cycle, so each job is still
+described once per interval, but the jobs that ended during one interval are not all seen in
+one instant. Seen together, 2,000 ends fire 2,000 events at once, and Airflow's triggerer turns
+them into task state one by one (its runner logs each event before it queues it, and its
+supervisor writes each to the database between reads of the runner's socket): the last of the
+burst fired up to 15 s after its job was seen (benchmarks/README.md, "Triggerer scale through
+Airflow"). The second half of the interval stays free of calls, so cycles stay apart.
+
 **Queue time.** ``max_queued`` is checked once per cycle against the job's own
 queue time (from Batch's timestamps, so it survives a triggerer restart); its
 precision is therefore one poll interval.
@@ -181,6 +190,8 @@ class JobWatcher:
     gather_delay: ClassVar[float] = 0.05
     #: DescribeJobs calls in flight at once within a cycle.
     max_concurrent_calls: ClassVar[int] = 8
+    #: Share of the interval over which a cycle's chunks start (see "Spread" above); 0 starts them together.
+    spread: ClassVar[float] = 0.5
     #: Consecutive polls a job may be missing before it is reported UNKNOWN (Batch is
     #: eventually consistent right after SubmitJob).
     unknown_after: ClassVar[int] = 3
@@ -400,12 +411,17 @@ class JobWatcher:
     async def _poll_once(self, backend: JobBackend) -> None:
         ids = list(self._pending)
         size = backend.describe_batch_size
+        chunks = [ids[i : i + size] for i in range(0, len(ids), size)]
+        step = self.spread * self.interval / len(chunks) if len(chunks) > 1 else 0.0
         gate = asyncio.Semaphore(self.max_concurrent_calls)
-        await asyncio.gather(*(self._describe_chunk(backend, ids[i : i + size], gate) for i in range(0, len(ids), size)))
+        await asyncio.gather(*(self._describe_chunk(backend, chunk, gate, after=k * step) for k, chunk in enumerate(chunks)))
 
-    async def _describe_chunk(self, backend: JobBackend, chunk: list[str], gate: asyncio.Semaphore) -> None:
-        """Describe one chunk. A failed poll decides no job's fate: it is retried with backoff for
-        ``describe_error_grace`` seconds, and even then the jobs are reported unseen, never failed."""
+    async def _describe_chunk(self, backend: JobBackend, chunk: list[str], gate: asyncio.Semaphore, after: float = 0.0) -> None:
+        """Describe one chunk, ``after`` seconds into the cycle. A failed poll decides no job's fate: it
+        is retried with backoff for ``describe_error_grace`` seconds, and even then the jobs are
+        reported unseen, never failed."""
+        if after > 0:
+            await asyncio.sleep(after)
         loop = asyncio.get_running_loop()
         first_failure: float | None = None
 
