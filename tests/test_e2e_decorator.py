@@ -15,6 +15,8 @@ Airflow runs as `airflow standalone` (tests/test_e2e_airflow.py's running_airflo
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from container_testing import play_container, run_worker
@@ -89,9 +91,28 @@ def xcom(airflow: Airflow, run_id: str, task_id: str, key: str = "return_value")
 
 
 def task_log(airflow: Airflow, run_id: str, task_id: str) -> str:
-    """The task's log files (the worker's tries and the trigger's part), read from AIRFLOW_HOME."""
+    """The text of the task's log files (the worker's tries and the trigger's part), read from
+    AIRFLOW_HOME: every string in their JSON records (messages, error details), one per line."""
     folder = airflow.home / "logs" / f"dag_id={DAG_ID}" / f"run_id={run_id}" / f"task_id={task_id}"
-    return "\n".join(path.read_text(errors="replace") for path in sorted(folder.glob("attempt=*.log*")))
+    texts: list[str] = []
+
+    def strings(value) -> None:
+        if isinstance(value, str):
+            texts.append(value)
+        elif isinstance(value, dict):
+            for item in value.values():
+                strings(item)
+        elif isinstance(value, list):
+            for item in value:
+                strings(item)
+
+    for path in sorted(folder.glob("attempt=*.log*")):
+        for line in path.read_text(errors="replace").splitlines():
+            try:
+                strings(json.loads(line))
+            except ValueError:
+                texts.append(line)
+    return "\n".join(texts)
 
 
 def test_decorated_tasks_defer_resume_and_return_through_a_real_scheduler_and_triggerer(airflow: Airflow, moto_aws: MotoAws):
