@@ -7,7 +7,7 @@ from typing import Any, AsyncIterator
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from airflow_gpu.compat import TRIGGERER_CALLS_ON_KILL, read_task_states
+import airflow_gpu.compat  # noqa: F401  refuses an Airflow older than the floor (3.3), whose triggerer calls on_kill
 from airflow_gpu.jobs.backend import BackendTarget, JobBackend, JobState
 from airflow_gpu.jobs.blocked import waiting_line
 from airflow_gpu.jobs.follower import LogFollow, LogFollower
@@ -68,7 +68,6 @@ class GpuBatchJobTrigger(BaseTrigger):
         self._follow: LogFollow | None = None
         self._retired: asyncio.Future | None = None
         self._killing: asyncio.Future | None = None  # on_kill's decision, kept alive past a second cancel
-        self._fired = False  # the event went out: nothing is left to decide
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -122,7 +121,6 @@ class GpuBatchJobTrigger(BaseTrigger):
             await _close_if_idle(watcher, LogFollower.shared(self.target))
         await logs_written()  # the job's lines before its event
         # Released before yielding: the triggerer may keep this generator suspended at the yield.
-        self._fired = True
         yield TriggerEvent(event)
 
     @staticmethod
@@ -164,18 +162,13 @@ class GpuBatchJobTrigger(BaseTrigger):
             self._watch = None
 
     async def cleanup(self) -> None:
-        """Release the watch; terminate the job only when its task has left DEFERRED.
+        """Release the watch, and leave the job alone.
 
-        cleanup() runs whenever run() ends: after the event, when the triggerer shuts down or
-        hands the trigger to another triggerer (the job must live on), and, before Airflow 3.3,
-        also when the user cleared or marked the task (3.3 calls on_kill() for that). Only the
-        task instance's own state tells these apart, so on those versions cleanup asks for it.
+        cleanup() runs whenever run() ends: after the event, when the triggerer shuts down, or when
+        another triggerer takes the trigger over; the job must live on for the two last. A user's
+        clear or mark of the task comes through on_kill() (the floor, Airflow 3.3, calls it).
         """
         self._release()
-        if self._fired or TRIGGERER_CALLS_ON_KILL:
-            return
-        self._fired = True  # decided once: a second cleanup() asks nothing
-        await self._terminate_if_task_moved_on()
 
     async def on_kill(self) -> None:
         """The triggerer cancelled this trigger for a user's action (clear, mark failed or success;
@@ -186,62 +179,21 @@ class GpuBatchJobTrigger(BaseTrigger):
         have reattached and deferred again, and the state would read DEFERRED. The triggerer also
         cancels a trigger it dropped again on each pass until it has ended, so the termination runs
         as its own task, which a second cancel cannot stop halfway."""
-        self._killing = asyncio.ensure_future(self._terminate(self._kill_reason(UNKNOWN)))
+        self._killing = asyncio.ensure_future(self._terminate(self._kill_reason()))
         await asyncio.shield(self._killing)
 
     async def _terminate(self, reason: str) -> None:
         async with JobWatcher.shared(self.target).backend() as backend:
             await backend.terminate(self.job_id, reason)
 
-    async def _terminate_if_task_moved_on(self) -> None:
-        ti = self.task_instance
-        state = UNKNOWN if ti is None else await task_instance_state(ti, self.log)
-        if state == DEFERRED:
-            self.log.info("Task still DEFERRED: job %s keeps running for the trigger that takes over", self.job_id)
-            return
-        if state is UNKNOWN:
-            self.log.warning("Could not read the task's state: job %s is left running", self.job_id)
-            return
-        await self._terminate(self._kill_reason(state))
-
-    def _kill_reason(self, state: object = None) -> str:
+    def _kill_reason(self) -> str:
         ti = self.task_instance
         if ti is None:
             return "the Airflow task waiting for this job was cleared or marked failed/succeeded"
         where = f"{ti.dag_id}.{ti.task_id} run {ti.run_id}"
         if getattr(ti, "map_index", -1) not in (-1, None):
             where += f" map index {ti.map_index}"
-        reason = f"Airflow task {where} was cleared or marked failed/succeeded"
-        if state is GONE:
-            reason += " (its task instance no longer exists)"
-        elif state is not UNKNOWN:
-            reason += f" (its state is now {state or 'none'})"
-        return reason
-
-
-DEFERRED = "deferred"
-#: Long enough for a busy supervisor: a newly started triggerer's first Task SDK call builds its
-#: in-process execution API, which took 15-18 s on a loaded 2-core machine, answering nothing meanwhile.
-_STATE_TIMEOUT = 60.0
-#: The Task SDK could not say (no supervisor, an error, no answer in time).
-UNKNOWN = object()
-#: The task instance no longer exists (its DAG run was deleted): nothing waits for the job.
-GONE = object()
-
-
-async def task_instance_state(ti: Any, log: Any) -> object:
-    """The task instance's current state (a string, or None when it has none), GONE or UNKNOWN."""
-    try:
-        states = await read_task_states(ti, timeout=_STATE_TIMEOUT)
-    except Exception as exc:  # e.g. a stopping triggerer, whose supervisor no longer answers
-        log.warning("Could not read the state of task %s.%s run %s: %r", ti.dag_id, ti.task_id, ti.run_id, exc)
-        return UNKNOWN
-    # {run_id: {task_id, or task_id_<map_index> for a mapped task: state}}; the query matches one task instance.
-    found = list((states or {}).get(ti.run_id, {}).values())
-    if not found:
-        return GONE
-    state = found[0]
-    return None if state is None else str(getattr(state, "value", state))
+        return f"Airflow task {where} was cleared or marked failed/succeeded"
 
 
 async def _close_if_idle(watcher: JobWatcher, follower: LogFollower) -> None:

@@ -1,5 +1,6 @@
 """N deferred GPU tasks through a real `airflow triggerer` on PostgreSQL: GpuBatchOperator's trigger
-against the amazon provider's BatchOperator(deferrable=True) trigger, at the same N.
+against the amazon provider's BatchOperator(deferrable=True) trigger, at the same N; and ours again
+without live logs (``ours_quiet``), for what relaying the container's lines costs.
 
 benchmarks/triggerer_scale.py runs triggers in a bare event loop; this one runs them where they
 live, in `airflow triggerer` (its supervisor and its trigger-runner subprocess) with
@@ -20,7 +21,9 @@ Measured per side, on the triggerer's process tree: CPU seconds (whole run, and 
 from the jobs' clock start to the last event), peak RSS (sum over the tree, sampled every 0.5 s),
 DescribeJobs calls per poll cycle, and the delay from each job's end to its task instance leaving
 DEFERRED (its ``updated_at``, written by the triggerer when it records the trigger's event: the
-task is then SCHEDULED to resume, which a GPU task ending on the triggerer would skip).
+task is then SCHEDULED to resume, which a GPU task ending on the triggerer would skip), split into
+job end -> a DescribeJobs first answers it ended (the server's record), -> its trigger fires (the
+runner's "Trigger fired event" record in the task's trigger log), -> the task leaves DEFERRED.
 
     .venv/bin/python benchmarks/triggerer_airflow.py --jobs 2000
     .venv/bin/python benchmarks/triggerer_airflow.py --jobs 20 --poll 2 --job-seconds 4   # a quick look
@@ -525,7 +528,7 @@ def main(argv: list[str] | None = None) -> int:
                     raise RuntimeError(f"the scheduler exited; see {home}/scheduler.log")
 
             wait(f"the scheduler to create {n} scheduled task instances per side", scheduled, 900, 2.0, scheduler_alive)
-            print(f"[setup] {2 * n} task instances SCHEDULED in pool {POOL!r} after {time.time() - t0:.0f} s; stopping the scheduler", flush=True)
+            print(f"[setup] {len(DAG_IDS) * n} task instances SCHEDULED in pool {POOL!r} after {time.time() - t0:.0f} s; stopping the scheduler", flush=True)
             procs.stop("scheduler")
             procs.stop("dag-processor")
             for side in [s for s in SIDES if s in args.sides.split(",")]:
