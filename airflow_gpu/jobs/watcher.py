@@ -32,7 +32,7 @@ described once per interval, but the jobs that ended during one interval are not
 one instant. Seen together, 2,000 ends fire 2,000 events at once, and Airflow's triggerer turns
 them into task state one by one (its runner logs each event before it queues it, and its
 supervisor writes each to the database between reads of the runner's socket): the last of the
-burst fired up to 15 s after its job was seen (benchmarks/README.md, "Triggerer scale through
+burst fired up to 19 s after its job was seen (benchmarks/README.md, "Triggerer scale through
 Airflow"). The second half of the interval stays free of calls, so cycles stay apart.
 
 **Queue time.** ``max_queued`` is checked once per cycle against the job's own
