@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import time
 
 import pytest
 
@@ -139,3 +141,39 @@ async def test_a_connection_lookup_failing_for_a_while_fails_no_job(moto_aws, gp
     assert moto_aws.log.calls["terminatejob"] == 0
     FAULT_TALLY["faults injected"] += 2
     FAULT_TALLY["runs survived"] += 3
+
+
+async def test_a_key_that_expires_under_the_live_log_refreshes_the_logs_client_too(moto_aws, gpu_batch, fault_proxy, proxied_conn, monkeypatch):
+    """The key is rotated: the connection now holds a new one, and CloudWatch refuses the old one, which
+    the follower's client was made with. Its reads re-read the connection (as DescribeJobs does), and the
+    lines keep coming on the new key; before, every sweep failed with the old client until the job ended."""
+    from gpu_batch_testing import LineLog, put_log_lines
+
+    moto_aws.batch.hold("RUNNING")
+    job_id = submit_raw(moto_aws, gpu_batch, "rotated")
+    stream = moto_aws.client("batch").describe_jobs(jobs=[job_id])["jobs"][0]["container"]["logStreamName"]
+    put_log_lines(moto_aws, "/aws/batch/job", stream, ["before the rotation"])
+    trigger = in_triggerer(GpuBatchJobTrigger(job_id, poll_interval=0.2))
+    trigger._log = lines = LineLog()
+    task = asyncio.create_task(collect_events(trigger, timeout=60))
+    await wait_until(lambda: "before the rotation" in "\n".join(lines.records), timeout=30)
+
+    rotated = json.loads(os.environ["AIRFLOW_CONN_AWS_DEFAULT"]) | {"login": "rotated-key"}
+    monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", json.dumps(rotated))
+
+    def old_key_reading_logs(request) -> bool:
+        return ("FilterLogEvents" in request.headers.get("x-amz-target", "")
+                and "Credential=testing/" in request.headers.get("authorization", ""))
+
+    expired = fault_proxy.add("error", when=old_key_reading_logs, status=400, code="ExpiredTokenException",
+                              message="The security token included in the request is expired")
+    moto_aws.client("logs").put_log_events(logGroupName="/aws/batch/job", logStreamName=stream,
+                                           logEvents=[{"timestamp": int(time.time() * 1000), "message": "after the rotation"}])
+    await wait_until(lambda: "after the rotation" in "\n".join(lines.records), timeout=30)
+    moto_aws.batch.set_status(job_id, "SUCCEEDED")
+    [event] = await task
+
+    assert event["status"] == "SUCCEEDED" and expired.injected >= 1
+    assert len(proxied_conn) == 2  # the connection was read again, once, for the new key
+    assert JobWatcher.shared(BackendTarget()).backend_instance.credential_refreshes == 1
+    FAULT_TALLY["runs survived"] += 1

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Sequence
+from typing import Any, Awaitable, Callable, Sequence, TypeVar
 from urllib.parse import quote
 
 import aiohttp
@@ -39,8 +39,9 @@ from airflow_gpu.jobs.blocked import parse_blocked
 from airflow_gpu.jobs.poll_errors import CannotSeeJobs, JobIdsRejected
 from airflow_gpu.jobs.spec import TAG_CANCELLED, TAG_IDEMPOTENCY_KEY, JobSpec, JobSpecError
 
-
 log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 DEFAULT_LOG_GROUP = "/aws/batch/job"
 MAX_REASON = 512  # keep TerminateJob reasons readable in the console
@@ -202,7 +203,7 @@ class AwsBatchBackend(JobBackend):
         self.logs_limiter = RateLimiter(self.logs_calls_per_second, self.logs_burst)
         self._log_reader: CloudWatchLogReader | None = None
         self._refresh_lock = asyncio.Lock()
-        self._retired: Any = None
+        self._retired: list[Any] = []  # clients replaced at the last refresh, closed at the next one or at the end
         self._region_asked = connection.region_name
         self.credential_refreshes = 0  # for tests and metrics
         self.closed = False
@@ -357,24 +358,27 @@ class AwsBatchBackend(JobBackend):
         return CannotSeeJobs(text, code=code, fix=fix)
 
     async def refresh_credentials(self, failed_client: Any, code: str) -> None:
-        """Re-read the connection (new credentials, a fresh assumed role) and swap in a new client.
+        """Re-read the connection (new credentials, a fresh assumed role) and swap in new clients.
 
-        Many batches fail at once when a token expires: only the first refreshes, the
-        others find the client already replaced and simply retry.
+        Many calls fail at once when a token expires: only the first refreshes, the others find
+        their client already replaced and simply retry. Both clients were made from the same
+        credentials, so both are replaced, whichever service noticed: the Batch client at once, the
+        CloudWatch Logs client at its next use.
         """
         async with self._refresh_lock:
-            if self._batch is not failed_client or self.closed:
+            if failed_client not in (self._batch, self._logs) or self.closed:
                 return
             log.warning("%s answered %s: re-reading connection %r for fresh credentials", self.location, code, self.connection.conn_id)
             forget_aws_connection(self.connection.conn_id, self._region_asked)
             connection = await resolve_aws_connection(self.connection.conn_id, self._region_asked)
             client = decode_leanly(await self._create_client(connection, "batch"))
-            self.connection, self._batch = connection, client
+            replaced = [c for c in (self._batch, self._logs) if c is not None]
+            self.connection, self._batch, self._logs = connection, client, None
             self.credential_refreshes += 1
-            # Calls still in flight on the old client finish there; it is closed at the next refresh or at the end.
-            retired, self._retired = self._retired, failed_client
-        if retired is not None:
-            await retired.close()
+            # Calls still in flight on the old clients finish there; they are closed at the next refresh or at the end.
+            retired, self._retired = self._retired, replaced
+        for old in retired:
+            await old.close()
 
     async def terminate(self, job_id: str, reason: str) -> None:
         reply = await self.backoff.call(lambda: self._batch.describe_jobs(jobs=[job_id]))
@@ -401,10 +405,24 @@ class AwsBatchBackend(JobBackend):
                 self._logs = decode_leanly(await self._create_client(self.connection, "logs"))
             return self._logs
 
+    async def _logs_call(self, call: Callable[[Any], Awaitable[_T]]) -> _T:
+        """``call(logs_client)``, again on fresh clients when the credentials expired under it (as
+        DescribeJobs does): a triggerer's client outlives any session token."""
+        refreshes = 0
+        while True:
+            logs = await self._logs_client()
+            try:
+                return await call(logs)
+            except botocore.exceptions.ClientError as exc:
+                code = _error_code(exc)
+                if code not in _CREDENTIALS_EXPIRED or refreshes >= CREDENTIAL_REFRESHES:
+                    raise
+                refreshes += 1
+                await self.refresh_credentials(logs, code)
+
     async def read_logs(self, job: JobState, *, cursor: str | None = None, tail: int | None = None) -> LogChunk:
         if not job.log_stream or not job.log_group:  # no stream yet, or not logging to CloudWatch
             return LogChunk([], cursor)
-        logs = await self._logs_client()
         kwargs: dict[str, Any] = {"logGroupName": job.log_group, "logStreamName": job.log_stream}
         if tail is not None:
             kwargs.update(startFromHead=False, limit=max(1, int(tail)))
@@ -413,7 +431,7 @@ class AwsBatchBackend(JobBackend):
             if cursor:
                 kwargs["nextToken"] = cursor
         try:
-            reply = await self.logs_backoff.call(lambda: logs.get_log_events(**kwargs))
+            reply = await self._logs_call(lambda logs: self.logs_backoff.call(lambda: logs.get_log_events(**kwargs)))
         except botocore.exceptions.ClientError as exc:
             if _error_code(exc) == "ResourceNotFoundException":
                 return LogChunk([], cursor)
@@ -426,13 +444,14 @@ class AwsBatchBackend(JobBackend):
         ``urgent`` calls (a job's last lines, read before its trigger fires) go ahead of
         the routine sweep in the limiter's queue.
         """
-        logs = await self._logs_client()
+        async def on(logs: Any) -> dict[str, Any]:
+            async def call() -> dict[str, Any]:
+                await self.logs_limiter.acquire(urgent=urgent)
+                return await logs.filter_log_events(**kwargs)
 
-        async def call() -> dict[str, Any]:
-            await self.logs_limiter.acquire(urgent=urgent)
-            return await logs.filter_log_events(**kwargs)
+            return await self.logs_backoff.call(call)
 
-        return await self.logs_backoff.call(call)
+        return await self._logs_call(on)
 
     def log_reader(self) -> CloudWatchLogReader:
         """Live logs read in batches of up to 100 streams per FilterLogEvents call."""
@@ -454,6 +473,6 @@ class AwsBatchBackend(JobBackend):
         if self.closed:
             return
         self.closed = True
-        for client in (self._batch, self._logs, self._retired):
+        for client in (self._batch, self._logs, *self._retired):
             if client is not None:
                 await client.close()
