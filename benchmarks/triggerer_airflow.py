@@ -323,6 +323,13 @@ def fired_at(logs: Path, side: str) -> dict[int, float]:
     return fired
 
 
+def _p50_max(part: str, seconds: list[float]) -> dict[str, float]:
+    """SideResult's p50_<part>_s and max_<part>_s (nan when nothing was measured)."""
+    if not seconds:
+        return {f"p50_{part}_s": math.nan, f"max_{part}_s": math.nan}
+    return {f"p50_{part}_s": statistics.median(seconds), f"max_{part}_s": max(seconds)}
+
+
 def run_side(side: str, n: int, args: argparse.Namespace, server: ServerHandle, procs: Processes) -> SideResult:
     print(f"[{side} N={n}] creating {n} jobs in the server and deferring {n} task instances...", flush=True)
     job_ids = server.call("setup", n)
@@ -379,14 +386,10 @@ def run_side(side: str, n: int, args: argparse.Namespace, server: ServerHandle, 
         max_calls_in_a_cycle=max((len(c) for c in _cycles(watching, gap=args.poll / 2)), default=0),
         max_delay_s=max(delays),
         p50_delay_s=statistics.median(delays),
-        p50_to_seen_s=statistics.median(to_seen) if to_seen else math.nan,
-        max_to_seen_s=max(to_seen, default=math.nan),
-        p50_seen_to_fired_s=statistics.median(seen_to_fired) if seen_to_fired else math.nan,
-        max_seen_to_fired_s=max(seen_to_fired, default=math.nan),
-        p50_to_fired_s=statistics.median(to_fired) if to_fired else math.nan,
-        max_to_fired_s=max(to_fired, default=math.nan),
-        p50_fired_to_recorded_s=statistics.median(to_recorded) if to_recorded else math.nan,
-        max_fired_to_recorded_s=max(to_recorded, default=math.nan),
+        **_p50_max("to_seen", to_seen),
+        **_p50_max("seen_to_fired", seen_to_fired),
+        **_p50_max("to_fired", to_fired),
+        **_p50_max("fired_to_recorded", to_recorded),
         events_ok=sum(1 for state, _, kwargs in done.values() if state == "scheduled" and ("SUCCEEDED" in kwargs or "success" in kwargs)),
     )
 
