@@ -51,11 +51,16 @@ def fast_watcher(monkeypatch):
 @pytest.fixture
 def aws_conn(moto_aws, monkeypatch, fast_watcher) -> dict[str, Any]:
     """``aws_default`` as an Airflow connection: credentials, region and endpoint_url in its extras."""
+    return use_aws_connection(monkeypatch, moto_aws.endpoint_url, moto_aws.region)
+
+
+def use_aws_connection(monkeypatch, endpoint_url: str, region: str) -> dict[str, Any]:
+    """Make ``aws_default`` the test credentials at ``endpoint_url`` (moto, or a proxy in front of it)."""
     conn = {
         "conn_type": "aws",
         "login": "testing",
         "password": SECRET_KEY,
-        "extra": {"endpoint_url": moto_aws.endpoint_url, "region_name": moto_aws.region},
+        "extra": {"endpoint_url": endpoint_url, "region_name": region},
     }
     monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", json.dumps(conn))
     return conn

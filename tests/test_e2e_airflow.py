@@ -191,18 +191,10 @@ def airflow(tmp_path, moto_aws: MotoAws, gpu_batch) -> Airflow:
         yield instance
 
 
-@contextlib.contextmanager
-def running_airflow(tmp_path: Path, moto_aws: MotoAws, dag_files: dict[str, str], dag_ids: tuple[str, ...],
-                    parallelism: int = 2) -> Iterator[Airflow]:
-    """`airflow standalone` on SQLite in tmp_path, with these DAG files, once it is healthy and has parsed
-    ``dag_ids``; every process it started is stopped on the way out, whatever happened."""
-    home = tmp_path / "airflow-home"
-    dags = tmp_path / "dags"
-    home.mkdir()
-    dags.mkdir()
-    for name, text in dag_files.items():
-        (dags / name).write_text(text)
-    port = free_port()
+def airflow_env(home: Path, dags: Path, moto_aws: MotoAws, port: int, **settings: str) -> dict[str, str]:
+    """The environment of Airflow processes in ``home``: this process's, less any AIRFLOW* setting, with
+    moto's credentials, this venv first on PATH, the api-server (and execution API) on 127.0.0.1:port,
+    free log server ports, ``aws_default`` pointing at moto, and ``settings`` on top."""
     connection = {
         "conn_type": "aws",
         "login": CREDENTIALS["AWS_ACCESS_KEY_ID"],
@@ -211,7 +203,7 @@ def running_airflow(tmp_path: Path, moto_aws: MotoAws, dag_files: dict[str, str]
     }
     env = {key: value for key, value in os.environ.items() if not key.startswith("AIRFLOW")}
     env.update(CREDENTIALS)
-    # standalone starts its components as `airflow ...` from PATH: this venv's, even when it is not activated.
+    # Airflow starts its components as `airflow ...` from PATH: this venv's, even when it is not activated.
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", os.defpath)])
     env.update(
         {
@@ -219,7 +211,6 @@ def running_airflow(tmp_path: Path, moto_aws: MotoAws, dag_files: dict[str, str]
             "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-            "AIRFLOW__CORE__PARALLELISM": str(parallelism),  # two task slots for 25 GPU tasks: only deferral lets them all run
             "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
@@ -233,6 +224,23 @@ def running_airflow(tmp_path: Path, moto_aws: MotoAws, dag_files: dict[str, str]
             "AIRFLOW_CONN_AWS_DEFAULT": json.dumps(connection),
         }
     )
+    env.update(settings)
+    return env
+
+
+@contextlib.contextmanager
+def running_airflow(tmp_path: Path, moto_aws: MotoAws, dag_files: dict[str, str], dag_ids: tuple[str, ...],
+                    parallelism: int = 2) -> Iterator[Airflow]:
+    """`airflow standalone` on SQLite in tmp_path, with these DAG files, once it is healthy and has parsed
+    ``dag_ids``; every process it started is stopped on the way out, whatever happened."""
+    home = tmp_path / "airflow-home"
+    dags = tmp_path / "dags"
+    home.mkdir()
+    dags.mkdir()
+    for name, text in dag_files.items():
+        (dags / name).write_text(text)
+    port = free_port()
+    env = airflow_env(home, dags, moto_aws, port, AIRFLOW__CORE__PARALLELISM=str(parallelism))
     log = tmp_path / "standalone.log"
     airflow_bin = Path(sys.executable).with_name("airflow")
     with open(log, "wb") as out:

@@ -19,8 +19,7 @@ import json
 
 import pytest
 
-from container_testing import play_container, run_worker
-from gpu_batch_testing import put_log_lines
+from container_testing import play_container
 from moto_aws import MotoAws
 from test_e2e_airflow import Airflow, running_airflow, wait_for
 
@@ -133,16 +132,13 @@ def test_decorated_tasks_defer_resume_and_return_through_a_real_scheduler_and_tr
         assert command[:2] == ["run-function", "--payload"] and command[2].startswith(STAGING + "functions/")
 
     # squares: its print reaches the task log while the job is still RUNNING (the live log), then it ends.
+    def relayed_while_running() -> None:
+        wait_for("the job's print in the task log while it runs", lambda: "squaring [3, 4]" in task_log(airflow, run_id, "squares"),
+                 timeout=60, interval=1, alive=airflow.check_alive)
+        assert tasks(airflow, run_id)["squares"]["state"] == "deferred"
+
     squares_job = job_of["squares"]
-    batch.set_status(squares_job, "RUNNING")
-    done = run_worker(commands["squares"], endpoint_url=moto_aws.endpoint_url, job_id=squares_job)
-    assert done.returncode == 0, done.stderr
-    stream = moto_aws.client("batch").describe_jobs(jobs=[squares_job])["jobs"][0]["container"]["logStreamName"]
-    put_log_lines(moto_aws, "/aws/batch/job", stream, [line or " " for line in (done.stdout + done.stderr).splitlines()])
-    wait_for("the job's print in the task log while it runs", lambda: "squaring [3, 4]" in task_log(airflow, run_id, "squares"),
-             timeout=60, interval=1, alive=airflow.check_alive)
-    assert tasks(airflow, run_id)["squares"]["state"] == "deferred"
-    batch.set_status(squares_job, "SUCCEEDED", exit_code=0)
+    assert play_container(moto_aws, squares_job, commands["squares"], before_end=relayed_while_running) == 0
 
     assert play_container(moto_aws, job_of["explode"], commands["explode"]) == 1  # the function raises
 

@@ -16,10 +16,8 @@ every Batch job RUNNING until it releases it:
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import secrets
 import signal
 import subprocess
 import sys
@@ -29,8 +27,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from moto_aws import CREDENTIALS, MotoAws, iter_describe_cycles
-from test_e2e_airflow import Airflow, free_port, stop_process_tree, wait_for
+from moto_aws import MotoAws, iter_describe_cycles
+from test_e2e_airflow import Airflow, airflow_env, free_port, stop_process_tree, wait_for
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 from postgres import PostgresServer, PostgresUnavailable  # noqa: E402
@@ -111,37 +109,13 @@ def test_two_triggerers_share_deferred_gpu_tasks_and_one_takes_over_after_sigkil
         DAG_FILE.format(dag_id=DAG_ID, queue=gpu_batch["job_queue"], definition=gpu_batch["job_definition"], poll=POLL, mapped=MAPPED)
     )
     port = free_port()
-    connection = {
-        "conn_type": "aws",
-        "login": CREDENTIALS["AWS_ACCESS_KEY_ID"],
-        "password": CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
-        "extra": {"endpoint_url": moto_aws.endpoint_url, "region_name": moto_aws.region},
-    }
-    env = {key: value for key, value in os.environ.items() if not key.startswith("AIRFLOW")}
-    env.update(CREDENTIALS)
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", os.defpath)])
-    env.update(
-        {
-            "AIRFLOW_HOME": str(home),
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": postgres.url,
-            "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
-            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-            "AIRFLOW__CORE__PARALLELISM": "4",  # four task slots for 24 GPU tasks: only deferral lets them all run
-            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
-            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
-            "AIRFLOW__API__HOST": "127.0.0.1",
-            "AIRFLOW__API__PORT": str(port),
-            "AIRFLOW__API__WORKERS": "1",
-            "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_hex(16),
-            "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
-            "AIRFLOW__SCHEDULER__MIN_FILE_PROCESS_INTERVAL": "5",
-            "AIRFLOW__TRIGGERER__JOB_HEARTBEAT_SEC": "2",
-            "AIRFLOW__TRIGGERER__TRIGGERER_HEALTH_CHECK_THRESHOLD": str(HEALTH_THRESHOLD),
-            "AIRFLOW_CONN_AWS_DEFAULT": json.dumps(connection),
-        }
-    )
+    env = airflow_env(
+        home, dags, moto_aws, port,
+        AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=postgres.url,
+        AIRFLOW__CORE__PARALLELISM="4",  # four task slots for 24 GPU tasks: only deferral lets them all run
+        AIRFLOW__TRIGGERER__JOB_HEARTBEAT_SEC="2",
+        AIRFLOW__TRIGGERER__TRIGGERER_HEALTH_CHECK_THRESHOLD=str(HEALTH_THRESHOLD),
+    )  # each triggerer gets its own trigger log server port when it starts
     cluster = Cluster(home, env)
     engine = sqlalchemy.create_engine(postgres.url, poolclass=sqlalchemy.pool.NullPool)
 

@@ -379,13 +379,9 @@ async def test_a_slow_last_read_holds_up_no_other_jobs_last_read(moto_aws, gpu_b
     """Thousands of jobs end within one poll: one slow CloudWatch reply must not make the jobs ending
     after it wait for it. Job A's last read is held back at the proxy; B ends meanwhile, and its own
     last read is served and its event fires while A's reply is still held."""
-    import json
+    from gpu_batch_testing import in_triggerer, use_aws_connection
 
-    from gpu_batch_testing import SECRET_KEY, in_triggerer
-
-    conn = {"conn_type": "aws", "login": "testing", "password": SECRET_KEY,
-            "extra": {"endpoint_url": fault_proxy.url, "region_name": moto_aws.region}}
-    monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", json.dumps(conn))
+    use_aws_connection(monkeypatch, fault_proxy.url, moto_aws.region)
     monkeypatch.setattr(LogFollower, "final_read_timeout", 2.0)  # the wait each trigger gives its last read
     moto_aws.batch.hold("RUNNING")
     runs = {}

@@ -18,7 +18,7 @@ from conftest import FAULT_TALLY
 from fault_proxy import batch_action
 from airflow_gpu.exceptions import GpuJobFailed
 from airflow_gpu.operators import GpuBatchOperator
-from gpu_batch_testing import SECRET_KEY, collect_events, fast_watcher, in_triggerer, make_context, submit_raw  # noqa: F401
+from gpu_batch_testing import collect_events, fast_watcher, in_triggerer, make_context, submit_raw, use_aws_connection  # noqa: F401
 from waiting import wait_until
 
 DESCRIBE = batch_action("DescribeJobs")
@@ -27,13 +27,7 @@ DESCRIBE = batch_action("DescribeJobs")
 @pytest.fixture
 async def proxied_conn(moto_aws, fault_proxy, monkeypatch, fast_watcher):
     """``aws_default`` pointing at the fault proxy, with short backoffs; every watcher closed after."""
-    conn = {
-        "conn_type": "aws",
-        "login": "testing",
-        "password": SECRET_KEY,
-        "extra": {"endpoint_url": fault_proxy.url, "region_name": moto_aws.region},
-    }
-    monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", json.dumps(conn))
+    use_aws_connection(monkeypatch, fault_proxy.url, moto_aws.region)
     monkeypatch.setattr(JobWatcher, "describe_error_policy", RetryPolicy(base=0.05, cap=0.2), raising=False)
     resolved = []
     real = aws_connection.resolve_blocking
