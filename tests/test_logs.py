@@ -14,6 +14,7 @@ from airflow_gpu.jobs.aws.backend import AwsBatchBackend
 from airflow_gpu.jobs.backend import BackendTarget, JobState
 from airflow_gpu.jobs.aws.cloudwatch import CloudWatchLogReader, StreamCursor
 from airflow_gpu.jobs.follower import LogFollower
+from airflow_gpu.jobs.loop_log import logs_written
 from airflow_gpu.jobs.watcher import JobWatcher
 from airflow_gpu.triggers import GpuBatchJobTrigger
 from gpu_batch_testing import LineLog, aws_conn, collect_events, fast_watcher, submit_raw  # noqa: F401
@@ -89,6 +90,7 @@ async def test_lines_arrive_in_order_once_across_polls_pages_and_streams(moto_aw
             expected[job_id] += lines
         sweeps = follower.sweeps
         await wait_until(lambda: follower.sweeps >= sweeps + 2)
+        await logs_written()  # records are written off the loop, by a thread that may lag the sweep
         for _, job_id, recorder in jobs:  # relayed while the job runs, about one poll later
             assert recorder.relayed(job_id) == expected[job_id]
 
