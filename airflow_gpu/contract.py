@@ -19,6 +19,10 @@ MANIFEST_VERSION = 1
 LATEST_FORMAT = "airflow-gpu-latest"
 LATEST_VERSION = 1
 
+# Set by the submitting backend in every job's environment (epoch seconds): Batch tells a
+# container nothing about when it was submitted, and the run report wants the queue wait.
+SUBMITTED_AT_ENV = "AIRFLOW_GPU_SUBMITTED_AT"
+
 # Input formats by file name; longest suffix first, so ".csv.gz" wins over ".gz"-less guesses.
 FORMAT_EXTENSIONS = {
     ".parquet": "parquet",

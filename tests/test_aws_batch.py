@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
 
 import botocore.exceptions
 import pytest
 
+from airflow_gpu.contract import SUBMITTED_AT_ENV
 from airflow_gpu.jobs.aws import connection as aws_connection
 from airflow_gpu.jobs.aws.connection import resolve_aws_connection
 from airflow_gpu.jobs.aws.backend import AwsBatchBackend, batch_job_url, is_transient, log_stream_url, parse_job
@@ -117,6 +119,29 @@ async def test_a_lost_submit_reply_never_starts_a_second_job(moto_aws, gpu_batch
     assert len(attempts) == 1
     assert moto_aws.log.calls["submitjob"] == 1
     assert state.job_id == moto_aws.batch.wait_for_jobs(1)[0]
+
+
+async def test_the_submit_time_travels_in_the_jobs_environment_and_a_throttled_retry_keeps_it(moto_aws, gpu_batch, backend, monkeypatch):
+    """The worker's run report computes the queue wait from it; Batch tells a container nothing about it."""
+    moto_aws.batch.hold("RUNNING")
+    real_submit = backend._batch.submit_job
+    sent = []
+
+    async def throttled_once(**kwargs):
+        sent.append({e["name"]: e["value"] for e in kwargs["containerOverrides"]["environment"]})
+        if len(sent) == 1:
+            raise client_error("ThrottlingException", 400)
+        return await real_submit(**kwargs)
+
+    monkeypatch.setattr(backend._batch, "submit_job", throttled_once)
+    before = time.time()
+    spec = JobSpec.build(identity=TaskIdentity("dag", "task", "run-1", -1), job_queue=gpu_batch["job_queue"],
+                         job_definition=gpu_batch["job_definition"], command=["true"], environment={"EPOCHS": "15"})
+    state = await backend.submit(spec)
+    assert len(sent) == 2 and sent[0] == sent[1]  # the retry says when the task first asked
+    assert sent[0]["EPOCHS"] == "15" and before <= float(sent[0][SUBMITTED_AT_ENV]) <= time.time()
+    [job] = moto_aws.client("batch").describe_jobs(jobs=[state.job_id])["jobs"]
+    assert {e["name"]: e["value"] for e in job["container"]["environment"]}[SUBMITTED_AT_ENV] == sent[0][SUBMITTED_AT_ENV]
 
 
 async def test_non_transient_errors_surface_at_once_naming_the_permission(gpu_batch, backend, monkeypatch):

@@ -83,7 +83,8 @@ def test_registered_as_local_and_state_dir_defaults_under_airflow_home(monkeypat
 
 
 async def test_success_records_exit_times_and_log(backend, state_dir):
-    job = await backend.submit(spec(py("import os; print('hello', os.environ['EPOCHS'], os.environ['AIRFLOW_GPU_JOB_ID'])"),
+    job = await backend.submit(spec(py("import os; print('hello', os.environ['EPOCHS'], os.environ['AIRFLOW_GPU_JOB_ID'], "
+                                       "os.environ['AIRFLOW_GPU_SUBMITTED_AT'])"),
                                     environment={"EPOCHS": "15-s3cr3t"}))
     assert job.status in ("RUNNING", "SUCCEEDED")
     final = await wait_terminal(backend, job.job_id)
@@ -93,7 +94,8 @@ async def test_success_records_exit_times_and_log(backend, state_dir):
     assert record["exit.json"]["ended_at"] >= record["run.json"]["started_at"] >= record["job.json"]["submitted_at"]
     # The environment reaches the process but is never written to disk (values may be secrets).
     assert "s3cr3t" not in json.dumps(record)
-    assert (await backend.read_logs(final)).lines == [f"hello 15-s3cr3t {job.job_id}"]
+    # The submit time, for the worker's queue wait, is the one the job record keeps.
+    assert (await backend.read_logs(final)).lines == [f"hello 15-s3cr3t {job.job_id} {record['job.json']['submitted_at']:.3f}"]
 
 
 async def test_failure_carries_exit_code_reason_and_log_tail(backend):

@@ -99,6 +99,7 @@ def test_resource_requirements_and_retry_strategy():
         ({"environment": {"EPOCHS": 15}}, "environment"),
         ({"environment": {"BAD-NAME": "1"}}, "environment variable name"),
         ({"environment": {"AWS_BATCH_JOB_ID": "x"}}, "reserved"),
+        ({"environment": {"AIRFLOW_GPU_SUBMITTED_AT": "0"}}, "set by airflow-gpu when it submits"),
         ({"environment": ["A=1"]}, "environment"),
         ({"tags": {"aws:owner": "me"}}, "aws:"),
         ({"tags": {"team": 1}}, "tags"),

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Callable, Mapping, Sequence
 
+from airflow_gpu.contract import SUBMITTED_AT_ENV
+
 # AWS Batch limits (SubmitJob and TagResource API references).
 MAX_JOB_NAME = 128
 MAX_GPUS = 16  # the largest GPU instances carry 16 GPUs
@@ -196,6 +198,8 @@ def check_environment(value: Any) -> dict[str, str]:
             raise JobSpecError(f"environment variable name {key!r} is invalid: use letters, digits and '_'.")
         if key.startswith("AWS_BATCH"):
             raise JobSpecError(f"environment variable {key!r} is reserved by AWS Batch; choose another name.")
+        if key == SUBMITTED_AT_ENV:
+            raise JobSpecError(f"environment variable {key!r} is set by airflow-gpu when it submits the job; remove it.")
     return env
 
 

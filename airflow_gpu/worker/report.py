@@ -207,7 +207,7 @@ def _job_table(metrics: dict) -> str:
         ("run", f"<code>{_e(metrics.get('run_id', ''))}</code>"),
         ("started", _fmt(metrics.get("started_at"))),
         ("total wall time", f"{_fmt(metrics.get('total_seconds'))} s"),
-        ("queue wait", f"{_fmt(wait)} s" if wait is not None else "not known (the submitter set no AIRFLOW_GPU_SUBMITTED_AT)"),
+        ("queue wait", f"{_fmt(wait)} s" if wait is not None else "not known (no AIRFLOW_GPU_SUBMITTED_AT: not submitted by airflow-gpu)"),
     ]
     rows += [(k.replace("_", " "), _fmt(job[k])) for k in ("queue", "compute_environment", "attempt") if job.get(k)]
     if gpu:

@@ -3,15 +3,17 @@
 All of it is read from the environment the job runs in, never from the Airflow side:
 AWS Batch sets ``AWS_BATCH_JOB_ID``, ``AWS_BATCH_JQ_NAME``, ``AWS_BATCH_JOB_ATTEMPT`` and
 ``AWS_BATCH_CE_NAME`` in every container; the local backend sets ``AIRFLOW_GPU_JOB_ID``.
-The queue wait is known only when the submitter passes ``AIRFLOW_GPU_SUBMITTED_AT`` (epoch
-seconds or an ISO time) in the job's environment: Batch tells a container nothing about when
-it was submitted. Every value here is a name or a number, never a credential.
+The queue wait comes from ``AIRFLOW_GPU_SUBMITTED_AT`` (epoch seconds or an ISO time), which
+both backends set in the job's environment when they submit: Batch tells a container nothing
+about when it was submitted. A job submitted some other way has no queue wait. Every value here is a name or a number, never a credential.
 """
 
 from __future__ import annotations
 
 import os
 from datetime import datetime, timezone
+
+from ..contract import SUBMITTED_AT_ENV
 
 _BATCH = {"AWS_BATCH_JOB_ID": "job_id", "AWS_BATCH_JQ_NAME": "queue", "AWS_BATCH_JOB_ATTEMPT": "attempt",
           "AWS_BATCH_CE_NAME": "compute_environment"}
@@ -29,7 +31,7 @@ def job_context(started_at: datetime, environ=None) -> dict:
     elif environ.get("AIRFLOW_GPU_JOB_ID"):
         context["backend"] = "local"
         context["job_id"] = environ["AIRFLOW_GPU_JOB_ID"]
-    submitted = _time(environ.get("AIRFLOW_GPU_SUBMITTED_AT"))
+    submitted = _time(environ.get(SUBMITTED_AT_ENV))
     if submitted is not None:
         context["submitted_at"] = submitted.isoformat(timespec="seconds")
         context["queue_wait_seconds"] = round(max((started_at - submitted).total_seconds(), 0.0), 3)

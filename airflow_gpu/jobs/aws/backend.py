@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any, Awaitable, Callable, Sequence, TypeVar
 from urllib.parse import quote
 
@@ -22,6 +23,7 @@ import aiohttp
 import botocore.config
 import botocore.exceptions
 
+from airflow_gpu.contract import SUBMITTED_AT_ENV
 from airflow_gpu.jobs.aws.cloudwatch import CloudWatchLogReader
 from airflow_gpu.jobs.aws.connection import AwsConnection, forget_aws_connection, resolve_aws_connection, resolve_standard_chain
 from airflow_gpu.jobs.backend import (
@@ -266,6 +268,9 @@ class AwsBatchBackend(JobBackend):
 
     async def submit(self, spec: JobSpec) -> JobState:
         params = self.submit_params(spec)
+        # Stamped once, so a retried SubmitJob carries the time of the first ask (the queue wait).
+        overrides = params["containerOverrides"]
+        overrides["environment"] = [*overrides.get("environment", ()), {"name": SUBMITTED_AT_ENV, "value": f"{time.time():.3f}"}]
         tries = 0
         while True:
             try:

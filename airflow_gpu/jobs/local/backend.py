@@ -51,6 +51,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from airflow_gpu.contract import SUBMITTED_AT_ENV
 from airflow_gpu.jobs.local import runner as records
 from airflow_gpu.jobs.backend import (
     FAILED,
@@ -184,7 +185,8 @@ class LocalBackend(JobBackend):
     def _submit(self, spec: JobSpec, entrypoint: tuple[str, ...]) -> JobState:
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._prune()
-        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+        submitted_at = time.time()
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(submitted_at))
         job_id = f"{spec.idempotency_key[:KEY_PREFIX_LEN]}-{stamp}-{secrets.token_hex(3)}"
         folder = self.state_dir / job_id
         folder.mkdir(mode=0o700)
@@ -199,12 +201,13 @@ class LocalBackend(JobBackend):
                 # What runs: the entrypoint, then the task's command, as a container would.
                 "command": [*entrypoint, *(spec.command or ())],
                 "timeout_s": spec.timeout_s,
-                "submitted_at": time.time(),
+                "submitted_at": submitted_at,
                 "boot_id": records.boot_id(),
             },
         )
         # The environment goes to the process, never to disk: values may be secrets.
-        env = {**os.environ, **spec.environment, "AIRFLOW_GPU_JOB_ID": job_id, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, **spec.environment, "AIRFLOW_GPU_JOB_ID": job_id, SUBMITTED_AT_ENV: f"{submitted_at:.3f}",
+               "PYTHONUNBUFFERED": "1"}
         # Console scripts of this installation (airflow-gpu-worker) first, even when the
         # Airflow process was started as .venv/bin/airflow without activating the venv.
         env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", os.defpath)])
