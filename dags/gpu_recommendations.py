@@ -94,6 +94,15 @@ PARAMS = {
             "confidence matrix, chosen on tuning data), or a number >= 0 to set it."
         ),
     ),
+    "tune": Param(
+        False,
+        type="boolean",
+        description=(
+            "First search the confidence weighting, alpha and regularization share on a validation split of the "
+            "training data (the worker's --tune, planned to cost a quarter of one training run more). Needs "
+            "regularization auto: a fixed number leaves nothing to search."
+        ),
+    ),
     "top_n": Param(
         10, type="integer", minimum=1, maximum=1000,
         description="Recommendations written per user; items the user already interacted with are left out.",
@@ -176,6 +185,14 @@ def worker_command(params: dict, input_uri: str, output_uri: str, endpoint_url: 
         command += ["--weight-col", params["weight_column"]]
     if params["eval_holdout"]:
         command += ["--eval-holdout", str(params["eval_holdout"])]
+    if params.get("tune"):
+        if params["regularization"] != "auto":
+            # The worker would skip the search without a word in the DAG; say so before anything runs.
+            raise ValueError(
+                f"tune searches the regularization itself, but regularization is {params['regularization']!r}: "
+                "set regularization to auto, or tune to false"
+            )
+        command.append("--tune")
     # The command is the argv of the image's entrypoint on every backend (the local one prepends
     # airflow-gpu-worker). Only where S3 is differs: a local process reaches it where the connection says.
     if params["backend"] == "local" and endpoint_url:

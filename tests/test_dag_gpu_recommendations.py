@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 from pathlib import Path
 
@@ -115,7 +116,7 @@ def test_regularization_is_auto_or_a_number_the_worker_accepts(module):
 
     from airflow_gpu.worker.__main__ import _regularization
 
-    param = module.PARAMS["regularization"]
+    param = copy.deepcopy(module.PARAMS["regularization"])  # resolve() keeps the value: not the DAG's own
     assert param.resolve("auto") == "auto" and param.resolve(2.5) == 2.5
     for bad in ("strong", -1):
         with pytest.raises(ParamValidationError):
@@ -123,6 +124,18 @@ def test_regularization_is_auto_or_a_number_the_worker_accepts(module):
     for value, parsed in (("auto", None), (2.5, 2.5)):
         command = module.worker_command(params_of(module, regularization=value), "s3://b/in/", "s3://b/out/", "")
         assert _regularization(command[command.index("--regularization") + 1]) == parsed
+
+
+def test_tune_adds_the_workers_search_and_refuses_a_fixed_regularization(module):
+    from airflow_gpu.worker.__main__ import build_parser
+
+    assert module.PARAMS["tune"].value is False
+    assert "--tune" not in module.worker_command(params_of(module), "s3://b/in/", "s3://b/out/", "")
+    command = module.worker_command(params_of(module, tune=True), "s3://b/in/", "s3://b/out/", "")
+    args = build_parser().parse_args(command)  # the worker takes the argv as the DAG builds it
+    assert args.tune is True and args.regularization is None
+    with pytest.raises(ValueError, match="set regularization to auto, or tune to false"):
+        module.worker_command(params_of(module, tune=True, regularization=2.5), "s3://b/in/", "s3://b/out/", "")
 
 
 def test_train_emits_the_asset_the_consumer_dag_is_scheduled_on(module):
