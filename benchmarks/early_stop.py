@@ -24,25 +24,22 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from airflow_gpu.demo.synthetic import synthetic_interactions  # noqa: E402
-from airflow_gpu.worker.evaluate import evaluate, holdout_split  # noqa: E402
-from airflow_gpu.worker.matrix import build_interactions, confidence  # noqa: E402
+from demo_data import add_demo_arguments, demo_split  # noqa: E402
+from airflow_gpu.worker.evaluate import evaluate  # noqa: E402
+from airflow_gpu.worker.matrix import confidence  # noqa: E402
 from airflow_gpu.worker.train import TrainParams, fit  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--interactions", type=int, default=3_000_000)
+    add_demo_arguments(parser)
     parser.add_argument("--iterations", type=int, default=15)
-    parser.add_argument("--device", default="cpu", choices=("cpu", "gpu"))
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args(argv)
     logging.disable(logging.INFO)
 
-    table = synthetic_interactions(args.interactions, seed=0)
-    data = build_interactions(table["user_id"], table["item_id"], table["plays"].to_numpy())
-    train, test = holdout_split(data.matrix, 0.1, seed=0)
+    train, test = demo_split(args.interactions)
     weighted = confidence(train)
     base = TrainParams(iterations=args.iterations, device=args.device)
     runs = {"full": replace(base, early_stop=0.0), "early stop": base}

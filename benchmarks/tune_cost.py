@@ -19,22 +19,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from airflow_gpu.demo.synthetic import synthetic_interactions  # noqa: E402
-from airflow_gpu.worker.evaluate import holdout_split  # noqa: E402
-from airflow_gpu.worker.matrix import build_interactions, confidence  # noqa: E402
+from demo_data import add_demo_arguments, demo_split  # noqa: E402
+from airflow_gpu.worker.matrix import confidence  # noqa: E402
 from airflow_gpu.worker.train import TrainParams, fit  # noqa: E402
 from airflow_gpu.worker.tune import tune  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--interactions", type=int, default=3_000_000)
-    parser.add_argument("--device", default="cpu", choices=("cpu", "gpu"))
+    add_demo_arguments(parser)
     args = parser.parse_args(argv)
     logging.disable(logging.INFO)
-    table = synthetic_interactions(args.interactions, seed=0)
-    matrix = build_interactions(table["user_id"], table["item_id"], table["plays"].to_numpy()).matrix
-    train, _ = holdout_split(matrix, 0.1, seed=0)
+    train, _ = demo_split(args.interactions)
     params = TrainParams(device=args.device)
     started = time.monotonic()
     result = tune(train, params)
