@@ -243,9 +243,9 @@ async def test_a_cycles_chunks_start_spread_over_half_the_interval_in_the_same_o
     schedule: list[tuple[int, float, tuple[str, ...]]] = []
     real = JobWatcher._describe_chunk
 
-    async def recording(self, backend, chunk, gate, after=0.0):
-        schedule.append((self.cycles, after, tuple(chunk)))
-        return await real(self, backend, chunk, gate, after=after)
+    async def recording(self, backend, chunk, gate, *, started=0.0, share=0.0):
+        schedule.append((self.cycles, share * self.interval, tuple(chunk)))
+        return await real(self, backend, chunk, gate, started=started, share=share)
 
     monkeypatch.setattr(JobWatcher, "_describe_chunk", recording)
     poll = 0.6
@@ -262,4 +262,21 @@ async def test_a_cycles_chunks_start_spread_over_half_the_interval_in_the_same_o
     ids_per_cycle = [i for _, chunk in first for i in chunk]
     assert sorted(ids_per_cycle) == sorted(job_ids)
     for watch in watches:
+        watch.close()
+
+
+async def test_a_faster_watch_arriving_mid_cycle_brings_the_rest_of_the_spread_forward(moto_aws, gpu_batch, aws_conn, closed_after):
+    """250 jobs polled every 600 s spread their 3 chunks over 300 s; a job watched every 0.5 s that
+    arrives after the first chunk must not wait out those 300 s for its first describe."""
+    moto_aws.batch.hold("RUNNING")
+    job_ids = await submit_many(moto_aws, gpu_batch, 251)
+    watcher = JobWatcher.shared(BackendTarget())
+    slow = [watcher.watch(job_id, poll_interval=600) for job_id in job_ids[:250]]
+    await wait_until(lambda: any(w.state is not None for w in slow))  # chunk 1; chunks 2 and 3 wait 100 and 200 s
+    assert sum(w.state is not None for w in slow) == 100
+    fast = watcher.watch(job_ids[250], poll_interval=0.5)
+    # The timeout bounds a failure only: before the fix the rest of the cycle slept 200 s more.
+    await wait_until(lambda: fast.state is not None, timeout=60)
+    assert all(w.state is not None for w in slow)  # the first cycle's 3 chunks were all described first
+    for watch in [*slow, fast]:
         watch.close()

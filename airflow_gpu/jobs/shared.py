@@ -64,6 +64,8 @@ class Cadence:
     def __init__(self) -> None:
         self._intervals: Counter[float] = Counter()
         self._wake = asyncio.Event()
+        # Resolved by wake(): sleepers inside a round (sleep_until) re-read their deadline.
+        self._woken: asyncio.Future | None = None
 
     @property
     def interval(self) -> float:
@@ -83,6 +85,17 @@ class Cadence:
     def wake(self) -> None:
         """Look again now: a faster user came, or the last one left."""
         self._wake.set()
+        if self._woken is not None and not self._woken.done():
+            self._woken.set_result(None)
+
+    async def sleep_until(self, deadline: Callable[[], float]) -> None:
+        """Sleep until loop time ``deadline()``, read again on each wake(): a deadline that is a share
+        of the interval comes forward when a faster user arrives mid-round."""
+        loop = asyncio.get_running_loop()
+        while (wait := deadline() - loop.time()) > 0:
+            if self._woken is None or self._woken.done():
+                self._woken = loop.create_future()
+            await asyncio.wait([self._woken], timeout=wait)
 
     async def run(self, round_: Callable[[], Awaitable[None]], *, while_: Callable[[], bool], first_delay: float) -> None:
         """Run ``round_`` every ``interval`` seconds, start to start, as long as ``while_()`` holds.

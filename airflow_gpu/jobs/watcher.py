@@ -33,7 +33,9 @@ one instant. Seen together, 2,000 ends fire 2,000 events at once, and Airflow's 
 them into task state one by one (its runner logs each event before it queues it, and its
 supervisor writes each to the database between reads of the runner's socket): the last of the
 burst fired up to 19 s after its job was seen (benchmarks/README.md, "Triggerer scale through
-Airflow"). The second half of the interval stays free of calls, so cycles stay apart.
+Airflow"). The second half of the interval stays free of calls, so cycles stay apart. The
+offsets are shares of the interval, so a faster watch arriving mid-cycle brings the rest of the
+cycle forward: its job is described in the next cycle, which need not wait out a slower spread.
 
 **Queue time.** ``max_queued`` is checked once per cycle against the job's own
 queue time (from Batch's timestamps, so it survives a triggerer restart); its
@@ -412,16 +414,22 @@ class JobWatcher:
         ids = list(self._pending)
         size = backend.describe_batch_size
         chunks = [ids[i : i + size] for i in range(0, len(ids), size)]
-        step = self.spread * self.interval / len(chunks) if len(chunks) > 1 else 0.0
+        step = self.spread / len(chunks) if len(chunks) > 1 else 0.0
         gate = asyncio.Semaphore(self.max_concurrent_calls)
-        await asyncio.gather(*(self._describe_chunk(backend, chunk, gate, after=k * step) for k, chunk in enumerate(chunks)))
+        started = asyncio.get_running_loop().time()
+        await asyncio.gather(*(self._describe_chunk(backend, chunk, gate, started=started, share=k * step)
+                               for k, chunk in enumerate(chunks)))
 
-    async def _describe_chunk(self, backend: JobBackend, chunk: list[str], gate: asyncio.Semaphore, after: float = 0.0) -> None:
-        """Describe one chunk, ``after`` seconds into the cycle. A failed poll decides no job's fate: it
-        is retried with backoff for ``describe_error_grace`` seconds, and even then the jobs are
-        reported unseen, never failed."""
-        if after > 0:
-            await asyncio.sleep(after)
+    async def _describe_chunk(
+        self, backend: JobBackend, chunk: list[str], gate: asyncio.Semaphore, *, started: float = 0.0, share: float = 0.0
+    ) -> None:
+        """Describe one chunk, ``share`` of the interval after the cycle ``started``. A failed poll
+        decides no job's fate: it is retried with backoff for ``describe_error_grace`` seconds, and
+        even then the jobs are reported unseen, never failed."""
+        if share > 0:
+            # In shares, not seconds: a faster watch arriving mid-cycle brings the rest of the cycle
+            # forward, so its own first describe (next cycle) is not held up by a slower interval's spread.
+            await self._cadence.sleep_until(lambda: started + share * self.interval)
         loop = asyncio.get_running_loop()
         first_failure: float | None = None
 
