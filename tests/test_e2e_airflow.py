@@ -127,11 +127,20 @@ class Airflow:
     def log_tail(self, lines: int = 60) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
 
-    def call(self, method: str, path: str, body: Any = None) -> Any:
+    def call(self, method: str, path: str, body: Any = None, *, tries: int = 5) -> Any:
+        """One REST call. On 2 loaded cores the api-server answers 500 when SQLite stays locked past
+        its busy timeout (task heartbeats were seen taking 5 s): that try changed nothing, so a
+        GET, PUT or PATCH is sent again; a POST is the caller's to retry (see trigger)."""
         data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(self.base + path, data=data, method=method, headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return json.loads(response.read() or b"null")
+        for attempt in range(1, tries + 1):
+            request = urllib.request.Request(self.base + path, data=data, method=method, headers={"Content-Type": "application/json"})
+            try:
+                with urllib.request.urlopen(request, timeout=30) as response:
+                    return json.loads(response.read() or b"null")
+            except urllib.error.HTTPError as exc:
+                if exc.code < 500 or method == "POST" or attempt == tries:
+                    raise
+            time.sleep(2)
 
     def task_instances(self, dag_id: str, run_id: str) -> dict[int, dict]:
         reply = self.call("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances?limit=100")
@@ -147,8 +156,20 @@ class Airflow:
     def run_state(self, dag_id: str, run_id: str) -> str:
         return self.call("GET", f"/dags/{dag_id}/dagRuns/{run_id}")["state"]
 
-    def trigger(self, dag_id: str) -> str:
-        return self.call("POST", f"/dags/{dag_id}/dagRuns", {"logical_date": None})["dag_run_id"]
+    def trigger(self, dag_id: str, tries: int = 5) -> str:
+        """A new run under a run id of our own, so that a try after a 500 can tell by 409 (the id
+        is taken) that the one before it was committed after all."""
+        run_id = f"e2e__{secrets.token_hex(6)}"
+        for attempt in range(1, tries + 1):
+            try:
+                return self.call("POST", f"/dags/{dag_id}/dagRuns", {"dag_run_id": run_id, "logical_date": None})["dag_run_id"]
+            except urllib.error.HTTPError as exc:
+                if exc.code == 409 and attempt > 1:
+                    return run_id
+                if exc.code < 500 or attempt == tries:
+                    raise
+            time.sleep(2)
+        raise AssertionError("unreachable")
 
 
 def stop_process_tree(process: subprocess.Popen, home: Path) -> None:

@@ -33,10 +33,14 @@ async def closed_after():
 @pytest.fixture
 def small_pages(monkeypatch):
     """Pages of 7 events, so every read crosses page boundaries; and a faster limiter to match
-    (7-event pages take ~1000 times the calls CloudWatch's own pages do)."""
+    (7-event pages take ~1000 times the calls CloudWatch's own pages do). A last read then takes
+    ~20 calls (it re-reads the late window), more than a loaded machine makes in the default 0.5 s
+    (seen in a full run): these tests check what the last read relays, and
+    test_a_busy_log_api_does_not_hold_the_event_up checks its deadline."""
     monkeypatch.setattr(CloudWatchLogReader, "page_limit", 7)
     monkeypatch.setattr(AwsBatchBackend, "logs_calls_per_second", 50.0)
     monkeypatch.setattr(AwsBatchBackend, "logs_burst", 10)
+    monkeypatch.setattr(LogFollower, "final_read_timeout", 30.0)
 
 
 def logs_client(moto_aws):

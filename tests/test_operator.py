@@ -75,7 +75,9 @@ def test_submit_defer_resume_success(moto_aws, gpu_batch, aws_conn):
     assert sent["containerOverrides"]["command"] == [
         "airflow-gpu-worker", "als", "--input", "s3://bucket/in put/", "; rm -rf /"
     ]  # argv as given, never a shell string
-    assert sent["containerOverrides"]["environment"] == [{"name": "EPOCHS", "value": "15"}]
+    environment = sent["containerOverrides"]["environment"]
+    assert environment[0] == {"name": "EPOCHS", "value": "15"}
+    assert [e["name"] for e in environment[1:]] == ["AIRFLOW_GPU_SUBMITTED_AT"]  # the run report's queue wait
     key = TaskIdentity("recsys.daily", "train als", RUN_ID, -1).idempotency_key
     assert sent["tags"] == {
         "team": "recsys",
