@@ -5,7 +5,9 @@ AWS Batch sets ``AWS_BATCH_JOB_ID``, ``AWS_BATCH_JQ_NAME``, ``AWS_BATCH_JOB_ATTE
 ``AWS_BATCH_CE_NAME`` in every container; the local backend sets ``AIRFLOW_GPU_JOB_ID``.
 The queue wait comes from ``AIRFLOW_GPU_SUBMITTED_AT`` (epoch seconds or an ISO time), which
 both backends set in the job's environment when they submit: Batch tells a container nothing
-about when it was submitted. A job submitted some other way has no queue wait. Every value here is a name or a number, never a credential.
+about when it was submitted. A job submitted some other way has no queue wait; a Batch retry's
+attempt counts from the first submit, so its wait includes the attempts before it. Every value
+here is a name or a number, never a credential.
 """
 
 from __future__ import annotations
