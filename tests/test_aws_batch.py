@@ -139,7 +139,8 @@ async def test_the_submit_time_travels_in_the_jobs_environment_and_a_throttled_r
                          job_definition=gpu_batch["job_definition"], command=["true"], environment={"EPOCHS": "15"})
     state = await backend.submit(spec)
     assert len(sent) == 2 and sent[0] == sent[1]  # the retry says when the task first asked
-    assert sent[0]["EPOCHS"] == "15" and before <= float(sent[0][SUBMITTED_AT_ENV]) <= time.time()
+    # Sent to the millisecond, rounded: it may read up to 0.5 ms before the clock was read here.
+    assert sent[0]["EPOCHS"] == "15" and before - 0.001 <= float(sent[0][SUBMITTED_AT_ENV]) <= time.time() + 0.001
     [job] = moto_aws.client("batch").describe_jobs(jobs=[state.job_id])["jobs"]
     assert {e["name"]: e["value"] for e in job["container"]["environment"]}[SUBMITTED_AT_ENV] == sent[0][SUBMITTED_AT_ENV]
 
