@@ -23,6 +23,12 @@ LATEST_VERSION = 1
 # container nothing about when it was submitted, and the run report wants the queue wait.
 SUBMITTED_AT_ENV = "AIRFLOW_GPU_SUBMITTED_AT"
 
+
+def submitted_at_value(when: float) -> str:
+    """``SUBMITTED_AT_ENV``'s value for a submit at epoch ``when``: seconds, to the millisecond."""
+    return f"{when:.3f}"
+
+
 # Input formats by file name; longest suffix first, so ".csv.gz" wins over ".gz"-less guesses.
 FORMAT_EXTENSIONS = {
     ".parquet": "parquet",

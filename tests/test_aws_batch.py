@@ -27,12 +27,13 @@ async def backend(aws_conn):
     await b.aclose()
 
 
-def spec_for(gpu_batch, run_id="run-1") -> JobSpec:
+def spec_for(gpu_batch, run_id="run-1", **fields) -> JobSpec:
     return JobSpec.build(
         identity=TaskIdentity("dag", "task", run_id, -1),
         job_queue=gpu_batch["job_queue"],
         job_definition=gpu_batch["job_definition"],
         command=["true"],
+        **fields,
     )
 
 
@@ -135,9 +136,7 @@ async def test_the_submit_time_travels_in_the_jobs_environment_and_a_throttled_r
 
     monkeypatch.setattr(backend._batch, "submit_job", throttled_once)
     before = time.time()
-    spec = JobSpec.build(identity=TaskIdentity("dag", "task", "run-1", -1), job_queue=gpu_batch["job_queue"],
-                         job_definition=gpu_batch["job_definition"], command=["true"], environment={"EPOCHS": "15"})
-    state = await backend.submit(spec)
+    state = await backend.submit(spec_for(gpu_batch, environment={"EPOCHS": "15"}))
     assert len(sent) == 2 and sent[0] == sent[1]  # the retry says when the task first asked
     # Sent to the millisecond, rounded: it may read up to 0.5 ms before the clock was read here.
     assert sent[0]["EPOCHS"] == "15" and before - 0.001 <= float(sent[0][SUBMITTED_AT_ENV]) <= time.time() + 0.001

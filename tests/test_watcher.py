@@ -243,7 +243,7 @@ async def test_a_cycles_chunks_start_spread_over_half_the_interval_in_the_same_o
     schedule: list[tuple[int, float, tuple[str, ...]]] = []
     real = JobWatcher._describe_chunk
 
-    async def recording(self, backend, chunk, gate, *, started=0.0, share=0.0):
+    async def recording(self, backend, chunk, gate, *, started, share):
         schedule.append((self.cycles, share * self.interval, tuple(chunk)))
         return await real(self, backend, chunk, gate, started=started, share=share)
 

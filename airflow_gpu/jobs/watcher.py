@@ -421,7 +421,7 @@ class JobWatcher:
                                for k, chunk in enumerate(chunks)))
 
     async def _describe_chunk(
-        self, backend: JobBackend, chunk: list[str], gate: asyncio.Semaphore, *, started: float = 0.0, share: float = 0.0
+        self, backend: JobBackend, chunk: list[str], gate: asyncio.Semaphore, *, started: float, share: float
     ) -> None:
         """Describe one chunk, ``share`` of the interval after the cycle ``started``. A failed poll
         decides no job's fate: it is retried with backoff for ``describe_error_grace`` seconds, and

@@ -23,7 +23,7 @@ import aiohttp
 import botocore.config
 import botocore.exceptions
 
-from airflow_gpu.contract import SUBMITTED_AT_ENV
+from airflow_gpu.contract import SUBMITTED_AT_ENV, submitted_at_value
 from airflow_gpu.jobs.aws.cloudwatch import CloudWatchLogReader
 from airflow_gpu.jobs.aws.connection import AwsConnection, forget_aws_connection, resolve_aws_connection, resolve_standard_chain
 from airflow_gpu.jobs.backend import (
@@ -239,15 +239,18 @@ class AwsBatchBackend(JobBackend):
 
     # -- submit and reattach ----------------------------------------------------------------------
 
-    def submit_params(self, spec: JobSpec) -> dict[str, Any]:
+    def submit_params(self, spec: JobSpec, *, submitted_at: float | None = None) -> dict[str, Any]:
         for value, param in ((spec.queue, "job_queue"), (spec.definition, "job_definition")):
             if not value:
                 raise JobSpecError(f"{param} is required on AWS Batch: pass the Batch {param.replace('_', ' ')} name or ARN.")
         overrides: dict[str, Any] = {}
         if spec.command is not None:
             overrides["command"] = list(spec.command)  # argv as given: Batch runs it without a shell
-        if spec.environment:
-            overrides["environment"] = [{"name": k, "value": v} for k, v in spec.environment.items()]
+        environment = dict(spec.environment)
+        if submitted_at is not None:
+            environment[SUBMITTED_AT_ENV] = submitted_at_value(submitted_at)
+        if environment:
+            overrides["environment"] = [{"name": k, "value": v} for k, v in environment.items()]
         requirements = spec.resource_requirements()
         if requirements:
             overrides["resourceRequirements"] = requirements
@@ -267,10 +270,8 @@ class AwsBatchBackend(JobBackend):
         return params
 
     async def submit(self, spec: JobSpec) -> JobState:
-        params = self.submit_params(spec)
         # Stamped once, so a retried SubmitJob carries the time of the first ask (the queue wait).
-        overrides = params["containerOverrides"]
-        overrides["environment"] = [*overrides.get("environment", ()), {"name": SUBMITTED_AT_ENV, "value": f"{time.time():.3f}"}]
+        params = self.submit_params(spec, submitted_at=time.time())
         tries = 0
         while True:
             try:

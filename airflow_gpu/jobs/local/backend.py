@@ -51,7 +51,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from airflow_gpu.contract import SUBMITTED_AT_ENV
+from airflow_gpu.contract import SUBMITTED_AT_ENV, submitted_at_value
 from airflow_gpu.jobs.local import runner as records
 from airflow_gpu.jobs.backend import (
     FAILED,
@@ -206,7 +206,7 @@ class LocalBackend(JobBackend):
             },
         )
         # The environment goes to the process, never to disk: values may be secrets.
-        env = {**os.environ, **spec.environment, "AIRFLOW_GPU_JOB_ID": job_id, SUBMITTED_AT_ENV: f"{submitted_at:.3f}",
+        env = {**os.environ, **spec.environment, "AIRFLOW_GPU_JOB_ID": job_id, SUBMITTED_AT_ENV: submitted_at_value(submitted_at),
                "PYTHONUNBUFFERED": "1"}
         # Console scripts of this installation (airflow-gpu-worker) first, even when the
         # Airflow process was started as .venv/bin/airflow without activating the venv.
