@@ -1,24 +1,45 @@
 # The two commands a newcomer needs: `make demo` and `make test`.
-# Both build .venv from scratch when it is missing, and bring it up to date when
-# pyproject.toml changed (in place, so a running test never loses its interpreter).
+# Both build .venv from the lock (uv.lock) when it is missing, and bring it back to the lock
+# when pyproject.toml or uv.lock changed. `make lock` moves the lock forward, on purpose.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# The uv that installs the lock; the lock itself pins the same one in the dev extra.
+UV_VERSION := 0.13.9
+UV     := $(BIN)/uv
+EXTRAS := --extra dev --extra worker --extra demo
+DURATIONS := --durations=15
 
-.PHONY: demo test bench-ingest clean venv
+.PHONY: demo test test-fast test-integration test-e2e check lock bench-ingest clean venv
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml uv.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	# uv resolves Airflow's ~200 dependencies in seconds instead of minutes; fall back to pip.
-	($(BIN)/pip install -q uv && $(BIN)/uv pip install --python $(BIN)/python -e '.[dev,worker,demo]') \
-	  || $(BIN)/pip install -e '.[dev,worker,demo]'
+	test -x $(UV) || $(BIN)/pip install -q uv==$(UV_VERSION)
+	# --frozen: exactly the versions in uv.lock, never a fresh resolution.
+	$(UV) sync --frozen $(EXTRAS) --python $(BIN)/python
 	touch $(STAMP)
 
-test: $(STAMP)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+lock: $(STAMP)
+	$(UV) lock --upgrade
+	@echo "uv.lock moved forward: run 'make test', then commit uv.lock with what the move changed."
+
+check: $(STAMP)
+	$(BIN)/python -m airflow_gpu_checks
+
+test: check
+	$(BIN)/python -m pytest $(DURATIONS) $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest tests/unit $(DURATIONS) $(PYTEST_ARGS)
+
+test-integration: $(STAMP)
+	$(BIN)/python -m pytest tests/integration $(DURATIONS) $(PYTEST_ARGS)
+
+test-e2e: $(STAMP)
+	$(BIN)/python -m pytest tests/e2e $(DURATIONS) $(PYTEST_ARGS)
 
 demo: $(STAMP)
 	$(BIN)/airflow-gpu demo $(DEMO_ARGS)

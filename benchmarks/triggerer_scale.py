@@ -49,7 +49,8 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-TESTS = ROOT / "tests"
+# tests.support: the moto harness the tests share (a spawned server process inherits this path)
+sys.path.insert(0, str(ROOT))
 LOG_GROUP = "/aws/batch/job"
 FAKE_CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "testing",
@@ -71,19 +72,14 @@ class BenchServer:
     """Runs in the server process: moto plus the job clock, the log writer and the call counts."""
 
     def __init__(self, log_every: float) -> None:
-        sys.path.insert(0, str(TESTS))
         os.environ.update(FAKE_CREDENTIALS)
         import logging
 
         logging.getLogger("werkzeug").setLevel(logging.WARNING)
-        from moto.batch import responses as batch_responses
+        from tests.support.moto_aws import start_moto
 
-        # Installed before the harness wraps DescribeJobs with its call counting.
-        self._install(batch_responses)
-        from moto_aws import start_moto
-
-        self.log_every = log_every
         self.server, self.aws = start_moto()
+        self.log_every = log_every
         self.batch: Any = None  # moto's backends, fetched again after each reset (which replaces them)
         self.logs: Any = None
         self.lock = threading.Lock()
@@ -99,29 +95,24 @@ class BenchServer:
         self._clock = threading.Thread(target=self._run_clock, daemon=True)
         self._clock.start()
 
-    def _install(self, batch_responses: Any) -> None:
+    def _describe_jobs_reply(self, job_ids: list[str]) -> str:
         """DescribeJobs from each job's description, serialized once per state change.
 
         moto scans every job for each call and serializes each description again (10,000 jobs,
         100 calls a cycle); a Batch server is not the subject here, so it must never set the pace.
         """
-        bench = self
-
-        def describejobs(response: Any) -> str:
-            now = time.time()
-            parts = []
-            for job_id in response._get_param("jobs") or ():
-                if job_id not in bench.finished and now >= bench.end_at.get(job_id, math.inf):
-                    bench._finish(job_id)  # due, and the clock thread has not come round yet
-                text = bench.described_json.get(job_id)
-                if text is not None:
-                    bench.described.add(job_id)
-                    if job_id in bench.finished and '"SUCCEEDED"' in text:
-                        bench.seen_ended.setdefault(job_id, now)
-                    parts.append(text)
-            return '{"jobs": [' + ", ".join(parts) + "]}"
-
-        batch_responses.BatchResponse.describejobs = describejobs
+        now = time.time()
+        parts = []
+        for job_id in job_ids:
+            if job_id not in self.finished and now >= self.end_at.get(job_id, math.inf):
+                self._finish(job_id)  # due, and the clock thread has not come round yet
+            text = self.described_json.get(job_id)
+            if text is not None:
+                self.described.add(job_id)
+                if job_id in self.finished and '"SUCCEEDED"' in text:
+                    self.seen_ended.setdefault(job_id, now)
+                parts.append(text)
+        return '{"jobs": [' + ", ".join(parts) + "]}"
 
     def _describe(self, job_id: str) -> None:
         self.described_json[job_id] = json.dumps(self.aws.batch.job(job_id).describe())
@@ -171,9 +162,10 @@ class BenchServer:
     def setup(self, n: int) -> list[str]:
         from moto.batch_simple import models as batch_simple_models
         from moto.logs import models as logs_models
-        from moto_aws import ACCOUNT, REGION
+        from tests.support.moto_aws import ACCOUNT, REGION
 
         self.aws.reset()
+        self.aws.batch.answer("describejobs", self._describe_jobs_reply)
         self.batch = batch_simple_models.batch_simple_backends[ACCOUNT][REGION]
         self.logs = logs_models.logs_backends[ACCOUNT][REGION]
         self.aws.batch.hold("RUNNING")
@@ -231,18 +223,31 @@ class BenchServer:
 
 
 def server_main(conn: Any, log_every: float) -> None:
-    bench = BenchServer(log_every)
-    conn.send(bench.aws.endpoint_url)
+    # Any error, at start-up or in a command, travels back to the parent as ("error", text), so the
+    # parent fails at once with the server's own message instead of waiting on a dead process.
+    try:
+        bench = BenchServer(log_every)
+    except BaseException as exc:
+        conn.send(("error", f"{type(exc).__name__}: {exc}"))
+        raise
+    conn.send(("ok", bench.aws.endpoint_url))
     while True:
         command, *args = conn.recv()
-        if command == "stop":
-            bench.server.stop()
-            conn.send(None)
-            return
-        if command == "described":
-            conn.send(len(bench.described))
-            continue
-        conn.send(getattr(bench, command)(*args))
+        try:
+            if command == "stop":
+                bench.server.stop()
+                conn.send(("ok", None))
+                return
+            if command == "described":
+                conn.send(("ok", len(bench.described)))
+                continue
+            conn.send(("ok", getattr(bench, command)(*args)))
+        except Exception as exc:
+            conn.send(("error", f"{command}: {type(exc).__name__}: {exc}"))
+
+
+class ServerDied(RuntimeError):
+    """The benchmark's moto server process failed; the message is its own error."""
 
 
 class ServerHandle:
@@ -251,11 +256,20 @@ class ServerHandle:
         self.conn, child = context.Pipe()
         self.process = context.Process(target=server_main, args=(child, log_every), name="moto-bench-server", daemon=True)
         self.process.start()
-        self.endpoint = self.conn.recv()
+        self.endpoint = self._reply()
 
     def call(self, command: str, *args: Any) -> Any:
         self.conn.send((command, *args))
-        return self.conn.recv()
+        return self._reply()
+
+    def _reply(self) -> Any:
+        while not self.conn.poll(0.5):
+            if not self.process.is_alive():
+                raise ServerDied(f"the moto server process exited with code {self.process.exitcode} before answering")
+        status, value = self.conn.recv()
+        if status == "error":
+            raise ServerDied(f"the moto server process failed: {value}")
+        return value
 
     def stop(self) -> None:
         try:

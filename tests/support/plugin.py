@@ -1,0 +1,62 @@
+"""Shared fixtures: one moto server per test session, reset before every test that uses it."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import pytest
+
+from tests.support.moto_aws import CREDENTIALS, MotoAws, start_moto
+
+# One line per HTTP request from moto's server drowns every failure report.
+logging.getLogger("werkzeug").setLevel(logging.WARNING)
+
+
+@pytest.fixture(scope="session")
+def _moto_server():
+    # Fake credentials for every client in the session, so nothing ever reaches real AWS.
+    saved = {k: os.environ.get(k) for k in CREDENTIALS}
+    os.environ.update(CREDENTIALS)
+    server, aws = start_moto()
+    yield aws
+    server.stop()
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture
+def moto_aws(_moto_server: MotoAws) -> MotoAws:
+    """A moto server (S3, Batch, CloudWatch Logs, ...) on 127.0.0.1 with Batch running without Docker."""
+    _moto_server.reset()
+    yield _moto_server
+    _moto_server.batch.release_hold()
+
+
+@pytest.fixture
+def gpu_batch(moto_aws: MotoAws) -> dict[str, str]:
+    """A GPU compute environment, job queue and job definition on the moto server."""
+    return moto_aws.create_gpu_batch_environment()
+
+
+@pytest.fixture
+def fault_proxy(moto_aws):
+    """A fault-injecting proxy on 127.0.0.1 in front of the moto server (see tests/fault_proxy.py)."""
+    from tests.support.fault_proxy import FaultProxy
+
+    with FaultProxy(moto_aws.endpoint_url, seed=11) as proxy:
+        yield proxy
+        FAULT_TALLY["faults injected"] += proxy.injected
+
+
+#: Counts for the fault tests' closing line: faults injected, runs that survived them, outputs
+#: byte-identical to a fault-free run. Tests add to it; the summary prints it when any ran.
+FAULT_TALLY = {"faults injected": 0, "runs survived": 0, "outputs identical": 0}
+
+
+def pytest_terminal_summary(terminalreporter):
+    if any(FAULT_TALLY.values()):
+        terminalreporter.write_line("fault tally: " + ", ".join(f"{n} {what}" for what, n in FAULT_TALLY.items()))
