@@ -54,3 +54,30 @@ def test_throttle_answers_429(moto_aws, gpu_batch):
         batch.describe_jobs(jobs=[job_id])
     assert err.value.response["Error"]["Code"] == "TooManyRequestsException"
     assert err.value.response["ResponseMetadata"]["HTTPStatusCode"] == 429
+
+
+def test_a_session_on_a_moto_the_harness_does_not_know_stops_with_one_line(tmp_path):
+    """Not one error per test (210 on the day moto 5.2.6 renamed its handlers): one line, exit 2."""
+    import subprocess
+    import sys
+
+    from tests.support.paths import ROOT
+
+    (tmp_path / "planted_moto.py").write_text(
+        "import moto\nfrom moto.batch import models\nmoto.__version__ = '9.9.9'\ndel models.Job.terminate\n"
+    )
+    (tmp_path / "test_three.py").write_text(
+        "import pytest\n\n@pytest.mark.parametrize('n', range(3))\ndef test_uses_moto(moto_aws, n):\n    assert moto_aws\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "planted_moto", "--rootdir", str(ROOT), "-c", str(ROOT / "pyproject.toml"),
+         str(tmp_path / "test_three.py")],
+        cwd=ROOT, env={**__import__("os").environ, "PYTHONPATH": f"{tmp_path}:{ROOT}"},
+        capture_output=True, text=True, timeout=120,
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 2, output
+    lines = [line for line in output.splitlines() if "moto 9.9.9 has no moto.batch.models.Job.terminate" in line]
+    assert len(lines) == 1, output
+    assert "uv.lock pins moto" in lines[0] and "error" not in output.lower().replace("errors", ""), output
+    assert "Traceback" not in output

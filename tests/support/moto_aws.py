@@ -557,9 +557,80 @@ def _keep_time_limit_actions(response: Any, name_param: str) -> None:
             queue.job_state_time_limit_actions = list(actions)
 
 
+class HarnessMismatch(RuntimeError):
+    """The installed moto lacks an internal this harness patches: one line naming the versions and the fix."""
+
+
+# Every moto internal the harness reaches into, in one place: (owner, attribute, parameters the
+# harness passes, or None where it only reads or wraps the attribute as a whole).
+MOTO_INTERNALS: tuple[tuple[Any, str, tuple[str, ...] | None], ...] = (
+    (BaseResponse, "call_action", ("self",)),
+    (BaseResponse, "_get_action", None),
+    (BaseResponse, "_get_param", None),
+    (batch_simple_models.BatchSimpleBackend, "_mark_job_as_finished", ("self", "include_start_attempt", "job")),
+    (batch_models.Job, "describe", ("self",)),
+    (batch_models.Job, "terminate", ("self", "reason")),
+    (batch_models.Job, "_start_attempt", None),
+    (batch_models.Job, "_mark_stopped", None),
+    (batch_models.JobQueue, "describe", ("self",)),
+    (batch_models.BatchBackend, "update_compute_environment",
+     ("self", "compute_environment_name", "state", "compute_resources", "service_role")),
+    (batch_models.BatchBackend, "delete_job_queue", ("self", "queue_name")),
+    (batch_models.BatchBackend, "delete_compute_environment", ("self", "compute_environment_name")),
+    (batch_models.BatchBackend, "create_compute_environment", None),
+    (batch_models.BatchBackend, "create_job_queue", None),
+    (batch_models.BatchBackend, "update_job_queue", None),
+    (batch_models.BatchBackend, "describe_compute_environments", ("self", "environments")),
+    (batch_models.BatchBackend, "describe_job_queues", ("self", "job_queues")),
+    (batch_models.BatchBackend, "_validate_compute_resources", None),
+    (batch_models.BatchBackend, "get_compute_environment", None),
+    (batch_models.BatchBackend, "get_job_queue", None),
+    (logs_models.LogsBackend, "filter_log_events",
+     ("self", "log_group_name", "log_stream_names", "start_time", "end_time", "limit", "next_token",
+      "filter_pattern", "interleaved")),
+)
+
+
+def locked_version(package: str, lock: Path = Path(__file__).resolve().parents[2] / "uv.lock") -> str:
+    """The version of ``package`` that uv.lock pins ("not locked" where it pins none)."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+
+    for entry in tomllib.loads(lock.read_text()).get("package", []):
+        if entry.get("name") == package:
+            return str(entry.get("version"))
+    return "not locked"
+
+
+def check_moto_internals(internals: tuple[tuple[Any, str, tuple[str, ...] | None], ...] = MOTO_INTERNALS) -> None:
+    """Refuse, in one line, a moto whose internals differ from what the harness patches."""
+    import inspect
+
+    import moto
+
+    for owner, name, parameters in internals:
+        where = f"{owner.__module__}.{owner.__qualname__}.{name}"
+        attribute = getattr(owner, name, None)
+        if attribute is None:
+            problem = f"has no {where}"
+        elif parameters is not None and tuple(inspect.signature(attribute).parameters) != parameters:
+            problem = f"changed the parameters of {where} to {tuple(inspect.signature(attribute).parameters)}"
+        else:
+            continue
+        raise HarnessMismatch(
+            f"moto {moto.__version__} {problem}, which the test harness (tests/support/moto_aws.py) patches; "
+            f"uv.lock pins moto {locked_version('moto')}: run `make test` (it installs the lock), "
+            "or adapt MOTO_INTERNALS and the hooks to this moto"
+        )
+
+
 def start_moto() -> tuple[ThreadedMotoServer, MotoAws]:
     """Start one moto server on a free loopback port, with the Batch levers installed once per process."""
     global _installed
+    if _installed is None:
+        check_moto_internals()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from tests.support.moto_aws import CREDENTIALS, MotoAws, start_moto
+from tests.support.moto_aws import CREDENTIALS, HarnessMismatch, MotoAws, start_moto
 
 # One line per HTTP request from moto's server drowns every failure report.
 logging.getLogger("werkzeug").setLevel(logging.WARNING)
@@ -18,7 +18,10 @@ def _moto_server():
     # Fake credentials for every client in the session, so nothing ever reaches real AWS.
     saved = {k: os.environ.get(k) for k in CREDENTIALS}
     os.environ.update(CREDENTIALS)
-    server, aws = start_moto()
+    try:
+        server, aws = start_moto()
+    except HarnessMismatch as exc:  # one line for the whole session, not an error per test
+        pytest.exit(str(exc), returncode=2)
     yield aws
     server.stop()
     for key, value in saved.items():
