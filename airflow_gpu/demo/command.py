@@ -90,11 +90,16 @@ def configure_airflow(home: Path, dags_folder: Path, verbose: bool) -> None:
         warnings.filterwarnings("ignore", message=".*starlette.testclient.*")  # Airflow's in-process API, not ours
 
 
-def migrate_if_needed(home: Path, say) -> None:
-    """``airflow db migrate`` on the first run and after an Airflow upgrade; a stamp remembers it."""
+def migration_stamp(home: Path) -> Path:
+    """The file that says ``home``'s database was migrated by this Airflow version."""
     from importlib.metadata import version
 
-    stamp = home / f".migrated-airflow-{version('apache-airflow')}"
+    return home / f".migrated-airflow-{version('apache-airflow')}"
+
+
+def migrate_if_needed(home: Path, say) -> None:
+    """``airflow db migrate`` on the first run and after an Airflow upgrade; a stamp remembers it."""
+    stamp = migration_stamp(home)
     if stamp.exists() and (home / "airflow.db").exists():
         return
     say(f"migrating the Airflow database in {home} (first run only) ...")

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.airflow_e2e import seed_airflow_home
 from tests.support.container_testing import play_container
 from tests.support.gpu_batch_testing import SECRET_KEY
 from tests.support.local_jobs_testing import kill_leftover_local_jobs
@@ -23,7 +24,7 @@ pytestmark = pytest.mark.timeout(400)
 
 @pytest.fixture(scope="module")
 def airflow_home(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("decorated-airflow-home")
+    return seed_airflow_home(tmp_path_factory.mktemp("decorated-airflow-home"))
 
 
 def run_driver(home: Path, env: dict[str, str], *args: str) -> tuple[dict, str]:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.airflow_e2e import seed_airflow_home
 pytestmark = pytest.mark.timeout(400)
 
 BIN = Path(sys.executable).parent
@@ -21,7 +22,7 @@ SUPPORT = Path(__file__).resolve().parents[1] / "support"
 
 @pytest.fixture(scope="module")
 def airflow_home(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("demo-airflow-home")
+    return seed_airflow_home(tmp_path_factory.mktemp("demo-airflow-home"))
 
 
 def clean_env() -> dict[str, str]:

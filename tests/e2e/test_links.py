@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.airflow_e2e import seed_airflow_home
 from airflow_gpu.jobs.aws.backend import batch_job_url
 
 pytestmark = pytest.mark.timeout(420)
@@ -25,7 +26,7 @@ DRIVER = Path(__file__).resolve().parents[1] / "support" / "links_driver.py"
 
 @pytest.fixture(scope="module")
 def airflow_home(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("links-airflow-home")
+    return seed_airflow_home(tmp_path_factory.mktemp("links-airflow-home"))
 
 
 def run_driver(home: Path, *flags: str) -> tuple[dict, str]:

@@ -3,14 +3,17 @@ AIRFLOW_HOME, a small REST client, and a tree stop that leaves nothing running."
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -19,7 +22,34 @@ from typing import Any, Callable, Iterator
 
 import psutil
 
+from airflow_gpu.demo.command import migration_stamp
+
 from tests.support.moto_aws import CREDENTIALS, MotoAws
+
+_migrated: Path | None = None
+
+
+def seed_airflow_home(home: Path) -> Path:
+    """Give ``home`` an Airflow database already migrated to this Airflow's head (SQLite).
+
+    `airflow db migrate` takes about 40 s on two cores; it runs once per test session, into a
+    template home, and each e2e test starts from a copy. The demo's stamp goes with it, so the
+    drivers' ``migrate_if_needed`` sees a migrated home; `airflow standalone` finds it at head.
+    """
+    global _migrated
+    if _migrated is None:
+        template = Path(tempfile.mkdtemp(prefix="airflow-gpu-migrated-home-"))
+        atexit.register(shutil.rmtree, template, ignore_errors=True)
+        env = {key: value for key, value in os.environ.items() if not key.startswith("AIRFLOW")}
+        env.update(AIRFLOW_HOME=str(template), AIRFLOW__CORE__LOAD_EXAMPLES="False")
+        done = subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], env=env, cwd=template,
+                              capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, f"airflow db migrate failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+        _migrated = template / "airflow.db"
+    home.mkdir(parents=True, exist_ok=True)
+    shutil.copy(_migrated, home / "airflow.db")
+    migration_stamp(home).touch()
+    return home
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -202,9 +232,8 @@ def running_airflow(tmp_path: Path, moto_aws: MotoAws, dag_files: dict[str, str]
                     parallelism: int = 2) -> Iterator[Airflow]:
     """`airflow standalone` on SQLite in tmp_path, with these DAG files, once it is healthy and has parsed
     ``dag_ids``; every process it started is stopped on the way out, whatever happened."""
-    home = tmp_path / "airflow-home"
+    home = seed_airflow_home(tmp_path / "airflow-home")
     dags = tmp_path / "dags"
-    home.mkdir()
     dags.mkdir()
     for name, text in dag_files.items():
         (dags / name).write_text(text)
