@@ -27,7 +27,7 @@ lock: $(STAMP)
 	@echo "uv.lock moved forward: run 'make test', then commit uv.lock with what the move changed."
 
 check: $(STAMP)
-	$(BIN)/python -m airflow_gpu_checks
+	scripts/check
 
 test: check
 	$(BIN)/python -m pytest $(DURATIONS) $(PYTEST_ARGS)

@@ -17,7 +17,7 @@ from airflow_gpu.jobs.aws.backend import AwsBatchBackend, batch_job_url, is_tran
 from airflow_gpu.jobs.backend import BackendTarget, JobState
 from airflow_gpu.jobs.poll_errors import CannotSeeJobs
 from airflow_gpu.jobs.spec import TAG_CANCELLED, JobSpec, JobSpecError, TaskIdentity
-from tests.support.gpu_batch_testing import SECRET_KEY, aws_conn, fast_watcher, put_log_lines, submit_raw  # noqa: F401
+from tests.support.gpu_batch_testing import SECRET_KEY, put_log_lines, submit_raw
 
 
 @pytest.fixture

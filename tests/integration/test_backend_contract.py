@@ -19,7 +19,6 @@ import pytest
 
 from airflow_gpu.jobs.backend import BackendTarget, JobBackend, JobState, backend_class
 from airflow_gpu.jobs.spec import TAG_CANCELLED, JobSpec, TaskIdentity
-from tests.support.gpu_batch_testing import aws_conn, fast_watcher  # noqa: F401  (fixtures)
 from tests.support.local_jobs_testing import kill_leftover_local_jobs
 from tests.support.memory_backend import InMemoryBackend
 

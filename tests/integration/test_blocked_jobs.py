@@ -19,11 +19,9 @@ from airflow_gpu.jobs.watcher import JobWatcher
 from airflow_gpu.exceptions import GpuJobFailed
 from airflow_gpu.operators import GpuBatchOperator
 from airflow_gpu.triggers import GpuBatchJobTrigger
-from tests.support.gpu_batch_testing import (  # noqa: F401  (fixtures)
+from tests.support.gpu_batch_testing import (
     LineLog,
-    aws_conn,
     collect_events,
-    fast_watcher,
     fire,
     make_context,
     submit_raw,

@@ -16,7 +16,7 @@ from airflow_gpu.contract import is_marker
 from airflow_gpu.outputs import ManifestError, ObjectStore, read_manifest, summarize, validate
 from airflow_gpu.operators import GpuBatchOperator
 from airflow_gpu.demo.synthetic import spark_export, synthetic_interactions
-from tests.support.gpu_batch_testing import aws_conn, fast_watcher, make_context  # noqa: F401  (fixtures)
+from tests.support.gpu_batch_testing import make_context
 
 
 @pytest.fixture(scope="module")

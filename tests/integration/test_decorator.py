@@ -12,7 +12,7 @@ from airflow_gpu.decorators import GpuBatchDecoratedOperator
 from airflow_gpu.exceptions import GpuFunctionFailed, GpuJobFailed
 from airflow_gpu.jobs.spec import JobSpecError
 from tests.support.container_testing import play_container
-from tests.support.gpu_batch_testing import FakeTaskInstance, aws_conn, fast_watcher, fire, make_context  # noqa: F401
+from tests.support.gpu_batch_testing import FakeTaskInstance, fire, make_context
 
 STAGING = "s3://staging/airflow-gpu/"
 

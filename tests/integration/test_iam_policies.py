@@ -22,8 +22,8 @@ from airflow_gpu.operators import GpuBatchOperator
 from airflow_gpu.worker import storage
 from airflow_gpu.worker.__main__ import main as worker_main
 from tests.support.aws_actions import allowed_actions, iam_actions, lacking, recording_actions
-from tests.support.gpu_batch_testing import FakeTaskInstance, aws_conn, fast_watcher, fire, make_context, put_log_lines  # noqa: F401  (fixtures)
-from tests.support.provision_testing import config, ids, run  # noqa: F401  (ids is a fixture)
+from tests.support.gpu_batch_testing import FakeTaskInstance, fire, make_context, put_log_lines
+from tests.support.provision_testing import config, run
 
 MiB = 1024 * 1024
 

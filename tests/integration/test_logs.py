@@ -17,7 +17,7 @@ from airflow_gpu.jobs.follower import LogFollower
 from airflow_gpu.jobs.loop_log import logs_written
 from airflow_gpu.jobs.watcher import JobWatcher
 from airflow_gpu.triggers import GpuBatchJobTrigger
-from tests.support.gpu_batch_testing import LineLog, aws_conn, collect_events, fast_watcher, submit_raw  # noqa: F401
+from tests.support.gpu_batch_testing import LineLog, collect_events, submit_raw
 from tests.support.waiting import wait_until
 
 GROUP = "/aws/batch/job"
@@ -395,7 +395,7 @@ async def test_a_slow_last_read_holds_up_no_other_jobs_last_read(moto_aws, gpu_b
     for name in ("a", "b"):
         trigger, job_id, recorder = running_trigger(moto_aws, gpu_batch, name, poll=0.5)
         runs[name] = (in_triggerer(trigger), job_id, recorder, stream_of(moto_aws, job_id))
-    (a, a_job, _, a_stream), (b, b_job, b_lines, b_stream) = runs["a"], runs["b"]
+    (_, a_job, _, a_stream), (_, b_job, b_lines, b_stream) = runs["a"], runs["b"]
     tasks = {name: asyncio.create_task(collect_events(run[0], timeout=60)) for name, run in runs.items()}
     follower = LogFollower.shared(BackendTarget())
     await wait_until(lambda: follower.sweeps >= 2 and follower.followed == 2)

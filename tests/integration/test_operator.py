@@ -17,15 +17,12 @@ from airflow_gpu.exceptions import GpuJobFailed
 from airflow_gpu.links import BatchJobLink, CloudWatchLogsLink
 from airflow_gpu.operators import JOB_ID_XCOM_KEY, GpuBatchOperator
 from airflow_gpu.triggers import GpuBatchJobTrigger
-from tests.support.gpu_batch_testing import (  # noqa: F401  (fixtures)
+from tests.support.gpu_batch_testing import (
     RUN_ID,
     FakeTaskInstance,
-    aws_conn,
-    fast_watcher,
     fire,
     make_context,
     put_log_lines,
-    submit_raw,
 )
 
 # Defer, resume, deferral timeout, on_kill: the operator's side of Airflow's task protocol.

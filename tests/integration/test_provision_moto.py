@@ -16,7 +16,7 @@ from airflow_gpu.provision import parse_config
 from airflow_gpu.provision.aws import connect
 from airflow_gpu.provision.plan import plan_setup
 
-from tests.support.provision_testing import EXAMPLE, SLR_PATH, config, ids, run, to_toml  # noqa: F401  (ids is a fixture)
+from tests.support.provision_testing import EXAMPLE, config, run, to_toml
 
 ACCOUNT = "123456789012"
 

@@ -10,12 +10,10 @@ import pytest
 
 from airflow_gpu.jobs.watcher import JobWatcher
 from airflow_gpu.triggers import GpuBatchJobTrigger
-from tests.support.gpu_batch_testing import (  # noqa: F401  (fixtures)
+from tests.support.gpu_batch_testing import (
     SECRET_KEY,
     FakeTaskInstance,
-    aws_conn,
     collect_events,
-    fast_watcher,
     submit_raw,
 )
 from tests.support.waiting import wait_until

@@ -16,7 +16,7 @@ from airflow_gpu.jobs.aws.backend import AwsBatchBackend
 from airflow_gpu.jobs.backend import BackendTarget
 from airflow_gpu.jobs.watcher import JobWatcher
 from airflow_gpu.triggers import GpuBatchJobTrigger
-from tests.support.gpu_batch_testing import aws_conn, collect_events, fast_watcher, in_triggerer, submit_raw  # noqa: F401
+from tests.support.gpu_batch_testing import collect_events, in_triggerer, submit_raw
 from tests.support.moto_aws import iter_describe_cycles
 from tests.support.waiting import wait_until
 

@@ -18,7 +18,7 @@ from tests.support.plugin import FAULT_TALLY
 from tests.support.fault_proxy import batch_action
 from airflow_gpu.exceptions import GpuJobFailed
 from airflow_gpu.operators import GpuBatchOperator
-from tests.support.gpu_batch_testing import collect_events, fast_watcher, in_triggerer, make_context, submit_raw, use_aws_connection  # noqa: F401
+from tests.support.gpu_batch_testing import collect_events, in_triggerer, make_context, submit_raw, use_aws_connection
 from tests.support.waiting import wait_until
 
 DESCRIBE = batch_action("DescribeJobs")

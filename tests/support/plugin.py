@@ -9,6 +9,9 @@ import pytest
 
 from tests.support.moto_aws import CREDENTIALS, HarnessMismatch, MotoAws, start_moto
 
+# Fixtures that several test modules use, registered here so that no test module imports a fixture.
+pytest_plugins = ["tests.support.gpu_batch_testing", "tests.support.provision_testing"]
+
 # One line per HTTP request from moto's server drowns every failure report.
 logging.getLogger("werkzeug").setLevel(logging.WARNING)
 
