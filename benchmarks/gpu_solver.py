@@ -54,7 +54,7 @@ from gpu_als import GpuMemory, Record, machine, measure_in_child, peak_rss, say 
 
 SEED_USERS, SEED_ITEMS, SEED_NNZ = 25_000_000, 8_400_000, 1_000_000_000
 GiB = 1 << 30
-ROUNDING = 5  # as tests/test_gpu_native_reference.py: 5x implicit's float32-to-float64 spread
+ROUNDING = 5  # as tests/unit/test_gpu_native_reference.py: 5x implicit's float32-to-float64 spread
 # (step, cap in seconds): the order is the order of importance
 STEPS = [("correctness", 60), ("native-20m", 45), ("implicit-20m", 45), ("native-1e9", 100), ("quality", 80),
          ("implicit-1e9", 110)]

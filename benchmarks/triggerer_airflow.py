@@ -5,7 +5,7 @@ without live logs (``ours_quiet``), for what relaying the container's lines cost
 benchmarks/triggerer_scale.py runs triggers in a bare event loop; this one runs them where they
 live, in `airflow triggerer` (its supervisor and its trigger-runner subprocess) with
 ``[triggerer] capacity`` raised, on a PostgreSQL metadata database that it starts and removes
-(benchmarks/postgres.py). The Batch side is triggerer_scale's server process: a moto server whose
+(tests/support/postgres.py). The Batch side is triggerer_scale's server process: a moto server whose
 jobs stay RUNNING until a set time, spread over one poll interval, and then SUCCEED; it counts
 DescribeJobs calls.
 

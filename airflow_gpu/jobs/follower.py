@@ -338,7 +338,7 @@ class LogFollower:
         """Last reads for jobs that ended, batched. Each job's wait counts from its own ask, and a
         batch never waits for an earlier batch's reply: when thousands of jobs end in one poll and
         one reply is slow, the jobs that end meanwhile must not queue behind it (they did: their
-        0.5 s limit only started with their own batch; tests/test_logs.py holds a reply at the
+        0.5 s limit only started with their own batch; tests/integration/test_logs.py holds a reply at the
         fault proxy to show it). The log API's rate limiter paces the calls in flight."""
         loop = asyncio.get_running_loop()
         while self._drains:

@@ -8,9 +8,9 @@ An upstream task's list goes, as an XCom, into two decorated functions:
   through the trigger's live log;
 * ``explode`` raises inside the job: its task fails with the remote exception and traceback in its log.
 
-The test plays the GPU container (tests/container_testing.py): it runs each job's command with
+The test plays the GPU container (tests/support/container_testing.py): it runs each job's command with
 ``airflow-gpu-worker`` against the moto server and ends the job with the command's exit code.
-Airflow runs as `airflow standalone` (tests/test_e2e_airflow.py's running_airflow), stopped whatever happens.
+Airflow runs as `airflow standalone` (tests/e2e/test_e2e_airflow.py's running_airflow), stopped whatever happens.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Two real `airflow triggerer` processes share deferred GPU tasks on one PostgreSQL database.
 
 Airflow runs as separate processes (api-server, scheduler with LocalExecutor, dag-processor,
-two triggerers) on a PostgreSQL cluster that this test starts and removes (benchmarks/postgres.py):
+two triggerers) on a PostgreSQL cluster that this test starts and removes (tests/support/postgres.py):
 two triggerers cannot share SQLite. The moto server belongs to this test process, which holds
 every Batch job RUNNING until it releases it:
 

@@ -9,7 +9,7 @@
   as extra; a second DAG, scheduled on that Asset, runs and receives the extra.
 
 The moto server belongs to this test process, which drives the Batch jobs; Airflow runs as
-`airflow standalone` (tests/test_e2e_airflow.py's running_airflow), stopped whatever happens.
+`airflow standalone` (tests/e2e/test_e2e_airflow.py's running_airflow), stopped whatever happens.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The extra links as the UI reads them, and no unclosed client after an inline trigger.
 
-tests/links_driver.py runs a GpuBatchOperator DAG with dag.test() against moto in a fresh
+tests/support/links_driver.py runs a GpuBatchOperator DAG with dag.test() against moto in a fresh
 Airflow home, then asks the serialized task for its links with the task instance from the
 database, as the API server's extra-links endpoint does (Airflow's XComOperatorLink reads the
 XCom the task runner saved from our links at the end of each run).

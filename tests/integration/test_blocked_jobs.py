@@ -1,7 +1,7 @@
 """Jobs AWS Batch cannot place: a misconfiguration fails at once, a capacity wait is logged per change.
 
 moto never blocks a queue, so the tests write AWS Batch's blocked reasons into a RUNNABLE
-job's statusReason (tests/moto_aws.py ``set_status(..., reason=...)``), as Batch does.
+job's statusReason (tests/support/moto_aws.py ``set_status(..., reason=...)``), as Batch does.
 """
 
 from __future__ import annotations

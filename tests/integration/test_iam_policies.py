@@ -1,6 +1,6 @@
 """The IAM policies in container/iam/ allow every AWS action the code calls, principal by principal.
 
-Each test runs one principal's code paths against moto while tests/aws_actions.py records
+Each test runs one principal's code paths against moto while tests/support/aws_actions.py records
 the IAM action of every call the package makes, then compares them with the shipped policy.
 A new call in the code without a matching policy change fails here.
 """

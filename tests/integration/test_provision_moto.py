@@ -1,6 +1,6 @@
 """`airflow-gpu batch-setup` against a moto server: create, no-op, update, dry run, delete, refusals.
 
-Writes are counted at the server (tests/moto_aws.py), so "changes nothing" is checked
+Writes are counted at the server (tests/support/moto_aws.py), so "changes nothing" is checked
 where it matters. moto skips a few AWS Batch rules (in-place compute updates, the
 DISABLED-before-delete order, CREATING/UPDATING statuses); the harness adds them back.
 """

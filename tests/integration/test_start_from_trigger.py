@@ -2,7 +2,7 @@
 
 The trigger runs here as a triggerer runs it (run(), then cleanup()); the job system and S3 are a
 moto server, so SubmitJob is counted where it arrives. The whole path through a real scheduler and
-triggerer is tests/test_e2e_zero_slots.py.
+triggerer is tests/e2e/test_e2e_zero_slots.py.
 """
 
 from __future__ import annotations

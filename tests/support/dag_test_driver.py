@@ -1,7 +1,7 @@
 """Run gpu_recommendations with dag.test() in cases that must fail, in a fresh process (Airflow reads
-its configuration at import). Used by tests/test_demo.py; prints one ``RESULT {json}`` line.
+its configuration at import). Used by tests/e2e/test_demo.py; prints one ``RESULT {json}`` line.
 
-    python tests/dag_test_driver.py AIRFLOW_HOME
+    python tests/support/dag_test_driver.py AIRFLOW_HOME
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Run a DAG with a ``@task.gpu_batch`` task under dag.test(), in a fresh process (Airflow reads its
-configuration at import). Used by tests/test_decorator_dag.py; prints one ``RESULT {json}`` line.
+configuration at import). Used by tests/e2e/test_decorator_dag.py; prints one ``RESULT {json}`` line.
 
-    python tests/decorated_dag_driver.py AIRFLOW_HOME BACKEND QUEUE DEFINITION STAGING_PREFIX
+    python tests/support/decorated_dag_driver.py AIRFLOW_HOME BACKEND QUEUE DEFINITION STAGING_PREFIX
 
 The DAG: an upstream task's list goes into the decorated function as an XCom; its dict comes
 back with multiple_outputs and one key of it goes on, as an XCom, to a downstream task.

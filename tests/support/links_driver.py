@@ -1,9 +1,9 @@
 """Run a GpuBatchOperator DAG on AWS Batch (moto) with dag.test(), then read its extra links the
 way Airflow's UI does: the serialized DAG's task, ``get_extra_links(ti, name)`` on the task
 instance from the database (Airflow's XComOperatorLink reading the XCom the task runner saved).
-A fresh process, since Airflow reads its configuration at import. Used by tests/test_links.py.
+A fresh process, since Airflow reads its configuration at import. Used by tests/e2e/test_links.py.
 
-    python tests/links_driver.py AIRFLOW_HOME [--event-without-links]
+    python tests/support/links_driver.py AIRFLOW_HOME [--event-without-links]
 
 ``--event-without-links``: the trigger's event carries no console links, so the resumed task
 must find the link saved when it deferred (as a task resumed with ``__fail__`` after a trigger

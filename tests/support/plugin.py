@@ -50,7 +50,7 @@ def gpu_batch(moto_aws: MotoAws) -> dict[str, str]:
 
 @pytest.fixture
 def fault_proxy(moto_aws):
-    """A fault-injecting proxy on 127.0.0.1 in front of the moto server (see tests/fault_proxy.py)."""
+    """A fault-injecting proxy on 127.0.0.1 in front of the moto server (see tests/support/fault_proxy.py)."""
     from tests.support.fault_proxy import FaultProxy
 
     with FaultProxy(moto_aws.endpoint_url, seed=11) as proxy:

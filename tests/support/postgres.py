@@ -1,7 +1,7 @@
 """A throwaway PostgreSQL server for Airflow's metadata database: initdb, start, stop, remove.
 
 Two triggerers cannot share SQLite, and deployments run PostgreSQL, so the several-triggerers
-test (tests/test_e2e_triggerers.py) and the triggerer benchmark (benchmarks/triggerer_airflow.py)
+test (tests/e2e/test_e2e_triggerers.py) and the triggerer benchmark (benchmarks/triggerer_airflow.py)
 both start one here. It uses Debian's packages (`apt-get install postgresql`), found under
 /usr/lib/postgresql/<version>/bin or on PATH. It listens on 127.0.0.1 and a free port only,
 with trust authentication: nothing but this machine's loopback reaches it, and it lives in a

@@ -228,7 +228,7 @@ def test_native_fit_drives_the_kernels_to_the_reference_result(fake_gpu):
     # per half-iteration: cg_light, then the residual pass and 3 CG steps of the heavy rows
     half = ["cg_light", "heavy_partials", "heavy_start"] + ["heavy_partials", "heavy_step"] * 3
     assert fake.launches == ["count_columns", "scatter_columns"] + half * 4
-    # as close as float32 rounding allows (the bound of tests/test_gpu_native_reference.py)
+    # as close as float32 rounding allows (the bound of tests/unit/test_gpu_native_reference.py)
     X32, Y32 = implicit_fit(matrix, X0, Y0, 2.0, 2)
     X64, Y64 = implicit_fit(matrix, X0, Y0, 2.0, 2, dtype=np.float64)
     for ours, theirs, f32, f64 in ((model.user_factors, X, X32, X64), (model.item_factors, Y, Y32, Y64)):

@@ -1,5 +1,5 @@
 """report.html's new parts from metrics alone: the job, the GPU, the notes on stopping, the spread of pairs.
-(tests/test_worker_report_browser.py renders a real run's report in Chromium.)"""
+(tests/integration/test_worker_report_browser.py renders a real run's report in Chromium.)"""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""A DAG with a ``@task.gpu_batch`` task, for tests/decorated_dag_driver.py (settings from its environment).
+"""A DAG with a ``@task.gpu_batch`` task, for tests/support/decorated_dag_driver.py (settings from its environment).
 
 An upstream task's list goes into the decorated function as an XCom; its dict comes back with
 multiple_outputs, and one key of it goes on, as an XCom, to a downstream task.
