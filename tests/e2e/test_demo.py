@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.airflow_e2e import seed_airflow_home
+
 pytestmark = pytest.mark.timeout(400)
 
 BIN = Path(sys.executable).parent

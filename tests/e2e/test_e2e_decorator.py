@@ -19,9 +19,9 @@ import json
 
 import pytest
 
+from tests.support.airflow_e2e import Airflow, running_airflow, wait_for
 from tests.support.container_testing import play_container
 from tests.support.moto_aws import MotoAws
-from tests.support.airflow_e2e import Airflow, running_airflow, wait_for
 
 pytestmark = [pytest.mark.timeout(600), pytest.mark.airflow_behaviour]
 

@@ -27,9 +27,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from tests.support.moto_aws import MotoAws, iter_describe_cycles
 from tests.support.airflow_e2e import Airflow, airflow_env, free_port, stop_process_tree, wait_for
-
+from tests.support.moto_aws import MotoAws, iter_describe_cycles
 from tests.support.postgres import PostgresServer, PostgresUnavailable  # noqa: E402
 
 pytestmark = [pytest.mark.timeout(900), pytest.mark.airflow_behaviour]

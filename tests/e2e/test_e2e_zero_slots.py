@@ -18,8 +18,8 @@ import json
 
 import pytest
 
-from tests.support.moto_aws import MotoAws
 from tests.support.airflow_e2e import Airflow, running_airflow, wait_for
+from tests.support.moto_aws import MotoAws
 
 pytestmark = [pytest.mark.timeout(900), pytest.mark.airflow_behaviour]
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.airflow_e2e import seed_airflow_home
 from airflow_gpu.jobs.aws.backend import batch_job_url
+from tests.support.airflow_e2e import seed_airflow_home
 
 pytestmark = pytest.mark.timeout(420)
 

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.postgres import PostgresUnavailable, find_bindir
+
 ROOT = Path(__file__).resolve().parents[2]
 
-from tests.support.postgres import PostgresUnavailable, find_bindir  # noqa: E402
 
 pytestmark = [pytest.mark.timeout(600), pytest.mark.airflow_behaviour]
 

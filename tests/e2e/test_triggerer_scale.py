@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks import triggerer_scale
+
 ROOT = Path(__file__).resolve().parents[2]
 
-import triggerer_scale  # noqa: E402
 
 pytestmark = pytest.mark.timeout(300)
 

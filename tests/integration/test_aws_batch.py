@@ -12,8 +12,8 @@ import pytest
 
 from airflow_gpu.contract import SUBMITTED_AT_ENV
 from airflow_gpu.jobs.aws import connection as aws_connection
-from airflow_gpu.jobs.aws.connection import resolve_aws_connection
 from airflow_gpu.jobs.aws.backend import AwsBatchBackend, batch_job_url, is_transient, log_stream_url, parse_job
+from airflow_gpu.jobs.aws.connection import resolve_aws_connection
 from airflow_gpu.jobs.backend import BackendTarget, JobState
 from airflow_gpu.jobs.poll_errors import CannotSeeJobs
 from airflow_gpu.jobs.spec import TAG_CANCELLED, JobSpec, JobSpecError, TaskIdentity

@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
-sys.path.insert(0, str(BENCHMARKS))
+from benchmarks.synthetic import seed_like_csr
 
-from synthetic import seed_like_csr  # noqa: E402
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+
 
 TINY = ["--users", "2500", "--items", "4000", "--interactions", "100000", "--cpu-interactions", "25000",
         "--iterations", "2", "--recommend-users", "500", "--cpu-recommend-users", "200"]

@@ -14,10 +14,10 @@ import os
 import pytest
 from airflow.exceptions import AirflowException
 from airflow.sdk.exceptions import TaskDeferred
-from airflow_gpu.demo.synthetic import synthetic_interactions, write_shards
 
-from airflow_gpu.jobs.blocking import run_blocking
+from airflow_gpu.demo.synthetic import synthetic_interactions, write_shards
 from airflow_gpu.exceptions import GpuJobFailed
+from airflow_gpu.jobs.blocking import run_blocking
 from airflow_gpu.operators import GpuBatchOperator
 from airflow_gpu.worker import storage
 from airflow_gpu.worker.__main__ import main as worker_main

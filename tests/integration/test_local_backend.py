@@ -17,12 +17,12 @@ from typing import Iterator
 import pytest
 from airflow.sdk.exceptions import TaskDeferred
 
-from airflow_gpu.jobs.local import runner as records
+from airflow_gpu.exceptions import GpuJobFailed
 from airflow_gpu.jobs.backend import BackendTarget, backend_class
+from airflow_gpu.jobs.local import runner as records
 from airflow_gpu.jobs.local.backend import ENTRYPOINT_ENV, STATE_DIR_ENV, LocalBackend, default_state_dir
 from airflow_gpu.jobs.spec import JobSpec, JobSpecError, TaskIdentity
 from airflow_gpu.jobs.watcher import JobWatcher, follow_job
-from airflow_gpu.exceptions import GpuJobFailed
 from airflow_gpu.operators import JOB_ID_XCOM_KEY, GpuBatchOperator
 from tests.support.gpu_batch_testing import FakeTaskInstance, fire, make_context
 from tests.support.local_jobs_testing import job_record, kill_leftover_local_jobs

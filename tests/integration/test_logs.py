@@ -11,8 +11,8 @@ import structlog
 from structlog.contextvars import bind_contextvars, merge_contextvars
 
 from airflow_gpu.jobs.aws.backend import AwsBatchBackend
-from airflow_gpu.jobs.backend import BackendTarget, JobState
 from airflow_gpu.jobs.aws.cloudwatch import CloudWatchLogReader, StreamCursor
+from airflow_gpu.jobs.backend import BackendTarget, JobState
 from airflow_gpu.jobs.follower import LogFollower
 from airflow_gpu.jobs.loop_log import logs_written
 from airflow_gpu.jobs.watcher import JobWatcher

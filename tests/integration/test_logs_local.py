@@ -11,8 +11,8 @@ import pytest
 
 from airflow_gpu.jobs.backend import BackendTarget
 from airflow_gpu.jobs.follower import CursorLogReader, LogFollower
-from airflow_gpu.jobs.loop_log import logs_written
 from airflow_gpu.jobs.local.backend import ENTRYPOINT_ENV, STATE_DIR_ENV, LocalBackend
+from airflow_gpu.jobs.loop_log import logs_written
 from airflow_gpu.jobs.spec import JobSpec, TaskIdentity
 from airflow_gpu.jobs.watcher import JobWatcher
 from airflow_gpu.triggers import GpuBatchJobTrigger

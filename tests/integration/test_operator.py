@@ -12,8 +12,8 @@ from datetime import timedelta
 import pytest
 from airflow.sdk.exceptions import TaskDeferralTimeout, TaskDeferred
 
-from airflow_gpu.jobs.spec import TAG_CANCELLED, TAG_IDEMPOTENCY_KEY, JobSpecError, TaskIdentity
 from airflow_gpu.exceptions import GpuJobFailed
+from airflow_gpu.jobs.spec import TAG_CANCELLED, TAG_IDEMPOTENCY_KEY, JobSpecError, TaskIdentity
 from airflow_gpu.links import BatchJobLink, CloudWatchLogsLink
 from airflow_gpu.operators import JOB_ID_XCOM_KEY, GpuBatchOperator
 from airflow_gpu.triggers import GpuBatchJobTrigger

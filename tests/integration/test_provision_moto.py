@@ -15,7 +15,6 @@ import pytest
 from airflow_gpu.provision import parse_config
 from airflow_gpu.provision.aws import connect
 from airflow_gpu.provision.plan import plan_setup
-
 from tests.support.provision_testing import EXAMPLE, config, run, to_toml
 
 ACCOUNT = "123456789012"

@@ -9,16 +9,16 @@ import time
 
 import pytest
 
+from airflow_gpu.exceptions import GpuJobFailed
 from airflow_gpu.jobs.aws import connection as aws_connection
 from airflow_gpu.jobs.backend import BackendTarget
 from airflow_gpu.jobs.backoff import RetryPolicy
 from airflow_gpu.jobs.watcher import JobWatcher
-from airflow_gpu.triggers import GpuBatchJobTrigger
-from tests.support.plugin import FAULT_TALLY
-from tests.support.fault_proxy import batch_action
-from airflow_gpu.exceptions import GpuJobFailed
 from airflow_gpu.operators import GpuBatchOperator
+from airflow_gpu.triggers import GpuBatchJobTrigger
+from tests.support.fault_proxy import batch_action
 from tests.support.gpu_batch_testing import collect_events, in_triggerer, make_context, submit_raw, use_aws_connection
+from tests.support.plugin import FAULT_TALLY
 from tests.support.waiting import wait_until
 
 DESCRIBE = batch_action("DescribeJobs")

@@ -10,15 +10,14 @@ import json
 import os
 
 import pytest
-from tests.support.moto_aws import upload_folder
 
 from airflow_gpu.demo.synthetic import synthetic_interactions, write_shards
-
 from airflow_gpu.worker import storage
 from airflow_gpu.worker.__main__ import main
 from airflow_gpu.worker.storage import open_store
-from tests.support.plugin import FAULT_TALLY
 from tests.support.fault_proxy import s3_object_get
+from tests.support.moto_aws import upload_folder
+from tests.support.plugin import FAULT_TALLY
 
 MiB = 1024 * 1024
 SMALL = ["--factors", "8", "--iterations", "4", "--threads", "1", "--progress-interval", "60"]

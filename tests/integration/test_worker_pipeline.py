@@ -14,8 +14,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.support.moto_aws import upload_folder
-
 from airflow_gpu.demo.synthetic import synthetic_interactions, write_shards
 from airflow_gpu.worker import storage
 from airflow_gpu.worker.__main__ import main
@@ -23,6 +21,7 @@ from airflow_gpu.worker.ingest import Columns
 from airflow_gpu.worker.metrics import json_bytes
 from airflow_gpu.worker.pipeline import AlsConfig, run_als
 from airflow_gpu.worker.train import TrainParams
+from tests.support.moto_aws import upload_folder
 
 SMALL = ["--factors", "16", "--iterations", "6", "--progress-interval", "0.2"]
 

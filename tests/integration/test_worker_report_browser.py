@@ -21,8 +21,8 @@ import zlib
 from pathlib import Path
 
 import pytest
-from airflow_gpu.demo.synthetic import synthetic_interactions, write_shards
 
+from airflow_gpu.demo.synthetic import synthetic_interactions, write_shards
 from airflow_gpu.worker.__main__ import main
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")

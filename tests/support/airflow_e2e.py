@@ -23,7 +23,6 @@ from typing import Any, Callable, Iterator
 import psutil
 
 from airflow_gpu.demo.command import migration_stamp
-
 from tests.support.moto_aws import CREDENTIALS, MotoAws
 
 _migrated: Path | None = None

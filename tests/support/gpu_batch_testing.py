@@ -19,6 +19,7 @@ from airflow_gpu.jobs.backoff import RetryPolicy
 from airflow_gpu.jobs.blocking import run_blocking
 from airflow_gpu.jobs.watcher import JobWatcher
 
+
 class LineLog:
     """Stands in for a trigger's ``self.log``: the relayed container lines, in the order logged."""
 

@@ -70,11 +70,10 @@ def main(home: Path, event_without_links: bool) -> dict:
 
 def ui_links(run_id: str) -> dict[str, str | None]:
     """What the UI's extra-links endpoint computes: the serialized task, the TI from the database."""
-    from sqlalchemy import select
-
     from airflow.models.serialized_dag import SerializedDagModel
     from airflow.models.taskinstance import TaskInstance
     from airflow.utils.session import create_session
+    from sqlalchemy import select
 
     with create_session() as session:
         dag = SerializedDagModel.get_dag(DAG_ID, session=session)

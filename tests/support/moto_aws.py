@@ -23,8 +23,8 @@ from typing import Any, Callable, Iterator
 
 import boto3
 from moto.batch import models as batch_models
-from moto.batch_simple import models as batch_simple_models
 from moto.batch.exceptions import ClientException
+from moto.batch_simple import models as batch_simple_models
 from moto.core.exceptions import JsonRESTError
 from moto.core.responses import BaseResponse
 from moto.logs import exceptions as logs_exceptions

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse
 
+
 class DeviceMatrix:
     def __init__(self, array: np.ndarray) -> None:
         self.array = array

@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import re
-import sys
-from pathlib import Path
 
 import numpy as np
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-
-import als_vs_spark as bench  # noqa: E402
+from benchmarks import als_vs_spark as bench
 
 
 @pytest.fixture(scope="module")

@@ -17,8 +17,7 @@ import numpy as np
 import pytest
 
 from airflow_gpu.worker.gpu import reference, solver
-from tests.support.native_data import ROUNDING, implicit_fit, relative
-from tests.support.native_data import confidence_with_heavy_rows
+from tests.support.native_data import ROUNDING, confidence_with_heavy_rows, implicit_fit, relative
 
 EPS = 1e-20
 PARAM_TYPES = {  # als.cu parameter type -> (is an array, numpy dtype)

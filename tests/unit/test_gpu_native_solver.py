@@ -12,7 +12,7 @@ import scipy.sparse
 
 from airflow_gpu.worker.__main__ import build_parser, main
 from airflow_gpu.worker.errors import WorkerError
-from airflow_gpu.worker.gpu.memory import GiB, HEADROOM, check_fits, plan_memory
+from airflow_gpu.worker.gpu.memory import HEADROOM, GiB, check_fits, plan_memory
 from airflow_gpu.worker.train import TrainParams, fit
 
 SEED = dict(users=25_000_000, items=8_400_000, nnz=1_000_000_000, factors=64)

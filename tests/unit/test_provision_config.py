@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import pytest
 
 from airflow_gpu.provision import ConfigError, parse_config

@@ -22,10 +22,6 @@ from airflow_gpu.worker.train import INT32_LIMIT, TrainParams, check_gpu_limits,
 from tests.support.train_testing import FakeGpuAls, data
 
 
-
-
-
-
 @pytest.fixture
 def fake_gpu(monkeypatch):
     FakeGpuAls.instances.clear()
@@ -274,7 +270,6 @@ def test_pipeline_records_the_trained_regularization_and_keeps_the_callback_out_
     import json
 
     from airflow_gpu.demo.synthetic import synthetic_interactions, write_shards
-
     from airflow_gpu.worker.ingest import Columns
     from airflow_gpu.worker.pipeline import AlsConfig, run_als
 

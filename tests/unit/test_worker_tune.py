@@ -8,9 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tests.support.train_testing import FakeGpuAls, data
-from airflow_gpu.demo.synthetic import synthetic_interactions, write_shards
 
+from airflow_gpu.demo.synthetic import synthetic_interactions, write_shards
 from airflow_gpu.worker import train, tune
 from airflow_gpu.worker.__main__ import main
 from airflow_gpu.worker.early_stop import NO_LOSS, OFF, REACHED_MAXIMUM, LossPlateau
@@ -18,6 +17,7 @@ from airflow_gpu.worker.evaluate import holdout_split
 from airflow_gpu.worker.matrix import build_interactions, confidence
 from airflow_gpu.worker.train import TrainParams, fit
 from airflow_gpu.worker.tune import DEFAULT, POINTS, Setting, search
+from tests.support.train_testing import FakeGpuAls, data
 
 
 @pytest.fixture
