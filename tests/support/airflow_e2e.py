@@ -251,7 +251,7 @@ def running_airflow(tmp_path: Path, moto_aws: MotoAws, dag_files: dict[str, str]
             health = instance.call("GET", "/monitor/health")
             return all((health.get(part) or {}).get("status") == "healthy" for part in ("metadatabase", "scheduler", "triggerer", "dag_processor"))
 
-        wait_for("Airflow to be healthy", healthy, timeout=180, interval=1, alive=instance.check_alive)
+        wait_for("Airflow to be healthy", healthy, timeout=360, interval=1, alive=instance.check_alive)
         for dag_id in dag_ids:
             wait_for(f"{dag_id} to be parsed", lambda d=dag_id: not instance.call("GET", f"/dags/{d}")["is_paused"],
                      timeout=120, interval=1, alive=instance.check_alive)
