@@ -38,7 +38,7 @@ R = TypeVar("R")
 class OnModel(Protocol):
     """Runs ``fn(*args, **kwargs)`` on the thread that owns the model (the pipeline's ``on_model``)."""
 
-    def __call__(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> Awaitable[R]: ...
+    def __call__(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> Awaitable[R]: ...
 
 
 # Rows per part of the id maps: an int32 and an id each, so parts stay tens of MB.
