@@ -20,8 +20,12 @@ import socket
 import subprocess
 import sys
 import time
-from types import FrameType
-from typing import Any
+
+# typing.TYPE_CHECKING without importing typing, which would add ~3 ms to the runner's start.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from types import FrameType
+    from typing import Any
 
 JOB_FILE = "job.json"
 RUN_FILE = "run.json"
