@@ -7,10 +7,12 @@ imports the package without Airflow installed.
 
 from __future__ import annotations
 
+from typing import Any
+
 __version__ = "0.1.0"
 
 
-def get_provider_info() -> dict:
+def get_provider_info() -> dict[str, Any]:
     """Provider metadata read by Airflow's ProvidersManager (`airflow providers list`)."""
     return {
         "package-name": "airflow-gpu",

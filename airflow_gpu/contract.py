@@ -9,6 +9,7 @@ and rules that the two must see alike live here, so they cannot drift apart.
 from __future__ import annotations
 
 import json
+from typing import Any
 
 # The worker writes MANIFEST last under its --output prefix: the commit point. A prefix
 # without a complete manifest is absent to every reader.
@@ -70,7 +71,7 @@ def join(prefix: str, name: str) -> str:
     return prefix.rstrip("/") + "/" + name.lstrip("/")
 
 
-def committed_manifest(data: bytes) -> dict | None:
+def committed_manifest(data: bytes) -> dict[str, Any] | None:
     """The manifest in ``data`` if it is a complete one, else None; ValueError when it is not JSON."""
     manifest = json.loads(data)
     if not isinstance(manifest, dict) or manifest.get("complete") is not True:
@@ -92,7 +93,7 @@ FUNCTION_ERROR = "error.json"
 INLINE_RESULT_BYTES = 48 * 1024
 
 
-def python_version_tag(version_info: tuple = ()) -> str:
+def python_version_tag(version_info: tuple[object, ...] = ()) -> str:
     """``"3.11"``: the part of a Python version a function's source and its JSON arguments depend on."""
     import sys
 

@@ -294,6 +294,7 @@ class GpuBatchOperator(BaseOperator):
 
     def _manifest_summary(self, state: JobState) -> dict[str, Any]:
         """Read the manifest the job committed; a success without one is no success for its readers."""
+        assert self.output_uri  # called only for a task with an output (see _result)
         store = ObjectStore(self.aws_conn_id, self.region_name)
         try:
             summary = job_output_summary(store.read(manifest_uri(self.output_uri)), self.output_uri, state.job_id)

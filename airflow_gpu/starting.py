@@ -164,6 +164,7 @@ class GpuBatchStartTrigger(GpuBatchJobTrigger):
             event = None
             async for fired in super().run():
                 event = fired.payload
+        assert event is not None  # the watching trigger ends with one event (or raises)
         final = JobState.from_event(event)
         event["reattached"] = reattached
         if final.status != SUCCEEDED:

@@ -12,7 +12,7 @@ from airflow_gpu.jobs.backend import BackendTarget, JobBackend, JobState
 from airflow_gpu.jobs.blocked import waiting_line
 from airflow_gpu.jobs.follower import LogFollow, LogFollower
 from airflow_gpu.jobs.loop_log import log_off_loop, logs_written
-from airflow_gpu.jobs.interrupt import INTERRUPTED, terminate_interrupted, wait_unless_interrupted
+from airflow_gpu.jobs.interrupt import INTERRUPTED, _Interrupted, terminate_interrupted, wait_unless_interrupted
 from airflow_gpu.jobs.shared import DEFAULT_POLL_INTERVAL
 from airflow_gpu.jobs.watcher import JobWatch, JobWatcher, follow_job
 
@@ -92,6 +92,7 @@ class GpuBatchJobTrigger(BaseTrigger):
         self._watch = watcher.watch(self.job_id, poll_interval=self.poll_interval, max_queued=self.max_queued)
         try:
             following = follow_job(self._watch, on_change=self._on_change)
+            final: JobState | _Interrupted
             if self.task_instance is not None:  # on a triggerer: its signals are its own business
                 final = await following
             else:

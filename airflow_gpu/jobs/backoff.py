@@ -120,8 +120,8 @@ class RateLimiter:
         self.burst = int(burst)
         self._tokens = float(burst)
         self._stamp: float | None = None
-        self._urgent: collections.deque[asyncio.Future] = collections.deque()
-        self._normal: collections.deque[asyncio.Future] = collections.deque()
+        self._urgent: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._normal: collections.deque[asyncio.Future[None]] = collections.deque()
         self._timer: asyncio.TimerHandle | None = None
         self.granted = 0  # for tests and metrics
 
@@ -177,7 +177,7 @@ class RateLimiter:
             self.granted += 1
         self._schedule(loop)
 
-    def _forget(self, waiter: asyncio.Future) -> None:
+    def _forget(self, waiter: asyncio.Future[None]) -> None:
         for queue in (self._urgent, self._normal):
             try:
                 queue.remove(waiter)

@@ -9,10 +9,9 @@ its clients) before returning: nothing outlives the call.
 from __future__ import annotations
 
 import asyncio
-import logging
 import threading
 from dataclasses import dataclass
-from typing import Awaitable, Callable, TypeVar
+from typing import Any, Awaitable, Callable, Protocol, TypeVar
 
 from airflow_gpu.jobs.backend import SUCCEEDED, BackendTarget, JobBackend, JobState
 from airflow_gpu.jobs.blocked import waiting_line
@@ -24,6 +23,14 @@ T = TypeVar("T")
 
 #: Log lines quoted in the error of a failed job.
 TAIL_LINES = 20
+
+
+class TaskLog(Protocol):
+    """Where a caller's progress goes: a stdlib logger, or Airflow's task logger (which is not one)."""
+
+    def info(self, msg: str, /, *args: Any) -> None: ...
+
+    def warning(self, msg: str, /, *args: Any) -> None: ...
 
 
 def run_blocking(fn: Callable[[], Awaitable[T]], *, in_thread: bool = False, timeout: float | None = None) -> T:
@@ -77,7 +84,7 @@ class JobView:
     log_lines: tuple[str, ...] = ()
 
 
-async def submit_or_reattach(backend: JobBackend, spec: JobSpec, *, reattach: bool, log: logging.Logger) -> tuple[JobState, bool]:
+async def submit_or_reattach(backend: JobBackend, spec: JobSpec, *, reattach: bool, log: TaskLog) -> tuple[JobState, bool]:
     """This task instance's live or succeeded job when ``reattach`` finds one (by its idempotency
     key), else a new job; and whether it was a live one reattached to. The one rule for every
     submitter: a worker (:class:`BlockingJobs`) and the triggerer (``start_from_trigger``)."""
@@ -102,11 +109,11 @@ async def submit_or_reattach(backend: JobBackend, spec: JobSpec, *, reattach: bo
 class BlockingJobs:
     """One backend target, reached synchronously. ``log`` is the caller's logger (the task log)."""
 
-    def __init__(self, target: BackendTarget, log: logging.Logger) -> None:
+    def __init__(self, target: BackendTarget, log: TaskLog) -> None:
         self.target = target
         self.log = log
 
-    def _view(self, backend: JobBackend, state: JobState, **more) -> JobView:
+    def _view(self, backend: JobBackend, state: JobState, **more: Any) -> JobView:
         return JobView(state, backend.job_url(state.job_id), backend.log_url(state), **more)
 
     def submit_or_reattach(self, spec: JobSpec, *, reattach: bool) -> JobView:

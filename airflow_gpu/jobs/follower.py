@@ -89,7 +89,7 @@ class LogFollow:
         self.retry_at = 0.0  # loop time before which a missing stream is not asked for again
         self.misses = 0
         self.lines = 0  # relayed so far
-        self.finishing: asyncio.Future | None = None
+        self.finishing: asyncio.Future[bool] | None = None
         self.finish_by = 0.0  # loop time by which the last read must be done, counted from the ask
         self.closed = False
         self.reading: asyncio.Lock | None = None
@@ -200,12 +200,12 @@ class LogFollower:
         self.target = target
         self._follows: dict[LogFollow, None] = {}
         self._cadence = Cadence()
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
         self._reader: LogReader | None = None
-        self._ready: asyncio.Future | None = None
+        self._ready: asyncio.Future[LogReader] | None = None
         self._drains: list[LogFollow] = []
-        self._drain_task: asyncio.Task | None = None
-        self._last_reads: set[asyncio.Task] = set()
+        self._drain_task: asyncio.Task[None] | None = None
+        self._last_reads: set[asyncio.Task[None]] = set()
         self._failing = False
         self._unreported = 0
         self.sweeps = 0
@@ -351,7 +351,7 @@ class LogFollower:
             room = reader.capacity(min(f.finish_by for f in due) - now) if reader is not None and due else 0
             chosen, late = due[:room], due[room:]
             _settle_all(late, False)
-            if chosen:
+            if chosen and reader is not None:  # room is 0 without a reader
                 read = detached_task(self._last_read(reader, chosen), f"airflow-gpu last log read {self.target}")
                 self._last_reads.add(read)
                 read.add_done_callback(self._last_reads.discard)

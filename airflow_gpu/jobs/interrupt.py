@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import enum
 import signal
 import threading
 from typing import TYPE_CHECKING, Awaitable, TypeVar
@@ -29,13 +30,16 @@ T = TypeVar("T")
 CTRL_C_REASON = "interrupted (Ctrl-C) while {where} waited for it"
 
 
-class _Interrupted:
+class _Interrupted(enum.Enum):
+    # A one-member enum, so that a type checker narrows ``result is INTERRUPTED`` (a plain object would not).
+    INTERRUPTED = "INTERRUPTED"
+
     def __repr__(self) -> str:
         return "INTERRUPTED"
 
 
 #: What :func:`wait_unless_interrupted` returns when SIGINT ended the wait.
-INTERRUPTED = _Interrupted()
+INTERRUPTED = _Interrupted.INTERRUPTED
 
 
 def _ctrl_c_unclaimed() -> bool:

@@ -22,7 +22,7 @@ K = TypeVar("K", bound=Hashable)
 T = TypeVar("T")
 
 
-def detached_task(coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task:
+def detached_task(coro: Coroutine[Any, Any, T], name: str) -> asyncio.Task[T]:
     """A task in an empty context. Work shared by all triggers belongs to none of them: in the
     triggerer a record's context decides which task log it goes to, and a plain task would
     inherit the context of whichever trigger happened to start it."""
@@ -65,7 +65,7 @@ class Cadence:
         self._intervals: Counter[float] = Counter()
         self._wake = asyncio.Event()
         # Resolved by wake(): sleepers inside a round (sleep_until) re-read their deadline.
-        self._woken: asyncio.Future | None = None
+        self._woken: asyncio.Future[None] | None = None
 
     @property
     def interval(self) -> float:

@@ -115,7 +115,7 @@ class JobWatch:
         self.queued_for: float | None = None
         self._state: JobState | None = None
         self._fresh = False
-        self._waiter: asyncio.Future | None = None
+        self._waiter: asyncio.Future[None] | None = None
         self._error: BaseException | None = None
         self._closed = False
 
@@ -201,7 +201,7 @@ class JobWatcher:
     #: stay bad) before its triggers end with the reason; the jobs are never terminated for it.
     #: Long enough for a permission to be fixed; set AIRFLOW_GPU_DESCRIBE_ERROR_GRACE (seconds) in the
     #: triggerer's environment to change it. See docs/operator.md.
-    describe_error_grace: ClassVar[float] = 900.0
+    describe_error_grace: float = 900.0  # not a ClassVar: the environment sets it per instance
     #: Backoff between those retries (shared by all chunks of one watcher).
     describe_error_policy: ClassVar[RetryPolicy] = RetryPolicy(base=1.0, cap=60.0)
 
@@ -214,8 +214,8 @@ class JobWatcher:
         self._cadence = Cadence()
         self._users = 0
         self._backend_task: asyncio.Task[JobBackend] | None = None
-        self._poll_task: asyncio.Task | None = None
-        self._closer: asyncio.Task | None = None
+        self._poll_task: asyncio.Task[None] | None = None
+        self._closer: asyncio.Task[None] | None = None
         self._close_timer: asyncio.TimerHandle | None = None
         self._closed = False
         self.cycles = 0
@@ -441,6 +441,7 @@ class JobWatcher:
             try:
                 states, rejected, error = await self._bisect(backend, asked, gate)
                 if rejected and len(rejected) == len(asked):
+                    assert error is not None  # _bisect returns its error with every rejected id
                     raise error  # nothing in the batch was accepted: not proven to be the ids' fault
                 return asked, states, rejected, error
             except Exception as exc:
@@ -460,6 +461,7 @@ class JobWatcher:
             )
             return
         if rejected:
+            assert error is not None  # _bisect returns its error with every rejected id
             self._report(rejected, lambda job_id: rejected_reason(job_id, backend.location, error))
         self._apply(backend, [j for j in asked if j not in rejected], states)
 

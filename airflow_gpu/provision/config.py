@@ -195,8 +195,9 @@ class _Table:
         if not isinstance(value, str) or not value.strip():
             self.problem(name, f"must be a non-empty string; {hint}")
             return default
-        if _PLACEHOLDER.search(value):
-            self.problem(name, f"= {value!r} still holds a placeholder {_PLACEHOLDER.search(value).group(0)}; {hint}")
+        placeholder = _PLACEHOLDER.search(value)
+        if placeholder:
+            self.problem(name, f"= {value!r} still holds a placeholder {placeholder.group(0)}; {hint}")
             return default
         if pattern is not None and not pattern.match(value):
             self.problem(name, f"= {value!r} is not {shape}; {hint}")

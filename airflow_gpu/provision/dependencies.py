@@ -76,6 +76,7 @@ def _check_service_role(cfg: BatchSetupConfig, clients: Clients) -> list[Missing
     name = _name(arn)
     if _exists(lambda: clients.iam.get_role(RoleName=name), f"looking up the Batch service role {name}"):
         return []
+    create: tuple[str, ...]
     if name == SERVICE_LINKED_ROLE_NAME:
         create = ("aws iam create-service-linked-role --aws-service-name batch.amazonaws.com",)
     else:

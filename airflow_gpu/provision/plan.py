@@ -66,7 +66,7 @@ class Plan:
 
 
 def is_service_linked(role_arn: str | None) -> bool:
-    return bool(role_arn) and role_arn.rstrip("/").endswith("/" + SERVICE_LINKED_ROLE_NAME)
+    return role_arn is not None and role_arn.rstrip("/").endswith("/" + SERVICE_LINKED_ROLE_NAME)
 
 
 def _managed_by_us(tags: dict[str, str] | None) -> bool:

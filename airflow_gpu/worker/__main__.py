@@ -16,6 +16,7 @@ import asyncio
 import logging
 import sys
 import warnings
+from typing import TYPE_CHECKING, TextIO
 
 from .errors import WorkerError
 
@@ -268,15 +269,23 @@ def _run_function(args: argparse.Namespace) -> int:
     return asyncio.run(run_function_async(args.payload, args.sha256, args.result, endpoint_url=args.endpoint_url))
 
 
-class _StderrHandler(logging.StreamHandler):
+if TYPE_CHECKING:
+    _StreamHandler = logging.StreamHandler[TextIO]
+else:  # StreamHandler takes a type argument at run time only from Python 3.11
+    _StreamHandler = logging.StreamHandler
+
+
+class _StderrHandler(_StreamHandler):
     """Writes to whatever sys.stderr is at the time, never to a stream that was replaced and closed."""
 
+    _worker_cli: bool  # set on the handler _configure_logging installs
+
     @property
-    def stream(self):
+    def stream(self) -> TextIO:
         return sys.stderr
 
     @stream.setter
-    def stream(self, value) -> None:
+    def stream(self, value: TextIO) -> None:
         pass
 
 
@@ -300,7 +309,8 @@ def main(argv: list[str] | None = None) -> int:
     _configure_logging(logging.WARNING if getattr(args, "quiet", False) else logging.INFO)
     warnings.filterwarnings("ignore", message=".*OpenBLAS is configured.*")
     try:
-        return args.handler(args)
+        code: int = args.handler(args)
+        return code
     except WorkerError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 import numpy as np
 import scipy.sparse
@@ -20,7 +21,8 @@ from .recommend import popularity_top_n, top_n
 log = logging.getLogger("airflow_gpu.worker")
 
 
-def holdout_split(matrix: scipy.sparse.csr_matrix, fraction: float, seed: int = 0):
+def holdout_split(matrix: scipy.sparse.csr_matrix, fraction: float,
+                  seed: int = 0) -> tuple[scipy.sparse.csr_matrix, scipy.sparse.csr_matrix]:
     """(train, test) CSR matrices of the same shape; together they hold every entry once."""
     if not 0 < fraction < 1:
         raise WorkerError(f"--eval-holdout must be between 0 and 1 (exclusive), got {fraction}")
@@ -64,8 +66,8 @@ def ranking_metrics(recommended: np.ndarray, test: scipy.sparse.csr_matrix, k: i
     return {"precision": precision, "map": ap, "ndcg": ndcg}
 
 
-def evaluate(model, train: scipy.sparse.csr_matrix, test: scipy.sparse.csr_matrix, *, k: int = 10,
-             max_users: int = 50_000, seed: int = 0, batch: int = 10_000, holdout: float | None = None) -> dict:
+def evaluate(model: Any, train: scipy.sparse.csr_matrix, test: scipy.sparse.csr_matrix, *, k: int = 10,
+             max_users: int = 50_000, seed: int = 0, batch: int = 10_000, holdout: float | None = None) -> dict[str, Any]:
     """ALS and popularity metrics over (a sample of) the users with held-out items."""
     started = time.monotonic()
     candidates = np.flatnonzero(np.diff(test.indptr) > 0)
@@ -82,7 +84,7 @@ def evaluate(model, train: scipy.sparse.csr_matrix, test: scipy.sparse.csr_matri
         for name, (ids, _) in (("als", top_n(model, train, chunk, k)), ("popularity", popularity_top_n(popularity, train, chunk, k, order=order))):
             for metric, values in ranking_metrics(ids, truth, k).items():
                 totals[name][metric] += float(values.sum())
-    result = {
+    result: dict[str, Any] = {
         "k": k,
         "holdout": holdout,
         "users_evaluated": int(len(users)),

@@ -21,7 +21,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -32,6 +32,9 @@ from .errors import WorkerError
 from .matrix import id_value_type
 from .memory import bound_allocators
 from .storage import MiB, ObjectRef, Store, gather_or_cancel, open_store
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer
 
 log = logging.getLogger("airflow_gpu.worker")
 
@@ -61,10 +64,10 @@ class IngestStats:
     null_id_rows: int = 0
     invalid_weight_rows: int = 0
     zero_weight_rows: int = 0
-    formats: dict = field(default_factory=dict)
+    formats: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0  # listing, downloading, decoding, and the sink's work on each object's rows
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return {
             "objects": self.objects,
             "empty_objects": self.empty_objects,
@@ -93,7 +96,7 @@ def sniff_format(head: bytes) -> str | None:
     return None
 
 
-def decode(data, fmt: str, columns: Columns, uri: str) -> pa.Table:
+def decode(data: Buffer, fmt: str, columns: Columns, uri: str) -> pa.Table:
     """One object's needed columns as an Arrow table; a clear error for a corrupt object or a missing column."""
     buffer = data if isinstance(data, pa.Buffer) else pa.py_buffer(data)
     if fmt == "auto":
@@ -151,7 +154,7 @@ def _decode_csv(buffer: pa.Buffer, columns: Columns, uri: str) -> pa.Table:
 
     codec = {".gz": "gzip", ".bz2": "bz2", ".zst": "zstd"}.get(os.path.splitext(uri.lower())[1])
 
-    def stream():
+    def stream() -> pa.NativeFile:
         source = pa.BufferReader(buffer)
         return pa.CompressedInputStream(source, codec) if codec else source
 
@@ -171,7 +174,7 @@ def _decode_csv(buffer: pa.Buffer, columns: Columns, uri: str) -> pa.Table:
     )
 
 
-def _csv_header(source) -> list[str]:
+def _csv_header(source: pa.NativeFile) -> list[str]:
     head = source.read(64 * 1024)
     head = (head if isinstance(head, bytes) else head.to_pybytes()).decode("utf-8", errors="replace")
     line = head.splitlines()[0] if head else ""
@@ -424,7 +427,7 @@ async def _stream(
     workers = threads or os.cpu_count() or 1
     counting = threading.Lock()
 
-    def process(seq: int, ref: ObjectRef, data) -> None:
+    def process(seq: int, ref: ObjectRef, data: Buffer) -> None:
         uri = store.ref_uri(ref)
         object_format = fmt if fmt != "auto" else (format_from_name(ref.name) or "auto")
         table = decode(data, object_format, columns, uri)

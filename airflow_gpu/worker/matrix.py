@@ -24,11 +24,13 @@ import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import scipy.sparse
+from numpy.typing import ArrayLike
 
 from .errors import WorkerError
 
@@ -91,8 +93,17 @@ class _Codes:
     __slots__ = ("codes", "dictionary")
 
     def __init__(self, codes: np.ndarray, dictionary: pa.Array | None) -> None:
-        self.codes = codes
+        self.codes: np.ndarray | None = codes  # None once copied into the matrix
         self.dictionary = dictionary
+
+    def local_dictionary(self) -> pa.Array:
+        """The dictionary the codes still refer to (an entry waiting to be folded has one)."""
+        assert self.dictionary is not None, "already folded"
+        return self.dictionary
+
+    def held_codes(self) -> np.ndarray:
+        assert self.codes is not None, "already copied into the matrix"
+        return self.codes
 
 
 class IdDictionary:
@@ -143,7 +154,7 @@ class IdDictionary:
                 self._next_seq += 1
         if not batch:
             return
-        self._waiting_ids -= sum(len(e.dictionary) for e in batch)
+        self._waiting_ids -= sum(len(e.local_dictionary()) for e in batch)
         parts = ([self.values] if self.values is not None else []) + [e.dictionary for e in batch]
         value_type = _common_type([p.type for p in parts])
         parts = [p if p.type == value_type else p.cast(value_type) for p in parts]
@@ -155,9 +166,9 @@ class IdDictionary:
         chunks = [c.indices.to_numpy(zero_copy_only=False) for c in encoded.chunks]
         translation = np.concatenate(chunks) if chunks else np.empty(0, np.int32)
         for entry in batch:
-            table = translation[offset : offset + len(entry.dictionary)]
-            offset += len(entry.dictionary)
-            entry.codes = table.take(entry.codes).astype(np.int32, copy=False)
+            table = translation[offset : offset + len(entry.local_dictionary())]
+            offset += len(entry.local_dictionary())
+            entry.codes = table.take(entry.held_codes()).astype(np.int32, copy=False)
             entry.dictionary = None
         self.values = folded
 
@@ -184,11 +195,11 @@ class Interactions:
 
     @property
     def users(self) -> int:
-        return self.matrix.shape[0]
+        return int(self.matrix.shape[0])
 
     @property
     def items(self) -> int:
-        return self.matrix.shape[1]
+        return int(self.matrix.shape[1])
 
 
 class _Part:
@@ -235,7 +246,7 @@ class MatrixBuilder:
             user_values, item_values = pool.map(IdDictionary.finish, (self.user_ids, self.item_ids))
         parts, self._parts = sorted(self._parts, key=lambda p: p.seq), []
         n_users, n_items = len(user_values), len(item_values)
-        rows = sum(len(p.users.codes) for p in parts)
+        rows = sum(len(p.users.held_codes()) for p in parts)
         if rows == 0:
             raise WorkerError("no interactions left after dropping rows with null ids or invalid weights; check the input")
         # Two linear counting sorts instead of one and a comparison sort per row: placing
@@ -273,23 +284,24 @@ class MatrixBuilder:
         data = np.empty(rows, np.float32)
         offset = 0
         for part in parts:
-            n = len(part.users.codes)
-            users[offset : offset + n] = part.users.codes
-            items[offset : offset + n] = part.items.codes
+            n = len(part.users.held_codes())
+            users[offset : offset + n] = part.users.held_codes()
+            items[offset : offset + n] = part.items.held_codes()
             data[offset : offset + n] = 1.0 if part.weights is None else part.weights
             offset += n
             part.users.codes = part.items.codes = part.weights = None
         return data, (items, users)
 
 
-def build_interactions(users, items, weights=None) -> Interactions:
+def build_interactions(users: pa.ChunkedArray | pa.Array | ArrayLike, items: pa.ChunkedArray | pa.Array | ArrayLike,
+                       weights: ArrayLike | None = None) -> Interactions:
     """Convenience for callers holding whole columns (benchmarks, tests): one builder, one part."""
     builder = MatrixBuilder()
     builder.add(_chunked(users), _chunked(items), None if weights is None else np.asarray(weights, np.float32))
     return builder.build()
 
 
-def _chunked(values) -> pa.ChunkedArray:
+def _chunked(values: pa.ChunkedArray | pa.Array | ArrayLike) -> pa.ChunkedArray:
     if isinstance(values, pa.ChunkedArray):
         return values
     if isinstance(values, pa.Array):
@@ -305,7 +317,7 @@ def _chunked(values) -> pa.ChunkedArray:
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
-def _refuse_overflow(matrix: scipy.sparse.csr_matrix, message) -> None:
+def _refuse_overflow(matrix: scipy.sparse.csr_matrix, message: Callable[[int, int, int], str]) -> None:
     """Raise WorkerError(message(user, item, position)) at the first value that is not finite."""
     finite = np.isfinite(matrix.data)
     if finite.all():
@@ -362,4 +374,5 @@ def bm25(matrix: scipy.sparse.csr_matrix, k1: float = BM25_K1, b: float = BM25_B
     mean = float(row_sums.mean()) if row_sums.size else 1.0
     length_norm = ((1.0 - b) + b * row_sums / (mean or 1.0)).astype(np.float32)
     per_row = np.repeat(length_norm, np.diff(matrix.indptr))
-    return (r * (k1 + 1.0) / (k1 * per_row + r) * idf[matrix.indices]).astype(np.float32)
+    weights: np.ndarray = (r * (k1 + 1.0) / (k1 * per_row + r) * idf[matrix.indices]).astype(np.float32)
+    return weights

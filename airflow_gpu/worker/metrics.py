@@ -17,7 +17,7 @@ import sys
 import time
 from dataclasses import asdict
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -40,7 +40,7 @@ class Stages:
         self.seconds: dict[str, float] = {}
 
     @contextlib.contextmanager
-    def __call__(self, name: str):
+    def __call__(self, name: str) -> Iterator[None]:
         started = time.monotonic()
         yield
         self.seconds[name] = round(self.seconds.get(name, 0.0) + time.monotonic() - started, 4)
@@ -57,13 +57,13 @@ def document(
     training: TrainResult,
     weighting: str,
     alpha: float | None,
-    evaluation: dict | None,
+    evaluation: dict[str, Any] | None,
     tuning: TuneResult | None,
-    counts: dict,
-    extras: dict,
+    counts: dict[str, int],
+    extras: dict[str, Any],
     stages: dict[str, float],
     total_seconds: float,
-) -> dict:
+) -> dict[str, Any]:
     """The metrics document; ``extras`` holds samples, distributions, job and gpu, computed by the pipeline.
 
     Keys keep the order metrics.json has always had: readers diff documents across runs.
@@ -134,7 +134,7 @@ def document(
     }
 
 
-def _ingest_figures(figures: dict, stages: dict[str, float]) -> dict:
+def _ingest_figures(figures: dict[str, Any], stages: dict[str, float]) -> dict[str, Any]:
     """Ingest's own figures, with the CSR build (the matrix stage) beside its seconds, where readers find it."""
     out = {}
     for key, value in figures.items():
@@ -144,7 +144,7 @@ def _ingest_figures(figures: dict, stages: dict[str, float]) -> dict:
     return out
 
 
-def _tuning(tuning: TuneResult | None, stages: dict[str, float]) -> dict | None:
+def _tuning(tuning: TuneResult | None, stages: dict[str, float]) -> dict[str, Any] | None:
     """The search's grid, scores and choice, with its cost measured against the final training."""
     if tuning is None:
         return None
@@ -154,7 +154,7 @@ def _tuning(tuning: TuneResult | None, stages: dict[str, float]) -> dict | None:
     return figures
 
 
-def versions() -> dict:
+def versions() -> dict[str, str]:
     import aiobotocore
     import botocore
     import implicit
@@ -175,11 +175,11 @@ def versions() -> dict:
     }
 
 
-def json_bytes(metrics: dict) -> bytes:
+def json_bytes(metrics: dict[str, Any]) -> bytes:
     return json.dumps(metrics, indent=2, default=_json_default).encode()
 
 
-def _json_default(value):
+def _json_default(value: object) -> object:
     if isinstance(value, (np.integer,)):
         return int(value)
     if isinstance(value, (np.floating,)):

@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, ParamSpec, Protocol, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -31,29 +31,42 @@ if TYPE_CHECKING:  # for the signatures only: the pipeline imports this module, 
 
 log = logging.getLogger("airflow_gpu.worker")
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class OnModel(Protocol):
+    """Runs ``fn(*args, **kwargs)`` on the thread that owns the model (the pipeline's ``on_model``)."""
+
+    def __call__(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> Awaitable[R]: ...
+
+
 # Rows per part of the id maps: an int32 and an id each, so parts stay tens of MB.
 _ID_MAP_PART_ROWS = 4_000_000
 
 
 async def write_datasets(
-    config: AlsConfig, interactions: Interactions, training: TrainResult, publisher: Publisher | None, stages: Stages, on_model
-) -> dict:
+    config: AlsConfig, interactions: Interactions, training: TrainResult, publisher: Publisher | None, stages: Stages,
+    on_model: OnModel,
+) -> dict[str, int]:
     """Recommendations, similar items, id maps and factors; returns the rows of the first two."""
     counts = {"recommendations": 0, "similar_items": 0}
     users, items = interactions.users, interactions.items
     matrix = interactions.matrix
     user_ids, item_ids = interactions.user_ids, interactions.item_ids
 
-    async def emit(dataset: str, build, *args) -> int:
+    async def emit(dataset: str, build: Callable[..., pa.Table], *args: Any) -> int:
         table = await asyncio.to_thread(build, *args)
         if publisher is None:
-            return table.num_rows
+            return int(table.num_rows)
         data = await asyncio.to_thread(parquet_bytes, table)
         await publisher.submit(publisher.next_part(dataset), data, kind=dataset, rows=table.num_rows)
-        return table.num_rows
+        return int(table.num_rows)
 
-    async def batched(dataset: str, total: int, batch: int, compute, build) -> int:
-        rows, pending, done, last_log = 0, None, 0, time.monotonic()
+    async def batched(dataset: str, total: int, batch: int, compute: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
+                      build: Callable[..., pa.Table]) -> int:
+        rows, done, last_log = 0, 0, time.monotonic()
+        pending: asyncio.Future[int] | None = None
         for start in range(0, total, batch):
             index = np.arange(start, min(start + batch, total), dtype=np.int32)
             result = await on_model(compute, index)
@@ -117,15 +130,15 @@ def _factor_table(name: str, ids: pa.Array, factors: np.ndarray, start: int, end
     return pa.table({name: column, "factors": vectors})
 
 
-async def commit(config: AlsConfig, metrics: dict, publisher: Publisher) -> dict:
+async def commit(config: AlsConfig, metrics: dict[str, Any], publisher: Publisher) -> dict[str, Any]:
     """metrics.json and report.html, then the manifest (the commit point); the parts must be drained first."""
     await publisher.put("metrics.json", json_bytes(metrics), kind="metrics")
     await publisher.put("report.html", render(metrics).encode(), kind="report")
     return await publisher.commit(_manifest_fields(config, metrics, publisher))
 
 
-def _manifest_fields(config: AlsConfig, metrics: dict, publisher: Publisher) -> dict:
-    datasets: dict[str, dict] = {}
+def _manifest_fields(config: AlsConfig, metrics: dict[str, Any], publisher: Publisher) -> dict[str, Any]:
+    datasets: dict[str, dict[str, Any]] = {}
     for entry in publisher.files:
         if entry["kind"] in ("metrics", "report"):
             continue

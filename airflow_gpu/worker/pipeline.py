@@ -23,6 +23,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
+from typing import Any, Callable, ParamSpec, TypeVar
 
 from . import metrics as run_metrics
 from . import outputs
@@ -39,6 +40,9 @@ from .train import TrainParams, TrainResult, fit, largest_singular_value
 from .tune import DEFAULT_BUDGET, TuneResult, tune
 
 log = logging.getLogger("airflow_gpu.worker")
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 @dataclass
@@ -87,7 +91,7 @@ class AlsConfig:
             # A rerun would read the previous run's outputs back in as interactions.
             raise WorkerError(f"--output {self.output} is inside --input {self.input}; write the outputs somewhere else")
 
-    def params(self) -> dict:
+    def params(self) -> dict[str, Any]:
         # The iteration callback is code, not a parameter: it stays out of metrics and manifest.
         params = asdict(replace(self, train=replace(self.train, on_iteration=None)))
         del params["train"]["on_iteration"]
@@ -108,8 +112,8 @@ def _inside(child: str, parent: str) -> bool:
 
 @dataclass
 class AlsRun:
-    metrics: dict  # the document metrics.json holds, the same dict (metrics.py)
-    manifest: dict | None
+    metrics: dict[str, Any]  # the document metrics.json holds, the same dict (metrics.py)
+    manifest: dict[str, Any] | None
     interactions: Interactions
     training: TrainResult
     tuning: TuneResult | None = None
@@ -122,6 +126,7 @@ def run_als(config: AlsConfig) -> AlsRun:
 def _cancel_on_sigterm(loop: asyncio.AbstractEventLoop) -> None:
     """Batch stops a job with SIGTERM: cancel the run, so the publisher removes what it uploaded."""
     task = asyncio.current_task()
+    assert task is not None  # called from the run's own task
 
     def stop() -> None:
         log.warning("als: SIGTERM received; stopping and removing this run's uploads")
@@ -157,7 +162,7 @@ async def run_als_async(config: AlsConfig) -> AlsRun:
         # On failure or cancellation, do not wait here for a model call still running.
         stack.callback(compute.shutdown, wait=False, cancel_futures=True)
 
-        async def on_model(fn, *args, **kwargs):
+        async def on_model(fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
             return await loop.run_in_executor(compute, lambda: fn(*args, **kwargs))
 
         # The builder encodes each object's ids as ingest decodes the next ones (the low peak);
@@ -209,7 +214,7 @@ async def run_als_async(config: AlsConfig) -> AlsRun:
             "gpu": gpu_info() if training.device == "gpu" else None,
         }
 
-        def assemble(counts: dict) -> dict:
+        def assemble(counts: dict[str, int]) -> dict[str, Any]:
             # Called once, when every stage it reports has ended: see metrics.py on publish's own time.
             return run_metrics.document(
                 config, run_id=run_id, started_at=started_at, ingest=ingest_stats, interactions=interactions,

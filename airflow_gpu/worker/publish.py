@@ -28,6 +28,8 @@ import json
 import logging
 import time
 import uuid
+from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -51,7 +53,8 @@ def new_run_id() -> str:
 def parquet_bytes(table: pa.Table) -> bytes:
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink, compression="snappy")
-    return sink.getvalue().to_pybytes()
+    data: bytes = sink.getvalue().to_pybytes()
+    return data
 
 
 class Publisher:
@@ -61,9 +64,9 @@ class Publisher:
         self.store = store
         self.run_id = run_id or new_run_id()
         self.root = f"runs/{self.run_id}/"
-        self.files: list[dict] = []
+        self.files: list[dict[str, Any]] = []
         self._uploaded: list[str] = []
-        self._tasks: set[asyncio.Task] = set()
+        self._tasks: set[asyncio.Task[dict[str, Any]]] = set()
         self._slots = asyncio.Semaphore(max_in_flight)
         self._parts: dict[str, int] = {}
         self.bytes_written = 0
@@ -73,18 +76,18 @@ class Publisher:
         self._parts[dataset] = number + 1
         return f"{dataset}/part-{number:05d}.parquet"
 
-    async def put(self, name: str, data: bytes, *, kind: str, rows: int | None = None) -> dict:
+    async def put(self, name: str, data: bytes, *, kind: str, rows: int | None = None) -> dict[str, Any]:
         """Upload ``data`` as ``runs/<run_id>/<name>`` and record its size, rows and checksum."""
         path = self.root + name
         digest = await asyncio.to_thread(lambda: hashlib.sha256(data).hexdigest())
         self._uploaded.append(path)  # before the upload, so an abort also removes a partial one
         await self.store.write(path, data)
-        entry = {"path": path, "kind": kind, "bytes": len(data), "rows": rows, "sha256": digest}
+        entry: dict[str, Any] = {"path": path, "kind": kind, "bytes": len(data), "rows": rows, "sha256": digest}
         self.files.append(entry)
         self.bytes_written += len(data)
         return entry
 
-    async def put_file(self, name: str, path, *, kind: str) -> dict:
+    async def put_file(self, name: str, path: Path, *, kind: str) -> dict[str, Any]:
         """Upload a local file (streamed, multipart when big) and record its size and checksum."""
         target = self.root + name
 
@@ -99,7 +102,7 @@ class Publisher:
         checksum, size = await asyncio.to_thread(digest)
         self._uploaded.append(target)
         await self.store.write_file(target, path)
-        entry = {"path": target, "kind": kind, "bytes": size, "rows": None, "sha256": checksum}
+        entry: dict[str, Any] = {"path": target, "kind": kind, "bytes": size, "rows": None, "sha256": checksum}
         self.files.append(entry)
         self.bytes_written += size
         return entry
@@ -117,7 +120,7 @@ class Publisher:
         if tasks:
             await asyncio.gather(*tasks)
 
-    async def commit(self, manifest: dict) -> dict:
+    async def commit(self, manifest: dict[str, Any]) -> dict[str, Any]:
         """Write manifest.json after every other file is up: from here on the run exists."""
         await self.drain()
         document = {
@@ -185,11 +188,12 @@ class Publisher:
         for task in list(self._tasks):
             if task.done():
                 self._tasks.discard(task)
-                if not task.cancelled() and task.exception() is not None:
-                    raise task.exception()
+                error = None if task.cancelled() else task.exception()
+                if error is not None:
+                    raise error
 
 
-async def read_manifest(store: Store) -> dict | None:
+async def read_manifest(store: Store) -> dict[str, Any] | None:
     """The committed manifest under a store's root, or None: the reader's side of the contract."""
     data = await store.read_small(MANIFEST)
     if data is None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import queue
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable
 
 import numpy as np
 import pyarrow as pa
@@ -29,7 +30,7 @@ _UNFILLED = np.float32(-1e30)
 _BLOCK_ELEMENTS = 1 << 23  # scores per block and thread: 32 MiB of float32 (measured best of 1-32 Mi)
 
 
-def top_n(model, user_items: scipy.sparse.csr_matrix, users: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+def top_n(model: Any, user_items: scipy.sparse.csr_matrix, users: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     """(item indices, scores), each users x n; items the user has seen are left out; -1 marks no item."""
     n = min(n, user_items.shape[1])
     if isinstance(model.user_factors, np.ndarray):
@@ -129,7 +130,7 @@ def _norm_head(items: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, float
     return head, np.ascontiguousarray(items[head].T, dtype=np.float32), float(norms[part[size]])
 
 
-def _in_blocks(rows: int, width: int, threads: int, body) -> None:
+def _in_blocks(rows: int, width: int, threads: int, body: Callable[[int, int, np.ndarray], None]) -> None:
     """``body(start, end, scores)`` over blocks of rows, in threads; ``scores`` is a reused
     (end - start) x width float32 buffer.
 
@@ -143,7 +144,7 @@ def _in_blocks(rows: int, width: int, threads: int, body) -> None:
     block = max(1, _BLOCK_ELEMENTS // max(width, 1))
     starts = range(0, rows, block)
     workers = min(threads or os.cpu_count() or 1, len(starts))
-    buffers: queue.SimpleQueue = queue.SimpleQueue()
+    buffers: queue.SimpleQueue[np.ndarray] = queue.SimpleQueue()
     for _ in range(workers):
         buffers.put(np.empty((min(block, rows), width), np.float32))
 
@@ -229,7 +230,7 @@ def _top_k_general(block: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def popularity_top_n(popularity: np.ndarray, user_items: scipy.sparse.csr_matrix, users: np.ndarray, n: int,
-                     *, order: np.ndarray | None = None):
+                     *, order: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The most popular items each user has not seen: the baseline ALS must beat.
 
     Every user ranks the same list, so only its head is checked against each user's seen
@@ -263,7 +264,7 @@ def popularity_top_n(popularity: np.ndarray, user_items: scipy.sparse.csr_matrix
     return _clean(np.asarray(ids), np.asarray(scores))
 
 
-def similar_items(model, items: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+def similar_items(model: Any, items: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     """(item indices, cosine scores), each items x n, the item itself left out."""
     if isinstance(model.item_factors, np.ndarray):
         factors = model.item_factors

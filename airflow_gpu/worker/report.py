@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 import json
+from typing import Any, Iterable, Sequence
 
 from .early_stop import DEFAULT_PATIENCE, DEFAULT_TOLERANCE, LossPlateau
 
@@ -32,7 +33,7 @@ _COUNT_LABELS = {
 }
 
 
-def render(metrics: dict) -> str:
+def render(metrics: dict[str, Any]) -> str:
     """The report page for one run's metrics (the same dict as metrics.json)."""
     training = metrics.get("training", {})
     counts = metrics.get("counts", {})
@@ -85,11 +86,11 @@ def render(metrics: dict) -> str:
     return "\n".join(parts)
 
 
-def _e(text: str) -> str:
+def _e(text: object) -> str:
     return html.escape(str(text))
 
 
-def _fmt(value) -> str:
+def _fmt(value: object) -> str:
     if value is None:
         return "–"
     if isinstance(value, bool):
@@ -103,7 +104,7 @@ def _fmt(value) -> str:
     return _e(value)
 
 
-def _table(rows, header=None) -> str:
+def _table(rows: Iterable[Sequence[object]], header: Sequence[str] | None = None) -> str:
     head = "<tr>" + "".join(f"<th>{_e(h)}</th>" for h in header) + "</tr>" if header else ""
     body = "".join(
         "<tr>" + "".join(f"<td{' class=n' if i else ''}>{c if i else _e(c)}</td>" for i, c in enumerate(row)) + "</tr>"
@@ -112,7 +113,7 @@ def _table(rows, header=None) -> str:
     return f"<table>{head}{body}</table>"
 
 
-def _line_chart(values, title: str, unit: str, width: int = 440, height: int = 240) -> str:
+def _line_chart(values: Iterable[float | None], title: str, unit: str, width: int = 440, height: int = 240) -> str:
     points = [(i + 1, float(v)) for i, v in enumerate(values) if v is not None]
     if not points:
         return f"<div><b>{_e(title)}</b><p>not recorded</p></div>"
@@ -172,7 +173,7 @@ def _bar_chart(values: dict[str, float], width: int = 720) -> str:
     return f"<svg width={width} height={height} role=img aria-label='time per stage' xmlns='http://www.w3.org/2000/svg'>{''.join(rows)}</svg>"
 
 
-def _grouped_bars(rows, width: int = 560, height: int = 200) -> str:
+def _grouped_bars(rows: Iterable[tuple[str, str, str, str]], width: int = 560, height: int = 200) -> str:
     data = [(name, float(a.replace(",", "")), float(p.replace(",", ""))) for name, a, p, _ in rows if a != "–" and p != "–"]
     if not data:
         return ""
@@ -197,7 +198,7 @@ def _grouped_bars(rows, width: int = 560, height: int = 200) -> str:
     return f"<svg width={width} height={height} role=img aria-label='ALS against popularity' xmlns='http://www.w3.org/2000/svg'>{legend}{''.join(shapes)}</svg>"
 
 
-def _job_table(metrics: dict) -> str:
+def _job_table(metrics: dict[str, Any]) -> str:
     job = metrics.get("job") or {}
     gpu = metrics.get("gpu")
     wait = job.get("queue_wait_seconds")
@@ -218,7 +219,7 @@ def _job_table(metrics: dict) -> str:
     return _table(rows)
 
 
-def _stop_note(training: dict) -> str:
+def _stop_note(training: dict[str, Any]) -> str:
     """A visible note when training stopped early, or when the loss had plateaued long before the end."""
     run, most = training.get("iterations_run"), training.get("iterations")
     if run is not None and most is not None and run < most:
@@ -234,7 +235,7 @@ def _stop_note(training: dict) -> str:
     return ""
 
 
-def _distributions(distributions: dict) -> str:
+def _distributions(distributions: dict[str, Any]) -> str:
     charts = [_histogram(distributions[key], title) for key, title in
               (("pairs_per_user", "distinct items per user"), ("pairs_per_item", "distinct users per item"))
               if distributions.get(key, {}).get("bins")]
@@ -243,7 +244,7 @@ def _distributions(distributions: dict) -> str:
     return "<h3>How the pairs are spread</h3><div class=grid>" + "".join(charts) + "</div>"
 
 
-def _histogram(summary: dict, title: str, width: int = 440, height: int = 220) -> str:
+def _histogram(summary: dict[str, Any], title: str, width: int = 440, height: int = 220) -> str:
     """Counts per power-of-two bin, on a log scale so the long tail stays visible."""
     import math
 
@@ -280,7 +281,7 @@ def _histogram(summary: dict, title: str, width: int = 440, height: int = 220) -
     )
 
 
-def _tuning(tuning: dict | None) -> str:
+def _tuning(tuning: dict[str, Any] | None) -> str:
     if not tuning:
         return ""
     choice = tuning["choice"]["label"]
@@ -303,7 +304,7 @@ def _tuning(tuning: dict | None) -> str:
     )
 
 
-def _samples(samples: list[dict]) -> str:
+def _samples(samples: list[dict[str, Any]]) -> str:
     if not samples:
         return ""
     rows = []

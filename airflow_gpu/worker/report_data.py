@@ -6,6 +6,8 @@ metrics.json as they are and the report needs nothing but that file.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pyarrow as pa
 import scipy.sparse
@@ -24,8 +26,8 @@ def pick_users(matrix: scipy.sparse.csr_matrix, count: int = 3, seed: int = 0) -
     return np.sort(rng.permutation(candidates)[:count]).astype(np.int32)
 
 
-def sample_users(model, matrix: scipy.sparse.csr_matrix, user_ids: pa.Array, item_ids: pa.Array, *,
-                 count: int = 3, n: int = 10, history: int = 8, seed: int = 0) -> list[dict]:
+def sample_users(model: Any, matrix: scipy.sparse.csr_matrix, user_ids: pa.Array, item_ids: pa.Array, *,
+                 count: int = 3, n: int = 10, history: int = 8, seed: int = 0) -> list[dict[str, Any]]:
     """For a few users: their heaviest items and their top-n recommendations, by original id."""
     users = pick_users(matrix, count, seed)
     if len(users) == 0:
@@ -47,7 +49,7 @@ def sample_users(model, matrix: scipy.sparse.csr_matrix, user_ids: pa.Array, ite
     return samples
 
 
-def distribution(counts: np.ndarray) -> dict:
+def distribution(counts: np.ndarray) -> dict[str, Any]:
     """A histogram over powers of two (1, 2-3, 4-7, ...) plus the quantiles that describe a long tail."""
     counts = np.asarray(counts)
     counts = counts[counts > 0]
@@ -66,7 +68,7 @@ def distribution(counts: np.ndarray) -> dict:
     }
 
 
-def distributions(matrix: scipy.sparse.csr_matrix) -> dict:
+def distributions(matrix: scipy.sparse.csr_matrix) -> dict[str, Any]:
     """Distinct pairs per user and per item (duplicates already summed into one pair)."""
     per_item = np.bincount(matrix.indices, minlength=matrix.shape[1])
     return {"pairs_per_user": distribution(np.diff(matrix.indptr)), "pairs_per_item": distribution(per_item)}

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 from datetime import datetime, timezone
+from typing import Any, Mapping
 
 from ..contract import SUBMITTED_AT_ENV
 
@@ -21,10 +22,10 @@ _BATCH = {"AWS_BATCH_JOB_ID": "job_id", "AWS_BATCH_JQ_NAME": "queue", "AWS_BATCH
           "AWS_BATCH_CE_NAME": "compute_environment"}
 
 
-def job_context(started_at: datetime, environ=None) -> dict:
+def job_context(started_at: datetime, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The job id, its backend and the queue wait (None when not known)."""
     environ = os.environ if environ is None else environ
-    context: dict = {"job_id": None, "backend": None, "queue_wait_seconds": None}
+    context: dict[str, Any] = {"job_id": None, "backend": None, "queue_wait_seconds": None}
     if environ.get("AWS_BATCH_JOB_ID"):
         context["backend"] = "aws_batch"
         for variable, key in _BATCH.items():
@@ -54,7 +55,7 @@ def _time(text: str | None) -> datetime | None:
     return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
 
 
-def device_properties():
+def device_properties() -> Any:  # cuda.bindings' cudaDeviceProp (untyped), or None
     """The first GPU's properties through cuda-python (an RMM dependency), or None when it cannot tell."""
     try:
         from cuda.bindings import runtime
@@ -67,7 +68,7 @@ def device_properties():
         return None
 
 
-def gpu_info() -> dict | None:
+def gpu_info() -> dict[str, Any] | None:
     """The first GPU's model and memory, for the report; None without one."""
     props = device_properties()
     if props is None:

@@ -11,6 +11,7 @@ the prefix) become one-line ``WorkerError``s naming the URI.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import functools
 import logging
@@ -21,11 +22,16 @@ import uuid
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, BinaryIO, Callable, TypeVar
 
 from ..contract import is_marker, split_s3
 from .errors import WorkerError
 from .safe_paths import path_inside
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer
+
+T = TypeVar("T")
 
 MiB = 1024 * 1024
 # Ranged GETs and multipart parts of 16 MiB keep each request long enough to reach full
@@ -79,7 +85,7 @@ class Store(ABC):
         """Every data object under the root, sorted by name; a single object if the root is one."""
 
     @abstractmethod
-    async def read(self, ref: ObjectRef):
+    async def read(self, ref: ObjectRef) -> Buffer:
         """The object's bytes, as ``bytes`` or a zero-copy buffer."""
 
     @abstractmethod
@@ -99,10 +105,10 @@ class Store(ABC):
         """Read ``root/name`` whole, or None when it does not exist (manifests, scripts)."""
 
     @abstractmethod
-    async def delete(self, names: list[str]) -> None:
+    async def delete(self, names: builtins.list[str]) -> None:
         """Remove ``root/name`` for each name; missing ones are ignored."""
 
-    async def names_under(self, under: str) -> list[str]:
+    async def names_under(self, under: str) -> builtins.list[str]:
         """Every object's name under ``root/under``, markers included (for retention)."""
         raise NotImplementedError
 
@@ -125,7 +131,7 @@ class Store(ABC):
 class S3Store(Store):
     """An S3 prefix, through one aiobotocore client shared by all requests."""
 
-    def __init__(self, uri: str, client, concurrency: int) -> None:
+    def __init__(self, uri: str, client: Any, concurrency: int) -> None:
         self.uri = uri
         try:
             self.bucket, self.prefix = split_s3(uri)
@@ -135,7 +141,7 @@ class S3Store(Store):
         # One slot per request in flight; a multipart upload or ranged download takes one per part.
         self._requests = asyncio.Semaphore(max(1, concurrency))
 
-    async def _again_on_body_faults(self, uri: str, call: Callable):
+    async def _again_on_body_faults(self, uri: str, call: Callable[[], Awaitable[T]]) -> T:
         """Run ``call()`` again when a reply is cut mid-body: aiobotocore reads a whole non-streaming
         reply (a listing, an error, a PUT's answer) outside botocore's retries."""
         failures = 0
@@ -159,8 +165,8 @@ class S3Store(Store):
     async def list(self) -> list[ObjectRef]:
         return await self._again_on_body_faults(self.uri, self._list_once)
 
-    async def _list_once(self) -> list[ObjectRef]:
-        refs: list[ObjectRef] = []
+    async def _list_once(self) -> builtins.list[ObjectRef]:
+        refs: builtins.list[ObjectRef] = []
         async with self._translate(self.uri):
             paginator = self._client.get_paginator("list_objects_v2")
             async for page in paginator.paginate(Bucket=self.bucket, Prefix=self._dir):
@@ -179,7 +185,7 @@ class S3Store(Store):
                     refs.append(ObjectRef(self.prefix, self.prefix.rsplit("/", 1)[-1], int(head["ContentLength"])))
         return sorted(refs, key=lambda r: r.name)
 
-    async def read(self, ref: ObjectRef):
+    async def read(self, ref: ObjectRef) -> Buffer:
         # One preallocated buffer; big objects arrive as parallel ranged GETs straight into it.
         buffer = bytearray(ref.size)
         view = memoryview(buffer)
@@ -213,7 +219,7 @@ class S3Store(Store):
             async with self._requests:
                 await self._stream_range(ref, 0, ref.size, into_file, chunk_size=4 * MiB)
 
-    async def _stream_range(self, ref: ObjectRef, start: int, end: int, sink: Callable, *, chunk_size: int = 1 * MiB) -> None:
+    async def _stream_range(self, ref: ObjectRef, start: int, end: int, sink: Callable[[int, bytes], Awaitable[None]], *, chunk_size: int = 1 * MiB) -> None:
         """Hand bytes [start, end) of ``ref`` to ``sink(offset, chunk)``.
 
         botocore retries a request until its headers arrive; a connection lost in the body
@@ -225,7 +231,7 @@ class S3Store(Store):
         reached, etag, failures = start, None, 0
         async with self._translate(uri):  # outside the loop: a fault is retried before it becomes a message
             while reached < end or failures == 0:
-                kwargs: dict = {"Bucket": self.bucket, "Key": ref.key}
+                kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": ref.key}
                 if reached > 0 or end < ref.size:
                     kwargs["Range"] = f"bytes={reached}-{end - 1}"
                 if etag:
@@ -267,7 +273,8 @@ class S3Store(Store):
                         return None
                     raise
                 async with response["Body"] as body:
-                    return await body.read()
+                    data: bytes = await body.read()
+                    return data
 
         return await self._again_on_body_faults(self.uri_of(name), once)
 
@@ -285,7 +292,7 @@ class S3Store(Store):
 
         await self._put(name, size, lambda start, end: asyncio.to_thread(read_range, start, end))
 
-    async def _put(self, name: str, size: int, read_range: Callable) -> None:
+    async def _put(self, name: str, size: int, read_range: Callable[[int, int], Awaitable[bytes]]) -> None:
         key = self._dir + name
         uri = self.uri_of(name)
         if size <= 2 * PART_SIZE:
@@ -302,7 +309,7 @@ class S3Store(Store):
             upload = await self._client.create_multipart_upload(Bucket=self.bucket, Key=key)
         upload_id = upload["UploadId"]
 
-        async def put_part(number: int, start: int) -> dict:
+        async def put_part(number: int, start: int) -> dict[str, Any]:
             body = await read_range(start, min(start + part_size, size))
             failures = 0
             async with self._translate(uri):  # outside the loop: a fault is retried before it becomes a message
@@ -334,9 +341,9 @@ class S3Store(Store):
                 await asyncio.shield(self._client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id))
             raise
 
-    async def names_under(self, under: str) -> list[str]:
-        async def once() -> list[str]:
-            names: list[str] = []
+    async def names_under(self, under: str) -> builtins.list[str]:
+        async def once() -> builtins.list[str]:
+            names: builtins.list[str] = []
             async with self._translate(self.uri_of(under)):
                 paginator = self._client.get_paginator("list_objects_v2")
                 async for page in paginator.paginate(Bucket=self.bucket, Prefix=self._dir + under):
@@ -345,7 +352,7 @@ class S3Store(Store):
 
         return await self._again_on_body_faults(self.uri_of(under), once)
 
-    async def delete(self, names: list[str]) -> None:
+    async def delete(self, names: builtins.list[str]) -> None:
         keys = [self._dir + n for n in names]
         for start in range(0, len(keys), 1000):
             batch = keys[start : start + 1000]
@@ -400,7 +407,7 @@ def _error_code(exc: Exception) -> str:
     return str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
 
 
-async def gather_or_cancel(coros: list) -> list:
+async def gather_or_cancel(coros: list[Awaitable[T]]) -> list[T]:
     """Like gather, but cancels the siblings as soon as one fails, so a failure stops all work."""
     tasks = [asyncio.ensure_future(c) for c in coros]
     try:
@@ -417,7 +424,7 @@ async def gather_or_cancel(coros: list) -> list:
 # ---------------------------------------------------------------------------------------
 
 
-async def _finish_in_thread(fn: Callable, *args) -> None:
+async def _finish_in_thread(fn: Callable[..., object], *args: Any) -> None:
     """Run a file write in a thread; when the caller is cancelled, wait for the write to end first.
 
     A thread cannot be stopped. Without the wait, an abort (SIGTERM mid-publish) would remove this
@@ -441,7 +448,7 @@ class LocalStore(Store):
     async def list(self) -> list[ObjectRef]:
         return await asyncio.to_thread(self._list)
 
-    def _list(self) -> list[ObjectRef]:
+    def _list(self) -> builtins.list[ObjectRef]:
         if self.root.is_file():
             return [ObjectRef(str(self.root), self.root.name, self.root.stat().st_size)]
         if not self.root.is_dir():
@@ -456,12 +463,13 @@ class LocalStore(Store):
                     refs.append(ObjectRef(str(path), name, path.stat().st_size))
         return sorted(refs, key=lambda r: r.name)
 
-    async def read(self, ref: ObjectRef):
+    async def read(self, ref: ObjectRef) -> Buffer:
         import pyarrow as pa
 
-        def read():
+        def read() -> Buffer:
             with pa.memory_map(ref.key) as source:
-                return source.read_buffer()
+                buffer: Buffer = source.read_buffer()
+                return buffer
 
         try:
             return await asyncio.to_thread(read)
@@ -483,13 +491,13 @@ class LocalStore(Store):
         await _finish_in_thread(self._write, name, lambda handle: handle.write(data))
 
     async def write_file(self, name: str, path: Path) -> None:
-        def copy(handle) -> None:
+        def copy(handle: BinaryIO) -> None:
             with open(path, "rb") as source:
                 shutil.copyfileobj(source, handle, 8 * MiB)
 
         await _finish_in_thread(self._write, name, copy)
 
-    def _write(self, name: str, fill: Callable) -> None:
+    def _write(self, name: str, fill: Callable[[BinaryIO], object]) -> None:
         target = path_inside(self.root, name)
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -500,7 +508,7 @@ class LocalStore(Store):
         except PermissionError:
             raise WorkerError(f"permission denied writing {target}; choose an --output you can write to") from None
 
-    async def names_under(self, under: str) -> list[str]:
+    async def names_under(self, under: str) -> builtins.list[str]:
         def walk() -> list[str]:
             base = self.root / under
             if not base.is_dir():
@@ -511,7 +519,7 @@ class LocalStore(Store):
 
         return await asyncio.to_thread(walk)
 
-    async def delete(self, names: list[str]) -> None:
+    async def delete(self, names: builtins.list[str]) -> None:
         def remove() -> None:
             for name in names:
                 path = self.root / name

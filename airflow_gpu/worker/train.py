@@ -93,14 +93,14 @@ class TrainResult:
         return _host(self.model.item_factors)
 
 
-def _host(factors) -> np.ndarray:
+def _host(factors: Any) -> np.ndarray:  # numpy, or implicit's GPU Matrix
     return factors if isinstance(factors, np.ndarray) else factors.to_numpy()
 
 
 _gpu_unavailable: list[str] = []
 
 
-def _gpu_als_class():
+def _gpu_als_class() -> type[Any] | None:
     """implicit's GPU ALS class, or None when no usable CUDA device is visible. Tests replace this."""
     with warnings.catch_warnings(record=True) as caught:
         # implicit warns on import when its CUDA extension cannot load (no driver, no cuBLAS):
@@ -113,7 +113,8 @@ def _gpu_als_class():
         return None
     from implicit.gpu.als import AlternatingLeastSquares
 
-    return AlternatingLeastSquares
+    als_class: type[Any] = AlternatingLeastSquares  # implicit is untyped
+    return als_class
 
 
 def _compute_capability() -> tuple[int, int] | None:
@@ -137,6 +138,7 @@ def resolve_device(requested: str) -> str:
                 "a GPU and the image has rmm-cu13, or use --device cpu"
             )
         if too_old:
+            assert capability is not None  # too_old says so
             raise WorkerError(
                 f"--device gpu, but the GPU has compute capability {capability[0]}.{capability[1]} and implicit's CUDA 13 "
                 "build needs 8.0 or newer (A10G, A100, L4, L40S, H100, H200); use a newer GPU or --device cpu"
@@ -145,6 +147,7 @@ def resolve_device(requested: str) -> str:
     if requested == "auto" and gpu and not too_old:
         return "gpu"
     if requested == "auto" and too_old:
+        assert capability is not None  # too_old says so
         log.warning("train: GPU compute capability %d.%d is below 8.0; training on the CPU", *capability)
     return "cpu"
 
@@ -219,20 +222,22 @@ def auto_regularization(confidence: scipy.sparse.csr_matrix, seed: int = 0) -> t
     return AUTO_REGULARIZATION_SHARE * sigma, sigma
 
 
-def _blas_single_threaded(device: str) -> contextlib.AbstractContextManager:
+def _blas_single_threaded(device: str) -> contextlib.AbstractContextManager[object]:
     """On the CPU, implicit runs its own threads; a multithreaded BLAS underneath slows it badly."""
     if device != "cpu":
         return contextlib.nullcontext()
     from threadpoolctl import threadpool_limits
 
-    return threadpool_limits(1, "blas")
+    limits: contextlib.AbstractContextManager[object] = threadpool_limits(1, "blas")  # threadpoolctl is untyped
+    return limits
 
 
 class _StopTraining(Exception):
     """Raised from implicit's per-iteration callback to end its loop early."""
 
 
-def _fit_until_stopped(model, confidence, callback) -> None:
+def _fit_until_stopped(model: Any, confidence: scipy.sparse.csr_matrix,
+                       callback: Callable[[int, float, float | None], None]) -> None:
     """implicit's fit, ended early when the callback raises _StopTraining.
 
     implicit (0.7.3, CPU and GPU alike) updates model.user_factors and model.item_factors in
@@ -271,10 +276,11 @@ def fit(confidence: scipy.sparse.csr_matrix, params: TrainParams) -> TrainResult
         if device == "gpu":
             check_gpu_limits(users, items, confidence.nnz, params.factors)
             als_class, device_options = _gpu_als_class(), {}
+            assert als_class is not None  # resolve_device chose the GPU because implicit has it
         else:
-            from implicit.cpu.als import AlternatingLeastSquares as als_class
+            from implicit.cpu.als import AlternatingLeastSquares
 
-            device_options = {"num_threads": params.threads}
+            als_class, device_options = AlternatingLeastSquares, {"num_threads": params.threads}
         with _blas_single_threaded(device):  # implicit checks (and warns about) BLAS threads here
             model = als_class(
                 factors=params.factors,

@@ -34,9 +34,11 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Callable
 
 import numpy as np
 import scipy.sparse
+from numpy.typing import ArrayLike
 
 from .evaluate import holdout_split, ranking_metrics
 from .matrix import confidence
@@ -71,7 +73,7 @@ DEFAULT = Setting("bm25", ALPHAS["bm25"], AUTO_REGULARIZATION_SHARE)
 @dataclass
 class TuneResult:
     choice: Setting
-    grid: list[dict] = field(default_factory=list)  # one row per fitted point, in search order
+    grid: list[dict[str, Any]] = field(default_factory=list)  # one row per fitted point, in search order
     sample_users: int = 0
     sample_interactions: int = 0
     validation_interactions: int = 0
@@ -79,7 +81,7 @@ class TuneResult:
     planned_share: float = 0.0  # the sample's share of the training pairs x POINTS
     seconds: float = 0.0
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return {
             "choice": asdict(self.choice) | {"label": self.choice.label},
             "default": DEFAULT.label,
@@ -112,10 +114,11 @@ def search_points(best: Setting | None = None, stage: int = 1) -> list[Setting]:
     """The points of one stage of the coarse-to-fine search, given the best so far."""
     if stage == 1:
         return [DEFAULT] + [Setting(w, a, AUTO_REGULARIZATION_SHARE) for w, a in ALPHAS.items() if w != DEFAULT.weighting]
+    assert best is not None  # the later stages start from the best so far
     return [replace(best, share=s) for s in SHARES if s != best.share]
 
 
-def beats(challenger, incumbent) -> bool:
+def beats(challenger: ArrayLike, incumbent: ArrayLike) -> bool:
     """Whether per-user precisions ``challenger`` beat ``incumbent`` (same users, same order) by more
     than one standard error of their paired difference; plain numbers compare as they are."""
     difference = np.atleast_1d(np.asarray(challenger, dtype=np.float64) - np.asarray(incumbent, dtype=np.float64))
@@ -123,7 +126,7 @@ def beats(challenger, incumbent) -> bool:
     return bool(difference.mean() > error)
 
 
-def search(score) -> Setting:
+def search(score: Callable[[Setting], ArrayLike]) -> Setting:
     """The best point of the coarse-to-fine search; ``score(setting)`` gives each point's per-user precision.
 
     Each stage starts from the best so far, and a point must beat it (``beats``), so the

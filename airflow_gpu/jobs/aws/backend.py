@@ -107,7 +107,8 @@ CREDENTIAL_REFRESHES = 2
 
 def _error_code(exc: BaseException) -> str:
     if isinstance(exc, botocore.exceptions.ClientError):
-        return exc.response.get("Error", {}).get("Code", "")
+        code: str = exc.response.get("Error", {}).get("Code", "")
+        return code
     return ""
 
 
@@ -206,7 +207,7 @@ class AwsBatchBackend(JobBackend):
         self._log_reader: CloudWatchLogReader | None = None
         self._refresh_lock = asyncio.Lock()
         self._retired: list[Any] = []  # clients replaced at the last refresh, closed at the next one or at the end
-        self._region_asked = connection.region_name
+        self._region_asked: str | None = connection.region_name
         self.credential_refreshes = 0  # for tests and metrics
         self.closed = False
 
@@ -453,7 +454,8 @@ class AwsBatchBackend(JobBackend):
         async def on(logs: Any) -> dict[str, Any]:
             async def call() -> dict[str, Any]:
                 await self.logs_limiter.acquire(urgent=urgent)
-                return await logs.filter_log_events(**kwargs)
+                reply: dict[str, Any] = await logs.filter_log_events(**kwargs)
+                return reply
 
             return await self.logs_backoff.call(call)
 

@@ -162,12 +162,13 @@ class CloudWatchLogReader:
     async def _read_range(self, group: str, follows: list[LogFollow], end_ms: int, urgent: bool) -> None:
         by_stream: dict[str, list[LogFollow]] = {}
         for follow in follows:
-            by_stream.setdefault(follow.stream, []).append(follow)  # type: ignore[arg-type]
+            assert follow.stream is not None  # read() passes on only the follows that have a stream
+            by_stream.setdefault(follow.stream, []).append(follow)
         late = self.late_ms
         starts = [f.cursor.start(late) for f in follows]
         kwargs: dict[str, Any] = {"logGroupName": group, "logStreamNames": list(by_stream), "endTime": end_ms}
         if None not in starts:
-            kwargs["startTime"] = min(starts)  # type: ignore[type-var]
+            kwargs["startTime"] = min(starts)
         if self.page_limit:
             kwargs["limit"] = self.page_limit
         last_ts: int | None = None

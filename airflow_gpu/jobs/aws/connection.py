@@ -66,7 +66,9 @@ def resolve_blocking(conn_id: str | None, region_name: str | None) -> AwsConnect
     )
 
 
-_cache: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple, asyncio.Task]] = weakref.WeakKeyDictionary()
+_cache: weakref.WeakKeyDictionary[
+    asyncio.AbstractEventLoop, dict[tuple[str | None, str | None], asyncio.Task[AwsConnection]]
+] = weakref.WeakKeyDictionary()
 
 
 async def resolve_aws_connection(conn_id: str | None, region_name: str | None) -> AwsConnection:
@@ -84,7 +86,7 @@ async def resolve_aws_connection(conn_id: str | None, region_name: str | None) -
         task = loop.create_task(asyncio.to_thread(resolve_blocking, conn_id, region_name))
         per_loop[key] = task
 
-        def forget_failure(done: asyncio.Task) -> None:
+        def forget_failure(done: asyncio.Task[AwsConnection]) -> None:
             if done.cancelled() or done.exception() is not None:
                 if per_loop.get(key) is done:
                     del per_loop[key]

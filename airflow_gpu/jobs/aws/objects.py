@@ -33,4 +33,5 @@ async def read_s3_object(conn_id: str | None, region_name: str | None, uri: str)
                 return None
             raise
         async with reply["Body"] as body:
-            return await body.read()
+            data: bytes = await body.read()
+            return data

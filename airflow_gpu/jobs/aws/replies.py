@@ -73,13 +73,13 @@ class FilterLogEventsReply(TypedDict, total=False):
 
 
 #: botocore event name (service id, operation) -> decoder of that operation's reply.
-DECODERS: dict[tuple[str, str], msgspec.json.Decoder] = {
+DECODERS: dict[tuple[str, str], msgspec.json.Decoder[Any]] = {
     ("batch", "DescribeJobs"): msgspec.json.Decoder(DescribeJobsReply),
     ("cloudwatch-logs", "FilterLogEvents"): msgspec.json.Decoder(FilterLogEventsReply),
 }
 
 
-def _handler(decoder: msgspec.json.Decoder) -> Any:
+def _handler(decoder: msgspec.json.Decoder[Any]) -> Any:
     def decode_directly(response_dict: dict[str, Any], customized_response_dict: dict[str, Any], **_: Any) -> None:
         # botocore merges customized_response_dict into what its parser returns.
         if response_dict.get("status_code", 500) >= 300:

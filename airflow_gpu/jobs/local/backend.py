@@ -140,10 +140,10 @@ def definition_entrypoint(definition: str | None) -> tuple[str, ...] | None:
 class _Record:
     """One job folder, read at one moment."""
 
-    job: dict
-    run: dict | None
-    exit: dict | None
-    cancel: dict | None
+    job: dict[str, Any]
+    run: dict[str, Any] | None
+    exit: dict[str, Any] | None
+    cancel: dict[str, Any] | None
 
 
 @register_backend
@@ -228,7 +228,9 @@ class LocalBackend(JobBackend):
                 {"exit_code": None, "ended_at": time.time(), "reason": f"the local supervisor failed to start: {message}"},
             )
             raise RuntimeError(f"could not start local job {job_id}: {message}")
-        return self._state(job_id, self._read(folder))
+        record = self._read(folder)
+        assert record is not None  # job.json was written above, atomically
+        return self._state(job_id, record)
 
     async def find(self, spec: JobSpec) -> list[JobState]:
         return await asyncio.to_thread(self._find, spec)
@@ -397,12 +399,12 @@ class LocalBackend(JobBackend):
 # -- processes ------------------------------------------------------------------------------------
 
 
-def _from_earlier_boot(record: dict) -> bool:
+def _from_earlier_boot(record: dict[str, Any]) -> bool:
     recorded, current = record.get("boot_id"), records.boot_id()
     return bool(recorded and current and recorded != current)
 
 
-def _runner_alive(run: dict) -> bool:
+def _runner_alive(run: dict[str, Any]) -> bool:
     """Is the supervisor that wrote ``run`` still running (not a zombie, not a reused pid)?"""
     if _from_earlier_boot(run):
         return False

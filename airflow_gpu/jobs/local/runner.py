@@ -21,6 +21,12 @@ import subprocess
 import sys
 import time
 
+# typing.TYPE_CHECKING without importing typing, which would add ~3 ms to the runner's start.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from types import FrameType
+    from typing import Any
+
 JOB_FILE = "job.json"
 RUN_FILE = "run.json"
 EXIT_FILE = "exit.json"
@@ -51,7 +57,7 @@ def process_start_ticks(pid: int) -> int | None:
         return None
 
 
-def write_json(path: str, document: dict) -> None:
+def write_json(path: str, document: dict[str, Any]) -> None:
     """Atomically: a reader sees the old file or the whole new one, never half of it."""
     tmp = f"{path}.{os.getpid()}.tmp"
     with open(tmp, "w") as handle:
@@ -61,10 +67,11 @@ def write_json(path: str, document: dict) -> None:
     os.replace(tmp, path)
 
 
-def read_json(path: str) -> dict | None:
+def read_json(path: str) -> dict[str, Any] | None:
     try:
         with open(path) as handle:
-            return json.load(handle)
+            document: dict[str, Any] = json.load(handle)
+            return document
     except (OSError, ValueError):
         return None
 
@@ -94,7 +101,7 @@ def main(job_dir: str) -> int:
     os._exit(code)  # the forked child must not run the parent's exit path a second time
 
 
-def supervise(job_dir: str, job: dict, ready_fd: int) -> None:
+def supervise(job_dir: str, job: dict[str, Any], ready_fd: int) -> None:
     log_path = os.path.join(job_dir, LOG_FILE)
     run_path = os.path.join(job_dir, RUN_FILE)
     exit_path = os.path.join(job_dir, EXIT_FILE)
@@ -126,7 +133,7 @@ def supervise(job_dir: str, job: dict, ready_fd: int) -> None:
     write_json(run_path, {**base, "pgid": child.pid})
     _signal_ready(ready_fd)
 
-    def forward(signum, _frame):  # someone stopped the runner: stop the job with it
+    def forward(signum: int, _frame: FrameType | None) -> None:  # someone stopped the runner: stop the job with it
         _kill_group(child.pid, signal.SIGTERM)
 
     signal.signal(signal.SIGTERM, forward)

@@ -10,6 +10,8 @@ here (vectorised), which changes nothing: each row's solve depends only on its o
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import scipy.sparse
 
@@ -20,12 +22,13 @@ CG_EPSILON = 1e-20
 
 def gram(factors: np.ndarray, regularization: float) -> np.ndarray:
     """Y'Y + lambda I: once per half-iteration, shared by every row."""
-    yty = factors.T @ factors
+    yty: np.ndarray = factors.T @ factors
     yty[np.diag_indices_from(yty)] += np.float32(regularization)
     return yty
 
 
-def _sparse_term(indptr, indices, data, Y, V, residual: bool) -> np.ndarray:
+def _sparse_term(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, Y: np.ndarray, V: np.ndarray,
+                 residual: bool) -> np.ndarray:
     """For each segment of (indptr, indices, data) and its vector in V, as in als.cu's sparse_term."""
     segments = len(indptr) - 1
     owner = np.repeat(np.arange(segments), np.diff(indptr))
@@ -45,7 +48,7 @@ class _Light:
         sub = matrix[rows]
         self.parts = (sub.indptr, sub.indices, sub.data)
 
-    def __call__(self, Y, V, residual):
+    def __call__(self, Y: np.ndarray, V: np.ndarray, residual: bool) -> np.ndarray:
         return _sparse_term(*self.parts, Y, V, residual)
 
 
@@ -62,7 +65,7 @@ class _Heavy:
         self.owner = schedule.chunk_heavy
         self.first = schedule.chunk_first
 
-    def __call__(self, Y, V, residual):
+    def __call__(self, Y: np.ndarray, V: np.ndarray, residual: bool) -> np.ndarray:
         partials = _sparse_term(*self.parts, Y, V[self.owner], residual)
         total = np.zeros((len(self.first) - 1, Y.shape[1]), dtype=np.float32)
         for h in range(len(self.first) - 1):
@@ -73,7 +76,8 @@ class _Heavy:
         return total
 
 
-def _solve_rows(x: np.ndarray, Y: np.ndarray, yty: np.ndarray, sparse, cg_steps: int) -> np.ndarray:
+def _solve_rows(x: np.ndarray, Y: np.ndarray, yty: np.ndarray, sparse: Callable[[np.ndarray, np.ndarray, bool], np.ndarray],
+                cg_steps: int) -> np.ndarray:
     """CG on a set of rows at once (x: their current factors), as cg_light / heavy_step do per row.
 
     The sparse term is taken over every row of the set each step (simple, and the rows that

@@ -33,7 +33,7 @@ class Schedule:
         return int(self.chunk_start.shape[0])
 
 
-def plan(indptr, threshold: int = HEAVY_THRESHOLD, chunk: int = CHUNK, xp=np) -> Schedule:
+def plan(indptr: Any, threshold: int = HEAVY_THRESHOLD, chunk: int = CHUNK, xp: Any = np) -> Schedule:
     if threshold < 1 or chunk < 1:
         raise ValueError(f"threshold and chunk must be positive, got {threshold} and {chunk}")
     indptr = xp.asarray(indptr).astype(xp.int64, copy=False)

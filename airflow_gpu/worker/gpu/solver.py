@@ -13,6 +13,7 @@ import logging
 import time
 from functools import lru_cache
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import scipy.sparse
@@ -29,7 +30,7 @@ BLOCKS_PER_SM = 16  # grid-stride loops: enough blocks to fill each SM, few enou
 MAX_FACTORS = 160  # YtY in shared memory: 160 x 160 x 4 B = 100 KiB, about what sm_86/sm_89 allow
 
 
-def _cupy():
+def _cupy() -> Any:  # the cupy module (untyped)
     try:
         import cupy
     except ImportError:
@@ -58,7 +59,7 @@ def gpu_available() -> str | None:
 
 
 @lru_cache(maxsize=4)
-def _module(factors: int):
+def _module(factors: int) -> Any:
     cupy = _cupy()
     return cupy.RawModule(code=SOURCE.read_text(), options=(f"-DFACTORS={factors}", "--std=c++17"))
 
@@ -87,7 +88,8 @@ class NativeAls:
         self.item_factors: np.ndarray | None = None
         self.timings: dict[str, float] = {}
 
-    def fit(self, user_items: scipy.sparse.csr_matrix, show_progress: bool = False, callback=None, *,
+    def fit(self, user_items: scipy.sparse.csr_matrix, show_progress: bool = False,
+            callback: Callable[[int, float, float | None], object] | None = None, *,
             weighting: str | None = None, alpha: float | None = None) -> None:
         """Train on ``user_items``: confidences, or with ``weighting`` raw counts weighted here on the GPU
         (matrix.confidence's formulas), so the host's single-threaded bm25 pass is skipped."""
@@ -133,7 +135,7 @@ class NativeAls:
     # -- setup -----------------------------------------------------------------------------
 
     @staticmethod
-    def _upload(cupy, matrix):
+    def _upload(cupy: Any, matrix: scipy.sparse.csr_matrix) -> dict[str, Any]:
         return {
             "indptr": cupy.asarray(matrix.indptr).astype(cupy.int64),
             "indices": cupy.asarray(matrix.indices.astype(np.int32, copy=False)),
@@ -141,7 +143,7 @@ class NativeAls:
             "rows": matrix.shape[0],
         }
 
-    def _kernels(self, cupy):
+    def _kernels(self, cupy: Any) -> dict[str, Any]:
         module = _module(self.factors)
         names = ("cg_light", "heavy_partials", "heavy_start", "heavy_step", "count_columns", "scatter_columns",
                  "row_sums", "bm25_confidence")
@@ -154,10 +156,10 @@ class NativeAls:
         kernels["grid"] = cupy.cuda.Device().attributes["MultiProcessorCount"] * BLOCKS_PER_SM
         return kernels
 
-    def _grid(self, kernels, work: int) -> tuple[int]:
+    def _grid(self, kernels: dict[str, Any], work: int) -> tuple[int]:
         return (max(1, min(kernels["grid"], -(-work // WARPS_PER_BLOCK))),)
 
-    def _weigh(self, cupy, kernels, side, columns: int, weighting: str, alpha: float | None) -> None:
+    def _weigh(self, cupy: Any, kernels: dict[str, Any], side: dict[str, Any], columns: int, weighting: str, alpha: float | None) -> None:
         """matrix.confidence on the GPU, in place on the uploaded counts: C = 1 + alpha * f(r)."""
         from ..matrix import BM25_B, BM25_K1, DEFAULT_ALPHA, WEIGHTINGS
 
@@ -186,7 +188,7 @@ class NativeAls:
                                        (side["indptr"], side["indices"], data, np.int32(rows), norm, idf,
                                         np.float32(BM25_K1), np.float32(alpha)))
 
-    def _transpose(self, cupy, kernels, side, columns: int):
+    def _transpose(self, cupy: Any, kernels: dict[str, Any], side: dict[str, Any], columns: int) -> dict[str, Any]:
         """The item x user CSR from the user x item one: count, scan, scatter, all on the GPU."""
         nnz = side["indices"].shape[0]
         counts = cupy.zeros(columns + 1, dtype=cupy.uint64)
@@ -204,7 +206,7 @@ class NativeAls:
                                     indices, data))
         return {"indptr": indptr, "indices": indices, "data": data, "rows": columns}
 
-    def _prepare(self, cupy, side):
+    def _prepare(self, cupy: Any, side: dict[str, Any]) -> dict[str, Any]:
         schedule = plan(side["indptr"], self.threshold, self.chunk, xp=cupy)
         heavy = int(schedule.heavy_rows.shape[0])
         side["schedule"] = schedule
@@ -215,7 +217,7 @@ class NativeAls:
         side["partials"] = cupy.empty((schedule.chunks, self.factors), dtype=cupy.float32)
         return side
 
-    def _initial(self, cupy, preset, rows: int, offset: int):
+    def _initial(self, cupy: Any, preset: np.ndarray | None, rows: int, offset: int) -> Any:
         if preset is not None:
             if preset.shape != (rows, self.factors):
                 raise WorkerError(f"preset factors have shape {preset.shape}, expected {(rows, self.factors)}")
@@ -226,7 +228,7 @@ class NativeAls:
 
     # -- one half-iteration -----------------------------------------------------------------
 
-    def _half_step(self, cupy, kernels, side, X, Y) -> None:
+    def _half_step(self, cupy: Any, kernels: dict[str, Any], side: dict[str, Any], X: Any, Y: Any) -> None:
         """New X for every row of this side, Y fixed: YtY once, light rows, then the heavy rows' chunks."""
         yty = Y.T @ Y
         yty += cupy.eye(self.factors, dtype=cupy.float32) * cupy.float32(self.regularization)
@@ -242,9 +244,11 @@ class NativeAls:
         if not heavy:
             return
         chunks = schedule.chunks
-        partial_args = lambda residual: (  # noqa: E731 - the same arguments but one, four times
-            side["indices"], side["data"], schedule.heavy_rows, schedule.chunk_heavy, schedule.chunk_start,
-            schedule.chunk_end, np.int32(chunks), X, side["P"], side["active"], Y, np.int32(residual), side["partials"])
+
+        def partial_args(residual: int) -> tuple[Any, ...]:  # the same arguments but one, four times
+            return (side["indices"], side["data"], schedule.heavy_rows, schedule.chunk_heavy, schedule.chunk_start,
+                    schedule.chunk_end, np.int32(chunks), X, side["P"], side["active"], Y, np.int32(residual), side["partials"])
+
         state = (side["R"], side["P"], side["rs"], side["active"])
         kernels["heavy_partials"](self._grid(kernels, chunks), block, partial_args(1))
         kernels["heavy_start"](self._grid(kernels, heavy), block,
