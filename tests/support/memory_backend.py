@@ -15,8 +15,9 @@ import dataclasses
 import itertools
 from typing import Any, Callable, ClassVar, Sequence
 
-from airflow_gpu.jobs.backend import FAILED, SUCCEEDED, BackendTarget, JobBackend, JobState, LogChunk, register_backend
+from airflow_gpu.jobs.backend import FAILED, QUEUED_STATES, SUCCEEDED, BackendTarget, JobBackend, JobState, LogChunk, register_backend
 from airflow_gpu.jobs.backoff import RateLimiter
+from airflow_gpu.jobs.blocked import parse_blocked
 from airflow_gpu.jobs.clock import wall_time
 from airflow_gpu.jobs.poll_errors import JobIdsRejected
 from airflow_gpu.jobs.spec import TAG_CANCELLED, TAG_IDEMPOTENCY_KEY, JobSpec, TaskIdentity
@@ -54,6 +55,7 @@ class InMemoryBackend(JobBackend):
     describe_batch_size: ClassVar[int] = 100
     jobs: ClassVar[dict[str, JobState]] = {}
     logs: ClassVar[dict[str, list[str]]] = {}
+    created: ClassVar[dict[str, float]] = {}  # wall time of each submit
     #: (loop time, ids asked) of every describe call, in order.
     describes: ClassVar[list[tuple[float, tuple[str, ...]]]] = []
     #: Raised, one per call, by the next describe calls (a failed poll).
@@ -88,9 +90,9 @@ class InMemoryBackend(JobBackend):
 
     async def submit(self, spec: JobSpec) -> JobState:
         job_id = f"mem-{next(self._ids)}"
-        state = JobState(job_id, "RUNNING", name=spec.name, tags=dict(spec.tags), queued_since=wall_time(),
-                         log_stream=job_id)
+        state = JobState(job_id, "RUNNING", name=spec.name, tags=dict(spec.tags), log_stream=job_id)
         self.jobs[job_id] = state
+        self.created[job_id] = wall_time()
         self.logs[job_id] = []
         self.submitted.append(spec)
         return state
@@ -109,7 +111,14 @@ class InMemoryBackend(JobBackend):
         refused = [j for j in job_ids if j in self.rejected_ids]
         if refused:
             raise JobIdsRejected(f"invalid job id {refused[0]!r}")
-        return [self.jobs[j] for j in job_ids[: self.describe_batch_size] if j in self.jobs]
+        return [self._described(self.jobs[j]) for j in job_ids[: self.describe_batch_size] if j in self.jobs]
+
+    def _described(self, state: JobState) -> JobState:
+        """As AWS Batch describes a job: queued since its creation while queued, and a RUNNABLE
+        job's statusReason parsed into its blocked reason."""
+        queued = state.status in QUEUED_STATES
+        return dataclasses.replace(state, queued_since=self.created.get(state.job_id) if queued else None,
+                                   blocked=parse_blocked(state.status, state.status_reason))
 
     async def terminate(self, job_id: str, reason: str) -> None:
         self.terminated.append((job_id, reason))
@@ -138,7 +147,7 @@ class InMemoryBackend(JobBackend):
     @classmethod
     def reset(cls) -> None:
         """Forget every job and record (each test starts with an empty job system)."""
-        for record in (cls.jobs, cls.logs, cls.describes, cls.describe_faults, cls.rejected_ids, cls.before_describe, cls.broken_logs,
+        for record in (cls.jobs, cls.logs, cls.created, cls.describes, cls.describe_faults, cls.rejected_ids, cls.before_describe, cls.broken_logs,
                        cls.log_reads, cls.terminated, cls.submitted):
             record.clear()
         PacedLogReader.calls.clear()
