@@ -66,8 +66,8 @@ class InMemoryBackend(JobBackend):
     before_describe: ClassVar[list[Callable[[], None]]] = []
     #: Jobs whose log cannot be read (yet): a cursor read raises.
     broken_logs: ClassVar[set[str]] = set()
-    #: (job id, cursor) of every cursor read of a log.
-    log_reads: ClassVar[list[tuple[str, str | None]]] = []
+    #: (loop time, job id, cursor) of every cursor read of a log.
+    log_reads: ClassVar[list[tuple[float, str, str | None]]] = []
     terminated: ClassVar[list[tuple[str, str]]] = []
     submitted: ClassVar[list[JobSpec]] = []
     opened: ClassVar[int] = 0
@@ -132,7 +132,7 @@ class InMemoryBackend(JobBackend):
         lines = self.logs.get(job.job_id, [])
         if tail is not None:
             return LogChunk(lines[-tail:] if tail else [], str(len(lines)))
-        self.log_reads.append((job.job_id, cursor))
+        self.log_reads.append((_loop_time(), job.job_id, cursor))
         if job.job_id in self.broken_logs:
             raise OSError(f"no log stream {job.log_stream} yet")
         start = int(cursor or 0)

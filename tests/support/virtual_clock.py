@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import selectors
 from concurrent.futures import Executor, Future
 from typing import Any, Awaitable, Callable, Iterator, TypeVar
@@ -93,6 +94,15 @@ class VirtualClockLoop(asyncio.SelectorEventLoop):
 
     def advance(self, seconds: float) -> None:
         self._now += seconds
+
+    def call_later(self, delay: float, callback: Callable[..., Any], *args: Any, context: Any = None) -> asyncio.TimerHandle:
+        # A positive delay always lets some time pass, as it does on a real clock: a delay below the
+        # float resolution of ``now`` would otherwise fire at ``now`` again and again (a rate limiter
+        # short of its token by a rounding error reschedules itself like that).
+        when = self._now + delay
+        if delay > 0 and when <= self._now:
+            when = math.nextafter(self._now, math.inf)
+        return self.call_at(when, callback, *args, context=context)
 
     def run_in_executor(self, executor: Any, func: Callable[..., T], *args: Any) -> asyncio.Future[T]:
         future = super().run_in_executor(executor, func, *args)
