@@ -39,6 +39,10 @@ class Deadlock(RuntimeError):
     """Every task waits, and nothing (no timer, no thread) will ever wake one."""
 
 
+class VirtualTimeUp(AssertionError):
+    """A scenario still ran when its virtual time ran out."""
+
+
 class _InlineWriter(Executor):
     """Runs what it is given at once, on the caller's thread."""
 
@@ -69,6 +73,9 @@ class _AutoJump:
             return events
         if timeout is None:
             raise Deadlock("every task waits, and no timer or thread will wake any of them")
+        if self._loop.limit is not None and self._loop.time() + timeout > self._loop.limit:
+            self._loop.limit = None  # what follows (cancelling the tasks left) may take its time
+            raise VirtualTimeUp(f"still running after {self._loop.time():g} s of virtual time")
         self._loop.advance(timeout)
         return []
 
@@ -83,6 +90,7 @@ class VirtualClockLoop(asyncio.SelectorEventLoop):
         super().__init__()
         self._now = 0.0
         self.threads = 0  # run_in_executor calls in flight
+        self.limit: float | None = None  # the loop time past which a test is stuck (see run)
         self._selector = _AutoJump(self._selector, self)  # type: ignore[has-type]
         use_writer(self, _InlineWriter())
 
@@ -138,10 +146,17 @@ def virtual_loops() -> Iterator[None]:
         asyncio.set_event_loop_policy(previous)
 
 
-def run(main: Callable[[], Awaitable[T]]) -> T:
-    """``main()`` to its end on a fresh loop in virtual time; then the loop's followers and watchers close."""
+def run(main: Callable[[], Awaitable[T]], *, within: float = 86400.0) -> T:
+    """``main()`` to its end on a fresh loop in virtual time; then the loop's followers and watchers close.
+
+    ``main`` gets ``within`` virtual seconds (a day): a behaviour that never ends (a job never
+    stopped, a wait never woken while polls go on) fails the test instead of polling for ever.
+    """
 
     async def body() -> T:
+        loop = asyncio.get_running_loop()
+        assert isinstance(loop, VirtualClockLoop)
+        loop.limit = loop.time() + within
         try:
             return await main()
         finally:

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from airflow_gpu.jobs.clock import wall_time
-from tests.support.virtual_clock import WALL_START, Deadlock, now, run
+from tests.support.virtual_clock import WALL_START, Deadlock, VirtualTimeUp, now, run
 
 
 def test_time_jumps_to_the_next_timer_only_when_every_task_waits():
@@ -33,10 +33,10 @@ def test_time_jumps_to_the_next_timer_only_when_every_task_waits():
 def test_wall_time_moves_with_the_loop_clock_and_is_the_systems_outside_a_loop():
     async def main() -> tuple[float, float]:
         before = wall_time()
-        await asyncio.sleep(86400)
+        await asyncio.sleep(3600)
         return before, wall_time()
 
-    assert run(main) == (WALL_START, WALL_START + 86400)
+    assert run(main) == (WALL_START, WALL_START + 3600)
     assert abs(wall_time() - time.time()) < 5  # no loop running: the system's wall clock
 
 
@@ -67,3 +67,21 @@ def test_work_in_a_thread_is_waited_for_before_time_moves():
 
     assert run(main) == ("done", 0.0)
     assert order == ["thread", "timer"]
+
+
+def test_a_positive_delay_below_the_clocks_resolution_still_lets_time_pass():
+    async def main() -> bool:
+        start = now()
+        await asyncio.sleep(1e-30)
+        return now() > start
+
+    assert run(main)
+
+
+def test_a_scenario_that_never_ends_fails_after_a_virtual_day():
+    async def polls_for_ever() -> None:
+        while True:
+            await asyncio.sleep(30)
+
+    with pytest.raises(VirtualTimeUp, match="still running after 86400 s of virtual time"):
+        run(polls_for_ever)
