@@ -15,13 +15,21 @@ import dataclasses
 import itertools
 from typing import Any, Callable, ClassVar, Sequence
 
-from airflow_gpu.jobs.backend import FAILED, QUEUED_STATES, SUCCEEDED, BackendTarget, JobBackend, JobState, LogChunk, register_backend
+from airflow_gpu.jobs.backend import (
+    FAILED,
+    QUEUED_STATES,
+    SUCCEEDED,
+    BackendTarget,
+    JobBackend,
+    JobState,
+    LogChunk,
+    register_backend,
+)
 from airflow_gpu.jobs.backoff import RateLimiter
 from airflow_gpu.jobs.blocked import parse_blocked
 from airflow_gpu.jobs.clock import wall_time
 from airflow_gpu.jobs.poll_errors import JobIdsRejected
 from airflow_gpu.jobs.spec import TAG_CANCELLED, TAG_IDEMPOTENCY_KEY, JobSpec, TaskIdentity
-
 
 #: The target of the in-memory job system (the trigger's, with its default connection id).
 TARGET = BackendTarget(backend="memory")
@@ -147,8 +155,9 @@ class InMemoryBackend(JobBackend):
     @classmethod
     def reset(cls) -> None:
         """Forget every job and record (each test starts with an empty job system)."""
-        for record in (cls.jobs, cls.logs, cls.created, cls.describes, cls.describe_faults, cls.rejected_ids, cls.before_describe, cls.broken_logs,
-                       cls.log_reads, cls.terminated, cls.submitted):
+        records = (cls.jobs, cls.logs, cls.created, cls.describes, cls.describe_faults, cls.rejected_ids,
+                   cls.before_describe, cls.broken_logs, cls.log_reads, cls.terminated, cls.submitted)
+        for record in records:
             record.clear()
         PacedLogReader.calls.clear()
         cls.opened = 0

@@ -7,8 +7,6 @@ import asyncio
 import contextvars
 import logging
 
-import pytest
-
 from airflow_gpu.jobs.follower import CursorLogReader, LogFollower
 from tests.support.memory_backend import TARGET, PacedLogReader, submit_jobs
 from tests.support.virtual_clock import now, run
@@ -44,7 +42,7 @@ def test_each_follow_gets_its_own_lines_in_its_owners_context(memory_jobs):
         follower = LogFollower.shared(TARGET)
         for job in jobs:
             owner.set(f"trigger of {job}")  # the triggerer binds a trigger's id like this
-            follower.follow(memory_jobs.jobs[job], lambda lines, job=job: got[job].extend((owner.get(), l) for l in lines),
+            follower.follow(memory_jobs.jobs[job], lambda lines, job=job: got[job].extend((owner.get(), line) for line in lines),
                             poll_interval=10)
             memory_jobs.write(job, [f"{job} says hi"])
         await asyncio.sleep(GATHER + 1)
