@@ -18,12 +18,18 @@ import asyncio
 import contextvars
 import weakref
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 
-_writers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, ThreadPoolExecutor] = weakref.WeakKeyDictionary()
+_writers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Executor] = weakref.WeakKeyDictionary()
 
 
-def _writer(loop: asyncio.AbstractEventLoop) -> ThreadPoolExecutor:
+def use_writer(loop: asyncio.AbstractEventLoop, writer: Executor) -> None:
+    """Write ``loop``'s records through ``writer`` instead of a thread of its own: a test's loop in
+    virtual time writes them inline, since a thread finishing at a real moment would race its clock."""
+    _writers[loop] = writer
+
+
+def _writer(loop: asyncio.AbstractEventLoop) -> Executor:
     writer = _writers.get(loop)
     if writer is None:
         writer = _writers[loop] = ThreadPoolExecutor(max_workers=1, thread_name_prefix="airflow-gpu-log")

@@ -48,7 +48,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import time
 from dataclasses import replace
 from typing import AsyncIterator, Callable, ClassVar, Sequence
 
@@ -64,6 +63,7 @@ from airflow_gpu.jobs.backend import (
 )
 from airflow_gpu.jobs.backoff import RetryPolicy, SharedBackoff
 from airflow_gpu.jobs.blocked import never_starts_reason
+from airflow_gpu.jobs.clock import wall_time
 from airflow_gpu.jobs.poll_errors import JobIdsRejected, not_seen_reason, rejected_reason
 from airflow_gpu.jobs.shared import DEFAULT_POLL_INTERVAL, Cadence, PerLoop, detached_task
 from airflow_gpu.jobs.spec import JobSpecError
@@ -494,7 +494,7 @@ class JobWatcher:
                 watch._deliver(state)
 
     def _apply(self, backend: JobBackend, chunk: Sequence[str], states: Sequence[JobState]) -> None:
-        now = time.time()
+        now = wall_time()  # queued_since is epoch seconds, from the job system
         watches_of = self._watches
         seen = 0
         for state in states:

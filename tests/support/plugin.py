@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+import random
+import socket
+import time
 
 import pytest
 
@@ -66,3 +69,30 @@ FAULT_TALLY = {"faults injected": 0, "runs survived": 0, "outputs identical": 0}
 def pytest_terminal_summary(terminalreporter):
     if any(FAULT_TALLY.values()):
         terminalreporter.write_line("fault tally: " + ", ".join(f"{n} {what}" for what, n in FAULT_TALLY.items()))
+
+
+def _no_real_sleep(seconds: float) -> None:
+    raise AssertionError(f"time.sleep({seconds}) in the unit tier: wait on the loop's (virtual) clock instead")
+
+
+def _no_network(self: socket.socket, address: object) -> None:
+    raise AssertionError(f"a connection to {address} in the unit tier: use the in-memory backend")
+
+
+@pytest.fixture
+def memory_jobs(monkeypatch):
+    """The in-memory job system, empty, for the unit tier (tests/support/memory_backend.py).
+
+    Nothing in the tested path may wait in real time: a real sleep or a network connection fails
+    the test. Jitter draws from a seeded generator, so a run repeats exactly.
+    """
+    from tests.support.memory_backend import InMemoryBackend
+
+    InMemoryBackend.reset()
+    monkeypatch.setattr(time, "sleep", _no_real_sleep)
+    monkeypatch.setattr(socket.socket, "connect", _no_network)
+    saved = random.getstate()
+    random.seed(21)
+    yield InMemoryBackend
+    random.setstate(saved)
+    InMemoryBackend.reset()
