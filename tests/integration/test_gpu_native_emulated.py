@@ -141,3 +141,17 @@ def test_the_emulation_refuses_a_launch_a_gpu_would_refuse(emulated, matrix):
     kernels["cg_light"].max_dynamic_shared_size_bytes = 0
     with pytest.raises(EmulationError, match="without opting in"):
         kernels["cg_light"]((1,), (256,), (), shared_mem=kernels["shared"])
+
+
+def test_als_cu_gives_rows_without_interactions_zero_factors(emulated, matrix):
+    """As implicit's GPU solver: an empty user row and an empty item column come back as zeros."""
+    fake = emulated()
+    users, items = matrix.shape
+    padded = scipy.sparse.csr_matrix((matrix.data, matrix.indices, np.append(matrix.indptr, matrix.nnz)),
+                                     shape=(users + 1, items + 1))  # user `users` and item `items` have nothing
+    X0, Y0 = start(padded, 8)
+    X, Y = native_fit(padded, X0, Y0, 8)
+    assert not X[users].any() and not Y[items].any() and X0[users].any() and Y0[items].any()
+    Xr, Yr = reference.fit(padded, X0, Y0, REGULARIZATION, ITERATIONS, threshold=THRESHOLD, chunk=CHUNK)
+    assert relative(X, Xr) < 1e-2 and relative(Y, Yr) < 1e-2
+    assert "cg_light" in fake.launches

@@ -132,7 +132,8 @@ __device__ __forceinline__ void sparse_term(const int* __restrict__ indices, con
     }
 }
 
-// Light rows: a warp per row. rows lists them (longest first, for the tail's balance).
+// Light rows: a warp per row. rows lists them (longest first, for the tail's balance); empty
+// rows (last in that order) are set to zero, as implicit does.
 extern "C" __global__ void cg_light(const i64* __restrict__ indptr, const int* __restrict__ indices,
                                     const float* __restrict__ data, const int* __restrict__ rows, int n_rows,
                                     float* __restrict__ X, const float* __restrict__ Y,
@@ -150,6 +151,12 @@ extern "C" __global__ void cg_light(const i64* __restrict__ indptr, const int* _
         const i64 row = rows[slot];
         const i64 start = indptr[row], end = indptr[row + 1];
         float x[PER_LANE], r[PER_LANE], p[PER_LANE], ap[PER_LANE];
+        if (start == end) {  // as implicit's GPU solver: a row with no interactions gets zero factors
+#pragma unroll
+            for (int j = 0; j < PER_LANE; ++j) x[j] = 0.f;
+            store_row(X, row, lane, x);
+            continue;
+        }
         load_row(X, row, lane, x);
 
         yty_times(yty, stage, lane, x, ap);

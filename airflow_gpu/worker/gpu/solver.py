@@ -26,7 +26,10 @@ log = logging.getLogger("airflow_gpu.worker")
 SOURCE = Path(__file__).with_name("als.cu")
 WARPS_PER_BLOCK = 8  # 256 threads: 8 light rows per block share one copy of YtY in shared memory
 BLOCKS_PER_SM = 16  # grid-stride loops: enough blocks to fill each SM, few enough to load YtY rarely
-MAX_FACTORS = 160  # YtY in shared memory: 160 x 160 x 4 B = 100 KiB, about what sm_86/sm_89 allow
+# The per-lane arrays live in registers (nvcc's spill check covers 64 and 128); what a GPU takes
+# is further bounded by its shared memory (YtY per block): see max_factors.
+MAX_FACTORS = 160
+FINITE_CHECK_CHUNK = 1 << 26  # values checked at a time: a bool mask of the whole array would cost a byte each
 
 
 def _cupy():
@@ -63,6 +66,33 @@ def _module(factors: int):
     return cupy.RawModule(code=SOURCE.read_text(), options=(f"-DFACTORS={factors}", "--std=c++17"))
 
 
+def shared_bytes(factors: int) -> int:
+    """Dynamic shared memory of cg_light, heavy_start and heavy_step: YtY and one staged vector per warp."""
+    return (factors * factors + WARPS_PER_BLOCK * factors) * 4
+
+
+def max_factors(shared_limit: int) -> int:
+    """The most factors whose YtY fits ``shared_limit`` (the device's opt-in shared memory per block):
+    155 on an A10G, L4 or RTX (99 KiB), MAX_FACTORS on an A100 or H100."""
+    factors = MAX_FACTORS
+    while factors > 0 and shared_bytes(factors) > shared_limit:
+        factors -= 1
+    return factors
+
+
+def first_non_finite(xp, values) -> tuple[int, int] | None:
+    """(index of the first non-finite value, how many there are) in a 1-D array, or None; a chunk
+    at a time, so a 1e9-value array needs no 1 GB mask on the GPU."""
+    first, count = None, 0
+    for begin in range(0, int(values.shape[0]), FINITE_CHECK_CHUNK):
+        finite = xp.isfinite(values[begin:begin + FINITE_CHECK_CHUNK])
+        bad = int(finite.size - xp.count_nonzero(finite))
+        if bad and first is None:
+            first = begin + int(xp.argmin(finite.view(xp.uint8)))  # the first False
+        count += bad
+    return None if first is None else (first, count)
+
+
 def resolve_native_device(requested: str) -> str:
     """The native solver runs on the GPU only: refuse, saying why, rather than fall back silently."""
     if requested == "cpu":
@@ -79,7 +109,7 @@ class NativeAls:
 
     def __init__(self, factors: int = 64, regularization: float = 0.01, iterations: int = 15, random_state: int = 0,
                  cg_steps: int = 3, threshold: int = HEAVY_THRESHOLD, chunk: int = CHUNK) -> None:
-        if not 1 <= factors <= MAX_FACTORS:
+        if not 1 <= factors <= MAX_FACTORS:  # the device's own bound (shared memory) is checked in fit
             raise WorkerError(f"--solver native supports 1 to {MAX_FACTORS} factors, got {factors}; use --solver implicit")
         self.factors, self.regularization, self.iterations = factors, float(regularization), iterations
         self.random_state, self.cg_steps, self.threshold, self.chunk = random_state, cg_steps, threshold, chunk
@@ -94,6 +124,10 @@ class NativeAls:
         cupy = _cupy()
         matrix = user_items.tocsr()
         users, items = matrix.shape
+        self._check_shared_memory(cupy)
+        for name, preset in (("user", self.user_factors), ("item", self.item_factors)):
+            if preset is not None and not np.isfinite(preset).all():
+                raise WorkerError(f"the preset {name} factors hold non-finite values; start from finite factors")
         memory = plan_memory(users, items, matrix.nnz, self.factors, threshold=self.threshold, chunk=self.chunk)
         free, total = cupy.cuda.runtime.memGetInfo()
         check_fits(memory, free, total)
@@ -109,8 +143,10 @@ class NativeAls:
         self.timings["compile_s"] = time.perf_counter() - started
 
         started = time.perf_counter()
+        self._refuse_non_finite(cupy, user_side, "")
         if weighting is not None:
             self._weigh(cupy, kernels, user_side, items, weighting, alpha)
+            self._refuse_non_finite(cupy, user_side, f" after --weighting {weighting}")
             cupy.cuda.Device().synchronize()
             self.timings["weighting_s"] = time.perf_counter() - started
             started = time.perf_counter()
@@ -128,9 +164,39 @@ class NativeAls:
             cupy.cuda.Device().synchronize()
             if callback is not None:
                 callback(iteration, time.perf_counter() - started, None)
+        for name, factors in (("user", X), ("item", Y)):  # as implicit checks its factors after a fit
+            found = first_non_finite(cupy, factors.reshape(-1))
+            if found is not None:
+                raise WorkerError(
+                    f"the native solver's {name} factors are not finite after {self.iterations} iterations ({found[1]:,} "
+                    f"values, the first in {name} row {found[0] // self.factors}): the confidences are too large for "
+                    "float32 or the regularization too small; lower --alpha, raise --regularization, or use "
+                    "--solver implicit")
         self.user_factors, self.item_factors = cupy.asnumpy(X), cupy.asnumpy(Y)
 
     # -- setup -----------------------------------------------------------------------------
+
+    def _check_shared_memory(self, cupy) -> None:
+        """Refuse, before anything is uploaded, factors whose YtY the GPU cannot hold in shared memory."""
+        limit = int(cupy.cuda.Device().attributes["MaxSharedMemoryPerBlockOptin"])
+        if shared_bytes(self.factors) > limit:
+            raise WorkerError(
+                f"--factors {self.factors} needs {shared_bytes(self.factors):,} bytes of shared memory per block "
+                f"for the native solver's YtY, but this GPU allows {limit:,} (its opt-in limit per block); use "
+                f"--factors {max_factors(limit)} or fewer, or --solver implicit")
+
+    @staticmethod
+    def _refuse_non_finite(cupy, side, when: str) -> None:
+        """One line naming the first row with a NaN or infinite value: one such row would poison every
+        factor through YtY, so the fit does not start."""
+        found = first_non_finite(cupy, side["data"])
+        if found is None:
+            return
+        at, count = found
+        row = int(cupy.searchsorted(side["indptr"], cupy.asarray([at], dtype=cupy.int64), side="right")[0]) - 1
+        raise WorkerError(
+            f"user row {row} has a non-finite value{when} ({float(side['data'][at])} at item column "
+            f"{int(side['indices'][at])}; {count:,} such values in all); drop or fix them before training")
 
     @staticmethod
     def _upload(cupy, matrix):
@@ -146,7 +212,7 @@ class NativeAls:
         names = ("cg_light", "heavy_partials", "heavy_start", "heavy_step", "count_columns", "scatter_columns",
                  "row_sums", "bm25_confidence")
         kernels = {name: module.get_function(name) for name in names}
-        shared = (self.factors * self.factors + WARPS_PER_BLOCK * self.factors) * 4
+        shared = shared_bytes(self.factors)
         for name in ("cg_light", "heavy_start", "heavy_step"):
             if shared > 48 * 1024:  # above 48 KiB a kernel must opt in to more dynamic shared memory
                 kernels[name].max_dynamic_shared_size_bytes = shared
@@ -222,7 +288,9 @@ class NativeAls:
             return cupy.asarray(np.ascontiguousarray(preset, dtype=np.float32))
         # implicit's CPU scale (uniform in [0, 0.01)), drawn on the GPU rather than the host
         rng = cupy.random.RandomState(int(self.random_state or 0) * 2 + offset)
-        return rng.random_sample((rows, self.factors), dtype=cupy.float32) * cupy.float32(0.01)
+        factors = rng.random_sample((rows, self.factors), dtype=cupy.float32)
+        factors *= cupy.float32(0.01)  # in place: the factors are the largest arrays but the matrix's
+        return factors
 
     # -- one half-iteration -----------------------------------------------------------------
 
