@@ -84,7 +84,7 @@ def build_text(text: str, stem: str, defines: dict[str, object] | None = None, c
     _write_atomically(unit_path, unit)
     partial = cache / f"{stem}-{digest}.{os.getpid()}.so"
     result = subprocess.run(["g++", *flags, "-o", str(partial), str(unit_path)], capture_output=True, text=True,
-                            timeout=300)
+                            timeout=300, check=False)
     if result.returncode != 0:
         partial.unlink(missing_ok=True)
         raise EmulationError(f"g++ could not build {stem} for the CPU:\n{result.stderr[-4000:]}")
