@@ -160,3 +160,36 @@ def test_als_cu_gives_rows_without_interactions_zero_factors(emulated, matrix):
     Xr, Yr = reference.fit(padded, X0, Y0, REGULARIZATION, ITERATIONS, threshold=THRESHOLD, chunk=CHUNK)
     assert relative(X, Xr) < 1e-2 and relative(Y, Yr) < 1e-2
     assert "cg_light" in fake.launches
+
+
+def test_the_pipeline_with_solver_native_weighs_and_transposes_on_the_gpu(emulated, monkeypatch, tmp_path):
+    """run_als with --solver native hands the raw counts to the solver: bm25, the transpose and the
+    automatic regularization run in als.cu (here on the CPU), and metrics.json says so."""
+    import pyarrow.parquet as pq
+
+    from airflow_gpu.demo.synthetic import synthetic_interactions
+    from airflow_gpu.worker.ingest import Columns
+    from airflow_gpu.worker.pipeline import AlsConfig, run_als
+    from airflow_gpu.worker.train import AUTO_REGULARIZATION_SHARE, TrainParams, auto_regularization
+
+    fake = emulated()
+    monkeypatch.setattr(solver, "gpu_available", lambda: None)
+    (tmp_path / "in").mkdir()
+    pq.write_table(synthetic_interactions(3_000, n_users=150, n_items=60, seed=4), tmp_path / "in" / "part.parquet")
+    config = AlsConfig(input=str(tmp_path / "in"), columns=Columns(weight="plays"), similar_n=0, top_n=3,
+                       train=TrainParams(solver="native", factors=8, iterations=2, loss=False))
+    run = run_als(config)
+    training = run.metrics["training"]
+    assert training["weighted_on"] == "gpu" and "weighting" not in run.metrics["stages"]
+    assert {"upload_s", "weighting_s", "transpose_s", "regularization_s", "setup_s"} <= set(training["setup_seconds"])
+    assert {"row_sums", "bm25_confidence", "count_columns", "scatter_columns", "spmv_rows"} <= set(fake.launches)
+    counts = run.interactions.matrix
+    host_weighted = confidence(counts, "bm25")
+    # the GPU's sigma is over the whole matrix, the host's over the same (small) matrix: the same rule
+    assert training["regularization"] == pytest.approx(auto_regularization(host_weighted)[0], rel=2e-2)
+    assert training["regularization_share"] == AUTO_REGULARIZATION_SHARE
+    # the same fit as the solver given the host's weighting and that regularization
+    host = solver.NativeAls(factors=8, regularization=training["regularization"], iterations=2)
+    host.fit(host_weighted)
+    assert relative(run.training.user_factors(), host.user_factors) < 1e-4
+    assert relative(run.training.item_factors(), host.item_factors) < 1e-4

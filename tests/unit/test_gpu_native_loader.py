@@ -143,8 +143,14 @@ def bm25_confidence(indptr, indices, data, n_rows, norm, idf, k1, alpha):
         data[span] = 1 + alpha * (r * (k1 + 1) / (k1 * norm[row] + r) * idf[indices[span]])
 
 
+def spmv_rows(indptr, indices, data, n_rows, v, out):
+    for row in range(n_rows):
+        span = slice(indptr[row], indptr[row + 1])
+        out[row] = data[span] @ v[indices[span]]
+
+
 EMULATED = {f.__name__: f for f in (cg_light, heavy_partials, heavy_start, heavy_step, count_columns, scatter_columns,
-                                    row_sums, bm25_confidence)}
+                                    row_sums, bm25_confidence, spmv_rows)}
 
 
 class FakeKernel:
@@ -178,6 +184,9 @@ class RandomState:
         # held here too, so numpy cannot reuse the draw as the temporary of `draw * scale`: CuPy never does
         self.drawn = self.generator.random(size, dtype=dtype)
         return self.drawn
+
+    def standard_normal(self, size, dtype=np.float64):
+        return self.generator.standard_normal(size, dtype=dtype)
 
 
 class FakeCupy(types.SimpleNamespace):

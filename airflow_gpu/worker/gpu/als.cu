@@ -342,3 +342,18 @@ extern "C" __global__ void bm25_confidence(const i64* __restrict__ indptr, const
         }
     }
 }
+
+// out = C v, a warp per row: the power iteration that sizes the automatic regularization
+// (largest singular value of the confidence matrix) runs it on both orientations.
+extern "C" __global__ void spmv_rows(const i64* __restrict__ indptr, const int* __restrict__ indices,
+                                     const float* __restrict__ data, int n_rows, const float* __restrict__ v,
+                                     float* __restrict__ out) {
+    const int warps = blockDim.x / WARP;
+    const int lane = threadIdx.x % WARP;
+    for (int row = blockIdx.x * warps + threadIdx.x / WARP; row < n_rows; row += gridDim.x * warps) {
+        float total = 0.f;
+        for (i64 n = indptr[row] + lane; n < indptr[row + 1]; n += WARP) total += __ldg(data + n) * __ldg(v + indices[n]);
+        total = warp_sum(total);
+        if (lane == 0) out[row] = total;
+    }
+}

@@ -107,11 +107,18 @@ def resolve_native_device(requested: str) -> str:
 class NativeAls:
     """ALS by conjugate gradient on the GPU, the same objective and steps as implicit's."""
 
-    def __init__(self, factors: int = 64, regularization: float = 0.01, iterations: int = 15, random_state: int = 0,
-                 cg_steps: int = 3, threshold: int = HEAVY_THRESHOLD, chunk: int = CHUNK) -> None:
+    def __init__(self, factors: int = 64, regularization: float | None = 0.01, iterations: int = 15,
+                 random_state: int = 0, cg_steps: int = 3, threshold: int = HEAVY_THRESHOLD, chunk: int = CHUNK, *,
+                 regularization_share: float | None = None) -> None:
+        """``regularization=None``: ``regularization_share`` times the largest singular value of the
+        confidence matrix, found on the GPU once it is weighted (train.auto_regularization's rule)."""
         if not 1 <= factors <= MAX_FACTORS:  # the device's own bound (shared memory) is checked in fit
             raise WorkerError(f"--solver native supports 1 to {MAX_FACTORS} factors, got {factors}; use --solver implicit")
-        self.factors, self.regularization, self.iterations = factors, float(regularization), iterations
+        if regularization is None and regularization_share is None:
+            raise WorkerError("NativeAls: regularization=None needs regularization_share")
+        self.factors, self.iterations = factors, iterations
+        self.regularization = None if regularization is None else float(regularization)
+        self.regularization_share, self.sigma = regularization_share, None
         self.random_state, self.cg_steps, self.threshold, self.chunk = random_state, cg_steps, threshold, chunk
         self.user_factors: np.ndarray | None = None  # set before fit for a warm start, as with implicit
         self.item_factors: np.ndarray | None = None
@@ -151,11 +158,21 @@ class NativeAls:
             self.timings["weighting_s"] = time.perf_counter() - started
             started = time.perf_counter()
         item_side = self._transpose(cupy, kernels, user_side, items)
+        cupy.cuda.Device().synchronize()
+        self.timings["transpose_s"] = time.perf_counter() - started
+        started = time.perf_counter()
+        if self.regularization is None:
+            self.sigma = self._largest_singular_value(cupy, kernels, user_side, item_side)
+            self.regularization = self.regularization_share * self.sigma
+            log.info("train: regularization %.4g (auto: %g x %.4g, the largest singular value of the confidence "
+                     "matrix, on the GPU)", self.regularization, self.regularization_share, self.sigma)
+            self.timings["regularization_s"] = time.perf_counter() - started
+            started = time.perf_counter()
         sides = [self._prepare(cupy, user_side), self._prepare(cupy, item_side)]
         X = self._initial(cupy, self.user_factors, users, 0)
         Y = self._initial(cupy, self.item_factors, items, 1)
         cupy.cuda.Device().synchronize()
-        self.timings["setup_s"] = time.perf_counter() - started  # transpose, row plans, factors: all on the GPU
+        self.timings["setup_s"] = time.perf_counter() - started  # row plans, initial factors: on the GPU
 
         for iteration in range(self.iterations):
             started = time.perf_counter()
@@ -210,7 +227,7 @@ class NativeAls:
     def _kernels(self, cupy):
         module = _module(self.factors)
         names = ("cg_light", "heavy_partials", "heavy_start", "heavy_step", "count_columns", "scatter_columns",
-                 "row_sums", "bm25_confidence")
+                 "row_sums", "bm25_confidence", "spmv_rows")
         kernels = {name: module.get_function(name) for name in names}
         shared = shared_bytes(self.factors)
         for name in ("cg_light", "heavy_start", "heavy_step"):
@@ -269,6 +286,32 @@ class NativeAls:
                                    (side["indptr"], side["indices"], side["data"], np.int32(side["rows"]), cursor,
                                     indices, data))
         return {"indptr": indptr, "indices": indices, "data": data, "rows": columns}
+
+    def _largest_singular_value(self, cupy, kernels, user_side, item_side, iterations: int = 16) -> float:
+        """sigma_1 of the confidence matrix C by power iteration on C'C, as train.largest_singular_value
+        does on the host, but over the whole matrix (the host takes a sample of rows): C v over the
+        user rows, C'u over the item rows, each a pass of spmv_rows."""
+        users, items = user_side["rows"], item_side["rows"]
+        if users == 0 or items == 0 or user_side["indices"].shape[0] == 0:
+            return 0.0
+        rng = cupy.random.RandomState(int(self.random_state or 0))
+        v = rng.standard_normal(items, dtype=cupy.float32)
+        v /= cupy.float32(float(cupy.linalg.norm(v)))
+        u = cupy.empty(users, dtype=cupy.float32)
+        w = cupy.empty(items, dtype=cupy.float32)
+        block = (WARPS_PER_BLOCK * 32,)
+        squared = 0.0
+        for _ in range(iterations):
+            kernels["spmv_rows"](self._grid(kernels, users), block, (user_side["indptr"], user_side["indices"],
+                                                                     user_side["data"], np.int32(users), v, u))
+            squared = float(u @ u)  # v is a unit vector: |C v|^2 tends to sigma_1^2
+            kernels["spmv_rows"](self._grid(kernels, items), block, (item_side["indptr"], item_side["indices"],
+                                                                     item_side["data"], np.int32(items), u, w))
+            norm = float(cupy.linalg.norm(w))
+            if norm == 0.0:
+                break
+            cupy.multiply(w, cupy.float32(1.0 / norm), out=v)
+        return float(np.sqrt(squared))
 
     def _prepare(self, cupy, side):
         schedule = plan(side["indptr"], self.threshold, self.chunk, xp=cupy)

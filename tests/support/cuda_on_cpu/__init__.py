@@ -146,6 +146,19 @@ class RawKernel:
             raise EmulationError(f"{self.name}: {error.value.decode()}")
 
 
+class RandomState:
+    """cupy.random.RandomState's draws the solver uses, which take a dtype (numpy's RandomState's do not)."""
+
+    def __init__(self, seed: int = 0) -> None:
+        self.generator = np.random.default_rng(seed)
+
+    def random_sample(self, size, dtype=np.float64):
+        return self.generator.random(size, dtype=dtype)
+
+    def standard_normal(self, size, dtype=np.float64):
+        return self.generator.standard_normal(size, dtype=dtype)
+
+
 class NumpyCupy(types.SimpleNamespace):
     """numpy under the names of CuPy the native solver calls, with RawModule compiled for the CPU.
 
@@ -175,7 +188,7 @@ class NumpyCupy(types.SimpleNamespace):
         # host <-> device always copies, as it does on a real GPU
         self.asarray = lambda a, dtype=None: np.array(a, dtype=dtype)
         self.asnumpy = lambda a: np.array(a)
-        self.random = types.SimpleNamespace(RandomState=np.random.RandomState)
+        self.random = types.SimpleNamespace(RandomState=RandomState)
         device = types.SimpleNamespace(synchronize=lambda: None,
                                        attributes={"MultiProcessorCount": 2, "MaxSharedMemoryPerBlockOptin": 232_448,
                                                    **(attributes or {})})
