@@ -170,7 +170,11 @@ def test_the_pipeline_with_solver_native_weighs_and_transposes_on_the_gpu(emulat
     from airflow_gpu.demo.synthetic import synthetic_interactions
     from airflow_gpu.worker.ingest import Columns
     from airflow_gpu.worker.pipeline import AlsConfig, run_als
-    from airflow_gpu.worker.train import AUTO_REGULARIZATION_SHARE, TrainParams, auto_regularization
+    from airflow_gpu.worker.train import (
+        AUTO_REGULARIZATION_SHARE,
+        TrainParams,
+        auto_regularization,
+    )
 
     fake = emulated()
     monkeypatch.setattr(solver, "gpu_available", lambda: None)
@@ -193,3 +197,41 @@ def test_the_pipeline_with_solver_native_weighs_and_transposes_on_the_gpu(emulat
     host.fit(host_weighted)
     assert relative(run.training.user_factors(), host.user_factors) < 1e-4
     assert relative(run.training.item_factors(), host.item_factors) < 1e-4
+
+
+HARNESS_CHECKS = r"""
+extern "C" __global__ void shuffles(const int* in, int* out_up, int* out_xor, float* out_sum) {
+    const int lane = threadIdx.x % 32;
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    out_up[i] = __shfl_sync(0xffffffffu, in[i], (lane + 1) % 32);
+    out_xor[i] = __shfl_xor_sync(0xffffffffu, in[i], 5);
+    extern __shared__ float stage[];
+    stage[threadIdx.x] = (float)in[i];
+    __syncthreads();
+    float total = 0.f;
+    for (int k = 0; k < (int)blockDim.x; ++k) total += stage[k];
+    out_sum[i] = total;
+}
+
+extern "C" __global__ void early_return(int* out) {
+    if (threadIdx.x % 32 == 7) return;
+    out[threadIdx.x] = __shfl_sync(0xffffffffu, (int)threadIdx.x, 0);
+}
+"""
+
+
+def test_the_emulation_exchanges_lanes_and_blocks_as_cuda_does_and_refuses_a_hang():
+    """The harness itself: shuffles read the named lane's value of the same call, __syncthreads makes
+    every thread's shared-memory write visible, and a full-mask shuffle after a lane returned (a
+    hang or undefined on a GPU) is refused with the line."""
+    module = NumpyCupy().RawModule(code=HARNESS_CHECKS, options=())
+    values = np.arange(128, dtype=np.int32) * 3
+    up, xor, total = np.zeros(128, np.int32), np.zeros(128, np.int32), np.zeros(128, np.float32)
+    module.get_function("shuffles")((2,), (64,), (values, up, xor, total), shared_mem=64 * 4)
+    lane = np.arange(128) % 32
+    warp_base = np.arange(128) - lane
+    assert np.array_equal(up, values[warp_base + (lane + 1) % 32])
+    assert np.array_equal(xor, values[warp_base + (lane ^ 5)])
+    assert np.array_equal(total, np.repeat([values[:64].sum(), values[64:].sum()], 64).astype(np.float32))
+    with pytest.raises(EmulationError, match="thread 7 returned while 7 lanes of its warp wait at __shfl_sync on line 17"):
+        module.get_function("early_return")((1,), (32,), (np.zeros(32, np.int32),))

@@ -5,7 +5,8 @@ every argument against the parameter list parsed from als.cu itself (order, dtyp
 scalar), and (2) do what the CUDA kernel does, written from its text, row by row on the host.
 So a loader that passes arguments in the wrong order or of the wrong width fails here, and
 so does a launch sequence that does not add up to the reference's results. What this cannot
-check is the CUDA itself: benchmarks/gpu_solver.py does, on a GPU.
+check is the CUDA itself: tests/integration/test_gpu_native_emulated.py runs als.cu on the CPU,
+and benchmarks/gpu_solver.py on a GPU.
 """
 
 from __future__ import annotations
