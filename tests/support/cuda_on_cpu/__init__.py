@@ -17,6 +17,7 @@ import os
 import re
 import subprocess
 import tempfile
+import time
 import types
 from pathlib import Path
 
@@ -111,6 +112,9 @@ class RawKernel:
                                  ctypes.c_char_p, ctypes.c_size_t]
         self._launch.restype = ctypes.c_int
         self.max_dynamic_shared_size_bytes = 0
+        # what CuPy reads from the driver; nothing of it exists on the CPU
+        self.attributes = {"num_regs": None, "local_size_bytes": None, "shared_size_bytes": None,
+                           "max_threads_per_block": 1024}
 
     def _pack(self, args) -> tuple[ctypes.Array, list]:
         if len(args) != len(self.signature):
@@ -198,3 +202,28 @@ class NumpyCupy(types.SimpleNamespace):
 
     def __getattr__(self, name):
         return getattr(np, name)
+
+    # one object per fake device, usable as a key (as the cupy module is)
+    __eq__ = object.__eq__
+    __hash__ = object.__hash__
+
+
+class _Event:
+    """cupy.cuda.Event on the CPU: the host clock at record(), all launches being synchronous here."""
+
+    def record(self, stream=None) -> None:
+        self.at = time.perf_counter()
+
+
+def as_cupy_module(**options) -> NumpyCupy:
+    """A NumpyCupy complete enough to stand in sys.modules["cupy"] for a benchmark script's plumbing:
+    events, device properties, the memory pool. Its timings are the CPU's and mean nothing."""
+    fake = NumpyCupy(**options)
+    device = fake.cuda.Device()
+    device.id, device.compute_capability = 0, "90"
+    fake.cuda.Event = _Event
+    fake.cuda.get_elapsed_time = lambda start, end: (end.at - start.at) * 1e3
+    fake.cuda.runtime.getDeviceCount = lambda: 1
+    fake.cuda.runtime.getDeviceProperties = lambda index: {"name": b"CPU (als.cu emulated)"}
+    fake.get_default_memory_pool = lambda: types.SimpleNamespace(free_all_blocks=lambda: None)
+    return fake
