@@ -116,6 +116,9 @@ def document(
             "seconds": round(training.seconds, 4),
             "loss": training.loss,
             "iteration_seconds": [round(s, 4) for s in training.iteration_seconds],
+            # where the weighting ran ("host": the weighting stage; "gpu": inside train, timed in setup_seconds)
+            "weighted_on": training.weighted_on,
+            "setup_seconds": training.setup_seconds or None,  # the native solver's GPU steps before iterating
             "regularization_share": (
                 tuning.choice.share if tuning is not None
                 else AUTO_REGULARIZATION_SHARE if config.train.regularization is None else None

@@ -190,13 +190,18 @@ async def run_als_async(config: AlsConfig) -> AlsRun:
                 # On the training matrix only: the evaluation holdout was split off above.
                 tuning = await on_model(tune, train_matrix, config.train, config.tune_budget)
             weighting, alpha = tuning.choice.weighting, tuning.choice.alpha
-        with stages("weighting"):
-            weighted = await on_model(confidence, train_matrix, weighting, alpha)
-            if tuning is not None:
-                sigma = await on_model(largest_singular_value, weighted, seed=config.train.seed)
-                train_params = replace(config.train, regularization=tuning.choice.share * sigma)
+        # The native solver weighs the raw counts on the GPU inside train (no host weighting stage;
+        # metrics' training.setup_seconds has its time); the search's regularization needs them here.
+        on_gpu = {"weighting": weighting, "alpha": alpha} if config.train.solver == "native" and tuning is None else {}
+        weighted = train_matrix
+        if not on_gpu:
+            with stages("weighting"):
+                weighted = await on_model(confidence, train_matrix, weighting, alpha)
+                if tuning is not None:
+                    sigma = await on_model(largest_singular_value, weighted, seed=config.train.seed)
+                    train_params = replace(config.train, regularization=tuning.choice.share * sigma)
         with stages("train"):
-            training = await on_model(fit, weighted, train_params)
+            training = await on_model(fit, weighted, train_params, **on_gpu)
         del weighted
         evaluation = None
         if test is not None:

@@ -81,6 +81,10 @@ class TrainResult:
     iteration_seconds: list[float] = field(default_factory=list)
     seconds: float = 0.0
     stop_reason: str = stopping.REACHED_MAXIMUM
+    # The native solver's steps before its first iteration, on the GPU (upload_s, compile_s,
+    # weighting_s, transpose_s, regularization_s, setup_s), and where the weighting ran.
+    setup_seconds: dict[str, float] = field(default_factory=dict)
+    weighted_on: str = "host"
 
     @property
     def iterations_run(self) -> int:
@@ -237,7 +241,7 @@ class _StopTraining(Exception):
 
 
 def _fit_until_stopped(model: Any, confidence: scipy.sparse.csr_matrix,
-                       callback: Callable[[int, float, float | None], None]) -> None:
+                       callback: Callable[[int, float, float | None], None], **options: Any) -> None:
     """implicit's fit, ended early when the callback raises _StopTraining.
 
     implicit (0.7.3, CPU and GPU alike) updates model.user_factors and model.item_factors in
@@ -246,15 +250,25 @@ def _fit_until_stopped(model: Any, confidence: scipy.sparse.csr_matrix,
     non-finite factors (the GPU fit has none), so that one is run here.
     """
     try:
-        model.fit(confidence, show_progress=False, callback=callback)
+        model.fit(confidence, show_progress=False, callback=callback, **options)
     except _StopTraining:
         if isinstance(model.user_factors, np.ndarray) and hasattr(model, "_check_fit_errors"):
             model._check_fit_errors()
 
 
-def fit(confidence: scipy.sparse.csr_matrix, params: TrainParams) -> TrainResult:
-    """Fit ALS to a user x item confidence matrix; log the loss and time of each iteration."""
+def fit(confidence: scipy.sparse.csr_matrix, params: TrainParams, *, weighting: str | None = None,
+        alpha: float | None = None) -> TrainResult:
+    """Fit ALS to a user x item confidence matrix; log the loss and time of each iteration.
+
+    With ``weighting`` set, ``confidence`` holds the raw weights: the native solver weighs them
+    on the GPU (matrix.confidence's formulas, and the automatic regularization from the weighted
+    matrix there too); implicit's solvers get them weighted on the host first."""
     params.check()
+    if weighting is not None and params.solver != "native":
+        from .matrix import confidence as weigh
+
+        confidence = weigh(confidence, weighting, alpha)
+        weighting = None
     if params.solver == "native":
         from .gpu.solver import resolve_native_device
 
@@ -263,7 +277,7 @@ def fit(confidence: scipy.sparse.csr_matrix, params: TrainParams) -> TrainResult
         device = resolve_device(params.device)
     users, items = confidence.shape
     regularization = params.regularization
-    if regularization is None:
+    if regularization is None and not (params.solver == "native" and weighting is not None):  # else on the GPU
         regularization, sigma = auto_regularization(confidence, params.seed)
         log.info("train: regularization %.4g (auto: %g x %.4g, the largest singular value of the confidence matrix)",
                  regularization, AUTO_REGULARIZATION_SHARE, sigma)
@@ -271,7 +285,7 @@ def fit(confidence: scipy.sparse.csr_matrix, params: TrainParams) -> TrainResult
         from .gpu.solver import NativeAls
 
         model = NativeAls(factors=params.factors, regularization=regularization, iterations=params.iterations,
-                          random_state=params.seed)
+                          random_state=params.seed, regularization_share=AUTO_REGULARIZATION_SHARE)
     else:
         if device == "gpu":
             check_gpu_limits(users, items, confidence.nnz, params.factors)
@@ -292,7 +306,8 @@ def fit(confidence: scipy.sparse.csr_matrix, params: TrainParams) -> TrainResult
                 random_state=params.seed,
                 **device_options,
             )
-    result = TrainResult(model=model, device=device, regularization=float(regularization))
+    result = TrainResult(model=model, device=device,
+                         regularization=float("nan") if regularization is None else float(regularization))
     log.info(
         "train: ALS on %s (%s solver), %d factors, at most %d iterations, %s users x %s items, %s distinct pairs",
         device.upper(),
@@ -326,7 +341,8 @@ def fit(confidence: scipy.sparse.csr_matrix, params: TrainParams) -> TrainResult
     started = time.monotonic()
     try:
         with _blas_single_threaded(device):
-            _fit_until_stopped(model, confidence, on_iteration)
+            _fit_until_stopped(model, confidence, on_iteration,
+                               **({"weighting": weighting, "alpha": alpha} if weighting is not None else {}))
     except MemoryError:
         raise WorkerError(
             f"out of memory training {params.factors} factors on the {device.upper()}; use fewer --factors, "
@@ -340,4 +356,8 @@ def fit(confidence: scipy.sparse.csr_matrix, params: TrainParams) -> TrainResult
             ) from None
         raise
     result.seconds = time.monotonic() - started
+    if params.solver == "native":
+        result.regularization = float(model.regularization)  # resolved on the GPU when automatic
+        result.setup_seconds = {name: round(seconds, 4) for name, seconds in model.timings.items()}
+        result.weighted_on = "gpu" if weighting is not None else "host"
     return result

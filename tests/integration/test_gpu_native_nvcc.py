@@ -16,7 +16,7 @@ import pytest
 from airflow_gpu.worker.gpu.solver import SOURCE
 
 KERNELS = {"cg_light", "heavy_partials", "heavy_start", "heavy_step", "count_columns", "scatter_columns", "row_sums",
-           "bm25_confidence"}
+           "bm25_confidence", "spmv_rows"}
 
 
 def nvcc() -> str | None:

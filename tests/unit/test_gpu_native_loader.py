@@ -5,7 +5,8 @@ every argument against the parameter list parsed from als.cu itself (order, dtyp
 scalar), and (2) do what the CUDA kernel does, written from its text, row by row on the host.
 So a loader that passes arguments in the wrong order or of the wrong width fails here, and
 so does a launch sequence that does not add up to the reference's results. What this cannot
-check is the CUDA itself: benchmarks/gpu_solver.py does, on a GPU.
+check is the CUDA itself: tests/integration/test_gpu_native_emulated.py runs als.cu on the CPU,
+and benchmarks/gpu_solver.py on a GPU.
 """
 
 from __future__ import annotations
@@ -60,6 +61,9 @@ def sparse_term(indices, data, Y, start, end, v, residual):
 def cg_light(indptr, indices, data, rows, n_rows, X, Y, yty, cg_steps):
     for row in rows[:n_rows]:
         start, end = indptr[row], indptr[row + 1]
+        if start == end:
+            X[row] = 0
+            continue
         x = X[row].copy()
         r = sparse_term(indices, data, Y, start, end, x, True) - yty @ x
         p = r.copy()
@@ -139,8 +143,14 @@ def bm25_confidence(indptr, indices, data, n_rows, norm, idf, k1, alpha):
         data[span] = 1 + alpha * (r * (k1 + 1) / (k1 * norm[row] + r) * idf[indices[span]])
 
 
+def spmv_rows(indptr, indices, data, n_rows, v, out):
+    for row in range(n_rows):
+        span = slice(indptr[row], indptr[row + 1])
+        out[row] = data[span] @ v[indices[span]]
+
+
 EMULATED = {f.__name__: f for f in (cg_light, heavy_partials, heavy_start, heavy_step, count_columns, scatter_columns,
-                                    row_sums, bm25_confidence)}
+                                    row_sums, bm25_confidence, spmv_rows)}
 
 
 class FakeKernel:
@@ -164,8 +174,23 @@ class FakeKernel:
         EMULATED[self.name](*args)
 
 
+class RandomState:
+    """cupy.random.RandomState's random_sample, which takes a dtype (numpy's does not)."""
+
+    def __init__(self, seed: int) -> None:
+        self.generator = np.random.default_rng(seed)
+
+    def random_sample(self, size, dtype=np.float64):
+        # held here too, so numpy cannot reuse the draw as the temporary of `draw * scale`: CuPy never does
+        self.drawn = self.generator.random(size, dtype=dtype)
+        return self.drawn
+
+    def standard_normal(self, size, dtype=np.float64):
+        return self.generator.standard_normal(size, dtype=dtype)
+
+
 class FakeCupy(types.SimpleNamespace):
-    def __init__(self, free_bytes: int) -> None:
+    def __init__(self, free_bytes: int, shared_limit: int = 232_448) -> None:
         super().__init__()
         self.launches: list[str] = []
         self.options = None
@@ -185,8 +210,9 @@ class FakeCupy(types.SimpleNamespace):
         # host <-> device always copies, as it does on a real GPU
         self.asarray = lambda a, dtype=None: np.array(a, dtype=dtype)
         self.asnumpy = lambda a: np.array(a)
-        self.random = types.SimpleNamespace(RandomState=np.random.RandomState)
-        device = types.SimpleNamespace(synchronize=lambda: None, attributes={"MultiProcessorCount": 2})
+        self.random = types.SimpleNamespace(RandomState=RandomState)
+        device = types.SimpleNamespace(synchronize=lambda: None, attributes={
+            "MultiProcessorCount": 2, "MaxSharedMemoryPerBlockOptin": shared_limit})
         self.cuda = types.SimpleNamespace(runtime=types.SimpleNamespace(memGetInfo=lambda: (free_bytes, free_bytes * 2)),
                                           Device=lambda *a: device)
 
@@ -196,8 +222,8 @@ class FakeCupy(types.SimpleNamespace):
 
 @pytest.fixture
 def fake_gpu(monkeypatch):
-    def install(free_bytes=1 << 34):
-        fake = FakeCupy(free_bytes)
+    def install(free_bytes=1 << 34, shared_limit=232_448):
+        fake = FakeCupy(free_bytes, shared_limit)
         monkeypatch.setattr(solver, "_cupy", lambda: fake)
         solver._module.cache_clear()
         return fake
@@ -255,3 +281,61 @@ def test_native_fit_refuses_a_matrix_that_will_not_fit_before_uploading(fake_gpu
     with pytest.raises(solver.WorkerError, match="will not fit"):
         solver.NativeAls(factors=8, iterations=1).fit(matrix)
     assert fake.launches == []
+
+
+def test_native_fit_refuses_factors_beyond_the_gpus_shared_memory_naming_its_limit(fake_gpu):
+    fake = fake_gpu(shared_limit=101_376)  # 99 KiB: an A10G, L4 or RTX card
+    matrix = confidence_with_heavy_rows(2_000, heavy_users=1, seed=4)
+    assert solver.max_factors(101_376) == 155 and solver.max_factors(232_448) == solver.MAX_FACTORS
+    with pytest.raises(solver.WorkerError) as refused:
+        solver.NativeAls(factors=156, iterations=1).fit(matrix)
+    message = str(refused.value)
+    assert "this GPU allows 101,376" in message and "--factors 155 or fewer" in message and "\n" not in message
+    assert fake.launches == []
+
+
+def test_native_fit_refuses_a_non_finite_value_naming_its_row_before_training(fake_gpu):
+    fake = fake_gpu()
+    matrix = confidence_with_heavy_rows(2_000, heavy_users=1, seed=4)
+    matrix.data[matrix.indptr[7] + 1] = np.nan
+    with pytest.raises(solver.WorkerError) as refused:
+        solver.NativeAls(factors=4, iterations=1).fit(matrix)
+    message = str(refused.value)
+    assert message.startswith("user row 7 has a non-finite value (nan at item column ") and "\n" not in message
+    assert "1 such values" in message
+    assert fake.launches == []
+
+
+def test_native_fit_refuses_a_value_its_weighting_makes_non_finite(fake_gpu):
+    fake = fake_gpu()
+    counts = confidence_with_heavy_rows(2_000, heavy_users=1, seed=4)
+    counts.data[:] = 3
+    counts.data[counts.indptr[5]] = -2  # log1p(-2) is nan
+    with np.errstate(invalid="ignore"), \
+            pytest.raises(solver.WorkerError, match=r"^user row 5 has a non-finite value after --weighting log \(nan"):
+        solver.NativeAls(factors=4, iterations=1).fit(counts, weighting="log")
+    assert "cg_light" not in fake.launches
+
+
+def test_native_fit_checks_that_its_factors_are_finite(fake_gpu):
+    fake_gpu()
+    matrix = confidence_with_heavy_rows(2_000, heavy_users=1, seed=4)
+    matrix.data[:] = 3e38  # finite, but the sums overflow float32
+    with np.errstate(all="ignore"), pytest.raises(solver.WorkerError, match="factors are not finite after 1 iterations"):
+        solver.NativeAls(factors=4, iterations=1, threshold=20, chunk=8).fit(matrix)
+
+
+def test_native_initial_factors_are_scaled_in_place(fake_gpu):
+    """The factors are the largest arrays after the matrix: drawing them must not hold a second copy."""
+    import tracemalloc
+
+    fake = fake_gpu()
+    model = solver.NativeAls(factors=8)
+    tracemalloc.start()
+    try:
+        factors = model._initial(fake, None, 200_000, 0)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert factors.dtype == np.float32 and 0 <= factors.min() and factors.max() < 0.01
+    assert peak < 1.25 * factors.nbytes, (peak, factors.nbytes)

@@ -96,3 +96,12 @@ def test_reference_precision_at_10_within_one_percent_of_implicit(matrix):
         scores[name] = metrics["als"]["precision_at_10"]
         assert scores[name] > 1.2 * metrics["popularity"]["precision_at_10"]  # both learned something
     assert abs(scores["ours"] - scores["implicit"]) <= 0.01 * scores["implicit"], scores
+
+
+def test_reference_gives_rows_without_interactions_zero_factors(matrix):
+    users, items = matrix.shape
+    padded = matrix[:, :].tolil()
+    padded.resize((users + 1, items))  # user `users` has no interactions
+    X0, Y0 = initial(padded.tocsr(), 4)
+    X = reference.half_step(padded.tocsr(), X0, Y0, 5.0, threshold=THRESHOLD, chunk=CHUNK)
+    assert not X[users].any() and X0[users].any() and X[:users].any()

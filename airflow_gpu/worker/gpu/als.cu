@@ -132,7 +132,8 @@ __device__ __forceinline__ void sparse_term(const int* __restrict__ indices, con
     }
 }
 
-// Light rows: a warp per row. rows lists them (longest first, for the tail's balance).
+// Light rows: a warp per row. rows lists them (longest first, for the tail's balance); empty
+// rows (last in that order) are set to zero, as implicit does.
 extern "C" __global__ void cg_light(const i64* __restrict__ indptr, const int* __restrict__ indices,
                                     const float* __restrict__ data, const int* __restrict__ rows, int n_rows,
                                     float* __restrict__ X, const float* __restrict__ Y,
@@ -150,6 +151,12 @@ extern "C" __global__ void cg_light(const i64* __restrict__ indptr, const int* _
         const i64 row = rows[slot];
         const i64 start = indptr[row], end = indptr[row + 1];
         float x[PER_LANE], r[PER_LANE], p[PER_LANE], ap[PER_LANE];
+        if (start == end) {  // as implicit's GPU solver: a row with no interactions gets zero factors
+#pragma unroll
+            for (int j = 0; j < PER_LANE; ++j) x[j] = 0.f;
+            store_row(X, row, lane, x);
+            continue;
+        }
         load_row(X, row, lane, x);
 
         yty_times(yty, stage, lane, x, ap);
@@ -333,5 +340,20 @@ extern "C" __global__ void bm25_confidence(const i64* __restrict__ indptr, const
             const float r = data[n];
             data[n] = 1.f + alpha * (r * (k1 + 1.f) / (scaled + r) * __ldg(idf + indices[n]));
         }
+    }
+}
+
+// out = C v, a warp per row: the power iteration that sizes the automatic regularization
+// (largest singular value of the confidence matrix) runs it on both orientations.
+extern "C" __global__ void spmv_rows(const i64* __restrict__ indptr, const int* __restrict__ indices,
+                                     const float* __restrict__ data, int n_rows, const float* __restrict__ v,
+                                     float* __restrict__ out) {
+    const int warps = blockDim.x / WARP;
+    const int lane = threadIdx.x % WARP;
+    for (int row = blockIdx.x * warps + threadIdx.x / WARP; row < n_rows; row += gridDim.x * warps) {
+        float total = 0.f;
+        for (i64 n = indptr[row] + lane; n < indptr[row + 1]; n += WARP) total += __ldg(data + n) * __ldg(v + indices[n]);
+        total = warp_sum(total);
+        if (lane == 0) out[row] = total;
     }
 }

@@ -3,7 +3,8 @@
 Same method as als.cu and as implicit's CG solver: per row, warm-started from the current
 factors, r = sum_i [c_i - (c_i - 1) y_i.x] y_i - YtY x with YtY = Y'Y + lambda I, then
 ``cg_steps`` conjugate-gradient steps with A p = YtY p + sum_i (c_i - 1)(y_i.p) y_i, stopping a
-row early once |r|^2 < 1e-20. Same decomposition as the GPU: light rows whole; heavy rows as
+row early once |r|^2 < 1e-20; a row with no interactions gets zero factors (as implicit's GPU
+solver does). Same decomposition as the GPU: light rows whole; heavy rows as
 chunks whose partial sums are added in chunk order (schedule.py). All rows step together
 here (vectorised), which changes nothing: each row's solve depends only on its own data.
 """
@@ -113,6 +114,7 @@ def half_step(matrix: scipy.sparse.csr_matrix, X: np.ndarray, Y: np.ndarray, reg
     out[schedule.light_rows] = _solve_rows(X[schedule.light_rows], Y, yty, _Light(matrix, schedule.light_rows), cg_steps)
     if len(schedule.heavy_rows):
         out[schedule.heavy_rows] = _solve_rows(X[schedule.heavy_rows], Y, yty, _Heavy(matrix, schedule), cg_steps)
+    out[np.diff(matrix.indptr) == 0] = 0  # as implicit's GPU solver and als.cu: no interactions, zero factors
     return out
 
 

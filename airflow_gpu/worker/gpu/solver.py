@@ -27,7 +27,10 @@ log = logging.getLogger("airflow_gpu.worker")
 SOURCE = Path(__file__).with_name("als.cu")
 WARPS_PER_BLOCK = 8  # 256 threads: 8 light rows per block share one copy of YtY in shared memory
 BLOCKS_PER_SM = 16  # grid-stride loops: enough blocks to fill each SM, few enough to load YtY rarely
-MAX_FACTORS = 160  # YtY in shared memory: 160 x 160 x 4 B = 100 KiB, about what sm_86/sm_89 allow
+# The per-lane arrays live in registers (nvcc's spill check covers 64 and 128); what a GPU takes
+# is further bounded by its shared memory (YtY per block): see max_factors.
+MAX_FACTORS = 160
+FINITE_CHECK_CHUNK = 1 << 26  # values checked at a time: a bool mask of the whole array would cost a byte each
 
 
 def _cupy() -> Any:  # the cupy module (untyped)
@@ -64,6 +67,33 @@ def _module(factors: int) -> Any:
     return cupy.RawModule(code=SOURCE.read_text(), options=(f"-DFACTORS={factors}", "--std=c++17"))
 
 
+def shared_bytes(factors: int) -> int:
+    """Dynamic shared memory of cg_light, heavy_start and heavy_step: YtY and one staged vector per warp."""
+    return (factors * factors + WARPS_PER_BLOCK * factors) * 4
+
+
+def max_factors(shared_limit: int) -> int:
+    """The most factors whose YtY fits ``shared_limit`` (the device's opt-in shared memory per block):
+    155 on an A10G, L4 or RTX (99 KiB), MAX_FACTORS on an A100 or H100."""
+    factors = MAX_FACTORS
+    while factors > 0 and shared_bytes(factors) > shared_limit:
+        factors -= 1
+    return factors
+
+
+def first_non_finite(xp, values) -> tuple[int, int] | None:
+    """(index of the first non-finite value, how many there are) in a 1-D array, or None; a chunk
+    at a time, so a 1e9-value array needs no 1 GB mask on the GPU."""
+    first, count = None, 0
+    for begin in range(0, int(values.shape[0]), FINITE_CHECK_CHUNK):
+        finite = xp.isfinite(values[begin:begin + FINITE_CHECK_CHUNK])
+        bad = int(finite.size - xp.count_nonzero(finite))
+        if bad and first is None:
+            first = begin + int(xp.argmin(finite.view(xp.uint8)))  # the first False
+        count += bad
+    return None if first is None else (first, count)
+
+
 def resolve_native_device(requested: str) -> str:
     """The native solver runs on the GPU only: refuse, saying why, rather than fall back silently."""
     if requested == "cpu":
@@ -78,11 +108,18 @@ def resolve_native_device(requested: str) -> str:
 class NativeAls:
     """ALS by conjugate gradient on the GPU, the same objective and steps as implicit's."""
 
-    def __init__(self, factors: int = 64, regularization: float = 0.01, iterations: int = 15, random_state: int = 0,
-                 cg_steps: int = 3, threshold: int = HEAVY_THRESHOLD, chunk: int = CHUNK) -> None:
-        if not 1 <= factors <= MAX_FACTORS:
+    def __init__(self, factors: int = 64, regularization: float | None = 0.01, iterations: int = 15,
+                 random_state: int = 0, cg_steps: int = 3, threshold: int = HEAVY_THRESHOLD, chunk: int = CHUNK, *,
+                 regularization_share: float | None = None) -> None:
+        """``regularization=None``: ``regularization_share`` times the largest singular value of the
+        confidence matrix, found on the GPU once it is weighted (train.auto_regularization's rule)."""
+        if not 1 <= factors <= MAX_FACTORS:  # the device's own bound (shared memory) is checked in fit
             raise WorkerError(f"--solver native supports 1 to {MAX_FACTORS} factors, got {factors}; use --solver implicit")
-        self.factors, self.regularization, self.iterations = factors, float(regularization), iterations
+        if regularization is None and regularization_share is None:
+            raise WorkerError("NativeAls: regularization=None needs regularization_share")
+        self.factors, self.iterations = factors, iterations
+        self.regularization = None if regularization is None else float(regularization)
+        self.regularization_share, self.sigma = regularization_share, None
         self.random_state, self.cg_steps, self.threshold, self.chunk = random_state, cg_steps, threshold, chunk
         self.user_factors: np.ndarray | None = None  # set before fit for a warm start, as with implicit
         self.item_factors: np.ndarray | None = None
@@ -96,6 +133,10 @@ class NativeAls:
         cupy = _cupy()
         matrix = user_items.tocsr()
         users, items = matrix.shape
+        self._check_shared_memory(cupy)
+        for name, preset in (("user", self.user_factors), ("item", self.item_factors)):
+            if preset is not None and not np.isfinite(preset).all():
+                raise WorkerError(f"the preset {name} factors hold non-finite values; start from finite factors")
         memory = plan_memory(users, items, matrix.nnz, self.factors, threshold=self.threshold, chunk=self.chunk)
         free, total = cupy.cuda.runtime.memGetInfo()
         check_fits(memory, free, total)
@@ -111,17 +152,29 @@ class NativeAls:
         self.timings["compile_s"] = time.perf_counter() - started
 
         started = time.perf_counter()
+        self._refuse_non_finite(cupy, user_side, "")
         if weighting is not None:
             self._weigh(cupy, kernels, user_side, items, weighting, alpha)
+            self._refuse_non_finite(cupy, user_side, f" after --weighting {weighting}")
             cupy.cuda.Device().synchronize()
             self.timings["weighting_s"] = time.perf_counter() - started
             started = time.perf_counter()
         item_side = self._transpose(cupy, kernels, user_side, items)
+        cupy.cuda.Device().synchronize()
+        self.timings["transpose_s"] = time.perf_counter() - started
+        started = time.perf_counter()
+        if self.regularization is None:
+            self.sigma = self._largest_singular_value(cupy, kernels, user_side, item_side)
+            self.regularization = self.regularization_share * self.sigma
+            log.info("train: regularization %.4g (auto: %g x %.4g, the largest singular value of the confidence "
+                     "matrix, on the GPU)", self.regularization, self.regularization_share, self.sigma)
+            self.timings["regularization_s"] = time.perf_counter() - started
+            started = time.perf_counter()
         sides = [self._prepare(cupy, user_side), self._prepare(cupy, item_side)]
         X = self._initial(cupy, self.user_factors, users, 0)
         Y = self._initial(cupy, self.item_factors, items, 1)
         cupy.cuda.Device().synchronize()
-        self.timings["setup_s"] = time.perf_counter() - started  # transpose, row plans, factors: all on the GPU
+        self.timings["setup_s"] = time.perf_counter() - started  # row plans, initial factors: on the GPU
 
         for iteration in range(self.iterations):
             started = time.perf_counter()
@@ -130,9 +183,39 @@ class NativeAls:
             cupy.cuda.Device().synchronize()
             if callback is not None:
                 callback(iteration, time.perf_counter() - started, None)
+        for name, factors in (("user", X), ("item", Y)):  # as implicit checks its factors after a fit
+            found = first_non_finite(cupy, factors.reshape(-1))
+            if found is not None:
+                raise WorkerError(
+                    f"the native solver's {name} factors are not finite after {self.iterations} iterations ({found[1]:,} "
+                    f"values, the first in {name} row {found[0] // self.factors}): the confidences are too large for "
+                    "float32 or the regularization too small; lower --alpha, raise --regularization, or use "
+                    "--solver implicit")
         self.user_factors, self.item_factors = cupy.asnumpy(X), cupy.asnumpy(Y)
 
     # -- setup -----------------------------------------------------------------------------
+
+    def _check_shared_memory(self, cupy) -> None:
+        """Refuse, before anything is uploaded, factors whose YtY the GPU cannot hold in shared memory."""
+        limit = int(cupy.cuda.Device().attributes["MaxSharedMemoryPerBlockOptin"])
+        if shared_bytes(self.factors) > limit:
+            raise WorkerError(
+                f"--factors {self.factors} needs {shared_bytes(self.factors):,} bytes of shared memory per block "
+                f"for the native solver's YtY, but this GPU allows {limit:,} (its opt-in limit per block); use "
+                f"--factors {max_factors(limit)} or fewer, or --solver implicit")
+
+    @staticmethod
+    def _refuse_non_finite(cupy, side, when: str) -> None:
+        """One line naming the first row with a NaN or infinite value: one such row would poison every
+        factor through YtY, so the fit does not start."""
+        found = first_non_finite(cupy, side["data"])
+        if found is None:
+            return
+        at, count = found
+        row = int(cupy.searchsorted(side["indptr"], cupy.asarray([at], dtype=cupy.int64), side="right")[0]) - 1
+        raise WorkerError(
+            f"user row {row} has a non-finite value{when} ({float(side['data'][at])} at item column "
+            f"{int(side['indices'][at])}; {count:,} such values in all); drop or fix them before training")
 
     @staticmethod
     def _upload(cupy: Any, matrix: scipy.sparse.csr_matrix) -> dict[str, Any]:
@@ -146,9 +229,9 @@ class NativeAls:
     def _kernels(self, cupy: Any) -> dict[str, Any]:
         module = _module(self.factors)
         names = ("cg_light", "heavy_partials", "heavy_start", "heavy_step", "count_columns", "scatter_columns",
-                 "row_sums", "bm25_confidence")
+                 "row_sums", "bm25_confidence", "spmv_rows")
         kernels = {name: module.get_function(name) for name in names}
-        shared = (self.factors * self.factors + WARPS_PER_BLOCK * self.factors) * 4
+        shared = shared_bytes(self.factors)
         for name in ("cg_light", "heavy_start", "heavy_step"):
             if shared > 48 * 1024:  # above 48 KiB a kernel must opt in to more dynamic shared memory
                 kernels[name].max_dynamic_shared_size_bytes = shared
@@ -206,6 +289,32 @@ class NativeAls:
                                     indices, data))
         return {"indptr": indptr, "indices": indices, "data": data, "rows": columns}
 
+    def _largest_singular_value(self, cupy, kernels, user_side, item_side, iterations: int = 16) -> float:
+        """sigma_1 of the confidence matrix C by power iteration on C'C, as train.largest_singular_value
+        does on the host, but over the whole matrix (the host takes a sample of rows): C v over the
+        user rows, C'u over the item rows, each a pass of spmv_rows."""
+        users, items = user_side["rows"], item_side["rows"]
+        if users == 0 or items == 0 or user_side["indices"].shape[0] == 0:
+            return 0.0
+        rng = cupy.random.RandomState(int(self.random_state or 0))
+        v = rng.standard_normal(items, dtype=cupy.float32)
+        v /= cupy.float32(float(cupy.linalg.norm(v)))
+        u = cupy.empty(users, dtype=cupy.float32)
+        w = cupy.empty(items, dtype=cupy.float32)
+        block = (WARPS_PER_BLOCK * 32,)
+        squared = 0.0
+        for _ in range(iterations):
+            kernels["spmv_rows"](self._grid(kernels, users), block, (user_side["indptr"], user_side["indices"],
+                                                                     user_side["data"], np.int32(users), v, u))
+            squared = float(u @ u)  # v is a unit vector: |C v|^2 tends to sigma_1^2
+            kernels["spmv_rows"](self._grid(kernels, items), block, (item_side["indptr"], item_side["indices"],
+                                                                     item_side["data"], np.int32(items), u, w))
+            norm = float(cupy.linalg.norm(w))
+            if norm == 0.0:
+                break
+            cupy.multiply(w, cupy.float32(1.0 / norm), out=v)
+        return float(np.sqrt(squared))
+
     def _prepare(self, cupy: Any, side: dict[str, Any]) -> dict[str, Any]:
         schedule = plan(side["indptr"], self.threshold, self.chunk, xp=cupy)
         heavy = int(schedule.heavy_rows.shape[0])
@@ -224,7 +333,9 @@ class NativeAls:
             return cupy.asarray(np.ascontiguousarray(preset, dtype=np.float32))
         # implicit's CPU scale (uniform in [0, 0.01)), drawn on the GPU rather than the host
         rng = cupy.random.RandomState(int(self.random_state or 0) * 2 + offset)
-        return rng.random_sample((rows, self.factors), dtype=cupy.float32) * cupy.float32(0.01)
+        factors = rng.random_sample((rows, self.factors), dtype=cupy.float32)
+        factors *= cupy.float32(0.01)  # in place: the factors are the largest arrays but the matrix's
+        return factors
 
     # -- one half-iteration -----------------------------------------------------------------
 

@@ -1,0 +1,237 @@
+"""als.cu itself, compiled by g++ with tests/support/cuda_on_cpu and driven by solver.py's own host code.
+
+Every CUDA thread of every launch runs the kernel's real code on the CPU (a cooperative thread
+each; warps meet at each shuffle, blocks at __syncthreads), over numpy arrays standing in for
+device memory. So these tests fail on a wrong lane, offset, index or barrier in the CUDA
+source, which the reference and loader tests (Python re-implementations) cannot see. What the
+emulation leaves out (memory model, occupancy, timing) is listed in cuda_on_cpu.h.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import scipy.sparse
+
+from airflow_gpu.worker.gpu import reference, solver
+from airflow_gpu.worker.matrix import confidence
+from tests.support.cuda_on_cpu import EmulationError, NumpyCupy
+from tests.support.native_data import (
+    ROUNDING,
+    confidence_with_heavy_rows,
+    implicit_fit,
+    relative,
+)
+
+pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="g++ not installed")
+
+# 334 users x 66 items x 3,251 interactions: with rows above 24 interactions split into chunks
+# of 8, both sides have light rows and heavy rows, the heavy ones cut into 4 to 29 chunks.
+INTERACTIONS, THRESHOLD, CHUNK, REGULARIZATION, ITERATIONS = 10_000, 24, 8, 2.0, 2
+
+
+@pytest.fixture
+def emulated(monkeypatch):
+    def install(**options):
+        fake = NumpyCupy(**options)
+        monkeypatch.setattr(solver, "_cupy", lambda: fake)
+        solver._module.cache_clear()
+        return fake
+
+    yield install
+    solver._module.cache_clear()
+
+
+@pytest.fixture(scope="module")
+def matrix():
+    return confidence_with_heavy_rows(INTERACTIONS, heavy_users=2, seed=4)
+
+
+def start(matrix, factors):
+    rng = np.random.default_rng(2)
+    users, items = matrix.shape
+    return rng.random((users, factors), dtype=np.float32) * 0.01, rng.random((items, factors), dtype=np.float32) * 0.01
+
+
+def native_fit(matrix, X0, Y0, factors):
+    model = solver.NativeAls(factors=factors, regularization=REGULARIZATION, iterations=ITERATIONS,
+                             threshold=THRESHOLD, chunk=CHUNK)
+    model.user_factors, model.item_factors = X0, Y0
+    model.fit(matrix)
+    return model.user_factors, model.item_factors
+
+
+def worst(ours, theirs) -> str:
+    return f"relative {relative(ours, theirs):.2e}, largest element {np.abs(ours - theirs).max():.2e}"
+
+
+@pytest.mark.parametrize("factors", [8, 64])
+def test_als_cu_run_on_the_cpu_matches_the_reference_and_implicit(emulated, matrix, factors, capsys):
+    fake = emulated()
+    X0, Y0 = start(matrix, factors)
+    X, Y = native_fit(matrix, X0, Y0, factors)
+    # both sides took both paths: a light-row launch and a heavy-row residual per half-step
+    assert fake.launches.count("cg_light") == 2 * ITERATIONS and fake.launches.count("heavy_start") == 2 * ITERATIONS
+    assert np.isfinite(X).all() and np.isfinite(Y).all()
+    Xr, Yr = reference.fit(matrix, X0, Y0, REGULARIZATION, ITERATIONS, threshold=THRESHOLD, chunk=CHUNK)
+    X32, Y32 = implicit_fit(matrix, X0, Y0, REGULARIZATION, ITERATIONS)
+    X64, Y64 = implicit_fit(matrix, X0, Y0, REGULARIZATION, ITERATIONS, dtype=np.float64)
+    with capsys.disabled():
+        print(f"\nals.cu on the CPU, {factors} factors: users vs reference {worst(X, Xr)}; vs implicit {worst(X, X32)};"
+              f" items vs reference {worst(Y, Yr)}; vs implicit {worst(Y, Y32)};"
+              f" implicit float32 vs float64: {relative(X32, X64):.2e} / {relative(Y32, Y64):.2e}")
+    for ours, ref, f32, f64 in ((X, Xr, X32, X64), (Y, Yr, Y32, Y64)):
+        bound = max(ROUNDING * relative(f32, f64), 1e-5)
+        assert relative(ours, ref) <= bound, (relative(ours, ref), bound)
+        assert relative(ours, f32) <= bound, (relative(ours, f32), bound)
+    assert relative(X, X0) > 100 * max(ROUNDING * relative(X32, X64), 1e-5)  # it trained: the bound is not trivial
+
+
+def test_a_one_lane_shuffle_bug_in_als_cu_fails_the_comparison(emulated, matrix, tmp_path):
+    """The control: lane 3 adds its own partial instead of its neighbour's at the last step of
+    sparse_term's reduction. The loader and reference tests pass with this bug; this must not."""
+    good = "dot[u] += __shfl_xor_sync(FULL_MASK, dot[u], offset);"
+    bad = "dot[u] += __shfl_xor_sync(FULL_MASK, dot[u], (threadIdx.x % WARP == 3 && offset == 1) ? 0 : offset);"
+    text = solver.SOURCE.read_text()
+    assert text.count(good) == 1
+    mutated = tmp_path / "als.cu"
+    mutated.write_text(text.replace(good, bad))
+    emulated(source=mutated)
+    X0, Y0 = start(matrix, 8)
+    X = native_fit(matrix, X0, Y0, 8)[0]
+    Xr = reference.fit(matrix, X0, Y0, REGULARIZATION, ITERATIONS, threshold=THRESHOLD, chunk=CHUNK)[0]
+    X32, X64 = implicit_fit(matrix, X0, Y0, REGULARIZATION, ITERATIONS)[0], \
+        implicit_fit(matrix, X0, Y0, REGULARIZATION, ITERATIONS, dtype=np.float64)[0]
+    assert relative(X, Xr) > 10 * max(ROUNDING * relative(X32, X64), 1e-5), relative(X, Xr)
+
+
+def test_als_cu_transpose_matches_scipy(emulated, matrix):
+    fake = emulated()
+    model = solver.NativeAls(factors=8)
+    side = model._upload(fake, matrix)
+    item_side = model._transpose(fake, model._kernels(fake), side, matrix.shape[1])
+    ours = scipy.sparse.csr_matrix((item_side["data"], item_side["indices"], item_side["indptr"]),
+                                   shape=matrix.shape[::-1])
+    expected = matrix.T.tocsr()
+    assert np.array_equal(ours.indptr, expected.indptr)
+    ours.sort_indices()  # the order within a column follows the atomics' order, as on a GPU
+    expected.sort_indices()
+    assert np.array_equal(ours.indices, expected.indices) and np.array_equal(ours.data, expected.data)
+    assert fake.launches == ["count_columns", "scatter_columns"]
+
+
+@pytest.mark.parametrize("weighting", ["bm25", "log", "linear", "none"])
+def test_als_cu_weighting_matches_the_hosts(emulated, matrix, weighting, capsys):
+    fake = emulated()
+    counts = matrix.copy()
+    counts.data = np.random.default_rng(0).integers(1, 30, counts.nnz).astype(np.float32)  # play counts
+    model = solver.NativeAls(factors=8)
+    side = model._upload(fake, counts)
+    model._weigh(fake, model._kernels(fake), side, counts.shape[1], weighting, None)
+    expected = confidence(counts, weighting).data
+    with capsys.disabled():
+        print(f"\nals.cu weighting {weighting}: largest relative difference from the host's "
+              f"{np.max(np.abs(side['data'] - expected) / np.abs(expected)):.2e}")
+    assert np.allclose(side["data"], expected, rtol=1e-5, atol=0) and not np.allclose(expected, counts.data)
+    assert ("bm25_confidence" in fake.launches) == (weighting == "bm25")
+
+
+def test_the_emulation_refuses_a_launch_a_gpu_would_refuse(emulated, matrix):
+    """Above 48 KiB of dynamic shared memory a kernel must opt in; launching without it fails on a GPU."""
+    fake = emulated()
+    model = solver.NativeAls(factors=128)
+    kernels = model._kernels(fake)
+    kernels["cg_light"].max_dynamic_shared_size_bytes = 0
+    with pytest.raises(EmulationError, match="without opting in"):
+        kernels["cg_light"]((1,), (256,), (), shared_mem=kernels["shared"])
+
+
+def test_als_cu_gives_rows_without_interactions_zero_factors(emulated, matrix):
+    """As implicit's GPU solver: an empty user row and an empty item column come back as zeros."""
+    fake = emulated()
+    users, items = matrix.shape
+    padded = scipy.sparse.csr_matrix((matrix.data, matrix.indices, np.append(matrix.indptr, matrix.nnz)),
+                                     shape=(users + 1, items + 1))  # user `users` and item `items` have nothing
+    X0, Y0 = start(padded, 8)
+    X, Y = native_fit(padded, X0, Y0, 8)
+    assert not X[users].any() and not Y[items].any() and X0[users].any() and Y0[items].any()
+    Xr, Yr = reference.fit(padded, X0, Y0, REGULARIZATION, ITERATIONS, threshold=THRESHOLD, chunk=CHUNK)
+    assert relative(X, Xr) < 1e-2 and relative(Y, Yr) < 1e-2
+    assert "cg_light" in fake.launches
+
+
+def test_the_pipeline_with_solver_native_weighs_and_transposes_on_the_gpu(emulated, monkeypatch, tmp_path):
+    """run_als with --solver native hands the raw counts to the solver: bm25, the transpose and the
+    automatic regularization run in als.cu (here on the CPU), and metrics.json says so."""
+    import pyarrow.parquet as pq
+
+    from airflow_gpu.demo.synthetic import synthetic_interactions
+    from airflow_gpu.worker.ingest import Columns
+    from airflow_gpu.worker.pipeline import AlsConfig, run_als
+    from airflow_gpu.worker.train import (
+        AUTO_REGULARIZATION_SHARE,
+        TrainParams,
+        auto_regularization,
+    )
+
+    fake = emulated()
+    monkeypatch.setattr(solver, "gpu_available", lambda: None)
+    (tmp_path / "in").mkdir()
+    pq.write_table(synthetic_interactions(3_000, n_users=150, n_items=60, seed=4), tmp_path / "in" / "part.parquet")
+    config = AlsConfig(input=str(tmp_path / "in"), columns=Columns(weight="plays"), similar_n=0, top_n=3,
+                       train=TrainParams(solver="native", factors=8, iterations=2, loss=False))
+    run = run_als(config)
+    training = run.metrics["training"]
+    assert training["weighted_on"] == "gpu" and "weighting" not in run.metrics["stages"]
+    assert {"upload_s", "weighting_s", "transpose_s", "regularization_s", "setup_s"} <= set(training["setup_seconds"])
+    assert {"row_sums", "bm25_confidence", "count_columns", "scatter_columns", "spmv_rows"} <= set(fake.launches)
+    counts = run.interactions.matrix
+    host_weighted = confidence(counts, "bm25")
+    # the GPU's sigma is over the whole matrix, the host's over the same (small) matrix: the same rule
+    assert training["regularization"] == pytest.approx(auto_regularization(host_weighted)[0], rel=2e-2)
+    assert training["regularization_share"] == AUTO_REGULARIZATION_SHARE
+    # the same fit as the solver given the host's weighting and that regularization
+    host = solver.NativeAls(factors=8, regularization=training["regularization"], iterations=2)
+    host.fit(host_weighted)
+    assert relative(run.training.user_factors(), host.user_factors) < 1e-4
+    assert relative(run.training.item_factors(), host.item_factors) < 1e-4
+
+
+HARNESS_CHECKS = r"""
+extern "C" __global__ void shuffles(const int* in, int* out_up, int* out_xor, float* out_sum) {
+    const int lane = threadIdx.x % 32;
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    out_up[i] = __shfl_sync(0xffffffffu, in[i], (lane + 1) % 32);
+    out_xor[i] = __shfl_xor_sync(0xffffffffu, in[i], 5);
+    extern __shared__ float stage[];
+    stage[threadIdx.x] = (float)in[i];
+    __syncthreads();
+    float total = 0.f;
+    for (int k = 0; k < (int)blockDim.x; ++k) total += stage[k];
+    out_sum[i] = total;
+}
+
+extern "C" __global__ void early_return(int* out) {
+    if (threadIdx.x % 32 == 7) return;
+    out[threadIdx.x] = __shfl_sync(0xffffffffu, (int)threadIdx.x, 0);
+}
+"""
+
+
+def test_the_emulation_exchanges_lanes_and_blocks_as_cuda_does_and_refuses_a_hang():
+    """The harness itself: shuffles read the named lane's value of the same call, __syncthreads makes
+    every thread's shared-memory write visible, and a full-mask shuffle after a lane returned (a
+    hang or undefined on a GPU) is refused with the line."""
+    module = NumpyCupy().RawModule(code=HARNESS_CHECKS, options=())
+    values = np.arange(128, dtype=np.int32) * 3
+    up, xor, total = np.zeros(128, np.int32), np.zeros(128, np.int32), np.zeros(128, np.float32)
+    module.get_function("shuffles")((2,), (64,), (values, up, xor, total), shared_mem=64 * 4)
+    lane = np.arange(128) % 32
+    warp_base = np.arange(128) - lane
+    assert np.array_equal(up, values[warp_base + (lane + 1) % 32])
+    assert np.array_equal(xor, values[warp_base + (lane ^ 5)])
+    assert np.array_equal(total, np.repeat([values[:64].sum(), values[64:].sum()], 64).astype(np.float32))
+    with pytest.raises(EmulationError, match="thread 7 returned while 7 lanes of its warp wait at __shfl_sync on line 17"):
+        module.get_function("early_return")((1,), (32,), (np.zeros(32, np.int32),))
