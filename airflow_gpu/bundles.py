@@ -71,7 +71,7 @@ class Store(Protocol):
 def _git(folder: Path, *args: str) -> list[str] | None:
     """NUL-separated output of a git command run in ``folder``, or None outside a checkout (or without git)."""
     try:
-        done = subprocess.run(["git", "-C", str(folder), *args], capture_output=True, timeout=60)
+        done = subprocess.run(["git", "-C", str(folder), *args], capture_output=True, timeout=60, check=False)
     except (OSError, subprocess.TimeoutExpired):
         return None
     if done.returncode != 0:
@@ -111,9 +111,9 @@ def select_files(folder: Path) -> tuple[list[str], list[str]]:
     tracked = _git(folder, "ls-files", "-z", "--cached")
     if tracked is not None:
         # ls-files lists the index; a tracked file deleted from the work tree is not there to ship.
-        files = [name for name in tracked if (folder / name).is_file() or (folder / name).is_symlink()]
+        present = [name for name in tracked if (folder / name).is_file() or (folder / name).is_symlink()]
         untracked = _git(folder, "ls-files", "-z", "--others", "--exclude-standard") or []
-        return sorted(f for f in files if not _left_out_always(f)), sorted(f for f in untracked if not _left_out_always(f))
+        return sorted(f for f in present if not _left_out_always(f)), sorted(f for f in untracked if not _left_out_always(f))
     patterns = _ignore_patterns(folder)
     files: list[str] = []
     for current, dirs, names in os.walk(folder):
@@ -132,12 +132,20 @@ def _check_size(folder: Path, files: list[str], max_bytes: int) -> None:
     if total <= max_bytes:
         return
     largest = sorted(sizes.items(), key=lambda item: (-item[1], item[0]))[:5]
-    named = ", ".join(f"{name} ({size / 1e6:.1f} MB)" for name, size in largest)
+    named = ", ".join(f"{name} ({_human(size)})" for name, size in largest)
     raise BundleError(
-        f"code bundle of {folder} is {total / 1e6:.1f} MB, over the {max_bytes / 1e6:.0f} MB limit; largest files: "
+        f"code bundle of {folder} is {_human(total)}, over the {_human(max_bytes)} limit; largest files: "
         f"{named}. Keep data out of the code folder (pass it with --input), list such files in {IGNORE_FILE} "
         "(or leave them untracked by git), or raise the limit."
     )
+
+
+def _human(size: float) -> str:
+    for unit in ("B", "kB", "MB"):
+        if size < 1000:
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{size:.1f} GB"
 
 
 def _resolved_inside(folder: Path, name: str) -> Path:

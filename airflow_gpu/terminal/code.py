@@ -34,7 +34,13 @@ def _inside(code: str, script: str) -> str:
 
 def code_command(args: argparse.Namespace, target: BackendTarget) -> list[str]:
     """Pack and stage ``--code``; the worker's argv that runs it (without the script's own arguments)."""
-    from airflow_gpu.bundles import DEFAULT_MAX_BYTES, left_out_note, pack, parse_size, stage_bundle
+    from airflow_gpu.bundles import (
+        DEFAULT_MAX_BYTES,
+        left_out_note,
+        pack,
+        parse_size,
+        stage_bundle,
+    )
     from airflow_gpu.config import staging_prefix
 
     if bool(args.script) == bool(args.module):

@@ -41,7 +41,7 @@ class BundleRefused(WorkerError):
 
 
 def _local(uri: str) -> Path:
-    return Path(uri[len("file://") :] if uri.startswith("file://") else uri).expanduser()
+    return Path(uri.removeprefix("file://")).expanduser()
 
 
 def _verify(uri: str, data: bytes, expected: str | None) -> str:
@@ -56,16 +56,15 @@ def _verify(uri: str, data: bytes, expected: str | None) -> str:
     return actual
 
 
-def _members(uri: str, data: bytes) -> list[tuple[str, tarfile.TarInfo]]:
+def _members(uri: str, tar: tarfile.TarFile) -> list[tuple[str, tarfile.TarInfo]]:
     """Every member as (clean relative name, info), or BundleRefused naming the first bad one."""
     try:
-        tar = tarfile.open(fileobj=io.BytesIO(data), mode="r:*")
         members = tar.getmembers()
     except (tarfile.TarError, EOFError, OSError) as exc:
         raise BundleRefused(f"code bundle {uri} is not a readable .tar.gz ({exc}); build it with airflow-gpu submit --code") from None
     named: list[tuple[str, tarfile.TarInfo]] = []
     for member in members:
-        name = member.name[2:] if member.name.startswith("./") else member.name
+        name = member.name.removeprefix("./")
         if member.issym() or member.islnk():
             raise BundleRefused(f"code bundle {uri}: {member.name!r} is a link (to {member.linkname!r}); a bundle carries files only, so nothing was run")
         if not (member.isfile() or member.isdir()):
@@ -77,13 +76,21 @@ def _members(uri: str, data: bytes) -> list[tuple[str, tarfile.TarInfo]]:
 
 
 def _extract(uri: str, data: bytes, dest: Path) -> int:
-    named = _members(uri, data)
+    try:
+        tar = tarfile.open(fileobj=io.BytesIO(data), mode="r:*")
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        raise BundleRefused(f"code bundle {uri} is not a readable .tar.gz ({exc}); build it with airflow-gpu submit --code") from None
+    with tar:
+        return _write_members(uri, tar, dest)
+
+
+def _write_members(uri: str, tar: tarfile.TarFile, dest: Path) -> int:
+    named = _members(uri, tar)
     try:
         # All paths first: one bad name refuses the bundle before a byte is written.
         paths = [path_inside(dest, name) for name, _ in named]
     except WorkerError as exc:
         raise BundleRefused(f"code bundle {uri} refused, nothing was run: {exc}") from None
-    tar = tarfile.open(fileobj=io.BytesIO(data), mode="r:*")
     count = 0
     for (_, member), path in zip(named, paths):
         if member.isdir():

@@ -116,7 +116,7 @@ async def run_script_async(
 
 async def _run_in(
     folder: Path,
-    script: str,
+    script: str | None,
     input_uri: str | None,
     output_uri: str,
     args: list[str] | None,
