@@ -35,8 +35,11 @@ def cli(env, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([str(CLI), *args], env=env, capture_output=True, text=True, timeout=120)
 
 
-def test_local_submit_runs_a_module_of_the_folder_and_stages_it_once(tmp_path):
+def test_local_submit_runs_a_module_of_a_checkout_stages_it_once_and_names_what_git_left_out(tmp_path):
     project = two_module_project(tmp_path / "proj")
+    subprocess.run(["git", "init", "-q", str(project)], check=True)
+    subprocess.run(["git", "-C", str(project), "add", "."], check=True)
+    (project / "scratch.py").write_text("print('never added')\n")
     env = clean_env(AIRFLOW_GPU_LOCAL_JOBS_DIR=str(tmp_path / "jobs"))
     staging = tmp_path / "staging"
     try:
@@ -51,6 +54,7 @@ def test_local_submit_runs_a_module_of_the_folder_and_stages_it_once(tmp_path):
         assert done.returncode == 0, done.stdout + done.stderr
         assert "hello module from helper ['--epochs', '2']" in done.stdout
     assert re.search(r"Uploaded 4 files of .*proj as .*/code/[0-9a-f]{64}\.tar\.gz", runs[0].stdout)
+    assert f"Note: left out of the bundle (not tracked by git in {project}): scratch.py; `git add` them" in runs[0].stdout
     assert "Already staged: 4 files" in runs[1].stdout
     assert len(list((staging / "code").iterdir())) == 1
 
