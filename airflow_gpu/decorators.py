@@ -42,13 +42,12 @@ if TYPE_CHECKING:
 class GpuBatchDecoratedOperator(DecoratedOperator, GpuBatchOperator):
     """GpuBatchOperator whose command runs the decorated function (``run-function``).
 
-    :param code: a folder (relative paths: beside the DAG file) shipped with the function as one code
-        bundle, so the function may import its modules; its requirements.txt is installed first.
-    :param max_code_size: refuse a bundle larger than this (bytes, or "200MB"; the default).
-
     :param staging_prefix: where the function and its results are staged (``s3://bucket/prefix/``,
         or a folder for ``backend="local"``); else ``[airflow_gpu] staging_prefix``, else
         ``$AIRFLOW_GPU_STAGING_PREFIX``. The job's role must read and write it.
+    :param code: a folder (relative paths: beside the DAG file) shipped with the function as one code
+        bundle, so the function may import its modules; its requirements.txt is installed first.
+    :param max_code_size: refuse a bundle larger than this (bytes, or "200MB"; the default).
     """
 
     custom_operator_name = "@task.gpu_batch"
@@ -180,7 +179,7 @@ def _as_parsed(value: Any) -> Any:
 
 def gpu_batch_task(python_callable: Callable | None = None, multiple_outputs: bool | None = None, **kwargs: Any) -> TaskDecorator:
     """``@task.gpu_batch(...)``: takes GpuBatchOperator's parameters (but ``command``/``output_uri``)
-    and ``staging_prefix``."""
+    and ``staging_prefix``, ``code`` and ``max_code_size``."""
     return task_decorator_factory(
         python_callable=python_callable,
         multiple_outputs=multiple_outputs,
