@@ -41,8 +41,15 @@ def cache_root() -> Path:
     explicit = os.environ.get(REQUIREMENTS_CACHE_ENV)
     if explicit:
         return Path(explicit)
-    if Path(REQUIREMENTS_CACHE_PATH).is_dir():
-        return Path(REQUIREMENTS_CACHE_PATH)
+    host = Path(REQUIREMENTS_CACHE_PATH)
+    if host.is_dir():
+        if os.access(host, os.W_OK | os.X_OK):
+            return host
+        # Docker creates a missing host folder owned by root; the image runs as the user "worker".
+        log.warning(
+            "requirements: the host cache %s is not writable by uid %d, so this job installs into its own home; "
+            "create it on the hosts owned by that uid to share installs between jobs", host, os.getuid(),
+        )
     return Path.home() / ".cache" / "airflow-gpu" / "requirements"
 
 
