@@ -67,6 +67,11 @@ async def _pip(*args: str, cwd: Path) -> tuple[int, str]:
 
 
 def _failure(file: Path, output: str) -> WorkerError:
+    if "No module named pip" in output:
+        return WorkerError(
+            f"requirements: {file.name} cannot be installed: this image's Python ({sys.executable}) has no pip; "
+            "add pip to the image, or bake the requirements into it; nothing was run"
+        )
     found = _NOT_FOUND.search(output)
     if found:
         return WorkerError(
