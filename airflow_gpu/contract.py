@@ -99,3 +99,29 @@ def python_version_tag(version_info: tuple[object, ...] = ()) -> str:
 
     major, minor = (version_info or sys.version_info)[:2]
     return f"{major}.{minor}"
+
+
+# -- code bundles: a project's files, shipped to the worker (``run-script``/``run-function --code``) ----
+# Staged once per content as ``<staging prefix>/code/<sha256>.tar.gz``: the name is the digest of
+# the archive's bytes, so the worker can refuse a bundle changed after it was staged.
+CODE_DIR = "code"
+BUNDLE_SUFFIX = ".tar.gz"
+# Installed before the job's code runs, into a folder keyed by this file's sha256.
+REQUIREMENTS_FILE = "requirements.txt"
+# Where the worker keeps installed requirements between jobs on one host (a Batch host volume).
+REQUIREMENTS_CACHE_ENV = "AIRFLOW_GPU_REQUIREMENTS_CACHE"
+REQUIREMENTS_CACHE_PATH = "/var/cache/airflow-gpu/requirements"
+
+
+def bundle_name(sha256: str) -> str:
+    """``<sha256>.tar.gz``: the staged bundle's object name."""
+    return f"{sha256}{BUNDLE_SUFFIX}"
+
+
+def bundle_digest(name: str) -> str | None:
+    """The sha256 a bundle's object name declares, or None when the name is not a bundle's."""
+    base = name.rstrip("/").rsplit("/", 1)[-1]
+    if not base.endswith(BUNDLE_SUFFIX):
+        return None
+    digest = base[: -len(BUNDLE_SUFFIX)]
+    return digest if len(digest) == 64 and all(c in "0123456789abcdef" for c in digest) else None

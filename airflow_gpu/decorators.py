@@ -19,6 +19,7 @@ can be passed and returned); on failure the error carries the remote traceback.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Collection, Mapping, Sequence
 
 from airflow.sdk.bases.decorator import DecoratedOperator, task_decorator_factory
@@ -44,6 +45,9 @@ class GpuBatchDecoratedOperator(DecoratedOperator, GpuBatchOperator):
     :param staging_prefix: where the function and its results are staged (``s3://bucket/prefix/``,
         or a folder for ``backend="local"``); else ``[airflow_gpu] staging_prefix``, else
         ``$AIRFLOW_GPU_STAGING_PREFIX``. The job's role must read and write it.
+    :param code: a folder (relative paths: beside the DAG file) shipped with the function as one code
+        bundle, so the function may import its modules; its requirements.txt is installed first.
+    :param max_code_size: refuse a bundle larger than this (bytes, or "200MB"; the default).
     """
 
     custom_operator_name = "@task.gpu_batch"
@@ -59,6 +63,8 @@ class GpuBatchDecoratedOperator(DecoratedOperator, GpuBatchOperator):
         op_args: Collection[Any] | None = None,
         op_kwargs: Mapping[str, Any] | None = None,
         staging_prefix: str | None = None,
+        code: str | None = None,
+        max_code_size: int | str | None = None,
         **kwargs: Any,
     ) -> None:
         if kwargs.get("command") is not None:
@@ -74,6 +80,8 @@ class GpuBatchDecoratedOperator(DecoratedOperator, GpuBatchOperator):
                 "GpuBatchOperator(start_from_trigger=True) with a command."
             )
         self.staging_prefix = staging_prefix
+        self.code = code
+        self.max_code_size = max_code_size
         self._results: str | None = None
         super().__init__(python_callable=python_callable, op_args=op_args, op_kwargs=op_kwargs, **kwargs)
         # What the DAG file passes literally is known now: a set or a DataFrame fails the DAG's import,
@@ -99,10 +107,20 @@ class GpuBatchDecoratedOperator(DecoratedOperator, GpuBatchOperator):
         self._results = result_prefix(prefix, _identity(context).idempotency_key, staged.sha256)
         # The argv of the image's entrypoint; the local backend puts that entrypoint in front itself.
         self.command = ["run-function", "--payload", staged.uri, "--sha256", staged.sha256, "--result", self._results]
+        if self.code:
+            from airflow_gpu.shipping import ship_code
+
+            bundle = ship_code(self._store, prefix, self.code, self._dag_folder(), self.max_code_size, self.log)
+            self.command += ["--code", bundle.uri, "--code-sha256", bundle.sha256]
         endpoint = self._local_s3_endpoint(prefix)
         if endpoint:
             self.command += ["--endpoint-url", endpoint]
         self.log.info("Staged %s() as %s", self.python_callable.__name__, staged.uri)
+
+    def _dag_folder(self) -> str | None:
+        """Where a relative ``code=`` is resolved: beside the DAG file, as the DAG's author wrote it."""
+        fileloc = getattr(getattr(self, "dag", None), "fileloc", None) if self.has_dag() else None
+        return str(Path(fileloc).parent) if fileloc else None
 
     def _local_s3_endpoint(self, prefix: str) -> str | None:
         """A local job runs on this machine and reaches S3 where this task's connection does (a test or
@@ -161,7 +179,7 @@ def _as_parsed(value: Any) -> Any:
 
 def gpu_batch_task(python_callable: Callable | None = None, multiple_outputs: bool | None = None, **kwargs: Any) -> TaskDecorator:
     """``@task.gpu_batch(...)``: takes GpuBatchOperator's parameters (but ``command``/``output_uri``)
-    and ``staging_prefix``."""
+    and ``staging_prefix``, ``code`` and ``max_code_size``."""
     return task_decorator_factory(
         python_callable=python_callable,
         multiple_outputs=multiple_outputs,

@@ -134,3 +134,25 @@ def read_result(store: Store, results: str, job_id: str | None) -> dict[str, Any
     if "outputs" in document:
         return {key: _decode(entry) for key, entry in document["outputs"].items()}
     return _decode(document["output"])
+
+
+def ship_code(store: Any, prefix: str, code: str, base: str | None, max_size: int | str | None, log: Any) -> Any:
+    """Pack ``code`` (relative: to ``base``, the DAG's folder, else the working directory) and stage it once."""
+    from pathlib import Path
+
+    from airflow_gpu.bundles import DEFAULT_MAX_BYTES, left_out_note, pack, parse_size, stage_bundle
+
+    folder = Path(code).expanduser()
+    if not folder.is_absolute() and base and (Path(base) / folder).is_dir():
+        folder = Path(base) / folder
+    try:
+        limit = parse_size(max_size) if isinstance(max_size, str) else (max_size or DEFAULT_MAX_BYTES)
+    except ValueError as exc:
+        raise JobSpecError(f"max_code_size: {exc}") from None
+    bundle = pack(folder, max_bytes=limit)
+    note = left_out_note(bundle, folder)
+    if note:
+        log.warning("Code bundle: %s", note)
+    staged = stage_bundle(store, prefix, bundle)
+    log.info("Code bundle of %s (%d files): %s %s", folder, len(bundle.files), "uploaded to" if staged.uploaded else "already at", staged.uri)
+    return staged

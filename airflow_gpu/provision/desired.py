@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from airflow_gpu.contract import REQUIREMENTS_CACHE_PATH
+
 from .config import MISCONFIGURATION_REASONS, NO_CAPACITY_REASON, BatchSetupConfig
 
 # Marks what batch-setup made, so --delete never removes a same-named resource someone else owns.
@@ -80,6 +82,9 @@ def job_state_time_limit_actions(cfg: BatchSetupConfig) -> list[dict[str, Any]]:
     return [{"reason": r, "state": "RUNNABLE", "maxTimeSeconds": t, "action": "CANCEL"} for r, t in reasons]
 
 
+REQUIREMENTS_VOLUME = "airflow-gpu-requirements"
+
+
 def job_definition_request(cfg: BatchSetupConfig) -> dict[str, Any]:
     """RegisterJobDefinition for the GPU worker container."""
     j = cfg.job
@@ -100,6 +105,10 @@ def job_definition_request(cfg: BatchSetupConfig) -> dict[str, Any]:
             },
         },
     }
+    # A code bundle's requirements are installed once per host and reused by the jobs after it:
+    # the worker finds this host folder at REQUIREMENTS_CACHE_PATH (see airflow_gpu/worker/requirements.py).
+    container["volumes"] = [{"name": REQUIREMENTS_VOLUME, "host": {"sourcePath": REQUIREMENTS_CACHE_PATH}}]
+    container["mountPoints"] = [{"sourceVolume": REQUIREMENTS_VOLUME, "containerPath": REQUIREMENTS_CACHE_PATH, "readOnly": False}]
     if j.shared_memory_mib:
         container["linuxParameters"] = {"sharedMemorySize": j.shared_memory_mib}
     if j.command:

@@ -53,7 +53,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     job.add_argument("--max-queued", type=float, default=None, metavar="S",
                      help="terminate the job if it waits longer than this for capacity")
     script = parser.add_argument_group("a local script, run by the image's run-script")
-    script.add_argument("--script", default=None, metavar="PATH", help="a local .py file, uploaded to the staging prefix")
+    script.add_argument("--script", default=None, metavar="PATH",
+                        help="a local .py file, uploaded to the staging prefix; with --code, its path inside the code folder")
+    script.add_argument("--code", default=None, metavar="FOLDER",
+                        help="ship this folder as one code bundle (git-tracked files in a checkout), staged once per content")
+    script.add_argument("--module", default=None, metavar="PKG.MODULE", help="with --code: run `python -m PKG.MODULE`")
+    script.add_argument("--requirements", default=None, metavar="PATH",
+                        help="with --code: the requirements file inside it to install first (default: its requirements.txt)")
+    script.add_argument("--max-code-size", default=None, metavar="SIZE",
+                        help="refuse a --code bundle larger than this (default 200MB)")
     script.add_argument("--input", default=None, metavar="URI", help="copied into the script's input/ folder")
     script.add_argument("--output", default=None, metavar="URI", help="where the script's output/ and manifest.json go")
     script.add_argument("--staging-prefix", default=None, metavar="URI", help="where the script is uploaded (else $AIRFLOW_GPU_STAGING_PREFIX)")
@@ -98,7 +106,14 @@ def _stage_script(args: argparse.Namespace, target: BackendTarget):
 
 def _spec(args: argparse.Namespace, target: BackendTarget) -> JobSpec:
     argv = _argv(args)
-    if args.script:
+    if args.code:
+        from airflow_gpu.terminal.code import code_command
+
+        command = code_command(args, target) + (["--", *argv] if argv else [])
+        base = args.name or (Path(args.script).stem if args.script else str(args.module).replace(".", "-"))
+    elif args.module or args.requirements:
+        raise TerminalError("--module and --requirements need --code FOLDER: the project the module or file lives in")
+    elif args.script:
         staged = _stage_script(args, target)
         command = ["run-script", "--script", staged.uri, "--sha256", staged.sha256, "--output", args.output]
         if args.input:

@@ -2,6 +2,7 @@
 
     airflow-gpu-worker als --input s3://bucket/interactions/ --output s3://bucket/als/run-1/
     airflow-gpu-worker run-script --script s3://bucket/jobs/train.py --input ... --output ...
+    airflow-gpu-worker run-script --code s3://.../code/SHA.tar.gz --script train.py --output ...
     airflow-gpu-worker run-function --payload s3://.../functions/SHA.json --sha256 SHA --result s3://.../
 
 A user's mistake ends with one line on stderr, ``airflow-gpu-worker: error: ...``, and
@@ -169,10 +170,13 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_DefaultsHelpFormatter,
         parents=[quiet, s3],
     )
-    script.add_argument("--script", required=True, metavar="URI", help="s3://bucket/path/script.py or a local .py file")
+    script.add_argument("--script", default=None, metavar="URI",
+                        help="s3://bucket/path/script.py or a local .py file; with --code, a path inside the code")
+    _add_code_arguments(script)
+    script.add_argument("--module", default=None, metavar="PKG.MODULE", help="with --code: run `python -m PKG.MODULE` instead of a script")
     script.add_argument("--input", default=None, metavar="URI", help="s3:// prefix or local folder copied into input/")
     script.add_argument("--output", required=True, metavar="URI", help="where output/ and manifest.json go")
-    script.add_argument("--sha256", default=None, help="refuse the script unless its bytes have this digest")
+    script.add_argument("--sha256", default=None, help="refuse the script (or the --code bundle) unless its bytes have this digest")
     script.add_argument("--workdir", default=None, help="working folder (default: a fresh temporary folder, removed after)")
     script.add_argument("--keep-workdir", action="store_true", help="keep the temporary working folder, inputs included, even on failure")
     script.add_argument("--keep-runs", type=_non_negative_int, default=DEFAULT_KEEP_RUNS, metavar="N",
@@ -192,8 +196,18 @@ def build_parser() -> argparse.ArgumentParser:
     function.add_argument("--payload", required=True, metavar="URI", help="the staged function document")
     function.add_argument("--sha256", required=True, help="the payload's digest, as the DAG computed it")
     function.add_argument("--result", required=True, metavar="URI", help="prefix for result.json or error.json")
+    _add_code_arguments(function)
+    function.add_argument("--code-sha256", default=None, help="refuse the --code bundle unless its bytes have this digest")
     function.set_defaults(handler=_run_function)
     return parser
+
+
+def _add_code_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--code", default=None, metavar="URI",
+                        help="the project to run from: a staged bundle (.../code/SHA256.tar.gz), an s3:// prefix or a local "
+                             "folder; unpacked into the working folder, its root on PYTHONPATH")
+    parser.add_argument("--requirements", default=None, metavar="PATH",
+                        help="with --code: the requirements file inside it to install first (default: its requirements.txt, if any)")
 
 
 # Whether `als` tunes unless told --no-tune: see benchmarks/README.md, "Tuning", for its cost and gain.
@@ -259,6 +273,7 @@ def _run_script(args: argparse.Namespace) -> int:
             args.script, args.input, args.output, extra,
             endpoint_url=args.endpoint_url, concurrency=args.concurrency, workdir=args.workdir, sha256=args.sha256,
             keep_workdir=args.keep_workdir, keep_runs=args.keep_runs,
+            code=args.code, module=args.module, requirements=args.requirements,
         )
     )
 
@@ -266,7 +281,12 @@ def _run_script(args: argparse.Namespace) -> int:
 def _run_function(args: argparse.Namespace) -> int:
     from .function import run_function_async
 
-    return asyncio.run(run_function_async(args.payload, args.sha256, args.result, endpoint_url=args.endpoint_url))
+    return asyncio.run(
+        run_function_async(
+            args.payload, args.sha256, args.result, endpoint_url=args.endpoint_url,
+            code=args.code, code_sha256=args.code_sha256, requirements=args.requirements,
+        )
+    )
 
 
 if TYPE_CHECKING:

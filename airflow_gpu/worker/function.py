@@ -24,7 +24,9 @@ import logging
 import os
 import pickle
 import sys
+import tempfile
 import traceback
+from pathlib import Path
 from typing import Any
 
 from ..contract import (
@@ -35,7 +37,9 @@ from ..contract import (
     INLINE_RESULT_BYTES,
     python_version_tag,
 )
+from .bundle import fetch_code
 from .errors import WorkerError
+from .requirements import install_for_code, python_path
 from .storage import Store, open_store
 
 log = logging.getLogger("airflow_gpu.worker")
@@ -166,12 +170,49 @@ async def _write_error(store: Store, stage: str, exc: BaseException, tb: str | N
         log.error("run-function: could not record the error under %s: %s", store.uri, write_exc)
 
 
-async def run_function_async(payload_uri: str, sha256: str, result_uri: str, *, endpoint_url: str | None = None) -> int:
+async def _import_code(code: str, folder: Path, endpoint_url: str | None, sha256: str | None, requirements: str | None) -> None:
+    """Unpack the function's code bundle and put it (then its requirements) first on the import path."""
+    root = await fetch_code(code, folder / "code", endpoint_url=endpoint_url, sha256=sha256)
+    target = await install_for_code(root, requirements)
+    for entry in (target, root):  # inserted in reverse: the code's root ends up first
+        if entry is not None:
+            sys.path.insert(0, str(entry))
+    # Subprocesses the function starts import from the same places.
+    os.environ["PYTHONPATH"] = python_path(root, target)
+
+
+async def run_function_async(
+    payload_uri: str,
+    sha256: str,
+    result_uri: str,
+    *,
+    endpoint_url: str | None = None,
+    code: str | None = None,
+    code_sha256: str | None = None,
+    requirements: str | None = None,
+) -> int:
+    with tempfile.TemporaryDirectory(prefix="airflow-gpu-function-") as folder:
+        return await _run_function(payload_uri, sha256, result_uri, endpoint_url, code, code_sha256, requirements, Path(folder))
+
+
+async def _run_function(
+    payload_uri: str,
+    sha256: str,
+    result_uri: str,
+    endpoint_url: str | None,
+    code: str | None,
+    code_sha256: str | None,
+    requirements: str | None,
+    folder: Path,
+) -> int:
     async with open_store(result_uri, endpoint_url=endpoint_url) as results:
         try:
             document = verify(await _fetch(payload_uri, endpoint_url), sha256)
+            if code:
+                await _import_code(code, folder, endpoint_url, code_sha256, requirements)
             function = _load(document)
-        except _Refused as exc:
+        except WorkerError as exc:
+            # A refused payload or bundle, or requirements that would not install: the task's error says which.
             await _write_error(results, "refused", exc, None)
             raise
         args, kwargs = document.get("args") or [], document.get("kwargs") or {}

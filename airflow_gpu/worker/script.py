@@ -20,10 +20,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from dataclasses import dataclass
+
+from .bundle import fetch_code
 from .errors import WorkerError
 from ..contract import MANIFEST
 from .publish import DEFAULT_KEEP_RUNS, Publisher
 from .safe_paths import check_keys, files_to_publish, path_inside
+from .requirements import install_for_code, python_path
 from .storage import ObjectRef, Store, open_store
 
 log = logging.getLogger("airflow_gpu.worker")
@@ -76,7 +80,7 @@ async def _fetch_inputs(store: Store, folder: Path, concurrency: int) -> tuple[i
 
 
 async def run_script_async(
-    script: str,
+    script: str | None,
     input_uri: str | None,
     output_uri: str,
     args: list[str] | None = None,
@@ -88,10 +92,20 @@ async def run_script_async(
     keep_workdir: bool = False,
     keep_runs: int = DEFAULT_KEEP_RUNS,
     sha256: str | None = None,
+    code: str | None = None,
+    module: str | None = None,
+    requirements: str | None = None,
 ) -> int:
+    if bool(script) == bool(module):
+        raise WorkerError("run-script needs one of --script or --module (--module with --code); pass exactly one")
+    if (module or requirements) and not code:
+        raise WorkerError("--module and --requirements need --code URI: the bundle the module or file lives in")
     folder = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="airflow-gpu-script-"))
     try:
-        return await _run_in(folder, script, input_uri, output_uri, args, endpoint_url, concurrency, run_id, keep_runs, sha256)
+        return await _run_in(
+            folder, script, input_uri, output_uri, args, endpoint_url, concurrency, run_id, keep_runs, sha256,
+            CodeRun(code, module, requirements) if code else None,
+        )
     finally:
         # A temporary folder holds the inputs too: never leave it behind, unless asked to (to debug).
         if not workdir and not keep_workdir:
@@ -102,7 +116,7 @@ async def run_script_async(
 
 async def _run_in(
     folder: Path,
-    script: str,
+    script: str | None,
     input_uri: str | None,
     output_uri: str,
     args: list[str] | None,
@@ -111,6 +125,7 @@ async def _run_in(
     run_id: str | None,
     keep_runs: int,
     sha256: str | None,
+    bundle: CodeRun | None = None,
 ) -> int:
     started = time.monotonic()
     folder.mkdir(parents=True, exist_ok=True)
@@ -119,18 +134,26 @@ async def _run_in(
     outputs.mkdir(exist_ok=True)
     async with open_store(output_uri, endpoint_url=endpoint_url, concurrency=concurrency) as out:
         await out.read_small(MANIFEST)  # fail fast on a missing bucket or a denied prefix
-        path = await _fetch_script(script, folder, endpoint_url)
-        if sha256:
-            _verify_script(path, sha256)
+        if bundle:
+            # The code (and what it requires) is in place and verified before any input is fetched.
+            cwd, _, env_extra = await bundle.prepare(folder, endpoint_url, sha256)
+            argv_head = [str(_script_in(cwd, script))] if script else ["-m", bundle.module or ""]
+            label = script or f"-m {bundle.module}"
+        else:
+            assert script is not None
+            path = await _fetch_script(script, folder, endpoint_url)
+            if sha256:
+                _verify_script(path, sha256)
+            cwd, env_extra, argv_head, label = folder, {}, [str(path)], path.name
         count = size = 0
         if input_uri:
             async with open_store(input_uri, endpoint_url=endpoint_url, concurrency=concurrency) as source:
                 count, size = await _fetch_inputs(source, inputs, concurrency)
-        log.info("run-script: %d input objects (%.1f MB) in %s; running %s", count, size / 2**20, inputs, path.name)
+        log.info("run-script: %d input objects (%.1f MB) in %s; running %s", count, size / 2**20, inputs, label)
 
-        env = dict(os.environ, INPUT_DIR=str(inputs), OUTPUT_DIR=str(outputs))
-        argv = [sys.executable, str(path), *(args or [])]
-        process = await asyncio.create_subprocess_exec(*argv, cwd=str(folder), env=env)
+        env = dict(os.environ, INPUT_DIR=str(inputs), OUTPUT_DIR=str(outputs), **env_extra)
+        argv = [sys.executable, *argv_head, *(args or [])]
+        process = await asyncio.create_subprocess_exec(*argv, cwd=str(cwd), env=env)
         loop = asyncio.get_running_loop()
         # Batch stops a job with SIGTERM: pass it on, so the script can stop cleanly too.
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -149,10 +172,10 @@ async def _run_in(
         if code < 0:
             # Killed by signal N: exit 128+N as a shell does (SIGKILL 137, the OOM killer's mark),
             # not -N, which the exit status would wrap to 256-N.
-            log.error("run-script: %s was killed by signal %d", path.name, -code)
+            log.error("run-script: %s was killed by signal %d", label, -code)
             code = 128 - code
         if code != 0:
-            log.error("run-script: %s exited with %d; nothing is published", path.name, code)
+            log.error("run-script: %s exited with %d; nothing is published", label, code)
             return code
 
         publisher = Publisher(out, run_id)
@@ -164,6 +187,7 @@ async def _run_in(
                 {
                     "command": "run-script",
                     "script": script,
+                    **({"code": bundle.code, "module": bundle.module} if bundle else {}),
                     "input": input_uri,
                     "params": {"args": redacted_args(args or []), "input_objects": count, "input_bytes": size},
                     "exit_code": code,
@@ -175,6 +199,32 @@ async def _run_in(
             raise
         await publisher.prune(keep_runs)
     return 0
+
+
+@dataclass(frozen=True)
+class CodeRun:
+    """``--code``: the bundle to unpack, what to run from it, and which requirements file to install."""
+
+    code: str
+    module: str | None = None
+    requirements: str | None = None
+
+    async def prepare(self, folder: Path, endpoint_url: str | None, sha256: str | None) -> tuple[Path, Path | None, dict[str, str]]:
+        """(the code's root, its requirements folder, the environment the run adds)."""
+        root = await fetch_code(self.code, folder / "code", endpoint_url=endpoint_url, sha256=sha256)
+        target = await install_for_code(root, self.requirements)
+        return root, target, {"PYTHONPATH": python_path(root, target), "CODE_DIR": str(root)}
+
+
+def _script_in(root: Path, script: str) -> Path:
+    """``--script`` as a path inside the code's root; a one-line refusal otherwise."""
+    try:
+        path = path_inside(root, script)
+    except WorkerError as exc:
+        raise WorkerError(f"--script {script}: {exc}") from None
+    if not path.is_file():
+        raise WorkerError(f"--script {script} is not in the code bundle; name a .py file by its path inside --code")
+    return path
 
 
 #: Flags whose values the manifest never shows: anything that looks like a secret by its name.

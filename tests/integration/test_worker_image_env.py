@@ -111,3 +111,17 @@ def test_image_environment_runs_the_worker(tmp_path):
     kinds = {f["kind"] for f in manifest["files"]}
     assert {"recommendations", "similar_items", "user_factors", "item_factors", "metrics", "report"} <= kinds
     assert manifest["summary"]["recommendations"] == manifest["summary"]["users"] * 10
+
+    # A code bundle runs there too: unpacked and imported by the worker alone, without the Airflow wing.
+    project = tmp_path / "project" / "pkg"
+    project.mkdir(parents=True)
+    (project / "__init__.py").write_text("")
+    (project / "helper.py").write_text("VALUE = 'from the bundle'\n")
+    (project / "main.py").write_text("from pkg.helper import VALUE\nprint(VALUE)\n")
+    bundle = subprocess.run(
+        [str(venv / "bin" / "airflow-gpu-worker"), "run-script", "--code", str(tmp_path / "project"), "--module", "pkg.main",
+         "--output", str(tmp_path / "bundle-out")],
+        capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path,
+    )
+    assert bundle.returncode == 0, bundle.stderr[-3000:]
+    assert "from the bundle" in bundle.stdout

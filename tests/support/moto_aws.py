@@ -389,8 +389,26 @@ def _install_hooks(driver: BatchJobDriver, log: BatchCallLog) -> None:
         return result
 
     BaseResponse.call_action = call_action
+    _count_s3_puts(log)
     _install_aws_rules(driver)
     _install_logs_rules()
+
+
+def _count_s3_puts(log: BatchCallLog) -> None:
+    """moto's S3 answers through its own dispatch, not ``call_action``: count its single-request
+    PUTs of objects there, as ``s3:putobject`` (what a test of "uploaded once" counts)."""
+    from moto.s3.responses import S3Response
+
+    original = S3Response.put_object
+
+    def put_object(self: Any) -> Any:
+        with log.lock:
+            log.aws_calls["s3:putobject"] += 1
+            log.aws_call_order.append("s3:putobject")
+            log.aws_call_times.append((time.monotonic(), "s3:putobject"))
+        return original(self)
+
+    S3Response.put_object = put_object
 
 
 def _install_logs_rules() -> None:
