@@ -192,7 +192,7 @@ async def run_als_async(config: AlsConfig) -> AlsRun:
             weighting, alpha = tuning.choice.weighting, tuning.choice.alpha
         # The native solver weighs the raw counts on the GPU inside train (no host weighting stage;
         # metrics' training.setup_seconds has its time); the search's regularization needs them here.
-        on_gpu = {"weighting": weighting, "alpha": alpha} if config.train.solver == "native" and tuning is None else {}
+        on_gpu: dict[str, Any] = {"weighting": weighting, "alpha": alpha} if config.train.solver == "native" and tuning is None else {}
         weighted = train_matrix
         if not on_gpu:
             with stages("weighting"):

@@ -26,6 +26,7 @@ import shutil
 import sys
 import tempfile
 import time
+from typing import Any
 from pathlib import Path
 
 from ..contract import REQUIREMENTS_CACHE_ENV, REQUIREMENTS_CACHE_PATH
@@ -83,7 +84,7 @@ def _failure(file: Path, output: str) -> WorkerError:
     return WorkerError(f"requirements: installing {file.name} failed: {(errors or lines or ['pip failed'])[-1]}; nothing was run")
 
 
-def _artifact(item: dict) -> str:
+def _artifact(item: dict[str, Any]) -> str:
     """The exact artifact pip resolved, as an argument to ``pip install``."""
     info = item.get("download_info") or {}
     url = info.get("url")
@@ -91,7 +92,7 @@ def _artifact(item: dict) -> str:
     if url and vcs:
         return f"{vcs['vcs']}+{url}@{vcs['commit_id']}"
     if url:
-        return url
+        return str(url)
     metadata = item["metadata"]
     return f"{metadata['name']}=={metadata['version']}"
 

@@ -357,7 +357,8 @@ def fit(confidence: scipy.sparse.csr_matrix, params: TrainParams, *, weighting: 
         raise
     result.seconds = time.monotonic() - started
     if params.solver == "native":
-        result.regularization = float(model.regularization)  # resolved on the GPU when automatic
+        assert model.regularization is not None  # resolved on the GPU when automatic
+        result.regularization = float(model.regularization)
         result.setup_seconds = {name: round(seconds, 4) for name, seconds in model.timings.items()}
         result.weighted_on = "gpu" if weighting is not None else "host"
     return result

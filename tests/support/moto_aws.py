@@ -29,6 +29,7 @@ from moto.core.exceptions import JsonRESTError
 from moto.core.responses import BaseResponse
 from moto.logs import exceptions as logs_exceptions
 from moto.logs import models as logs_models
+from moto.s3.responses import S3Response
 from moto.server import ThreadedMotoServer
 
 REGION = "us-east-1"
@@ -397,8 +398,6 @@ def _install_hooks(driver: BatchJobDriver, log: BatchCallLog) -> None:
 def _count_s3_puts(log: BatchCallLog) -> None:
     """moto's S3 answers through its own dispatch, not ``call_action``: count its single-request
     PUTs of objects there, as ``s3:putobject`` (what a test of "uploaded once" counts)."""
-    from moto.s3.responses import S3Response
-
     original = S3Response.put_object
 
     def put_object(self: Any) -> Any:
@@ -603,6 +602,7 @@ MOTO_INTERNALS: tuple[tuple[Any, str, tuple[str, ...] | None], ...] = (
     (batch_models.BatchBackend, "_validate_compute_resources", None),
     (batch_models.BatchBackend, "get_compute_environment", None),
     (batch_models.BatchBackend, "get_job_queue", None),
+    (S3Response, "put_object", ("self",)),
     (logs_models.LogsBackend, "filter_log_events",
      ("self", "log_group_name", "log_stream_names", "start_time", "end_time", "limit", "next_token",
       "filter_pattern", "interleaved")),

@@ -81,7 +81,7 @@ def max_factors(shared_limit: int) -> int:
     return factors
 
 
-def first_non_finite(xp, values) -> tuple[int, int] | None:
+def first_non_finite(xp: Any, values: Any) -> tuple[int, int] | None:
     """(index of the first non-finite value, how many there are) in a 1-D array, or None; a chunk
     at a time, so a 1e9-value array needs no 1 GB mask on the GPU."""
     first, count = None, 0
@@ -119,7 +119,8 @@ class NativeAls:
             raise WorkerError("NativeAls: regularization=None needs regularization_share")
         self.factors, self.iterations = factors, iterations
         self.regularization = None if regularization is None else float(regularization)
-        self.regularization_share, self.sigma = regularization_share, None
+        self.regularization_share = regularization_share
+        self.sigma: float | None = None  # the largest singular value, when the regularization is automatic
         self.random_state, self.cg_steps, self.threshold, self.chunk = random_state, cg_steps, threshold, chunk
         self.user_factors: np.ndarray | None = None  # set before fit for a warm start, as with implicit
         self.item_factors: np.ndarray | None = None
@@ -164,8 +165,9 @@ class NativeAls:
         self.timings["transpose_s"] = time.perf_counter() - started
         started = time.perf_counter()
         if self.regularization is None:
-            self.sigma = self._largest_singular_value(cupy, kernels, user_side, item_side)
-            self.regularization = self.regularization_share * self.sigma
+            assert self.regularization_share is not None  # __init__ refuses the two None together
+            sigma = self.sigma = self._largest_singular_value(cupy, kernels, user_side, item_side)
+            self.regularization = self.regularization_share * sigma
             log.info("train: regularization %.4g (auto: %g x %.4g, the largest singular value of the confidence "
                      "matrix, on the GPU)", self.regularization, self.regularization_share, self.sigma)
             self.timings["regularization_s"] = time.perf_counter() - started
@@ -195,7 +197,7 @@ class NativeAls:
 
     # -- setup -----------------------------------------------------------------------------
 
-    def _check_shared_memory(self, cupy) -> None:
+    def _check_shared_memory(self, cupy: Any) -> None:
         """Refuse, before anything is uploaded, factors whose YtY the GPU cannot hold in shared memory."""
         limit = int(cupy.cuda.Device().attributes["MaxSharedMemoryPerBlockOptin"])
         if shared_bytes(self.factors) > limit:
@@ -205,7 +207,7 @@ class NativeAls:
                 f"--factors {max_factors(limit)} or fewer, or --solver implicit")
 
     @staticmethod
-    def _refuse_non_finite(cupy, side, when: str) -> None:
+    def _refuse_non_finite(cupy: Any, side: dict[str, Any], when: str) -> None:
         """One line naming the first row with a NaN or infinite value: one such row would poison every
         factor through YtY, so the fit does not start."""
         found = first_non_finite(cupy, side["data"])
@@ -289,7 +291,8 @@ class NativeAls:
                                     indices, data))
         return {"indptr": indptr, "indices": indices, "data": data, "rows": columns}
 
-    def _largest_singular_value(self, cupy, kernels, user_side, item_side, iterations: int = 16) -> float:
+    def _largest_singular_value(self, cupy: Any, kernels: dict[str, Any], user_side: dict[str, Any],
+                                item_side: dict[str, Any], iterations: int = 16) -> float:
         """sigma_1 of the confidence matrix C by power iteration on C'C, as train.largest_singular_value
         does on the host, but over the whole matrix (the host takes a sample of rows): C v over the
         user rows, C'u over the item rows, each a pass of spmv_rows."""
