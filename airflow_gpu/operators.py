@@ -212,7 +212,8 @@ class GpuBatchOperator(BaseOperator):
                 "submitting from here"
             )
         self._check_fields(skip_templates=False)
-        view = self._seen(self.jobs.submit_or_reattach(self._spec(_identity(context)), reattach=self.reattach))
+        try_number = _try_number(context)
+        view = self._seen(self.jobs.submit_or_reattach(self._spec(_identity(context)), reattach=self.reattach, try_number=try_number))
         state = view.state
         context["ti"].xcom_push(key=JOB_ID_XCOM_KEY, value=state.job_id)
         if state.status == SUCCEEDED:
@@ -222,6 +223,8 @@ class GpuBatchOperator(BaseOperator):
             final = self._seen(self.jobs.wait(state.job_id, poll_interval=self.poll_interval, max_queued=self.max_queued,
                                                who=f"Airflow task {self.dag_id}.{self.task_id}"))
             return self._announce(context, self._finish(final.state, final.log_lines))
+        if try_number is not None:
+            self.jobs.claim(state, try_number)  # a later try then knows a clear or a mark ended this one
         self._defer(state.job_id, reattached=view.reattached)
         return None  # not reached: defer raises
 
@@ -259,6 +262,8 @@ class GpuBatchOperator(BaseOperator):
             )
             fresh = self._seen(self.jobs.submit_or_reattach(self._spec(_identity(context)), reattach=False)).state
             context["ti"].xcom_push(key=JOB_ID_XCOM_KEY, value=fresh.job_id)
+            if (try_number := _try_number(context)) is not None:
+                self.jobs.claim(fresh, try_number)
             self._defer(fresh.job_id, reattached=False)
         self._seen(JobView(state, event.get("job_url"), event.get("log_url")))
         lines: Sequence[str] = ()
@@ -426,6 +431,12 @@ def job_result(state: JobState) -> dict[str, Any]:
         "log_stream": state.log_stream,
         "log_group": state.log_group,
     }
+
+
+def _try_number(context: Context) -> int | None:
+    """This try's number, which tags the job it defers on (airflow_gpu/jobs/ownership.py)."""
+    number = getattr(context["ti"], "try_number", None)
+    return number if isinstance(number, int) else None
 
 
 def _identity(context: Context) -> TaskIdentity:

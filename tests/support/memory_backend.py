@@ -6,9 +6,10 @@ clients); they stay RUNNING until ``finish`` (a test's lever) or ``terminate`` e
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import time
-from typing import ClassVar, Sequence
+from typing import ClassVar, Mapping, Sequence
 
 from airflow_gpu.jobs.backend import FAILED, SUCCEEDED, BackendTarget, JobBackend, JobState, LogChunk, register_backend
 from airflow_gpu.jobs.spec import TAG_CANCELLED, TAG_IDEMPOTENCY_KEY, JobSpec
@@ -20,6 +21,8 @@ class InMemoryBackend(JobBackend):
     describe_batch_size: ClassVar[int] = 100
     jobs: ClassVar[dict[str, JobState]] = {}
     logs: ClassVar[dict[str, list[str]]] = {}
+    terminate_calls: ClassVar[list[str]] = []  # every terminate asked for, live job or not (counts TerminateJob)
+    submitted: ClassVar[list[str]] = []  # every job submitted (counts SubmitJob)
     _ids = itertools.count(1)
 
     @classmethod
@@ -36,6 +39,7 @@ class InMemoryBackend(JobBackend):
                          log_stream=job_id)
         self.jobs[job_id] = state
         self.logs[job_id] = []
+        self.submitted.append(job_id)
         return state
 
     async def find(self, spec: JobSpec) -> list[JobState]:
@@ -46,7 +50,12 @@ class InMemoryBackend(JobBackend):
     async def describe(self, job_ids: Sequence[str]) -> list[JobState]:
         return [self.jobs[j] for j in job_ids[: self.describe_batch_size] if j in self.jobs]
 
+    async def add_tags(self, job_id: str, tags: Mapping[str, str]) -> None:
+        state = self.jobs[job_id]
+        self.jobs[job_id] = dataclasses.replace(state, tags={**state.tags, **tags})
+
     async def terminate(self, job_id: str, reason: str) -> None:
+        self.terminate_calls.append(job_id)
         state = self.jobs.get(job_id)
         if state is None or state.is_terminal:
             return
@@ -68,6 +77,8 @@ class InMemoryBackend(JobBackend):
         """Forget every job (each test starts with an empty job system)."""
         cls.jobs.clear()
         cls.logs.clear()
+        cls.terminate_calls.clear()
+        cls.submitted.clear()
 
     @classmethod
     def finish(cls, job_id: str, lines: Sequence[str] = ()) -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, Awaitable, Callable, Sequence, TypeVar
+from typing import Any, Awaitable, Callable, Mapping, Sequence, TypeVar
 from urllib.parse import quote
 
 import aiohttp
@@ -385,6 +385,14 @@ class AwsBatchBackend(JobBackend):
             retired, self._retired = self._retired, replaced
         for old in retired:
             await old.close()
+
+    async def add_tags(self, job_id: str, tags: Mapping[str, str]) -> None:
+        # TagResource takes the job's ARN, which only a description names.
+        reply = await self.backoff.call(lambda: self._batch.describe_jobs(jobs=[job_id]))
+        jobs = reply.get("jobs") or []
+        if not jobs:
+            raise JobSpecError(f"{self.location} has no job {job_id} to tag")
+        await self.backoff.call(lambda: self._batch.tag_resource(resourceArn=jobs[0]["jobArn"], tags=dict(tags)))
 
     async def terminate(self, job_id: str, reason: str) -> None:
         reply = await self.backoff.call(lambda: self._batch.describe_jobs(jobs=[job_id]))
