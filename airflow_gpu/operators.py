@@ -79,6 +79,8 @@ class GpuBatchOperator(BaseOperator):
         crash and retry thus never starts a second GPU job. After a clear, a new try may
         reattach before the earlier try's trigger has terminated the job (its ``on_kill``);
         when that termination arrives, the new try submits a fresh job instead of failing.
+        Whatever ``reattach``, a live job an earlier try deferred on (a clear's) is terminated
+        and never reattached to (docs/operator.md, "When a deferred task is cancelled").
     :param stream_logs: relay the job's log lines into the task log while it runs.
     :param backend: job system: ``"aws_batch"`` (default), ``"local"`` (a process on this
         machine, for demos and development; see :mod:`airflow_gpu.jobs.local.backend`) or another
