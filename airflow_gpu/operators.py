@@ -215,7 +215,9 @@ class GpuBatchOperator(BaseOperator):
             )
         self._check_fields(skip_templates=False)
         try_number = _try_number(context)
-        view = self._seen(self.jobs.submit_or_reattach(self._spec(_identity(context)), reattach=self.reattach, try_number=try_number))
+        # A deferring try tags its job with its number, so a later try knows a clear or a mark ended this one.
+        view = self._seen(self.jobs.submit_or_reattach(self._spec(_identity(context)), reattach=self.reattach,
+                                                       try_number=try_number, claim_for_deferral=self.deferrable))
         state = view.state
         context["ti"].xcom_push(key=JOB_ID_XCOM_KEY, value=state.job_id)
         if state.status == SUCCEEDED:
@@ -225,8 +227,6 @@ class GpuBatchOperator(BaseOperator):
             final = self._seen(self.jobs.wait(state.job_id, poll_interval=self.poll_interval, max_queued=self.max_queued,
                                                who=f"Airflow task {self.dag_id}.{self.task_id}"))
             return self._announce(context, self._finish(final.state, final.log_lines))
-        if try_number is not None:
-            self.jobs.claim(state, try_number)  # a later try then knows a clear or a mark ended this one
         self._defer(state.job_id, reattached=view.reattached)
         return None  # not reached: defer raises
 
@@ -262,10 +262,9 @@ class GpuBatchOperator(BaseOperator):
                 "Job %s, which this try reattached to, was stopped for an earlier try (%s); submitting a new job",
                 state.job_id, state.status_reason,
             )
-            fresh = self._seen(self.jobs.submit_or_reattach(self._spec(_identity(context)), reattach=False)).state
+            fresh = self._seen(self.jobs.submit_or_reattach(self._spec(_identity(context)), reattach=False,
+                                                            try_number=_try_number(context), claim_for_deferral=True)).state
             context["ti"].xcom_push(key=JOB_ID_XCOM_KEY, value=fresh.job_id)
-            if (try_number := _try_number(context)) is not None:
-                self.jobs.claim(fresh, try_number)
             self._defer(fresh.job_id, reattached=False)
         self._seen(JobView(state, event.get("job_url"), event.get("log_url")))
         lines: Sequence[str] = ()

@@ -140,27 +140,20 @@ class BlockingJobs:
     def _view(self, backend: JobBackend, state: JobState, **more) -> JobView:
         return JobView(state, backend.job_url(state.job_id), backend.log_url(state), **more)
 
-    def submit_or_reattach(self, spec: JobSpec, *, reattach: bool, try_number: int | None = None) -> JobView:
-        """This task instance's live or succeeded job when ``reattach`` finds one; else a new job."""
+    def submit_or_reattach(self, spec: JobSpec, *, reattach: bool, try_number: int | None = None,
+                           claim_for_deferral: bool = False) -> JobView:
+        """This task instance's live or succeeded job when ``reattach`` finds one; else a new job.
+        ``claim_for_deferral``: tag a live job with ``try_number`` (see :func:`claim`), in the same
+        session, so the backend knows the job's address from the submit or the search."""
 
         async def call() -> JobView:
             async with JobWatcher.shared(self.target).backend() as backend:
                 state, reattached = await submit_or_reattach(backend, spec, reattach=reattach, log=self.log, try_number=try_number)
+                if claim_for_deferral and try_number is not None and state.is_live:
+                    await claim(backend, state, try_number, self.log)
                 return self._view(backend, state, reattached=reattached)
 
         return run_blocking(call)
-
-    def claim(self, state: JobState, try_number: int) -> None:
-        """Tag the job with the try about to defer on it (see :func:`claim`)."""
-
-        async def call() -> None:
-            async with JobWatcher.shared(self.target).backend() as backend:
-                await claim(backend, state, try_number, self.log)
-
-        try:
-            run_blocking(call, timeout=60)
-        except Exception as exc:
-            self.log.warning("Could not tag job %s with the try that waits for it: %s", state.job_id, exc)
 
     def wait(self, job_id: str, *, poll_interval: float, max_queued: float | None, who: str) -> JobView:
         """Follow the job here, as the trigger would, to its final state (with the log's tail on failure).

@@ -206,6 +206,7 @@ class AwsBatchBackend(JobBackend):
         self._log_reader: CloudWatchLogReader | None = None
         self._refresh_lock = asyncio.Lock()
         self._retired: list[Any] = []  # clients replaced at the last refresh, closed at the next one or at the end
+        self._arns: dict[str, str] = {}  # job id -> ARN, from submit and find replies: add_tags then needs no describe
         self._region_asked = connection.region_name
         self.credential_refreshes = 0  # for tests and metrics
         self.closed = False
@@ -287,6 +288,8 @@ class AwsBatchBackend(JobBackend):
                     if existing:
                         return existing[0]
                 continue
+            if reply.get("jobArn"):
+                self._arns[reply["jobId"]] = reply["jobArn"]
             return JobState(job_id=reply["jobId"], status="SUBMITTED", name=reply.get("jobName", spec.name), tags=spec.tags)
 
     async def find(self, spec: JobSpec) -> list[JobState]:
@@ -298,6 +301,7 @@ class AwsBatchBackend(JobBackend):
             chunk = ids[start : start + self.describe_batch_size]
             reply = await self.backoff.call(lambda: self._batch.describe_jobs(jobs=chunk))
             raws.extend(reply.get("jobs", ()))
+        self._arns.update({j["jobId"]: j["jobArn"] for j in raws if j.get("jobArn")})
         raws = [
             j
             for j in raws
@@ -387,12 +391,15 @@ class AwsBatchBackend(JobBackend):
             await old.close()
 
     async def add_tags(self, job_id: str, tags: Mapping[str, str]) -> None:
-        # TagResource takes the job's ARN, which only a description names.
-        reply = await self.backoff.call(lambda: self._batch.describe_jobs(jobs=[job_id]))
-        jobs = reply.get("jobs") or []
-        if not jobs:
-            raise JobSpecError(f"{self.location} has no job {job_id} to tag")
-        await self.backoff.call(lambda: self._batch.tag_resource(resourceArn=jobs[0]["jobArn"], tags=dict(tags)))
+        # TagResource takes the job's ARN: known from this backend's submit or find, else described.
+        arn = self._arns.get(job_id)
+        if arn is None:
+            reply = await self.backoff.call(lambda: self._batch.describe_jobs(jobs=[job_id]))
+            jobs = reply.get("jobs") or []
+            if not jobs:
+                raise JobSpecError(f"{self.location} has no job {job_id} to tag")
+            arn = jobs[0]["jobArn"]
+        await self.backoff.call(lambda: self._batch.tag_resource(resourceArn=arn, tags=dict(tags)))
 
     async def terminate(self, job_id: str, reason: str) -> None:
         reply = await self.backoff.call(lambda: self._batch.describe_jobs(jobs=[job_id]))
