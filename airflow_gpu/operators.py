@@ -79,6 +79,8 @@ class GpuBatchOperator(BaseOperator):
         crash and retry thus never starts a second GPU job. After a clear, a new try may
         reattach before the earlier try's trigger has terminated the job (its ``on_kill``);
         when that termination arrives, the new try submits a fresh job instead of failing.
+        Whatever ``reattach``, a live job an earlier try deferred on (a clear's) is terminated
+        and never reattached to (docs/operator.md, "When a deferred task is cancelled").
     :param stream_logs: relay the job's log lines into the task log while it runs.
     :param backend: job system: ``"aws_batch"`` (default), ``"local"`` (a process on this
         machine, for demos and development; see :mod:`airflow_gpu.jobs.local.backend`) or another
@@ -212,7 +214,10 @@ class GpuBatchOperator(BaseOperator):
                 "submitting from here"
             )
         self._check_fields(skip_templates=False)
-        view = self._seen(self.jobs.submit_or_reattach(self._spec(_identity(context)), reattach=self.reattach))
+        try_number = _try_number(context)
+        # A deferring try tags its job with its number, so a later try knows a clear or a mark ended this one.
+        view = self._seen(self.jobs.submit_or_reattach(self._spec(_identity(context)), reattach=self.reattach,
+                                                       try_number=try_number, claim_for_deferral=self.deferrable))
         state = view.state
         context["ti"].xcom_push(key=JOB_ID_XCOM_KEY, value=state.job_id)
         if state.status == SUCCEEDED:
@@ -257,7 +262,8 @@ class GpuBatchOperator(BaseOperator):
                 "Job %s, which this try reattached to, was stopped for an earlier try (%s); submitting a new job",
                 state.job_id, state.status_reason,
             )
-            fresh = self._seen(self.jobs.submit_or_reattach(self._spec(_identity(context)), reattach=False)).state
+            fresh = self._seen(self.jobs.submit_or_reattach(self._spec(_identity(context)), reattach=False,
+                                                            try_number=_try_number(context), claim_for_deferral=True)).state
             context["ti"].xcom_push(key=JOB_ID_XCOM_KEY, value=fresh.job_id)
             self._defer(fresh.job_id, reattached=False)
         self._seen(JobView(state, event.get("job_url"), event.get("log_url")))
@@ -427,6 +433,12 @@ def job_result(state: JobState) -> dict[str, Any]:
         "log_stream": state.log_stream,
         "log_group": state.log_group,
     }
+
+
+def _try_number(context: Context) -> int | None:
+    """This try's number, which tags the job it defers on (airflow_gpu/jobs/ownership.py)."""
+    number = getattr(context["ti"], "try_number", None)
+    return number if isinstance(number, int) else None
 
 
 def _identity(context: Context) -> TaskIdentity:

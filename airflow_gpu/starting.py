@@ -16,14 +16,16 @@ by the idempotency key and never submits a second one, which is why ``reattach=F
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, AsyncIterator
 
 from airflow.triggers.base import StartTriggerArgs, TaskFailedEvent, TaskSuccessEvent, TriggerEvent
 
 from airflow_gpu.jobs.backend import SUCCEEDED, JobState
-from airflow_gpu.jobs.blocking import submit_or_reattach
+from airflow_gpu.jobs.blocking import claim, submit_or_reattach
+from airflow_gpu.jobs.ownership import superseded
 from airflow_gpu.jobs.shared import DEFAULT_POLL_INTERVAL
-from airflow_gpu.jobs.spec import JobSpecError, TaskIdentity
+from airflow_gpu.jobs.spec import TAG_DEFERRED_TRY, JobSpecError, TaskIdentity
 from airflow_gpu.jobs.watcher import JobWatcher
 from airflow_gpu.outputs import ManifestError, read_job_output_summary
 from airflow_gpu.triggers import GpuBatchJobTrigger
@@ -152,9 +154,14 @@ class GpuBatchStartTrigger(GpuBatchJobTrigger):
             self.log.error("Task %s cannot start: %s", identity.describe(), exc)
             yield TaskFailedEvent()
             return
+        try_number = self._try_number()
+        if try_number is not None:  # this try is deferred already: its submit carries its claim (jobs/ownership.py)
+            spec = dataclasses.replace(spec, tags={**spec.tags, TAG_DEFERRED_TRY: str(try_number)})
         watcher = JobWatcher.shared(self.target)
         async with watcher.backend() as backend:
-            state, reattached = await submit_or_reattach(backend, spec, reattach=True, log=self.log)
+            state, reattached = await submit_or_reattach(backend, spec, reattach=True, log=self.log, try_number=try_number)
+            if try_number is not None and state.is_live:
+                await claim(backend, state, try_number, self.log)  # one a worker submitted for this try, if any
             links = {"job_url": backend.job_url(state.job_id), "log_url": backend.log_url(state)}
         self.job_id = state.job_id
         if state.status == SUCCEEDED:
@@ -187,6 +194,10 @@ class GpuBatchStartTrigger(GpuBatchJobTrigger):
         self.log.info("Job %s SUCCEEDED after %d attempt(s); the task ends on the triggerer", final.job_id, final.attempts)
         yield TaskSuccessEvent(xcoms={"return_value": result, JOB_ID_XCOM_KEY: final.job_id})
 
+    def _try_number(self) -> int | None:
+        number = getattr(self.task_instance, "try_number", None)
+        return number if isinstance(number, int) else None
+
     def _identity(self) -> TaskIdentity:
         ti = self.task_instance
         if ti is None:
@@ -196,12 +207,15 @@ class GpuBatchStartTrigger(GpuBatchJobTrigger):
 
     async def on_kill(self) -> None:
         """As the watching trigger's. Cancelled before it knew its job (mid-submit), it looks the
-        job up by the idempotency key, so a job submitted just then is stopped too."""
+        job up by the idempotency key, so a job submitted just then is decided on too; a live job
+        an earlier try deferred on is not this try's (the next try ends it)."""
         if not self.job_id:
             try:
                 spec = job_spec_of(self)
+                try_number = self._try_number()
                 async with JobWatcher.shared(self.target).backend() as backend:
-                    live = [s for s in await backend.find(spec) if s.is_live]
+                    live = [s for s in await backend.find(spec)
+                            if s.is_live and (try_number is None or not superseded(s, try_number))]
             except Exception as exc:  # nothing valid to look for, or the backend is unreachable
                 self.log.warning("Could not look for this task's job to stop it: %s", exc)
                 return

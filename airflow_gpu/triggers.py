@@ -14,7 +14,9 @@ from airflow_gpu.jobs.follower import LogFollow, LogFollower
 from airflow_gpu.jobs.loop_log import log_off_loop, logs_written
 from airflow_gpu.jobs.interrupt import INTERRUPTED, _Interrupted, terminate_interrupted, wait_unless_interrupted
 from airflow_gpu.jobs.shared import DEFAULT_POLL_INTERVAL
+from airflow_gpu.jobs.ownership import Action, TaskState, decide_on_kill
 from airflow_gpu.jobs.watcher import JobWatch, JobWatcher, follow_job
+from airflow_gpu.task_state import read_task_state
 
 
 class GpuBatchJobTrigger(BaseTrigger):
@@ -67,7 +69,7 @@ class GpuBatchJobTrigger(BaseTrigger):
         self._watch: JobWatch | None = None
         self._follow: LogFollow | None = None
         self._retired: asyncio.Future | None = None
-        self._killing: asyncio.Future | None = None  # on_kill's decision, kept alive past a second cancel
+        self._killing: asyncio.Future | None = None  # on_kill's decision, kept alive past a second cancel, made once
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -172,20 +174,34 @@ class GpuBatchJobTrigger(BaseTrigger):
         self._release()
 
     async def on_kill(self) -> None:
-        """The triggerer cancelled this trigger for a user's action (clear, mark failed or success;
-        Airflow 3.3+): stop the GPU job, at once and without asking the task's state.
+        """The triggerer cancelled this trigger with its user-action message (Airflow 3.3+): the task
+        was cleared or marked -- or, on Airflow 3.3.2 (apache/airflow PR #73454), this triggerer
+        resumed from a stall and found the trigger given to another triggerer. The job and the task
+        instance's state tell which (airflow_gpu/jobs/ownership.py; the table is in docs/operator.md).
 
-        Asking would race the user's own clear: by the time a busy supervisor answers (a new
-        triggerer's first Task SDK call takes seconds), the cleared task's next try may already
-        have reattached and deferred again, and the state would read DEFERRED. The triggerer also
-        cancels a trigger it dropped again on each pass until it has ended, so the termination runs
-        as its own task, which a second cancel cannot stop halfway."""
-        self._killing = asyncio.ensure_future(self._terminate(self._kill_reason()))
+        A clear's next try never reattaches to this job (it carries this try's number), so a
+        DEFERRED task read here is this try still waiting, elsewhere. The triggerer cancels a
+        trigger it dropped again on each pass until it has ended, so the decision runs as its own
+        task, which a second cancel cannot stop halfway, and runs once."""
+        if self._killing is None:
+            self._killing = asyncio.ensure_future(self._decide_and_act())
         await asyncio.shield(self._killing)
 
-    async def _terminate(self, reason: str) -> None:
+    async def _decide_and_act(self) -> None:
+        ti = self.task_instance
+        try_number = getattr(ti, "try_number", None)
         async with JobWatcher.shared(self.target).backend() as backend:
-            await backend.terminate(self.job_id, reason)
+            decision = decide_on_kill(await _described(backend, self.job_id), None, try_number)
+            if decision.action is not Action.LEAVE:  # only a live job is worth the task's state
+                task_state = TaskState.UNKNOWN if ti is None else await read_task_state(ti, self.log)
+                # Described again: the state read may have taken a while, and a later try may have ended the job meanwhile.
+                decision = decide_on_kill(await _described(backend, self.job_id), task_state, try_number)
+            if decision.action is Action.TERMINATE:
+                reason = self._kill_reason()
+                self.log.warning("Terminating job %s: %s", self.job_id, decision.why)
+                await backend.terminate(self.job_id, reason)
+            else:
+                self.log.info("Job %s left running: %s", self.job_id, decision.why)
 
     def _kill_reason(self) -> str:
         ti = self.task_instance
@@ -195,6 +211,11 @@ class GpuBatchJobTrigger(BaseTrigger):
         if getattr(ti, "map_index", -1) not in (-1, None):
             where += f" map index {ti.map_index}"
         return f"Airflow task {where} was cleared or marked failed/succeeded"
+
+
+async def _described(backend: JobBackend, job_id: str) -> JobState | None:
+    found = await backend.describe([job_id])
+    return found[0] if found else None
 
 
 async def _close_if_idle(watcher: JobWatcher, follower: LogFollower) -> None:

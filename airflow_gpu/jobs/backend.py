@@ -184,6 +184,11 @@ class JobBackend(abc.ABC):
         log stream that does not exist yet, gives an empty chunk, never an error.
         """
 
+    async def add_tags(self, job_id: str, tags: Mapping[str, str]) -> None:
+        """Add (or overwrite) tags on the job; what the next describe reports. A backend without tags
+        cannot record which try deferred on a job (airflow_gpu/jobs/ownership.py): callers warn and go on."""
+        raise NotImplementedError(f"the {self.name} backend cannot tag its jobs")
+
     async def list_jobs(self, queue: str | None, statuses: Sequence[str]) -> list[JobState]:
         """Jobs airflow-gpu submitted (they carry its idempotency tag), in ``statuses``; for ``airflow-gpu jobs``."""
         raise JobSpecError(f"the {self.name} backend cannot list its jobs")

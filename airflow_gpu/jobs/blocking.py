@@ -16,7 +16,8 @@ from typing import Any, Awaitable, Callable, Protocol, TypeVar
 from airflow_gpu.jobs.backend import SUCCEEDED, BackendTarget, JobBackend, JobState
 from airflow_gpu.jobs.blocked import waiting_line
 from airflow_gpu.jobs.interrupt import INTERRUPTED, terminate_interrupted, wait_unless_interrupted
-from airflow_gpu.jobs.spec import JobSpec
+from airflow_gpu.jobs.ownership import deferred_try, superseded
+from airflow_gpu.jobs.spec import TAG_DEFERRED_TRY, JobSpec
 from airflow_gpu.jobs.watcher import JobWatcher, follow_job
 
 T = TypeVar("T")
@@ -84,13 +85,20 @@ class JobView:
     log_lines: tuple[str, ...] = ()
 
 
-async def submit_or_reattach(backend: JobBackend, spec: JobSpec, *, reattach: bool, log: TaskLog) -> tuple[JobState, bool]:
+async def submit_or_reattach(backend: JobBackend, spec: JobSpec, *, reattach: bool, log: TaskLog,
+                             try_number: int | None = None) -> tuple[JobState, bool]:
     """This task instance's live or succeeded job when ``reattach`` finds one (by its idempotency
     key), else a new job; and whether it was a live one reattached to. The one rule for every
-    submitter: a worker (:class:`BlockingJobs`) and the triggerer (``start_from_trigger``)."""
+    submitter: a worker (:class:`BlockingJobs`) and the triggerer (``start_from_trigger``).
+
+    With ``try_number``, a live job that an earlier try deferred on is superseded: that try was
+    cleared or marked, so the job is terminated here (unless its trigger did so already) and never
+    reattached to (airflow_gpu/jobs/ownership.py)."""
     state, reattached = None, False
+    found = await backend.find(spec) if reattach or try_number is not None else []
+    if try_number is not None:  # also without reattach: nobody else may end a superseded job
+        found = [s for s in found if not await _ended_if_superseded(backend, s, spec, try_number, log)]
     if reattach:
-        found = await backend.find(spec)
         state = next((s for s in found if s.is_live), None) or next((s for s in found if s.status == SUCCEEDED), None)
         if state is not None and state.is_live:
             reattached = True
@@ -106,6 +114,29 @@ async def submit_or_reattach(backend: JobBackend, spec: JobSpec, *, reattach: bo
     return state, reattached
 
 
+async def _ended_if_superseded(backend: JobBackend, state: JobState, spec: JobSpec, try_number: int, log: logging.Logger) -> bool:
+    if not superseded(state, try_number):
+        return False
+    reason = (f"Airflow task {spec.identity.describe()} was cleared or marked while try {deferred_try(state)} waited "
+              f"for this job; try {try_number} runs a new one")
+    log.warning("Terminating job %s: %s", state.job_id, reason)
+    await backend.terminate(state.job_id, reason)
+    return True
+
+
+async def claim(backend: JobBackend, state: JobState, try_number: int, log: logging.Logger) -> None:
+    """Tag the job with the try that defers on it, so that a later try never reattaches to it
+    after a clear. Best effort: without the tag, a clear's next try may reattach to the job its
+    clear is ending, and then resubmits when it sees that (GpuBatchOperator.execute_complete)."""
+    if deferred_try(state) == try_number:
+        return
+    try:
+        await backend.add_tags(state.job_id, {TAG_DEFERRED_TRY: str(try_number)})
+    except Exception as exc:
+        log.warning("Could not tag job %s with the try that waits for it (%s); a clear's next try may reattach to it",
+                    state.job_id, exc)
+
+
 class BlockingJobs:
     """One backend target, reached synchronously. ``log`` is the caller's logger (the task log)."""
 
@@ -116,12 +147,17 @@ class BlockingJobs:
     def _view(self, backend: JobBackend, state: JobState, **more: Any) -> JobView:
         return JobView(state, backend.job_url(state.job_id), backend.log_url(state), **more)
 
-    def submit_or_reattach(self, spec: JobSpec, *, reattach: bool) -> JobView:
-        """This task instance's live or succeeded job when ``reattach`` finds one; else a new job."""
+    def submit_or_reattach(self, spec: JobSpec, *, reattach: bool, try_number: int | None = None,
+                           claim_for_deferral: bool = False) -> JobView:
+        """This task instance's live or succeeded job when ``reattach`` finds one; else a new job.
+        ``claim_for_deferral``: tag a live job with ``try_number`` (see :func:`claim`), in the same
+        session, so the backend knows the job's address from the submit or the search."""
 
         async def call() -> JobView:
             async with JobWatcher.shared(self.target).backend() as backend:
-                state, reattached = await submit_or_reattach(backend, spec, reattach=reattach, log=self.log)
+                state, reattached = await submit_or_reattach(backend, spec, reattach=reattach, log=self.log, try_number=try_number)
+                if claim_for_deferral and try_number is not None and state.is_live:
+                    await claim(backend, state, try_number, self.log)
                 return self._view(backend, state, reattached=reattached)
 
         return run_blocking(call)

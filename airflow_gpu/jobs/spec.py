@@ -37,6 +37,10 @@ TAG_MAP_INDEX = "airflow:map_index"
 TAG_IDEMPOTENCY_KEY = "airflow-gpu:idempotency-key"
 # Set on a job we terminated, so a later try never reattaches to a job on its way out.
 TAG_CANCELLED = "airflow-gpu:cancelled"
+# The try number of the task instance that deferred on the job (the try that owns it): a later try
+# never reattaches to a live job an earlier try deferred on, since only a clear or a mark ends a
+# deferred try and leaves its job live (see airflow_gpu/jobs/ownership.py).
+TAG_DEFERRED_TRY = "airflow-gpu:deferred-try"
 
 NAME_HASH_LEN = 12
 
@@ -214,12 +218,12 @@ def check_tags(value: Any) -> dict[str, str]:
             raise JobSpecError(f"tag {key!r} uses the reserved 'aws:' prefix; choose another key.")
         if len(key) > MAX_TAG_KEY or len(item) > MAX_TAG_VALUE:
             raise JobSpecError(f"tag {key!r}: keys may have 128 characters and values 256.")
-    reserved = {TAG_DAG_ID, TAG_TASK_ID, TAG_RUN_ID, TAG_MAP_INDEX, TAG_IDEMPOTENCY_KEY, TAG_CANCELLED}
+    reserved = {TAG_DAG_ID, TAG_TASK_ID, TAG_RUN_ID, TAG_MAP_INDEX, TAG_IDEMPOTENCY_KEY, TAG_CANCELLED, TAG_DEFERRED_TRY}
     clash = reserved.intersection(tags)
     if clash:
         raise JobSpecError(f"tag {sorted(clash)[0]!r} is set by airflow-gpu itself; choose another key.")
-    if len(tags) + 5 > MAX_TAGS:
-        raise JobSpecError(f"tags: at most {MAX_TAGS - 5} tags (AWS Batch allows 50; airflow-gpu uses 5).")
+    if len(tags) + 7 > MAX_TAGS:
+        raise JobSpecError(f"tags: at most {MAX_TAGS - 7} tags (AWS Batch allows 50; airflow-gpu uses up to 7).")
     return tags
 
 

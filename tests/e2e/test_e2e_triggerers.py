@@ -22,13 +22,13 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
-from tests.support.airflow_e2e import Airflow, airflow_env, free_port, stop_process_tree, wait_for
+from tests.support.airflow_e2e import Airflow, Cluster, airflow_env, free_port, wait_for
 from tests.support.moto_aws import MotoAws, iter_describe_cycles
+
 from tests.support.postgres import PostgresServer, PostgresUnavailable  # noqa: E402
 
 pytestmark = [pytest.mark.timeout(900), pytest.mark.airflow_behaviour]
@@ -62,38 +62,6 @@ def postgres():
         pytest.skip(f"two triggerers need PostgreSQL: {exc}")
     with server:
         yield server
-
-
-class Cluster:
-    """Airflow's components as separate processes, each in its own process group."""
-
-    def __init__(self, home: Path, env: dict[str, str]) -> None:
-        self.home = home
-        self.env = env
-        self.processes: dict[str, subprocess.Popen] = {}
-        self.airflow_bin = str(Path(sys.executable).with_name("airflow"))
-
-    def start(self, name: str, *argv: str, **extra_env: str) -> subprocess.Popen:
-        with open(self.home / f"{name}.log", "wb") as out:
-            process = subprocess.Popen(
-                [self.airflow_bin, *argv], env={**self.env, **extra_env}, cwd=self.home, stdout=out,
-                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-            )
-        self.processes[name] = process
-        return process
-
-    def check_alive(self, *names: str) -> None:
-        for name in names or self.processes:
-            process = self.processes[name]
-            if process.poll() is not None:
-                raise AssertionError(f"airflow {name} exited with {process.returncode}:\n{self.log_tail(name)}")
-
-    def log_tail(self, name: str, lines: int = 40) -> str:
-        return "\n".join((self.home / f"{name}.log").read_text(errors="replace").splitlines()[-lines:])
-
-    def stop(self) -> None:
-        for process in self.processes.values():
-            stop_process_tree(process, self.home)
 
 
 def test_two_triggerers_share_deferred_gpu_tasks_and_one_takes_over_after_sigkill(tmp_path, moto_aws: MotoAws, gpu_batch, postgres):

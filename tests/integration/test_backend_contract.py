@@ -2,7 +2,7 @@
 
 What the watcher, the trigger and the operator rely on, whatever the job system:
 submit gives a job that describe and find see; describe leaves unknown ids out; find
-keeps to one task instance; terminate ends a live job, marks it cancelled (so reattach
+keeps to one task instance; add_tags shows in describe and find; terminate ends a live job, marks it cancelled (so reattach
 never picks it) and is a no-op on an ended one; a job without log lines yet reads as
 an empty chunk; aclose can be called twice.
 """
@@ -18,7 +18,7 @@ from typing import Any, Callable
 import pytest
 
 from airflow_gpu.jobs.backend import BackendTarget, JobBackend, JobState, backend_class
-from airflow_gpu.jobs.spec import TAG_CANCELLED, JobSpec, TaskIdentity
+from airflow_gpu.jobs.spec import TAG_CANCELLED, TAG_DEFERRED_TRY, TAG_IDEMPOTENCY_KEY, JobSpec, TaskIdentity
 from tests.support.local_jobs_testing import kill_leftover_local_jobs
 from tests.support.memory_backend import InMemoryBackend
 
@@ -106,6 +106,19 @@ async def test_terminate_ends_marks_and_is_idempotent(subject):
     assert await backend.find(spec("run-1")) == []  # a cancelled job is never reattached
     await backend.terminate(state.job_id, "again")  # ended: a no-op, no error
     assert (await until(backend, state.job_id, lambda s: s.is_terminal)).status == "FAILED"
+
+
+async def test_add_tags_shows_in_describe_and_find(subject):
+    # The try that defers on a job tags it with its number (airflow_gpu/jobs/ownership.py).
+    backend, spec = subject.backend, subject.spec
+    state = await backend.submit(spec("run-1"))
+    await until(backend, state.job_id, lambda s: s.is_live)
+    await backend.add_tags(state.job_id, {TAG_DEFERRED_TRY: "2"})
+    [described] = await backend.describe([state.job_id])
+    [found] = await backend.find(spec("run-1"))
+    assert described.tags[TAG_DEFERRED_TRY] == found.tags[TAG_DEFERRED_TRY] == "2"
+    assert described.tags[TAG_IDEMPOTENCY_KEY] == spec("run-1").idempotency_key  # the others are kept
+    await backend.terminate(state.job_id, "test over")
 
 
 async def test_a_job_without_log_lines_reads_as_an_empty_chunk(subject):

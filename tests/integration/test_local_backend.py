@@ -21,7 +21,7 @@ from airflow_gpu.exceptions import GpuJobFailed
 from airflow_gpu.jobs.backend import BackendTarget, backend_class
 from airflow_gpu.jobs.local import runner as records
 from airflow_gpu.jobs.local.backend import ENTRYPOINT_ENV, STATE_DIR_ENV, LocalBackend, default_state_dir
-from airflow_gpu.jobs.spec import JobSpec, JobSpecError, TaskIdentity
+from airflow_gpu.jobs.spec import TAG_DEFERRED_TRY, JobSpec, JobSpecError, TaskIdentity
 from airflow_gpu.jobs.watcher import JobWatcher, follow_job
 from airflow_gpu.operators import JOB_ID_XCOM_KEY, GpuBatchOperator
 from tests.support.gpu_batch_testing import FakeTaskInstance, fire, make_context
@@ -350,6 +350,27 @@ def test_a_clear_racing_the_earlier_trys_on_kill_ends_in_a_fresh_job(state_dir):
     assert fresh != old and ti.xcoms[JOB_ID_XCOM_KEY] == fresh
     assert resubmitted.value.kwargs is None
     asyncio.run(LocalBackend().terminate(fresh, "test over"))
+
+
+@pytest.mark.airflow_behaviour
+def test_a_clears_next_try_ends_the_job_its_earlier_try_deferred_on_and_runs_a_new_one(state_dir):
+    # Try 1 deferred on a job (tagging it with its try number); the task is cleared, and try 2
+    # starts before try 1's trigger has ended the job: try 2 ends it and never reattaches.
+    ti = FakeTaskInstance(dag_id="dag", task_id="train")
+    command = py("import time; time.sleep(300)")
+    with pytest.raises(TaskDeferred) as first:
+        local_operator(command).execute(make_context(ti))
+    old = first.value.trigger.job_id
+    ti.try_number = 2
+    with pytest.raises(TaskDeferred) as second:
+        local_operator(command).execute(make_context(ti))
+    fresh = second.value.trigger.job_id
+    assert fresh != old and second.value.kwargs is None
+    backend = LocalBackend()
+    [old_state, fresh_state] = asyncio.run(backend.describe([old, fresh]))
+    assert old_state.status == "FAILED" and "was cleared or marked while try 1 waited" in old_state.status_reason
+    assert fresh_state.tags[TAG_DEFERRED_TRY] == "2" and fresh_state.is_live
+    asyncio.run(backend.terminate(fresh, "test over"))
 
 
 @pytest.mark.airflow_behaviour

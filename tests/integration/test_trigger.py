@@ -30,6 +30,18 @@ async def closed_after():
 
 
 
+@pytest.fixture
+def task_state(monkeypatch):
+    """The task instance's state as on_kill reads it through the Task SDK (set ``.value``)."""
+    reading = type("Reading", (), {"value": "failed"})()
+
+    async def read(ti, log, **_):
+        return reading.value
+
+    monkeypatch.setattr("airflow_gpu.triggers.read_task_state", read)
+    return reading
+
+
 def watcher_for(trigger: GpuBatchJobTrigger) -> JobWatcher:
     return JobWatcher.shared(trigger.target)
 
@@ -112,7 +124,7 @@ async def test_max_queued_terminates_only_jobs_still_queued(moto_aws, gpu_batch,
     assert lucky_event["status"] == "SUCCEEDED"
 
 
-async def test_on_kill_terminates_with_a_reason_naming_the_task(moto_aws, gpu_batch, aws_conn, closed_after):
+async def test_on_kill_terminates_with_a_reason_naming_the_task(moto_aws, gpu_batch, aws_conn, closed_after, task_state):
     moto_aws.batch.hold("RUNNING")
     job_id = submit_raw(moto_aws, gpu_batch)
     trigger = GpuBatchJobTrigger(job_id, poll_interval=0.1)
@@ -146,7 +158,7 @@ async def cancel_while_watched(moto_aws, gpu_batch, *, map_index: int = -1) -> t
     return job_id, trigger, watcher
 
 
-async def test_a_second_cancel_during_on_kill_still_terminates_the_job(moto_aws, gpu_batch, aws_conn, closed_after):
+async def test_a_second_cancel_during_on_kill_still_terminates_the_job(moto_aws, gpu_batch, aws_conn, closed_after, task_state):
     # Airflow 3.3's triggerer cancels a trigger it dropped again on each pass until the trigger has
     # ended; that cancel can land inside on_kill, which must finish terminating the job all the same.
     job_id, trigger, _ = await cancel_while_watched(moto_aws, gpu_batch)
@@ -166,6 +178,18 @@ async def test_a_restart_or_move_releases_the_watch_and_leaves_the_job(moto_aws,
     job_id, trigger, watcher = await cancel_while_watched(moto_aws, gpu_batch, map_index=3)
     await trigger.cleanup()
     await trigger.cleanup()  # idempotent
+    assert watcher.watched == 0
+    assert moto_aws.log.terminated == []
+    assert moto_aws.batch.status(job_id) == "RUNNING"
+
+
+async def test_on_kill_from_a_resumed_stalled_triggerer_leaves_the_job(moto_aws, gpu_batch, aws_conn, closed_after, task_state):
+    # Airflow 3.3.2 cancels a trigger that moved to another triggerer with the user-action message
+    # when the first one resumes from a stall (apache/airflow PR #73454): the task is still DEFERRED.
+    task_state.value = "deferred"
+    job_id, trigger, watcher = await cancel_while_watched(moto_aws, gpu_batch)
+    await trigger.on_kill()
+    await trigger.cleanup()
     assert watcher.watched == 0
     assert moto_aws.log.terminated == []
     assert moto_aws.batch.status(job_id) == "RUNNING"

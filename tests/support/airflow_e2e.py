@@ -264,3 +264,35 @@ def running_airflow(tmp_path: Path, moto_aws: MotoAws, dag_files: dict[str, str]
         stop_process_tree(process, home)
         for extra in instance.extra:
             stop_process_tree(extra, home)
+
+
+class Cluster:
+    """Airflow's components as separate processes, each in its own process group."""
+
+    def __init__(self, home: Path, env: dict[str, str]) -> None:
+        self.home = home
+        self.env = env
+        self.processes: dict[str, subprocess.Popen] = {}
+        self.airflow_bin = str(Path(sys.executable).with_name("airflow"))
+
+    def start(self, name: str, *argv: str, **extra_env: str) -> subprocess.Popen:
+        with open(self.home / f"{name}.log", "wb") as out:
+            process = subprocess.Popen(
+                [self.airflow_bin, *argv], env={**self.env, **extra_env}, cwd=self.home, stdout=out,
+                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+            )
+        self.processes[name] = process
+        return process
+
+    def check_alive(self, *names: str) -> None:
+        for name in names or self.processes:
+            process = self.processes[name]
+            if process.poll() is not None:
+                raise AssertionError(f"airflow {name} exited with {process.returncode}:\n{self.log_tail(name)}")
+
+    def log_tail(self, name: str, lines: int = 40) -> str:
+        return "\n".join((self.home / f"{name}.log").read_text(errors="replace").splitlines()[-lines:])
+
+    def stop(self) -> None:
+        for process in self.processes.values():
+            stop_process_tree(process, self.home)

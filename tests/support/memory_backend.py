@@ -13,7 +13,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import itertools
-from typing import Any, Callable, ClassVar, Sequence
+import time
+from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 from airflow_gpu.jobs.backend import (
     FAILED,
@@ -82,6 +83,8 @@ class InMemoryBackend(JobBackend):
     #: When set, logs are read through a batched reader paced by a RateLimiter of this rate (calls
     #: per second), as CloudWatch Logs is; None reads job by job through read_logs (CursorLogReader).
     log_rate: ClassVar[float | None] = None
+    terminate_calls: ClassVar[list[str]] = []  # every terminate asked for, live job or not (counts TerminateJob)
+    submitted_ids: ClassVar[list[str]] = []  # every job submitted, by id (counts SubmitJob)
     _ids = itertools.count(1)
 
     def __init__(self) -> None:
@@ -103,6 +106,7 @@ class InMemoryBackend(JobBackend):
         self.created[job_id] = wall_time()
         self.logs[job_id] = []
         self.submitted.append(spec)
+        self.submitted_ids.append(job_id)
         return state
 
     async def find(self, spec: JobSpec) -> list[JobState]:
@@ -128,8 +132,13 @@ class InMemoryBackend(JobBackend):
         return dataclasses.replace(state, queued_since=self.created.get(state.job_id) if queued else None,
                                    blocked=parse_blocked(state.status, state.status_reason))
 
+    async def add_tags(self, job_id: str, tags: Mapping[str, str]) -> None:
+        state = self.jobs[job_id]
+        self.jobs[job_id] = dataclasses.replace(state, tags={**state.tags, **tags})
+
     async def terminate(self, job_id: str, reason: str) -> None:
         self.terminated.append((job_id, reason))
+        self.terminate_calls.append(job_id)
         state = self.jobs.get(job_id)
         if state is None or state.is_terminal:
             return
@@ -156,7 +165,8 @@ class InMemoryBackend(JobBackend):
     def reset(cls) -> None:
         """Forget every job and record (each test starts with an empty job system)."""
         records = (cls.jobs, cls.logs, cls.created, cls.describes, cls.describe_faults, cls.rejected_ids,
-                   cls.before_describe, cls.broken_logs, cls.log_reads, cls.terminated, cls.submitted)
+                   cls.before_describe, cls.broken_logs, cls.log_reads, cls.terminated, cls.submitted,
+                   cls.terminate_calls, cls.submitted_ids)
         for record in records:
             record.clear()
         PacedLogReader.calls.clear()

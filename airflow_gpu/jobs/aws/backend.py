@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, Awaitable, Callable, Sequence, TypeVar
+from typing import Any, Awaitable, Callable, Mapping, Sequence, TypeVar
 from urllib.parse import quote
 
 import aiohttp
@@ -207,6 +207,7 @@ class AwsBatchBackend(JobBackend):
         self._log_reader: CloudWatchLogReader | None = None
         self._refresh_lock = asyncio.Lock()
         self._retired: list[Any] = []  # clients replaced at the last refresh, closed at the next one or at the end
+        self._arns: dict[str, str] = {}  # job id -> ARN, from submit and find replies: add_tags then needs no describe
         self._region_asked: str | None = connection.region_name
         self.credential_refreshes = 0  # for tests and metrics
         self.closed = False
@@ -288,6 +289,8 @@ class AwsBatchBackend(JobBackend):
                     if existing:
                         return existing[0]
                 continue
+            if reply.get("jobArn"):
+                self._arns[reply["jobId"]] = reply["jobArn"]
             return JobState(job_id=reply["jobId"], status="SUBMITTED", name=reply.get("jobName", spec.name), tags=spec.tags)
 
     async def find(self, spec: JobSpec) -> list[JobState]:
@@ -299,6 +302,7 @@ class AwsBatchBackend(JobBackend):
             chunk = ids[start : start + self.describe_batch_size]
             reply = await self.backoff.call(lambda: self._batch.describe_jobs(jobs=chunk))
             raws.extend(reply.get("jobs", ()))
+        self._arns.update({j["jobId"]: j["jobArn"] for j in raws if j.get("jobArn")})
         raws = [
             j
             for j in raws
@@ -386,6 +390,17 @@ class AwsBatchBackend(JobBackend):
             retired, self._retired = self._retired, replaced
         for old in retired:
             await old.close()
+
+    async def add_tags(self, job_id: str, tags: Mapping[str, str]) -> None:
+        # TagResource takes the job's ARN: known from this backend's submit or find, else described.
+        arn = self._arns.get(job_id)
+        if arn is None:
+            reply = await self.backoff.call(lambda: self._batch.describe_jobs(jobs=[job_id]))
+            jobs = reply.get("jobs") or []
+            if not jobs:
+                raise JobSpecError(f"{self.location} has no job {job_id} to tag")
+            arn = jobs[0]["jobArn"]
+        await self.backoff.call(lambda: self._batch.tag_resource(resourceArn=arn, tags=dict(tags)))
 
     async def terminate(self, job_id: str, reason: str) -> None:
         reply = await self.backoff.call(lambda: self._batch.describe_jobs(jobs=[job_id]))

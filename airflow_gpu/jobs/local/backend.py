@@ -49,7 +49,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from airflow_gpu.contract import SUBMITTED_AT_ENV, submitted_at_value
 from airflow_gpu.jobs.local import runner as records
@@ -330,6 +330,16 @@ class LocalBackend(JobBackend):
             ),
             **common,
         )
+
+    async def add_tags(self, job_id: str, tags: Mapping[str, str]) -> None:
+        def write() -> None:
+            path = str(self.job_dir(job_id) / records.JOB_FILE)
+            job = records.read_json(path)
+            if job is None:
+                raise JobSpecError(f"{self.location} has no job {job_id} to tag")
+            records.write_json(path, {**job, "tags": {**(job.get("tags") or {}), **tags}})
+
+        await asyncio.to_thread(write)
 
     async def terminate(self, job_id: str, reason: str) -> None:
         folder = self.job_dir(job_id)
