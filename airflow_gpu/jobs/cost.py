@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from airflow_gpu.jobs import price_table
 
@@ -60,7 +61,9 @@ class PriceTable:
     def instance_gpus(self, instance_type: str) -> int | None:
         if instance_type in self.gpus:
             return self.gpus[instance_type]
-        from airflow_gpu.provision.instances import INSTANCE_TYPES  # a plain table, no AWS
+        from airflow_gpu.provision.instances import (
+            INSTANCE_TYPES,  # a plain table, no AWS
+        )
 
         known = INSTANCE_TYPES.get(instance_type)
         return known.gpus if known else None
