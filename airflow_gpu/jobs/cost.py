@@ -146,6 +146,7 @@ class JobUsage:
     instance_type: str | None = None
     market: str | None = None  # ON_DEMAND, SPOT, LOCAL, or None when unknown
     tags: Mapping[str, str] = field(default_factory=dict)
+    queue: str | None = None  # the job queue's name (None on a backend without queues)
 
 
 @dataclass(frozen=True)

@@ -112,6 +112,7 @@ async def job_usage(backend: AwsBatchBackend, job_ids: Sequence[str]) -> list[Jo
                 instance_type=instance_type,
                 market=markets.get(cluster) if cluster else None,
                 tags=job.get("tags") or {},
+                queue=(job.get("jobQueue") or "").rsplit("job-queue/", 1)[-1] or None,
             )
         )
     return usages
