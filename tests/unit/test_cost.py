@@ -105,3 +105,35 @@ def test_the_shipped_table_prices_only_types_batch_setup_offers():
 
 def test_durations_read_like_a_person_writes_them():
     assert [duration(s) for s in (None, 5, 151, 7322)] == ["-", "5 s", "2 min 31 s", "2 h 2 min"]
+
+
+def test_the_price_file_example_in_docs_cost_md_reads(tmp_path):
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "cost.md").read_text()
+    example = text.split("```json\n", 1)[1].split("```", 1)[0]
+    prices = tmp_path / "prices.json"
+    prices.write_text(example)
+    table = read_price_file(str(prices))
+    assert bill(_usage(instance_type="x9.big", market=ON_DEMAND, gpus=1), table).cost_usd == pytest.approx(4.5)
+    assert bill(_usage(instance_type="g5.xlarge", market=SPOT), table).cost_usd == pytest.approx(0.41)
+    assert bill(_usage(instance_type="g6.xlarge", market=SPOT), table).cost_usd == pytest.approx(0.8048 * 0.35)
+
+
+def test_a_deployment_points_airflow_gpu_prices_at_its_file_and_sets_the_spot_share(tmp_path, monkeypatch):
+    from airflow_gpu.config import price_table
+
+    prices = tmp_path / "prices.json"
+    prices.write_text(json.dumps({"on_demand": {"g5.2xlarge": 1.212}}))
+    monkeypatch.delenv("AIRFLOW_GPU_PRICES", raising=False)
+    assert "g5.2xlarge" not in price_table().on_demand  # the shipped table alone
+    monkeypatch.setenv("AIRFLOW__AIRFLOW_GPU__PRICES", str(prices))
+    monkeypatch.setenv("AIRFLOW__AIRFLOW_GPU__SPOT_PRICE_SHARE", "0.3")
+    table = price_table()
+    assert table.on_demand["g5.2xlarge"] == 1.212 and table.spot_share == 0.3
+    monkeypatch.delenv("AIRFLOW__AIRFLOW_GPU__PRICES")
+    monkeypatch.setenv("AIRFLOW_GPU_PRICES", str(prices))  # the terminal's way, and a fallback
+    assert price_table(airflow_config=False).on_demand["g5.2xlarge"] == 1.212
+    monkeypatch.setenv("AIRFLOW__AIRFLOW_GPU__SPOT_PRICE_SHARE", "half")
+    with pytest.raises(PriceFileError, match="spot_price_share"):
+        price_table()
