@@ -73,15 +73,19 @@ def main() -> int:
 
     off, on = [], []
     workload(256, 2)  # warm up BLAS
-    for _ in range(args.rounds):
-        off.append(workload(400, 40))
-        reader, _ = _reader()
-        sampler = Sampler(reader, interval=args.interval).start()
-        on.append(workload(400, 40))
-        sampler.stop()
+    for round_ in range(args.rounds):
+        for sampled in ((False, True) if round_ % 2 == 0 else (True, False)):  # alternate which goes first
+            if not sampled:
+                off.append(workload(400, 40))
+                continue
+            reader, _ = _reader()
+            sampler = Sampler(reader, interval=args.interval).start()
+            on.append(workload(400, 40))
+            sampler.stop()
     ratio = statistics.median(on) / statistics.median(off)
     print(f"(2) workload median: off {statistics.median(off):.3f} s, on {statistics.median(on):.3f} s, "
           f"on/off ratio {ratio:.4f} ({args.rounds} rounds)")
+    print(f"profile_overhead: thread_percent_of_core={share * 100:.4f} workload_on_over_off={ratio:.4f}")
     return 0
 
 
