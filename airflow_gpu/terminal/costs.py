@@ -97,8 +97,8 @@ def totals(states: Sequence[JobState], usages: dict[str, JobUsage], bills: dict[
 def _total_row(name: str, group: list[Bill]) -> tuple[str, str, str, str, str]:
     hours = sum(b.gpu_hours or 0.0 for b in group if b.market != LOCAL)
     priced = [b.cost_usd for b in group if b.cost_usd is not None]
-    unpriced = len(group) - len(priced)
-    cost = f"${sum(priced):,.2f}" if priced else "-"
+    unpriced = sum(1 for b in group if b.cost_usd is None and b.market != LOCAL)  # local jobs have no price to miss
+    cost = f"${sum(priced):,.2f}" if priced else ("local" if any(b.market == LOCAL for b in group) else "-")
     return name, str(len(group)), f"{hours:.3f}", cost, str(unpriced) if unpriced else "-"
 
 

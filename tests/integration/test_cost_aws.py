@@ -123,3 +123,27 @@ def test_instance_types_are_asked_once_per_cluster_and_then_cached(moto_aws, gpu
     assert [u.instance_type for u in first_round] == ["g5.xlarge", "g6e.xlarge", "g5.xlarge"]
     assert second_round == first_round
     assert moto_aws.log.aws_calls["ecs:describecontainerinstances"] == 1  # one cluster, one call; then the cache
+
+
+def test_the_asset_event_carries_the_bill_beside_the_manifest_summary(moto_aws, gpu_batch, aws_conn):
+    from airflow.sdk import Asset
+
+    class OutletEvents(dict):  # Airflow's context["outlet_events"]: an accessor per asset, made on first use
+        def __missing__(self, asset):
+            self[asset] = type("Accessor", (), {"extra": {}})()
+            return self[asset]
+
+    moto_aws.batch.hold("RUNNING")
+    instance = moto_aws.register_container_instance(gpu_batch["compute_environment"], "p5.48xlarge")
+    asset = Asset("s3://lake/recommendations/")
+    op = _operator(gpu_batch, output_uri="s3://lake/recommendations/", outlets=[asset])
+    context = make_context()
+    _, event = _run_to_end(moto_aws, op, context, instance=instance, ran_s=3600)
+    summary = {"run_id": "w-1", "output_uri": "s3://lake/recommendations/", "manifest_uri": "s3://lake/recommendations/manifest.json",
+               "summary": {"users": 3, "items": 2, "interactions": 5, "recommendations": 6}}
+    context["outlet_events"] = OutletEvents()
+    op.execute_complete(context, {**event, "manifest": summary})  # as the trigger read it
+    extra = context["outlet_events"][asset].extra
+    assert extra["run_id"] == "w-1"
+    assert extra["cost"]["instance_type"] == "p5.48xlarge" and extra["cost"]["share_of_instance"] == 0.125
+    assert extra["cost"]["cost_usd"] == pytest.approx(55.04 / 8, abs=1e-3)

@@ -115,5 +115,6 @@ def test_a_local_job_says_cost_local(tmp_path):
         assert "      cost: local" in status.stdout and "  duration: " in status.stdout
         listing = cli(env, "jobs", "--backend", "local", "--cost")
         assert re.search(rf"{job_id}\s+SUCCEEDED\s+\S+\s+\d+ s\s+-\s+local\s", listing.stdout), listing.stdout
+        assert re.search(r"airflow-gpu-submit\s+1\s+0\.000\s+local\s+-", listing.stdout), listing.stdout
     finally:
         kill_leftover_local_jobs(state)
