@@ -225,18 +225,22 @@ def bill(usage: JobUsage, prices: PriceTable = SHIPPED) -> Bill:
         wall = max(0.0, usage.stopped_at - usage.created_at)
     run = usage.run_s
     queue = None if wall is None or run is None else max(0.0, wall - run)
-    common = dict(job_id=usage.job_id, status=usage.status, wall_s=wall, queue_s=queue, run_s=run, gpus=usage.gpus,
-                  instance_type=usage.instance_type, market=usage.market)
     gpu_hours = None if run is None else run / 3600 * usage.gpus
+
+    def made(basis: str, cost: float | None = None, share: float | None = None) -> Bill:
+        return Bill(job_id=usage.job_id, status=usage.status, wall_s=wall, queue_s=queue, run_s=run, gpus=usage.gpus,
+                    instance_type=usage.instance_type, market=usage.market, gpu_hours=gpu_hours, cost_usd=cost,
+                    basis=basis, share=share)
+
     if usage.market == LOCAL:
-        return Bill(gpu_hours=gpu_hours, cost_usd=None, basis="ran on this machine", **common)
+        return made("ran on this machine")
     if run is None:
-        return Bill(gpu_hours=None, cost_usd=None, basis="the run time is not known", **common)
+        return made("the run time is not known")
     if not usage.instance_type:
-        return Bill(gpu_hours=gpu_hours, cost_usd=None, basis="the instance type is not known", **common)
+        return made("the instance type is not known")
     priced = prices.hourly(usage.instance_type, usage.market or ON_DEMAND)
     if priced is None:
-        return Bill(gpu_hours=gpu_hours, cost_usd=None, basis=f"no price for {usage.instance_type} in the price table", **common)
+        return made(f"no price for {usage.instance_type} in the price table")
     hourly, how = priced
     if usage.market is None:
         how += " (market unknown)"
@@ -247,6 +251,5 @@ def bill(usage: JobUsage, prices: PriceTable = SHIPPED) -> Bill:
     else:  # no GPU reserved, or an instance whose GPUs are unknown: the whole instance is charged
         share = 1.0
         share_text = "the whole instance"
-    cost = run / 3600 * hourly * share
-    basis = f"{share_text} at ${hourly:.4g}/h, {how}, {prices.region} prices of {prices.as_of}"
-    return Bill(gpu_hours=gpu_hours, cost_usd=cost, basis=basis, share=share, **common)
+    return made(f"{share_text} at ${hourly:.4g}/h, {how}, {prices.region} prices of {prices.as_of}",
+                run / 3600 * hourly * share, share)

@@ -91,7 +91,7 @@ class NvmlReader:
 def open_gpu_reader() -> tuple[GpuReader | None, str]:
     """NVML's reader and "", or None and why there is no GPU profile (said in the summary line)."""
     try:
-        import pynvml  # imported here: the CPU image and a laptop have no NVML
+        import pynvml  # type: ignore[import-not-found]  # imported here: the CPU image and a laptop have no NVML
     except ImportError:
         return None, "pynvml is not installed"
     try:

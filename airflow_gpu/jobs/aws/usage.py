@@ -75,9 +75,12 @@ def run_seconds(job: dict[str, Any]) -> float | None:
         spans = [(_ms(job.get("startedAt")), _ms(job.get("stoppedAt")))]
     if not spans:
         return 0.0 if job.get("stoppedAt") else None
-    if any(start is None or stop is None for start, stop in spans):
-        return None  # an attempt still running, or a reply without its times
-    return sum(max(0.0, stop - start) for start, stop in spans)  # type: ignore[operator]
+    total = 0.0
+    for start, stop in spans:
+        if start is None or stop is None:
+            return None  # an attempt still running, or a reply without its times
+        total += max(0.0, stop - start)
+    return total
 
 
 def cluster_of(instance_arn: str) -> str | None:
@@ -127,9 +130,9 @@ async def _instance_types_of(backend: AwsBatchBackend, arns: Iterable[str]) -> d
     for arn in missing:
         by_cluster[cluster_of(arn)].append(arn)
     if None in by_cluster:  # short-format ARNs name no cluster: ask every Batch cluster
-        for cluster in await _batch_clusters(backend):
-            by_cluster[cluster].extend(by_cluster[None])
-        del by_cluster[None]
+        unnamed = by_cluster.pop(None)
+        for known in await _batch_clusters(backend):
+            by_cluster[known].extend(unnamed)
     try:
         ecs = await backend.ecs_client()
         for cluster, cluster_arns in by_cluster.items():
@@ -176,7 +179,7 @@ async def _markets_of(backend: AwsBatchBackend, clusters: set[str]) -> dict[str,
     try:
         token = None
         while True:
-            kwargs = {"nextToken": token} if token else {}
+            kwargs: dict[str, str] = {"nextToken": token} if token else {}
             page = await backend.backoff.call(lambda: backend._batch.describe_compute_environments(**kwargs))
             for environment in page.get("computeEnvironments", ()):
                 cluster = environment.get("ecsClusterArn")
