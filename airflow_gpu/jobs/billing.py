@@ -7,13 +7,14 @@ that cannot be made says why in the log and the XCom.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
 from airflow_gpu.jobs.cost import bill
 
 if TYPE_CHECKING:
-    from airflow_gpu.jobs.backend import JobState
+    from airflow_gpu.jobs.backend import JobBackend, JobState
     from airflow_gpu.jobs.blocking import BlockingJobs
 
 #: XCom key (inside the job's result) of the bill.
@@ -35,4 +36,22 @@ def job_bill(jobs: BlockingJobs, state: JobState, log: logging.Logger) -> dict[s
         return {"cost_usd": None, "cost_basis": f"the {jobs.target.backend} backend does not report usage"}
     made = bill(usage, prices)
     log.info(made.line())  # no arguments: the line may hold a "%"
+    return made.as_dict()
+
+
+async def job_bill_async(backend: JobBackend, state: JobState, log: logging.Logger) -> dict[str, Any]:
+    """:func:`job_bill` for a task that ends on the triggerer (``start_from_trigger``): the same line and value."""
+    from airflow_gpu.config import price_table
+
+    try:
+        prices = await asyncio.to_thread(price_table)  # may read a price file: not on the event loop
+        found = await backend.usage([state.job_id])
+    except Exception as exc:
+        log.warning(f"Job {state.job_id} {state.status}: cost unknown ({exc})")
+        return {"cost_usd": None, "cost_basis": str(exc)}
+    if not found:
+        log.info(f"Job {state.job_id} {state.status}: cost unknown (the {backend.name} backend does not report usage)")
+        return {"cost_usd": None, "cost_basis": f"the {backend.name} backend does not report usage"}
+    made = bill(found[0], prices)
+    log.info(made.line())
     return made.as_dict()

@@ -147,3 +147,23 @@ def test_the_asset_event_carries_the_bill_beside_the_manifest_summary(moto_aws, 
     assert extra["run_id"] == "w-1"
     assert extra["cost"]["instance_type"] == "p5.48xlarge" and extra["cost"]["share_of_instance"] == 0.125
     assert extra["cost"]["cost_usd"] == pytest.approx(55.04 / 8, abs=1e-3)
+
+
+async def test_a_task_ending_on_the_triggerer_logs_and_returns_the_same_bill(moto_aws, gpu_batch, aws_conn):
+    from airflow_gpu.jobs.billing import job_bill_async
+    from airflow_gpu.jobs.watcher import JobWatcher
+    from tests.support.gpu_batch_testing import LineLog
+
+    moto_aws.batch.hold("RUNNING")
+    instance = moto_aws.register_container_instance(gpu_batch["compute_environment"], "g6.xlarge")
+    job_id = moto_aws.client("batch").submit_job(jobName="t", jobQueue=gpu_batch["job_queue"], jobDefinition=gpu_batch["job_definition"])["jobId"]
+    moto_aws.batch.place(job_id, instance)
+    moto_aws.batch.set_status(job_id, "SUCCEEDED")
+    moto_aws.batch.backdate(job_id, queued_s=5, ran_s=3600)
+    log = LineLog()
+    async with JobWatcher.shared(BackendTarget(conn_id="aws_default")).backend() as backend:
+        [state] = await backend.describe([job_id])
+        cost = await job_bill_async(backend, state, log)
+    await JobWatcher.close_all()
+    assert cost["instance_type"] == "g6.xlarge" and cost["cost_usd"] == pytest.approx(0.8048, abs=1e-4)
+    assert log.records[-1].startswith(f"Job {job_id} SUCCEEDED: wall 1 h 0 min") and "~$0.80" in log.records[-1]
