@@ -56,3 +56,29 @@ def staging_prefix(explicit: str | None = None, *, airflow_config: bool = True) 
             f"(or ${STAGING_PREFIX_ENV}) to an s3://bucket/prefix/ the job's role can read and write."
         )
     return str(value).strip()
+
+
+def price_table(*, airflow_config: bool = True):
+    """The prices jobs are billed at: ``[airflow_gpu] prices`` (a JSON file), else $AIRFLOW_GPU_PRICES,
+    else the table shipped with the package; ``[airflow_gpu] spot_price_share`` overrides the Spot share.
+
+    ``airflow_config=False`` (the terminal) reads only the environment.
+    """
+    from airflow_gpu.jobs.cost import PRICES_ENV, SHIPPED, check_spot_share, read_price_file
+
+    path = share = None
+    if airflow_config:
+        from airflow.sdk import conf
+
+        path = conf.get("airflow_gpu", "prices", fallback=None)
+        share = conf.get("airflow_gpu", "spot_price_share", fallback=None)
+    path = path or os.environ.get(PRICES_ENV)
+    share = share or os.environ.get("AIRFLOW_GPU_SPOT_PRICE_SHARE")
+    spot_share = None if share in (None, "") else check_spot_share(share, where="[airflow_gpu] spot_price_share")
+    if path and str(path).strip():
+        return read_price_file(str(path).strip(), spot_share=spot_share)
+    if spot_share is not None:
+        from dataclasses import replace
+
+        return replace(SHIPPED, spot_share=spot_share)
+    return SHIPPED

@@ -14,6 +14,7 @@ import airflow_gpu.compat  # noqa: F401,I001  first: refuses an Airflow older th
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException
 
+from airflow_gpu.jobs.billing import COST_KEY, job_bill
 from airflow_gpu.config import default_deferrable
 from airflow_gpu.exceptions import GpuJobFailed
 from airflow_gpu.jobs.backend import SUCCEEDED, BackendTarget, JobState, check_backend_name
@@ -98,7 +99,9 @@ class GpuBatchOperator(BaseOperator):
         tasks start on a worker (Airflow 3.3 does not start them from the triggerer).
 
     Returns (XCom) ``{"job_id", "job_name", "status", "attempts", "exit_code", "log_stream", "log_group"}``,
-    plus ``"manifest"`` (run id, where the outputs are, counts, precision@k) with ``output_uri``.
+    plus ``"manifest"`` (run id, where the outputs are, counts, precision@k) with ``output_uri``, and
+    ``"cost"`` (wall time, queue wait, run time, instance type and market, GPU-hours, estimated cost and
+    the share of the instance it was priced at; see docs/cost.md).
     """
 
     template_fields: Sequence[str] = (
@@ -287,9 +290,15 @@ class GpuBatchOperator(BaseOperator):
 
     def _finish(self, state: JobState, lines: Sequence[str]) -> dict[str, Any]:
         if state.status != SUCCEEDED:
+            job_bill(self.jobs, state, self.log)
             raise GpuJobFailed(state, lines)
         self.log.info("Job %s SUCCEEDED after %d attempt(s)", state.job_id, state.attempts)
-        return self._result(state)
+        try:
+            result = self._result(state)
+        finally:  # also when the manifest is missing: the job ran, and cost what it cost
+            cost = job_bill(self.jobs, state, self.log)  # last: the task log's closing line for the job
+        result[COST_KEY] = cost
+        return result
 
     def _result(self, state: JobState) -> dict[str, Any]:
         result = job_result(state)
@@ -320,6 +329,8 @@ class GpuBatchOperator(BaseOperator):
         from airflow.sdk import Asset
 
         extra = asset_extra(summary)
+        if result.get(COST_KEY):
+            extra[COST_KEY] = result[COST_KEY]
         for outlet in self.outlets or ():
             if isinstance(outlet, Asset):
                 context["outlet_events"][outlet].extra = extra

@@ -144,6 +144,7 @@ class GpuBatchStartTrigger(GpuBatchJobTrigger):
         return CLASSPATH, {**kwargs, "end_on_trigger": self.end_on_trigger, "job_id": self.job_id}
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
+        from airflow_gpu.jobs.billing import COST_KEY, job_bill_async
         from airflow_gpu.operators import JOB_ID_XCOM_KEY, check_job_fields, job_result, job_spec
 
         identity = self._identity()
@@ -192,6 +193,8 @@ class GpuBatchStartTrigger(GpuBatchJobTrigger):
             yield TriggerEvent(event)
             return
         self.log.info("Job %s SUCCEEDED after %d attempt(s); the task ends on the triggerer", final.job_id, final.attempts)
+        async with watcher.backend() as backend:  # the bill, as a worker would log it (the job's last line)
+            result[COST_KEY] = await job_bill_async(backend, final, self.log)
         yield TaskSuccessEvent(xcoms={"return_value": result, JOB_ID_XCOM_KEY: final.job_id})
 
     def _try_number(self) -> int | None:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Protocol, Sequence
 
 from airflow_gpu.jobs.blocked import BlockedReason
+from airflow_gpu.jobs.cost import JobUsage
 from airflow_gpu.jobs.spec import JobSpec, JobSpecError
 
 if TYPE_CHECKING:  # for the LogReader protocol's signatures only
@@ -192,6 +193,11 @@ class JobBackend(abc.ABC):
     async def list_jobs(self, queue: str | None, statuses: Sequence[str]) -> list[JobState]:
         """Jobs airflow-gpu submitted (they carry its idempotency tag), in ``statuses``; for ``airflow-gpu jobs``."""
         raise JobSpecError(f"the {self.name} backend cannot list its jobs")
+
+    async def usage(self, job_ids: Sequence[str]) -> list[JobUsage]:
+        """Where and how long ``job_ids`` ran, for their bills (:mod:`airflow_gpu.jobs.cost`);
+        unknown ids are left out. A backend that cannot tell returns nothing: no bill is made up."""
+        return []
 
     def log_reader(self) -> LogReader | None:
         """A reader that fetches the new log lines of many jobs per call, for live streaming;

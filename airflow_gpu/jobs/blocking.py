@@ -15,6 +15,7 @@ from typing import Any, Awaitable, Callable, Protocol, TypeVar
 
 from airflow_gpu.jobs.backend import SUCCEEDED, BackendTarget, JobBackend, JobState
 from airflow_gpu.jobs.blocked import waiting_line
+from airflow_gpu.jobs.cost import JobUsage
 from airflow_gpu.jobs.interrupt import INTERRUPTED, terminate_interrupted, wait_unless_interrupted
 from airflow_gpu.jobs.ownership import deferred_try, superseded
 from airflow_gpu.jobs.spec import TAG_DEFERRED_TRY, JobSpec
@@ -212,6 +213,16 @@ class BlockingJobs:
         async def call() -> JobState | None:
             async with JobWatcher.shared(self.target).backend() as backend:
                 found = await backend.describe([job_id])
+                return found[0] if found else None
+
+        return run_blocking(call, timeout=timeout)
+
+    def usage(self, job_id: str, *, timeout: float = 60) -> JobUsage | None:
+        """Where and how long the job ran, for its bill; None when the backend cannot tell."""
+
+        async def call() -> JobUsage | None:
+            async with JobWatcher.shared(self.target).backend() as backend:
+                found = await backend.usage([job_id])
                 return found[0] if found else None
 
         return run_blocking(call, timeout=timeout)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from airflow_gpu.terminal.costs import bills_of, status_rows, usages_of
 from airflow_gpu.terminal.options import add_target_arguments, call, describe_one, guarded, owner, target_of
 
 
@@ -15,9 +16,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _status(args: argparse.Namespace) -> int:
     async def look(backend):
         state = await describe_one(backend, args.job_id)
-        return state, backend.job_url(state.job_id), backend.log_url(state)
+        usage = (await usages_of(backend, [state.job_id])).get(state.job_id) if state.is_terminal else None
+        return state, backend.job_url(state.job_id), backend.log_url(state), usage
 
-    state, job_url, log_url = call(target_of(args), look)
+    state, job_url, log_url, usage = call(target_of(args), look)
+    made = bills_of([usage])[state.job_id] if usage is not None else None
     rows = [
         ("job", f"{state.job_id} ({state.name})"),
         ("status", state.status),
@@ -27,6 +30,7 @@ def _status(args: argparse.Namespace) -> int:
         ("from", owner(state)),
         ("job page", job_url or "-"),
         ("log", log_url or (f"{state.log_group}/{state.log_stream}" if state.log_stream else "-")),
+        *(status_rows(made) if state.is_terminal else ()),
     ]
     for label, value in rows:
         print(f"{label:>10}: {value}")

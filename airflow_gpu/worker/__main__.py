@@ -328,8 +328,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _configure_logging(logging.WARNING if getattr(args, "quiet", False) else logging.INFO)
     warnings.filterwarnings("ignore", message=".*OpenBLAS is configured.*")
+    from .profile import profiled
+
     try:
-        code: int = args.handler(args)
+        with profiled():  # every command: its GPU/CPU profile, summed up in the log's last lines
+            code: int = args.handler(args)
         return code
     except WorkerError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)

@@ -20,6 +20,7 @@ import pyarrow as pa
 
 from .matrix import Interactions
 from .metrics import Stages, json_bytes
+from .profile import PROFILE_FILE, current_document, summary_lines
 from .publish import Publisher, parquet_bytes
 from .recommend import long_table, similar_items, top_n
 from .report import render
@@ -132,6 +133,9 @@ def _factor_table(name: str, ids: pa.Array, factors: np.ndarray, start: int, end
 
 async def commit(config: AlsConfig, metrics: dict[str, Any], publisher: Publisher) -> dict[str, Any]:
     """metrics.json and report.html, then the manifest (the commit point); the parts must be drained first."""
+    document = current_document()
+    if document is not None:  # the GPU profile's summary, for the report's headline (its samples go to profile.json)
+        metrics = {**metrics, "profile": {"summary": summary_lines(document), "file": publisher.root + PROFILE_FILE}}
     await publisher.put("metrics.json", json_bytes(metrics), kind="metrics")
     await publisher.put("report.html", render(metrics).encode(), kind="report")
     return await publisher.commit(_manifest_fields(config, metrics, publisher))

@@ -35,6 +35,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..contract import MANIFEST, MANIFEST_FORMAT, MANIFEST_VERSION, committed_manifest
+from .profile import PROFILE_FILE, profile_bytes
 from .storage import Store
 
 log = logging.getLogger("airflow_gpu.worker")
@@ -123,6 +124,10 @@ class Publisher:
     async def commit(self, manifest: dict[str, Any]) -> dict[str, Any]:
         """Write manifest.json after every other file is up: from here on the run exists."""
         await self.drain()
+        profile = profile_bytes()  # the job's GPU/CPU profile up to now, beside the outputs
+        if profile is not None:
+            await self.put(PROFILE_FILE, profile, kind="profile")
+            manifest = {**manifest, "profile": self.root + PROFILE_FILE}
         document = {
             "format": MANIFEST_FORMAT,
             "version": MANIFEST_VERSION,

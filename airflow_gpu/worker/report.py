@@ -45,6 +45,7 @@ def render(metrics: dict[str, Any]) -> str:
         "<h1>ALS collaborative filtering</h1>",
         f"<div class=sub>run <code>{_e(metrics.get('run_id', ''))}</code> · input <code>{_e(metrics.get('input', ''))}</code>"
         f" · device <b>{_e(str(training.get('device', '')).upper())}</b></div>",
+        *(f"<div class=sub>{_e(line)}</div>" for line in (metrics.get("profile") or {}).get("summary") or ()),
         "<h2>Job</h2>",
         _job_table(metrics),
         "<h2>Data</h2>",

@@ -53,6 +53,8 @@ def test_the_airflow_policy_allows_every_call_of_the_operator_trigger_and_log_fo
         context = make_context()
         op = _operator(gpu_batch, "train", output_uri="s3://out/als/")
         deferred = _defer(op, context)
+        # On an instance, so the bill looks up its type (ECS) and market (the compute environment).
+        moto_aws.batch.place(deferred.trigger.job_id, moto_aws.register_container_instance(gpu_batch["compute_environment"], "g5.xlarge"))
         put_log_lines(moto_aws, "/aws/batch/job", _stream(moto_aws, deferred.trigger.job_id), ["epoch 1", "epoch 2"])
         moto_aws.batch.set_status(deferred.trigger.job_id, "SUCCEEDED")
         event = fire(deferred.trigger)
@@ -71,7 +73,8 @@ def test_the_airflow_policy_allows_every_call_of_the_operator_trigger_and_log_fo
         run_blocking(deferred.trigger.on_kill)
     recorded = seen["airflow"]
     assert {"batch:submitjob", "batch:listjobs", "batch:describejobs", "batch:terminatejob", "batch:tagresource",
-            "logs:filterlogevents", "logs:getlogevents", "s3:getobject"} <= recorded  # the paths above did run
+            "logs:filterlogevents", "logs:getlogevents", "s3:getobject",
+            "ecs:describecontainerinstances", "batch:describecomputeenvironments"} <= recorded  # the paths above did run
     assert lacking(seen) == {}
 
 

@@ -153,6 +153,7 @@ async def test_a_rerun_trigger_finds_its_job_and_never_submits_a_second(moto_aws
     assert isinstance(event, TaskSuccessEvent)
     assert event.xcoms[JOB_ID_XCOM_KEY] == job_id
     assert event.xcoms["return_value"]["job_id"] == job_id and event.xcoms["return_value"]["status"] == "SUCCEEDED"
+    assert "cost_basis" in event.xcoms["return_value"]["cost"]  # the bill, made on the triggerer too
 
 
 async def test_success_ends_on_the_triggerer_with_the_manifest_read_there(moto_aws, gpu_batch, aws_conn, closed_after):

@@ -77,6 +77,11 @@ def test_als_end_to_end_on_s3(moto_aws, tmp_path, interactions, capsys):
         if entry["path"].endswith(".parquet"):
             assert pq.read_metadata(io.BytesIO(body)).num_rows == entry["rows"]
     assert manifest["params"]["train"]["factors"] == 16 and manifest["params"]["weighting"] == "bm25"
+    # The job's profile: listed, beside the outputs, summed up in the log and in the report's headline.
+    profile = json.loads(s3_bytes(s3, "out", "als/" + manifest["profile"]))
+    assert profile["format"] == "airflow-gpu-profile" and profile["cpu"]["samples"] and profile["gpus"] == []
+    assert "profile: cpu: " in log and "(no GPU profile: " in log
+    assert "(no GPU profile: " in s3_bytes(s3, "out", "als/" + manifest["report"]).decode()
     assert manifest["datasets"]["recommendations"]["files"] == 4  # 1,500 users in parts of 400
 
     recs = read_dataset(s3, "out", "als/", manifest, "recommendations").to_pandas()
@@ -286,8 +291,9 @@ def test_run_script_end_to_end(moto_aws, tmp_path, capsys):
     assert code == 0, capsys.readouterr().err
     manifest = json.loads(s3_bytes(s3, "jobs", "result/manifest.json"))
     assert manifest["complete"] is True and manifest["command"] == "run-script" and manifest["exit_code"] == 0
-    files = {f["path"].split("/output/", 1)[1]: f for f in manifest["files"]}
+    files = {f["path"].split("/output/", 1)[1]: f for f in manifest["files"] if f["kind"] == "output"}
     assert set(files) == {"summary.txt", "nested/data.bin"}
+    assert manifest["profile"] == manifest["root"] + "profile.json"  # the job's profile, beside its outputs
     summary = s3_bytes(s3, "jobs", "result/" + files["summary.txt"]["path"]).decode()
     assert summary == "a.csv,b.csv|--alpha 3"
     data = s3_bytes(s3, "jobs", "result/" + files["nested/data.bin"]["path"])

@@ -123,6 +123,7 @@ class BatchJobDriver:
         self.settle_describes = 0
         self.settling: dict[str, list] = {}  # arn -> [transitional status, describes left]
         self.answers: dict[str, Callable[[list[str]], str]] = {}
+        self.placements: dict[str, str] = {}  # job id -> container instance ARN (see place)
 
     def answer(self, action: str, reply: Callable[[list[str]], str]) -> None:
         """Answer a Batch action (only ``describejobs`` so far) with ``reply(job ids)``'s JSON text.
@@ -140,6 +141,11 @@ class BatchJobDriver:
 
     def release_hold(self) -> None:
         self.hold_status = None
+
+    def place(self, job_id: str, container_instance_arn: str) -> None:
+        """Report ``job_id`` as running on that ECS container instance, as AWS Batch does in DescribeJobs
+        (moto's Batch links no job to an instance; it writes "TBD")."""
+        self.placements[job_id] = container_instance_arn
 
     def throttle(self, seconds: float, actions: tuple[str, ...] = ("describejobs",)) -> None:
         """Answer the given Batch actions with HTTP 429 TooManyRequestsException for a while."""
@@ -209,6 +215,21 @@ class BatchJobDriver:
         # moto reports job_stopped_reason as statusReason; a live job's reason lasts until the next move.
         job.job_stopped_reason = reason
 
+    def backdate(self, job_id: str, *, queued_s: float, ran_s: float) -> None:
+        """Give an ended job a queue wait and a run time (moto's take milliseconds): created
+        ``queued_s + ran_s`` before it stopped, started ``ran_s`` before."""
+        from datetime import timedelta
+
+        job = self.job(job_id)
+        assert job.status in ("SUCCEEDED", "FAILED"), job.status
+        stopped = job.job_stopped_at
+        job.job_started_at = stopped - timedelta(seconds=ran_s)
+        job.job_created_at = job.job_started_at - timedelta(seconds=queued_s)
+        stopped_ms = batch_models.datetime2int_milliseconds(stopped)
+        for attempt in job.attempts:
+            attempt["startedAt"] = stopped_ms - int(ran_s * 1000)
+            attempt["stoppedAt"] = stopped_ms
+
     def wait_for_jobs(self, count: int, timeout: float = 30.0, status: str | None = None) -> list[str]:
         """Block until at least ``count`` jobs exist (optionally in ``status``); return their ids."""
         deadline = time.monotonic() + timeout
@@ -270,9 +291,13 @@ class MotoAws:
         self.batch.throttle_until = 0.0
         self.batch.settle_after(0)
         self.batch.answers.clear()
+        self.batch.placements.clear()
 
-    def create_gpu_batch_environment(self, name: str = "gpu", *, gpus: int = 1, vcpus: int = 4, memory_mib: int = 15000) -> dict[str, str]:
-        """A managed GPU compute environment, a job queue and a job definition, as batch-setup would make them."""
+    def create_gpu_batch_environment(self, name: str = "gpu", *, gpus: int = 1, vcpus: int = 4, memory_mib: int = 15000,
+                                     compute_type: str = "EC2") -> dict[str, str]:
+        """A managed GPU compute environment, a job queue and a job definition, as batch-setup would make them.
+
+        ``compute_type="SPOT"`` makes it a Spot compute environment."""
         iam = self.client("iam")
         ec2 = self.client("ec2")
         batch = self.client("batch")
@@ -287,7 +312,7 @@ class MotoAws:
             type="MANAGED",
             state="ENABLED",
             computeResources={
-                "type": "EC2",
+                "type": compute_type,
                 "minvCpus": 0,
                 "maxvCpus": 64,
                 "instanceTypes": ["g5.xlarge"],
@@ -326,6 +351,18 @@ class MotoAws:
         }
 
 
+    def register_container_instance(self, compute_environment: str, instance_type: str) -> str:
+        """An EC2 instance of ``instance_type`` joined to the compute environment's ECS cluster, as Batch
+        scales one out; returns its container instance ARN (for :meth:`BatchJobDriver.place`)."""
+        batch, ec2, ecs = self.client("batch"), self.client("ec2"), self.client("ecs")
+        environment = batch.describe_compute_environments(computeEnvironments=[compute_environment])["computeEnvironments"][0]
+        image = ec2.describe_images()["Images"][0]["ImageId"]
+        instance = ec2.run_instances(ImageId=image, InstanceType=instance_type, MinCount=1, MaxCount=1)["Instances"][0]
+        document = json.dumps({"instanceId": instance["InstanceId"], "instanceType": instance_type, "region": self.region})
+        registered = ecs.register_container_instance(cluster=environment["ecsClusterArn"], instanceIdentityDocument=document)
+        return registered["containerInstance"]["containerInstanceArn"]
+
+
 def _post(url: str, body: bytes) -> None:
     req = urllib.request.Request(url, data=body, method="POST")
     with urllib.request.urlopen(req, timeout=10) as resp:
@@ -354,6 +391,17 @@ def _install_hooks(driver: BatchJobDriver, log: BatchCallLog) -> None:
         log_config = (job.job_definition.container_properties or {}).get("logConfiguration")
         if log_config and isinstance(result.get("container"), dict):
             result["container"]["logConfiguration"] = log_config
+        # moto leaves out the container's resource requirements; AWS reports the definition's, overridden by the job's.
+        if isinstance(result.get("container"), dict):
+            requirements = {r["type"]: r for r in (job.job_definition.container_properties or {}).get("resourceRequirements") or ()}
+            requirements.update({r["type"]: r for r in (job.container_overrides or {}).get("resourceRequirements") or ()})
+            if requirements:
+                result["container"]["resourceRequirements"] = list(requirements.values())
+        placed = driver.placements.get(job.job_id)
+        if placed:
+            for container in [result.get("container")] + [a.get("container") for a in result.get("attempts") or ()]:
+                if isinstance(container, dict):
+                    container["containerInstanceArn"] = placed
         return result
 
     batch_models.Job.describe = describe

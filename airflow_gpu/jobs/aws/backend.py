@@ -38,6 +38,7 @@ from airflow_gpu.jobs.backend import (
 from airflow_gpu.jobs.aws.replies import decode_leanly
 from airflow_gpu.jobs.backoff import RateLimiter, RetryPolicy, SharedBackoff
 from airflow_gpu.jobs.blocked import parse_blocked
+from airflow_gpu.jobs.cost import JobUsage
 from airflow_gpu.jobs.poll_errors import CannotSeeJobs, JobIdsRejected
 from airflow_gpu.jobs.spec import TAG_CANCELLED, TAG_IDEMPOTENCY_KEY, JobSpec, JobSpecError
 
@@ -201,6 +202,7 @@ class AwsBatchBackend(JobBackend):
         self._batch = decode_leanly(client)
         self._logs: Any = None
         self._logs_lock = asyncio.Lock()
+        self._ecs: Any = None  # only for a job's bill: which instance type it ran on
         self.backoff = SharedBackoff(f"AWS Batch in {self.region}", is_transient, self.retry_policy, log)
         self.logs_backoff = SharedBackoff(f"CloudWatch Logs in {self.region}", is_transient, self.retry_policy, log)
         self.logs_limiter = RateLimiter(self.logs_calls_per_second, self.logs_burst)
@@ -482,6 +484,19 @@ class AwsBatchBackend(JobBackend):
             self._log_reader = CloudWatchLogReader(self)
         return self._log_reader
 
+    # -- usage (the bill) -------------------------------------------------------------------------
+
+    async def ecs_client(self) -> Any:
+        async with self._logs_lock:
+            if self._ecs is None:
+                self._ecs = await self._create_client(self.connection, "ecs")
+            return self._ecs
+
+    async def usage(self, job_ids: Sequence[str]) -> list[JobUsage]:
+        from airflow_gpu.jobs.aws.usage import job_usage
+
+        return await job_usage(self, job_ids)
+
     # -- links ------------------------------------------------------------------------------------
 
     def job_url(self, job_id: str) -> str | None:
@@ -496,6 +511,6 @@ class AwsBatchBackend(JobBackend):
         if self.closed:
             return
         self.closed = True
-        for client in (self._batch, self._logs, *self._retired):
+        for client in (self._batch, self._logs, self._ecs, *self._retired):
             if client is not None:
                 await client.close()

@@ -19,7 +19,7 @@ from airflow_gpu.jobs.spec import JobSpecError
 
 
 #: The AWS services the Airflow wing's async code reaches.
-_SERVICES = ("batch", "logs", "s3")
+_SERVICES = ("batch", "logs", "s3", "ecs")  # ecs: the instance type a job ran on, for its bill
 
 
 @dataclass(frozen=True)
@@ -120,7 +120,7 @@ def resolve_standard_chain_blocking(profile: str | None, region_name: str | None
         loader.load_service_model(service, "service-2")
     return AwsConnection(
         conn_id=None, session=session, region_name=region, config=None,
-        endpoint_urls={"batch": endpoint_url, "logs": endpoint_url},
+        endpoint_urls={"batch": endpoint_url, "logs": endpoint_url, "ecs": endpoint_url},
     )
 
 

@@ -28,11 +28,19 @@ class LogConfiguration(TypedDict, total=False):
     options: Optional[Dict[str, str]]
 
 
+class ResourceRequirement(TypedDict, total=False):
+    type: str
+    value: str
+
+
 class ContainerDetail(TypedDict, total=False):
     exitCode: Optional[int]
     reason: Optional[str]
     logStreamName: Optional[str]
     logConfiguration: Optional[LogConfiguration]
+    # Read once per ended job, for its bill (airflow_gpu.jobs.aws.usage).
+    containerInstanceArn: Optional[str]
+    resourceRequirements: Optional[List[ResourceRequirement]]
 
 
 class AttemptDetail(TypedDict, total=False):
@@ -46,6 +54,7 @@ class JobDetail(TypedDict, total=False):
     jobArn: str
     jobId: str
     jobName: str
+    jobQueue: Optional[str]
     status: str
     statusReason: Optional[str]
     createdAt: Optional[int]

@@ -53,6 +53,7 @@ from typing import Any, Mapping, Sequence
 
 from airflow_gpu.contract import SUBMITTED_AT_ENV, submitted_at_value
 from airflow_gpu.jobs.local import runner as records
+from airflow_gpu.jobs.cost import LOCAL, JobUsage
 from airflow_gpu.jobs.backend import (
     FAILED,
     SUCCEEDED,
@@ -277,6 +278,25 @@ class LocalBackend(JobBackend):
             return [s for s in self._describe(ids) if s.status in statuses]
 
         return await asyncio.to_thread(scan)
+
+    async def usage(self, job_ids: Sequence[str]) -> list[JobUsage]:
+        """Wall and run time from the job's records; a local job has no instance to price ("cost: local")."""
+
+        def read() -> list[JobUsage]:
+            usages = []
+            for state in self._describe(list(job_ids)):
+                record = self._read(self.job_dir(state.job_id))
+                if record is None:
+                    continue
+                started = (record.run or {}).get("started_at")
+                ended = (record.exit or {}).get("ended_at")
+                usages.append(JobUsage(
+                    job_id=state.job_id, status=state.status, created_at=record.job.get("submitted_at"), stopped_at=ended,
+                    run_s=max(0.0, ended - started) if started and ended else None, market=LOCAL, tags=state.tags,
+                ))
+            return usages
+
+        return await asyncio.to_thread(read)
 
     def _read(self, folder: Path) -> _Record | None:
         job = records.read_json(str(folder / records.JOB_FILE))
