@@ -249,9 +249,11 @@ def _fit_until_stopped(model, confidence, callback) -> None:
 
 
 def _can_start_from(start: TrainResult | None, model, shape: tuple[int, int]) -> bool:
+    if start is None:
+        return False
     from implicit.cpu.als import AlternatingLeastSquares
 
-    return (start is not None and isinstance(model, AlternatingLeastSquares)
+    return (isinstance(model, AlternatingLeastSquares)
             and isinstance(start.model, AlternatingLeastSquares)
             and start.model.user_factors is not None and start.model.user_factors.shape == (shape[0], model.factors)
             and start.model.item_factors.shape == (shape[1], model.factors))

@@ -8,25 +8,30 @@ and is never seen here). It is meant to cost at most ``budget`` (25%) of the fin
 
 1. a sample of users is drawn: ``budget`` / SAMPLE_FITS of them, and never fewer than it
    takes for MIN_VALIDATION_PAIRS validation pairs (or all of them), so the sample follows
-   the data's size and density instead of a fixed count of users;
+   the data's size and density instead of a fixed count of users; items fewer than two
+   sampled users touched are left out (MIN_ITEM_USERS);
 2. each sampled user's pairs are split 80/20 (evaluate.holdout_split);
 3. points are fitted on the 80% and scored by precision@10 on the 20%, the default first.
    Then the default weighting's neighbouring shares (x0.1, then x0.3, going on in the
    direction that won), then the other weightings at the best share so far (each at its own
    alpha: log 2, none 10), and the shares next to a weighting that won. Every candidate after
-   the default starts from the factors of the best so far (a warm start, on the CPU), and
-   stops on its own loss plateau at a looser tolerance than the final fit (CANDIDATE_TOLERANCE);
-4. the time budget: once the default is fitted, the final fit's time is estimated from it
-   (its seconds per iteration scaled by the work of the whole matrix against the sample's,
-   times its iterations). The search starts no candidate that would end past ``budget`` x
-   that estimate (or MIN_SECONDS, on data so small that a quarter of a fit is less), and
-   says so in the log when it stops early, keeping the best so far.
+   the default starts from the factors of the best so far (a warm start, on the CPU: implicit's
+   GPU model takes no initial factors), and stops on its own loss plateau, at a looser
+   tolerance than the final fit's (CANDIDATE_TOLERANCE; patience 1 when warm);
+4. the time budget, the same rule on the CPU and the GPU: once the default is fitted, the final
+   fit's time is estimated from it (its seconds per iteration scaled by the work of the whole
+   matrix against the sample's, ``work``, times its iterations). The search starts no
+   candidate that its last one's length says would end past ``budget`` x that estimate (or
+   MIN_SECONDS, on data so small that a quarter of a fit is less), and says so in the log when
+   it stops early, keeping the best so far. The estimate runs high on small samples, whose
+   iterations carry a fixed cost that does not scale; the budget is a bound, and the sample
+   size and the short warm candidates are what keep the cost well inside it.
 
 Never worse than the default: the default is always scored, and a point replaces the best so
 far only when it wins by more than CLEAR_GAIN standard errors of the per-user difference in
-precision@10 (the same validation users score both, so the comparison is paired). With one
-standard error, four challengers of equal worth would move the choice half the time, and the
-sample's noise moved two tuning sets to a worse point (benchmarks/README.md, "Tuning").
+precision@10 (the same validation users score both, so the comparison is paired) and by more
+than MIN_GAIN of it. With one standard error and no margin, the sample's noise and its unlike
+density moved two tuning sets and the demo's 3M to a worse point (benchmarks/README.md, "Tuning").
 
 The winner's share multiplies sigma_1 of the FULL confidence matrix (train.auto_regularization's
 rule), not of the sample's, because sigma_1 is what carries the scale between the two.
@@ -60,6 +65,7 @@ SHARES = (0.05, 0.1, AUTO_REGULARIZATION_SHARE, 0.3)
 DEFAULT_BUDGET = 0.25  # share of the final fit's time the search may cost
 SAMPLE_FITS = 8  # the sample holds budget / SAMPLE_FITS of the users: about 5 fits, most of them warm and short
 MIN_VALIDATION_PAIRS = 10_000  # fewer, and precision@10's differences between points are mostly noise
+MAX_VALIDATION_USERS = 50_000  # scored per candidate: as many as the worker's evaluation scores
 MIN_SECONDS = 5.0  # the budget's floor: below this, a share of a tiny fit could not afford even the default
 CANDIDATE_TOLERANCE = 5e-3  # a candidate stops once its loss improves by less than 0.5% (x patience)
 MIN_ITEM_USERS = 2  # items the sample keeps: those at least this many sampled users touched
@@ -243,6 +249,8 @@ def tune(train: scipy.sparse.csr_matrix, params: TrainParams, budget: float = DE
     sample = sample[:, np.flatnonzero(np.bincount(sample.indices, minlength=sample.shape[1]) >= MIN_ITEM_USERS)]
     fit_part, validation = holdout_split(sample, VALIDATION_SHARE, seed=params.seed + 11)
     users = np.flatnonzero(np.diff(validation.indptr) > 0).astype(np.int32)
+    if len(users) > MAX_VALIDATION_USERS:  # at 1e9 pairs the sample's users would make ranking cost more than fitting
+        users = np.sort(np.random.default_rng(params.seed + 13).choice(users, MAX_VALIDATION_USERS, replace=False))
     result = TuneResult(choice=DEFAULT, sample_users=len(rows), sample_interactions=int(fit_part.nnz),
                         validation_interactions=int(validation.nnz), validation_users=len(users), budget=budget)
     log.info("tune: %s sampled users, %s pairs to fit, %s to validate; the default first, then its neighbours while "

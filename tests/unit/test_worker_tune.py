@@ -225,6 +225,10 @@ def test_tune_samples_users_validates_inside_the_training_matrix_and_records_eve
     assert document["choice_precision_at_10"] == scores[result.choice.label]
     assert document["gain_over_default"] == pytest.approx(scores[result.choice.label] / scores[DEFAULT.label] - 1, abs=1e-4)
     assert all("against" in row and "z" in row for row in document["grid"][1:])
+    # Each candidate ranks items for at most MAX_VALIDATION_USERS of the sample's users.
+    monkeypatch.setattr(tune, "MAX_VALIDATION_USERS", 100)
+    capped = tune.tune(matrix, TrainParams(factors=8, iterations=6, device="cpu", threads=1), budget=0.5)
+    assert capped.validation_users == 100 < result.validation_users
 
 
 @pytest.fixture
