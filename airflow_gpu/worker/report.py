@@ -301,7 +301,7 @@ def _tuning(tuning: dict | None) -> str:
     cost = f"{share:.0%} of the final training's time" if share is not None else "its share of training not known"
     gain = tuning.get("gain_over_default")
     outcome = ("kept the default" if choice == tuning.get("default")
-               else f"{gain:+.1%} precision@10 over the default {_e(tuning.get('default'))}" if gain is not None else "")
+               else f"{gain:+.1%} precision@10 over the default {_e(str(tuning.get('default')))}" if gain is not None else "")
     budget = (f"; stopped by its time budget ({_fmt(tuning.get('budget_seconds'))} s), keeping the best so far"
               if tuning.get("stopped_by_budget") else "")
     return (

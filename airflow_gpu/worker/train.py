@@ -248,9 +248,7 @@ def _fit_until_stopped(model, confidence, callback) -> None:
             model._check_fit_errors()
 
 
-def _can_start_from(start: TrainResult | None, model, shape: tuple[int, int]) -> bool:
-    if start is None:
-        return False
+def _can_start_from(start: TrainResult, model, shape: tuple[int, int]) -> bool:
     from implicit.cpu.als import AlternatingLeastSquares
 
     return (isinstance(model, AlternatingLeastSquares)
@@ -304,7 +302,7 @@ def fit(confidence: scipy.sparse.csr_matrix, params: TrainParams, start: TrainRe
                 **device_options,
             )
     result = TrainResult(model=model, device=device, regularization=float(regularization))
-    if _can_start_from(start, model, confidence.shape):
+    if start is not None and _can_start_from(start, model, confidence.shape):
         model.user_factors = start.model.user_factors.copy()
         model.item_factors = start.model.item_factors.copy()
         result.warm_start = True

@@ -297,7 +297,7 @@ def tune(train: scipy.sparse.csr_matrix, params: TrainParams, budget: float = DE
 
     def before_each() -> None:
         # The next candidate is expected to take as long as the last one (each starts warm from the best).
-        if clock() - started + durations[-1] > result.budget_seconds:
+        if clock() - started + durations[-1] > (result.budget_seconds or 0.0):
             result.stopped_by_budget = True
             raise OutOfTime
 

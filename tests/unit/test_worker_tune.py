@@ -152,7 +152,7 @@ def test_the_sample_scales_with_the_data_the_budget_or_the_validation_pairs_it_n
         return active, by_budget, by_pairs
 
     many = scipy.sparse.random(100_000, 500, density=0.04, format="csr", random_state=0)  # 20 pairs per user
-    active, by_budget, by_pairs = expected(many, 0.25)
+    _, by_budget, by_pairs = expected(many, 0.25)
     assert len(tune.sample_users(many, 0.25, 0)) == by_budget > by_pairs  # a share of the users...
     assert len(tune.sample_users(many, 0.5, 0)) == expected(many, 0.5)[1] > by_budget  # ... that follows the budget
     sparse = scipy.sparse.random(60_000, 500, density=0.01, format="csr", random_state=0)  # 5 pairs per user
