@@ -95,12 +95,13 @@ PARAMS = {
         ),
     ),
     "tune": Param(
-        False,
+        True,
         type="boolean",
         description=(
             "First search the confidence weighting, alpha and regularization share on a validation split of the "
-            "training data (the worker's --tune, planned to cost a quarter of one training run more). Needs "
-            "regularization auto: a fixed number leaves nothing to search."
+            "training data, keeping the defaults unless clearly beaten (the worker's --tune, on by default, within "
+            "a quarter of the training run's time). Needs regularization auto: to fix the regularization, set tune "
+            "to false as well."
         ),
     ),
     "top_n": Param(
@@ -193,6 +194,8 @@ def worker_command(params: dict, input_uri: str, output_uri: str, endpoint_url: 
                 "set regularization to auto, or tune to false"
             )
         command.append("--tune")
+    else:
+        command.append("--no-tune")  # the worker searches unless told not to
     # The command is the argv of the image's entrypoint on every backend (the local one prepends
     # airflow-gpu-worker). Only where S3 is differs: a local process reaches it where the connection says.
     if params["backend"] == "local" and endpoint_url:

@@ -15,13 +15,13 @@ from airflow_gpu.jobs.cost import bill
 
 if TYPE_CHECKING:
     from airflow_gpu.jobs.backend import JobBackend, JobState
-    from airflow_gpu.jobs.blocking import BlockingJobs
+    from airflow_gpu.jobs.blocking import BlockingJobs, TaskLog
 
 #: XCom key (inside the job's result) of the bill.
 COST_KEY = "cost"
 
 
-def job_bill(jobs: BlockingJobs, state: JobState, log: logging.Logger) -> dict[str, Any]:
+def job_bill(jobs: BlockingJobs, state: JobState, log: TaskLog) -> dict[str, Any]:
     """The bill of an ended job as an XCom value, its line written last into ``log``."""
     from airflow_gpu.config import price_table
 
@@ -39,7 +39,7 @@ def job_bill(jobs: BlockingJobs, state: JobState, log: logging.Logger) -> dict[s
     return made.as_dict()
 
 
-async def job_bill_async(backend: JobBackend, state: JobState, log: logging.Logger) -> dict[str, Any]:
+async def job_bill_async(backend: JobBackend, state: JobState, log: TaskLog) -> dict[str, Any]:
     """:func:`job_bill` for a task that ends on the triggerer (``start_from_trigger``): the same line and value."""
     from airflow_gpu.config import price_table
 

@@ -115,7 +115,7 @@ async def submit_or_reattach(backend: JobBackend, spec: JobSpec, *, reattach: bo
     return state, reattached
 
 
-async def _ended_if_superseded(backend: JobBackend, state: JobState, spec: JobSpec, try_number: int, log: logging.Logger) -> bool:
+async def _ended_if_superseded(backend: JobBackend, state: JobState, spec: JobSpec, try_number: int, log: TaskLog) -> bool:
     if not superseded(state, try_number):
         return False
     reason = (f"Airflow task {spec.identity.describe()} was cleared or marked while try {deferred_try(state)} waited "
@@ -125,7 +125,7 @@ async def _ended_if_superseded(backend: JobBackend, state: JobState, spec: JobSp
     return True
 
 
-async def claim(backend: JobBackend, state: JobState, try_number: int, log: logging.Logger) -> None:
+async def claim(backend: JobBackend, state: JobState, try_number: int, log: TaskLog) -> None:
     """Tag the job with the try that defers on it, so that a later try never reattaches to it
     after a clear. Best effort: without the tag, a clear's next try may reattach to the job its
     clear is ending, and then resubmits when it sees that (GpuBatchOperator.execute_complete)."""

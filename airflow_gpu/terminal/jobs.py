@@ -38,7 +38,7 @@ def _jobs(args: argparse.Namespace) -> int:
     states, usages = call(target_of(args), look)
     if cutoff is not None:
         # A live job has no usage yet; it is listed while it is recent by its queue time, if known.
-        states = [s for s in states if _created(s, usages) is None or _created(s, usages) >= cutoff]
+        states = [s for s in states if (created := _created(s, usages)) is None or created >= cutoff]
     if not states:
         where = f" in queue {', '.join(args.queue)}" if args.queue else ""
         print(f"No airflow-gpu jobs{where} with status {', '.join(statuses)}" + (f" since {args.since}." if args.since else "."))

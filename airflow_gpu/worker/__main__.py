@@ -131,10 +131,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="iterations in a row below --early-stop that end training")
     model.add_argument("--tune", action=argparse.BooleanOptionalAction, default=TUNE_BY_DEFAULT,
                        help="first pick weighting, alpha and regularization share on a validation split of the training "
-                            "data (sampled users; see --tune-budget); skipped when --weighting, --alpha or a numeric "
-                            "--regularization is given")
+                            "data (sampled users, the defaults kept unless clearly beaten; see --tune-budget); skipped "
+                            "when --weighting, --alpha or a numeric --regularization is given")
     model.add_argument("--tune-budget", type=float, default=DEFAULT_BUDGET, metavar="SHARE",
-                       help="the search's planned cost as a share of one full training run (sets how many users it samples)")
+                       help="the search's time budget as a share of the final training run (estimated; at least a few "
+                            "seconds): it stops there and keeps the best so far")
     model.add_argument("--regularization", type=_regularization, default="auto", metavar="auto|X",
                        help=f"L2 regularization: auto = {AUTO_REGULARIZATION_SHARE:g} x the largest singular value of the "
                             "confidence matrix (it scales with the data), or a number, used as given")
@@ -211,7 +212,7 @@ def _add_code_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 # Whether `als` tunes unless told --no-tune: see benchmarks/README.md, "Tuning", for its cost and gain.
-TUNE_BY_DEFAULT = False
+TUNE_BY_DEFAULT = True
 
 
 def _run_als(args: argparse.Namespace) -> int:

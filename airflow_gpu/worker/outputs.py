@@ -168,14 +168,7 @@ def _manifest_fields(config: AlsConfig, metrics: dict[str, Any], publisher: Publ
             "train_seconds": metrics["training"]["seconds"],
             "iterations_run": metrics["training"]["iterations_run"],
             "stop_reason": metrics["training"]["stop_reason"],
-            "tuned": {
-                "choice": metrics["tuning"]["choice"]["label"],
-                "precision_at_10": max(row["precision_at_10"] for row in metrics["tuning"]["grid"]) if metrics["tuning"]["grid"] else None,
-                "points": len(metrics["tuning"]["grid"]),
-                "seconds": metrics["tuning"]["seconds"],
-            }
-            if metrics.get("tuning")
-            else None,
+            "tuned": _tuned(metrics["tuning"]) if metrics.get("tuning") else None,
             "final_loss": next((x for x in reversed(metrics["training"]["loss"]) if x is not None), None),
             "precision_at_k": {
                 "k": k,
@@ -188,4 +181,20 @@ def _manifest_fields(config: AlsConfig, metrics: dict[str, Any], publisher: Publ
         "datasets": datasets,
         "metrics": publisher.root + "metrics.json",
         "report": publisher.root + "report.html",
+    }
+
+
+def _tuned(tuning: dict[str, Any]) -> dict[str, Any]:
+    """The search in brief: what it tried, what it chose, what that gains on its validation users, what it cost."""
+    return {
+        "choice": tuning["choice"]["label"],
+        "default": tuning["default"],
+        "precision_at_10": tuning["choice_precision_at_10"],  # on the search's validation users
+        "default_precision_at_10": tuning["default_precision_at_10"],
+        "gain_over_default": tuning["gain_over_default"],
+        "searched": tuning["searched"],
+        "points": len(tuning["grid"]),
+        "stopped_by_budget": tuning["stopped_by_budget"],
+        "seconds": tuning["seconds"],
+        "share_of_training": tuning.get("share_of_training"),
     }

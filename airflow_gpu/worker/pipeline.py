@@ -68,7 +68,7 @@ class AlsConfig:
     progress_interval: float = 5.0
     keep_runs: int = DEFAULT_KEEP_RUNS  # committed runs kept under --output; 0 keeps all
     run_id: str | None = None
-    tune: bool = False  # search weighting, alpha and regularization share first (tune.py)
+    tune: bool = False  # search weighting, alpha and regularization share first (tune.py); the CLI's default is on
     tune_budget: float = DEFAULT_BUDGET
 
     def check(self) -> None:

@@ -124,7 +124,7 @@ class ReplayReader:
         self.closed = False
 
     @classmethod
-    def from_profile(cls, document: dict) -> ReplayReader:
+    def from_profile(cls, document: dict[str, Any]) -> ReplayReader:
         gpus = document["gpus"]
         steps = len(gpus[0]["samples"]) if gpus else 0
         return cls([
@@ -220,7 +220,7 @@ class Sampler:
                 power = None if r.power_w is None else round(r.power_w, 1)
                 series.samples.append((round(t, 3), r.sm_percent, round(r.memory_used / GiB, 4), power))
 
-    def stop(self) -> dict:
+    def stop(self) -> dict[str, Any]:
         """Stop the thread, take a last sample, and return the profile document."""
         self._stop.set()
         if self._thread is not None:
@@ -230,7 +230,7 @@ class Sampler:
             self.reader.close()
         return self.document()
 
-    def document(self) -> dict:
+    def document(self) -> dict[str, Any]:
         """The profile so far (profile.json): summaries and samples, per GPU and for the CPU side."""
         with self._lock:
             duration = self._last[0] - self._started
@@ -256,7 +256,7 @@ class Sampler:
         }
 
 
-def _gpu_summary(index: int, series: _GpuSeries) -> dict:
+def _gpu_summary(index: int, series: _GpuSeries) -> dict[str, Any]:
     sm = [s[1] for s in series.samples]
     power = [s[3] for s in series.samples if s[3] is not None]
     return {
@@ -282,7 +282,7 @@ def _duration(seconds: float) -> str:
     return f"{hours} h {minutes} min"
 
 
-def summary_lines(document: dict) -> list[str]:
+def summary_lines(document: dict[str, Any]) -> list[str]:
     """One line per GPU (or one for the CPU side when there was none), for the job's log and its report."""
     duration = document.get("duration_s") or 0.0
     lines = []
@@ -312,7 +312,7 @@ def summary_lines(document: dict) -> list[str]:
 _current: Sampler | None = None
 
 
-def current_document() -> dict | None:
+def current_document() -> dict[str, Any] | None:
     """The running job's profile so far, or None when none runs (the publisher adds it to the outputs)."""
     sampler = _current
     if sampler is None:
@@ -336,7 +336,7 @@ class profiled:
         self._reader = reader
         self._no_gpu_reason = no_gpu_reason
         self._interval = interval
-        self.document: dict | None = None
+        self.document: dict[str, Any] | None = None
 
     def __enter__(self) -> profiled:
         global _current

@@ -286,22 +286,34 @@ def _tuning(tuning: dict[str, Any] | None) -> str:
     if not tuning:
         return ""
     choice = tuning["choice"]["label"]
+
+    def versus(row: dict[str, Any]) -> str:
+        if "against" not in row:
+            return "the baseline"
+        return f"{row['gain']:+.1%} ({row['z']:.1f} s.e.) vs {_e(row['against'])}"
+
     rows = "".join(
         f"<tr{' class=chosen' if row['setting'] == choice else ''}><td>{_e(row['setting'])}"
         f"{' (default)' if row['setting'] == tuning.get('default') else ''}</td>"
-        f"<td class=n>{row['precision_at_10']:.4f}</td><td class=n>{row['iterations']}</td>"
-        f"<td class=n>{row['seconds']:.2f}</td></tr>"
+        f"<td class=n>{row['precision_at_10']:.4f}</td><td>{versus(row)}</td><td class=n>{row['iterations']}"
+        f"{' (warm)' if row.get('warm_start') else ''}</td><td class=n>{row['seconds']:.2f}</td></tr>"
         for row in tuning.get("grid", [])
     )
     share = tuning.get("share_of_training")
     cost = f"{share:.0%} of the final training's time" if share is not None else "its share of training not known"
+    gain = tuning.get("gain_over_default")
+    outcome = ("kept the default" if choice == tuning.get("default")
+               else f"{gain:+.1%} precision@10 over the default {_e(str(tuning.get('default')))}" if gain is not None else "")
+    budget = (f"; stopped by its time budget ({_fmt(tuning.get('budget_seconds'))} s), keeping the best so far"
+              if tuning.get("stopped_by_budget") else "")
     return (
-        f"<h2>Tuning</h2><div class=sub>chose <b>{_e(choice)}</b> (weighting:alpha:x regularization share of "
-        f"sigma_1) by precision@10 on a validation split of the training data: {_fmt(tuning.get('sample_users'))} "
-        f"sampled users, {_fmt(tuning.get('validation_interactions'))} validation pairs; "
-        f"{_fmt(tuning.get('seconds'))} s, {cost}</div>"
-        "<table class=tuning><tr><th>setting</th><th>precision@10</th><th>iterations</th><th>seconds</th></tr>"
-        f"{rows}</table>"
+        f"<h2>Tuning</h2><div class=sub>chose <b>{_e(choice)}</b> ({outcome}; weighting:alpha:x regularization share "
+        f"of sigma_1) by precision@10 on a validation split of the training data: "
+        f"{_fmt(tuning.get('sample_users'))} sampled users, {_fmt(tuning.get('validation_interactions'))} validation "
+        f"pairs; {len(tuning.get('grid', []))} points searched in {_fmt(tuning.get('seconds'))} s, {cost}{budget}. "
+        f"{_e(tuning.get('rule', ''))}.</div>"
+        "<table class=tuning><tr><th>setting</th><th>precision@10</th><th>against the best so far</th>"
+        f"<th>iterations</th><th>seconds</th></tr>{rows}</table>"
     )
 
 

@@ -122,20 +122,26 @@ def test_regularization_is_auto_or_a_number_the_worker_accepts(module):
         with pytest.raises(ParamValidationError):
             param.resolve(bad)
     for value, parsed in (("auto", None), (2.5, 2.5)):
-        command = module.worker_command(params_of(module, regularization=value), "s3://b/in/", "s3://b/out/", "")
+        # A fixed regularization leaves nothing to tune: it comes with tune false (see the next test).
+        command = module.worker_command(params_of(module, regularization=value, tune=value == "auto"), "s3://b/in/",
+                                        "s3://b/out/", "")
         assert _regularization(command[command.index("--regularization") + 1]) == parsed
 
 
-def test_tune_adds_the_workers_search_and_refuses_a_fixed_regularization(module):
-    from airflow_gpu.worker.__main__ import build_parser
+def test_tune_is_on_by_default_like_the_workers_and_refuses_a_fixed_regularization(module):
+    from airflow_gpu.worker.__main__ import TUNE_BY_DEFAULT, build_parser
 
-    assert module.PARAMS["tune"].value is False
-    assert "--tune" not in module.worker_command(params_of(module), "s3://b/in/", "s3://b/out/", "")
-    command = module.worker_command(params_of(module, tune=True), "s3://b/in/", "s3://b/out/", "")
+    assert module.PARAMS["tune"].value is True is TUNE_BY_DEFAULT
+    command = module.worker_command(params_of(module), "s3://b/in/", "s3://b/out/", "")
     args = build_parser().parse_args(command)  # the worker takes the argv as the DAG builds it
-    assert args.tune is True and args.regularization is None
+    assert "--tune" in command and args.tune is True and args.regularization is None
+    # Off is said to the worker in so many words, since the worker searches unless told not to.
+    command = module.worker_command(params_of(module, tune=False), "s3://b/in/", "s3://b/out/", "")
+    assert "--no-tune" in command and build_parser().parse_args(command).tune is False
+    command = module.worker_command(params_of(module, tune=False, regularization=2.5), "s3://b/in/", "s3://b/out/", "")
+    assert build_parser().parse_args(command).regularization == 2.5
     with pytest.raises(ValueError, match="set regularization to auto, or tune to false"):
-        module.worker_command(params_of(module, tune=True, regularization=2.5), "s3://b/in/", "s3://b/out/", "")
+        module.worker_command(params_of(module, regularization=2.5), "s3://b/in/", "s3://b/out/", "")
 
 
 def test_train_emits_the_asset_the_consumer_dag_is_scheduled_on(module):
