@@ -89,7 +89,9 @@ def test_execute_complete_returns_the_job_facts_and_a_redelivered_event_the_same
     resumed = operator()  # a fresh instance, as on a real resume
     result = resumed.execute_complete(make_context(), event)
     assert result == {"job_id": job_id, "job_name": jobs.jobs[job_id].name, "status": "SUCCEEDED", "attempts": 1,
-                      "exit_code": 0, "log_stream": job_id, "log_group": None}
+                      "exit_code": 0, "log_stream": job_id, "log_group": None,
+                      # a backend that reports no usage gets no made-up figure
+                      "cost": {"cost_usd": None, "cost_basis": "the memory backend does not report usage"}}
     assert resumed.execute_complete(make_context(), event) == result
 
 
