@@ -153,6 +153,10 @@ class GpuBatchDecoratedOperator(DecoratedOperator, GpuBatchOperator):
                 raise GpuFunctionFailed(state, lines, remote)
         return super()._finish(state, lines)
 
+    def _with_cost(self, result: Any, cost: dict[str, Any]) -> Any:
+        """The function's own value is the XCom, untouched: the bill is the task log's last line."""
+        return result
+
     def _result(self, state: JobState) -> Any:
         assert self._results is not None
         try:

@@ -297,6 +297,10 @@ class GpuBatchOperator(BaseOperator):
             result = self._result(state)
         finally:  # also when the manifest is missing: the job ran, and cost what it cost
             cost = job_bill(self.jobs, state, self.log)  # last: the task log's closing line for the job
+        return self._with_cost(result, cost)
+
+    def _with_cost(self, result: dict[str, Any], cost: dict[str, Any]) -> Any:
+        """The XCom value: the job's facts with its bill."""
         result[COST_KEY] = cost
         return result
 

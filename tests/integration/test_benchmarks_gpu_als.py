@@ -126,7 +126,7 @@ def test_the_gpu_branch_of_the_generator_runs_with_a_numpy_stand_in_for_cupy(mon
     with numpy under cupy's names; only the arithmetic is shared with the CPU path."""
     import types
 
-    import synthetic
+    from benchmarks import synthetic
 
     released = []
 

@@ -127,4 +127,4 @@ def test_keep_runs_on_s3_prunes_after_the_commit(moto_aws, tmp_path):
     keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket="jobs", Prefix="out/")["Contents"])
     manifest = json.loads(s3.get_object(Bucket="jobs", Key="out/manifest.json")["Body"].read())
     root = "out/" + manifest["root"]
-    assert keys == sorted(["out/manifest.json", root + "_COMMITTED", root + "output/r.txt"])
+    assert keys == sorted(["out/manifest.json", root + "_COMMITTED", root + "output/r.txt", root + "profile.json"])
