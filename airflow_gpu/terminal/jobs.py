@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 
 from airflow_gpu.jobs.backend import LIVE_STATES, TERMINAL_STATES
-from airflow_gpu.terminal.options import add_target_arguments, call, guarded, owner, target_of
+from airflow_gpu.terminal.options import add_target_arguments, call, give_up_after, guarded, owner, target_of
 
 ORDER = ("SUBMITTED", "PENDING", "RUNNABLE", "STARTING", "RUNNING", "SUCCEEDED", "FAILED")
 assert set(ORDER) == LIVE_STATES | TERMINAL_STATES
@@ -21,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _jobs(args: argparse.Namespace) -> int:
     statuses = args.status or list(ORDER)
-    states = call(target_of(args), lambda backend: backend.list_jobs(args.queue, statuses))
+    states = call(target_of(args), lambda backend: backend.list_jobs(args.queue, statuses), timeout=give_up_after(args))
     if not states:
         print("No airflow-gpu jobs" + (f" in queue {args.queue}" if args.queue else "") + f" with status {', '.join(statuses)}.")
         return 0
@@ -33,4 +33,4 @@ def _jobs(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    return guarded("jobs", lambda: _jobs(args))
+    return guarded("jobs", lambda: _jobs(args), args)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from airflow_gpu.terminal.options import add_target_arguments, call, describe_one, guarded, owner, target_of
+from airflow_gpu.terminal.options import add_target_arguments, call, give_up_after, describe_one, guarded, owner, target_of
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -17,7 +17,7 @@ def _status(args: argparse.Namespace) -> int:
         state = await describe_one(backend, args.job_id)
         return state, backend.job_url(state.job_id), backend.log_url(state)
 
-    state, job_url, log_url = call(target_of(args), look)
+    state, job_url, log_url = call(target_of(args), look, timeout=give_up_after(args))
     rows = [
         ("job", f"{state.job_id} ({state.name})"),
         ("status", state.status),
@@ -34,4 +34,4 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    return guarded("status", lambda: _status(args))
+    return guarded("status", lambda: _status(args), args)

@@ -25,7 +25,9 @@ from airflow_gpu.jobs.follower import LogFollower
 from airflow_gpu.jobs.spec import JobSpec, JobSpecError, TaskIdentity
 from airflow_gpu.jobs.watcher import JobWatcher
 from airflow_gpu.terminal.follow import JobView, exit_code_of
-from airflow_gpu.terminal.options import TERMINAL_DAG_ID, TerminalError, add_target_arguments, call, guarded, target_of
+from airflow_gpu.terminal.options import (
+    TERMINAL_DAG_ID, TerminalError, add_target_arguments, call, give_up_after, guarded, target_of,
+)
 
 log = logging.getLogger("airflow_gpu.terminal")
 
@@ -142,7 +144,8 @@ def _ask_to_terminate(job_id: str) -> bool:
 
 async def _watch(target: BackendTarget, job_id: str, args: argparse.Namespace):
     try:
-        return await JobView(target, stream_logs=not args.no_logs, poll_interval=args.poll_interval).watch(
+        return await JobView(target, stream_logs=not args.no_logs, poll_interval=args.poll_interval,
+                             give_up_after=give_up_after(args)).watch(
             job_id, max_queued=args.max_queued
         )
     finally:
@@ -158,10 +161,18 @@ def _submit(args: argparse.Namespace) -> int:
     spec = _spec(args, target)
 
     async def submit(backend):
-        state = await backend.submit(spec)
+        try:
+            state = await backend.submit(spec)
+        except Exception as exc:
+            from airflow_gpu.terminal.batch_names import unknown_queue_or_definition
+
+            line = await unknown_queue_or_definition(backend, exc, spec.queue, spec.definition)
+            if line is None:
+                raise
+            raise TerminalError(line) from None
         return state, backend.location, backend.job_url(state.job_id)
 
-    state, location, url = call(target, submit)
+    state, location, url = call(target, submit, timeout=give_up_after(args))
     print(f"Submitted job {state.job_id} ({spec.name}) to {location}, queue {spec.queue}, {spec.gpus} GPU(s)")
     if url:
         print(f"  job:  {url}")
@@ -173,7 +184,7 @@ def _submit(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         if args.terminate_on_interrupt or _ask_to_terminate(state.job_id):
             reason = f"terminated from a terminal by {getpass.getuser()} (Ctrl-C)"
-            call(target, lambda backend: backend.terminate(state.job_id, reason))
+            call(target, lambda backend: backend.terminate(state.job_id, reason), timeout=give_up_after(args))
             print(f"Terminated job {state.job_id}.", flush=True)
             return 130
         print(f"Job {state.job_id} keeps running; `airflow-gpu cancel {state.job_id}` stops it.", flush=True)
@@ -182,4 +193,4 @@ def _submit(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    return guarded("submit", lambda: _submit(args))
+    return guarded("submit", lambda: _submit(args), args)
