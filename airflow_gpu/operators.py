@@ -71,7 +71,7 @@ class GpuBatchOperator(BaseOperator):
         before it is terminated, with "no GPU capacity" as the reason.
     :param aws_conn_id: Airflow AWS connection (credentials, region, ``endpoint_url`` extras).
     :param region_name: overrides the connection's region.
-    :param poll_interval: seconds between status polls.
+    :param poll_interval: seconds between status polls (default: 2 with backend="local", else 30).
     :param deferrable: free the worker slot while the job runs. Defaults to True unless
         ``[operators] default_deferrable`` is explicitly set.
     :param reattach: before submitting, look for this task instance's job: a live one is
@@ -138,7 +138,7 @@ class GpuBatchOperator(BaseOperator):
         max_queued: timedelta | float | None = None,
         aws_conn_id: str | None = "aws_default",
         region_name: str | None = None,
-        poll_interval: float = 30,
+        poll_interval: float | None = None,
         deferrable: bool | None = None,
         reattach: bool = True,
         stream_logs: bool = True,
@@ -163,7 +163,9 @@ class GpuBatchOperator(BaseOperator):
         self.max_queued = check_max_queued(max_queued)
         self.aws_conn_id = aws_conn_id
         self.region_name = region_name
-        self.poll_interval = poll_interval if is_template(poll_interval) else check_poll_interval(poll_interval)
+        if poll_interval is None and not is_template(backend):
+            poll_interval = default_poll_interval(backend)  # else decided once the backend is rendered
+        self.poll_interval = poll_interval if poll_interval is None or is_template(poll_interval) else check_poll_interval(poll_interval)
         self.deferrable = default_deferrable() if deferrable is None else bool(deferrable)
         self.reattach = bool(reattach)
         self.stream_logs = bool(stream_logs)
@@ -359,6 +361,16 @@ class GpuBatchOperator(BaseOperator):
             self.log.error("Could not terminate job %s: %s", job_id, exc)
 
 
+#: Seconds between polls unless poll_interval says otherwise: a local job is a process on this
+#: machine (a 1-s function should not take 30 s); Batch's jobs run for minutes and its API is rate-limited.
+LOCAL_POLL_INTERVAL = 2.0
+BATCH_POLL_INTERVAL = 30.0
+
+
+def default_poll_interval(backend: str) -> float:
+    return LOCAL_POLL_INTERVAL if backend == "local" else BATCH_POLL_INTERVAL
+
+
 def check_job_fields(job: Any, *, skip_templates: bool) -> None:
     """Check the templatable parameters of ``job`` (the operator, or the trigger that starts it): at
     DAG parse time those that are plain values, at run time (after rendering) all of them -- always
@@ -374,6 +386,8 @@ def check_job_fields(job: Any, *, skip_templates: bool) -> None:
     if not skip_templates:
         job.backend = check_backend_name(job.backend)
         poll = job.poll_interval
+        if poll is None:
+            poll = default_poll_interval(job.backend)
         if isinstance(poll, str):  # a rendered template such as "{{ params.poll_interval }}"
             try:
                 poll = float(poll)

@@ -80,6 +80,11 @@ def parse_params(pairs: list[str]) -> dict:
 def configure_airflow(home: Path, dags_folder: Path, verbose: bool) -> None:
     """Airflow reads these when it is first imported: set them before that."""
     home.mkdir(parents=True, exist_ok=True)
+    from airflow_gpu.jobs.local.backend import STATE_DIR_ENV, default_state_dir
+
+    # The demo's local jobs go where `airflow-gpu logs ID --backend local` looks (the default is
+    # under the Airflow home, which the demo replaces with its own): one folder for demo and terminal.
+    os.environ.setdefault(STATE_DIR_ENV, str(default_state_dir()))
     os.environ["AIRFLOW_HOME"] = str(home)
     os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(dags_folder)
     os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"

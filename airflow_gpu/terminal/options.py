@@ -64,6 +64,19 @@ def target_of(args: argparse.Namespace) -> BackendTarget:
     )
 
 
+def target_flags(args: argparse.Namespace) -> str:
+    """The options that reach this command's jobs again, for a hint that works when pasted."""
+    flags = []
+    if args.backend != "aws_batch":
+        flags += ["--backend", args.backend]
+    for option, value in (("--profile", args.profile), ("--region", args.region), ("--endpoint-url", args.endpoint_url)):
+        if value:
+            flags += [option, value]
+    import shlex
+
+    return "".join(" " + shlex.quote(flag) for flag in flags)
+
+
 def give_up_after(args: argparse.Namespace) -> float:
     return float(getattr(args, "give_up_after", None) or DEFAULT_GIVE_UP_AFTER)
 
@@ -108,6 +121,11 @@ async def describe_one(backend: JobBackend, job_id: str) -> JobState:
             raise
         found = []
     if not found:
+        if backend.name == "local":
+            from airflow_gpu.jobs.local.backend import STATE_DIR_ENV
+
+            raise TerminalError(f"no job {job_id!r} in {backend.location}; check the id, or point {STATE_DIR_ENV} "
+                                "(else $AIRFLOW_HOME/airflow-gpu/local-jobs) at the folder that holds its record")
         raise TerminalError(
             f"no job {job_id!r} in {backend.location}; check the id, and --backend, --region and --profile"
         )

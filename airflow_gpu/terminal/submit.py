@@ -26,7 +26,7 @@ from airflow_gpu.jobs.spec import JobSpec, JobSpecError, TaskIdentity
 from airflow_gpu.jobs.watcher import JobWatcher
 from airflow_gpu.terminal.follow import JobView, exit_code_of
 from airflow_gpu.terminal.options import (
-    TERMINAL_DAG_ID, TerminalError, add_target_arguments, call, give_up_after, guarded, target_of,
+    TERMINAL_DAG_ID, TerminalError, add_target_arguments, call, give_up_after, guarded, target_flags, target_of,
 )
 
 log = logging.getLogger("airflow_gpu.terminal")
@@ -85,8 +85,12 @@ def _stage_script(args: argparse.Namespace, target: BackendTarget):
     if not path.is_file():
         raise TerminalError(f"--script {args.script}: no such file; pass the path of your .py file")
     if not args.output:
-        raise TerminalError("--script needs --output URI: where the script's output/ folder goes (s3://bucket/prefix/)")
-    prefix = staging_prefix(args.staging_prefix, airflow_config=False)
+        raise TerminalError("--script needs --output URI: where the script's output/ folder goes "
+                            "(s3://bucket/prefix/, or a local folder with --backend local)")
+    from airflow_gpu.config import local_staging_default
+
+    local = local_staging_default(airflow_home=False) if target.backend == "local" else None
+    prefix = staging_prefix(args.staging_prefix, airflow_config=False, local_default=local)
     client = None
     if prefix.startswith("s3://"):
         import boto3
@@ -102,16 +106,20 @@ def _spec(args: argparse.Namespace, target: BackendTarget) -> JobSpec:
     argv = _argv(args)
     if args.script:
         staged = _stage_script(args, target)
-        command = ["run-script", "--script", staged.uri, "--sha256", staged.sha256, "--output", args.output]
+        from airflow_gpu.config import local_path_or_uri
+
+        # Relative local paths mean the submitter's folder, whatever folder the job runs in.
+        command = ["run-script", "--script", staged.uri, "--sha256", staged.sha256, "--output", local_path_or_uri(args.output)]
         if args.input:
-            command += ["--input", args.input]
+            command += ["--input", local_path_or_uri(args.input)]
         if args.endpoint_url and target.backend == "local":
             command += ["--endpoint-url", args.endpoint_url]
         command += ["--", *argv] if argv else []
         base = args.name or Path(args.script).stem
     else:
         if not argv:
-            raise TerminalError("no command: put the job's argv after --, e.g. -- python train.py, or use --script")
+            raise TerminalError("no command: put the job's argv after --, e.g. `-- python train.py` "
+                            "(run by the image's entrypoint as it is), or pass --script train.py")
         command = argv
         base = args.name or Path(argv[0]).name
     if target.backend == "local":  # the local backend puts the image's entrypoint in front, as Batch does
@@ -176,7 +184,7 @@ def _submit(args: argparse.Namespace) -> int:
     print(f"Submitted job {state.job_id} ({spec.name}) to {location}, queue {spec.queue}, {spec.gpus} GPU(s)")
     if url:
         print(f"  job:  {url}")
-    print(f"  logs: airflow-gpu logs {state.job_id} --follow" + ("" if target.backend == "aws_batch" else f" --backend {target.backend}"), flush=True)
+    print(f"  logs: airflow-gpu logs {state.job_id} --follow{target_flags(args)}", flush=True)
     if args.detach:
         return 0
     try:
@@ -187,7 +195,8 @@ def _submit(args: argparse.Namespace) -> int:
             call(target, lambda backend: backend.terminate(state.job_id, reason), timeout=give_up_after(args))
             print(f"Terminated job {state.job_id}.", flush=True)
             return 130
-        print(f"Job {state.job_id} keeps running; `airflow-gpu cancel {state.job_id}` stops it.", flush=True)
+        print(f"Job {state.job_id} keeps running; `airflow-gpu cancel {state.job_id}{target_flags(args)}` stops it, "
+              f"`airflow-gpu logs {state.job_id} --follow{target_flags(args)}` follows it again.", flush=True)
         return 130
     return exit_code_of(final)
 

@@ -3,6 +3,7 @@
     airflow-gpu-worker als --input s3://bucket/interactions/ --output s3://bucket/als/run-1/
     airflow-gpu-worker run-script --script s3://bucket/jobs/train.py --input ... --output ...
     airflow-gpu-worker run-function --payload s3://.../functions/SHA.json --sha256 SHA --result s3://.../
+    airflow-gpu-worker python train.py      (any other command: run as it is, see entrypoint.py)
 
 A user's mistake ends with one line on stderr, ``airflow-gpu-worker: error: ...``, and
 exit code 2; progress goes to stderr as timestamped lines, which Batch sends to
@@ -295,6 +296,11 @@ def _configure_logging(level: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .entrypoint import exec_command, plain_command
+
+    command = plain_command(list(sys.argv[1:] if argv is None else argv))
+    if command is not None:  # not a worker command: the job's own program (the Docker entrypoint convention)
+        return exec_command(command, PROG)
     parser = build_parser()
     args = parser.parse_args(argv)
     _configure_logging(logging.WARNING if getattr(args, "quiet", False) else logging.INFO)

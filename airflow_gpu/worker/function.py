@@ -37,6 +37,7 @@ from ..contract import (
 )
 from .errors import WorkerError
 from .storage import Store, open_store
+from .writable import prove_writable
 
 log = logging.getLogger("airflow_gpu.worker")
 
@@ -168,6 +169,7 @@ async def _write_error(store: Store, stage: str, exc: BaseException, tb: str | N
 
 async def run_function_async(payload_uri: str, sha256: str, result_uri: str, *, endpoint_url: str | None = None) -> int:
     async with open_store(result_uri, endpoint_url=endpoint_url) as results:
+        await prove_writable(results, "--result")  # before the payload is read
         try:
             document = verify(await _fetch(payload_uri, endpoint_url), sha256)
             function = _load(document)

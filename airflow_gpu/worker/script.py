@@ -25,6 +25,7 @@ from ..contract import MANIFEST
 from .publish import DEFAULT_KEEP_RUNS, Publisher
 from .safe_paths import check_keys, files_to_publish, path_inside
 from .storage import ObjectRef, Store, open_store
+from .writable import prove_writable
 
 log = logging.getLogger("airflow_gpu.worker")
 
@@ -119,6 +120,7 @@ async def _run_in(
     outputs.mkdir(exist_ok=True)
     async with open_store(output_uri, endpoint_url=endpoint_url, concurrency=concurrency) as out:
         await out.read_small(MANIFEST)  # fail fast on a missing bucket or a denied prefix
+        await prove_writable(out)  # or on a local folder that cannot be written, before any input is read
         path = await _fetch_script(script, folder, endpoint_url)
         if sha256:
             _verify_script(path, sha256)
