@@ -217,9 +217,11 @@ class GpuBatchOperator(BaseOperator):
         view = self._seen(self.jobs.submit_or_reattach(self._spec(_identity(context)), reattach=self.reattach))
         state = view.state
         context["ti"].xcom_push(key=JOB_ID_XCOM_KEY, value=state.job_id)
-        if state.status == SUCCEEDED:
+        if state.status == SUCCEEDED and view.earlier:
             self.log.info("Reusing the result of job %s, which already SUCCEEDED for this task instance", state.job_id)
             return self._announce(context, self._result(state))
+        # A job submitted just now may have ended already (a fast local job): it is followed all the
+        # same, so its output reaches this task's log.
         if not self.deferrable:
             final = self._seen(self.jobs.wait(state.job_id, poll_interval=self.poll_interval, max_queued=self.max_queued,
                                                who=f"Airflow task {self.dag_id}.{self.task_id}"))

@@ -75,12 +75,21 @@ class JobView:
     log_url: str | None = None
     reattached: bool = False
     log_lines: tuple[str, ...] = ()
+    #: Found, not submitted: a job an earlier try of this task instance submitted.
+    earlier: bool = False
 
 
 async def submit_or_reattach(backend: JobBackend, spec: JobSpec, *, reattach: bool, log: logging.Logger) -> tuple[JobState, bool]:
     """This task instance's live or succeeded job when ``reattach`` finds one (by its idempotency
     key), else a new job; and whether it was a live one reattached to. The one rule for every
     submitter: a worker (:class:`BlockingJobs`) and the triggerer (``start_from_trigger``)."""
+    state, reattached, _ = await _submit_or_find(backend, spec, reattach=reattach, log=log)
+    return state, reattached
+
+
+async def _submit_or_find(backend: JobBackend, spec: JobSpec, *, reattach: bool,
+                          log: logging.Logger) -> tuple[JobState, bool, bool]:
+    """:func:`submit_or_reattach`, and whether the job was found (an earlier try's) rather than submitted."""
     state, reattached = None, False
     if reattach:
         found = await backend.find(spec)
@@ -90,13 +99,14 @@ async def submit_or_reattach(backend: JobBackend, spec: JobSpec, *, reattach: bo
             log.info("Reattaching to job %s (%s), already %s for this task instance", state.job_id, spec.name, state.status)
         elif found:
             log.info("Earlier jobs for this task instance failed; submitting a new one")
-    if state is None:
-        state = await backend.submit(spec)
-        log.info(
-            "Submitted job %s (%s) to %s, queue %s, %d GPU(s)",
-            state.job_id, spec.name, backend.location, spec.queue, spec.gpus,
-        )
-    return state, reattached
+    if state is not None:
+        return state, reattached, True
+    state = await backend.submit(spec)
+    log.info(
+        "Submitted job %s (%s) to %s, queue %s, %d GPU(s)",
+        state.job_id, spec.name, backend.location, spec.queue, spec.gpus,
+    )
+    return state, reattached, False
 
 
 class BlockingJobs:
@@ -114,8 +124,8 @@ class BlockingJobs:
 
         async def call() -> JobView:
             async with JobWatcher.shared(self.target).backend() as backend:
-                state, reattached = await submit_or_reattach(backend, spec, reattach=reattach, log=self.log)
-                return self._view(backend, state, reattached=reattached)
+                state, reattached, earlier = await _submit_or_find(backend, spec, reattach=reattach, log=self.log)
+                return self._view(backend, state, reattached=reattached, earlier=earlier)
 
         return run_blocking(call)
 
