@@ -295,18 +295,33 @@ def _configure_logging(level: int) -> None:
     logging.getLogger("implicit").setLevel(logging.WARNING)
 
 
+def _missing_dependency(exc: ModuleNotFoundError) -> int:
+    """An installation without the worker's dependencies (pip install without the ``worker`` extra)."""
+    if not exc.name or exc.name.split(".")[0] == "airflow_gpu":
+        raise exc
+    print(f"{PROG}: error: this installation lacks {exc.name!r}, which the worker needs: install the package with its "
+          "worker extra (`pip install -e '.[worker]'` in a checkout, or the image built from container/Dockerfile)",
+          file=sys.stderr)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     from .entrypoint import exec_command, plain_command
 
     command = plain_command(list(sys.argv[1:] if argv is None else argv))
     if command is not None:  # not a worker command: the job's own program (the Docker entrypoint convention)
         return exec_command(command, PROG)
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+    except ModuleNotFoundError as exc:
+        return _missing_dependency(exc)
     _configure_logging(logging.WARNING if getattr(args, "quiet", False) else logging.INFO)
     warnings.filterwarnings("ignore", message=".*OpenBLAS is configured.*")
     try:
         return args.handler(args)
+    except ModuleNotFoundError as exc:
+        return _missing_dependency(exc)
     except WorkerError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return exc.exit_code

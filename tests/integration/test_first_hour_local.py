@@ -176,3 +176,24 @@ def test_the_demo_keeps_its_local_jobs_where_the_terminal_looks(tmp_path):
     shown = run(env, tmp_path, sys.executable, "-c", probe)
     assert shown.returncode == 0, shown.stderr
     assert shown.stdout.strip() == str(tmp_path / "airflow" / "airflow-gpu" / "local-jobs")
+
+
+# -- 10: an installation without the worker's dependencies ---------------------------------------
+
+
+def test_a_worker_without_its_dependencies_names_the_extra(tmp_path):
+    blocked = ("numpy", "scipy", "pyarrow", "implicit")
+    program = (
+        "import sys\n"
+        "class Missing:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        f"        if name.split('.')[0] in {blocked!r}:\n"
+        "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+        "sys.meta_path.insert(0, Missing())\n"
+        "from airflow_gpu.worker.__main__ import main\n"
+        f"sys.exit(main(['als', '--input', {str(tmp_path / 'in')!r}, '--output', {str(tmp_path / 'out')!r}]))\n"
+    )
+    done = run(None, tmp_path, sys.executable, "-c", program)
+    assert "Traceback" not in done.stderr, done.stderr
+    assert done.returncode == 2
+    assert "worker extra" in done.stderr and "'.[worker]'" in done.stderr
