@@ -252,7 +252,8 @@ def test_bad_arguments_are_refused_before_anything_is_submitted(local_jobs, tmp_
     assert done.returncode == 2 and "no such file" in done.stderr
     (tmp_path / "x.py").write_text("print(1)\n")
     env = {k: v for k, v in local_jobs.items() if k != "AIRFLOW_GPU_STAGING_PREFIX"}
-    done = cli(env, "submit", *LOCAL, "--script", str(tmp_path / "x.py"), "--output", str(tmp_path / "o"))
+    # On Batch the staging prefix must be named (a local job stages beside its records without one).
+    done = cli(env, "submit", "--queue", "q", "--definition", "d", "--script", str(tmp_path / "x.py"), "--output", "s3://b/o/")
     assert done.returncode == 2 and "No staging prefix" in done.stderr and "--staging-prefix" in done.stderr
     assert not (tmp_path / "jobs").exists()  # nothing was submitted
 
