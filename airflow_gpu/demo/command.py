@@ -181,9 +181,12 @@ def run(args: argparse.Namespace) -> int:
         say(f"wrote {input_uri}: {stages[-1].detail} ({stages[-1].seconds:.1f} s)")
 
         dag = load_dag(project / "dags" / DAG_FILE)
-        # Fail fast: in a demo a retry only repeats the same error a minute later.
+        # Fail fast: in a demo a retry only repeats the same error a minute later. Each failure's
+        # message is kept, so the demo can end with its reason rather than "the error is above".
+        reasons: dict[str, str] = {}
         for task in dag.tasks:
             task.retries = 0
+            task.on_failure_callback = [*_callbacks(task.on_failure_callback), _remember_failure(reasons)]
         from airflow_gpu.demo.progress import Progress
         from airflow_gpu.jobs.local.backend import default_state_dir
 
@@ -196,16 +199,40 @@ def run(args: argparse.Namespace) -> int:
         tasks = task_timings(dag_run)
         if str(getattr(dag_run.state, "value", dag_run.state)) != "success":
             failed = [t for t, (state, _) in tasks.items() if state not in ("success", "skipped")]
-            print(f"\nThe DAG run failed at: {', '.join(failed) or '?'} (the error is above).", file=sys.stderr)
             for job_id in progress.job_ids:
                 print(f"The worker's log: {default_state_dir() / job_id / 'output.log'}", file=sys.stderr)
+            first = next((t for t in failed if t in reasons), None)
+            why = f"{first}: {reasons[first]}" if first else f"{', '.join(failed) or '?'} (see the lines above)"
+            print(f"airflow-gpu demo: the DAG run failed at {why}", file=sys.stderr)  # the last line: the reason
             return 1
         summarize(args, say, stages, tasks, data, client, s3.embedded, dag_run, outputs_root, started)
         return 0
+    except KeyboardInterrupt:
+        stopped = stop_jobs(progress.job_ids) if progress is not None else []
+        progress = None
+        s3.stop()
+        what = f"stopped local job(s) {', '.join(stopped)}" if stopped else "no job was left running"
+        print(f"airflow-gpu demo: interrupted; {what}, and the embedded S3 is shut down", file=sys.stderr)
+        return 130
     finally:
         if progress is not None:
             stop_jobs(progress.job_ids)
         s3.stop()
+
+
+def _callbacks(existing) -> list:
+    if existing is None:
+        return []
+    return list(existing) if isinstance(existing, (list, tuple)) else [existing]
+
+
+def _remember_failure(reasons: dict[str, str]):
+    def remember(context) -> None:
+        exc = context.get("exception")
+        text = (str(exc) or type(exc).__name__) if exc is not None else "failed"
+        reasons.setdefault(context["ti"].task_id, text.strip().splitlines()[0] if text.strip() else text)
+
+    return remember
 
 
 def load_dag(path: Path):
@@ -234,21 +261,24 @@ def task_timings(dag_run) -> dict[str, tuple[str, float | None]]:
         }
 
 
-def stop_jobs(job_ids: list[str]) -> None:
-    """An interrupted demo leaves no worker running: the local jobs are detached by design."""
+def stop_jobs(job_ids: list[str]) -> list[str]:
+    """An interrupted demo leaves no worker running: the local jobs are detached by design. The ids stopped."""
     if not job_ids:
-        return
+        return []
     import asyncio
 
     from airflow_gpu.jobs.local.backend import LocalBackend
 
-    async def stop() -> None:
+    async def stop() -> list[str]:
         backend = LocalBackend()
+        stopped = []
         for state in await backend.describe(job_ids):
             if not state.is_terminal:
                 await backend.terminate(state.job_id, "airflow-gpu demo stopped")
+                stopped.append(state.job_id)
+        return stopped
 
-    asyncio.run(stop())
+    return asyncio.run(stop())
 
 
 def summarize(args, say, stages, tasks, data, client, embedded: bool, dag_run, outputs_root: Path, started: float) -> None:
