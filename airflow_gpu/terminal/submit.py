@@ -63,7 +63,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     watch.add_argument("--detach", action="store_true", help="print the job id and links, and return at once")
     watch.add_argument("--terminate-on-interrupt", action="store_true", help="Ctrl-C terminates the job without asking")
     watch.add_argument("--no-logs", action="store_true", help="states only, no log lines")
-    watch.add_argument("--poll-interval", type=float, default=5.0, metavar="S", help="seconds between status polls")
+    watch.add_argument("--poll-interval", type=float, default=None, metavar="S",
+                       help="seconds between status polls (default 2 with --backend local, else 5)")
     add_target_arguments(parser)
     parser.add_argument("argv", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
 
@@ -163,6 +164,8 @@ async def _watch(target: BackendTarget, job_id: str, args: argparse.Namespace):
 
 def _submit(args: argparse.Namespace) -> int:
     target = target_of(args)
+    if args.poll_interval is None:  # a local job is a process here: no API quota to spare
+        args.poll_interval = 2.0 if target.backend == "local" else 5.0
     from airflow_gpu.jobs.spec import check_max_queued
 
     check_max_queued(args.max_queued)
