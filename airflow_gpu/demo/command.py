@@ -203,6 +203,12 @@ def run(args: argparse.Namespace) -> int:
             failed = [t for t, (state, _) in tasks.items() if state not in ("success", "skipped")]
             for job_id in progress.job_ids:
                 print(f"The worker's log: {default_state_dir() / job_id / 'output.log'}", file=sys.stderr)
+            if INTERRUPTED in reasons.values():  # dag.test turns Ctrl-C into a failed task
+                stopped = stop_jobs(progress.job_ids)
+                progress = None
+                what = f"stopped local job(s) {', '.join(stopped)}" if stopped else "no job was left running"
+                print(f"airflow-gpu demo: interrupted; {what}, and the embedded S3 is shut down", file=sys.stderr)
+                return 130
             first = next((t for t in failed if t in reasons), None)
             why = f"{first}: {reasons[first]}" if first else f"{', '.join(failed) or '?'} (see the lines above)"
             print(f"airflow-gpu demo: the DAG run failed at {why}", file=sys.stderr)  # the last line: the reason
@@ -228,9 +234,16 @@ def _callbacks(existing) -> list:
     return list(existing) if isinstance(existing, (list, tuple)) else [existing]
 
 
+#: What a task that Ctrl-C stopped is remembered by.
+INTERRUPTED = "interrupted (Ctrl-C)"
+
+
 def _remember_failure(reasons: dict[str, str]):
     def remember(context) -> None:
         exc = context.get("exception")
+        if isinstance(exc, KeyboardInterrupt):
+            reasons[context["ti"].task_id] = INTERRUPTED
+            return
         text = (str(exc) or type(exc).__name__) if exc is not None else "failed"
         reasons.setdefault(context["ti"].task_id, text.strip().splitlines()[0] if text.strip() else text)
 

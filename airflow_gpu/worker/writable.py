@@ -22,11 +22,20 @@ async def prove_writable(store: Store, flag: str = "--output") -> None:
     root = store.root
 
     def probe() -> None:
-        root.mkdir(parents=True, exist_ok=True)
-        path = root / f".airflow-gpu-write-probe-{uuid.uuid4().hex}"
-        with open(path, "wb") as handle:
-            handle.write(b"probe")
-        os.remove(path)
+        created = [folder for folder in (root, *root.parents) if not folder.exists()]
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            path = root / f".airflow-gpu-write-probe-{uuid.uuid4().hex}"
+            with open(path, "wb") as handle:
+                handle.write(b"probe")
+            os.remove(path)
+        finally:
+            # A run that fails later (its input) leaves nothing behind: the folders come back at publish.
+            for folder in created:
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break
 
     try:
         await asyncio.to_thread(probe)
