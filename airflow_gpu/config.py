@@ -35,9 +35,11 @@ def default_deferrable() -> bool:
 STAGING_PREFIX_ENV = "AIRFLOW_GPU_STAGING_PREFIX"
 
 
-def staging_prefix(explicit: str | None = None, *, airflow_config: bool = True) -> str:
+def staging_prefix(explicit: str | None = None, *, airflow_config: bool = True, local_default: str | None = None) -> str:
     """Where shipped functions and scripts are staged: the task's ``staging_prefix``, else
-    ``[airflow_gpu] staging_prefix`` (``AIRFLOW__AIRFLOW_GPU__STAGING_PREFIX``), else $AIRFLOW_GPU_STAGING_PREFIX.
+    ``[airflow_gpu] staging_prefix`` (``AIRFLOW__AIRFLOW_GPU__STAGING_PREFIX``), else $AIRFLOW_GPU_STAGING_PREFIX,
+    else ``local_default`` (a folder, given for the local backend, whose jobs run on this machine).
+    A local folder is made absolute against this process's folder, as a shell would.
 
     ``airflow_config=False`` (the terminal) never reads Airflow's configuration, which needs an Airflow home.
     """
@@ -48,14 +50,15 @@ def staging_prefix(explicit: str | None = None, *, airflow_config: bool = True) 
         from airflow.sdk import conf
 
         value = conf.get("airflow_gpu", "staging_prefix", fallback=None)
-    value = value or os.environ.get(STAGING_PREFIX_ENV)
+    value = value or os.environ.get(STAGING_PREFIX_ENV) or local_default
     if not value or not str(value).strip():
         where = "pass staging_prefix= to the task, or set [airflow_gpu] staging_prefix" if airflow_config else "pass --staging-prefix"
         raise JobSpecError(
             f"No staging prefix: code shipped to a GPU job must be uploaded somewhere the job can read. {where} "
-            f"(or ${STAGING_PREFIX_ENV}) to an s3://bucket/prefix/ the job's role can read and write."
+            f"(or ${STAGING_PREFIX_ENV}) to an s3://bucket/prefix/ the job's role can read and write "
+            "(or a local folder, with the local backend)."
         )
-    return str(value).strip()
+    return local_path_or_uri(str(value).strip())
 
 
 def price_table(*, airflow_config: bool = True):
@@ -82,3 +85,23 @@ def price_table(*, airflow_config: bool = True):
 
         return replace(SHIPPED, spot_share=spot_share)
     return SHIPPED
+
+
+def local_path_or_uri(value: str) -> str:
+    """An s3:// URI as it is; a local path made absolute against this process's folder (what a shell means),
+    keeping a trailing slash."""
+    if "://" in value:
+        return value
+    absolute = os.path.abspath(os.path.expanduser(value))
+    return absolute + ("/" if value.endswith("/") and not absolute.endswith("/") else "")
+
+
+def local_staging_default(*, airflow_home: bool) -> str:
+    """The local backend's staging folder: under the Airflow home for a task, beside the local job
+    records for the terminal (which has no Airflow home)."""
+    if airflow_home:
+        home = os.environ.get("AIRFLOW_HOME") or os.path.join("~", "airflow")
+        return os.path.join(os.path.expanduser(home), "airflow-gpu", "staging") + "/"
+    from airflow_gpu.jobs.local.backend import default_state_dir
+
+    return str(default_state_dir() / "staging") + "/"

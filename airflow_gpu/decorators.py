@@ -98,7 +98,10 @@ class GpuBatchDecoratedOperator(DecoratedOperator, GpuBatchOperator):
 
     def _ship(self, context: Context) -> None:
         """Stage the payload (same call, same bytes, same key) and point the command at it."""
-        prefix = staging_prefix(self.staging_prefix)
+        from airflow_gpu.config import local_staging_default
+
+        local = local_staging_default(airflow_home=True) if self.backend == "local" else None
+        prefix = staging_prefix(self.staging_prefix, local_default=local)
         payload = function_payload(
             self.get_python_source(), self.python_callable.__name__, list(self.op_args), dict(self.op_kwargs),
             multiple_outputs=self.multiple_outputs,

@@ -72,7 +72,7 @@ class GpuBatchOperator(BaseOperator):
         before it is terminated, with "no GPU capacity" as the reason.
     :param aws_conn_id: Airflow AWS connection (credentials, region, ``endpoint_url`` extras).
     :param region_name: overrides the connection's region.
-    :param poll_interval: seconds between status polls.
+    :param poll_interval: seconds between status polls (default: 2 with backend="local", else 30).
     :param deferrable: free the worker slot while the job runs. Defaults to True unless
         ``[operators] default_deferrable`` is explicitly set.
     :param reattach: before submitting, look for this task instance's job: a live one is
@@ -143,7 +143,7 @@ class GpuBatchOperator(BaseOperator):
         max_queued: timedelta | float | None = None,
         aws_conn_id: str | None = "aws_default",
         region_name: str | None = None,
-        poll_interval: float = 30,
+        poll_interval: float | None = None,
         deferrable: bool | None = None,
         reattach: bool = True,
         stream_logs: bool = True,
@@ -168,7 +168,9 @@ class GpuBatchOperator(BaseOperator):
         self.max_queued = check_max_queued(max_queued)
         self.aws_conn_id = aws_conn_id
         self.region_name = region_name
-        self.poll_interval = poll_interval if is_template(poll_interval) else check_poll_interval(poll_interval)
+        if poll_interval is None and not is_template(backend):
+            poll_interval = default_poll_interval(backend)  # else decided once the backend is rendered
+        self.poll_interval = poll_interval if poll_interval is None or is_template(poll_interval) else check_poll_interval(poll_interval)
         self.deferrable = default_deferrable() if deferrable is None else bool(deferrable)
         self.reattach = bool(reattach)
         self.stream_logs = bool(stream_logs)
@@ -223,15 +225,23 @@ class GpuBatchOperator(BaseOperator):
                                                        try_number=try_number, claim_for_deferral=self.deferrable))
         state = view.state
         context["ti"].xcom_push(key=JOB_ID_XCOM_KEY, value=state.job_id)
-        if state.status == SUCCEEDED:
+        if state.status == SUCCEEDED and view.earlier:
             self.log.info("Reusing the result of job %s, which already SUCCEEDED for this task instance", state.job_id)
             return self._announce(context, self._result(state))
+        # A job submitted just now may have ended already (a fast local job): it is followed all the
+        # same, so its output reaches this task's log.
         if not self.deferrable:
-            final = self._seen(self.jobs.wait(state.job_id, poll_interval=self.poll_interval, max_queued=self.max_queued,
+            final = self._seen(self.jobs.wait(state.job_id, poll_interval=self._poll_seconds, max_queued=self.max_queued,
                                                who=f"Airflow task {self.dag_id}.{self.task_id}"))
             return self._announce(context, self._finish(final.state, final.log_lines))
         self._defer(state.job_id, reattached=view.reattached)
         return None  # not reached: defer raises
+
+    @property
+    def _poll_seconds(self) -> float:
+        """The poll interval, resolved by check_job_fields before anything is submitted."""
+        assert self.poll_interval is not None and not isinstance(self.poll_interval, str)
+        return float(self.poll_interval)
 
     def _defer(self, job_id: str, *, reattached: bool) -> None:
         self.defer(
@@ -239,7 +249,7 @@ class GpuBatchOperator(BaseOperator):
                 job_id,
                 aws_conn_id=self.aws_conn_id,
                 region_name=self.region_name,
-                poll_interval=self.poll_interval,
+                poll_interval=self._poll_seconds,
                 max_queued=self.max_queued,
                 stream_logs=self.stream_logs,
                 backend=self.backend,
@@ -381,6 +391,16 @@ class GpuBatchOperator(BaseOperator):
             self.log.error("Could not terminate job %s: %s", job_id, exc)
 
 
+#: Seconds between polls unless poll_interval says otherwise: a local job is a process on this
+#: machine (a 1-s function should not take 30 s); Batch's jobs run for minutes and its API is rate-limited.
+LOCAL_POLL_INTERVAL = 2.0
+BATCH_POLL_INTERVAL = 30.0
+
+
+def default_poll_interval(backend: str) -> float:
+    return LOCAL_POLL_INTERVAL if backend == "local" else BATCH_POLL_INTERVAL
+
+
 def check_job_fields(job: Any, *, skip_templates: bool) -> None:
     """Check the templatable parameters of ``job`` (the operator, or the trigger that starts it): at
     DAG parse time those that are plain values, at run time (after rendering) all of them -- always
@@ -396,6 +416,8 @@ def check_job_fields(job: Any, *, skip_templates: bool) -> None:
     if not skip_templates:
         job.backend = check_backend_name(job.backend)
         poll = job.poll_interval
+        if poll is None:
+            poll = default_poll_interval(job.backend)
         if isinstance(poll, str):  # a rendered template such as "{{ params.poll_interval }}"
             try:
                 poll = float(poll)

@@ -80,11 +80,18 @@ def parse_params(pairs: list[str]) -> dict:
 def configure_airflow(home: Path, dags_folder: Path, verbose: bool) -> None:
     """Airflow reads these when it is first imported: set them before that."""
     home.mkdir(parents=True, exist_ok=True)
+    from airflow_gpu.jobs.local.backend import STATE_DIR_ENV, default_state_dir
+
+    # The demo's local jobs go where `airflow-gpu logs ID --backend local` looks (the default is
+    # under the Airflow home, which the demo replaces with its own): one folder for demo and terminal.
+    os.environ.setdefault(STATE_DIR_ENV, str(default_state_dir()))
     os.environ["AIRFLOW_HOME"] = str(home)
     os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(dags_folder)
     os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
     if not verbose:
-        os.environ["AIRFLOW__LOGGING__LOGGING_LEVEL"] = "WARNING"
+        # Not even a failed task's traceback: the demo ends with the failure's own message and the
+        # worker's log paths (--verbose shows Airflow's lines, tracebacks included).
+        os.environ["AIRFLOW__LOGGING__LOGGING_LEVEL"] = "CRITICAL"
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", category=FutureWarning)
         warnings.filterwarnings("ignore", message=".*starlette.testclient.*")  # Airflow's in-process API, not ours
@@ -181,9 +188,12 @@ def run(args: argparse.Namespace) -> int:
         say(f"wrote {input_uri}: {stages[-1].detail} ({stages[-1].seconds:.1f} s)")
 
         dag = load_dag(project / "dags" / DAG_FILE)
-        # Fail fast: in a demo a retry only repeats the same error a minute later.
+        # Fail fast: in a demo a retry only repeats the same error a minute later. Each failure's
+        # message is kept, so the demo can end with its reason rather than "the error is above".
+        reasons: dict[str, str] = {}
         for task in dag.tasks:
             task.retries = 0
+            task.on_failure_callback = [*_callbacks(task.on_failure_callback), _remember_failure(reasons)]
         from airflow_gpu.demo.progress import Progress
         from airflow_gpu.jobs.local.backend import default_state_dir
 
@@ -196,16 +206,53 @@ def run(args: argparse.Namespace) -> int:
         tasks = task_timings(dag_run)
         if str(getattr(dag_run.state, "value", dag_run.state)) != "success":
             failed = [t for t, (state, _) in tasks.items() if state not in ("success", "skipped")]
-            print(f"\nThe DAG run failed at: {', '.join(failed) or '?'} (the error is above).", file=sys.stderr)
             for job_id in progress.job_ids:
                 print(f"The worker's log: {default_state_dir() / job_id / 'output.log'}", file=sys.stderr)
+            if INTERRUPTED in reasons.values():  # dag.test turns Ctrl-C into a failed task
+                stopped = stop_jobs(progress.job_ids)
+                progress = None
+                what = f"stopped local job(s) {', '.join(stopped)}" if stopped else "no job was left running"
+                print(f"airflow-gpu demo: interrupted; {what}, and the embedded S3 is shut down", file=sys.stderr)
+                return 130
+            first = next((t for t in failed if t in reasons), None)
+            why = f"{first}: {reasons[first]}" if first else f"{', '.join(failed) or '?'} (see the lines above)"
+            print(f"airflow-gpu demo: the DAG run failed at {why}", file=sys.stderr)  # the last line: the reason
             return 1
         summarize(args, say, stages, tasks, data, client, s3.embedded, dag_run, outputs_root, started)
         return 0
+    except KeyboardInterrupt:
+        stopped = stop_jobs(progress.job_ids) if progress is not None else []
+        progress = None
+        s3.stop()
+        what = f"stopped local job(s) {', '.join(stopped)}" if stopped else "no job was left running"
+        print(f"airflow-gpu demo: interrupted; {what}, and the embedded S3 is shut down", file=sys.stderr)
+        return 130
     finally:
         if progress is not None:
             stop_jobs(progress.job_ids)
         s3.stop()
+
+
+def _callbacks(existing) -> list:
+    if existing is None:
+        return []
+    return list(existing) if isinstance(existing, (list, tuple)) else [existing]
+
+
+#: What a task that Ctrl-C stopped is remembered by.
+INTERRUPTED = "interrupted (Ctrl-C)"
+
+
+def _remember_failure(reasons: dict[str, str]):
+    def remember(context) -> None:
+        exc = context.get("exception")
+        if isinstance(exc, KeyboardInterrupt):
+            reasons[context["ti"].task_id] = INTERRUPTED
+            return
+        text = (str(exc) or type(exc).__name__) if exc is not None else "failed"
+        reasons.setdefault(context["ti"].task_id, text.strip().splitlines()[0] if text.strip() else text)
+
+    return remember
 
 
 def load_dag(path: Path):
@@ -234,21 +281,24 @@ def task_timings(dag_run) -> dict[str, tuple[str, float | None]]:
         }
 
 
-def stop_jobs(job_ids: list[str]) -> None:
-    """An interrupted demo leaves no worker running: the local jobs are detached by design."""
+def stop_jobs(job_ids: list[str]) -> list[str]:
+    """An interrupted demo leaves no worker running: the local jobs are detached by design. The ids stopped."""
     if not job_ids:
-        return
+        return []
     import asyncio
 
     from airflow_gpu.jobs.local.backend import LocalBackend
 
-    async def stop() -> None:
+    async def stop() -> list[str]:
         backend = LocalBackend()
+        stopped = []
         for state in await backend.describe(job_ids):
             if not state.is_terminal:
                 await backend.terminate(state.job_id, "airflow-gpu demo stopped")
+                stopped.append(state.job_id)
+        return stopped
 
-    asyncio.run(stop())
+    return asyncio.run(stop())
 
 
 def summarize(args, say, stages, tasks, data, client, embedded: bool, dag_run, outputs_root: Path, started: float) -> None:

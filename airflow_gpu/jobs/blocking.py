@@ -84,6 +84,8 @@ class JobView:
     log_url: str | None = None
     reattached: bool = False
     log_lines: tuple[str, ...] = ()
+    #: Found, not submitted: a job an earlier try of this task instance submitted.
+    earlier: bool = False
 
 
 async def submit_or_reattach(backend: JobBackend, spec: JobSpec, *, reattach: bool, log: TaskLog,
@@ -95,6 +97,13 @@ async def submit_or_reattach(backend: JobBackend, spec: JobSpec, *, reattach: bo
     With ``try_number``, a live job that an earlier try deferred on is superseded: that try was
     cleared or marked, so the job is terminated here (unless its trigger did so already) and never
     reattached to (airflow_gpu/jobs/ownership.py)."""
+    state, reattached, _ = await _submit_or_find(backend, spec, reattach=reattach, log=log, try_number=try_number)
+    return state, reattached
+
+
+async def _submit_or_find(backend: JobBackend, spec: JobSpec, *, reattach: bool, log: TaskLog,
+                          try_number: int | None = None) -> tuple[JobState, bool, bool]:
+    """:func:`submit_or_reattach`, and whether the job was found (an earlier try's) rather than submitted."""
     state, reattached = None, False
     found = await backend.find(spec) if reattach or try_number is not None else []
     if try_number is not None:  # also without reattach: nobody else may end a superseded job
@@ -106,13 +115,14 @@ async def submit_or_reattach(backend: JobBackend, spec: JobSpec, *, reattach: bo
             log.info("Reattaching to job %s (%s), already %s for this task instance", state.job_id, spec.name, state.status)
         elif found:
             log.info("Earlier jobs for this task instance failed; submitting a new one")
-    if state is None:
-        state = await backend.submit(spec)
-        log.info(
-            "Submitted job %s (%s) to %s, queue %s, %d GPU(s)",
-            state.job_id, spec.name, backend.location, spec.queue, spec.gpus,
-        )
-    return state, reattached
+    if state is not None:
+        return state, reattached, True
+    state = await backend.submit(spec)
+    log.info(
+        "Submitted job %s (%s) to %s, queue %s, %d GPU(s)",
+        state.job_id, spec.name, backend.location, spec.queue, spec.gpus,
+    )
+    return state, reattached, False
 
 
 async def _ended_if_superseded(backend: JobBackend, state: JobState, spec: JobSpec, try_number: int, log: TaskLog) -> bool:
@@ -156,10 +166,11 @@ class BlockingJobs:
 
         async def call() -> JobView:
             async with JobWatcher.shared(self.target).backend() as backend:
-                state, reattached = await submit_or_reattach(backend, spec, reattach=reattach, log=self.log, try_number=try_number)
+                state, reattached, earlier = await _submit_or_find(backend, spec, reattach=reattach, log=self.log,
+                                                                   try_number=try_number)
                 if claim_for_deferral and try_number is not None and state.is_live:
                     await claim(backend, state, try_number, self.log)
-                return self._view(backend, state, reattached=reattached)
+                return self._view(backend, state, reattached=reattached, earlier=earlier)
 
         return run_blocking(call)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import getpass
 
-from airflow_gpu.terminal.options import add_target_arguments, call, describe_one, guarded, target_of
+from airflow_gpu.terminal.options import add_target_arguments, call, give_up_after, describe_one, guarded, target_of
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,7 +24,7 @@ def _cancel(args: argparse.Namespace) -> int:
         await backend.terminate(state.job_id, reason)
         return None
 
-    ended = call(target_of(args), stop)
+    ended = call(target_of(args), stop, timeout=give_up_after(args))
     if ended is not None:
         print(f"Job {args.job_id} already ended {ended.status}; nothing to cancel.")
         return 0
@@ -33,4 +33,4 @@ def _cancel(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    return guarded("cancel", lambda: _cancel(args))
+    return guarded("cancel", lambda: _cancel(args), args)

@@ -8,22 +8,25 @@ import sys
 import time
 from typing import TextIO
 
-from airflow_gpu.jobs.backend import BackendTarget, JobState
+from airflow_gpu.jobs.backend import UNKNOWN, BackendTarget, JobState
 from airflow_gpu.jobs.follower import LogFollow, LogFollower
 from airflow_gpu.jobs.watcher import JobWatcher, follow_job
+from airflow_gpu.terminal.options import TerminalError
 
 
 class JobView:
     """Prints one job's states and log lines to ``out`` (the log lines as they are, states marked ``==``)."""
 
     def __init__(self, target: BackendTarget, out: TextIO | None = None, *, stream_logs: bool = True,
-                 poll_interval: float = 5.0, tail: int | None = None):
+                 poll_interval: float = 5.0, tail: int | None = None, give_up_after: float | None = None):
         self.target = target
         # The follower reads a stream from its start; ``tail`` keeps only the last lines of that first read.
         self.tail = tail
         self.out = out or sys.stdout
         self.stream_logs = stream_logs
         self.poll_interval = poll_interval
+        # A person watching gives up on an API that stays unreachable far sooner than a triggerer.
+        self.give_up_after = give_up_after
         self.started = time.monotonic()
         self._last: tuple[str, str | None] | None = None
         self._follow: LogFollow | None = None
@@ -55,7 +58,10 @@ class JobView:
 
     async def watch(self, job_id: str, *, max_queued: float | None = None) -> JobState:
         """Until the job ends (or is terminated for queueing past ``max_queued``); its final state."""
-        watch = JobWatcher.shared(self.target).watch(job_id, poll_interval=self.poll_interval, max_queued=max_queued)
+        watcher = JobWatcher.shared(self.target)
+        if self.give_up_after is not None:
+            watcher.describe_error_grace = self.give_up_after
+        watch = watcher.watch(job_id, poll_interval=self.poll_interval, max_queued=max_queued)
         try:
             final = await follow_job(watch, on_change=self._on_change)
             if self._follow is not None:
@@ -64,6 +70,8 @@ class JobView:
             if self._follow is not None:
                 self._follow.close()
             watch.close()
+        if final.status == UNKNOWN:  # never seen for give_up_after seconds: the reason says why
+            raise TerminalError(final.status_reason or f"lost sight of job {job_id}")
         end = f"{final.status}" + (f", exit code {final.exit_code}" if final.exit_code is not None else "")
         self.say(end + (f"  ({final.status_reason})" if final.status_reason and final.status != "SUCCEEDED" else ""))
         return final

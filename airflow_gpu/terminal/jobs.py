@@ -8,7 +8,7 @@ import argparse
 
 from airflow_gpu.jobs.backend import LIVE_STATES, TERMINAL_STATES
 from airflow_gpu.terminal.costs import bills_of, columns, parse_since, since_cutoff, totals, usages_of
-from airflow_gpu.terminal.options import add_target_arguments, call, guarded, owner, target_of
+from airflow_gpu.terminal.options import add_target_arguments, call, give_up_after, guarded, owner, target_of
 
 ORDER = ("SUBMITTED", "PENDING", "RUNNABLE", "STARTING", "RUNNING", "SUCCEEDED", "FAILED")
 assert set(ORDER) == LIVE_STATES | TERMINAL_STATES
@@ -35,7 +35,7 @@ def _jobs(args: argparse.Namespace) -> int:
         states = [s for queue in queues for s in await backend.list_jobs(queue, statuses)]
         return states, await usages_of(backend, [s.job_id for s in states if s.is_terminal])
 
-    states, usages = call(target_of(args), look)
+    states, usages = call(target_of(args), look, timeout=give_up_after(args))
     if cutoff is not None:
         # A live job has no usage yet; it is listed while it is recent by its queue time, if known.
         states = [s for s in states if (created := _created(s, usages)) is None or created >= cutoff]
@@ -64,4 +64,4 @@ def _created(state, usages) -> float | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    return guarded("jobs", lambda: _jobs(args))
+    return guarded("jobs", lambda: _jobs(args), args)

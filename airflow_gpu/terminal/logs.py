@@ -8,7 +8,7 @@ import asyncio
 from airflow_gpu.jobs.follower import LogFollower
 from airflow_gpu.jobs.watcher import JobWatcher
 from airflow_gpu.terminal.follow import JobView, exit_code_of
-from airflow_gpu.terminal.options import add_target_arguments, describe_one, guarded, target_of
+from airflow_gpu.terminal.options import GaveUp, add_target_arguments, describe_one, give_up_after, guarded, target_of
 
 #: Pages read for a whole log before giving up (a bound, so a huge log cannot loop for ever).
 MAX_PAGES = 10_000
@@ -42,14 +42,23 @@ def _logs(args: argparse.Namespace) -> int:
 
     async def main() -> int:
         try:
-            async with JobWatcher.shared(target).backend() as backend:
-                state = await describe_one(backend, args.job_id)
-                if not (args.follow and state.is_live):
-                    await _print_log(backend, state, args.tail)
+            async def once() -> bool:
+                async with JobWatcher.shared(target).backend() as backend:
+                    state = await describe_one(backend, args.job_id)
+                    if not (args.follow and state.is_live):
+                        await _print_log(backend, state, args.tail)
+                        return True
+                    return False
+
+            try:
+                if await asyncio.wait_for(once(), give_up_after(args)):
                     return 0
+            except asyncio.TimeoutError:
+                raise GaveUp(give_up_after(args)) from None
             # Live: the same watcher and follower as a deferred task's. The follower starts at the
             # stream's beginning: the whole log is printed (or its last --tail lines), then what comes.
-            final = await JobView(target, poll_interval=args.poll_interval, tail=args.tail).watch(args.job_id)
+            final = await JobView(target, poll_interval=args.poll_interval, tail=args.tail,
+                                  give_up_after=give_up_after(args)).watch(args.job_id)
             return exit_code_of(final)
         finally:
             await LogFollower.close_all()
@@ -59,4 +68,4 @@ def _logs(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    return guarded("logs", lambda: _logs(args))
+    return guarded("logs", lambda: _logs(args), args)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from airflow_gpu.terminal.costs import bills_of, status_rows, usages_of
-from airflow_gpu.terminal.options import add_target_arguments, call, describe_one, guarded, owner, target_of
+from airflow_gpu.terminal.options import add_target_arguments, call, describe_one, give_up_after, guarded, owner, target_of
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,7 +19,7 @@ def _status(args: argparse.Namespace) -> int:
         usage = (await usages_of(backend, [state.job_id])).get(state.job_id) if state.is_terminal else None
         return state, backend.job_url(state.job_id), backend.log_url(state), usage
 
-    state, job_url, log_url, usage = call(target_of(args), look)
+    state, job_url, log_url, usage = call(target_of(args), look, timeout=give_up_after(args))
     made = bills_of([usage])[state.job_id] if usage is not None else None
     rows = [
         ("job", f"{state.job_id} ({state.name})"),
@@ -38,4 +38,4 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    return guarded("status", lambda: _status(args))
+    return guarded("status", lambda: _status(args), args)

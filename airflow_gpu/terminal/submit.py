@@ -25,7 +25,9 @@ from airflow_gpu.jobs.follower import LogFollower
 from airflow_gpu.jobs.spec import JobSpec, JobSpecError, TaskIdentity
 from airflow_gpu.jobs.watcher import JobWatcher
 from airflow_gpu.terminal.follow import JobView, exit_code_of
-from airflow_gpu.terminal.options import TERMINAL_DAG_ID, TerminalError, add_target_arguments, call, guarded, target_of
+from airflow_gpu.terminal.options import (
+    TERMINAL_DAG_ID, TerminalError, add_target_arguments, call, give_up_after, guarded, target_flags, target_of,
+)
 
 log = logging.getLogger("airflow_gpu.terminal")
 
@@ -69,7 +71,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     watch.add_argument("--detach", action="store_true", help="print the job id and links, and return at once")
     watch.add_argument("--terminate-on-interrupt", action="store_true", help="Ctrl-C terminates the job without asking")
     watch.add_argument("--no-logs", action="store_true", help="states only, no log lines")
-    watch.add_argument("--poll-interval", type=float, default=5.0, metavar="S", help="seconds between status polls")
+    watch.add_argument("--poll-interval", type=float, default=None, metavar="S",
+                       help="seconds between status polls (default 2 with --backend local, else 5)")
     add_target_arguments(parser)
     parser.add_argument("argv", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
 
@@ -91,8 +94,12 @@ def _stage_script(args: argparse.Namespace, target: BackendTarget):
     if not path.is_file():
         raise TerminalError(f"--script {args.script}: no such file; pass the path of your .py file")
     if not args.output:
-        raise TerminalError("--script needs --output URI: where the script's output/ folder goes (s3://bucket/prefix/)")
-    prefix = staging_prefix(args.staging_prefix, airflow_config=False)
+        raise TerminalError("--script needs --output URI: where the script's output/ folder goes "
+                            "(s3://bucket/prefix/, or a local folder with --backend local)")
+    from airflow_gpu.config import local_staging_default
+
+    local = local_staging_default(airflow_home=False) if target.backend == "local" else None
+    prefix = staging_prefix(args.staging_prefix, airflow_config=False, local_default=local)
     client = None
     if prefix.startswith("s3://"):
         import boto3
@@ -115,16 +122,20 @@ def _spec(args: argparse.Namespace, target: BackendTarget) -> JobSpec:
         raise TerminalError("--module and --requirements need --code FOLDER: the project the module or file lives in")
     elif args.script:
         staged = _stage_script(args, target)
-        command = ["run-script", "--script", staged.uri, "--sha256", staged.sha256, "--output", args.output]
+        from airflow_gpu.config import local_path_or_uri
+
+        # Relative local paths mean the submitter's folder, whatever folder the job runs in.
+        command = ["run-script", "--script", staged.uri, "--sha256", staged.sha256, "--output", local_path_or_uri(args.output)]
         if args.input:
-            command += ["--input", args.input]
+            command += ["--input", local_path_or_uri(args.input)]
         if args.endpoint_url and target.backend == "local":
             command += ["--endpoint-url", args.endpoint_url]
         command += ["--", *argv] if argv else []
         base = args.name or Path(args.script).stem
     else:
         if not argv:
-            raise TerminalError("no command: put the job's argv after --, e.g. -- python train.py, or use --script")
+            raise TerminalError("no command: put the job's argv after --, e.g. `-- python train.py` "
+                            "(run by the image's entrypoint as it is), or pass --script train.py")
         command = argv
         base = args.name or Path(argv[0]).name
     if target.backend == "local":  # the local backend puts the image's entrypoint in front, as Batch does
@@ -157,7 +168,8 @@ def _ask_to_terminate(job_id: str) -> bool:
 
 async def _watch(target: BackendTarget, job_id: str, args: argparse.Namespace):
     try:
-        return await JobView(target, stream_logs=not args.no_logs, poll_interval=args.poll_interval).watch(
+        return await JobView(target, stream_logs=not args.no_logs, poll_interval=args.poll_interval,
+                             give_up_after=give_up_after(args)).watch(
             job_id, max_queued=args.max_queued
         )
     finally:
@@ -167,20 +179,30 @@ async def _watch(target: BackendTarget, job_id: str, args: argparse.Namespace):
 
 def _submit(args: argparse.Namespace) -> int:
     target = target_of(args)
+    if args.poll_interval is None:  # a local job is a process here: no API quota to spare
+        args.poll_interval = 2.0 if target.backend == "local" else 5.0
     from airflow_gpu.jobs.spec import check_max_queued
 
     check_max_queued(args.max_queued)
     spec = _spec(args, target)
 
     async def submit(backend):
-        state = await backend.submit(spec)
+        try:
+            state = await backend.submit(spec)
+        except Exception as exc:
+            from airflow_gpu.terminal.batch_names import unknown_queue_or_definition
+
+            line = await unknown_queue_or_definition(backend, exc, spec.queue, spec.definition)
+            if line is None:
+                raise
+            raise TerminalError(line) from None
         return state, backend.location, backend.job_url(state.job_id)
 
-    state, location, url = call(target, submit)
+    state, location, url = call(target, submit, timeout=give_up_after(args))
     print(f"Submitted job {state.job_id} ({spec.name}) to {location}, queue {spec.queue}, {spec.gpus} GPU(s)")
     if url:
         print(f"  job:  {url}")
-    print(f"  logs: airflow-gpu logs {state.job_id} --follow" + ("" if target.backend == "aws_batch" else f" --backend {target.backend}"), flush=True)
+    print(f"  logs: airflow-gpu logs {state.job_id} --follow{target_flags(args)}", flush=True)
     if args.detach:
         return 0
     try:
@@ -188,13 +210,14 @@ def _submit(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         if args.terminate_on_interrupt or _ask_to_terminate(state.job_id):
             reason = f"terminated from a terminal by {getpass.getuser()} (Ctrl-C)"
-            call(target, lambda backend: backend.terminate(state.job_id, reason))
+            call(target, lambda backend: backend.terminate(state.job_id, reason), timeout=give_up_after(args))
             print(f"Terminated job {state.job_id}.", flush=True)
             return 130
-        print(f"Job {state.job_id} keeps running; `airflow-gpu cancel {state.job_id}` stops it.", flush=True)
+        print(f"Job {state.job_id} keeps running; `airflow-gpu cancel {state.job_id}{target_flags(args)}` stops it, "
+              f"`airflow-gpu logs {state.job_id} --follow{target_flags(args)}` follows it again.", flush=True)
         return 130
     return exit_code_of(final)
 
 
 def run(args: argparse.Namespace) -> int:
-    return guarded("submit", lambda: _submit(args))
+    return guarded("submit", lambda: _submit(args), args)

@@ -4,6 +4,7 @@
     airflow-gpu-worker run-script --script s3://bucket/jobs/train.py --input ... --output ...
     airflow-gpu-worker run-script --code s3://.../code/SHA.tar.gz --script train.py --output ...
     airflow-gpu-worker run-function --payload s3://.../functions/SHA.json --sha256 SHA --result s3://.../
+    airflow-gpu-worker python train.py      (any other command: run as it is, see entrypoint.py)
 
 A user's mistake ends with one line on stderr, ``airflow-gpu-worker: error: ...``, and
 exit code 2; progress goes to stderr as timestamped lines, which Batch sends to
@@ -324,9 +325,27 @@ def _configure_logging(level: int) -> None:
     logging.getLogger("implicit").setLevel(logging.WARNING)
 
 
+def _missing_dependency(exc: ModuleNotFoundError) -> int:
+    """An installation without the worker's dependencies (pip install without the ``worker`` extra)."""
+    if not exc.name or exc.name.split(".")[0] == "airflow_gpu":
+        raise exc
+    print(f"{PROG}: error: this installation lacks {exc.name!r}, which the worker needs: install the package with its "
+          "worker extra (`pip install -e '.[worker]'` in a checkout, or the image built from container/Dockerfile)",
+          file=sys.stderr)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    from .entrypoint import exec_command, plain_command
+
+    command = plain_command(list(sys.argv[1:] if argv is None else argv))
+    if command is not None:  # not a worker command: the job's own program (the Docker entrypoint convention)
+        return exec_command(command, PROG)
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+    except ModuleNotFoundError as exc:
+        return _missing_dependency(exc)
     _configure_logging(logging.WARNING if getattr(args, "quiet", False) else logging.INFO)
     warnings.filterwarnings("ignore", message=".*OpenBLAS is configured.*")
     from .profile import profiled
@@ -335,6 +354,8 @@ def main(argv: list[str] | None = None) -> int:
         with profiled():  # every command: its GPU/CPU profile, summed up in the log's last lines
             code: int = args.handler(args)
         return code
+    except ModuleNotFoundError as exc:
+        return _missing_dependency(exc)
     except WorkerError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -41,6 +41,7 @@ from .bundle import fetch_code
 from .errors import WorkerError
 from .requirements import install_for_code, python_path
 from .storage import Store, open_store
+from .writable import prove_writable
 
 log = logging.getLogger("airflow_gpu.worker")
 
@@ -206,6 +207,7 @@ async def _run_function(
     folder: Path,
 ) -> int:
     async with open_store(result_uri, endpoint_url=endpoint_url) as results:
+        await prove_writable(results, "--result")  # before the payload is read
         try:
             document = verify(await _fetch(payload_uri, endpoint_url), sha256)
             if code:

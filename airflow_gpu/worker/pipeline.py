@@ -154,7 +154,11 @@ async def run_als_async(config: AlsConfig) -> AlsRun:
             out = await stack.enter_async_context(
                 open_store(config.output, endpoint_url=config.endpoint_url, concurrency=config.concurrency)
             )
-            # Fails fast on a missing bucket or a denied prefix, before any training time is spent.
+            # Fails fast on a missing bucket, a denied prefix or a folder that cannot be written,
+            # before any input is read or training time spent.
+            from .writable import prove_writable
+
+            await prove_writable(out)
             previous = await read_manifest(out)
             if previous:
                 log.info("als: %s holds run %s; it stays current until this run commits", config.output, previous.get("run_id"))

@@ -14,7 +14,8 @@ from .early_stop import DEFAULT_PATIENCE, DEFAULT_TOLERANCE, LossPlateau
 
 _STYLE = """
 body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:980px;color:#222}
-h1{font-size:22px;margin-bottom:0}h2{font-size:17px;margin-top:2em;border-bottom:1px solid #ddd}
+h1{font-size:22px;margin-bottom:0}.headline{font-size:16px;margin:10px 0 0;padding:10px 14px;background:#f6f8fa;border-left:4px solid #2da44e}
+.headline p{margin:2px 0}h2{font-size:17px;margin-top:2em;border-bottom:1px solid #ddd}
 .sub{color:#666;margin-top:4px}table{border-collapse:collapse;margin:8px 0}
 td,th{padding:3px 12px 3px 0;text-align:left;vertical-align:top}th{color:#555;font-weight:600}
 td.n{text-align:right;font-variant-numeric:tabular-nums}svg{display:block;margin:8px 0}
@@ -45,7 +46,7 @@ def render(metrics: dict[str, Any]) -> str:
         "<h1>ALS collaborative filtering</h1>",
         f"<div class=sub>run <code>{_e(metrics.get('run_id', ''))}</code> · input <code>{_e(metrics.get('input', ''))}</code>"
         f" · device <b>{_e(str(training.get('device', '')).upper())}</b></div>",
-        *(f"<div class=sub>{_e(line)}</div>" for line in (metrics.get("profile") or {}).get("summary") or ()),
+        headline(metrics),
         "<h2>Job</h2>",
         _job_table(metrics),
         "<h2>Data</h2>",
@@ -58,7 +59,8 @@ def render(metrics: dict[str, Any]) -> str:
         _line_chart(training.get("loss") or [], "training loss per iteration", "loss"),
         _line_chart(training.get("iteration_seconds") or [], "seconds per iteration", "s"),
         "</div>",
-        _table([(k.replace("_", " "), _fmt(v)) for k, v in training.items() if not isinstance(v, list)]),
+        # The training stage's time is in "Time per stage"; the fit loop's own ``seconds`` would be a second figure.
+        _table([(k.replace("_", " "), _fmt(v)) for k, v in training.items() if not isinstance(v, list) and k != "seconds"]),
         "<h2>Time per stage</h2>",
         _bar_chart({k: v for k, v in stages.items() if isinstance(v, (int, float))}),
     ]
@@ -85,6 +87,30 @@ def render(metrics: dict[str, Any]) -> str:
         "</body></html>",
     ]
     return "\n".join(parts)
+
+
+def headline_lines(metrics: dict[str, Any]) -> list[str]:
+    """The run's result in a sentence or two (HTML), for the top of the page: the model against the
+    popularity baseline on precision@k with the lift, on how many users, after how many iterations,
+    in what wall time. Other lines (such as the run's cost) may be appended by the caller."""
+    training = metrics.get("training") or {}
+    evaluation = metrics.get("evaluation") or {}
+    k = evaluation.get("k", 10)
+    als = (evaluation.get("als") or {}).get(f"precision_at_{k}")
+    pop = (evaluation.get("popularity") or {}).get(f"precision_at_{k}")
+    iterations = training.get("iterations_run", training.get("iterations"))
+    run = f"{_fmt(iterations)} iterations, {_fmt(metrics.get('total_seconds'))} s wall time"
+    if als is None or pop is None:
+        return [f"<b>No held-out evaluation</b> in this run; {run}."]
+    lift = f"{als / pop:.2f}x the baseline" if pop else "the baseline scored 0"
+    return [f"<b>ALS precision@{k} {als:.4f}</b> against popularity's {pop:.4f}: <b>{lift}</b>, "
+            f"on {_fmt(evaluation.get('users_evaluated'))} held-out users; {run}."]
+
+
+def headline(metrics: dict[str, Any]) -> str:
+    """The headline, then how the job used its GPU (the profile's summary lines, worker/profile.py)."""
+    profile = [_e(line) for line in (metrics.get("profile") or {}).get("summary") or ()]
+    return "<div class=headline>" + "".join(f"<p>{line}</p>" for line in headline_lines(metrics) + profile) + "</div>"
 
 
 def _e(text: object) -> str:
@@ -122,6 +148,8 @@ def _line_chart(values: Iterable[float | None], title: str, unit: str, width: in
     xs = [p[0] for p in points]
     ys = [p[1] for p in points]
     lo, hi = min(ys), max(ys)
+    if lo > 0:  # from zero, so a small change does not look like a large one
+        lo = 0.0
     if hi == lo:
         lo, hi = lo - (abs(lo) or 1) * 0.05, hi + (abs(hi) or 1) * 0.05
     x_max = max(max(xs), 2)

@@ -29,6 +29,7 @@ from .publish import DEFAULT_KEEP_RUNS, Publisher
 from .safe_paths import check_keys, files_to_publish, path_inside
 from .requirements import install_for_code, python_path
 from .storage import ObjectRef, Store, open_store
+from .writable import prove_writable
 
 log = logging.getLogger("airflow_gpu.worker")
 
@@ -134,6 +135,7 @@ async def _run_in(
     outputs.mkdir(exist_ok=True)
     async with open_store(output_uri, endpoint_url=endpoint_url, concurrency=concurrency) as out:
         await out.read_small(MANIFEST)  # fail fast on a missing bucket or a denied prefix
+        await prove_writable(out)  # or on a local folder that cannot be written, before any input is read
         if bundle:
             # The code (and what it requires) is in place and verified before any input is fetched.
             cwd, _, env_extra = await bundle.prepare(folder, endpoint_url, sha256)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -199,9 +200,14 @@ def test_local_ctrl_c_asks_before_terminating(local_jobs, answer):
     assert process.returncode == 130, err
     status = cli(local_jobs, "status", job_id, "--backend", "local").stdout
     if answer == "n":
-        assert f"Job {job_id} keeps running; `airflow-gpu cancel {job_id}` stops it." in out
         assert "status: RUNNING" in status
-        cli(local_jobs, "cancel", job_id, "--backend", "local")
+        # Every hint is a command that works when pasted (here: with --backend local in it).
+        hints = re.findall(r"`(airflow-gpu [^`]+)`", out.split("keeps running")[1])
+        assert [h.split()[1] for h in hints] == ["cancel", "logs"], out
+        env = {k: v for k, v in local_jobs.items() if k != "AIRFLOW_GPU_BACKEND"}
+        cancel = subprocess.run(shlex.split(hints[0].replace("airflow-gpu", str(CLI), 1)), env=env,
+                                capture_output=True, text=True, timeout=60)
+        assert cancel.returncode == 0 and f"Terminating job {job_id}" in cancel.stdout, cancel.stderr
     else:
         assert f"Terminated job {job_id}." in out and "status: FAILED" in status
 
@@ -246,7 +252,8 @@ def test_bad_arguments_are_refused_before_anything_is_submitted(local_jobs, tmp_
     assert done.returncode == 2 and "no such file" in done.stderr
     (tmp_path / "x.py").write_text("print(1)\n")
     env = {k: v for k, v in local_jobs.items() if k != "AIRFLOW_GPU_STAGING_PREFIX"}
-    done = cli(env, "submit", *LOCAL, "--script", str(tmp_path / "x.py"), "--output", str(tmp_path / "o"))
+    # On Batch the staging prefix must be named (a local job stages beside its records without one).
+    done = cli(env, "submit", "--queue", "q", "--definition", "d", "--script", str(tmp_path / "x.py"), "--output", "s3://b/o/")
     assert done.returncode == 2 and "No staging prefix" in done.stderr and "--staging-prefix" in done.stderr
     assert not (tmp_path / "jobs").exists()  # nothing was submitted
 

@@ -53,6 +53,15 @@ class Throttled(JsonRESTError):
         super().__init__("TooManyRequestsException", "Too Many Requests")
 
 
+class Refused(JsonRESTError):
+    """What Batch answers a caller it refuses: AccessDeniedException, ExpiredTokenException (HTTP 403)."""
+
+    code = 403
+
+    def __init__(self, error_type: str) -> None:
+        super().__init__(error_type, f"{error_type} (refused by the test)")
+
+
 @dataclass
 class BatchCallLog:
     """Batch API calls seen by the server: counts per action, and the ids of each DescribeJobs."""
@@ -124,6 +133,7 @@ class BatchJobDriver:
         self.settling: dict[str, list] = {}  # arn -> [transitional status, describes left]
         self.answers: dict[str, Callable[[list[str]], str]] = {}
         self.placements: dict[str, str] = {}  # job id -> container instance ARN (see place)
+        self.refusals: dict[str, str] = {}  # action -> error type answered with HTTP 403
 
     def answer(self, action: str, reply: Callable[[list[str]], str]) -> None:
         """Answer a Batch action (only ``describejobs`` so far) with ``reply(job ids)``'s JSON text.
@@ -134,6 +144,10 @@ class BatchJobDriver:
         self.answers[action] = reply
 
     # -- levers ---------------------------------------------------------------
+    def refuse(self, action: str, error_type: str) -> None:
+        """Answer a Batch action (``submitjob``, ``describejobs``...) with HTTP 403 ``error_type``."""
+        self.refusals[action] = error_type
+
     def hold(self, status: str = "RUNNING") -> None:
         """New jobs stay in ``status`` until released."""
         assert status in LIVE_STATES, status
@@ -292,6 +306,7 @@ class MotoAws:
         self.batch.settle_after(0)
         self.batch.answers.clear()
         self.batch.placements.clear()
+        self.batch.refusals.clear()
 
     def create_gpu_batch_environment(self, name: str = "gpu", *, gpus: int = 1, vcpus: int = 4, memory_mib: int = 15000,
                                      compute_type: str = "EC2") -> dict[str, str]:
@@ -423,6 +438,9 @@ def _install_hooks(driver: BatchJobDriver, log: BatchCallLog) -> None:
             log.aws_call_times.append((time.monotonic(), f"{self.service_name}:{action}"))
         if self.service_name != "batch":
             return original_call_action(self)
+        if action in driver.refusals:
+            error = Refused(driver.refusals[action])
+            return error.code, {**dict(error.get_headers() or []), "status": str(error.code)}, error.get_body()
         if action in driver.throttle_actions and time.monotonic() < driver.throttle_until:
             with log.lock:
                 log.calls[action + ":throttled"] += 1

@@ -211,6 +211,7 @@ class AwsBatchBackend(JobBackend):
         self._retired: list[Any] = []  # clients replaced at the last refresh, closed at the next one or at the end
         self._arns: dict[str, str] = {}  # job id -> ARN, from submit and find replies: add_tags then needs no describe
         self._region_asked: str | None = connection.region_name
+        self._standard_chain: BackendTarget | None = None  # set when opened from the standard chain (the terminal)
         self.credential_refreshes = 0  # for tests and metrics
         self.closed = False
 
@@ -223,6 +224,7 @@ class AwsBatchBackend(JobBackend):
         client = await cls._create_client(connection, "batch")
         backend = cls(connection, client)
         backend._region_asked = target.region_name  # the cache key the connection was resolved under
+        backend._standard_chain = target if target.standard_chain else None
         return backend
 
     @staticmethod
@@ -326,6 +328,16 @@ class AwsBatchBackend(JobBackend):
             if not token:
                 return ids
 
+    async def existing_names(self) -> tuple[list[str], list[str]]:
+        """The job queues and the active job definitions (name:revision) this identity can see:
+        what a misspelled --queue or --definition could have meant (the first page of each)."""
+        queues = await self.backoff.call(lambda: self._batch.describe_job_queues(maxResults=100))
+        definitions = await self.backoff.call(lambda: self._batch.describe_job_definitions(status="ACTIVE", maxResults=100))
+        return (
+            sorted(q["jobQueueName"] for q in queues.get("jobQueues", ())),
+            sorted(f"{d['jobDefinitionName']}:{d['revision']}" for d in definitions.get("jobDefinitions", ())),
+        )
+
     async def list_jobs(self, queue: str | None, statuses: Sequence[str]) -> list[JobState]:
         if not queue:
             raise JobSpecError("AWS Batch lists jobs per queue: pass --queue.")
@@ -382,8 +394,12 @@ class AwsBatchBackend(JobBackend):
             if failed_client not in (self._batch, self._logs) or self.closed:
                 return
             log.warning("%s answered %s: re-reading connection %r for fresh credentials", self.location, code, self.connection.conn_id)
-            forget_aws_connection(self.connection.conn_id, self._region_asked)
-            connection = await resolve_aws_connection(self.connection.conn_id, self._region_asked)
+            chain = self._standard_chain
+            if chain is not None:  # no Airflow connection to re-read: the standard chain again
+                connection = await resolve_standard_chain(chain.profile, chain.region_name, chain.endpoint_url)
+            else:
+                forget_aws_connection(self.connection.conn_id, self._region_asked)
+                connection = await resolve_aws_connection(self.connection.conn_id, self._region_asked)
             client = decode_leanly(await self._create_client(connection, "batch"))
             replaced = [c for c in (self._batch, self._logs) if c is not None]
             self.connection, self._batch, self._logs = connection, client, None

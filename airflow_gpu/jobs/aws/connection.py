@@ -110,6 +110,7 @@ def resolve_standard_chain_blocking(profile: str | None, region_name: str | None
 
     try:
         session = AioSession(profile=profile)
+        session.get_scoped_config()  # a missing profile fails here, whether or not a region was given
         region = region_name or session.get_config_variable("region")
     except botocore.exceptions.ProfileNotFound:
         raise JobSpecError(f"AWS profile {profile!r} is not in your AWS config; check --profile (aws configure list-profiles)") from None

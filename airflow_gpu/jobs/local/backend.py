@@ -201,6 +201,8 @@ class LocalBackend(JobBackend):
                 "entrypoint": list(entrypoint),
                 # What runs: the entrypoint, then the task's command, as a container would.
                 "command": [*entrypoint, *(spec.command or ())],
+                # Where it runs: the submitter's folder, so `python train.py` means what a shell means.
+                "workdir": os.getcwd(),
                 "timeout_s": spec.timeout_s,
                 "submitted_at": submitted_at,
                 "boot_id": records.boot_id(),

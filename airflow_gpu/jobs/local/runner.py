@@ -119,9 +119,11 @@ def supervise(job_dir: str, job: dict[str, Any], ready_fd: int) -> None:
         _signal_ready(ready_fd)
         return
     try:
+        workdir = job.get("workdir")
         child = subprocess.Popen(
             job["command"], stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True, close_fds=True,
+            cwd=workdir if workdir and os.path.isdir(workdir) else None,  # else the job's own folder
         )
     except (OSError, ValueError) as exc:
         log.write(f"airflow-gpu local backend: cannot start {job['command'][0]!r}: {exc}\n".encode())
