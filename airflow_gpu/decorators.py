@@ -32,7 +32,15 @@ from airflow_gpu.jobs.backend import SUCCEEDED, JobState
 from airflow_gpu.jobs.spec import JobSpecError
 from airflow_gpu.operators import GpuBatchOperator, _identity
 from airflow_gpu.outputs import ObjectStore
-from airflow_gpu.shipping import ResultMissing, check_arguments, function_payload, read_error, read_result, result_prefix, stage
+from airflow_gpu.shipping import (
+    ResultMissing,
+    check_arguments,
+    function_payload,
+    read_error,
+    read_result,
+    result_prefix,
+    stage,
+)
 
 if TYPE_CHECKING:
     from airflow.sdk import Context

@@ -10,14 +10,14 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
-import airflow_gpu.compat  # noqa: F401,I001  first: refuses an Airflow older than the floor with a clear message
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException
 
-from airflow_gpu.jobs.billing import COST_KEY, job_bill
+import airflow_gpu.compat  # noqa: F401,I001  first: refuses an Airflow older than the floor with a clear message
 from airflow_gpu.config import default_deferrable
 from airflow_gpu.exceptions import GpuJobFailed
 from airflow_gpu.jobs.backend import SUCCEEDED, BackendTarget, JobState, check_backend_name
+from airflow_gpu.jobs.billing import COST_KEY, job_bill
 from airflow_gpu.jobs.blocking import BlockingJobs, JobView
 from airflow_gpu.jobs.spec import (
     FIELD_CHECKS,
@@ -39,7 +39,6 @@ from airflow_gpu.triggers import GpuBatchJobTrigger
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
-    from airflow.sdk.types import TaskInstanceKey
 
 #: XCom key holding the job id from the moment it is known, so a failed deferral can find the job.
 JOB_ID_XCOM_KEY = "gpu_batch_job_id"

@@ -20,6 +20,7 @@ from typing import Any, Iterator, Mapping
 
 from airflow_gpu.contract import MANIFEST, MANIFEST_FORMAT, committed_manifest, join, split_s3
 
+
 @dataclass(frozen=True)
 class ObjectInfo:
     uri: str

@@ -39,7 +39,6 @@ import scipy.sparse
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from airflow_gpu.demo.synthetic import synthetic_interactions, write_shards  # noqa: E402
-
 from airflow_gpu.worker.evaluate import holdout_split, ranking_metrics  # noqa: E402
 from airflow_gpu.worker.ingest import Columns  # noqa: E402
 from airflow_gpu.worker.pipeline import AlsConfig, run_als  # noqa: E402

@@ -25,6 +25,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from demo_data import add_demo_arguments, demo_split  # noqa: E402
+
 from airflow_gpu.worker.evaluate import evaluate  # noqa: E402
 from airflow_gpu.worker.matrix import confidence  # noqa: E402
 from airflow_gpu.worker.train import TrainParams, fit  # noqa: E402

@@ -57,12 +57,12 @@ def main() -> int:
 
     import numpy as np
 
+    from airflow_gpu.demo.synthetic import synthetic_interactions, write_shards
     from airflow_gpu.worker import train
     from airflow_gpu.worker.errors import WorkerError
     from airflow_gpu.worker.ingest import Columns
     from airflow_gpu.worker.pipeline import AlsConfig, run_als
     from airflow_gpu.worker.train import TrainParams
-    from airflow_gpu.demo.synthetic import synthetic_interactions, write_shards
 
     print("1. device")
     has_cuda = train._gpu_als_class() is not None

@@ -98,8 +98,8 @@ def implicit_cpu(matrix, X0, Y0, regularization, iterations, dtype=np.float32):
 
 
 def step_correctness(args, record: Record) -> dict:
-    from airflow_gpu.worker.gpu import reference
     from airflow_gpu.demo.synthetic import synthetic_interactions, with_heavy_users
+    from airflow_gpu.worker.gpu import reference
     from airflow_gpu.worker.matrix import build_interactions, confidence
 
     table = with_heavy_users(synthetic_interactions(args.sizes["correctness"], seed=0, string_ids=False), seed=0)
@@ -179,9 +179,10 @@ def bm25_difference(counts, factors: int) -> float:
 
 
 def step_speed(args, record: Record, solver: str, size: str) -> dict:
+    from synthetic import seed_like_csr
+
     from airflow_gpu.worker.matrix import confidence
     from airflow_gpu.worker.train import TrainParams, fit
-    from synthetic import seed_like_csr
 
     nnz = args.sizes[size]
     share = nnz / SEED_NNZ
@@ -244,10 +245,10 @@ def step_speed(args, record: Record, solver: str, size: str) -> dict:
 
 
 def step_quality(args, record: Record) -> dict:
+    from airflow_gpu.demo.synthetic import synthetic_interactions
     from airflow_gpu.worker.evaluate import evaluate, holdout_split
     from airflow_gpu.worker.matrix import build_interactions, confidence
     from airflow_gpu.worker.train import TrainParams, auto_regularization, fit
-    from airflow_gpu.demo.synthetic import synthetic_interactions
 
     table = synthetic_interactions(args.sizes["quality"], seed=11)
     matrix = build_interactions(table["user_id"], table["item_id"], table["plays"].to_numpy()).matrix

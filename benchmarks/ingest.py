@@ -98,11 +98,12 @@ def side_ours(endpoint: str, concurrency: int) -> dict:
     import aiobotocore.config  # noqa: F401
     import aiobotocore.session  # noqa: F401
     import botocore.exceptions  # noqa: F401
-    import pyarrow.parquet  # noqa: F401
+
     # pyarrow imports pandas, when installed, on its first Python-to-Arrow conversion (about 1 s and
     # 60 MB, once per process). The seed side imports pandas before its clock too; the worker image
     # has no pandas at all.
     import pandas  # noqa: F401
+    import pyarrow.parquet  # noqa: F401
 
     from airflow_gpu.worker.ingest import Columns, ingest
     from airflow_gpu.worker.matrix import MatrixBuilder
@@ -183,7 +184,7 @@ def start_moto() -> tuple[subprocess.Popen, str]:
         except OSError:
             if time.monotonic() > deadline or server.poll() is not None:
                 server.kill()
-                raise RuntimeError("the moto server did not start")
+                raise RuntimeError("the moto server did not start") from None
             time.sleep(0.2)
 
 
@@ -193,6 +194,7 @@ def upload_dataset(endpoint: str, objects: int, rows: int) -> tuple[int, float]:
     import boto3
     import numpy as np
     import pyarrow.parquet as pq
+
     from airflow_gpu.demo.synthetic import synthetic_interactions
 
     started = time.perf_counter()

@@ -50,8 +50,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.support: the harnesses tests share
 
-from tests.support.postgres import PostgresServer  # noqa: E402
 from triggerer_scale import FAKE_CREDENTIALS, ServerHandle, _calls_between, _cycles, _ratio  # noqa: E402
+
+from tests.support.postgres import PostgresServer  # noqa: E402
 
 #: ours_quiet is ours without live logs (stream_logs=False): what relaying container lines through the
 #: triggerer's supervisor costs, in CPU and in delay.

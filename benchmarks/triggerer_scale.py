@@ -162,6 +162,7 @@ class BenchServer:
     def setup(self, n: int) -> list[str]:
         from moto.batch_simple import models as batch_simple_models
         from moto.logs import models as logs_models
+
         from tests.support.moto_aws import ACCOUNT, REGION
 
         self.aws.reset()
@@ -201,7 +202,7 @@ class BenchServer:
             n = max(len(self.index), 1)
             slots = list(range(len(self.index)))
             random.Random(len(slots)).shuffle(slots)
-            for (job_id, i), slot in zip(self.index.items(), slots):
+            for job_id, slot in zip(self.index, slots):
                 end = self.end_at[job_id] = t0 + job_seconds + poll * slot / n
                 heapq.heappush(self.due, _Due(end, job_id))
                 if self.log_every > 0:
@@ -289,11 +290,11 @@ def child_main(args: argparse.Namespace) -> None:
     )
     import asyncio
 
-    from airflow.sdk.log import configure_logging, reset_logging
-
     # The triggerer's runner writes JSON log records, unbuffered, to a socket that its supervisor
     # (another process) reads; here `cat` plays the supervisor, writing them to a file.
     import socket
+
+    from airflow.sdk.log import configure_logging, reset_logging
 
     ours_end, supervisor_end = socket.socketpair()
     with open(args.log_file, "wb") as sink:

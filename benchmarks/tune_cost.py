@@ -22,8 +22,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from demo_data import add_demo_arguments, demo_split  # noqa: E402
 from dataclasses import replace  # noqa: E402
+
+from demo_data import add_demo_arguments, demo_split  # noqa: E402
 
 from airflow_gpu.worker.evaluate import evaluate  # noqa: E402
 from airflow_gpu.worker.matrix import confidence  # noqa: E402

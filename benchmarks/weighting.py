@@ -38,7 +38,6 @@ import scipy.sparse
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from airflow_gpu.demo.synthetic import synthetic_interactions  # noqa: E402
-
 from airflow_gpu.worker.evaluate import evaluate, holdout_split  # noqa: E402
 from airflow_gpu.worker.matrix import build_interactions, confidence  # noqa: E402
 from airflow_gpu.worker.train import TrainParams, fit, largest_singular_value  # noqa: E402

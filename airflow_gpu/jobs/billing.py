@@ -8,7 +8,6 @@ that cannot be made says why in the log and the XCom.
 from __future__ import annotations
 
 import asyncio
-import logging
 from typing import TYPE_CHECKING, Any
 
 from airflow_gpu.jobs.cost import bill

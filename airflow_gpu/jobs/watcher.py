@@ -391,7 +391,8 @@ class JobWatcher:
         except _StillBlind as blind:
             log.error("Cannot open %s for %s after %.0f s: %s", self.target.backend, self.target, blind.seconds, blind.error)
             where = f"{self.target.backend} (connection {self.target.conn_id!r})"
-            self._report(list(self._watches), lambda job_id: not_seen_reason(job_id, where, blind.seconds, blind.error))
+            seconds, error = blind.seconds, blind.error  # the except clause unbinds ``blind`` when it ends
+            self._report(list(self._watches), lambda job_id: not_seen_reason(job_id, where, seconds, error))
         except Exception as exc:
             log.error("Cannot open %s for %s: %s", self.target.backend, self.target, exc)
             for watches in list(self._watches.values()):
@@ -455,9 +456,10 @@ class JobWatcher:
             asked, states, rejected, error = await self._describe_errors.call(attempt, attempts=None)
         except _StillBlind as blind:
             log.error("Describing %d jobs on %s failed for %.0f s: %s", len(chunk), backend.location, blind.seconds, blind.error)
+            seconds, failure = blind.seconds, blind.error  # the except clause unbinds ``blind`` when it ends
             self._report(
                 [j for j in chunk if j in self._watches],
-                lambda job_id: not_seen_reason(job_id, backend.location, blind.seconds, blind.error),
+                lambda job_id: not_seen_reason(job_id, backend.location, seconds, failure),
             )
             return
         if rejected:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import getpass
 
-from airflow_gpu.terminal.options import add_target_arguments, call, give_up_after, describe_one, guarded, target_of
+from airflow_gpu.terminal.options import add_target_arguments, call, describe_one, give_up_after, guarded, target_of
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

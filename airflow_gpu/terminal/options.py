@@ -114,7 +114,7 @@ async def describe_one(backend: JobBackend, job_id: str) -> JobState:
     except Exception as exc:
         import botocore.exceptions
 
-        from airflow_gpu.terminal.aws_errors import _code, _DENIED, _EXPIRED
+        from airflow_gpu.terminal.aws_errors import _DENIED, _EXPIRED, _code
 
         # Credentials and permissions are not the id's fault: those go to the caller, explained.
         if not isinstance(exc, botocore.exceptions.ClientError) or _code(exc) in _DENIED | _EXPIRED:

@@ -5,7 +5,15 @@ from __future__ import annotations
 import argparse
 
 from airflow_gpu.terminal.costs import bills_of, status_rows, usages_of
-from airflow_gpu.terminal.options import add_target_arguments, call, describe_one, give_up_after, guarded, owner, target_of
+from airflow_gpu.terminal.options import (
+    add_target_arguments,
+    call,
+    describe_one,
+    give_up_after,
+    guarded,
+    owner,
+    target_of,
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

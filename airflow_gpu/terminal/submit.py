@@ -22,11 +22,18 @@ from pathlib import Path
 
 from airflow_gpu.jobs.backend import BackendTarget
 from airflow_gpu.jobs.follower import LogFollower
-from airflow_gpu.jobs.spec import JobSpec, JobSpecError, TaskIdentity
+from airflow_gpu.jobs.spec import JobSpec, TaskIdentity
 from airflow_gpu.jobs.watcher import JobWatcher
 from airflow_gpu.terminal.follow import JobView, exit_code_of
 from airflow_gpu.terminal.options import (
-    TERMINAL_DAG_ID, TerminalError, add_target_arguments, call, give_up_after, guarded, target_flags, target_of,
+    TERMINAL_DAG_ID,
+    TerminalError,
+    add_target_arguments,
+    call,
+    give_up_after,
+    guarded,
+    target_flags,
+    target_of,
 )
 
 log = logging.getLogger("airflow_gpu.terminal")

@@ -25,9 +25,9 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any, Callable, ParamSpec, TypeVar
 
+from ..contract import MANIFEST
 from . import metrics as run_metrics
 from . import outputs
-from ..contract import MANIFEST
 from .errors import WorkerError
 from .evaluate import evaluate, holdout_split
 from .ingest import Columns, ingest

@@ -26,8 +26,8 @@ import shutil
 import sys
 import tempfile
 import time
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 from ..contract import REQUIREMENTS_CACHE_ENV, REQUIREMENTS_CACHE_PATH
 from .errors import WorkerError
@@ -99,7 +99,7 @@ def _artifact(item: dict[str, Any]) -> str:
 
 async def install(file: Path, *, root: Path | None = None) -> Path:
     """The folder holding what ``file`` requires beyond the image, installed now unless already there."""
-    data = file.read_bytes()
+    data = file.read_bytes()  # noqa: ASYNC240  (a requirements file: a few hundred bytes)
     digest = hashlib.sha256(data).hexdigest()
     root = root or cache_root()
     target = root / digest

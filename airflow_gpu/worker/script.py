@@ -18,16 +18,15 @@ import signal
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from dataclasses import dataclass
-
+from ..contract import MANIFEST
 from .bundle import fetch_code
 from .errors import WorkerError
-from ..contract import MANIFEST
 from .publish import DEFAULT_KEEP_RUNS, Publisher
-from .safe_paths import check_keys, files_to_publish, path_inside
 from .requirements import install_for_code, python_path
+from .safe_paths import check_keys, files_to_publish, path_inside
 from .storage import ObjectRef, Store, open_store
 from .writable import prove_writable
 

@@ -42,12 +42,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
 from dataclasses import asdict, dataclass, field, replace
+from typing import Any
 
 import numpy as np
-from numpy.typing import ArrayLike
 import scipy.sparse
+from numpy.typing import ArrayLike
 
 from .evaluate import holdout_split, ranking_metrics
 from .matrix import confidence

@@ -28,7 +28,6 @@ import pytest
 
 from tests.support.airflow_e2e import Airflow, Cluster, airflow_env, free_port, wait_for
 from tests.support.moto_aws import MotoAws, iter_describe_cycles
-
 from tests.support.postgres import PostgresServer, PostgresUnavailable  # noqa: E402
 
 pytestmark = [pytest.mark.timeout(900), pytest.mark.airflow_behaviour]

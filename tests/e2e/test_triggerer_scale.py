@@ -31,7 +31,7 @@ def test_small_run_end_to_end(tmp_path):
     rows = {m.group(1): m.group(0) for m in re.finditer(r"^\| 12 \| (anchor|ours) \|.*$", out, re.M)}
     assert set(rows) == {"anchor", "ours"}
     assert all("| 12/12 |" in row for row in rows.values())  # every trigger fired, with success
-    [line] = [l for l in out.splitlines() if l.startswith("triggers N=12:")]
+    [line] = [text for text in out.splitlines() if text.startswith("triggers N=12:")]
     m = re.fullmatch(r"triggers N=12: calls_ratio=([\d.]+) cpu_ratio=([\d.]+) rss_ratio=([\d.]+) max_delay_s=([\d.]+)", line)
     assert m, line
     assert float(m.group(1)) > 2  # 12 jobs: one DescribeJobs per poll against one per job per poll

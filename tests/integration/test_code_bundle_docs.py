@@ -12,7 +12,7 @@ import pytest
 from airflow.sdk.exceptions import TaskDeferred
 
 from airflow_gpu.jobs.local.backend import ENTRYPOINT_ENV, STATE_DIR_ENV
-from tests.support.gpu_batch_testing import FakeTaskInstance, aws_conn, fast_watcher, fire, make_context  # noqa: F401
+from tests.support.gpu_batch_testing import FakeTaskInstance, fire, make_context
 from tests.support.local_jobs_testing import kill_leftover_local_jobs
 from tests.support.moto_aws import upload_folder
 

@@ -17,7 +17,7 @@ from airflow.sdk.exceptions import TaskDeferred
 from airflow_gpu.decorators import GpuBatchDecoratedOperator
 from tests.support.code_bundles import two_module_project
 from tests.support.container_testing import play_container
-from tests.support.gpu_batch_testing import FakeTaskInstance, aws_conn, fast_watcher, fire, make_context  # noqa: F401
+from tests.support.gpu_batch_testing import FakeTaskInstance, fire, make_context
 from tests.support.local_jobs_testing import kill_leftover_local_jobs
 
 CLI = Path(sys.executable).with_name("airflow-gpu")

@@ -13,10 +13,8 @@ from airflow_gpu.jobs.aws.usage import forget_cached_placements
 from airflow_gpu.jobs.backend import BackendTarget
 from airflow_gpu.jobs.blocking import run_blocking
 from airflow_gpu.operators import GpuBatchOperator
-from tests.support.gpu_batch_testing import (  # noqa: F401
+from tests.support.gpu_batch_testing import (
     FakeTaskInstance,
-    aws_conn,
-    fast_watcher,
     fire,
     make_context,
 )

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import itertools
-import time
 from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 from airflow_gpu.jobs.backend import (

@@ -21,7 +21,7 @@ class DeviceMatrix:
 
 
 class FakeGpuAls:
-    instances: list["FakeGpuAls"] = []
+    instances: list[FakeGpuAls] = []
 
     def __init__(self, factors, regularization, alpha, dtype, iterations, calculate_training_loss, random_state):
         from implicit.cpu.als import AlternatingLeastSquares

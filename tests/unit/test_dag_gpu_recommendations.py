@@ -44,7 +44,7 @@ def test_dag_shape(module):
 
 
 def test_every_param_is_documented(module):
-    for name, param in module.dag.params.items():
+    for name in module.dag.params:
         description = module.dag.params.get_param(name).description
         assert description and len(description) > 20, f"param {name} has no real description"
     assert {"environment", "backend", "eval_holdout", "min_lift"} <= set(module.dag.params)

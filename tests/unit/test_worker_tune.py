@@ -4,15 +4,12 @@ default), on the CPU for real and on the GPU path through test_worker_train's st
 from __future__ import annotations
 
 import json
-from pathlib import Path
-
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
 import scipy.sparse
-
-from airflow_gpu.demo.synthetic import synthetic_interactions, write_shards
 
 from airflow_gpu.demo.synthetic import synthetic_interactions, write_shards
 from airflow_gpu.worker import train, tune

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from functools import partial
 from typing import Any, Awaitable, Callable, Mapping, Sequence, TypeVar
 from urllib.parse import quote
 
@@ -25,7 +26,13 @@ import botocore.exceptions
 
 from airflow_gpu.contract import SUBMITTED_AT_ENV, submitted_at_value
 from airflow_gpu.jobs.aws.cloudwatch import CloudWatchLogReader
-from airflow_gpu.jobs.aws.connection import AwsConnection, forget_aws_connection, resolve_aws_connection, resolve_standard_chain
+from airflow_gpu.jobs.aws.connection import (
+    AwsConnection,
+    forget_aws_connection,
+    resolve_aws_connection,
+    resolve_standard_chain,
+)
+from airflow_gpu.jobs.aws.replies import decode_leanly
 from airflow_gpu.jobs.backend import (
     QUEUED_STATES,
     SUCCEEDED,
@@ -35,7 +42,6 @@ from airflow_gpu.jobs.backend import (
     LogChunk,
     register_backend,
 )
-from airflow_gpu.jobs.aws.replies import decode_leanly
 from airflow_gpu.jobs.backoff import RateLimiter, RetryPolicy, SharedBackoff
 from airflow_gpu.jobs.blocked import parse_blocked
 from airflow_gpu.jobs.cost import JobUsage
@@ -304,7 +310,7 @@ class AwsBatchBackend(JobBackend):
         raws: list[dict[str, Any]] = []
         for start in range(0, len(ids), self.describe_batch_size):
             chunk = ids[start : start + self.describe_batch_size]
-            reply = await self.backoff.call(lambda: self._batch.describe_jobs(jobs=chunk))
+            reply = await self.backoff.call(partial(self._batch.describe_jobs, jobs=chunk))
             raws.extend(reply.get("jobs", ()))
         self._arns.update({j["jobId"]: j["jobArn"] for j in raws if j.get("jobArn")})
         raws = [
@@ -322,7 +328,7 @@ class AwsBatchBackend(JobBackend):
         token = None
         while True:
             kwargs = dict(query, nextToken=token) if token else query
-            page = await self.backoff.call(lambda: self._batch.list_jobs(**kwargs))
+            page = await self.backoff.call(partial(self._batch.list_jobs, **kwargs))
             ids.extend(summary["jobId"] for summary in page.get("jobSummaryList", ()))
             token = page.get("nextToken")
             if not token:

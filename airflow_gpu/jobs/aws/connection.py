@@ -17,7 +17,6 @@ from typing import Any
 
 from airflow_gpu.jobs.spec import JobSpecError
 
-
 #: The AWS services the Airflow wing's async code reaches.
 _SERVICES = ("batch", "logs", "s3", "ecs")  # ecs: the instance type a job ran on, for its bill
 

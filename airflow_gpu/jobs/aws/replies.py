@@ -18,14 +18,14 @@ code reads only the fields listed here.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, TypedDict
+from typing import Any, TypedDict
 
 import msgspec
 
 
 class LogConfiguration(TypedDict, total=False):
-    logDriver: Optional[str]
-    options: Optional[Dict[str, str]]
+    logDriver: str | None
+    options: dict[str, str] | None
 
 
 class ResourceRequirement(TypedDict, total=False):
@@ -34,39 +34,39 @@ class ResourceRequirement(TypedDict, total=False):
 
 
 class ContainerDetail(TypedDict, total=False):
-    exitCode: Optional[int]
-    reason: Optional[str]
-    logStreamName: Optional[str]
-    logConfiguration: Optional[LogConfiguration]
+    exitCode: int | None
+    reason: str | None
+    logStreamName: str | None
+    logConfiguration: LogConfiguration | None
     # Read once per ended job, for its bill (airflow_gpu.jobs.aws.usage).
-    containerInstanceArn: Optional[str]
-    resourceRequirements: Optional[List[ResourceRequirement]]
+    containerInstanceArn: str | None
+    resourceRequirements: list[ResourceRequirement] | None
 
 
 class AttemptDetail(TypedDict, total=False):
-    container: Optional[ContainerDetail]
-    startedAt: Optional[int]
-    stoppedAt: Optional[int]
-    statusReason: Optional[str]
+    container: ContainerDetail | None
+    startedAt: int | None
+    stoppedAt: int | None
+    statusReason: str | None
 
 
 class JobDetail(TypedDict, total=False):
     jobArn: str
     jobId: str
     jobName: str
-    jobQueue: Optional[str]
+    jobQueue: str | None
     status: str
-    statusReason: Optional[str]
-    createdAt: Optional[int]
-    startedAt: Optional[int]
-    stoppedAt: Optional[int]
-    attempts: Optional[List[AttemptDetail]]
-    container: Optional[ContainerDetail]
-    tags: Optional[Dict[str, str]]
+    statusReason: str | None
+    createdAt: int | None
+    startedAt: int | None
+    stoppedAt: int | None
+    attempts: list[AttemptDetail] | None
+    container: ContainerDetail | None
+    tags: dict[str, str] | None
 
 
 class DescribeJobsReply(TypedDict, total=False):
-    jobs: List[JobDetail]
+    jobs: list[JobDetail]
 
 
 class FilteredLogEvent(TypedDict, total=False):
@@ -77,8 +77,8 @@ class FilteredLogEvent(TypedDict, total=False):
 
 
 class FilterLogEventsReply(TypedDict, total=False):
-    events: List[FilteredLogEvent]
-    nextToken: Optional[str]
+    events: list[FilteredLogEvent]
+    nextToken: str | None
 
 
 #: botocore event name (service id, operation) -> decoder of that operation's reply.

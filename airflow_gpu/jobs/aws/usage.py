@@ -17,6 +17,7 @@ import logging
 import threading
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from airflow_gpu.jobs.cost import ON_DEMAND, SPOT, JobUsage
@@ -95,7 +96,7 @@ async def job_usage(backend: AwsBatchBackend, job_ids: Sequence[str]) -> list[Jo
     ids = list(job_ids)
     for start in range(0, len(ids), backend.describe_batch_size):
         chunk = ids[start : start + backend.describe_batch_size]
-        reply = await backend.backoff.call(lambda: backend._batch.describe_jobs(jobs=chunk))
+        reply = await backend.backoff.call(partial(backend._batch.describe_jobs, jobs=chunk))
         raws.extend(reply.get("jobs", ()))
     placed = {arn for arn in map(_container_instance, raws) if arn}
     types = await _instance_types_of(backend, placed) if placed else {}
@@ -138,7 +139,7 @@ async def _instance_types_of(backend: AwsBatchBackend, arns: Iterable[str]) -> d
         for cluster, cluster_arns in by_cluster.items():
             for start in range(0, len(cluster_arns), ECS_BATCH):
                 chunk = cluster_arns[start : start + ECS_BATCH]
-                reply = await backend.backoff.call(lambda: ecs.describe_container_instances(cluster=cluster, containerInstances=chunk))
+                reply = await backend.backoff.call(partial(ecs.describe_container_instances, cluster=cluster, containerInstances=chunk))
                 for instance in reply.get("containerInstances", ()):
                     attributes = {a.get("name"): a.get("value") for a in instance.get("attributes") or ()}
                     instance_type = attributes.get("ecs.instance-type")
@@ -180,7 +181,7 @@ async def _markets_of(backend: AwsBatchBackend, clusters: set[str]) -> dict[str,
         token = None
         while True:
             kwargs: dict[str, str] = {"nextToken": token} if token else {}
-            page = await backend.backoff.call(lambda: backend._batch.describe_compute_environments(**kwargs))
+            page = await backend.backoff.call(partial(backend._batch.describe_compute_environments, **kwargs))
             for environment in page.get("computeEnvironments", ()):
                 cluster = environment.get("ecsClusterArn")
                 if cluster:

@@ -52,8 +52,6 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from airflow_gpu.contract import SUBMITTED_AT_ENV, submitted_at_value
-from airflow_gpu.jobs.local import runner as records
-from airflow_gpu.jobs.cost import LOCAL, JobUsage
 from airflow_gpu.jobs.backend import (
     FAILED,
     SUCCEEDED,
@@ -63,6 +61,8 @@ from airflow_gpu.jobs.backend import (
     LogChunk,
     register_backend,
 )
+from airflow_gpu.jobs.cost import LOCAL, JobUsage
+from airflow_gpu.jobs.local import runner as records
 from airflow_gpu.jobs.spec import TAG_CANCELLED, JobSpec, JobSpecError
 
 STATE_DIR_ENV = "AIRFLOW_GPU_LOCAL_JOBS_DIR"

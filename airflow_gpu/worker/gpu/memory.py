@@ -68,8 +68,8 @@ def check_fits(memory: MemoryPlan, free_bytes: int, total_bytes: int) -> None:
     """Refuse, with the figures and what to change, a plan bigger than the GPU's free memory."""
     if memory.peak <= free_bytes:
         return
-    fewer = max(int(((free_bytes - (memory.peak - memory.parts["user_factors"] - memory.parts["item_factors"]))
-                     // (4 * (memory.users + memory.items)))), 0)
+    fewer = max(int((free_bytes - (memory.peak - memory.parts["user_factors"] - memory.parts["item_factors"]))
+                     // (4 * (memory.users + memory.items))), 0)
     hint = f"--factors {fewer} or fewer, " if 0 < fewer < memory.factors else ""
     raise WorkerError(
         f"the native GPU solver will not fit: {memory.describe()}, but the GPU has {free_bytes / GiB:.2f} GiB free "
