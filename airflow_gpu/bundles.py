@@ -113,7 +113,9 @@ def select_files(folder: Path) -> tuple[list[str], list[str]]:
         # ls-files lists the index; a tracked file deleted from the work tree is not there to ship.
         present = [name for name in tracked if (folder / name).is_file() or (folder / name).is_symlink()]
         untracked = _git(folder, "ls-files", "-z", "--others", "--exclude-standard") or []
-        return sorted(f for f in present if not _left_out_always(f)), sorted(f for f in untracked if not _left_out_always(f))
+        return sorted(f for f in present if not _left_out_always(f)), sorted(
+            f for f in untracked if not _left_out_always(f)
+        )
     patterns = _ignore_patterns(folder)
     files: list[str] = []
     for current, dirs, names in os.walk(folder):
@@ -170,7 +172,9 @@ def pack(folder: str | Path, *, max_bytes: int = DEFAULT_MAX_BYTES) -> Bundle:
         raise BundleError(f"code folder {folder} does not exist; pass the folder of your project (e.g. --code .)")
     files, left_out = select_files(root)
     if not files:
-        raise BundleError(f"code folder {folder} has no files to ship (in a git checkout: none tracked; `git add` them)")
+        raise BundleError(
+            f"code folder {folder} has no files to ship (in a git checkout: none tracked; `git add` them)"
+        )
     sources = {name: _resolved_inside(root, name) for name in files}
     _check_size(root, files, max_bytes)
     raw = io.BytesIO()
@@ -197,7 +201,9 @@ def left_out_note(bundle: Bundle, folder: str | Path, shown: int = 5) -> str | N
     """One line naming the files the folder holds but the bundle leaves out (untracked by git), or None."""
     if not bundle.left_out:
         return None
-    names = ", ".join(bundle.left_out[:shown]) + (f" and {len(bundle.left_out) - shown} more" if len(bundle.left_out) > shown else "")
+    names = ", ".join(bundle.left_out[:shown]) + (
+        f" and {len(bundle.left_out) - shown} more" if len(bundle.left_out) > shown else ""
+    )
     return f"left out of the bundle (not tracked by git in {folder}): {names}; `git add` them to ship them"
 
 

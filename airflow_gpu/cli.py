@@ -40,7 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     from airflow_gpu import __version__
 
-    parser = argparse.ArgumentParser(prog="airflow-gpu", description="GPU jobs on AWS Batch as deferrable Airflow tasks.")
+    parser = argparse.ArgumentParser(
+        prog="airflow-gpu", description="GPU jobs on AWS Batch as deferrable Airflow tasks."
+    )
     parser.add_argument("--version", action="version", version=f"airflow-gpu {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     chosen = next((arg for arg in argv if not arg.startswith("-")), None)
@@ -50,7 +52,9 @@ def main(argv: list[str] | None = None) -> int:
         if name == chosen:
             module = _load(module_name)
             if module is None:
-                print(f"airflow-gpu {name}: not available: this installation has no {module_name} module", file=sys.stderr)
+                print(
+                    f"airflow-gpu {name}: not available: this installation has no {module_name} module", file=sys.stderr
+                )
                 return 2
             module.add_arguments(sub)
     args = parser.parse_args(argv)

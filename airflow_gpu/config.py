@@ -35,7 +35,9 @@ def default_deferrable() -> bool:
 STAGING_PREFIX_ENV = "AIRFLOW_GPU_STAGING_PREFIX"
 
 
-def staging_prefix(explicit: str | None = None, *, airflow_config: bool = True, local_default: str | None = None) -> str:
+def staging_prefix(
+    explicit: str | None = None, *, airflow_config: bool = True, local_default: str | None = None
+) -> str:
     """Where shipped functions and scripts are staged: the task's ``staging_prefix``, else
     ``[airflow_gpu] staging_prefix`` (``AIRFLOW__AIRFLOW_GPU__STAGING_PREFIX``), else $AIRFLOW_GPU_STAGING_PREFIX,
     else ``local_default`` (a folder, given for the local backend, whose jobs run on this machine).
@@ -52,7 +54,11 @@ def staging_prefix(explicit: str | None = None, *, airflow_config: bool = True, 
         value = conf.get("airflow_gpu", "staging_prefix", fallback=None)
     value = value or os.environ.get(STAGING_PREFIX_ENV) or local_default
     if not value or not str(value).strip():
-        where = "pass staging_prefix= to the task, or set [airflow_gpu] staging_prefix" if airflow_config else "pass --staging-prefix"
+        where = (
+            "pass staging_prefix= to the task, or set [airflow_gpu] staging_prefix"
+            if airflow_config
+            else "pass --staging-prefix"
+        )
         raise JobSpecError(
             f"No staging prefix: code shipped to a GPU job must be uploaded somewhere the job can read. {where} "
             f"(or ${STAGING_PREFIX_ENV}) to an s3://bucket/prefix/ the job's role can read and write "

@@ -62,7 +62,10 @@ class GpuBatchDecoratedOperator(DecoratedOperator, GpuBatchOperator):
     template_fields: Sequence[str] = tuple(
         dict.fromkeys((*DecoratedOperator.template_fields, *GpuBatchOperator.template_fields, "staging_prefix"))
     )
-    template_fields_renderers = {**GpuBatchOperator.template_fields_renderers, **DecoratedOperator.template_fields_renderers}
+    template_fields_renderers = {
+        **GpuBatchOperator.template_fields_renderers,
+        **DecoratedOperator.template_fields_renderers,
+    }
 
     def __init__(
         self,
@@ -76,7 +79,9 @@ class GpuBatchDecoratedOperator(DecoratedOperator, GpuBatchOperator):
         **kwargs: Any,
     ) -> None:
         if kwargs.get("command") is not None:
-            raise JobSpecError("@task.gpu_batch builds the job's command itself; drop command= (use GpuBatchOperator for a command).")
+            raise JobSpecError(
+                "@task.gpu_batch builds the job's command itself; drop command= (use GpuBatchOperator for a command)."
+            )
         if kwargs.get("output_uri") is not None:
             raise JobSpecError("@task.gpu_batch returns the function's value, not a manifest; drop output_uri=.")
         if kwargs.get("start_from_trigger"):
@@ -111,7 +116,10 @@ class GpuBatchDecoratedOperator(DecoratedOperator, GpuBatchOperator):
         local = local_staging_default(airflow_home=True) if self.backend == "local" else None
         prefix = staging_prefix(self.staging_prefix, local_default=local)
         payload = function_payload(
-            self.get_python_source(), self.python_callable.__name__, list(self.op_args), dict(self.op_kwargs),
+            self.get_python_source(),
+            self.python_callable.__name__,
+            list(self.op_args),
+            dict(self.op_kwargs),
             multiple_outputs=self.multiple_outputs,
         )
         staged = stage(self._store, prefix, "functions", payload, "function.json")
@@ -140,14 +148,18 @@ class GpuBatchDecoratedOperator(DecoratedOperator, GpuBatchOperator):
             return None
         from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
-        return S3Hook(aws_conn_id=self.aws_conn_id, region_name=self.region_name).conn_config.get_service_endpoint_url("s3")
+        return S3Hook(aws_conn_id=self.aws_conn_id, region_name=self.region_name).conn_config.get_service_endpoint_url(
+            "s3"
+        )
 
     def execute(self, context: Context) -> Any:
         self._check_fields(skip_templates=False)  # a bad job_queue fails before anything is staged
         self._ship(context)
         return super().execute(context)
 
-    def execute_complete(self, context: Context, event: Mapping[str, Any] | None = None, reattached: bool = False) -> Any:
+    def execute_complete(
+        self, context: Context, event: Mapping[str, Any] | None = None, reattached: bool = False
+    ) -> Any:
         # A new operator object resumes: the command and result prefix are derived again from the
         # same rendered arguments (so the same digest), in case a fresh job must be submitted.
         self._ship(context)
@@ -192,7 +204,9 @@ def _as_parsed(value: Any) -> Any:
     return value
 
 
-def gpu_batch_task(python_callable: Callable | None = None, multiple_outputs: bool | None = None, **kwargs: Any) -> TaskDecorator:
+def gpu_batch_task(
+    python_callable: Callable | None = None, multiple_outputs: bool | None = None, **kwargs: Any
+) -> TaskDecorator:
     """``@task.gpu_batch(...)``: takes GpuBatchOperator's parameters (but ``command``/``output_uri``)
     and ``staging_prefix``, ``code`` and ``max_code_size``."""
     return task_decorator_factory(

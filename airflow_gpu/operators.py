@@ -169,7 +169,9 @@ class GpuBatchOperator(BaseOperator):
         self.region_name = region_name
         if poll_interval is None and not is_template(backend):
             poll_interval = default_poll_interval(backend)  # else decided once the backend is rendered
-        self.poll_interval = poll_interval if poll_interval is None or is_template(poll_interval) else check_poll_interval(poll_interval)
+        self.poll_interval = (
+            poll_interval if poll_interval is None or is_template(poll_interval) else check_poll_interval(poll_interval)
+        )
         self.deferrable = default_deferrable() if deferrable is None else bool(deferrable)
         self.reattach = bool(reattach)
         self.stream_logs = bool(stream_logs)
@@ -199,7 +201,9 @@ class GpuBatchOperator(BaseOperator):
     @property
     def jobs(self) -> BlockingJobs:
         """The I/O of this task, one call per step (built per use: ``backend`` is templated)."""
-        return BlockingJobs(BackendTarget(backend=self.backend, conn_id=self.aws_conn_id, region_name=self.region_name), self.log)
+        return BlockingJobs(
+            BackendTarget(backend=self.backend, conn_id=self.aws_conn_id, region_name=self.region_name), self.log
+        )
 
     def _seen(self, view: JobView) -> JobView:
         """Keep the job's id and web pages for the extra links."""
@@ -220,8 +224,14 @@ class GpuBatchOperator(BaseOperator):
         self._check_fields(skip_templates=False)
         try_number = _try_number(context)
         # A deferring try tags its job with its number, so a later try knows a clear or a mark ended this one.
-        view = self._seen(self.jobs.submit_or_reattach(self._spec(_identity(context)), reattach=self.reattach,
-                                                       try_number=try_number, claim_for_deferral=self.deferrable))
+        view = self._seen(
+            self.jobs.submit_or_reattach(
+                self._spec(_identity(context)),
+                reattach=self.reattach,
+                try_number=try_number,
+                claim_for_deferral=self.deferrable,
+            )
+        )
         state = view.state
         context["ti"].xcom_push(key=JOB_ID_XCOM_KEY, value=state.job_id)
         if state.status == SUCCEEDED and view.earlier:
@@ -230,8 +240,14 @@ class GpuBatchOperator(BaseOperator):
         # A job submitted just now may have ended already (a fast local job): it is followed all the
         # same, so its output reaches this task's log.
         if not self.deferrable:
-            final = self._seen(self.jobs.wait(state.job_id, poll_interval=self._poll_seconds, max_queued=self.max_queued,
-                                               who=f"Airflow task {self.dag_id}.{self.task_id}"))
+            final = self._seen(
+                self.jobs.wait(
+                    state.job_id,
+                    poll_interval=self._poll_seconds,
+                    max_queued=self.max_queued,
+                    who=f"Airflow task {self.dag_id}.{self.task_id}",
+                )
+            )
             return self._announce(context, self._finish(final.state, final.log_lines))
         self._defer(state.job_id, reattached=view.reattached)
         return None  # not reached: defer raises
@@ -272,10 +288,17 @@ class GpuBatchOperator(BaseOperator):
             # clear asked for a fresh run, so submit one instead of failing.
             self.log.warning(
                 "Job %s, which this try reattached to, was stopped for an earlier try (%s); submitting a new job",
-                state.job_id, state.status_reason,
+                state.job_id,
+                state.status_reason,
             )
-            fresh = self._seen(self.jobs.submit_or_reattach(self._spec(_identity(context)), reattach=False,
-                                                            try_number=_try_number(context), claim_for_deferral=True)).state
+            fresh = self._seen(
+                self.jobs.submit_or_reattach(
+                    self._spec(_identity(context)),
+                    reattach=False,
+                    try_number=_try_number(context),
+                    claim_for_deferral=True,
+                )
+            ).state
             context["ti"].xcom_push(key=JOB_ID_XCOM_KEY, value=fresh.job_id)
             self._defer(fresh.job_id, reattached=False)
         self._seen(JobView(state, event.get("job_url"), event.get("log_url")))
@@ -424,7 +447,9 @@ def check_job_fields(job: Any, *, skip_templates: bool) -> None:
                 raise JobSpecError(f"poll_interval must be a number of seconds, got {job.poll_interval!r}.") from None
         job.poll_interval = check_poll_interval(poll)
     if job.output_uri is not None and not (skip_templates and is_template(job.output_uri)):
-        check_name("output_uri", job.output_uri, "Pass the job's output prefix (s3://bucket/prefix/ or a folder), or None.")
+        check_name(
+            "output_uri", job.output_uri, "Pass the job's output prefix (s3://bucket/prefix/ or a folder), or None."
+        )
 
 
 def _check_needed(job: Any, field: str, *, skip_templates: bool) -> None:

@@ -31,10 +31,14 @@ class ObjectInfo:
 class ObjectStore:
     """One AWS connection's view of S3, plus the local file system for plain paths."""
 
-    def __init__(self, aws_conn_id: str | None = "aws_default", region_name: str | None = None, *, client: Any = None) -> None:
+    def __init__(
+        self, aws_conn_id: str | None = "aws_default", region_name: str | None = None, *, client: Any = None
+    ) -> None:
         self.aws_conn_id = aws_conn_id
         self.region_name = region_name
-        self._client: Any = client  # a ready boto3 S3 client (the terminal's, from the standard chain), else the connection's
+        self._client: Any = (
+            client  # a ready boto3 S3 client (the terminal's, from the standard chain), else the connection's
+        )
 
     @property
     def client(self) -> Any:
@@ -103,7 +107,6 @@ class ObjectStore:
         os.replace(tmp, path)
 
 
-
 class ManifestError(ValueError):
     """The outputs are missing, incomplete or fail validation; the message says which check and why."""
 
@@ -124,7 +127,9 @@ def parse_manifest(data: bytes | None, output_uri: str) -> dict | None:
     try:
         return committed_manifest(data)
     except ValueError as exc:
-        raise ManifestError(f"{manifest_uri(output_uri)} is not valid JSON ({exc}); rerun the job to rewrite it") from exc
+        raise ManifestError(
+            f"{manifest_uri(output_uri)} is not valid JSON ({exc}); rerun the job to rewrite it"
+        ) from exc
 
 
 def job_output_summary(data: bytes | None, output_uri: str, job_id: str) -> dict[str, Any]:
@@ -145,7 +150,9 @@ def job_output_summary(data: bytes | None, output_uri: str, job_id: str) -> dict
     return summarize(manifest, output_uri)
 
 
-async def read_job_output_summary(aws_conn_id: str | None, region_name: str | None, output_uri: str, job_id: str) -> dict[str, Any]:
+async def read_job_output_summary(
+    aws_conn_id: str | None, region_name: str | None, output_uri: str, job_id: str
+) -> dict[str, Any]:
     """:func:`job_output_summary`, fetched without blocking the event loop (for the triggerer).
 
     S3 goes through aiobotocore with the loop's resolved AWS connection (the one the job
@@ -242,11 +249,15 @@ def validate(
         )
     if top_n and isinstance(summary.get("users"), int) and isinstance(summary.get("recommendations"), int):
         if summary["recommendations"] > summary["users"] * top_n:
-            problems.append(f"{summary['recommendations']} recommendations for {summary['users']} users exceed top_n={top_n}")
+            problems.append(
+                f"{summary['recommendations']} recommendations for {summary['users']} users exceed top_n={top_n}"
+            )
     for name, info in datasets.items():
         listed = [f for f in files if f.get("kind") == name]
         if sum(f.get("rows") or 0 for f in listed) != info.get("rows") or len(listed) != info.get("files"):
-            problems.append(f"dataset {name}: the file list does not add up to its {info.get('files')} files / {info.get('rows')} rows")
+            problems.append(
+                f"dataset {name}: the file list does not add up to its {info.get('files')} files / {info.get('rows')} rows"
+            )
     if not files:
         problems.append("it lists no files")
     for entry in files:

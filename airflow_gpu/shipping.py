@@ -64,7 +64,9 @@ def check_arguments(name: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -
         _json_argument(repr(key), value, name)
 
 
-def function_payload(source: str, name: str, args: Sequence[Any], kwargs: Mapping[str, Any], *, multiple_outputs: bool) -> bytes:
+def function_payload(
+    source: str, name: str, args: Sequence[Any], kwargs: Mapping[str, Any], *, multiple_outputs: bool
+) -> bytes:
     """The document ``run-function`` runs; JobSpecError naming the first argument that is not JSON."""
     check_arguments(name, args, kwargs)
     document = {
@@ -154,5 +156,11 @@ def ship_code(store: Any, prefix: str, code: str, base: str | None, max_size: in
     if note:
         log.warning("Code bundle: %s", note)
     staged = stage_bundle(store, prefix, bundle)
-    log.info("Code bundle of %s (%d files): %s %s", folder, len(bundle.files), "uploaded to" if staged.uploaded else "already at", staged.uri)
+    log.info(
+        "Code bundle of %s (%d files): %s %s",
+        folder,
+        len(bundle.files),
+        "uploaded to" if staged.uploaded else "already at",
+        staged.uri,
+    )
     return staged

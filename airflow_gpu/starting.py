@@ -35,9 +35,25 @@ CLASSPATH = "airflow_gpu.starting.GpuBatchStartTrigger"
 #: The operator's fields the trigger takes, under the same names: the triggerer renders those of
 #: them that are operator template fields (it matches template fields to trigger kwargs by name).
 JOB_FIELDS = (
-    "job_queue", "job_definition", "command", "environment", "gpus", "vcpus", "memory_mib", "job_name",
-    "tags", "parameters", "retry_attempts", "timeout", "aws_conn_id", "region_name", "poll_interval",
-    "max_queued", "stream_logs", "backend", "output_uri",
+    "job_queue",
+    "job_definition",
+    "command",
+    "environment",
+    "gpus",
+    "vcpus",
+    "memory_mib",
+    "job_name",
+    "tags",
+    "parameters",
+    "retry_attempts",
+    "timeout",
+    "aws_conn_id",
+    "region_name",
+    "poll_interval",
+    "max_queued",
+    "stream_logs",
+    "backend",
+    "output_uri",
 )
 
 
@@ -121,8 +137,13 @@ class GpuBatchStartTrigger(GpuBatchJobTrigger):
         job_id: str = "",
     ) -> None:
         super().__init__(
-            job_id, aws_conn_id=aws_conn_id, region_name=region_name, poll_interval=poll_interval,
-            max_queued=max_queued, stream_logs=stream_logs, backend=backend,
+            job_id,
+            aws_conn_id=aws_conn_id,
+            region_name=region_name,
+            poll_interval=poll_interval,
+            max_queued=max_queued,
+            stream_logs=stream_logs,
+            backend=backend,
         )
         self.job_queue = job_queue
         self.job_definition = job_definition
@@ -160,7 +181,9 @@ class GpuBatchStartTrigger(GpuBatchJobTrigger):
             spec = dataclasses.replace(spec, tags={**spec.tags, TAG_DEFERRED_TRY: str(try_number)})
         watcher = JobWatcher.shared(self.target)
         async with watcher.backend() as backend:
-            state, reattached = await submit_or_reattach(backend, spec, reattach=True, log=self.log, try_number=try_number)
+            state, reattached = await submit_or_reattach(
+                backend, spec, reattach=True, log=self.log, try_number=try_number
+            )
             if try_number is not None and state.is_live:
                 await claim(backend, state, try_number, self.log)  # one a worker submitted for this try, if any
             links = {"job_url": backend.job_url(state.job_id), "log_url": backend.log_url(state)}
@@ -181,18 +204,26 @@ class GpuBatchStartTrigger(GpuBatchJobTrigger):
         result = job_result(final)
         if self.output_uri:
             try:
-                result["manifest"] = await read_job_output_summary(self.aws_conn_id, self.region_name, self.output_uri, final.job_id)
+                result["manifest"] = await read_job_output_summary(
+                    self.aws_conn_id, self.region_name, self.output_uri, final.job_id
+                )
             except ManifestError as exc:
                 self.log.error("%s", exc)
                 yield TaskFailedEvent(xcoms={JOB_ID_XCOM_KEY: final.job_id})
                 return
-            self.log.info("Job %s committed run %s at %s", final.job_id, result["manifest"]["run_id"],
-                          result["manifest"]["manifest_uri"])
+            self.log.info(
+                "Job %s committed run %s at %s",
+                final.job_id,
+                result["manifest"]["run_id"],
+                result["manifest"]["manifest_uri"],
+            )
         if not self.end_on_trigger:
             event["manifest"] = result.get("manifest")  # read once: the worker emits the Asset events with it
             yield TriggerEvent(event)
             return
-        self.log.info("Job %s SUCCEEDED after %d attempt(s); the task ends on the triggerer", final.job_id, final.attempts)
+        self.log.info(
+            "Job %s SUCCEEDED after %d attempt(s); the task ends on the triggerer", final.job_id, final.attempts
+        )
         async with watcher.backend() as backend:  # the bill, as a worker would log it (the job's last line)
             result[COST_KEY] = await job_bill_async(backend, final, self.log)
         yield TaskSuccessEvent(xcoms={"return_value": result, JOB_ID_XCOM_KEY: final.job_id})
@@ -204,7 +235,9 @@ class GpuBatchStartTrigger(GpuBatchJobTrigger):
     def _identity(self) -> TaskIdentity:
         ti = self.task_instance
         if ti is None:
-            raise RuntimeError("GpuBatchStartTrigger runs on a triggerer, for a task instance (start_from_trigger=True)")
+            raise RuntimeError(
+                "GpuBatchStartTrigger runs on a triggerer, for a task instance (start_from_trigger=True)"
+            )
         map_index = getattr(ti, "map_index", -1)
         return TaskIdentity(ti.dag_id, ti.task_id, ti.run_id, -1 if map_index is None else int(map_index))
 
@@ -217,8 +250,11 @@ class GpuBatchStartTrigger(GpuBatchJobTrigger):
                 spec = job_spec_of(self)
                 try_number = self._try_number()
                 async with JobWatcher.shared(self.target).backend() as backend:
-                    live = [s for s in await backend.find(spec)
-                            if s.is_live and (try_number is None or not superseded(s, try_number))]
+                    live = [
+                        s
+                        for s in await backend.find(spec)
+                        if s.is_live and (try_number is None or not superseded(s, try_number))
+                    ]
             except Exception as exc:  # nothing valid to look for, or the backend is unreachable
                 self.log.warning("Could not look for this task's job to stop it: %s", exc)
                 return

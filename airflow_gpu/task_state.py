@@ -22,9 +22,17 @@ async def read_task_state(ti: Any, log: Any, *, patience: float = READ_PATIENCE)
     pause = 0.5
     while True:
         try:
-            return await asyncio.wait_for(asyncio.to_thread(_read, ti), timeout=min(_ONE_READ, max(0.1, deadline - loop.time())))
+            return await asyncio.wait_for(
+                asyncio.to_thread(_read, ti), timeout=min(_ONE_READ, max(0.1, deadline - loop.time()))
+            )
         except NameError as exc:  # no supervisor at all (run inline): asking again will not help
-            log.warning("Could not read the state of task %s.%s run %s: no Task SDK supervisor (%s)", ti.dag_id, ti.task_id, ti.run_id, exc)
+            log.warning(
+                "Could not read the state of task %s.%s run %s: no Task SDK supervisor (%s)",
+                ti.dag_id,
+                ti.task_id,
+                ti.run_id,
+                exc,
+            )
             return TaskState.UNKNOWN
         except Exception as exc:  # e.g. a busy or shutting-down supervisor
             if loop.time() + pause >= deadline:

@@ -103,7 +103,9 @@ class GpuBatchJobTrigger(BaseTrigger):
                 final = await wait_unless_interrupted(following)
                 if final is INTERRUPTED:
                     final = await terminate_interrupted(watcher, self.job_id, "the inline trigger (airflow dags test)")
-                    self.log.warning("Ctrl-C: terminated job %s; the task fails with: %s", self.job_id, final.status_reason)
+                    self.log.warning(
+                        "Ctrl-C: terminated job %s; the task fails with: %s", self.job_id, final.status_reason
+                    )
             # The end itself is not logged here: the triggerer logs the event and the task logs the
             # outcome when it resumes. At 10,000 jobs ending together, every record counts.
             relayed = None if self._follow is None else await self._follow.finish(final)
@@ -146,7 +148,9 @@ class GpuBatchJobTrigger(BaseTrigger):
             return
         if current is not None:  # a new attempt writes a new stream: the old one gets its last read
             self._retired = asyncio.ensure_future(current.finish())
-        self._follow = LogFollower.shared(self.target).follow(state, self._relay_lines, poll_interval=self.poll_interval)
+        self._follow = LogFollower.shared(self.target).follow(
+            state, self._relay_lines, poll_interval=self.poll_interval
+        )
 
     def _relay_lines(self, lines: list[str]) -> None:
         # One record per read, not per line: a record costs 40-100 us in the triggerer whatever

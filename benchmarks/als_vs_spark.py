@@ -172,9 +172,15 @@ def run_ours(data: Dataset, factors: int, iterations: int, seed: int) -> SideRes
     ids, _ = top_n(run.training.model, interactions.matrix, rows.astype(np.int32), K)
     item_map = to_global(interactions.item_ids, data.item_ids)
     lists = np.where(ids >= 0, item_map[np.maximum(ids, 0)], -1)
-    extra = {"device": run.training.device, "weighting": run.metrics["training"]["weighting"],
-             "alpha": run.metrics["training"]["alpha"], "regularization": run.metrics["training"]["regularization"],
-             "users": interactions.users, "items": interactions.items, "nnz": int(interactions.matrix.nnz)}
+    extra = {
+        "device": run.training.device,
+        "weighting": run.metrics["training"]["weighting"],
+        "alpha": run.metrics["training"]["alpha"],
+        "regularization": run.metrics["training"]["regularization"],
+        "users": interactions.users,
+        "items": interactions.items,
+        "nnz": int(interactions.matrix.nnz),
+    }
     return SideResult(stages, total, lists, extra)
 
 
@@ -227,7 +233,9 @@ def spark_session(settings: SparkSettings, scratch: Path):
     return session
 
 
-def run_spark(data: Dataset, factors: int, iterations: int, seed: int, settings: SparkSettings, spark=None) -> SideResult:
+def run_spark(
+    data: Dataset, factors: int, iterations: int, seed: int, settings: SparkSettings, spark=None
+) -> SideResult:
     """Spark's pipeline stage by stage; each stage is forced to finish before its clock stops.
 
     read: the Parquet is cached and counted (later stages reuse it, as a Spark job would).
@@ -257,16 +265,30 @@ def run_spark(data: Dataset, factors: int, iterations: int, seed: int, settings:
             summed = raw.groupBy("user_id", "item_id").agg(F.sum("plays").alias("plays"))
             indexer = StringIndexer(inputCols=["user_id", "item_id"], outputCols=["user", "item"]).fit(summed)
             rating = F.log1p(F.col("plays")) if settings.rating == "log1p" else F.col("plays")
-            indexed = indexer.transform(summed).select(
-                F.col("user").cast("int").alias("user"),
-                F.col("item").cast("int").alias("item"),
-                rating.cast("float").alias("rating"),
-            ).cache()
+            indexed = (
+                indexer.transform(summed)
+                .select(
+                    F.col("user").cast("int").alias("user"),
+                    F.col("item").cast("int").alias("item"),
+                    rating.cast("float").alias("rating"),
+                )
+                .cache()
+            )
             indexed.count()
         with _clock(stages, "fit"):
-            als = ALS(rank=factors, maxIter=iterations, implicitPrefs=True, alpha=settings.alpha, regParam=settings.reg,
-                      userCol="user", itemCol="item", ratingCol="rating", seed=seed,
-                      numUserBlocks=settings.blocks, numItemBlocks=settings.blocks)
+            als = ALS(
+                rank=factors,
+                maxIter=iterations,
+                implicitPrefs=True,
+                alpha=settings.alpha,
+                regParam=settings.reg,
+                userCol="user",
+                itemCol="item",
+                ratingCol="rating",
+                seed=seed,
+                numUserBlocks=settings.blocks,
+                numItemBlocks=settings.blocks,
+            )
             model = als.fit(indexed)
         with _clock(stages, "recommend"):
             model.recommendForAllUsers(K).write.format("noop").mode("overwrite").save()
@@ -303,7 +325,9 @@ def _spark_lists(spark, data: Dataset, indexer, model) -> tuple[np.ndarray, np.n
 
     subset = spark.createDataFrame([(int(s),) for s in eval_spark_users], ["user"])
     raw = np.full((len(eval_spark_users), K), -1, np.int64)
-    for row in model.recommendForUserSubset(subset, K).select("user", F.col("recommendations.item").alias("items")).collect():
+    for row in (
+        model.recommendForUserSubset(subset, K).select("user", F.col("recommendations.item").alias("items")).collect()
+    ):
         items = np.asarray(row["items"], np.int64)
         raw[order[row["user"]], : len(items)] = spark_item_to_global[items]
 
@@ -318,7 +342,8 @@ def _spark_lists(spark, data: Dataset, indexer, model) -> tuple[np.ndarray, np.n
     global_to_spark_item[spark_item_to_global] = np.arange(len(spark_item_to_global))
     seen = data.train[data.eval_users]
     seen = scipy.sparse.csr_matrix(
-        (seen.data, global_to_spark_item[seen.indices].astype(np.int32), seen.indptr), shape=(seen.shape[0], len(item_labels))
+        (seen.data, global_to_spark_item[seen.indices].astype(np.int32), seen.indptr),
+        shape=(seen.shape[0], len(item_labels)),
     )
     seen.sort_indices()
     ids, scores = topk(item_factors, user_factors, K, filter_query_items=seen, num_threads=0)
@@ -352,17 +377,23 @@ def _clock(stages: dict, name: str):
 TUNE_GRID = "log1p:1:0.1,log1p:10:0.1,log1p:40:0.1,raw:1:0.1,raw:10:0.1"
 
 
-def tune_spark(data: Dataset, factors: int, iterations: int, seed: int, settings: SparkSettings, grid_text: str) -> None:
+def tune_spark(
+    data: Dataset, factors: int, iterations: int, seed: int, settings: SparkSettings, grid_text: str
+) -> None:
     """precision@10 of Spark over a grid of rating:alpha:regParam; run once to pick Spark's defaults."""
-    grid = [(rating, float(alpha), float(reg)) for rating, alpha, reg in (item.split(":") for item in grid_text.split(","))]
+    grid = [
+        (rating, float(alpha), float(reg)) for rating, alpha, reg in (item.split(":") for item in grid_text.split(","))
+    ]
     spark = spark_session(settings, data.folder.parent)
     try:
         for rating, alpha, reg in grid:
             trial = SparkSettings(settings.memory, settings.shuffle_partitions, settings.blocks, alpha, reg, rating)
             result = run_spark(data, factors, iterations, seed, trial, spark=spark)
-            print(f"tune: rating={rating} alpha={alpha:g} regParam={reg:g} p10={precision_at_k(result.lists, data):.4f} "
-                  f"p10_unfiltered={precision_at_k(result.extra['raw_lists'], data):.4f} fit={result.stages['fit']:.1f}s",
-                  flush=True)
+            print(
+                f"tune: rating={rating} alpha={alpha:g} regParam={reg:g} p10={precision_at_k(result.lists, data):.4f} "
+                f"p10_unfiltered={precision_at_k(result.extra['raw_lists'], data):.4f} fit={result.stages['fit']:.1f}s",
+                flush=True,
+            )
     finally:
         spark.stop()
 
@@ -382,24 +413,41 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=1, help="run each side this many times; keep each one's fastest")
     parser.add_argument("--spark-memory", default=SparkSettings.memory)
     parser.add_argument("--spark-partitions", type=int, default=SparkSettings.shuffle_partitions)
-    parser.add_argument("--spark-blocks", type=int, default=SparkSettings.blocks, help="ALS numUserBlocks = numItemBlocks")
+    parser.add_argument(
+        "--spark-blocks", type=int, default=SparkSettings.blocks, help="ALS numUserBlocks = numItemBlocks"
+    )
     parser.add_argument("--spark-alpha", type=float, default=SparkSettings.alpha)
     parser.add_argument("--spark-reg", type=float, default=SparkSettings.reg)
     parser.add_argument("--spark-rating", choices=("log1p", "raw"), default=SparkSettings.rating)
-    parser.add_argument("--tune-spark", nargs="?", const=TUNE_GRID, metavar="RATING:ALPHA:REG,...",
-                        help=f"print Spark's precision over a grid, then stop (default grid {TUNE_GRID})")
+    parser.add_argument(
+        "--tune-spark",
+        nargs="?",
+        const=TUNE_GRID,
+        metavar="RATING:ALPHA:REG,...",
+        help=f"print Spark's precision over a grid, then stop (default grid {TUNE_GRID})",
+    )
     parser.add_argument("--workdir", help="where the Parquet goes (default: a temporary folder)")
     args = parser.parse_args(argv)
-    settings = SparkSettings(args.spark_memory, args.spark_partitions, args.spark_blocks, args.spark_alpha,
-                             args.spark_reg, args.spark_rating)
+    settings = SparkSettings(
+        args.spark_memory, args.spark_partitions, args.spark_blocks, args.spark_alpha, args.spark_reg, args.spark_rating
+    )
 
     with tempfile.TemporaryDirectory(prefix="als_vs_spark-", dir=args.workdir) as tmp:
         started = time.perf_counter()
-        data = prepare(args.interactions, Path(tmp) / "train", holdout=args.holdout, eval_users=args.eval_users,
-                       objects=args.objects, seed=args.seed)
-        print(f"data: {args.interactions:,} events -> {data.rows:,} training rows, {data.pairs:,} distinct training pairs, "
-              f"{data.test.nnz:,} held out; {data.train.shape[0]:,} users x {data.train.shape[1]:,} items; "
-              f"{len(data.eval_users):,} evaluation users ({time.perf_counter() - started:.1f} s to prepare)", flush=True)
+        data = prepare(
+            args.interactions,
+            Path(tmp) / "train",
+            holdout=args.holdout,
+            eval_users=args.eval_users,
+            objects=args.objects,
+            seed=args.seed,
+        )
+        print(
+            f"data: {args.interactions:,} events -> {data.rows:,} training rows, {data.pairs:,} distinct training pairs, "
+            f"{data.test.nnz:,} held out; {data.train.shape[0]:,} users x {data.train.shape[1]:,} items; "
+            f"{len(data.eval_users):,} evaluation users ({time.perf_counter() - started:.1f} s to prepare)",
+            flush=True,
+        )
         if args.tune_spark:
             tune_spark(data, args.factors, args.iterations, args.seed, settings, args.tune_spark)
             return 0
@@ -430,12 +478,23 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def report(ours: SideResult, spark: SideResult, ratio: float, p10_ours: float, p10_spark: float, p10_spark_raw: float,
-           p10_pop: float, settings: SparkSettings) -> None:
+def report(
+    ours: SideResult,
+    spark: SideResult,
+    ratio: float,
+    p10_ours: float,
+    p10_spark: float,
+    p10_spark_raw: float,
+    p10_pop: float,
+    settings: SparkSettings,
+) -> None:
     """Stage by stage, matched where the two pipelines do the same thing."""
     rows = [
-        ("read + ids + CSR", ours.stages.get("ingest", 0) + ours.stages.get("matrix", 0),
-         spark.stages.get("read", 0) + spark.stages.get("index", 0)),
+        (
+            "read + ids + CSR",
+            ours.stages.get("ingest", 0) + ours.stages.get("matrix", 0),
+            spark.stages.get("read", 0) + spark.stages.get("index", 0),
+        ),
         ("train", ours.stages.get("weighting", 0) + ours.stages.get("train", 0), spark.stages.get("fit", 0)),
         ("top 10, every user", ours.stages.get("recommend", 0), spark.stages.get("recommend", 0)),
     ]
@@ -446,13 +505,19 @@ def report(ours: SideResult, spark: SideResult, ratio: float, p10_ours: float, p
     print(f"{'total (wall)':<22} {ours.total:9.2f} {spark.total:9.2f} {ratio:10.1f}")
     print(f"(not in the total: Spark's session start and warm-up job, {spark.stages.get('session', 0):.1f} s)")
     print()
-    print(f"ours:  {ours.extra['device']}, weighting {ours.extra['weighting']} alpha {ours.extra['alpha']}, "
-          f"regularization {ours.extra['regularization']}; {ours.extra['users']:,} users x {ours.extra['items']:,} items, "
-          f"{ours.extra['nnz']:,} pairs")
-    print(f"spark: rating {settings.rating}(plays), alpha {settings.alpha:g}, regParam {settings.reg:g}, "
-          f"{settings.blocks} blocks, {settings.shuffle_partitions} shuffle partitions, driver memory {settings.memory}")
-    print(f"precision@{K}: ours {p10_ours:.4f}, spark {p10_spark:.4f} (seen items left out), "
-          f"spark as recommendForAllUsers returns it {p10_spark_raw:.4f}, popularity {p10_pop:.4f}")
+    print(
+        f"ours:  {ours.extra['device']}, weighting {ours.extra['weighting']} alpha {ours.extra['alpha']}, "
+        f"regularization {ours.extra['regularization']}; {ours.extra['users']:,} users x {ours.extra['items']:,} items, "
+        f"{ours.extra['nnz']:,} pairs"
+    )
+    print(
+        f"spark: rating {settings.rating}(plays), alpha {settings.alpha:g}, regParam {settings.reg:g}, "
+        f"{settings.blocks} blocks, {settings.shuffle_partitions} shuffle partitions, driver memory {settings.memory}"
+    )
+    print(
+        f"precision@{K}: ours {p10_ours:.4f}, spark {p10_spark:.4f} (seen items left out), "
+        f"spark as recommendForAllUsers returns it {p10_spark_raw:.4f}, popularity {p10_pop:.4f}"
+    )
 
 
 if __name__ == "__main__":

@@ -50,23 +50,41 @@ def main(argv: list[str] | None = None) -> int:
         for name in order:
             result = fit(weighted, runs[name])
             scores = evaluate(result.model, train, test, k=10, max_users=50_000, seed=0)
-            figures[name].append({"seconds": result.seconds, "iterations": result.iterations_run,
-                                  "p10": scores["als"]["precision_at_10"], "stop": result.stop_reason,
-                                  "loss": result.loss[-1]})
-            print(f"{name:<11} repeat {repeat}: {result.iterations_run:>2} iterations in {result.seconds:6.2f} s, "
-                  f"p@10 {scores['als']['precision_at_10']:.4f}, loss {result.loss[-1]:.6f} ({result.stop_reason})",
-                  flush=True)
+            figures[name].append(
+                {
+                    "seconds": result.seconds,
+                    "iterations": result.iterations_run,
+                    "p10": scores["als"]["precision_at_10"],
+                    "stop": result.stop_reason,
+                    "loss": result.loss[-1],
+                }
+            )
+            print(
+                f"{name:<11} repeat {repeat}: {result.iterations_run:>2} iterations in {result.seconds:6.2f} s, "
+                f"p@10 {scores['als']['precision_at_10']:.4f}, loss {result.loss[-1]:.6f} ({result.stop_reason})",
+                flush=True,
+            )
     full_s = float(np.median([f["seconds"] for f in figures["full"]]))
     early_s = float(np.median([f["seconds"] for f in figures["early stop"]]))
     full_p = figures["full"][0]["p10"]
     early_p = figures["early stop"][0]["p10"]
-    summary = {"full_seconds": full_s, "early_seconds": early_s, "time_ratio": early_s / full_s,
-               "time_cut": 1 - early_s / full_s, "p10_full": full_p, "p10_early": early_p,
-               "p10_ratio": early_p / full_p, "iterations_full": figures["full"][0]["iterations"],
-               "iterations_early": figures["early stop"][0]["iterations"], "runs": figures}
-    print(f"\nearly_stop: iterations {summary['iterations_early']}/{summary['iterations_full']}, "
-          f"train time early/full = {early_s:.2f}/{full_s:.2f} s = {summary['time_ratio']:.3f} "
-          f"(cut {summary['time_cut']:.1%}), p@10 early/full = {early_p:.4f}/{full_p:.4f} = {summary['p10_ratio']:.4f}")
+    summary = {
+        "full_seconds": full_s,
+        "early_seconds": early_s,
+        "time_ratio": early_s / full_s,
+        "time_cut": 1 - early_s / full_s,
+        "p10_full": full_p,
+        "p10_early": early_p,
+        "p10_ratio": early_p / full_p,
+        "iterations_full": figures["full"][0]["iterations"],
+        "iterations_early": figures["early stop"][0]["iterations"],
+        "runs": figures,
+    }
+    print(
+        f"\nearly_stop: iterations {summary['iterations_early']}/{summary['iterations_full']}, "
+        f"train time early/full = {early_s:.2f}/{full_s:.2f} s = {summary['time_ratio']:.3f} "
+        f"(cut {summary['time_cut']:.1%}), p@10 early/full = {early_p:.4f}/{full_p:.4f} = {summary['p10_ratio']:.4f}"
+    )
     if args.json:
         args.json.write_text(json.dumps(summary, indent=2))
     return 0

@@ -196,10 +196,16 @@ def run_child(args) -> int:
     from airflow_gpu.worker.recommend import top_n
     from airflow_gpu.worker.train import TrainParams, fit
 
-    record = Record(Path(args.out), role=args.label, device=args.device,
-                    params={k: getattr(args, k) for k in ("users", "items", "interactions", "factors", "iterations",
-                                                         "recommend_users", "seed", "loss")},
-                    machine=machine())
+    record = Record(
+        Path(args.out),
+        role=args.label,
+        device=args.device,
+        params={
+            k: getattr(args, k)
+            for k in ("users", "items", "interactions", "factors", "iterations", "recommend_users", "seed", "loss")
+        },
+        machine=machine(),
+    )
     gpu = GpuMemory() if args.device == "gpu" else None
     if gpu and gpu.baseline is not None:
         record.data["gpu_baseline_gib"] = round(gpu.baseline / GiB, 3)
@@ -223,26 +229,36 @@ def run_child(args) -> int:
         if gpu:
             figures.update(gpu.stage_figures())
         record.save()
-        say(f"[{args.label}] {name}: {'done' if ok else 'FAILED'} in {figures['seconds']:.1f} s "
-            + (f"(GPU peak {figures['gpu_peak_gib']:.1f} GiB) " if 'gpu_peak_gib' in figures else "")
-            + ("" if ok else record.data["errors"][name]))
+        say(
+            f"[{args.label}] {name}: {'done' if ok else 'FAILED'} in {figures['seconds']:.1f} s "
+            + (f"(GPU peak {figures['gpu_peak_gib']:.1f} GiB) " if "gpu_peak_gib" in figures else "")
+            + ("" if ok else record.data["errors"][name])
+        )
         return ok
 
     def generate():
         device = args.generator if args.generator != "auto" else args.device
         try:
-            made = seed_like_csr(args.users, args.items, args.interactions, device=device, seed=args.seed,
-                                 progress=_progress(args.label))
+            made = seed_like_csr(
+                args.users, args.items, args.interactions, device=device, seed=args.seed, progress=_progress(args.label)
+            )
         except Exception as exc:  # noqa: BLE001 - cupy missing or broken: numpy on all cores still works
             if device != "gpu":
                 raise
             say(f"[{args.label}] generate: the GPU generator failed ({type(exc).__name__}: {exc}); using the CPU")
-            made = seed_like_csr(args.users, args.items, args.interactions, device="cpu", seed=args.seed,
-                                 progress=_progress(args.label))
+            made = seed_like_csr(
+                args.users, args.items, args.interactions, device="cpu", seed=args.seed, progress=_progress(args.label)
+            )
         state["matrix"] = made.matrix
         m = made.matrix
-        return {"generator": made.device, "users": m.shape[0], "items": m.shape[1], "nnz": int(m.nnz),
-                "raw_events": made.raw_events, "interactions_per_user": round(m.nnz / m.shape[0], 2)}
+        return {
+            "generator": made.device,
+            "users": m.shape[0],
+            "items": m.shape[1],
+            "nnz": int(m.nnz),
+            "raw_events": made.raw_events,
+            "interactions_per_user": round(m.nnz / m.shape[0], 2),
+        }
 
     def weighting():
         state["weighted"] = confidence(state["matrix"])
@@ -250,8 +266,15 @@ def run_child(args) -> int:
 
     def train():
         # Every iteration asked for runs (no early stop): the figure is seconds per iteration.
-        params = TrainParams(factors=args.factors, iterations=args.iterations, seed=args.seed, device=args.device,
-                             loss=args.loss, early_stop=0, on_iteration=iteration_recorder(record))
+        params = TrainParams(
+            factors=args.factors,
+            iterations=args.iterations,
+            seed=args.seed,
+            device=args.device,
+            loss=args.loss,
+            early_stop=0,
+            on_iteration=iteration_recorder(record),
+        )
         result = fit(state.pop("weighted"), params)
         state["model"] = result.model
         iterations = [round(s, 4) for s in result.iteration_seconds]
@@ -276,9 +299,13 @@ def run_child(args) -> int:
             ids, _ = top_n(state["model"], matrix, users[start : start + args.batch_users], 10)
             filled += int((ids >= 0).sum())
         seconds = time.perf_counter() - started
-        return {"users": len(users), "items": matrix.shape[1], "recommendations": filled,
-                "users_per_second": round(len(users) / seconds, 1),
-                "all_users_estimate_seconds": round(matrix.shape[0] / (len(users) / seconds), 1)}
+        return {
+            "users": len(users),
+            "items": matrix.shape[1],
+            "recommendations": filled,
+            "users_per_second": round(len(users) / seconds, 1),
+            "all_users_estimate_seconds": round(matrix.shape[0] / (len(users) / seconds), 1),
+        }
 
     ok = stage("generate", generate) and stage("weighting", weighting) and stage("train", train)
     ok = ok and stage("recommend", recommend)
@@ -337,7 +364,9 @@ def machine() -> dict:
         try:
             info["gpu"] = subprocess.run(
                 ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
-                capture_output=True, text=True, timeout=15,
+                capture_output=True,
+                text=True,
+                timeout=15,
             ).stdout.strip()
         except (OSError, subprocess.SubprocessError):
             pass
@@ -350,21 +379,59 @@ def say(line: str) -> None:
 
 def scaled(args, share: float) -> tuple[int, int, int]:
     """(users, items, interactions) of the main run times ``share``, shape kept."""
-    return (max(10, round(args.users * share)), max(10, round(args.items * share)),
-            max(100, round(args.interactions * share)))
+    return (
+        max(10, round(args.users * share)),
+        max(10, round(args.items * share)),
+        max(100, round(args.interactions * share)),
+    )
 
 
-def spawn(args, label: str, device: str, users: int, items: int, interactions: int, recommend_users: int,
-          timeout: float, out: Path) -> dict:
+def spawn(
+    args,
+    label: str,
+    device: str,
+    users: int,
+    items: int,
+    interactions: int,
+    recommend_users: int,
+    timeout: float,
+    out: Path,
+) -> dict:
     command = [
-        sys.executable, str(Path(__file__).resolve()), "--role", "run", "--label", label, "--out", str(out),
-        "--device", device, "--users", str(users), "--items", str(items), "--interactions", str(interactions),
-        "--factors", str(args.factors), "--iterations", str(args.iterations), "--seed", str(args.seed),
-        "--recommend-users", str(recommend_users), "--batch-users", str(args.batch_users),
-        "--generator", args.generator, *([] if args.loss else ["--no-loss"]),
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--role",
+        "run",
+        "--label",
+        label,
+        "--out",
+        str(out),
+        "--device",
+        device,
+        "--users",
+        str(users),
+        "--items",
+        str(items),
+        "--interactions",
+        str(interactions),
+        "--factors",
+        str(args.factors),
+        "--iterations",
+        str(args.iterations),
+        "--seed",
+        str(args.seed),
+        "--recommend-users",
+        str(recommend_users),
+        "--batch-users",
+        str(args.batch_users),
+        "--generator",
+        args.generator,
+        *([] if args.loss else ["--no-loss"]),
     ]
-    say(f"[{label}] {device.upper()}: {users:,} users x {items:,} items, ~{interactions:,} interactions; "
-        f"timeout {timeout:.0f} s")
+    say(
+        f"[{label}] {device.upper()}: {users:,} users x {items:,} items, ~{interactions:,} interactions; "
+        f"timeout {timeout:.0f} s"
+    )
     # A deadline of its own as well, so it stops even if this parent is gone.
     result = measure_in_child(command + ["--stop-at", str(time.time() + timeout + 10)], out, timeout)
     say(f"[{label}] {result['status']} in {result['wall_seconds']:.0f} s")
@@ -430,14 +497,18 @@ def summarize(runs: dict[str, dict], device: str) -> dict:
     """The table, and CPU-over-device ratios: at the same size, and per interaction at full size."""
     rows = {label: row_of(label, run) for label, run in runs.items()}
     print()
-    print(f"{'run':<16} {'nnz':>13} {'gen s':>7} {'weight s':>8} {'train s':>8} {'setup s':>8} {'iters':>5} {'s/iter':>7} "
-          f"{'ns/nnz-iter':>11} {'rec s':>6} {'users/s':>9} {'GPU GiB':>8} {'host GiB':>8}  status")
+    print(
+        f"{'run':<16} {'nnz':>13} {'gen s':>7} {'weight s':>8} {'train s':>8} {'setup s':>8} {'iters':>5} {'s/iter':>7} "
+        f"{'ns/nnz-iter':>11} {'rec s':>6} {'users/s':>9} {'GPU GiB':>8} {'host GiB':>8}  status"
+    )
     for row in rows.values():
-        print(f"{row['run']:<16} {_f(row['nnz'], ',.0f'):>13} {_f(row['generate_s']):>7} {_f(row['weighting_s']):>8} "
-              f"{_f(row['train_s']):>8} {_f(row['setup_s']):>8} {row['iterations_done']:>5} "
-              f"{_f(row['s_per_iteration'], '.3f'):>7} {_f(row['ns_per_nnz_iteration'], '.2f'):>11} "
-              f"{_f(row['recommend_s']):>6} {_f(row['users_per_s'], ',.0f'):>9} {_f(row['gpu_peak_gib'], '.1f'):>8} "
-              f"{_f(row['host_peak_gib'], '.1f'):>8}  {row['status']}")
+        print(
+            f"{row['run']:<16} {_f(row['nnz'], ',.0f'):>13} {_f(row['generate_s']):>7} {_f(row['weighting_s']):>8} "
+            f"{_f(row['train_s']):>8} {_f(row['setup_s']):>8} {row['iterations_done']:>5} "
+            f"{_f(row['s_per_iteration'], '.3f'):>7} {_f(row['ns_per_nnz_iteration'], '.2f'):>11} "
+            f"{_f(row['recommend_s']):>6} {_f(row['users_per_s'], ',.0f'):>9} {_f(row['gpu_peak_gib'], '.1f'):>8} "
+            f"{_f(row['host_peak_gib'], '.1f'):>8}  {row['status']}"
+        )
     summary: dict = {"rows": rows}
     cpu, main, small = rows.get("cpu"), rows.get("main"), rows.get("same-size")
 
@@ -447,17 +518,29 @@ def summarize(runs: dict[str, dict], device: str) -> dict:
             print(f"{what}: {a['run']} {a[field]:.4g} ns, {b['run']} {b[field]:.4g} ns -> {summary[key]:.1f}x")
 
     print()
-    ratio("cpu_over_device_same_size", cpu, small, "ns_per_nnz_iteration",
-          "ALS per interaction-iteration, same data size")
-    ratio("cpu_over_device_per_nnz_iteration", cpu, main, "ns_per_nnz_iteration",
-          "ALS per interaction-iteration, CPU size vs full size")
-    ratio("cpu_over_device_recommend_same_size", cpu, small, "ns_per_user_item", "top 10 per user-item scored, same size")
-    ratio("cpu_over_device_recommend", cpu, main, "ns_per_user_item", "top 10 per user-item scored, CPU size vs full size")
+    ratio(
+        "cpu_over_device_same_size", cpu, small, "ns_per_nnz_iteration", "ALS per interaction-iteration, same data size"
+    )
+    ratio(
+        "cpu_over_device_per_nnz_iteration",
+        cpu,
+        main,
+        "ns_per_nnz_iteration",
+        "ALS per interaction-iteration, CPU size vs full size",
+    )
+    ratio(
+        "cpu_over_device_recommend_same_size", cpu, small, "ns_per_user_item", "top 10 per user-item scored, same size"
+    )
+    ratio(
+        "cpu_over_device_recommend", cpu, main, "ns_per_user_item", "top 10 per user-item scored, CPU size vs full size"
+    )
     if cpu and main and cpu["ns_per_nnz_iteration"] and main["nnz"] and main["iterations_done"]:
         full = cpu["ns_per_nnz_iteration"] * 1e-9 * main["nnz"] * main["iterations_done"]
         summary["cpu_estimate_full_size_iterations_s"] = full
-        print(f"the CPU's rate applied to the full size: about {full:,.0f} s for {main['iterations_done']} iterations "
-              f"(the {device.upper()} took {main['s_per_iteration'] * main['iterations_done']:,.1f} s)")
+        print(
+            f"the CPU's rate applied to the full size: about {full:,.0f} s for {main['iterations_done']} iterations "
+            f"(the {device.upper()} took {main['s_per_iteration'] * main['iterations_done']:,.1f} s)"
+        )
     for label, run in runs.items():
         for stage, error in run.get("errors", {}).items():
             if not stage.endswith("_traceback"):
@@ -506,17 +589,37 @@ def orchestrate(args) -> int:
     cpu_size = (cpu_users, cpu_items, cpu_interactions)
     try:
         if args.device != "cpu" and args.same_size:
-            runs["same-size"] = run("same-size", args.device, cpu_size, args.cpu_recommend_users,
-                                    min(args.same_size_timeout, args.budget * 0.25))
-        runs["main"] = run("main", args.device, (args.users, args.items, args.interactions), args.recommend_users,
-                           deadline - time.monotonic() - cpu_reserve)
+            runs["same-size"] = run(
+                "same-size",
+                args.device,
+                cpu_size,
+                args.cpu_recommend_users,
+                min(args.same_size_timeout, args.budget * 0.25),
+            )
+        runs["main"] = run(
+            "main",
+            args.device,
+            (args.users, args.items, args.interactions),
+            args.recommend_users,
+            deadline - time.monotonic() - cpu_reserve,
+        )
         # A quick failure at full size (memory, most likely) leaves time for one try at half the size.
-        if (args.retry_smaller and runs["main"].get("status") == "failed" and per_iteration(runs["main"]) is None
-                and _size_problem(runs["main"]) and time.monotonic() - started < args.budget * 0.4):
+        if (
+            args.retry_smaller
+            and runs["main"].get("status") == "failed"
+            and per_iteration(runs["main"]) is None
+            and _size_problem(runs["main"])
+            and time.monotonic() - started < args.budget * 0.4
+        ):
             runs["main-failed"] = runs.pop("main")
             say("the full-size run failed before training; trying once more at half the size")
-            runs["main"] = run("main-half", args.device, scaled(args, 0.5), args.recommend_users,
-                               deadline - time.monotonic() - cpu_reserve)
+            runs["main"] = run(
+                "main-half",
+                args.device,
+                scaled(args, 0.5),
+                args.recommend_users,
+                deadline - time.monotonic() - cpu_reserve,
+            )
         if not args.no_cpu:
             left = deadline - time.monotonic()
             if left < 20:
@@ -533,10 +636,13 @@ def orchestrate(args) -> int:
             shutil.rmtree(folder, ignore_errors=True)
     summary = report["summary"]
     main_row = summary["rows"].get("main", {})
-    print(f"gpu_als: device={args.device} nnz={main_row.get('nnz')} train_s={_f(main_row.get('train_s'), '.2f')} "
-          f"s_per_iteration={_f(main_row.get('s_per_iteration'), '.3f')} "
-          f"cpu_over_gpu_same_size={_f(summary.get('cpu_over_device_same_size'), '.2f')} "
-          f"cpu_over_gpu_per_nnz_iteration={_f(summary.get('cpu_over_device_per_nnz_iteration'), '.2f')}", flush=True)
+    print(
+        f"gpu_als: device={args.device} nnz={main_row.get('nnz')} train_s={_f(main_row.get('train_s'), '.2f')} "
+        f"s_per_iteration={_f(main_row.get('s_per_iteration'), '.3f')} "
+        f"cpu_over_gpu_same_size={_f(summary.get('cpu_over_device_same_size'), '.2f')} "
+        f"cpu_over_gpu_per_nnz_iteration={_f(summary.get('cpu_over_device_per_nnz_iteration'), '.2f')}",
+        flush=True,
+    )
     return 0 if runs["main"].get("status") == "ok" else 1
 
 
@@ -548,23 +654,40 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--interactions", type=int, default=SEED_INTERACTIONS, help="distinct (user, item) pairs")
     parser.add_argument("--factors", type=int, default=64)
     parser.add_argument("--iterations", type=int, default=15)
-    parser.add_argument("--no-loss", dest="loss", action="store_false",
-                        help="skip the training loss after each iteration (the worker computes it by default)")
+    parser.add_argument(
+        "--no-loss",
+        dest="loss",
+        action="store_false",
+        help="skip the training loss after each iteration (the worker computes it by default)",
+    )
     parser.add_argument("--recommend-users", type=int, default=100_000, help="users to recommend for in the main run")
     parser.add_argument("--batch-users", type=int, default=100_000)
-    parser.add_argument("--cpu-interactions", type=int, default=30_000_000,
-                        help="size of the CPU comparison run; users and items are scaled by the same share")
+    parser.add_argument(
+        "--cpu-interactions",
+        type=int,
+        default=30_000_000,
+        help="size of the CPU comparison run; users and items are scaled by the same share",
+    )
     parser.add_argument("--cpu-recommend-users", type=int, default=20_000)
     parser.add_argument("--cpu-timeout", type=float, default=120.0)
     parser.add_argument("--no-cpu", action="store_true", help="skip the CPU comparison run")
-    parser.add_argument("--no-same-size", dest="same_size", action="store_false",
-                        help="skip the device run at the CPU run's size")
+    parser.add_argument(
+        "--no-same-size", dest="same_size", action="store_false", help="skip the device run at the CPU run's size"
+    )
     parser.add_argument("--same-size-timeout", type=float, default=90.0)
     parser.add_argument("--budget", type=float, default=540.0, help="seconds for everything")
-    parser.add_argument("--generator", choices=("auto", "gpu", "cpu"), default="auto",
-                        help="where to generate the data (auto: the run's device)")
-    parser.add_argument("--no-retry", dest="retry_smaller", action="store_false",
-                        help="do not retry at half size when the main run fails early")
+    parser.add_argument(
+        "--generator",
+        choices=("auto", "gpu", "cpu"),
+        default="auto",
+        help="where to generate the data (auto: the run's device)",
+    )
+    parser.add_argument(
+        "--no-retry",
+        dest="retry_smaller",
+        action="store_false",
+        help="do not retry at half size when the main run fails early",
+    )
     parser.add_argument("--quick", action="store_true", help="small sizes (main 2M, CPU 200k interactions)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", help="write every figure here")

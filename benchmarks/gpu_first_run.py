@@ -53,8 +53,17 @@ FULL = {"correctness": 1_000_000, "seed_share": 1.0}
 # (step, cap in seconds), in the order of importance; the caps add up to the default budget
 STEPS = [("kernels", 30), ("correctness", 60), ("seed", 150)]
 BUDGET = 240.0
-KERNELS = ("cg_light", "heavy_partials", "heavy_start", "heavy_step", "count_columns", "scatter_columns", "row_sums",
-           "bm25_confidence", "spmv_rows")
+KERNELS = (
+    "cg_light",
+    "heavy_partials",
+    "heavy_start",
+    "heavy_step",
+    "count_columns",
+    "scatter_columns",
+    "row_sums",
+    "bm25_confidence",
+    "spmv_rows",
+)
 GiB = 1 << 30
 
 
@@ -93,8 +102,10 @@ def step_kernels(args, figures: dict, report: Report) -> None:
     figures["dynamic_shared_bytes"] = kernels["shared"]
     for name in KERNELS:
         attributes = kernels[name].attributes
-        figures[name] = {key: attributes.get(key) for key in
-                         ("num_regs", "local_size_bytes", "shared_size_bytes", "max_threads_per_block")}
+        figures[name] = {
+            key: attributes.get(key)
+            for key in ("num_regs", "local_size_bytes", "shared_size_bytes", "max_threads_per_block")
+        }
         report.save()
     figures["spills"] = sorted(name for name in KERNELS if figures[name]["local_size_bytes"])
 
@@ -129,8 +140,13 @@ def step_correctness(args, figures: dict, report: Report) -> None:
     matrix = confidence(counts, "bm25")
     users, items = matrix.shape
     X0, Y0 = initial(users, items, args.factors)
-    figures.update(users=users, items=items, nnz=int(matrix.nnz), longest_user_row=int(np.diff(matrix.indptr).max()),
-                   longest_item_row=int(np.diff(matrix.tocsc().indptr).max()))
+    figures.update(
+        users=users,
+        items=items,
+        nnz=int(matrix.nnz),
+        longest_user_row=int(np.diff(matrix.indptr).max()),
+        longest_item_row=int(np.diff(matrix.tocsc().indptr).max()),
+    )
     iterations, regularization, passed = 2, 5.0, True
     for label, options in (("split", {"threshold": 256, "chunk": 64}), ("default", {})):
         model = NativeAls(factors=args.factors, regularization=regularization, iterations=iterations, **options)
@@ -138,8 +154,10 @@ def step_correctness(args, figures: dict, report: Report) -> None:
         model.fit(matrix)
         figures[f"{label}_timings"] = {k: round(v, 4) for k, v in model.timings.items()}
         X, Y = reference.fit(matrix, X0, Y0, regularization, iterations, **options)
-        figures[f"{label}_native_vs_reference"] = {"users": relative(model.user_factors, X),
-                                                   "items": relative(model.item_factors, Y)}
+        figures[f"{label}_native_vs_reference"] = {
+            "users": relative(model.user_factors, X),
+            "items": relative(model.item_factors, Y),
+        }
         report.save()
     figures["transpose_matches_scipy"] = transpose_matches(matrix, args.factors)
     figures["gpu_bm25_vs_host_max_relative"] = bm25_difference(counts, args.factors)
@@ -239,12 +257,23 @@ def step_seed(args, figures: dict, report: Report) -> None:
     counts = made.matrix
     del made
     cupy.get_default_memory_pool().free_all_blocks()
-    figures.update(users=users, items=items, nnz=int(counts.nnz), generate_s=round(time.perf_counter() - started, 2),
-                   gpu_after_generate_gib=round((memory.read() - (memory.baseline or 0)) / GiB, 3) if memory.read else None)
+    figures.update(
+        users=users,
+        items=items,
+        nnz=int(counts.nnz),
+        generate_s=round(time.perf_counter() - started, 2),
+        gpu_after_generate_gib=round((memory.read() - (memory.baseline or 0)) / GiB, 3) if memory.read else None,
+    )
     report.save()
     memory.start_stage()
-    model = timed_model(cupy, factors=args.factors, regularization=None, iterations=args.iterations, random_state=0,
-                        regularization_share=AUTO_REGULARIZATION_SHARE)
+    model = timed_model(
+        cupy,
+        factors=args.factors,
+        regularization=None,
+        iterations=args.iterations,
+        random_state=0,
+        regularization_share=AUTO_REGULARIZATION_SHARE,
+    )
     iterations = figures.setdefault("iteration_seconds", [])
 
     def on_iteration(iteration: int, seconds: float, loss) -> None:
@@ -266,7 +295,9 @@ def step_seed(args, figures: dict, report: Report) -> None:
         figures[f"{side}_bytes_counted"] = moved
         figures[f"{side}_effective_gb_per_s"] = round(moved / (half / 1e3) / 1e9, 3) if half else None
     figures.update(memory.stage_figures())
-    figures["gpu_peak_above_baseline_gib"] = round((memory.peak - (memory.baseline or 0)) / GiB, 3) if memory.read else None
+    figures["gpu_peak_above_baseline_gib"] = (
+        round((memory.peak - (memory.baseline or 0)) / GiB, 3) if memory.read else None
+    )
 
 
 # -- the run -----------------------------------------------------------------------------
@@ -276,10 +307,15 @@ RUNNERS = {"kernels": step_kernels, "correctness": step_correctness, "seed": ste
 
 def plan(args) -> dict:
     share = args.sizes["seed_share"]
-    return {"budget_s": args.budget, "steps": [{"step": s, "cap_s": c} for s, c in STEPS],
-            "caps_total_s": sum(c for _, c in STEPS), "factors": args.factors, "iterations": args.iterations,
-            "correctness_interactions": args.sizes["correctness"],
-            "seed": {k: max(10, round(v * share)) for k, v in SEED.items()}}
+    return {
+        "budget_s": args.budget,
+        "steps": [{"step": s, "cap_s": c} for s, c in STEPS],
+        "caps_total_s": sum(c for _, c in STEPS),
+        "factors": args.factors,
+        "iterations": args.iterations,
+        "correctness_interactions": args.sizes["correctness"],
+        "seed": {k: max(10, round(v * share)) for k, v in SEED.items()},
+    }
 
 
 def summary_line(data: dict) -> str:
@@ -291,14 +327,18 @@ def summary_line(data: dict) -> str:
     def shown(value):
         return "-" if value is None else (f"{value:.4g}" if isinstance(value, float) else str(value))
 
-    return (f"gpu_first_run: kernels={kernels} correctness={('PASS' if correct.get('pass') else 'FAIL') if 'pass' in correct else '-'}"
-            f" native_s_per_it_1e9={shown(seed.get('s_per_iteration'))} setup_1e9_s={shown(seed.get('gpu_setup_s'))}"
-            f" gpu_peak_gib={shown(seed.get('gpu_peak_above_baseline_gib'))}")
+    return (
+        f"gpu_first_run: kernels={kernels} correctness={('PASS' if correct.get('pass') else 'FAIL') if 'pass' in correct else '-'}"
+        f" native_s_per_it_1e9={shown(seed.get('s_per_iteration'))} setup_1e9_s={shown(seed.get('gpu_setup_s'))}"
+        f" gpu_peak_gib={shown(seed.get('gpu_peak_above_baseline_gib'))}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--json", default="gpu_first_run.json", help="where the report goes (rewritten after each step)")
+    parser.add_argument(
+        "--json", default="gpu_first_run.json", help="where the report goes (rewritten after each step)"
+    )
     parser.add_argument("--budget", type=float, default=BUDGET, help="seconds for everything (default 240)")
     parser.add_argument("--factors", type=int, default=64)
     parser.add_argument("--iterations", type=int, default=2, help="at 1e9; the last one's kernels are reported")
@@ -340,7 +380,10 @@ def main(argv: list[str] | None = None) -> int:
             entry["error"] = f"{type(exc).__name__}: {' '.join(str(exc).split())[:600]}"
             entry["traceback"] = traceback.format_exc()[-3000:]
         entry["seconds"] = round(time.perf_counter() - began, 2)
-        say(f"[{step}] {entry['status']} in {entry['seconds']:.0f} s" + (f": {entry['error']}" if "error" in entry else ""))
+        say(
+            f"[{step}] {entry['status']} in {entry['seconds']:.0f} s"
+            + (f": {entry['error']}" if "error" in entry else "")
+        )
         report.save()
     watchdog.cancel()
     print(summary_line(report.data), flush=True)

@@ -83,28 +83,56 @@ def main() -> int:
 
         print("2. CLI on the GPU")
         cli = subprocess.run(
-            [sys.executable, "-m", "airflow_gpu.worker", "als", "--input", str(folder / "in"), "--output", str(folder / "cli"),
-             "--weight-col", "plays", "--device", "gpu", "--factors", "32", "--iterations", "5"],
-            capture_output=True, text=True, timeout=600,
+            [
+                sys.executable,
+                "-m",
+                "airflow_gpu.worker",
+                "als",
+                "--input",
+                str(folder / "in"),
+                "--output",
+                str(folder / "cli"),
+                "--weight-col",
+                "plays",
+                "--device",
+                "gpu",
+                "--factors",
+                "32",
+                "--iterations",
+                "5",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=600,
         )
         manifest_path = folder / "cli" / "manifest.json"
         ok = cli.returncode == 0 and manifest_path.exists()
         device = json.loads(manifest_path.read_text())["summary"]["device"] if ok else None
-        check("airflow-gpu-worker als --device gpu commits a manifest", ok and device == "gpu",
-              f"exit {cli.returncode}, device {device}" + ("" if ok else "; " + cli.stderr[-600:]))
+        check(
+            "airflow-gpu-worker als --device gpu commits a manifest",
+            ok and device == "gpu",
+            f"exit {cli.returncode}, device {device}" + ("" if ok else "; " + cli.stderr[-600:]),
+        )
 
         print("3. GPU against CPU, same data and split")
         runs = {}
         for device in ("gpu", "cpu"):
             config = AlsConfig(
-                input=str(folder / "in"), output=str(folder / device), columns=Columns(weight="plays"),
+                input=str(folder / "in"),
+                output=str(folder / device),
+                columns=Columns(weight="plays"),
                 train=TrainParams(factors=args.factors, iterations=args.iterations, device=device, seed=5),
-                eval_holdout=0.2, eval_users=50_000, similar_n=10,
+                eval_holdout=0.2,
+                eval_users=50_000,
+                similar_n=10,
             )
             started = time.perf_counter()
             runs[device] = run_als(config)
             stages = runs[device].metrics["stages"]
-            print(f"  {device}: {time.perf_counter() - started:.1f}s total; " + ", ".join(f"{k} {v:.2f}s" for k, v in stages.items()))
+            print(
+                f"  {device}: {time.perf_counter() - started:.1f}s total; "
+                + ", ".join(f"{k} {v:.2f}s" for k, v in stages.items())
+            )
             if device == "gpu":
                 print(f"  GPU memory after the GPU run: {gpu_memory()}")
         gpu, cpu = (runs[d].metrics for d in ("gpu", "cpu"))
@@ -117,19 +145,31 @@ def main() -> int:
 
         print("4. loss and seen items")
         loss = [x for x in gpu["training"]["loss"] if x is not None]
-        check("GPU loss recorded and falling", len(loss) == gpu["training"]["iterations_run"] and loss[-1] < loss[0],
-              f"{loss[0]:.5f} -> {loss[-1]:.5f}" if loss else "no loss")
+        check(
+            "GPU loss recorded and falling",
+            len(loss) == gpu["training"]["iterations_run"] and loss[-1] < loss[0],
+            f"{loss[0]:.5f} -> {loss[-1]:.5f}" if loss else "no loss",
+        )
         import pyarrow.dataset as ds
 
-        recs = ds.dataset(str(folder / "gpu" / runs["gpu"].manifest["root"] / "recommendations")).to_table(columns=["user_id", "item_id"])
+        recs = ds.dataset(str(folder / "gpu" / runs["gpu"].manifest["root"] / "recommendations")).to_table(
+            columns=["user_id", "item_id"]
+        )
         seen = ds.dataset(str(folder / "in")).to_table(columns=["user_id", "item_id"])
-        rec_keys = np.char.add(np.char.add(recs["user_id"].to_numpy(zero_copy_only=False).astype(str), "\x00"),
-                               recs["item_id"].to_numpy(zero_copy_only=False).astype(str))
-        seen_keys = np.char.add(np.char.add(seen["user_id"].to_numpy(zero_copy_only=False).astype(str), "\x00"),
-                                seen["item_id"].to_numpy(zero_copy_only=False).astype(str))
+        rec_keys = np.char.add(
+            np.char.add(recs["user_id"].to_numpy(zero_copy_only=False).astype(str), "\x00"),
+            recs["item_id"].to_numpy(zero_copy_only=False).astype(str),
+        )
+        seen_keys = np.char.add(
+            np.char.add(seen["user_id"].to_numpy(zero_copy_only=False).astype(str), "\x00"),
+            seen["item_id"].to_numpy(zero_copy_only=False).astype(str),
+        )
         overlap = int(np.isin(rec_keys, seen_keys).sum())
-        check("GPU recommendations never include seen items", overlap == 0 and len(rec_keys) > 0,
-              f"{len(rec_keys):,} recommendations, {overlap} seen")
+        check(
+            "GPU recommendations never include seen items",
+            overlap == 0 and len(rec_keys) > 0,
+            f"{len(rec_keys):,} recommendations, {overlap} seen",
+        )
 
         print("5. int32 guard")
         users = runs["gpu"].interactions.users
@@ -138,23 +178,36 @@ def main() -> int:
             train.fit(runs["gpu"].interactions.matrix, TrainParams(factors=too_many, iterations=1, device="gpu"))
             check("int32 guard refuses users x factors >= 2^31", False, "it trained")
         except WorkerError as exc:
-            check("int32 guard refuses users x factors >= 2^31", "2^31" in str(exc) and "--device cpu" in str(exc), str(exc)[:160])
+            check(
+                "int32 guard refuses users x factors >= 2^31",
+                "2^31" in str(exc) and "--device cpu" in str(exc),
+                str(exc)[:160],
+            )
 
         print("6. early stop on the GPU")
         matrix = runs["gpu"].interactions.matrix
         stopped = train.fit(matrix, TrainParams(factors=args.factors, iterations=60, device="gpu", seed=5))
-        check("GPU fit stops early on a loss plateau", stopped.iterations_run < 60 and stopped.stop_reason.startswith("converged"),
-              f"{stopped.iterations_run} iterations: {stopped.stop_reason}")
-        fixed = train.fit(matrix, TrainParams(factors=args.factors, iterations=stopped.iterations_run, device="gpu",
-                                              seed=5, early_stop=0))
-        gap = max(float(np.linalg.norm(a - b) / np.linalg.norm(b)) for a, b in
-                  ((stopped.user_factors(), fixed.user_factors()), (stopped.item_factors(), fixed.item_factors())))
+        check(
+            "GPU fit stops early on a loss plateau",
+            stopped.iterations_run < 60 and stopped.stop_reason.startswith("converged"),
+            f"{stopped.iterations_run} iterations: {stopped.stop_reason}",
+        )
+        fixed = train.fit(
+            matrix,
+            TrainParams(factors=args.factors, iterations=stopped.iterations_run, device="gpu", seed=5, early_stop=0),
+        )
+        gap = max(
+            float(np.linalg.norm(a - b) / np.linalg.norm(b))
+            for a, b in ((stopped.user_factors(), fixed.user_factors()), (stopped.item_factors(), fixed.item_factors()))
+        )
         check("stopped GPU model keeps its last iteration's factors", gap < 1e-3, f"relative difference {gap:.2e}")
 
     passed = sum(ok for _, ok, _ in checks)
     verdict = "PASS" if passed == len(checks) else "FAIL"
-    print(f"gpu_smoke: {verdict} checks={passed}/{len(checks)} p10_gpu={p_gpu:.4f} p10_cpu={p_cpu:.4f} "
-          f"train_gpu_s={gpu['stages']['train']:.2f} train_cpu_s={cpu['stages']['train']:.2f}")
+    print(
+        f"gpu_smoke: {verdict} checks={passed}/{len(checks)} p10_gpu={p_gpu:.4f} p10_cpu={p_cpu:.4f} "
+        f"train_gpu_s={gpu['stages']['train']:.2f} train_cpu_s={cpu['stages']['train']:.2f}"
+    )
     return 0 if verdict == "PASS" else 1
 
 

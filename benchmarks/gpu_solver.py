@@ -65,8 +65,13 @@ STEPS = [("native-1e9", 100), ("correctness", 50), ("native-20m", 30), ("implici
 ON_REQUEST = [("implicit-1e9", 110)]
 QUICK = {"correctness": 20_000, "20m": 100_000, "1e9": 200_000, "quality": 40_000}
 FULL = {"correctness": 1_000_000, "20m": 20_000_000, "1e9": SEED_NNZ, "quality": 2_000_000}
-TARGETS = {"s_per_iteration_1e9": 1.0, "speedup_1e9": 20.0, "setup_1e9_s": 10.0, "fifteen_iterations_1e9_s": 30.0,
-           "p10_within": 0.01}
+TARGETS = {
+    "s_per_iteration_1e9": 1.0,
+    "speedup_1e9": 20.0,
+    "setup_1e9_s": 10.0,
+    "fifteen_iterations_1e9_s": 30.0,
+    "p10_within": 0.01,
+}
 
 
 # ---------------------------------------------------------------------------------------
@@ -80,8 +85,10 @@ def relative(a: np.ndarray, b: np.ndarray) -> float:
 
 def initial(shape_users: int, shape_items: int, factors: int, seed: int = 1):
     rng = np.random.default_rng(seed)
-    return (rng.random((shape_users, factors), dtype=np.float32) * 0.01,
-            rng.random((shape_items, factors), dtype=np.float32) * 0.01)
+    return (
+        rng.random((shape_users, factors), dtype=np.float32) * 0.01,
+        rng.random((shape_items, factors), dtype=np.float32) * 0.01,
+    )
 
 
 def implicit_cpu(matrix, X0, Y0, regularization, iterations, dtype=np.float32):
@@ -89,8 +96,15 @@ def implicit_cpu(matrix, X0, Y0, regularization, iterations, dtype=np.float32):
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(1, "blas"):
-        model = AlternatingLeastSquares(factors=X0.shape[1], regularization=regularization, iterations=iterations,
-                                        use_cg=True, dtype=dtype, calculate_training_loss=False, random_state=0)
+        model = AlternatingLeastSquares(
+            factors=X0.shape[1],
+            regularization=regularization,
+            iterations=iterations,
+            use_cg=True,
+            dtype=dtype,
+            calculate_training_loss=False,
+            random_state=0,
+        )
         model.cg_steps = 3
         model.user_factors, model.item_factors = X0.astype(dtype), Y0.astype(dtype)
         model.fit(matrix.astype(dtype), show_progress=False)
@@ -103,12 +117,18 @@ def step_correctness(args, record: Record) -> dict:
     from airflow_gpu.worker.matrix import build_interactions, confidence
 
     table = with_heavy_users(synthetic_interactions(args.sizes["correctness"], seed=0, string_ids=False), seed=0)
-    matrix = confidence(build_interactions(table["user_id"], table["item_id"], table["plays"].to_numpy()).matrix.tocsr(), "bm25")
+    matrix = confidence(
+        build_interactions(table["user_id"], table["item_id"], table["plays"].to_numpy()).matrix.tocsr(), "bm25"
+    )
     users, items = matrix.shape
     X0, Y0 = initial(users, items, args.factors)
-    figures = {"users": users, "items": items, "nnz": int(matrix.nnz),
-               "longest_user_row": int(np.diff(matrix.indptr).max()),
-               "longest_item_row": int(np.diff(matrix.tocsc().indptr).max())}
+    figures = {
+        "users": users,
+        "items": items,
+        "nnz": int(matrix.nnz),
+        "longest_user_row": int(np.diff(matrix.indptr).max()),
+        "longest_item_row": int(np.diff(matrix.tocsc().indptr).max()),
+    }
     iterations, regularization = 2, 5.0
     X32, Y32 = implicit_cpu(matrix, X0, Y0, regularization, iterations)
     X64, Y64 = implicit_cpu(matrix, X0, Y0, regularization, iterations, np.float64)
@@ -190,7 +210,9 @@ def step_speed(args, record: Record, solver: str, size: str) -> dict:
     figures = record.data["stages"].setdefault("speed", {})
     started = time.perf_counter()
     made = seed_like_csr(users, items, nnz, device="cpu" if args.cpu else "gpu", seed=0)
-    figures.update(generate_s=round(time.perf_counter() - started, 2), users=users, items=items, nnz=int(made.matrix.nnz))
+    figures.update(
+        generate_s=round(time.perf_counter() - started, 2), users=users, items=items, nnz=int(made.matrix.nnz)
+    )
     if not args.cpu:
         import cupy
 
@@ -211,9 +233,14 @@ def step_speed(args, record: Record, solver: str, size: str) -> dict:
         model.fit(made.matrix, callback=on_iteration, weighting="bm25")
         fit_s = time.perf_counter() - started
         timings = {k: round(v, 4) for k, v in model.timings.items()}
-        figures.update(solver="native", weighting="bm25 on the GPU", fit_s=round(fit_s, 3),
-                       setup_s=round(fit_s - sum(figures.get("iteration_seconds", [])), 3), native_timings=timings,
-                       gpu_setup_s=round(timings.get("weighting_s", 0) + timings.get("setup_s", 0), 4))
+        figures.update(
+            solver="native",
+            weighting="bm25 on the GPU",
+            fit_s=round(fit_s, 3),
+            setup_s=round(fit_s - sum(figures.get("iteration_seconds", [])), 3),
+            native_timings=timings,
+            gpu_setup_s=round(timings.get("weighting_s", 0) + timings.get("setup_s", 0), 4),
+        )
         return figures
     started = time.perf_counter()
     weighted = confidence(made.matrix, "log")
@@ -235,12 +262,24 @@ def step_speed(args, record: Record, solver: str, size: str) -> dict:
             on_iteration(n, time.perf_counter() - began, None)
         figures["solver"] = "reference"
         return figures
-    params = TrainParams(factors=args.factors, iterations=iterations, regularization=1.0, seed=0,
-                         device="cpu" if args.cpu else "gpu", solver=solver, loss=False, on_iteration=on_iteration)
+    params = TrainParams(
+        factors=args.factors,
+        iterations=iterations,
+        regularization=1.0,
+        seed=0,
+        device="cpu" if args.cpu else "gpu",
+        solver=solver,
+        loss=False,
+        on_iteration=on_iteration,
+    )
     result = fit(weighted, params)
-    figures.update(solver=solver, device=result.device, fit_s=round(result.seconds, 3),
-                   # fit's wall time outside the iterations: implicit's host transpose, copies and init
-                   setup_s=round(result.seconds - sum(result.iteration_seconds), 3))
+    figures.update(
+        solver=solver,
+        device=result.device,
+        fit_s=round(result.seconds, 3),
+        # fit's wall time outside the iterations: implicit's host transpose, copies and init
+        setup_s=round(result.seconds - sum(result.iteration_seconds), 3),
+    )
     return figures
 
 
@@ -264,16 +303,30 @@ def step_quality(args, record: Record) -> dict:
             from airflow_gpu.worker.gpu import reference
 
             regularization, _ = auto_regularization(weighted, seed)
-            X, Y = reference.fit(weighted, *initial(*weighted.shape, args.factors, seed), regularization, args.quality_iterations)
+            X, Y = reference.fit(
+                weighted, *initial(*weighted.shape, args.factors, seed), regularization, args.quality_iterations
+            )
             model = SimpleNamespace(user_factors=X, item_factors=Y)
         else:
-            result = fit(weighted, TrainParams(factors=args.factors, iterations=args.quality_iterations, seed=seed,
-                                               device="cpu" if args.cpu else "gpu", solver=solver, loss=False))
+            result = fit(
+                weighted,
+                TrainParams(
+                    factors=args.factors,
+                    iterations=args.quality_iterations,
+                    seed=seed,
+                    device="cpu" if args.cpu else "gpu",
+                    solver=solver,
+                    loss=False,
+                ),
+            )
             model = result.model
         scores = evaluate(model, train, test, k=10, max_users=50_000, seed=seed)
-        figures[solver] = {"p10": scores["als"]["precision_at_10"], "ndcg10": scores["als"]["ndcg_at_10"],
-                           "popularity_p10": scores["popularity"]["precision_at_10"],
-                           "seconds": round(time.perf_counter() - started, 2)}
+        figures[solver] = {
+            "p10": scores["als"]["precision_at_10"],
+            "ndcg10": scores["als"]["ndcg_at_10"],
+            "popularity_p10": scores["popularity"]["precision_at_10"],
+            "seconds": round(time.perf_counter() - started, 2),
+        }
         record.save()
     p_native, p_implicit = figures["native"]["p10"], figures["implicit"]["p10"]
     figures["p10_ratio"] = round(p_native / p_implicit, 4) if p_implicit else None
@@ -318,15 +371,32 @@ def run_child(args) -> int:
 
 
 def spawn(args, step: str, timeout: float, out: Path) -> dict:
-    command = [sys.executable, str(Path(__file__).resolve()), "--step", step, "--out", str(out),
-               "--factors", str(args.factors), "--iterations", str(args.iterations),
-               "--iterations-implicit-1e9", str(args.iterations_implicit_1e9),
-               "--quality-iterations", str(args.quality_iterations), "--stop-at", str(time.time() + timeout + 5),
-               *(["--cpu"] if args.cpu else []), *(["--quick"] if args.quick else [])]
+    command = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--step",
+        step,
+        "--out",
+        str(out),
+        "--factors",
+        str(args.factors),
+        "--iterations",
+        str(args.iterations),
+        "--iterations-implicit-1e9",
+        str(args.iterations_implicit_1e9),
+        "--quality-iterations",
+        str(args.quality_iterations),
+        "--stop-at",
+        str(time.time() + timeout + 5),
+        *(["--cpu"] if args.cpu else []),
+        *(["--quick"] if args.quick else []),
+    ]
     say(f"[{step}] start; timeout {timeout:.0f} s")
     result = measure_in_child(command, out, timeout)
-    say(f"[{step}] {result['status']} in {result['wall_seconds']:.0f} s"
-        + (f": {result['errors'].get(step)}" if result.get("errors", {}).get(step) else ""))
+    say(
+        f"[{step}] {result['status']} in {result['wall_seconds']:.0f} s"
+        + (f": {result['errors'].get(step)}" if result.get("errors", {}).get(step) else "")
+    )
     return result
 
 
@@ -357,7 +427,9 @@ def summarize(steps: dict) -> dict:
     out["targets"] = {
         "s_per_iteration_1e9 <= 1": None if n is None else n <= TARGETS["s_per_iteration_1e9"],
         "speedup_1e9 >= 20": None if out["speedup_1e9"] is None else out["speedup_1e9"] >= TARGETS["speedup_1e9"],
-        "setup_1e9 <= 10 s": None if out["native_setup_1e9_s"] is None else out["native_setup_1e9_s"] <= TARGETS["setup_1e9_s"],
+        "setup_1e9 <= 10 s": None
+        if out["native_setup_1e9_s"] is None
+        else out["native_setup_1e9_s"] <= TARGETS["setup_1e9_s"],
         "15 iterations 1e9 <= 30 s": None if n is None else 15 * n <= TARGETS["fifteen_iterations_1e9_s"],
         "p10 within 1%": None if out["p10_ratio"] is None else abs(out["p10_ratio"] - 1) <= TARGETS["p10_within"],
     }
@@ -374,8 +446,13 @@ def run_parent(args) -> int:
     target = Path(args.json)
     target.parent.mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + args.budget
-    report = {"machine": machine(), "args": {k: v for k, v in vars(args).items() if k != "sizes"},
-              "sizes": args.sizes, "targets": TARGETS, "steps": {}}
+    report = {
+        "machine": machine(),
+        "args": {k: v for k, v in vars(args).items() if k != "sizes"},
+        "sizes": args.sizes,
+        "targets": TARGETS,
+        "steps": {},
+    }
     say(f"gpu_solver: budget {args.budget:.0f} s; sizes {args.sizes}")
     for step, cap in STEPS + ON_REQUEST:
         if (args.only and step not in args.only) or (not args.only and (step, cap) in ON_REQUEST):
@@ -392,8 +469,16 @@ def run_parent(args) -> int:
     target.write_text(json.dumps(report, indent=2))
     for name, met in summary["targets"].items():
         say(f"target {name}: {'-' if met is None else ('met' if met else 'NOT met')}")
-    fields = ("correctness", "native_s_per_it_1e9", "implicit_s_per_it_1e9", "speedup_1e9", "native_setup_1e9_s",
-              "p10_native", "p10_implicit", "p10_ratio")
+    fields = (
+        "correctness",
+        "native_s_per_it_1e9",
+        "implicit_s_per_it_1e9",
+        "speedup_1e9",
+        "native_setup_1e9_s",
+        "p10_native",
+        "p10_implicit",
+        "p10_ratio",
+    )
     print("gpu_solver: " + " ".join(f"{name}={shown(summary[name])}" for name in fields), flush=True)
     return 0
 
@@ -406,10 +491,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iterations", type=int, default=5, help="timed iterations per speed step")
     parser.add_argument("--iterations-implicit-1e9", type=int, default=2, help="implicit at 1e9: ~23 s each")
     parser.add_argument("--quality-iterations", type=int, default=15)
-    parser.add_argument("--cpu", action="store_true", help="no GPU: implicit on the CPU, the numpy reference for native")
+    parser.add_argument(
+        "--cpu", action="store_true", help="no GPU: implicit on the CPU, the numpy reference for native"
+    )
     parser.add_argument("--quick", action="store_true", help="tiny sizes (the plumbing only)")
-    parser.add_argument("--only", nargs="*", choices=[s for s, _ in STEPS + ON_REQUEST],
-                        help="run only these steps (implicit-1e9 runs only when named here)")
+    parser.add_argument(
+        "--only",
+        nargs="*",
+        choices=[s for s, _ in STEPS + ON_REQUEST],
+        help="run only these steps (implicit-1e9 runs only when named here)",
+    )
     parser.add_argument("--step", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     parser.add_argument("--stop-at", type=float, default=None, help=argparse.SUPPRESS)

@@ -70,8 +70,11 @@ def side_seed(endpoint: str, concurrency: int) -> dict:
     baseline = _rss()
     started = time.perf_counter()
     s3 = boto3.client("s3", endpoint_url=endpoint)
-    keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=PREFIX)
-            for o in page.get("Contents", ())]
+    keys = [
+        o["Key"]
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=PREFIX)
+        for o in page.get("Contents", ())
+    ]
     with tempfile.TemporaryDirectory() as folder:
         config = TransferConfig()  # the defaults: max_concurrency=10, like `aws s3 sync`
         with TransferManager(s3, config) as manager:
@@ -87,8 +90,15 @@ def side_seed(endpoint: str, concurrency: int) -> dict:
     del frame
     matrix = scipy.sparse.coo_matrix((weights, (users, items))).tocsr()
     seconds = time.perf_counter() - started
-    return {"seconds": seconds, "download_seconds": downloaded - started, "rows": rows, "nnz": int(matrix.nnz),
-            "shape": list(matrix.shape), "peak_rss": _peak(), "baseline_rss": baseline}
+    return {
+        "seconds": seconds,
+        "download_seconds": downloaded - started,
+        "rows": rows,
+        "nnz": int(matrix.nnz),
+        "shape": list(matrix.shape),
+        "peak_rss": _peak(),
+        "baseline_rss": baseline,
+    }
 
 
 def side_ours(endpoint: str, concurrency: int) -> dict:
@@ -114,13 +124,22 @@ def side_ours(endpoint: str, concurrency: int) -> dict:
     # The pipeline's two stages as it chains them: ingest feeds the builder while decoding, then the CSR.
     columns = Columns(weight="plays")
     builder = MatrixBuilder(columns.user, columns.item)
-    stats = asyncio.run(ingest(f"s3://{BUCKET}/{PREFIX}", columns, builder, endpoint_url=endpoint, concurrency=concurrency))
+    stats = asyncio.run(
+        ingest(f"s3://{BUCKET}/{PREFIX}", columns, builder, endpoint_url=endpoint, concurrency=concurrency)
+    )
     ingested = time.perf_counter()
     interactions = builder.build()
     seconds = time.perf_counter() - started
-    return {"seconds": seconds, "download_seconds": stats.seconds, "build_seconds": seconds - (ingested - started),
-            "rows": stats.rows_read, "nnz": int(interactions.matrix.nnz), "shape": list(interactions.matrix.shape),
-            "peak_rss": _peak(), "baseline_rss": baseline}
+    return {
+        "seconds": seconds,
+        "download_seconds": stats.seconds,
+        "build_seconds": seconds - (ingested - started),
+        "rows": stats.rows_read,
+        "nnz": int(interactions.matrix.nnz),
+        "shape": list(interactions.matrix.shape),
+        "peak_rss": _peak(),
+        "baseline_rss": baseline,
+    }
 
 
 def side_bound(endpoint: str, concurrency: int) -> dict:
@@ -173,7 +192,9 @@ def start_moto() -> tuple[subprocess.Popen, str]:
     port = _free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **CREDENTIALS},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, **CREDENTIALS},
     )
     endpoint = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
@@ -217,7 +238,10 @@ def upload_dataset(endpoint: str, objects: int, rows: int) -> tuple[int, float]:
 def run_side(side: str, endpoint: str, concurrency: int) -> dict:
     result = subprocess.run(
         [sys.executable, __file__, "--side", side, "--endpoint", endpoint, "--concurrency", str(concurrency)],
-        capture_output=True, text=True, env={**os.environ, **CREDENTIALS}, timeout=3600,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **CREDENTIALS},
+        timeout=3600,
     )
     if result.returncode != 0:
         raise RuntimeError(f"side {side} failed:\n{result.stderr[-4000:]}")
@@ -242,8 +266,10 @@ def main() -> None:
     server, endpoint = start_moto()
     try:
         size, seconds = upload_dataset(endpoint, args.objects, args.rows)
-        print(f"data: {args.objects} Parquet objects, {args.rows:,} interactions with string ids, "
-              f"{size / 2**20:.1f} MiB, made in {seconds:.1f}s; moto server in its own process at {endpoint}")
+        print(
+            f"data: {args.objects} Parquet objects, {args.rows:,} interactions with string ids, "
+            f"{size / 2**20:.1f} MiB, made in {seconds:.1f}s; moto server in its own process at {endpoint}"
+        )
         results: dict[str, dict] = {}
         for _ in range(args.repeat):
             for side in ("c", "b", "a"):
@@ -256,18 +282,28 @@ def main() -> None:
 
     a, b, c = results["a"], results["b"], results["c"]
     assert a["nnz"] == b["nnz"] and sorted(a["shape"]) == sorted(b["shape"]), (a, b)
-    names = {"a": "seed: transfer manager + pandas + scipy", "b": "ours: airflow_gpu.worker.ingest", "c": "bound: raw aiobotocore GET"}
+    names = {
+        "a": "seed: transfer manager + pandas + scipy",
+        "b": "ours: airflow_gpu.worker.ingest",
+        "c": "bound: raw aiobotocore GET",
+    }
     print(f"{'side':<42} {'seconds':>8} {'MiB/s':>8} {'peak RSS MiB':>13} {'growth B/interaction':>21}")
     for key, r in (("a", a), ("b", b), ("c", c)):
         growth = (r["peak_rss"] - r["baseline_rss"]) / args.rows
-        print(f"{names[key]:<42} {r['seconds']:>8.2f} {size / 2**20 / r['seconds']:>8.1f} "
-              f"{r['peak_rss'] / 2**20:>13.0f} {growth:>21.1f}")
+        print(
+            f"{names[key]:<42} {r['seconds']:>8.2f} {size / 2**20 / r['seconds']:>8.1f} "
+            f"{r['peak_rss'] / 2**20:>13.0f} {growth:>21.1f}"
+        )
     print(f"matrix: {b['shape'][0]:,} users x {b['shape'][1]:,} items, {b['nnz']:,} nonzeros (both a and b)")
     bytes_per = (b["peak_rss"] - b["baseline_rss"]) / args.rows
-    print(f"seed/ours {a['seconds'] / b['seconds']:.2f}x (target >= 2), ours/bound {b['seconds'] / c['seconds']:.2f}x "
-          f"(target <= 1.5), ours {bytes_per:.1f} bytes per interaction at peak (target <= 32)")
-    print(f"ingest: seed_over_ours={a['seconds'] / b['seconds']:.2f} ours_over_bound={b['seconds'] / c['seconds']:.2f} "
-          f"bytes_per_interaction={bytes_per:.1f}")
+    print(
+        f"seed/ours {a['seconds'] / b['seconds']:.2f}x (target >= 2), ours/bound {b['seconds'] / c['seconds']:.2f}x "
+        f"(target <= 1.5), ours {bytes_per:.1f} bytes per interaction at peak (target <= 32)"
+    )
+    print(
+        f"ingest: seed_over_ours={a['seconds'] / b['seconds']:.2f} ours_over_bound={b['seconds'] / c['seconds']:.2f} "
+        f"bytes_per_interaction={bytes_per:.1f}"
+    )
 
 
 if __name__ == "__main__":

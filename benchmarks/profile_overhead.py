@@ -68,13 +68,15 @@ def main() -> int:
     _, source = _reader()
     print(f"GPU side: {source}")
     share, samples = thread_share(args.seconds, args.interval)
-    print(f"(1) sampler thread: {share * 100:.4f}% of one core over {args.seconds:.0f} s "
-          f"({samples} samples at {args.interval:g} s); target < 1%: {'met' if share < 0.01 else 'MISSED'}")
+    print(
+        f"(1) sampler thread: {share * 100:.4f}% of one core over {args.seconds:.0f} s "
+        f"({samples} samples at {args.interval:g} s); target < 1%: {'met' if share < 0.01 else 'MISSED'}"
+    )
 
     off, on = [], []
     workload(256, 2)  # warm up BLAS
     for round_ in range(args.rounds):
-        for sampled in ((False, True) if round_ % 2 == 0 else (True, False)):  # alternate which goes first
+        for sampled in (False, True) if round_ % 2 == 0 else (True, False):  # alternate which goes first
             if not sampled:
                 off.append(workload(400, 40))
                 continue
@@ -83,8 +85,10 @@ def main() -> int:
             on.append(workload(400, 40))
             sampler.stop()
     ratio = statistics.median(on) / statistics.median(off)
-    print(f"(2) workload median: off {statistics.median(off):.3f} s, on {statistics.median(on):.3f} s, "
-          f"on/off ratio {ratio:.4f} ({args.rounds} rounds)")
+    print(
+        f"(2) workload median: off {statistics.median(off):.3f} s, on {statistics.median(on):.3f} s, "
+        f"on/off ratio {ratio:.4f} ({args.rounds} rounds)"
+    )
     print(f"profile_overhead: thread_percent_of_core={share * 100:.4f} workload_on_over_off={ratio:.4f}")
     return 0
 

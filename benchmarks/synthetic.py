@@ -161,8 +161,9 @@ def _blocks(counts: np.ndarray, block_events: int) -> list[int]:
     return sorted({0, *cuts.tolist(), len(counts)})
 
 
-def _block(xp, rng: np.random.Generator, taste: _Tastes, rows: np.ndarray, counts: np.ndarray, items: int,
-           taste_share: float):
+def _block(
+    xp, rng: np.random.Generator, taste: _Tastes, rows: np.ndarray, counts: np.ndarray, items: int, taste_share: float
+):
     """(pairs per row, item indices, play counts) for a block of users, as host arrays."""
     events = int(counts.sum())
     item_of_rank, home, second = taste.on(xp)

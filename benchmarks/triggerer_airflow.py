@@ -57,10 +57,14 @@ from tests.support.postgres import PostgresServer  # noqa: E402
 #: ours_quiet is ours without live logs (stream_logs=False): what relaying container lines through the
 #: triggerer's supervisor costs, in CPU and in delay.
 SIDES = ("anchor", "ours", "ours_quiet")
-DAG_IDS = {"ours": "bench_triggerer_ours", "ours_quiet": "bench_triggerer_ours_quiet", "anchor": "bench_triggerer_anchor"}
+DAG_IDS = {
+    "ours": "bench_triggerer_ours",
+    "ours_quiet": "bench_triggerer_ours_quiet",
+    "anchor": "bench_triggerer_anchor",
+}
 POOL = "bench_gate"  # no slots: the scheduler creates the task instances and never runs one
 
-DAG_FILE = '''
+DAG_FILE = """
 from datetime import datetime
 
 from airflow.providers.amazon.aws.operators.batch import BatchOperator
@@ -82,11 +86,11 @@ with DAG({anchor!r}, schedule="@once", start_date=datetime(2026, 1, 1), catchup=
     BatchOperator.partial(task_id="train", job_name="bench", job_queue="q", job_definition="d", deferrable=True,
                           poll_interval={poll}, pool=POOL, aws_conn_id="aws_default").expand(
         container_overrides=[{{"command": ["als", "--shard", str(i)]}} for i in range(N)])
-'''
+"""
 
 
 PROBE_DAG_ID = "bench_triggerer_probe"
-PROBE_DAG = '''
+PROBE_DAG = """
 from datetime import datetime
 
 from airflow.sdk import DAG
@@ -96,7 +100,7 @@ from airflow_gpu.operators import GpuBatchOperator
 with DAG({dag_id!r}, schedule="@once", start_date=datetime(2026, 1, 1), catchup=False, max_active_tasks={k}):
     GpuBatchOperator.partial(task_id="train", job_queue={queue!r}, job_definition={definition!r}, poll_interval=30,
                              aws_conn_id="aws_default", vcpus=2, memory_mib=2048).expand(command=[["als", "--shard", str(i)] for i in range({k})])
-'''
+"""
 
 
 def _free_port() -> int:
@@ -115,7 +119,12 @@ def airflow_env(home: Path, dags: Path, db_url: str, endpoint: str, n: int) -> d
     env = {key: value for key, value in os.environ.items() if not key.startswith("AIRFLOW")}
     env.update(FAKE_CREDENTIALS)
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", os.defpath)])
-    connection = {"conn_type": "aws", "login": "testing", "password": "testing", "extra": {"endpoint_url": endpoint, "region_name": "us-east-1"}}
+    connection = {
+        "conn_type": "aws",
+        "login": "testing",
+        "password": "testing",
+        "extra": {"endpoint_url": endpoint, "region_name": "us-east-1"},
+    }
     env.update(
         {
             "AIRFLOW_HOME": str(home),
@@ -147,14 +156,23 @@ class Processes:
         self.airflow = str(Path(sys.executable).with_name("airflow"))
 
     def run(self, *argv: str) -> None:
-        done = subprocess.run([self.airflow, *argv], env=self.env, cwd=self.home, capture_output=True, text=True, timeout=600)
+        done = subprocess.run(
+            [self.airflow, *argv], env=self.env, cwd=self.home, capture_output=True, text=True, timeout=600
+        )
         if done.returncode != 0:
             raise RuntimeError(f"airflow {' '.join(argv)} failed: {done.stdout[-2000:]}{done.stderr[-2000:]}")
 
     def start(self, name: str, *argv: str) -> subprocess.Popen:
         with open(self.home / f"{name}.log", "ab") as out:
-            process = subprocess.Popen([self.airflow, *argv], env=self.env, cwd=self.home, stdout=out, stderr=subprocess.STDOUT,
-                                       stdin=subprocess.DEVNULL, start_new_session=True)
+            process = subprocess.Popen(
+                [self.airflow, *argv],
+                env=self.env,
+                cwd=self.home,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         self.running[name] = process
         return process
 
@@ -271,26 +289,51 @@ def defer_all(side: str, job_ids: list[str], poll: float) -> None:
         from airflow_gpu.triggers import GpuBatchJobTrigger
 
         def make(job_id: str):  # as GpuBatchOperator._defer builds it
-            return GpuBatchJobTrigger(job_id, aws_conn_id="aws_default", region_name=None, poll_interval=poll,
-                                      max_queued=None, stream_logs=side == "ours", backend="aws_batch")
+            return GpuBatchJobTrigger(
+                job_id,
+                aws_conn_id="aws_default",
+                region_name=None,
+                poll_interval=poll,
+                max_queued=None,
+                stream_logs=side == "ours",
+                backend="aws_batch",
+            )
     else:
         from airflow.providers.amazon.aws.triggers.batch import BatchJobTrigger
 
         def make(job_id: str):  # as BatchOperator.execute builds it (max_retries=4200 by default)
-            return BatchJobTrigger(job_id=job_id, waiter_max_attempts=4200, aws_conn_id="aws_default", region_name=None,
-                                   waiter_delay=int(poll), verify=None, botocore_config=None)
+            return BatchJobTrigger(
+                job_id=job_id,
+                waiter_max_attempts=4200,
+                aws_conn_id="aws_default",
+                region_name=None,
+                waiter_delay=int(poll),
+                verify=None,
+                botocore_config=None,
+            )
 
     with create_session() as session:
         tis = session.execute(
-            select(TaskInstance.id, TaskInstance.map_index).where(TaskInstance.dag_id == DAG_IDS[side]).order_by(TaskInstance.map_index)
+            select(TaskInstance.id, TaskInstance.map_index)
+            .where(TaskInstance.dag_id == DAG_IDS[side])
+            .order_by(TaskInstance.map_index)
         ).all()
         assert len(tis) == len(job_ids), (len(tis), len(job_ids))
         for (ti_id, _), job_id in zip(tis, job_ids):
             row = Trigger.from_object(make(job_id))
             session.add(row)
             session.flush()
-            session.execute(update(TaskInstance).where(TaskInstance.id == ti_id).values(
-                state=TaskInstanceState.DEFERRED, trigger_id=row.id, next_method="execute_complete", next_kwargs=None, trigger_timeout=None))
+            session.execute(
+                update(TaskInstance)
+                .where(TaskInstance.id == ti_id)
+                .values(
+                    state=TaskInstanceState.DEFERRED,
+                    trigger_id=row.id,
+                    next_method="execute_complete",
+                    next_kwargs=None,
+                    trigger_timeout=None,
+                )
+            )
 
 
 def left_deferred(side: str) -> dict[int, tuple[str, float, str]]:
@@ -301,10 +344,13 @@ def left_deferred(side: str) -> dict[int, tuple[str, float, str]]:
 
     with create_session() as session:
         rows = session.execute(
-            select(TaskInstance.map_index, TaskInstance.state, TaskInstance.updated_at, TaskInstance.next_kwargs)
-            .where(TaskInstance.dag_id == DAG_IDS[side], TaskInstance.state != "deferred")
+            select(TaskInstance.map_index, TaskInstance.state, TaskInstance.updated_at, TaskInstance.next_kwargs).where(
+                TaskInstance.dag_id == DAG_IDS[side], TaskInstance.state != "deferred"
+            )
         ).all()
-    return {index: (state, updated.timestamp(), json.dumps(kwargs, default=str)) for index, state, updated, kwargs in rows}
+    return {
+        index: (state, updated.timestamp(), json.dumps(kwargs, default=str)) for index, state, updated, kwargs in rows
+    }
 
 
 def fired_at(logs: Path, side: str) -> dict[int, float]:
@@ -343,21 +389,37 @@ def run_side(side: str, n: int, args: argparse.Namespace, server: ServerHandle, 
 
     def alive() -> None:
         if triggerer.poll() is not None:
-            raise RuntimeError(f"the triggerer exited with {triggerer.returncode}; see {procs.home}/triggerer-{side}.log")
+            raise RuntimeError(
+                f"the triggerer exited with {triggerer.returncode}; see {procs.home}/triggerer-{side}.log"
+            )
 
     try:
         try:
-            wait("every trigger to describe its job", lambda: server.call("described") >= n, args.start_timeout, 0.5, alive)
+            wait(
+                "every trigger to describe its job",
+                lambda: server.call("described") >= n,
+                args.start_timeout,
+                0.5,
+                alive,
+            )
         except TimeoutError as exc:
             return SideResult(side, n, skipped=f"{exc} ({server.call('described')} of {n} jobs described)")
         up = time.time() - started
         clock = server.call("start", args.job_seconds, args.poll)
         end_at = clock["end_at"]
         t_clock = min(end_at.values()) - args.job_seconds
-        print(f"[{side} N={n}] all {n} triggers up after {up:.1f} s; jobs end in {args.job_seconds:g}-{args.job_seconds + args.poll:g} s", flush=True)
+        print(
+            f"[{side} N={n}] all {n} triggers up after {up:.1f} s; jobs end in {args.job_seconds:g}-{args.job_seconds + args.poll:g} s",
+            flush=True,
+        )
         try:
-            done = wait("every task instance to leave DEFERRED", lambda: (lambda d: d if len(d) >= n else None)(left_deferred(side)),
-                        args.job_seconds + args.poll + args.finish_timeout, 0.5, alive)
+            done = wait(
+                "every task instance to leave DEFERRED",
+                lambda: (lambda d: d if len(d) >= n else None)(left_deferred(side)),
+                args.job_seconds + args.poll + args.finish_timeout,
+                0.5,
+                alive,
+            )
         except TimeoutError as exc:
             return SideResult(side, n, skipped=str(exc))
         sampler.sample()
@@ -392,7 +454,11 @@ def run_side(side: str, n: int, args: argparse.Namespace, server: ServerHandle, 
         **_p50_max("seen_to_fired", seen_to_fired),
         **_p50_max("to_fired", to_fired),
         **_p50_max("fired_to_recorded", to_recorded),
-        events_ok=sum(1 for state, _, kwargs in done.values() if state == "scheduled" and ("SUCCEEDED" in kwargs or "success" in kwargs)),
+        events_ok=sum(
+            1
+            for state, _, kwargs in done.values()
+            if state == "scheduled" and ("SUCCEEDED" in kwargs or "success" in kwargs)
+        ),
     )
 
 
@@ -408,13 +474,19 @@ def probe_executor(k: int, server: ServerHandle, procs: Processes, dags: Path) -
 
     names = server.call("setup", 0)  # no jobs; the queue and definition; new jobs held RUNNING
     port = _free_port()
-    procs.env.update({
-        "AIRFLOW__CORE__PARALLELISM": "4",
-        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
-        "AIRFLOW__API__HOST": "127.0.0.1", "AIRFLOW__API__PORT": str(port), "AIRFLOW__API__WORKERS": "1",
-        "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_hex(16),
-    })
-    (dags / "bench_probe.py").write_text(PROBE_DAG.format(dag_id=PROBE_DAG_ID, k=k, queue="gpu-queue", definition="gpu-als"))
+    procs.env.update(
+        {
+            "AIRFLOW__CORE__PARALLELISM": "4",
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
+            "AIRFLOW__API__HOST": "127.0.0.1",
+            "AIRFLOW__API__PORT": str(port),
+            "AIRFLOW__API__WORKERS": "1",
+            "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_hex(16),
+        }
+    )
+    (dags / "bench_probe.py").write_text(
+        PROBE_DAG.format(dag_id=PROBE_DAG_ID, k=k, queue="gpu-queue", definition="gpu-als")
+    )
     api = procs.start("probe-api-server", "api-server")
     procs.start("probe-dag-processor", "dag-processor")
     time.sleep(20)  # the api-server up before the first task runner asks it
@@ -426,7 +498,9 @@ def probe_executor(k: int, server: ServerHandle, procs: Processes, dags: Path) -
 
     def deferred() -> bool:
         with create_session() as session:
-            count = session.scalar(select(func.count()).where(TaskInstance.dag_id == PROBE_DAG_ID, TaskInstance.state == "deferred"))
+            count = session.scalar(
+                select(func.count()).where(TaskInstance.dag_id == PROBE_DAG_ID, TaskInstance.state == "deferred")
+            )
         return count == k
 
     try:
@@ -442,52 +516,79 @@ def probe_executor(k: int, server: ServerHandle, procs: Processes, dags: Path) -
         (dags / "bench_probe.py").unlink()
     cpu = sum(s.samples[-1][1] for s in samplers)
     del names
-    return (f"probe: {k} GpuBatchOperator tasks through scheduler + LocalExecutor (parallelism 4) + api-server to DEFERRED: "
-            f"{wall:.0f} s wall, {cpu:.0f} CPU s (scheduler and its task processes, api-server), {cpu / k:.1f} CPU s per task")
+    return (
+        f"probe: {k} GpuBatchOperator tasks through scheduler + LocalExecutor (parallelism 4) + api-server to DEFERRED: "
+        f"{wall:.0f} s wall, {cpu:.0f} CPU s (scheduler and its task processes, api-server), {cpu / k:.1f} CPU s per task"
+    )
 
 
 def print_table(results: list[SideResult], args: argparse.Namespace) -> None:
     print()
-    print(f"`airflow triggerer` on PostgreSQL; poll {args.poll:g} s; jobs RUNNING {args.job_seconds:g} s once all triggers are up, "
-          f"ends spread over one poll; ours relays a log line per job every {args.log_every:g} s")
+    print(
+        f"`airflow triggerer` on PostgreSQL; poll {args.poll:g} s; jobs RUNNING {args.job_seconds:g} s once all triggers are up, "
+        f"ends spread over one poll; ours relays a log line per job every {args.log_every:g} s"
+    )
     print()
-    print("| N | side | triggers up after s | triggerer CPU s | CPU % of a core while watching | peak RSS MB "
-          "| DescribeJobs per poll (ours: most in one cycle) | job end -> task leaves DEFERRED p50 / max s "
-          "| of which job end -> described ended p50 / max s | described -> trigger fired p50 / max s "
-          "| fired -> recorded p50 / max s | events |")
+    print(
+        "| N | side | triggers up after s | triggerer CPU s | CPU % of a core while watching | peak RSS MB "
+        "| DescribeJobs per poll (ours: most in one cycle) | job end -> task leaves DEFERRED p50 / max s "
+        "| of which job end -> described ended p50 / max s | described -> trigger fired p50 / max s "
+        "| fired -> recorded p50 / max s | events |"
+    )
     print("|" + " --- |" * 12)
     for r in results:
         if r.skipped:
             print(f"| {r.n} | {r.side} | skipped: {r.skipped} | | | | | | | | | |")
             continue
-        print(f"| {r.n} | {r.side} | {r.startup_s:.0f} | {r.cpu_s:.1f} | {r.cpu_watch_pct:.1f} | {r.peak_rss_mb:.0f} | "
-              f"{r.calls_per_poll:.1f}{f' ({r.max_calls_in_a_cycle})' if r.side != 'anchor' else ''} | {r.p50_delay_s:.1f} / {r.max_delay_s:.1f} | "
-              f"{r.p50_to_seen_s:.1f} / {r.max_to_seen_s:.1f} | {r.p50_seen_to_fired_s:.1f} / {r.max_seen_to_fired_s:.1f} | {r.p50_fired_to_recorded_s:.1f} / {r.max_fired_to_recorded_s:.1f} | {r.events_ok}/{r.n} |")
+        print(
+            f"| {r.n} | {r.side} | {r.startup_s:.0f} | {r.cpu_s:.1f} | {r.cpu_watch_pct:.1f} | {r.peak_rss_mb:.0f} | "
+            f"{r.calls_per_poll:.1f}{f' ({r.max_calls_in_a_cycle})' if r.side != 'anchor' else ''} | {r.p50_delay_s:.1f} / {r.max_delay_s:.1f} | "
+            f"{r.p50_to_seen_s:.1f} / {r.max_to_seen_s:.1f} | {r.p50_seen_to_fired_s:.1f} / {r.max_seen_to_fired_s:.1f} | {r.p50_fired_to_recorded_s:.1f} / {r.max_fired_to_recorded_s:.1f} | {r.events_ok}/{r.n} |"
+        )
     print()
     by_side = {r.side: r for r in results}
     if "anchor" in by_side and "ours" in by_side:
         anchor, ours = by_side["anchor"], by_side["ours"]
-        print(f"triggerer N={ours.n}: calls_ratio={_ratio(anchor.calls_per_poll, ours.calls_per_poll)} "
-              f"cpu_ratio={_ratio(anchor.cpu_s, ours.cpu_s)} rss_ratio={_ratio(anchor.peak_rss_mb, ours.peak_rss_mb)} "
-              f"ours_max_calls_in_a_cycle={ours.max_calls_in_a_cycle} ours_max_delay_s={ours.max_delay_s:.2f} "
-              f"anchor_max_delay_s={anchor.max_delay_s:.2f}")
+        print(
+            f"triggerer N={ours.n}: calls_ratio={_ratio(anchor.calls_per_poll, ours.calls_per_poll)} "
+            f"cpu_ratio={_ratio(anchor.cpu_s, ours.cpu_s)} rss_ratio={_ratio(anchor.peak_rss_mb, ours.peak_rss_mb)} "
+            f"ours_max_calls_in_a_cycle={ours.max_calls_in_a_cycle} ours_max_delay_s={ours.max_delay_s:.2f} "
+            f"anchor_max_delay_s={anchor.max_delay_s:.2f}"
+        )
     if "ours" in by_side and "ours_quiet" in by_side:
         ours, quiet = by_side["ours"], by_side["ours_quiet"]
-        print(f"live logs N={ours.n}: cpu_ratio_with_logs={_ratio(ours.cpu_s, quiet.cpu_s)} "
-              f"max_delay_s_with_logs={ours.max_delay_s:.2f} max_delay_s_without={quiet.max_delay_s:.2f} "
-              f"max_described_to_fired_s_with_logs={ours.max_seen_to_fired_s:.2f} without={quiet.max_seen_to_fired_s:.2f}")
+        print(
+            f"live logs N={ours.n}: cpu_ratio_with_logs={_ratio(ours.cpu_s, quiet.cpu_s)} "
+            f"max_delay_s_with_logs={ours.max_delay_s:.2f} max_delay_s_without={quiet.max_delay_s:.2f} "
+            f"max_described_to_fired_s_with_logs={ours.max_seen_to_fired_s:.2f} without={quiet.max_seen_to_fired_s:.2f}"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--jobs", type=int, default=2000, help="N deferred tasks per side (default 2000)")
     parser.add_argument("--poll", type=float, default=30.0, help="poll interval of both sides, seconds (default 30)")
-    parser.add_argument("--job-seconds", type=float, default=60.0, help="how long each job runs once all triggers are up")
-    parser.add_argument("--log-every", type=float, default=10.0, help="each job writes a log line this often, seconds (0: none)")
-    parser.add_argument("--start-timeout", type=float, default=900.0, help="give up on a side whose triggers are not all up by then")
-    parser.add_argument("--finish-timeout", type=float, default=180.0, help="seconds past the last job end to wait for the events")
-    parser.add_argument("--sides", default=",".join(SIDES), help="comma-separated sides to run (default anchor,ours,ours_quiet)")
-    parser.add_argument("--probe", type=int, default=0, help="first run this many real tasks to DEFERRED through LocalExecutor and report their CPU cost")
+    parser.add_argument(
+        "--job-seconds", type=float, default=60.0, help="how long each job runs once all triggers are up"
+    )
+    parser.add_argument(
+        "--log-every", type=float, default=10.0, help="each job writes a log line this often, seconds (0: none)"
+    )
+    parser.add_argument(
+        "--start-timeout", type=float, default=900.0, help="give up on a side whose triggers are not all up by then"
+    )
+    parser.add_argument(
+        "--finish-timeout", type=float, default=180.0, help="seconds past the last job end to wait for the events"
+    )
+    parser.add_argument(
+        "--sides", default=",".join(SIDES), help="comma-separated sides to run (default anchor,ours,ours_quiet)"
+    )
+    parser.add_argument(
+        "--probe",
+        type=int,
+        default=0,
+        help="first run this many real tasks to DEFERRED through LocalExecutor and report their CPU cost",
+    )
     parser.add_argument("--workdir", help="keep Airflow's home and logs here")
     args = parser.parse_args(argv)
     n = args.jobs
@@ -496,10 +597,21 @@ def main(argv: list[str] | None = None) -> int:
     home.mkdir(parents=True, exist_ok=True)
     dags.mkdir(parents=True, exist_ok=True)
     load = os.getloadavg()
-    print(f"machine: {os.cpu_count()} CPUs, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; files in {workdir}", flush=True)
+    print(
+        f"machine: {os.cpu_count()} CPUs, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; files in {workdir}",
+        flush=True,
+    )
     if n > 0:
-        (dags / "bench_triggerer.py").write_text(DAG_FILE.format(n=n, pool=POOL, ours=DAG_IDS["ours"], ours_quiet=DAG_IDS["ours_quiet"],
-                                                              anchor=DAG_IDS["anchor"], poll=int(args.poll)))
+        (dags / "bench_triggerer.py").write_text(
+            DAG_FILE.format(
+                n=n,
+                pool=POOL,
+                ours=DAG_IDS["ours"],
+                ours_quiet=DAG_IDS["ours_quiet"],
+                anchor=DAG_IDS["anchor"],
+                poll=int(args.poll),
+            )
+        )
     server = ServerHandle(args.log_every)
     results: list[SideResult] = []
     with PostgresServer() as postgres:
@@ -524,8 +636,13 @@ def main(argv: list[str] | None = None) -> int:
                 from sqlalchemy import func, select
 
                 with create_session() as session:
-                    counts = dict(session.execute(select(TaskInstance.dag_id, func.count()).where(TaskInstance.state == "scheduled")
-                                                  .group_by(TaskInstance.dag_id)).all())
+                    counts = dict(
+                        session.execute(
+                            select(TaskInstance.dag_id, func.count())
+                            .where(TaskInstance.state == "scheduled")
+                            .group_by(TaskInstance.dag_id)
+                        ).all()
+                    )
                 return all(counts.get(dag_id, 0) == n for dag_id in DAG_IDS.values())
 
             def scheduler_alive() -> None:
@@ -533,7 +650,10 @@ def main(argv: list[str] | None = None) -> int:
                     raise RuntimeError(f"the scheduler exited; see {home}/scheduler.log")
 
             wait(f"the scheduler to create {n} scheduled task instances per side", scheduled, 900, 2.0, scheduler_alive)
-            print(f"[setup] {len(DAG_IDS) * n} task instances SCHEDULED in pool {POOL!r} after {time.time() - t0:.0f} s; stopping the scheduler", flush=True)
+            print(
+                f"[setup] {len(DAG_IDS) * n} task instances SCHEDULED in pool {POOL!r} after {time.time() - t0:.0f} s; stopping the scheduler",
+                flush=True,
+            )
             procs.stop("scheduler")
             procs.stop("dag-processor")
             for side in [s for s in SIDES if s in args.sides.split(",")]:

@@ -184,7 +184,9 @@ class BenchServer:
             self.lines_written = 0
             ids = []
             for i in range(n):
-                _, job_id, _ = self.batch.submit_job(f"bench-{i}", env["job_definition"], env["job_queue"], array_properties={})
+                _, job_id, _ = self.batch.submit_job(
+                    f"bench-{i}", env["job_definition"], env["job_queue"], array_properties={}
+                )
                 job = self.aws.batch.job(job_id)
                 self.logs.create_log_stream(LOG_GROUP, job.log_stream_name)
                 self.streams[job_id] = job.log_stream_name
@@ -255,7 +257,9 @@ class ServerHandle:
     def __init__(self, log_every: float) -> None:
         context = multiprocessing.get_context("spawn")
         self.conn, child = context.Pipe()
-        self.process = context.Process(target=server_main, args=(child, log_every), name="moto-bench-server", daemon=True)
+        self.process = context.Process(
+            target=server_main, args=(child, log_every), name="moto-bench-server", daemon=True
+        )
         self.process.start()
         self.endpoint = self._reply()
 
@@ -286,7 +290,12 @@ def child_main(args: argparse.Namespace) -> None:
     """N triggers of one side in one event loop, as the triggerer runs them."""
     os.environ.update(FAKE_CREDENTIALS)
     os.environ["AIRFLOW_CONN_AWS_DEFAULT"] = json.dumps(
-        {"conn_type": "aws", "login": "testing", "password": "testing", "extra": {"endpoint_url": args.endpoint, "region_name": "us-east-1"}}
+        {
+            "conn_type": "aws",
+            "login": "testing",
+            "password": "testing",
+            "extra": {"endpoint_url": args.endpoint, "region_name": "us-east-1"},
+        }
     )
     import asyncio
 
@@ -329,7 +338,9 @@ def child_main(args: argparse.Namespace) -> None:
     async def run_trigger(i: int, trigger: Any) -> None:
         # What TriggerRunner.run_trigger does around a trigger, minus the database.
         await greenback.ensure_portal()
-        bind_contextvars(trigger_id=i + 1, ti_id=f"ti-{i}", dag_id="scale", task_id="gpu", run_id="bench", try_number=1, map_index=i)
+        bind_contextvars(
+            trigger_id=i + 1, ti_id=f"ti-{i}", dag_id="scale", task_id="gpu", run_id="bench", try_number=1, map_index=i
+        )
         try:
             async for event in trigger.run():
                 event_at[i] = time.time()
@@ -470,7 +481,19 @@ def run_side(server: ServerHandle, side: str, n: int, args: argparse.Namespace, 
         Path(args.profile).mkdir(parents=True, exist_ok=True)
         py_spy = Path(sys.executable).with_name("py-spy")
         output = str(Path(args.profile) / f"ours-{n}.txt")
-        command = [str(py_spy), "record", "--gil", "--rate", "200", "--format", "raw", "--output", output, "--", *command]
+        command = [
+            str(py_spy),
+            "record",
+            "--gil",
+            "--rate",
+            "200",
+            "--format",
+            "raw",
+            "--output",
+            output,
+            "--",
+            *command,
+        ]
     stderr = open(workdir / f"{side}-{n}-stderr.txt", "wb")
     started = time.time()
     child = subprocess.Popen(command, stdout=stderr, stderr=stderr, cwd=ROOT)
@@ -486,7 +509,10 @@ def run_side(server: ServerHandle, side: str, n: int, args: argparse.Namespace, 
         up = time.time() - started
         clock = server.call("start", args.job_seconds, args.poll)
         end_at = clock["end_at"]
-        print(f"[{side} N={n}] all up after {up:.1f} s; jobs end in {args.job_seconds:.0f}-{args.job_seconds + args.poll:.0f} s", flush=True)
+        print(
+            f"[{side} N={n}] all up after {up:.1f} s; jobs end in {args.job_seconds:.0f}-{args.job_seconds + args.poll:.0f} s",
+            flush=True,
+        )
         child.wait(timeout=args.job_seconds + args.poll + args.finish_timeout)
     except subprocess.TimeoutExpired:
         child.kill()
@@ -596,8 +622,7 @@ def print_table(results: list[tuple[SideResult, SideResult]], args: argparse.Nam
     print()
     print(
         f"poll {args.poll:g} s; jobs RUNNING {args.job_seconds:g} s once all triggers are up, ends spread over one poll; "
-        f"ours relays a log line per job every {args.log_every:g} s"
-        + (" (live logs off)" if args.no_live_logs else "")
+        f"ours relays a log line per job every {args.log_every:g} s" + (" (live logs off)" if args.no_live_logs else "")
     )
     print()
     print(
@@ -662,23 +687,41 @@ def _targets(anchor: SideResult, ours: SideResult, args: argparse.Namespace) -> 
     lines = []
     for what, measured, bound, at_most in checks:
         met = measured <= bound if at_most else measured >= bound
-        lines.append(f"target N={ours.n}: {what} {measured:.2f} {'<=' if at_most else '>='} {bound:g}: {'met' if met else 'MISSED'}")
+        lines.append(
+            f"target N={ours.n}: {what} {measured:.2f} {'<=' if at_most else '>='} {bound:g}: {'met' if met else 'MISSED'}"
+        )
     return lines
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--jobs", default="100,1000,10000", help="comma-separated N (default 100,1000,10000)")
-    parser.add_argument("--job-seconds", type=float, default=60.0, help="how long each job runs once all triggers are up")
+    parser.add_argument(
+        "--job-seconds", type=float, default=60.0, help="how long each job runs once all triggers are up"
+    )
     parser.add_argument("--poll", type=float, default=30.0, help="poll interval of both sides, seconds (default 30)")
     parser.add_argument("--anchor-max", type=int, default=1000, help="skip the anchor above this N (default 1000)")
-    parser.add_argument("--log-every", type=float, default=10.0, help="each job writes a log line this often, seconds (0: none)")
-    parser.add_argument("--start-timeout", type=float, default=900.0, help="give up on a side whose triggers are not all up by then")
-    parser.add_argument("--finish-timeout", type=float, default=120.0, help="seconds past the last job end to wait for events")
-    parser.add_argument("--profile", help="record our trigger process with py-spy (collapsed stacks, one file per N) into this folder")
+    parser.add_argument(
+        "--log-every", type=float, default=10.0, help="each job writes a log line this often, seconds (0: none)"
+    )
+    parser.add_argument(
+        "--start-timeout", type=float, default=900.0, help="give up on a side whose triggers are not all up by then"
+    )
+    parser.add_argument(
+        "--finish-timeout", type=float, default=120.0, help="seconds past the last job end to wait for events"
+    )
+    parser.add_argument(
+        "--profile", help="record our trigger process with py-spy (collapsed stacks, one file per N) into this folder"
+    )
     parser.add_argument("--workdir", help="keep the per-run files (ids, results, trigger logs) here")
-    parser.add_argument("--no-live-logs", action="store_true", help="ours with stream_logs=False, to see what live logs cost")
-    parser.add_argument("--trace-memory", action="store_true", help="tracemalloc the trigger processes (slower); per-file figures in each side's stderr file")
+    parser.add_argument(
+        "--no-live-logs", action="store_true", help="ours with stream_logs=False, to see what live logs cost"
+    )
+    parser.add_argument(
+        "--trace-memory",
+        action="store_true",
+        help="tracemalloc the trigger processes (slower); per-file figures in each side's stderr file",
+    )
     # The trigger process re-enters this script with these:
     parser.add_argument("--child", choices=["ours", "anchor"], help=argparse.SUPPRESS)
     parser.add_argument("--ids", help=argparse.SUPPRESS)
@@ -693,7 +736,10 @@ def main(argv: list[str] | None = None) -> int:
     sizes = [int(x) for x in args.jobs.split(",") if x.strip()]
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="triggerer-scale-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}; files in {workdir}", flush=True)
+    print(
+        f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}; files in {workdir}",
+        flush=True,
+    )
     server = ServerHandle(args.log_every)
     results = []
     try:

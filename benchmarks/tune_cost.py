@@ -46,14 +46,18 @@ def main(argv: list[str] | None = None) -> int:
     trained = fit(confidence(train), params)
     fit_seconds = time.monotonic() - started
     for row in result.grid:
-        print(f"  {row['setting']:<16} validation p@10 {row['precision_at_10']:.4f}, {row['iterations']} iterations"
-              f"{' (warm start)' if row['warm_start'] else ''}, {row['seconds']:.2f} s")
-    print(f"tune_cost: {result.sample_users:,} users sampled ({result.sample_interactions:,} pairs to fit), "
-          f"{len(result.grid)} points{' (stopped by the budget)' if result.stopped_by_budget else ''}; the search's "
-          f"estimate of the fit {result.estimated_fit_seconds:.2f} s, its budget {result.budget_seconds:.2f} s; "
-          f"tune {tune_seconds:.2f} s, full fit {fit_seconds:.2f} s ({trained.iterations_run} iterations, sigma_1 "
-          f"included): tune/fit = {tune_seconds / fit_seconds:.2f}; chose {result.choice.label} "
-          f"({100 * (result.gain_over_default or 0):+.1f}% over the default on the validation users)")
+        print(
+            f"  {row['setting']:<16} validation p@10 {row['precision_at_10']:.4f}, {row['iterations']} iterations"
+            f"{' (warm start)' if row['warm_start'] else ''}, {row['seconds']:.2f} s"
+        )
+    print(
+        f"tune_cost: {result.sample_users:,} users sampled ({result.sample_interactions:,} pairs to fit), "
+        f"{len(result.grid)} points{' (stopped by the budget)' if result.stopped_by_budget else ''}; the search's "
+        f"estimate of the fit {result.estimated_fit_seconds:.2f} s, its budget {result.budget_seconds:.2f} s; "
+        f"tune {tune_seconds:.2f} s, full fit {fit_seconds:.2f} s ({trained.iterations_run} iterations, sigma_1 "
+        f"included): tune/fit = {tune_seconds / fit_seconds:.2f}; chose {result.choice.label} "
+        f"({100 * (result.gain_over_default or 0):+.1f}% over the default on the validation users)"
+    )
     default_p10 = evaluate(trained.model, train, test, k=10, max_users=50_000, seed=0)["als"]["precision_at_10"]
     tuned_p10 = default_p10
     if result.choice != DEFAULT:
@@ -61,8 +65,10 @@ def main(argv: list[str] | None = None) -> int:
         sigma = largest_singular_value(weighted, seed=params.seed)
         tuned = fit(weighted, replace(params, regularization=result.choice.share * sigma))
         tuned_p10 = evaluate(tuned.model, train, test, k=10, max_users=50_000, seed=0)["als"]["precision_at_10"]
-    print(f"tune_cost: demo holdout p@10 with the defaults {default_p10:.4f}, with the search's choice "
-          f"({result.choice.label}) {tuned_p10:.4f}")
+    print(
+        f"tune_cost: demo holdout p@10 with the defaults {default_p10:.4f}, with the search's choice "
+        f"({result.choice.label}) {tuned_p10:.4f}"
+    )
     return 0
 
 

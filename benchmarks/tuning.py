@@ -80,8 +80,11 @@ def main(argv: list[str] | None = None) -> int:
     report = {}
     for data in sets:
         users, items = data.train.shape
-        print(f"\n{data.name}: {users:,} users x {items:,} items, {data.train.nnz:,} training pairs, "
-              f"{data.test.nnz:,} held out", flush=True)
+        print(
+            f"\n{data.name}: {users:,} users x {items:,} items, {data.train.nnz:,} training pairs, "
+            f"{data.test.nnz:,} held out",
+            flush=True,
+        )
         rows = {spec: run_point(data, spec, args.seed) for spec in GRID}
         best = max(rows, key=lambda spec: rows[spec]["p10"])
         params = TrainParams(factors=64, iterations=15, seed=args.seed, device="cpu")
@@ -91,14 +94,20 @@ def main(argv: list[str] | None = None) -> int:
         default_fit = rows[DEFAULT.label]["seconds"]
         choice = tuned.choice.label
         report[data.name] = {
-            "grid": {spec: row["p10"] for spec, row in rows.items()}, "best": best,
-            "default": DEFAULT.label, "choice": choice,
+            "grid": {spec: row["p10"] for spec, row in rows.items()},
+            "best": best,
+            "default": DEFAULT.label,
+            "choice": choice,
             "default_share": rows[DEFAULT.label]["p10"] / rows[best]["p10"],
             "tuned_share": rows[choice]["p10"] / rows[best]["p10"],
-            "tune_seconds": tune_seconds, "default_fit_seconds": default_fit,
-            "tune_over_fit": tune_seconds / default_fit, "sample_users": tuned.sample_users,
-            "points": len(tuned.grid), "searched": [row["setting"] for row in tuned.grid],
-            "stopped_by_budget": tuned.stopped_by_budget, "validation_gain": tuned.gain_over_default,
+            "tune_seconds": tune_seconds,
+            "default_fit_seconds": default_fit,
+            "tune_over_fit": tune_seconds / default_fit,
+            "sample_users": tuned.sample_users,
+            "points": len(tuned.grid),
+            "searched": [row["setting"] for row in tuned.grid],
+            "stopped_by_budget": tuned.stopped_by_budget,
+            "validation_gain": tuned.gain_over_default,
             "tuned_over_default": rows[choice]["p10"] / rows[DEFAULT.label]["p10"],
         }
         for spec in GRID:
@@ -107,22 +116,30 @@ def main(argv: list[str] | None = None) -> int:
             mark += " <- tuned" if spec == choice else ""
             print(f"  {spec:<16} p@10 {rows[spec]['p10']:.4f} ({rows[spec]['p10'] / rows[best]['p10']:.3f}){mark}")
         r = report[data.name]
-        print(f"  default {r['default_share']:.3f} of best, tuned ({choice}) {r['tuned_share']:.3f} "
-              f"({r['tuned_over_default']:.3f} of the default); tuning took {tune_seconds:.1f} s = "
-              f"{r['tune_over_fit']:.2f} x one 15-iteration fit ({default_fit:.1f} s), {tuned.sample_users:,} users "
-              f"sampled, {len(tuned.grid)} points ({', '.join(r['searched'])})"
-              f"{', stopped by the budget' if tuned.stopped_by_budget else ''}; validation gain over the default "
-              f"{100 * (tuned.gain_over_default or 0):+.1f}%", flush=True)
+        print(
+            f"  default {r['default_share']:.3f} of best, tuned ({choice}) {r['tuned_share']:.3f} "
+            f"({r['tuned_over_default']:.3f} of the default); tuning took {tune_seconds:.1f} s = "
+            f"{r['tune_over_fit']:.2f} x one 15-iteration fit ({default_fit:.1f} s), {tuned.sample_users:,} users "
+            f"sampled, {len(tuned.grid)} points ({', '.join(r['searched'])})"
+            f"{', stopped by the budget' if tuned.stopped_by_budget else ''}; validation gain over the default "
+            f"{100 * (tuned.gain_over_default or 0):+.1f}%",
+            flush=True,
+        )
 
     print(f"\n{'set':<28} {'default share':>13} {'tuned share':>11} {'tuned/default':>13} {'tune/fit':>8}  choice")
     for name, r in report.items():
-        print(f"{name[:28]:<28} {r['default_share']:>13.3f} {r['tuned_share']:>11.3f} {r['tuned_over_default']:>13.3f} "
-              f"{r['tune_over_fit']:>8.2f}  {r['choice']}")
+        print(
+            f"{name[:28]:<28} {r['default_share']:>13.3f} {r['tuned_share']:>11.3f} {r['tuned_over_default']:>13.3f} "
+            f"{r['tune_over_fit']:>8.2f}  {r['choice']}"
+        )
     default_mean = float(np.mean([r["default_share"] for r in report.values()]))
     tuned_mean = float(np.mean([r["tuned_share"] for r in report.values()]))
-    print(f"\ntuning: mean share of each set's best: without tuning {default_mean:.3f}, with tuning {tuned_mean:.3f}, "
-          f"ratio {tuned_mean / default_mean:.3f}; worst tuned/default "
-          f"{min(r['tuned_over_default'] for r in report.values()):.3f}", flush=True)
+    print(
+        f"\ntuning: mean share of each set's best: without tuning {default_mean:.3f}, with tuning {tuned_mean:.3f}, "
+        f"ratio {tuned_mean / default_mean:.3f}; worst tuned/default "
+        f"{min(r['tuned_over_default'] for r in report.values()):.3f}",
+        flush=True,
+    )
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
     return 0

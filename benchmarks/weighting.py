@@ -75,9 +75,13 @@ def ratings_file(path: Path, seed: int) -> Tuning:
 
     first = path.open().readline()
     delimiter = "\t" if "\t" in first else ","
-    table = pacsv.read_csv(path, read_options=pacsv.ReadOptions(autogenerate_column_names=True,
-                                                                skip_rows=0 if first.split(delimiter)[0].strip().isdigit() else 1),
-                           parse_options=pacsv.ParseOptions(delimiter=delimiter))
+    table = pacsv.read_csv(
+        path,
+        read_options=pacsv.ReadOptions(
+            autogenerate_column_names=True, skip_rows=0 if first.split(delimiter)[0].strip().isdigit() else 1
+        ),
+        parse_options=pacsv.ParseOptions(delimiter=delimiter),
+    )
     users, items = (table.column(i).cast(pa.string()) for i in (0, 1))
     data = build_interactions(users, items, table.column(2).to_numpy().astype(np.float32))
     train, test = holdout_split(data.matrix, 0.2, seed=seed)
@@ -90,22 +94,40 @@ def run_point(data: Tuning, spec: str, seed: int) -> dict:
     sigma = largest_singular_value(weighted, seed=seed)
     regularization = float(reg[1:]) * sigma if reg.startswith("x") else float(reg)
     started = time.monotonic()
-    result = fit(weighted, TrainParams(factors=64, iterations=15, regularization=regularization, seed=seed,
-                                       device="cpu", loss=False))
+    result = fit(
+        weighted,
+        TrainParams(factors=64, iterations=15, regularization=regularization, seed=seed, device="cpu", loss=False),
+    )
     seconds = time.monotonic() - started
     metrics = evaluate(result.model, data.train, data.test, k=10, max_users=20_000, seed=seed)
-    return {"spec": spec, "regularization": regularization, "sigma": sigma, "seconds": seconds,
-            "p10": metrics["als"]["precision_at_10"], "ndcg10": metrics["als"]["ndcg_at_10"],
-            "pop": metrics["popularity"]["precision_at_10"]}
+    return {
+        "spec": spec,
+        "regularization": regularization,
+        "sigma": sigma,
+        "seconds": seconds,
+        "p10": metrics["als"]["precision_at_10"],
+        "ndcg10": metrics["als"]["ndcg_at_10"],
+        "pop": metrics["popularity"]["precision_at_10"],
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--interactions", type=int, default=1_000_000, help="events per synthetic tuning set")
-    parser.add_argument("--seed", type=int, default=1, help="generator seed of the tuning sets (the Spark comparison uses 0)")
-    parser.add_argument("--shapes", default=",".join(SHAPES), help=f"synthetic shapes to tune on, of {', '.join(SHAPES)}")
-    parser.add_argument("--movielens", type=Path, action="append", default=[], metavar="FILE",
-                        help="a ratings file to tune on as well (user, item, rating)")
+    parser.add_argument(
+        "--seed", type=int, default=1, help="generator seed of the tuning sets (the Spark comparison uses 0)"
+    )
+    parser.add_argument(
+        "--shapes", default=",".join(SHAPES), help=f"synthetic shapes to tune on, of {', '.join(SHAPES)}"
+    )
+    parser.add_argument(
+        "--movielens",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a ratings file to tune on as well (user, item, rating)",
+    )
     parser.add_argument("--grid", default=",".join(GRID), help="weighting:alpha:regularization points (see above)")
     args = parser.parse_args(argv)
     logging.disable(logging.INFO)  # the worker's per-iteration lines would drown the table
@@ -116,18 +138,24 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, list[dict]] = {}
     for data in sets:
         users, items = data.train.shape
-        print(f"\n{data.name}: {users:,} users x {items:,} items, {data.train.nnz:,} training pairs "
-              f"({data.train.nnz / users:.1f} per user, {data.train.nnz / items:.1f} per item), {data.test.nnz:,} held out")
+        print(
+            f"\n{data.name}: {users:,} users x {items:,} items, {data.train.nnz:,} training pairs "
+            f"({data.train.nnz / users:.1f} per user, {data.train.nnz / items:.1f} per item), {data.test.nnz:,} held out"
+        )
         print(f"{'weighting:alpha:reg':<20} {'lambda':>8} {'p@10':>7} {'ndcg@10':>7} {'pop p@10':>8} {'fit s':>6}")
         rows = results[data.name] = []
         for spec in grid:
             row = run_point(data, spec, args.seed)
             rows.append(row)
-            print(f"{spec:<20} {row['regularization']:>8.1f} {row['p10']:>7.4f} {row['ndcg10']:>7.4f} {row['pop']:>8.4f} "
-                  f"{row['seconds']:>6.1f}", flush=True)
+            print(
+                f"{spec:<20} {row['regularization']:>8.1f} {row['p10']:>7.4f} {row['ndcg10']:>7.4f} {row['pop']:>8.4f} "
+                f"{row['seconds']:>6.1f}",
+                flush=True,
+            )
         # sigma_1 depends on the weighting and alpha only: one figure per pair.
-        sigmas = ", ".join(f"{pair} {sigma:.0f}" for pair, sigma in
-                           {r["spec"].rsplit(":", 1)[0]: r["sigma"] for r in rows}.items())
+        sigmas = ", ".join(
+            f"{pair} {sigma:.0f}" for pair, sigma in {r["spec"].rsplit(":", 1)[0]: r["sigma"] for r in rows}.items()
+        )
         print(f"(sigma_1 of the confidence matrix: {sigmas})")
 
     # Each point's precision as a share of the best point's on the same set, averaged over sets.
@@ -136,8 +164,11 @@ def main(argv: list[str] | None = None) -> int:
     for n, spec in enumerate(grid):
         shares = [rows[n]["p10"] / max(r["p10"] for r in rows) for rows in results.values()]
         scores[spec] = float(np.mean(shares))
-        print(f"{spec:<20} " + " ".join(f"{rows[n]['p10']:>9.4f} ({share:.2f})" for rows, share in zip(results.values(), shares))
-              + f" {scores[spec]:>10.3f}")
+        print(
+            f"{spec:<20} "
+            + " ".join(f"{rows[n]['p10']:>9.4f} ({share:.2f})" for rows, share in zip(results.values(), shares))
+            + f" {scores[spec]:>10.3f}"
+        )
     best = max(scores, key=scores.get)
     print(f"\nweighting: best={best} mean_share={scores[best]:.3f}", flush=True)
     return 0

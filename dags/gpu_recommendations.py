@@ -76,11 +76,17 @@ PARAMS = {
         description="Column with interaction strength (plays, views, counts); null counts each row once.",
     ),
     "factors": Param(
-        64, type="integer", minimum=1, maximum=1024,
+        64,
+        type="integer",
+        minimum=1,
+        maximum=1024,
         description="ALS latent factors per user and item: more capture finer tastes, at more GPU memory and time.",
     ),
     "iterations": Param(
-        15, type="integer", minimum=1, maximum=200,
+        15,
+        type="integer",
+        minimum=1,
+        maximum=200,
         description=(
             "The most ALS iterations (each solves all users, then all items); the loss is logged per iteration "
             "and training stops sooner once it stops improving (the worker's --early-stop)."
@@ -105,7 +111,10 @@ PARAMS = {
         ),
     ),
     "top_n": Param(
-        10, type="integer", minimum=1, maximum=1000,
+        10,
+        type="integer",
+        minimum=1,
+        maximum=1000,
         description="Recommendations written per user; items the user already interacted with are left out.",
     ),
     "eval_holdout": Param(
@@ -344,7 +353,9 @@ with DAG(
             previous = json.loads(current)
             if previous.get("run_after") and datetime.fromisoformat(previous["run_after"]) > run_after:
                 log.warning(
-                    "Not moving %s back to this run: it points at a newer run (%s)", prepared["latest_uri"], previous.get("dag_run_id")
+                    "Not moving %s back to this run: it points at a newer run (%s)",
+                    prepared["latest_uri"],
+                    previous.get("dag_run_id"),
                 )
                 return {**marker, "latest_uri": prepared["latest_uri"], "latest_updated": False}
         store.write(prepared["latest_uri"], json.dumps(marker, indent=2).encode())
@@ -374,7 +385,9 @@ with DAG(
         import subprocess
 
         smi = shutil.which("nvidia-smi")
-        gpus = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=30).stdout.splitlines() if smi else []
+        gpus = (
+            subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=30).stdout.splitlines() if smi else []
+        )
         print(f"python {platform.python_version()} on {platform.node()}: {len(gpus)} GPU(s)", flush=True)
         return {
             "python": platform.python_version(),

@@ -40,8 +40,12 @@ with DAG(
             quality = extra.get("precision_at_k") or {}
             log.info(
                 "Run %s committed %s: %s; precision@%s ALS %s vs popularity %s",
-                extra.get("run_id"), extra.get("output_uri"), extra.get("counts"),
-                quality.get("k"), quality.get("als"), quality.get("popularity"),
+                extra.get("run_id"),
+                extra.get("output_uri"),
+                extra.get("counts"),
+                quality.get("k"),
+                quality.get("als"),
+                quality.get("popularity"),
             )
         return extras
 

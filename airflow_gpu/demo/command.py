@@ -38,18 +38,40 @@ def _count(text: str) -> int:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--size", type=_count, default=DEFAULT_SIZE, metavar="N",
-                        help=f"interactions to generate (default {DEFAULT_SIZE:,}; one user per 30, one item per 150)")
-    parser.add_argument("--s3-endpoint", metavar="URL", default=None,
-                        help="use this S3-compatible endpoint (with your AWS_* credentials) instead of an embedded one")
-    parser.add_argument("--bucket", default="airflow-gpu-testing", help="bucket for the demo's data (default %(default)s)")
+    parser.add_argument(
+        "--size",
+        type=_count,
+        default=DEFAULT_SIZE,
+        metavar="N",
+        help=f"interactions to generate (default {DEFAULT_SIZE:,}; one user per 30, one item per 150)",
+    )
+    parser.add_argument(
+        "--s3-endpoint",
+        metavar="URL",
+        default=None,
+        help="use this S3-compatible endpoint (with your AWS_* credentials) instead of an embedded one",
+    )
+    parser.add_argument(
+        "--bucket", default="airflow-gpu-testing", help="bucket for the demo's data (default %(default)s)"
+    )
     parser.add_argument("--objects", type=int, default=8, help="ORC parts in the export (default %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="random seed of the data (default %(default)s)")
-    parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
-                        help="a DAG param for the run, e.g. --param factors=32 (value parsed as JSON); repeatable")
-    parser.add_argument("--home", type=Path, default=None, help="AIRFLOW_HOME (default: .airflow in the project folder)")
-    parser.add_argument("--output-dir", type=Path, default=None,
-                        help="where to copy the run's outputs (default: .demo/ in the project folder)")
+    parser.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a DAG param for the run, e.g. --param factors=32 (value parsed as JSON); repeatable",
+    )
+    parser.add_argument(
+        "--home", type=Path, default=None, help="AIRFLOW_HOME (default: .airflow in the project folder)"
+    )
+    parser.add_argument(
+        "--output-dir",
+        type=Path,
+        default=None,
+        help="where to copy the run's outputs (default: .demo/ in the project folder)",
+    )
     parser.add_argument("--verbose", action="store_true", help="show Airflow's own log lines too")
 
 
@@ -178,13 +200,20 @@ def run(args: argparse.Namespace) -> int:
         data = generate(args.size, seed=args.seed)
         users = len(data.user_home)
         items = len(data.item_genre)
-        stages.append(Stage("generate data", time.monotonic() - t0,
-                            f"{args.size:,} rows, {users:,} users, {items:,} items, {int(data.item_genre.max()) + 1} genres"))
+        stages.append(
+            Stage(
+                "generate data",
+                time.monotonic() - t0,
+                f"{args.size:,} rows, {users:,} users, {items:,} items, {int(data.item_genre.max()) + 1} genres",
+            )
+        )
         say(f"generated in {stages[-1].seconds:.1f} s: {stages[-1].detail}")
         t0 = time.monotonic()
         input_uri = data_root + "interactions/"
         count, size = upload_export(client, data.table, args.bucket, "recsys/interactions/", args.objects)
-        stages.append(Stage("upload to S3", time.monotonic() - t0, f"{count - 1} ORC parts + _SUCCESS, {size / 1e6:.1f} MB"))
+        stages.append(
+            Stage("upload to S3", time.monotonic() - t0, f"{count - 1} ORC parts + _SUCCESS, {size / 1e6:.1f} MB")
+        )
         say(f"wrote {input_uri}: {stages[-1].detail} ({stages[-1].seconds:.1f} s)")
 
         dag = load_dag(project / "dags" / DAG_FILE)
@@ -301,7 +330,9 @@ def stop_jobs(job_ids: list[str]) -> list[str]:
     return asyncio.run(stop())
 
 
-def summarize(args, say, stages, tasks, data, client, embedded: bool, dag_run, outputs_root: Path, started: float) -> None:
+def summarize(
+    args, say, stages, tasks, data, client, embedded: bool, dag_run, outputs_root: Path, started: float
+) -> None:
     from airflow_gpu.demo.summary import (
         Stage,
         copy_outputs,
@@ -340,9 +371,11 @@ def summarize(args, say, stages, tasks, data, client, embedded: bool, dag_run, o
     print()
     training = metrics["training"]
     ran = training.get("iterations_run", training["iterations"])
-    print(f"Model: {summary['users']:,} users x {summary['items']:,} items, {summary['interactions']:,} interactions "
-          f"({summary.get('pairs', summary['interactions']):,} distinct pairs), {training['factors']} factors, "
-          f"{ran} of at most {training['iterations']} iterations on {summary['device']}")
+    print(
+        f"Model: {summary['users']:,} users x {summary['items']:,} items, {summary['interactions']:,} interactions "
+        f"({summary.get('pairs', summary['interactions']):,} distinct pairs), {training['factors']} factors, "
+        f"{ran} of at most {training['iterations']} iterations on {summary['device']}"
+    )
     for line in quality_lines(metrics):
         print("  " + line)
     print()

@@ -53,7 +53,9 @@ class DemoS3:
         """``aws_default`` for Airflow: region and endpoint in the extras; credentials from the environment."""
         import json
 
-        return json.dumps({"conn_type": "aws", "extra": {"endpoint_url": self.endpoint_url, "region_name": self.region}})
+        return json.dumps(
+            {"conn_type": "aws", "extra": {"endpoint_url": self.endpoint_url, "region_name": self.region}}
+        )
 
     def stop(self) -> None:
         if self._server is not None:

@@ -104,7 +104,9 @@ def sample_lines(data: Synthetic, recommendations_dir: Path, users: list[str], s
         lines.append("    played most: " + ", ".join(f"{item} [g{genre_of(item)}] x{n}" for item, n in top_played))
         lines.append(
             "    recommended: "
-            + ", ".join(f"{item} [g{genre_of(item)}] {score:.2f}" for item, score in zip(rec_items[:show], scores[:show]))
+            + ", ".join(
+                f"{item} [g{genre_of(item)}] {score:.2f}" for item, score in zip(rec_items[:show], scores[:show])
+            )
         )
         replayed = sum(item in plays for item in rec_items)
         lines.append(

@@ -52,8 +52,14 @@ def synthetic_interactions(
 ) -> pa.Table:
     """A table of (user_id, item_id, plays) rows, in random order, duplicates included."""
     return generate(
-        n_interactions, n_users, n_items, genres=genres, taste_share=taste_share,
-        popularity_exponent=popularity_exponent, seed=seed, string_ids=string_ids,
+        n_interactions,
+        n_users,
+        n_items,
+        genres=genres,
+        taste_share=taste_share,
+        popularity_exponent=popularity_exponent,
+        seed=seed,
+        string_ids=string_ids,
     ).table
 
 
@@ -194,9 +200,11 @@ def with_heavy_users(table: pa.Table, *, heavy_users: int = 3, heavy_share: floa
         picked = rng.choice(items, size=max(1, int(heavy_share * len(items))), replace=False)
         users.append(np.full(len(picked), first + n, dtype=table["user_id"].type.to_pandas_dtype()))
         chosen.append(picked)
-    planted = pa.table({
-        "user_id": pa.array(np.concatenate(users), type=table["user_id"].type),
-        "item_id": pa.array(np.concatenate(chosen), type=table["item_id"].type),
-        "plays": pa.array(rng.integers(1, 5, sum(map(len, chosen))), type=table["plays"].type),
-    })
+    planted = pa.table(
+        {
+            "user_id": pa.array(np.concatenate(users), type=table["user_id"].type),
+            "item_id": pa.array(np.concatenate(chosen), type=table["item_id"].type),
+            "plays": pa.array(rng.integers(1, 5, sum(map(len, chosen))), type=table["plays"].type),
+        }
+    )
     return pa.concat_tables([table.select(["user_id", "item_id", "plays"]), planted])

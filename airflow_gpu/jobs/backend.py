@@ -252,7 +252,9 @@ def backend_class(name: str) -> type[JobBackend]:
         except ModuleNotFoundError as exc:
             if exc.name != module:
                 raise
-            raise JobSpecError(f"backend {name!r} is not available in this installation ({module} is missing).") from exc
+            raise JobSpecError(
+                f"backend {name!r} is not available in this installation ({module} is missing)."
+            ) from exc
         if name not in _REGISTRY:
             raise JobSpecError(f"{module} does not register a backend named {name!r} (use @register_backend).")
     return _REGISTRY[name]

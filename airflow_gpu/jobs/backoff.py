@@ -81,7 +81,9 @@ class SharedBackoff:
             self._episode_started = now
             self._episode_faults = 0
             self.episodes += 1
-            self.log.warning("%s: transient fault (%s); backing off with jitter until it clears", self.what, _short(exc))
+            self.log.warning(
+                "%s: transient fault (%s); backing off with jitter until it clears", self.what, _short(exc)
+            )
         self._episode_faults += 1
         self._level = min(self._level + 1, 30)
         delay = random.uniform(0, min(self.policy.cap, self.policy.base * (2**self._level)))

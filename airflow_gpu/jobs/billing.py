@@ -31,7 +31,9 @@ def job_bill(jobs: BlockingJobs, state: JobState, log: TaskLog) -> dict[str, Any
         log.warning(f"Job {state.job_id} {state.status}: cost unknown ({exc})")
         return {"cost_usd": None, "cost_basis": str(exc)}
     if usage is None:
-        log.info(f"Job {state.job_id} {state.status}: cost unknown (the {jobs.target.backend} backend does not report usage)")
+        log.info(
+            f"Job {state.job_id} {state.status}: cost unknown (the {jobs.target.backend} backend does not report usage)"
+        )
         return {"cost_usd": None, "cost_basis": f"the {jobs.target.backend} backend does not report usage"}
     made = bill(usage, prices)
     log.info(made.line())  # no arguments: the line may hold a "%"

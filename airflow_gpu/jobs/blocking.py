@@ -88,8 +88,9 @@ class JobView:
     earlier: bool = False
 
 
-async def submit_or_reattach(backend: JobBackend, spec: JobSpec, *, reattach: bool, log: TaskLog,
-                             try_number: int | None = None) -> tuple[JobState, bool]:
+async def submit_or_reattach(
+    backend: JobBackend, spec: JobSpec, *, reattach: bool, log: TaskLog, try_number: int | None = None
+) -> tuple[JobState, bool]:
     """This task instance's live or succeeded job when ``reattach`` finds one (by its idempotency
     key), else a new job; and whether it was a live one reattached to. The one rule for every
     submitter: a worker (:class:`BlockingJobs`) and the triggerer (``start_from_trigger``).
@@ -101,8 +102,9 @@ async def submit_or_reattach(backend: JobBackend, spec: JobSpec, *, reattach: bo
     return state, reattached
 
 
-async def _submit_or_find(backend: JobBackend, spec: JobSpec, *, reattach: bool, log: TaskLog,
-                          try_number: int | None = None) -> tuple[JobState, bool, bool]:
+async def _submit_or_find(
+    backend: JobBackend, spec: JobSpec, *, reattach: bool, log: TaskLog, try_number: int | None = None
+) -> tuple[JobState, bool, bool]:
     """:func:`submit_or_reattach`, and whether the job was found (an earlier try's) rather than submitted."""
     state, reattached = None, False
     found = await backend.find(spec) if reattach or try_number is not None else []
@@ -112,7 +114,9 @@ async def _submit_or_find(backend: JobBackend, spec: JobSpec, *, reattach: bool,
         state = next((s for s in found if s.is_live), None) or next((s for s in found if s.status == SUCCEEDED), None)
         if state is not None and state.is_live:
             reattached = True
-            log.info("Reattaching to job %s (%s), already %s for this task instance", state.job_id, spec.name, state.status)
+            log.info(
+                "Reattaching to job %s (%s), already %s for this task instance", state.job_id, spec.name, state.status
+            )
         elif found:
             log.info("Earlier jobs for this task instance failed; submitting a new one")
     if state is not None:
@@ -120,16 +124,24 @@ async def _submit_or_find(backend: JobBackend, spec: JobSpec, *, reattach: bool,
     state = await backend.submit(spec)
     log.info(
         "Submitted job %s (%s) to %s, queue %s, %d GPU(s)",
-        state.job_id, spec.name, backend.location, spec.queue, spec.gpus,
+        state.job_id,
+        spec.name,
+        backend.location,
+        spec.queue,
+        spec.gpus,
     )
     return state, reattached, False
 
 
-async def _ended_if_superseded(backend: JobBackend, state: JobState, spec: JobSpec, try_number: int, log: TaskLog) -> bool:
+async def _ended_if_superseded(
+    backend: JobBackend, state: JobState, spec: JobSpec, try_number: int, log: TaskLog
+) -> bool:
     if not superseded(state, try_number):
         return False
-    reason = (f"Airflow task {spec.identity.describe()} was cleared or marked while try {deferred_try(state)} waited "
-              f"for this job; try {try_number} runs a new one")
+    reason = (
+        f"Airflow task {spec.identity.describe()} was cleared or marked while try {deferred_try(state)} waited "
+        f"for this job; try {try_number} runs a new one"
+    )
     log.warning("Terminating job %s: %s", state.job_id, reason)
     await backend.terminate(state.job_id, reason)
     return True
@@ -144,8 +156,11 @@ async def claim(backend: JobBackend, state: JobState, try_number: int, log: Task
     try:
         await backend.add_tags(state.job_id, {TAG_DEFERRED_TRY: str(try_number)})
     except Exception as exc:
-        log.warning("Could not tag job %s with the try that waits for it (%s); a clear's next try may reattach to it",
-                    state.job_id, exc)
+        log.warning(
+            "Could not tag job %s with the try that waits for it (%s); a clear's next try may reattach to it",
+            state.job_id,
+            exc,
+        )
 
 
 class BlockingJobs:
@@ -158,16 +173,18 @@ class BlockingJobs:
     def _view(self, backend: JobBackend, state: JobState, **more: Any) -> JobView:
         return JobView(state, backend.job_url(state.job_id), backend.log_url(state), **more)
 
-    def submit_or_reattach(self, spec: JobSpec, *, reattach: bool, try_number: int | None = None,
-                           claim_for_deferral: bool = False) -> JobView:
+    def submit_or_reattach(
+        self, spec: JobSpec, *, reattach: bool, try_number: int | None = None, claim_for_deferral: bool = False
+    ) -> JobView:
         """This task instance's live or succeeded job when ``reattach`` finds one; else a new job.
         ``claim_for_deferral``: tag a live job with ``try_number`` (see :func:`claim`), in the same
         session, so the backend knows the job's address from the submit or the search."""
 
         async def call() -> JobView:
             async with JobWatcher.shared(self.target).backend() as backend:
-                state, reattached, earlier = await _submit_or_find(backend, spec, reattach=reattach, log=self.log,
-                                                                   try_number=try_number)
+                state, reattached, earlier = await _submit_or_find(
+                    backend, spec, reattach=reattach, log=self.log, try_number=try_number
+                )
                 if claim_for_deferral and try_number is not None and state.is_live:
                     await claim(backend, state, try_number, self.log)
                 return self._view(backend, state, reattached=reattached, earlier=earlier)
@@ -238,8 +255,15 @@ class BlockingJobs:
 
         return run_blocking(call, timeout=timeout)
 
-    def terminate(self, job_id: str | None, reason: str, *, find: JobSpec | None = None,
-                  in_thread: bool = False, timeout: float = 60) -> str | None:
+    def terminate(
+        self,
+        job_id: str | None,
+        reason: str,
+        *,
+        find: JobSpec | None = None,
+        in_thread: bool = False,
+        timeout: float = 60,
+    ) -> str | None:
         """Stop ``job_id`` (or, without one, the live job ``find`` identifies); the id stopped, or None.
 
         ``in_thread=True`` for ``on_kill``, which may run in a signal handler while this

@@ -75,16 +75,18 @@ SHIPPED = PriceTable(on_demand=dict(price_table.ON_DEMAND_USD_PER_HOUR))
 def read_price_file(path: str, *, spot_share: float | None = None) -> PriceTable:
     """A deployment's prices, over the shipped ones. JSON::
 
-        {"region": "eu-west-1", "as_of": "2027-01", "source": "our EDP rates",
-         "spot_share": 0.35,
-         "on_demand": {"g5.xlarge": 1.1, "x9.big": {"usd_per_hour": 9.0, "gpus": 2}},
-         "spot": {"g5.xlarge": 0.4}}
+    {"region": "eu-west-1", "as_of": "2027-01", "source": "our EDP rates",
+     "spot_share": 0.35,
+     "on_demand": {"g5.xlarge": 1.1, "x9.big": {"usd_per_hour": 9.0, "gpus": 2}},
+     "spot": {"g5.xlarge": 0.4}}
     """
     try:
         with open(path, encoding="utf-8") as handle:
             data = json.load(handle)
     except OSError as exc:
-        raise PriceFileError(f"cannot read the price file {path}: {exc.strerror or exc}; fix [airflow_gpu] prices or ${PRICES_ENV}") from None
+        raise PriceFileError(
+            f"cannot read the price file {path}: {exc.strerror or exc}; fix [airflow_gpu] prices or ${PRICES_ENV}"
+        ) from None
     except ValueError as exc:
         raise PriceFileError(f"the price file {path} is not JSON ({exc}); see docs/cost.md for its shape") from None
     if not isinstance(data, dict):
@@ -228,9 +230,20 @@ def bill(usage: JobUsage, prices: PriceTable = SHIPPED) -> Bill:
     gpu_hours = None if run is None else run / 3600 * usage.gpus
 
     def made(basis: str, cost: float | None = None, share: float | None = None) -> Bill:
-        return Bill(job_id=usage.job_id, status=usage.status, wall_s=wall, queue_s=queue, run_s=run, gpus=usage.gpus,
-                    instance_type=usage.instance_type, market=usage.market, gpu_hours=gpu_hours, cost_usd=cost,
-                    basis=basis, share=share)
+        return Bill(
+            job_id=usage.job_id,
+            status=usage.status,
+            wall_s=wall,
+            queue_s=queue,
+            run_s=run,
+            gpus=usage.gpus,
+            instance_type=usage.instance_type,
+            market=usage.market,
+            gpu_hours=gpu_hours,
+            cost_usd=cost,
+            basis=basis,
+            share=share,
+        )
 
     if usage.market == LOCAL:
         return made("ran on this machine")
@@ -251,5 +264,8 @@ def bill(usage: JobUsage, prices: PriceTable = SHIPPED) -> Bill:
     else:  # no GPU reserved, or an instance whose GPUs are unknown: the whole instance is charged
         share = 1.0
         share_text = "the whole instance"
-    return made(f"{share_text} at ${hourly:.4g}/h, {how}, {prices.region} prices of {prices.as_of}",
-                run / 3600 * hourly * share, share)
+    return made(
+        f"{share_text} at ${hourly:.4g}/h, {how}, {prices.region} prices of {prices.as_of}",
+        run / 3600 * hourly * share,
+        share,
+    )

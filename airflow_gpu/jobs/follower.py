@@ -331,7 +331,9 @@ class LogFollower:
         log.warning(
             "Not relaying the last log lines of %d job(s) that just ended on %s: the log API cannot serve them "
             "within %.1f s, and their triggers fire now (the full logs stay behind the tasks' log links)",
-            count, self.target, self.final_read_timeout,
+            count,
+            self.target,
+            self.final_read_timeout,
         )
 
     async def _drain(self) -> None:

@@ -83,7 +83,9 @@ def decide_on_kill(job: JobState | None, task_state: str | TaskState | None, try
         return Decision(Action.KEEP, "the task is still deferred: its trigger moved to another triggerer")
     if task_state is TaskState.UNKNOWN:
         # The triggerer reported a user's action and we could not check it: do as it says.
-        return Decision(Action.TERMINATE, "the task's state could not be read, and the triggerer reported a user's action")
+        return Decision(
+            Action.TERMINATE, "the task's state could not be read, and the triggerer reported a user's action"
+        )
     if task_state is TaskState.GONE:
         return Decision(Action.TERMINATE, "the task instance no longer exists")
     return Decision(Action.TERMINATE, f"the task was cleared or marked (its state is now {task_state or 'none'})")

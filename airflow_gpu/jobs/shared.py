@@ -97,7 +97,9 @@ class Cadence:
                 self._woken = loop.create_future()
             await asyncio.wait([self._woken], timeout=wait)
 
-    async def run(self, round_: Callable[[], Awaitable[None]], *, while_: Callable[[], bool], first_delay: float) -> None:
+    async def run(
+        self, round_: Callable[[], Awaitable[None]], *, while_: Callable[[], bool], first_delay: float
+    ) -> None:
         """Run ``round_`` every ``interval`` seconds, start to start, as long as ``while_()`` holds.
 
         The first round waits ``first_delay``, so that users starting together share it.

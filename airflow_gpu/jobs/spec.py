@@ -155,9 +155,7 @@ def check_memory_mib(value: Any) -> int | None:
 
 
 def check_retry_attempts(value: Any) -> int:
-    return _int(
-        "retry_attempts", value, 1, MAX_RETRY_ATTEMPTS, "AWS Batch allows 1 to 10 attempts; 1 means no retry."
-    )
+    return _int("retry_attempts", value, 1, MAX_RETRY_ATTEMPTS, "AWS Batch allows 1 to 10 attempts; 1 means no retry.")
 
 
 def check_command(value: Any) -> tuple[str, ...] | None:
@@ -203,7 +201,9 @@ def check_environment(value: Any) -> dict[str, str]:
         if key.startswith("AWS_BATCH"):
             raise JobSpecError(f"environment variable {key!r} is reserved by AWS Batch; choose another name.")
         if key == SUBMITTED_AT_ENV:
-            raise JobSpecError(f"environment variable {key!r} is set by airflow-gpu when it submits the job; remove it.")
+            raise JobSpecError(
+                f"environment variable {key!r} is set by airflow-gpu when it submits the job; remove it."
+            )
     return env
 
 
@@ -218,7 +218,15 @@ def check_tags(value: Any) -> dict[str, str]:
             raise JobSpecError(f"tag {key!r} uses the reserved 'aws:' prefix; choose another key.")
         if len(key) > MAX_TAG_KEY or len(item) > MAX_TAG_VALUE:
             raise JobSpecError(f"tag {key!r}: keys may have 128 characters and values 256.")
-    reserved = {TAG_DAG_ID, TAG_TASK_ID, TAG_RUN_ID, TAG_MAP_INDEX, TAG_IDEMPOTENCY_KEY, TAG_CANCELLED, TAG_DEFERRED_TRY}
+    reserved = {
+        TAG_DAG_ID,
+        TAG_TASK_ID,
+        TAG_RUN_ID,
+        TAG_MAP_INDEX,
+        TAG_IDEMPOTENCY_KEY,
+        TAG_CANCELLED,
+        TAG_DEFERRED_TRY,
+    }
     clash = reserved.intersection(tags)
     if clash:
         raise JobSpecError(f"tag {sorted(clash)[0]!r} is set by airflow-gpu itself; choose another key.")
@@ -270,7 +278,11 @@ def check_name(param: str, value: Any, hint: str) -> str:
 
 
 def check_job_name(value: Any) -> str | None:
-    return None if value is None else check_name("job_name", value, "Pass a name or leave it out to derive one from dag and task.")
+    return (
+        None
+        if value is None
+        else check_name("job_name", value, "Pass a name or leave it out to derive one from dag and task.")
+    )
 
 
 #: One check (and so one hint) per JobSpec parameter that a task may template: JobSpec.build

@@ -92,7 +92,9 @@ def _seconds_from_env(text: str, default: float) -> float:
     except ValueError:
         value = -1.0
     if not value >= 0:
-        log.warning("Ignoring %s=%r (not a number of seconds >= 0); using %g s", DESCRIBE_ERROR_GRACE_ENV, text, default)
+        log.warning(
+            "Ignoring %s=%r (not a number of seconds >= 0); using %g s", DESCRIBE_ERROR_GRACE_ENV, text, default
+        )
         return default
     return value
 
@@ -104,7 +106,18 @@ class WatcherClosed(RuntimeError):
 class JobWatch:
     """One owner's interest in one job. Await :meth:`next_change`; :meth:`close` when done (idempotent)."""
 
-    __slots__ = ("job_id", "poll_interval", "max_queued", "watcher", "queued_for", "_state", "_fresh", "_waiter", "_error", "_closed")
+    __slots__ = (
+        "job_id",
+        "poll_interval",
+        "max_queued",
+        "watcher",
+        "queued_for",
+        "_state",
+        "_fresh",
+        "_waiter",
+        "_error",
+        "_closed",
+    )
 
     def __init__(self, watcher: JobWatcher, job_id: str, poll_interval: float, max_queued: float | None) -> None:
         self.watcher = watcher
@@ -244,7 +257,9 @@ class JobWatcher:
         for watcher in cls.active():
             await watcher.aclose()
 
-    def watch(self, job_id: str, *, poll_interval: float = DEFAULT_POLL_INTERVAL, max_queued: float | None = None) -> JobWatch:
+    def watch(
+        self, job_id: str, *, poll_interval: float = DEFAULT_POLL_INTERVAL, max_queued: float | None = None
+    ) -> JobWatch:
         if self._closed:
             raise WatcherClosed("this watcher is closed; get a fresh one with JobWatcher.shared()")
         self._acquire()
@@ -389,7 +404,9 @@ class JobWatcher:
         try:
             return await self._describe_errors.call(attempt, attempts=None)
         except _StillBlind as blind:
-            log.error("Cannot open %s for %s after %.0f s: %s", self.target.backend, self.target, blind.seconds, blind.error)
+            log.error(
+                "Cannot open %s for %s after %.0f s: %s", self.target.backend, self.target, blind.seconds, blind.error
+            )
             where = f"{self.target.backend} (connection {self.target.conn_id!r})"
             seconds, error = blind.seconds, blind.error  # the except clause unbinds ``blind`` when it ends
             self._report(list(self._watches), lambda job_id: not_seen_reason(job_id, where, seconds, error))
@@ -418,8 +435,12 @@ class JobWatcher:
         step = self.spread / len(chunks) if len(chunks) > 1 else 0.0
         gate = asyncio.Semaphore(self.max_concurrent_calls)
         started = asyncio.get_running_loop().time()
-        await asyncio.gather(*(self._describe_chunk(backend, chunk, gate, started=started, share=k * step)
-                               for k, chunk in enumerate(chunks)))
+        await asyncio.gather(
+            *(
+                self._describe_chunk(backend, chunk, gate, started=started, share=k * step)
+                for k, chunk in enumerate(chunks)
+            )
+        )
 
     async def _describe_chunk(
         self, backend: JobBackend, chunk: list[str], gate: asyncio.Semaphore, *, started: float, share: float
@@ -455,7 +476,13 @@ class JobWatcher:
         try:
             asked, states, rejected, error = await self._describe_errors.call(attempt, attempts=None)
         except _StillBlind as blind:
-            log.error("Describing %d jobs on %s failed for %.0f s: %s", len(chunk), backend.location, blind.seconds, blind.error)
+            log.error(
+                "Describing %d jobs on %s failed for %.0f s: %s",
+                len(chunk),
+                backend.location,
+                blind.seconds,
+                blind.error,
+            )
             seconds, failure = blind.seconds, blind.error  # the except clause unbinds ``blind`` when it ends
             self._report(
                 [j for j in chunk if j in self._watches],

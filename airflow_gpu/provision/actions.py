@@ -54,13 +54,24 @@ def _settled(item: dict[str, Any] | None) -> bool:
     return item is not None and item.get("status") not in SETTLING
 
 
-def _wait_ce(ctx: Context, name: str, what: str, done: Callable[[dict[str, Any] | None], bool]) -> dict[str, Any] | None:
-    return wait_for(ctx.wait, f"compute environment {name} {what}",
-                    lambda: state.compute_environment(ctx.clients, name), done, show=_status)
+def _wait_ce(
+    ctx: Context, name: str, what: str, done: Callable[[dict[str, Any] | None], bool]
+) -> dict[str, Any] | None:
+    return wait_for(
+        ctx.wait,
+        f"compute environment {name} {what}",
+        lambda: state.compute_environment(ctx.clients, name),
+        done,
+        show=_status,
+    )
 
 
-def _wait_queue(ctx: Context, name: str, what: str, done: Callable[[dict[str, Any] | None], bool]) -> dict[str, Any] | None:
-    return wait_for(ctx.wait, f"job queue {name} {what}", lambda: state.job_queue(ctx.clients, name), done, show=_status)
+def _wait_queue(
+    ctx: Context, name: str, what: str, done: Callable[[dict[str, Any] | None], bool]
+) -> dict[str, Any] | None:
+    return wait_for(
+        ctx.wait, f"job queue {name} {what}", lambda: state.job_queue(ctx.clients, name), done, show=_status
+    )
 
 
 def _valid(item: dict[str, Any] | None) -> bool:
@@ -81,8 +92,13 @@ class CreateLogGroup(Action):
 
     def execute(self, ctx: Context) -> None:
         call(ctx.clients.logs, "create_log_group", f"creating log group {self.name}", **self.request)
-        call(ctx.clients.logs, "put_retention_policy", f"setting retention of log group {self.name}",
-             logGroupName=self.name, retentionInDays=self.retention_days)
+        call(
+            ctx.clients.logs,
+            "put_retention_policy",
+            f"setting retention of log group {self.name}",
+            logGroupName=self.name,
+            retentionInDays=self.retention_days,
+        )
 
 
 @dataclass
@@ -90,8 +106,13 @@ class SetLogRetention(Action):
     retention_days: int = 30
 
     def execute(self, ctx: Context) -> None:
-        call(ctx.clients.logs, "put_retention_policy", f"setting retention of log group {self.name}",
-             logGroupName=self.name, retentionInDays=self.retention_days)
+        call(
+            ctx.clients.logs,
+            "put_retention_policy",
+            f"setting retention of log group {self.name}",
+            logGroupName=self.name,
+            retentionInDays=self.retention_days,
+        )
 
 
 @dataclass
@@ -108,7 +129,9 @@ class CreateComputeEnvironment(Action):
     request: dict[str, Any] = field(default_factory=dict)
 
     def execute(self, ctx: Context) -> None:
-        out = call(ctx.clients.batch, "create_compute_environment", f"creating compute environment {self.name}", **self.request)
+        out = call(
+            ctx.clients.batch, "create_compute_environment", f"creating compute environment {self.name}", **self.request
+        )
         ctx.compute_environment_arn = out["computeEnvironmentArn"]
         ctx.say(f"  waiting for compute environment {self.name} to be VALID")
         _wait_ce(ctx, self.name, "to be VALID", _valid)
@@ -121,7 +144,9 @@ class UpdateComputeEnvironment(Action):
     def execute(self, ctx: Context) -> None:
         # Batch refuses an update while a previous one is still in progress.
         _wait_ce(ctx, self.name, "to finish its current change", _settled)
-        out = call(ctx.clients.batch, "update_compute_environment", f"updating compute environment {self.name}", **self.request)
+        out = call(
+            ctx.clients.batch, "update_compute_environment", f"updating compute environment {self.name}", **self.request
+        )
         ctx.compute_environment_arn = out["computeEnvironmentArn"]
 
 
@@ -129,17 +154,28 @@ class UpdateComputeEnvironment(Action):
 class DisableComputeEnvironment(Action):
     def execute(self, ctx: Context) -> None:
         _wait_ce(ctx, self.name, "to finish its current change", _settled)
-        call(ctx.clients.batch, "update_compute_environment", f"disabling compute environment {self.name}",
-             computeEnvironment=self.name, state="DISABLED")
+        call(
+            ctx.clients.batch,
+            "update_compute_environment",
+            f"disabling compute environment {self.name}",
+            computeEnvironment=self.name,
+            state="DISABLED",
+        )
 
 
 @dataclass
 class DeleteComputeEnvironment(Action):
     def execute(self, ctx: Context) -> None:
         ctx.say(f"  waiting for compute environment {self.name} to be DISABLED")
-        _wait_ce(ctx, self.name, "to be DISABLED", lambda c: c is None or (_settled(c) and c.get("state") == "DISABLED"))
-        call(ctx.clients.batch, "delete_compute_environment", f"deleting compute environment {self.name}",
-             computeEnvironment=self.name)
+        _wait_ce(
+            ctx, self.name, "to be DISABLED", lambda c: c is None or (_settled(c) and c.get("state") == "DISABLED")
+        )
+        call(
+            ctx.clients.batch,
+            "delete_compute_environment",
+            f"deleting compute environment {self.name}",
+            computeEnvironment=self.name,
+        )
         ctx.say(f"  waiting for compute environment {self.name} to be deleted")
         _wait_ce(ctx, self.name, "to be deleted", _gone)
 
@@ -183,14 +219,22 @@ class UpdateJobQueue(Action):
 class DisableJobQueue(Action):
     def execute(self, ctx: Context) -> None:
         _wait_queue(ctx, self.name, "to finish its current change", _settled)
-        call(ctx.clients.batch, "update_job_queue", f"disabling job queue {self.name}", jobQueue=self.name, state="DISABLED")
+        call(
+            ctx.clients.batch,
+            "update_job_queue",
+            f"disabling job queue {self.name}",
+            jobQueue=self.name,
+            state="DISABLED",
+        )
 
 
 @dataclass
 class DeleteJobQueue(Action):
     def execute(self, ctx: Context) -> None:
         ctx.say(f"  waiting for job queue {self.name} to be DISABLED")
-        _wait_queue(ctx, self.name, "to be DISABLED", lambda q: q is None or (_settled(q) and q.get("state") == "DISABLED"))
+        _wait_queue(
+            ctx, self.name, "to be DISABLED", lambda q: q is None or (_settled(q) and q.get("state") == "DISABLED")
+        )
         call(ctx.clients.batch, "delete_job_queue", f"deleting job queue {self.name}", jobQueue=self.name)
         ctx.say(f"  waiting for job queue {self.name} to be deleted")
         _wait_queue(ctx, self.name, "to be deleted", _gone)
@@ -205,7 +249,13 @@ class TagBatchResource(Action):
     tags: dict[str, str] = field(default_factory=dict)
 
     def execute(self, ctx: Context) -> None:
-        call(ctx.clients.batch, "tag_resource", f"tagging {self.resource} {self.name}", resourceArn=self.arn, tags=self.tags)
+        call(
+            ctx.clients.batch,
+            "tag_resource",
+            f"tagging {self.resource} {self.name}",
+            resourceArn=self.arn,
+            tags=self.tags,
+        )
 
 
 @dataclass
@@ -213,7 +263,9 @@ class RegisterJobDefinition(Action):
     request: dict[str, Any] = field(default_factory=dict)
 
     def execute(self, ctx: Context) -> None:
-        out = call(ctx.clients.batch, "register_job_definition", f"registering job definition {self.name}", **self.request)
+        out = call(
+            ctx.clients.batch, "register_job_definition", f"registering job definition {self.name}", **self.request
+        )
         ctx.job_definition_arn = out["jobDefinitionArn"]
 
 

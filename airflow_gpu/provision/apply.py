@@ -56,7 +56,9 @@ def outputs_of(plan: Plan, ctx: Context | None, *, dry_run: bool) -> Outputs:
         job_definition=cfg.job_definition_name,
         job_definition_arn=None if deleted else pick(ctx and ctx.job_definition_arn, plan.job_definition_arn),
         compute_environment=cfg.compute_environment_name,
-        compute_environment_arn=None if deleted else pick(ctx and ctx.compute_environment_arn, plan.compute_environment_arn),
+        compute_environment_arn=None
+        if deleted
+        else pick(ctx and ctx.compute_environment_arn, plan.compute_environment_arn),
         log_group=cfg.logs.group,
         changed=plan.changes_anything and not dry_run,
         dry_run=dry_run,

@@ -93,7 +93,9 @@ def aws_errors(doing: str) -> Iterator[None]:
             "or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
         ) from None
     except botocore.exceptions.EndpointConnectionError as exc:
-        raise ProvisionError(f"{doing} failed: cannot reach {exc.kwargs.get('endpoint_url')}; check the region, --endpoint-url and AWS_ENDPOINT_URL") from None
+        raise ProvisionError(
+            f"{doing} failed: cannot reach {exc.kwargs.get('endpoint_url')}; check the region, --endpoint-url and AWS_ENDPOINT_URL"
+        ) from None
     except botocore.exceptions.BotoCoreError as exc:
         raise ProvisionError(f"{doing} failed: {exc}") from None
 

@@ -12,22 +12,48 @@ EXIT_BAD_CONFIG = 2
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, metavar="PATH",
-                        help="TOML file describing the set-up (see container/batch-setup.example.toml)")
+    parser.add_argument(
+        "--config",
+        required=True,
+        metavar="PATH",
+        help="TOML file describing the set-up (see container/batch-setup.example.toml)",
+    )
     parser.add_argument("--region", help="AWS region; overrides the config's region")
-    parser.add_argument("--endpoint-url", metavar="URL",
-                        help="send every AWS call to this endpoint (LocalStack, moto); AWS_ENDPOINT_URL works too")
+    parser.add_argument(
+        "--endpoint-url",
+        metavar="URL",
+        help="send every AWS call to this endpoint (LocalStack, moto); AWS_ENDPOINT_URL works too",
+    )
     parser.add_argument("--profile", help="AWS profile from ~/.aws/config (default: the usual credential chain)")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and change nothing")
-    parser.add_argument("--delete", action="store_true",
-                        help="tear down: disable and delete the queue, then the compute environment; deregister the job definition")
-    parser.add_argument("--delete-logs", action="store_true", help="with --delete, delete the log group and its logs too")
-    parser.add_argument("--output", choices=("text", "json"), default="text",
-                        help="json: one JSON document on stdout (queue, job definition ARN, actions); progress on stderr")
-    parser.add_argument("--wait-timeout", type=float, default=900.0, metavar="SECONDS",
-                        help="how long to wait for AWS to finish each create, disable or delete (default 900)")
-    parser.add_argument("--poll-interval", type=float, default=5.0, metavar="SECONDS",
-                        help="time between status checks while waiting (default 5)")
+    parser.add_argument(
+        "--delete",
+        action="store_true",
+        help="tear down: disable and delete the queue, then the compute environment; deregister the job definition",
+    )
+    parser.add_argument(
+        "--delete-logs", action="store_true", help="with --delete, delete the log group and its logs too"
+    )
+    parser.add_argument(
+        "--output",
+        choices=("text", "json"),
+        default="text",
+        help="json: one JSON document on stdout (queue, job definition ARN, actions); progress on stderr",
+    )
+    parser.add_argument(
+        "--wait-timeout",
+        type=float,
+        default=900.0,
+        metavar="SECONDS",
+        help="how long to wait for AWS to finish each create, disable or delete (default 900)",
+    )
+    parser.add_argument(
+        "--poll-interval",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="time between status checks while waiting (default 5)",
+    )
 
 
 def run(args: argparse.Namespace, *, stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
@@ -74,8 +100,11 @@ def run(args: argparse.Namespace, *, stdout: TextIO | None = None, stderr: TextI
             outputs = outputs_of(plan, None, dry_run=True)
             missing = [] if args.delete else check_dependencies(cfg, clients)
             if missing:
-                print(f"error: the set-up depends on {len(missing)} thing(s) that AWS does not have; "
-                      "the real run would fail. Create them, then run batch-setup again:", file=stderr)
+                print(
+                    f"error: the set-up depends on {len(missing)} thing(s) that AWS does not have; "
+                    "the real run would fail. Create them, then run batch-setup again:",
+                    file=stderr,
+                )
                 for item in missing:
                     print("\n".join(["  - " + item.render()[0], *item.render()[1:]]), file=stderr)
                 return EXIT_FAILED
@@ -89,4 +118,3 @@ def run(args: argparse.Namespace, *, stdout: TextIO | None = None, stderr: TextI
     if as_json:
         write_json(outputs, stdout)
     return EXIT_OK
-

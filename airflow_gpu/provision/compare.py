@@ -111,7 +111,8 @@ def job_queue_view(queue: dict[str, Any]) -> dict[str, Any]:
         "jobStateTimeLimitActions": sorted(
             f"{a.get('action')} {a.get('state')} {a.get('reason')} after {int(a.get('maxTimeSeconds') or 0)} s"
             for a in queue.get("jobStateTimeLimitActions") or []
-        ) or None,
+        )
+        or None,
     }
 
 
@@ -130,15 +131,44 @@ def missing_tags(actual: dict[str, str] | None, desired: dict[str, str]) -> list
 # reports for one of these that the config does not ask for is drift and gets a new
 # revision; fields outside this list are AWS's own bookkeeping and are ignored.
 _CONTAINER_FIELDS = (
-    "image", "vcpus", "memory", "command", "jobRoleArn", "executionRoleArn", "volumes", "environment",
-    "mountPoints", "readonlyRootFilesystem", "privileged", "ulimits", "user", "instanceType",
-    "resourceRequirements", "linuxParameters", "logConfiguration", "secrets", "networkConfiguration",
-    "fargatePlatformConfiguration", "ephemeralStorage", "runtimePlatform", "repositoryCredentials",
+    "image",
+    "vcpus",
+    "memory",
+    "command",
+    "jobRoleArn",
+    "executionRoleArn",
+    "volumes",
+    "environment",
+    "mountPoints",
+    "readonlyRootFilesystem",
+    "privileged",
+    "ulimits",
+    "user",
+    "instanceType",
+    "resourceRequirements",
+    "linuxParameters",
+    "logConfiguration",
+    "secrets",
+    "networkConfiguration",
+    "fargatePlatformConfiguration",
+    "ephemeralStorage",
+    "runtimePlatform",
+    "repositoryCredentials",
     "enableExecuteCommand",
 )
 _DEFINITION_FIELDS = (
-    "type", "parameters", "schedulingPriority", "containerProperties", "nodeProperties", "eksProperties",
-    "ecsProperties", "retryStrategy", "timeout", "propagateTags", "platformCapabilities", "tags",
+    "type",
+    "parameters",
+    "schedulingPriority",
+    "containerProperties",
+    "nodeProperties",
+    "eksProperties",
+    "ecsProperties",
+    "retryStrategy",
+    "timeout",
+    "propagateTags",
+    "platformCapabilities",
+    "tags",
 )
 
 

@@ -31,7 +31,30 @@ ALLOCATION_STRATEGIES = {
 DEFAULT_ALLOCATION = {"spot": "SPOT_PRICE_CAPACITY_OPTIMIZED", "on-demand": "BEST_FIT_PROGRESSIVE"}
 
 # The values CloudWatch Logs accepts for PutRetentionPolicy.
-RETENTION_DAYS = (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653)
+RETENTION_DAYS = (
+    1,
+    3,
+    5,
+    7,
+    14,
+    30,
+    60,
+    90,
+    120,
+    150,
+    180,
+    365,
+    400,
+    545,
+    731,
+    1096,
+    1827,
+    2192,
+    2557,
+    2922,
+    3288,
+    3653,
+)
 
 SERVICE_LINKED_ROLE_NAME = "AWSServiceRoleForBatch"
 
@@ -173,7 +196,9 @@ class _Table:
         self.data = data
         for key in data:
             if key not in known:
-                problems.append(f"{self.key(key)} is not a known key; the keys of {where or 'the top level'} are: {', '.join(known)}")
+                problems.append(
+                    f"{self.key(key)} is not a known key; the keys of {where or 'the top level'} are: {', '.join(known)}"
+                )
 
     def key(self, name: str) -> str:
         return f"{self.where}.{name}" if self.where else name
@@ -187,8 +212,16 @@ class _Table:
             self.problem(name, f"is missing; {hint}")
         return value
 
-    def string(self, name: str, *, hint: str, required: bool = True, default: str | None = None,
-               pattern: re.Pattern | None = None, shape: str = "") -> str | None:
+    def string(
+        self,
+        name: str,
+        *,
+        hint: str,
+        required: bool = True,
+        default: str | None = None,
+        pattern: re.Pattern | None = None,
+        shape: str = "",
+    ) -> str | None:
         value = self._get(name, required, hint)
         if value is None:
             return default
@@ -204,8 +237,16 @@ class _Table:
             return default
         return value
 
-    def integer(self, name: str, *, hint: str, low: int, high: int | None = None,
-                required: bool = True, default: int | None = None) -> int | None:
+    def integer(
+        self,
+        name: str,
+        *,
+        hint: str,
+        low: int,
+        high: int | None = None,
+        required: bool = True,
+        default: int | None = None,
+    ) -> int | None:
         value = self._get(name, required, hint)
         if value is None:
             return default
@@ -218,8 +259,9 @@ class _Table:
             return default
         return value
 
-    def strings(self, name: str, *, hint: str, required: bool = True, pattern: re.Pattern | None = None,
-                shape: str = "") -> tuple[str, ...] | None:
+    def strings(
+        self, name: str, *, hint: str, required: bool = True, pattern: re.Pattern | None = None, shape: str = ""
+    ) -> tuple[str, ...] | None:
         value = self._get(name, required, hint)
         if value is None:
             return None
@@ -262,7 +304,9 @@ class _Validator:
     def validate(self, data: dict[str, Any], region_override: str | None) -> BatchSetupConfig:
         top = _Table(data, "", self.problems, ("prefix", "region", "compute", "job", "logs", "queue", "tags"))
         prefix = top.string(
-            "prefix", pattern=_PREFIX, shape="a name prefix (letters, digits, - and _, up to 100, starting with a letter or digit)",
+            "prefix",
+            pattern=_PREFIX,
+            shape="a name prefix (letters, digits, - and _, up to 100, starting with a letter or digit)",
             hint='set prefix = "airflow-gpu"; resources are named <prefix>-ce, <prefix>-queue, <prefix>-worker',
         )
         if region_override is not None:
@@ -270,20 +314,61 @@ class _Validator:
             if region is None:
                 self.problems.append(f"--region {region_override!r} is not an AWS region such as us-east-1")
         else:
-            region = top.string("region", pattern=_REGION, shape="an AWS region", hint='set region = "us-east-1" or pass --region')
+            region = top.string(
+                "region", pattern=_REGION, shape="an AWS region", hint='set region = "us-east-1" or pass --region'
+            )
 
-        compute = self._compute(_Table(data.get("compute"), "compute", self.problems, (
-            "instance_types", "max_vcpus", "provisioning", "allocation_strategy", "bid_percentage",
-            "subnets", "security_groups", "instance_role", "service_role",
-        )))
-        job = self._job(_Table(data.get("job"), "job", self.problems, (
-            "image", "job_role", "vcpus", "memory_mib", "gpus", "timeout_seconds", "retry_attempts",
-            "command", "environment", "shared_memory_mib",
-        )))
-        logs = self._logs(_Table(data.get("logs"), "logs", self.problems, ("group", "retention_days", "stream_prefix")), prefix)
-        queue = self._queue(_Table(data.get("queue"), "queue", self.problems, (
-            "cancel_misconfigured_after_seconds", "cancel_no_capacity_after_seconds",
-        )))
+        compute = self._compute(
+            _Table(
+                data.get("compute"),
+                "compute",
+                self.problems,
+                (
+                    "instance_types",
+                    "max_vcpus",
+                    "provisioning",
+                    "allocation_strategy",
+                    "bid_percentage",
+                    "subnets",
+                    "security_groups",
+                    "instance_role",
+                    "service_role",
+                ),
+            )
+        )
+        job = self._job(
+            _Table(
+                data.get("job"),
+                "job",
+                self.problems,
+                (
+                    "image",
+                    "job_role",
+                    "vcpus",
+                    "memory_mib",
+                    "gpus",
+                    "timeout_seconds",
+                    "retry_attempts",
+                    "command",
+                    "environment",
+                    "shared_memory_mib",
+                ),
+            )
+        )
+        logs = self._logs(
+            _Table(data.get("logs"), "logs", self.problems, ("group", "retention_days", "stream_prefix")), prefix
+        )
+        queue = self._queue(
+            _Table(
+                data.get("queue"),
+                "queue",
+                self.problems,
+                (
+                    "cancel_misconfigured_after_seconds",
+                    "cancel_no_capacity_after_seconds",
+                ),
+            )
+        )
         tags = self._tags(data.get("tags"))
 
         if compute is not None and job is not None:
@@ -292,24 +377,36 @@ class _Validator:
             raise ConfigError(self.source, self.problems)
         assert prefix and region and compute and job and logs and tags is not None
         return BatchSetupConfig(
-            prefix=prefix, region=region, compute=compute, job=job, logs=logs, tags=tags, queue=queue,
-            source=self.source, warnings=tuple(self.warnings),
+            prefix=prefix,
+            region=region,
+            compute=compute,
+            job=job,
+            logs=logs,
+            tags=tags,
+            queue=queue,
+            source=self.source,
+            warnings=tuple(self.warnings),
         )
 
     # -- [compute] -------------------------------------------------------------
     def _compute(self, t: _Table) -> ComputeConfig | None:
         before = len(self.problems)
-        types = t.strings("instance_types", hint=f"list GPU instance types or families, e.g. [\"g6.xlarge\", \"g5.xlarge\"]; supported: {supported_summary()}")
+        types = t.strings(
+            "instance_types",
+            hint=f'list GPU instance types or families, e.g. ["g6.xlarge", "g5.xlarge"]; supported: {supported_summary()}',
+        )
         if types:
             for i, name in enumerate(types):
                 try:
                     resolve(name)
                 except UnsupportedInstanceType as exc:
                     t.problem(f"instance_types[{i}]", f"= {name!r}: {exc}. Use GPU types such as {_EXAMPLE_TYPES}")
-        max_vcpus = t.integer("max_vcpus", low=1, high=1_000_000, hint="the most vCPUs the compute environment may run at once, e.g. 64")
+        max_vcpus = t.integer(
+            "max_vcpus", low=1, high=1_000_000, hint="the most vCPUs the compute environment may run at once, e.g. 64"
+        )
         provisioning = t.string("provisioning", required=False, default="spot", hint='write "spot" or "on-demand"')
         if provisioning not in PROVISIONING:
-            t.problem("provisioning", f"= {provisioning!r} must be \"spot\" or \"on-demand\"")
+            t.problem("provisioning", f'= {provisioning!r} must be "spot" or "on-demand"')
             provisioning = None
         allocation = t.string("allocation_strategy", required=False, hint="leave it out for the default")
         if provisioning is not None:
@@ -318,21 +415,48 @@ class _Validator:
                 allocation = DEFAULT_ALLOCATION[provisioning]
             elif allocation not in allowed:
                 extra = " (BEST_FIT blocks in-place updates)" if allocation == "BEST_FIT" else ""
-                t.problem("allocation_strategy", f"= {allocation!r} is not allowed with {provisioning} instances{extra}; use one of {', '.join(allowed)}")
-        bid = t.integer("bid_percentage", required=False, low=1, high=100, hint="the most to pay for Spot as a percentage of On-Demand, e.g. 100")
+                t.problem(
+                    "allocation_strategy",
+                    f"= {allocation!r} is not allowed with {provisioning} instances{extra}; use one of {', '.join(allowed)}",
+                )
+        bid = t.integer(
+            "bid_percentage",
+            required=False,
+            low=1,
+            high=100,
+            hint="the most to pay for Spot as a percentage of On-Demand, e.g. 100",
+        )
         if bid is not None and provisioning == "on-demand":
-            t.problem("bid_percentage", "applies to spot only; remove it or set provisioning = \"spot\"")
-        subnets = t.strings("subnets", pattern=_SUBNET, shape="a subnet id (subnet-0123456789abcdef0)", hint="list the ids of private subnets with a route to ECR, S3 and CloudWatch Logs")
-        groups = t.strings("security_groups", pattern=_SECURITY_GROUP, shape="a security group id (sg-0123456789abcdef0)", hint="list security groups that allow outbound HTTPS")
-        instance_role = t.string("instance_role", hint="give the ECS instance profile, e.g. \"arn:aws:iam::123456789012:instance-profile/ecsInstanceRole\"")
+            t.problem("bid_percentage", 'applies to spot only; remove it or set provisioning = "spot"')
+        subnets = t.strings(
+            "subnets",
+            pattern=_SUBNET,
+            shape="a subnet id (subnet-0123456789abcdef0)",
+            hint="list the ids of private subnets with a route to ECR, S3 and CloudWatch Logs",
+        )
+        groups = t.strings(
+            "security_groups",
+            pattern=_SECURITY_GROUP,
+            shape="a security group id (sg-0123456789abcdef0)",
+            hint="list security groups that allow outbound HTTPS",
+        )
+        instance_role = t.string(
+            "instance_role",
+            hint='give the ECS instance profile, e.g. "arn:aws:iam::123456789012:instance-profile/ecsInstanceRole"',
+        )
         if instance_role is not None and not (_PROFILE_ARN.match(instance_role) or _PROFILE_NAME.match(instance_role)):
             if ":role/" in instance_role:
-                t.problem("instance_role", f"= {instance_role!r} is a role; AWS Batch wants the instance profile that holds it (arn:aws:iam::<account>:instance-profile/<name>)")
+                t.problem(
+                    "instance_role",
+                    f"= {instance_role!r} is a role; AWS Batch wants the instance profile that holds it (arn:aws:iam::<account>:instance-profile/<name>)",
+                )
             else:
                 t.problem("instance_role", f"= {instance_role!r} is not an instance profile ARN or name")
             instance_role = None
         service_role = t.string(
-            "service_role", pattern=_ROLE_ARN, shape="an IAM role ARN",
+            "service_role",
+            pattern=_ROLE_ARN,
+            shape="an IAM role ARN",
             hint=f"use the service-linked role arn:aws:iam::<account>:role/aws-service-role/batch.amazonaws.com/{SERVICE_LINKED_ROLE_NAME}",
         )
         if service_role is not None and not service_role.endswith("/" + SERVICE_LINKED_ROLE_NAME):
@@ -342,13 +466,27 @@ class _Validator:
             )
         if len(self.problems) > before:
             return None
-        assert types and max_vcpus and provisioning and allocation and subnets and groups and instance_role and service_role
-        return ComputeConfig(types, max_vcpus, provisioning, allocation, bid, subnets, groups, instance_role, service_role)
+        assert (
+            types
+            and max_vcpus
+            and provisioning
+            and allocation
+            and subnets
+            and groups
+            and instance_role
+            and service_role
+        )
+        return ComputeConfig(
+            types, max_vcpus, provisioning, allocation, bid, subnets, groups, instance_role, service_role
+        )
 
     # -- [job] -----------------------------------------------------------------
     def _job(self, t: _Table) -> JobConfig | None:
         before = len(self.problems)
-        image = t.string("image", hint="give the worker image URI, e.g. \"123456789012.dkr.ecr.us-east-1.amazonaws.com/airflow-gpu-worker:0.1.0\"")
+        image = t.string(
+            "image",
+            hint='give the worker image URI, e.g. "123456789012.dkr.ecr.us-east-1.amazonaws.com/airflow-gpu-worker:0.1.0"',
+        )
         if image is not None:
             if any(c.isspace() for c in image):
                 t.problem("image", f"= {image!r} contains whitespace; give an image URI")
@@ -357,22 +495,52 @@ class _Validator:
                     "job.image has no fixed tag: rebuilding the image under the same tag changes what jobs run "
                     "without a new job-definition revision; pin a version tag or a digest"
                 )
-        job_role = t.string("job_role", pattern=_ROLE_ARN, shape="an IAM role ARN",
-                            hint="give the role the worker runs as (S3 read/write), e.g. \"arn:aws:iam::123456789012:role/airflow-gpu-job\"")
+        job_role = t.string(
+            "job_role",
+            pattern=_ROLE_ARN,
+            shape="an IAM role ARN",
+            hint='give the role the worker runs as (S3 read/write), e.g. "arn:aws:iam::123456789012:role/airflow-gpu-job"',
+        )
         vcpus = t.integer("vcpus", low=1, high=192, hint="the vCPUs each job reserves, e.g. 4")
-        memory = t.integer("memory_mib", low=512, high=4 * 1024 * 1024, hint="the memory each job reserves in MiB, e.g. 15000")
-        gpus = t.integer("gpus", low=1, high=8, hint="the GPUs each job reserves, usually 1 (the ALS worker uses one GPU)")
-        timeout = t.integer("timeout_seconds", required=False, default=4 * 3600, low=60, high=14 * 24 * 3600,
-                            hint="the longest one attempt may run, in seconds (at least 60)")
-        attempts = t.integer("retry_attempts", required=False, default=3, low=1, high=10,
-                             hint="attempts per job, 1 to 10; only Spot reclaims (Host EC2...) are retried")
+        memory = t.integer(
+            "memory_mib", low=512, high=4 * 1024 * 1024, hint="the memory each job reserves in MiB, e.g. 15000"
+        )
+        gpus = t.integer(
+            "gpus", low=1, high=8, hint="the GPUs each job reserves, usually 1 (the ALS worker uses one GPU)"
+        )
+        timeout = t.integer(
+            "timeout_seconds",
+            required=False,
+            default=4 * 3600,
+            low=60,
+            high=14 * 24 * 3600,
+            hint="the longest one attempt may run, in seconds (at least 60)",
+        )
+        attempts = t.integer(
+            "retry_attempts",
+            required=False,
+            default=3,
+            low=1,
+            high=10,
+            hint="attempts per job, 1 to 10; only Spot reclaims (Host EC2...) are retried",
+        )
         command = None
         if t.data.get("command") is not None:
-            command = t.strings("command", required=False, hint="an argv list for the image's entrypoint, e.g. [\"als\", \"--help\"]")
-        shm = t.integer("shared_memory_mib", required=False, low=64, high=1024 * 1024,
-                        hint="the size of /dev/shm in MiB (Docker's default is 64), e.g. 2048")
+            command = t.strings(
+                "command", required=False, hint='an argv list for the image\'s entrypoint, e.g. ["als", "--help"]'
+            )
+        shm = t.integer(
+            "shared_memory_mib",
+            required=False,
+            low=64,
+            high=1024 * 1024,
+            hint="the size of /dev/shm in MiB (Docker's default is 64), e.g. 2048",
+        )
         if shm is not None and memory is not None and shm >= memory:
-            t.problem("shared_memory_mib", f"= {shm} must be below job.memory_mib = {memory}: /dev/shm is part of the job's memory")
+            t.problem(
+                "shared_memory_mib",
+                f"= {shm} must be below job.memory_mib = {memory}: /dev/shm is part of the job's memory",
+            )
         env = t.mapping("environment", hint='e.g. environment = { LOG_LEVEL = "INFO" }')
         if env:
             for name in env:
@@ -389,12 +557,21 @@ class _Validator:
     def _logs(self, t: _Table, prefix: str | None) -> LogsConfig | None:
         before = len(self.problems)
         default_group = f"/aws/batch/{prefix}" if prefix else None
-        group = t.string("group", required=False, default=default_group, pattern=_LOG_GROUP,
-                         shape="a CloudWatch log group name", hint="e.g. \"/aws/batch/airflow-gpu\"")
+        group = t.string(
+            "group",
+            required=False,
+            default=default_group,
+            pattern=_LOG_GROUP,
+            shape="a CloudWatch log group name",
+            hint='e.g. "/aws/batch/airflow-gpu"',
+        )
         retention = t.integer("retention_days", required=False, default=30, low=1, hint="e.g. 30")
         if retention is not None and retention not in RETENTION_DAYS:
-            t.problem("retention_days", f"= {retention} is not a value CloudWatch Logs accepts; use one of {', '.join(map(str, RETENTION_DAYS))}")
-        stream_prefix = t.string("stream_prefix", required=False, default=prefix, hint="e.g. \"airflow-gpu\"")
+            t.problem(
+                "retention_days",
+                f"= {retention} is not a value CloudWatch Logs accepts; use one of {', '.join(map(str, RETENTION_DAYS))}",
+            )
+        stream_prefix = t.string("stream_prefix", required=False, default=prefix, hint='e.g. "airflow-gpu"')
         if stream_prefix is not None and (":" in stream_prefix or "*" in stream_prefix):
             t.problem("stream_prefix", "may not contain ':' or '*'")
         if len(self.problems) > before or group is None or stream_prefix is None:
@@ -409,12 +586,22 @@ class _Validator:
             value = t.data.get(name)
             if value == 0 and not isinstance(value, bool):
                 return None  # 0 switches the action off
-            return t.integer(name, required=False, default=default, low=low, high=high,
-                             hint=f"seconds a job may stay RUNNABLE {what} before AWS cancels it ({low}-{high}), or 0 for never")
+            return t.integer(
+                name,
+                required=False,
+                default=default,
+                low=low,
+                high=high,
+                hint=f"seconds a job may stay RUNNABLE {what} before AWS cancels it ({low}-{high}), or 0 for never",
+            )
 
         return QueueConfig(
-            cancel_misconfigured_after_seconds=limit("cancel_misconfigured_after_seconds", 600, "blocked by a misconfiguration"),
-            cancel_no_capacity_after_seconds=limit("cancel_no_capacity_after_seconds", None, "for want of instance capacity"),
+            cancel_misconfigured_after_seconds=limit(
+                "cancel_misconfigured_after_seconds", 600, "blocked by a misconfiguration"
+            ),
+            cancel_no_capacity_after_seconds=limit(
+                "cancel_no_capacity_after_seconds", None, "for want of instance capacity"
+            ),
         )
 
     # -- [tags] ----------------------------------------------------------------
@@ -422,7 +609,7 @@ class _Validator:
         if data is None:
             return {}
         if not isinstance(data, dict):
-            self.problems.append("tags must be a table of strings ([tags] with key = \"value\" lines)")
+            self.problems.append('tags must be a table of strings ([tags] with key = "value" lines)')
             return None
         good = True
         for key, value in data.items():
@@ -430,10 +617,14 @@ class _Validator:
                 self.problems.append(f"tags.{key} = {value!r} must be a string")
                 good = False
             elif key.lower().startswith("aws:") or len(key) > 128 or len(value) > 256:
-                self.problems.append(f"tags.{key}: keys may not start with 'aws:' and are at most 128 characters, values 256")
+                self.problems.append(
+                    f"tags.{key}: keys may not start with 'aws:' and are at most 128 characters, values 256"
+                )
                 good = False
         if len(data) > 40:
-            self.problems.append(f"tags has {len(data)} entries; AWS allows 50 per resource and batch-setup adds its own, so keep it to 40")
+            self.problems.append(
+                f"tags has {len(data)} entries; AWS allows 50 per resource and batch-setup adds its own, so keep it to 40"
+            )
             good = False
         return dict(data) if good else None
 
@@ -452,16 +643,23 @@ class _Validator:
                 if job.vcpus > t.vcpus:
                     short.append(f"job.vcpus {job.vcpus} > {t.vcpus}")
                 if job.memory_mib > t.job_memory_mib:
-                    short.append(f"job.memory_mib {job.memory_mib} > ~{t.job_memory_mib} MiB left for jobs of {t.memory_gib} GiB")
+                    short.append(
+                        f"job.memory_mib {job.memory_mib} > ~{t.job_memory_mib} MiB left for jobs of {t.memory_gib} GiB"
+                    )
                 reasons.append(f"{t.name}: {', '.join(short)}")
             bigger = _smallest_fit(job, compute.instance_types)
-            fix = f"lower job.vcpus/memory_mib/gpus or add a larger type such as {bigger}" if bigger else "lower job.vcpus/memory_mib/gpus"
+            fix = (
+                f"lower job.vcpus/memory_mib/gpus or add a larger type such as {bigger}"
+                if bigger
+                else "lower job.vcpus/memory_mib/gpus"
+            )
             self.problems.append(
                 f"job needs {need}, which no type in compute.instance_types offers ({'; '.join(reasons)}); {fix}"
             )
         else:
             unused = [
-                name for name in compute.instance_types
+                name
+                for name in compute.instance_types
                 if not any(t.fits(job.gpus, job.vcpus, job.memory_mib) for t in resolve(name))
             ]
             if unused:

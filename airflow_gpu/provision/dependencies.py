@@ -26,10 +26,13 @@ _NOT_FOUND = ("NoSuchEntity", "NoSuchEntityException")
 
 
 def _trust(service: str) -> str:
-    return json.dumps({
-        "Version": "2012-10-17",
-        "Statement": [{"Effect": "Allow", "Principal": {"Service": service}, "Action": "sts:AssumeRole"}],
-    }, separators=(",", ":"))
+    return json.dumps(
+        {
+            "Version": "2012-10-17",
+            "Statement": [{"Effect": "Allow", "Principal": {"Service": service}, "Action": "sts:AssumeRole"}],
+        },
+        separators=(",", ":"),
+    )
 
 
 @dataclass(frozen=True)
@@ -101,16 +104,28 @@ def _check_instance_profile(cfg: BatchSetupConfig, clients: Clients) -> list[Mis
             return []
         # An empty profile gives the hosts no credentials: the ECS agent cannot register and the
         # compute environment never gets an instance to run on.
-        return [Missing(f"compute.instance_role {profile}", "holds no role", (
-            f"aws iam add-role-to-instance-profile --instance-profile-name {name} --role-name ecsInstanceRole",
-            "(a role trusted by ec2.amazonaws.com with AmazonEC2ContainerServiceforEC2Role attached)",
-        ))]
-    return [Missing(f"compute.instance_role {profile}", "does not exist", (
-        f"aws iam create-role --role-name {name} --assume-role-policy-document '{_trust('ec2.amazonaws.com')}'",
-        f"aws iam attach-role-policy --role-name {name} --policy-arn arn:aws:iam::aws:policy/service-role/AmazonEC2ContainerServiceforEC2Role",
-        f"aws iam create-instance-profile --instance-profile-name {name}",
-        f"aws iam add-role-to-instance-profile --instance-profile-name {name} --role-name {name}",
-    ))]
+        return [
+            Missing(
+                f"compute.instance_role {profile}",
+                "holds no role",
+                (
+                    f"aws iam add-role-to-instance-profile --instance-profile-name {name} --role-name ecsInstanceRole",
+                    "(a role trusted by ec2.amazonaws.com with AmazonEC2ContainerServiceforEC2Role attached)",
+                ),
+            )
+        ]
+    return [
+        Missing(
+            f"compute.instance_role {profile}",
+            "does not exist",
+            (
+                f"aws iam create-role --role-name {name} --assume-role-policy-document '{_trust('ec2.amazonaws.com')}'",
+                f"aws iam attach-role-policy --role-name {name} --policy-arn arn:aws:iam::aws:policy/service-role/AmazonEC2ContainerServiceforEC2Role",
+                f"aws iam create-instance-profile --instance-profile-name {name}",
+                f"aws iam add-role-to-instance-profile --instance-profile-name {name} --role-name {name}",
+            ),
+        )
+    ]
 
 
 def _check_job_role(cfg: BatchSetupConfig, clients: Clients) -> list[Missing]:
@@ -118,11 +133,17 @@ def _check_job_role(cfg: BatchSetupConfig, clients: Clients) -> list[Missing]:
     name = _name(arn)
     if _exists(lambda: clients.iam.get_role(RoleName=name), f"looking up the job role {name}"):
         return []
-    return [Missing(f"job.job_role {arn}", "does not exist", (
-        f"aws iam create-role --role-name {name} --assume-role-policy-document '{_trust('ecs-tasks.amazonaws.com')}'",
-        f"aws iam put-role-policy --role-name {name} --policy-name airflow-gpu-job --policy-document file://container/iam/job-role.json",
-        "(edit the bucket names in container/iam/job-role.json first)",
-    ))]
+    return [
+        Missing(
+            f"job.job_role {arn}",
+            "does not exist",
+            (
+                f"aws iam create-role --role-name {name} --assume-role-policy-document '{_trust('ecs-tasks.amazonaws.com')}'",
+                f"aws iam put-role-policy --role-name {name} --policy-name airflow-gpu-job --policy-document file://container/iam/job-role.json",
+                "(edit the bucket names in container/iam/job-role.json first)",
+            ),
+        )
+    ]
 
 
 def _check_network(cfg: BatchSetupConfig, clients: Clients) -> list[Missing]:
@@ -130,32 +151,50 @@ def _check_network(cfg: BatchSetupConfig, clients: Clients) -> list[Missing]:
     with aws_errors("looking up the subnets"):
         subnets = clients.ec2.describe_subnets(Filters=[{"Name": "subnet-id", "Values": list(c.subnets)}])["Subnets"]
     with aws_errors("looking up the security groups"):
-        groups = clients.ec2.describe_security_groups(Filters=[{"Name": "group-id", "Values": list(c.security_groups)}])["SecurityGroups"]
+        groups = clients.ec2.describe_security_groups(
+            Filters=[{"Name": "group-id", "Values": list(c.security_groups)}]
+        )["SecurityGroups"]
     vpc_of = {s["SubnetId"]: s["VpcId"] for s in subnets}
     vpc_of.update({g["GroupId"]: g["VpcId"] for g in groups})
     vpcs = sorted(set(vpc_of.values()))
     vpc = vpcs[0] if len(vpcs) == 1 else "<VPC_ID>"
     missing = [
-        Missing(f"compute.subnets {subnet}", f"does not exist in {cfg.region}", (
-            f"aws ec2 create-subnet --region {cfg.region} --vpc-id {vpc} --cidr-block <CIDR>",
-            "(a private subnet, with a NAT gateway or VPC endpoints for ECR, S3 and CloudWatch Logs)",
-        ))
-        for subnet in c.subnets if subnet not in vpc_of
+        Missing(
+            f"compute.subnets {subnet}",
+            f"does not exist in {cfg.region}",
+            (
+                f"aws ec2 create-subnet --region {cfg.region} --vpc-id {vpc} --cidr-block <CIDR>",
+                "(a private subnet, with a NAT gateway or VPC endpoints for ECR, S3 and CloudWatch Logs)",
+            ),
+        )
+        for subnet in c.subnets
+        if subnet not in vpc_of
     ]
     missing += [
-        Missing(f"compute.security_groups {group}", f"does not exist in {cfg.region}", (
-            f"aws ec2 create-security-group --region {cfg.region} --vpc-id {vpc} --group-name {cfg.prefix}-batch "
-            "--description 'airflow-gpu GPU hosts: outbound only'",
-        ))
-        for group in c.security_groups if group not in vpc_of
+        Missing(
+            f"compute.security_groups {group}",
+            f"does not exist in {cfg.region}",
+            (
+                f"aws ec2 create-security-group --region {cfg.region} --vpc-id {vpc} --group-name {cfg.prefix}-batch "
+                "--description 'airflow-gpu GPU hosts: outbound only'",
+            ),
+        )
+        for group in c.security_groups
+        if group not in vpc_of
     ]
     if len(vpcs) > 1:
         where = "; ".join(f"{v}: {', '.join(i for i, iv in vpc_of.items() if iv == v)}" for v in vpcs)
-        missing.append(Missing("compute.subnets and compute.security_groups", f"are not in one VPC ({where})", (
-            f"aws ec2 describe-subnets --region {cfg.region} --filters Name=vpc-id,Values=<VPC_ID>",
-            f"aws ec2 describe-security-groups --region {cfg.region} --filters Name=vpc-id,Values=<VPC_ID>",
-            "(then list only the subnets and security groups of that one VPC)",
-        )))
+        missing.append(
+            Missing(
+                "compute.subnets and compute.security_groups",
+                f"are not in one VPC ({where})",
+                (
+                    f"aws ec2 describe-subnets --region {cfg.region} --filters Name=vpc-id,Values=<VPC_ID>",
+                    f"aws ec2 describe-security-groups --region {cfg.region} --filters Name=vpc-id,Values=<VPC_ID>",
+                    "(then list only the subnets and security groups of that one VPC)",
+                ),
+            )
+        )
     return missing
 
 
@@ -179,9 +218,16 @@ def _check_image(cfg: BatchSetupConfig, clients: Clients) -> list[Missing]:
         except botocore.exceptions.ClientError as exc:
             code = exc.response.get("Error", {}).get("Code")
             if code == "RepositoryNotFoundException":
-                return [Missing(f"job.image {image}", f"names ECR repository {repository}, which does not exist", (
-                    f"aws ecr create-repository --region {region} --repository-name {repository}", *push,
-                ))]
+                return [
+                    Missing(
+                        f"job.image {image}",
+                        f"names ECR repository {repository}, which does not exist",
+                        (
+                            f"aws ecr create-repository --region {region} --repository-name {repository}",
+                            *push,
+                        ),
+                    )
+                ]
             if code == "ImageNotFoundException":
                 return [Missing(f"job.image {image}", f"is not in ECR repository {repository}", push)]
             raise

@@ -108,7 +108,9 @@ def job_definition_request(cfg: BatchSetupConfig) -> dict[str, Any]:
     # A code bundle's requirements are installed once per host and reused by the jobs after it:
     # the worker finds this host folder at REQUIREMENTS_CACHE_PATH (see airflow_gpu/worker/requirements.py).
     container["volumes"] = [{"name": REQUIREMENTS_VOLUME, "host": {"sourcePath": REQUIREMENTS_CACHE_PATH}}]
-    container["mountPoints"] = [{"sourceVolume": REQUIREMENTS_VOLUME, "containerPath": REQUIREMENTS_CACHE_PATH, "readOnly": False}]
+    container["mountPoints"] = [
+        {"sourceVolume": REQUIREMENTS_VOLUME, "containerPath": REQUIREMENTS_CACHE_PATH, "readOnly": False}
+    ]
     if j.shared_memory_mib:
         container["linuxParameters"] = {"sharedMemorySize": j.shared_memory_mib}
     if j.command:

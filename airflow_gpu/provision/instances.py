@@ -148,9 +148,7 @@ UNSUPPORTED_FAMILIES: dict[str, str] = {
     "gr6f": "fractional NVIDIA L4; AWS Batch schedules whole GPUs",
 }
 
-INSTANCE_TYPES: dict[str, InstanceType] = {
-    t.name: t for family in SUPPORTED_FAMILIES.values() for t in family.types()
-}
+INSTANCE_TYPES: dict[str, InstanceType] = {t.name: t for family in SUPPORTED_FAMILIES.values() for t in family.types()}
 
 
 class UnsupportedInstanceType(ValueError):

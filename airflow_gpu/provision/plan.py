@@ -84,7 +84,10 @@ def plan_setup(cfg: BatchSetupConfig, clients: Clients) -> Plan:
     _plan_job_queue(cfg, clients, plan, blockers, ce_arn)
     _plan_job_definition(cfg, clients, plan)
     if blockers:
-        raise ProvisionError("batch-setup cannot apply this config in place; nothing was changed.\n" + "\n".join(f"  - {b}" for b in blockers))
+        raise ProvisionError(
+            "batch-setup cannot apply this config in place; nothing was changed.\n"
+            + "\n".join(f"  - {b}" for b in blockers)
+        )
     return plan
 
 
@@ -92,15 +95,26 @@ def _plan_log_group(cfg: BatchSetupConfig, clients: Clients, plan: Plan) -> None
     name = cfg.logs.group
     group = state.log_group(clients, name)
     if group is None:
-        plan.actions.append(CreateLogGroup(
-            "log group", name, "create", [Change("retentionInDays", None, cfg.logs.retention_days)],
-            request=desired.log_group_request(cfg), retention_days=cfg.logs.retention_days,
-        ))
+        plan.actions.append(
+            CreateLogGroup(
+                "log group",
+                name,
+                "create",
+                [Change("retentionInDays", None, cfg.logs.retention_days)],
+                request=desired.log_group_request(cfg),
+                retention_days=cfg.logs.retention_days,
+            )
+        )
     elif group.get("retentionInDays") != cfg.logs.retention_days:
-        plan.actions.append(SetLogRetention(
-            "log group", name, "update", [Change("retentionInDays", group.get("retentionInDays"), cfg.logs.retention_days)],
-            retention_days=cfg.logs.retention_days,
-        ))
+        plan.actions.append(
+            SetLogRetention(
+                "log group",
+                name,
+                "update",
+                [Change("retentionInDays", group.get("retentionInDays"), cfg.logs.retention_days)],
+                retention_days=cfg.logs.retention_days,
+            )
+        )
     else:
         plan.up_to_date.append(f"log group {name}")
 
@@ -110,14 +124,22 @@ def _plan_compute_environment(cfg: BatchSetupConfig, clients: Clients, plan: Pla
     want = desired.compute_environment_request(cfg)
     ce = state.compute_environment(clients, name)
     if ce is None:
-        plan.actions.append(CreateComputeEnvironment(
-            "compute environment", name, "create", diff({}, compute_environment_view(want)), request=want,
-        ))
+        plan.actions.append(
+            CreateComputeEnvironment(
+                "compute environment",
+                name,
+                "create",
+                diff({}, compute_environment_view(want)),
+                request=want,
+            )
+        )
         return None
     plan.compute_environment_arn = arn = ce["computeEnvironmentArn"]
     cr = ce.get("computeResources") or {}
     if ce.get("status") == "DELETING":
-        blockers.append(f"compute environment {name} is being deleted; wait until it is gone, then run batch-setup again")
+        blockers.append(
+            f"compute environment {name} is being deleted; wait until it is gone, then run batch-setup again"
+        )
         return arn
     if ce.get("type") != "MANAGED" or cr.get("type") not in ("EC2", "SPOT"):
         blockers.append(
@@ -152,7 +174,9 @@ def _plan_compute_environment(cfg: BatchSetupConfig, clients: Clients, plan: Pla
         elif not is_service_linked(current_role) or strategy not in INFRASTRUCTURE_UPDATE_STRATEGIES:
             why = []
             if not is_service_linked(current_role):
-                why.append(f"its service role is {current_role}, not the {SERVICE_LINKED_ROLE_NAME} service-linked role")
+                why.append(
+                    f"its service role is {current_role}, not the {SERVICE_LINKED_ROLE_NAME} service-linked role"
+                )
             if strategy not in INFRASTRUCTURE_UPDATE_STRATEGIES:
                 why.append(f"its allocation strategy is {strategy}")
             blockers.append(
@@ -161,15 +185,30 @@ def _plan_compute_environment(cfg: BatchSetupConfig, clients: Clients, plan: Pla
                 "run batch-setup --delete and then batch-setup again, or use a new prefix (blue/green)"
             )
     if changes:
-        plan.actions.append(UpdateComputeEnvironment(
-            "compute environment", name, "update in place", changes, note=how,
-            request=_compute_update_request(name, want, changes, _update_grace_minutes(cfg) if infrastructure else None),
-        ))
+        plan.actions.append(
+            UpdateComputeEnvironment(
+                "compute environment",
+                name,
+                "update in place",
+                changes,
+                note=how,
+                request=_compute_update_request(
+                    name, want, changes, _update_grace_minutes(cfg) if infrastructure else None
+                ),
+            )
+        )
     tags = missing_tags(ce.get("tags"), want["tags"])
     if tags:
-        plan.actions.append(TagBatchResource(
-            "compute environment", name, "tag", tags, arn=arn, tags={c.field.removeprefix("tags."): c.new for c in tags},
-        ))
+        plan.actions.append(
+            TagBatchResource(
+                "compute environment",
+                name,
+                "tag",
+                tags,
+                arn=arn,
+                tags={c.field.removeprefix("tags."): c.new for c in tags},
+            )
+        )
     if not changes and not tags:
         if ce.get("status") == "INVALID":
             blockers.append(
@@ -211,16 +250,24 @@ def _compute_update_request(
     return request
 
 
-def _plan_job_queue(cfg: BatchSetupConfig, clients: Clients, plan: Plan, blockers: list[str], ce_arn: str | None) -> None:
+def _plan_job_queue(
+    cfg: BatchSetupConfig, clients: Clients, plan: Plan, blockers: list[str], ce_arn: str | None
+) -> None:
     name = cfg.job_queue_name
     ce_ref = ce_arn or NEW_COMPUTE_ENVIRONMENT
     want = desired.job_queue_request(cfg, ce_ref)
     queue = state.job_queue(clients, name)
     if queue is None:
-        plan.actions.append(CreateJobQueue(
-            "job queue", name, "create", diff({}, job_queue_view(want)), request=want,
-            compute_environment=cfg.compute_environment_name,
-        ))
+        plan.actions.append(
+            CreateJobQueue(
+                "job queue",
+                name,
+                "create",
+                diff({}, job_queue_view(want)),
+                request=want,
+                compute_environment=cfg.compute_environment_name,
+            )
+        )
         return
     plan.job_queue_arn = queue["jobQueueArn"]
     if queue.get("status") == "DELETING":
@@ -231,14 +278,28 @@ def _plan_job_queue(cfg: BatchSetupConfig, clients: Clients, plan: Plan, blocker
         request: dict[str, Any] = {"jobQueue": name}
         for change in changes:
             request[change.field] = want[change.field]
-        plan.actions.append(UpdateJobQueue(
-            "job queue", name, "update in place", changes, request=request, compute_environment=cfg.compute_environment_name,
-        ))
+        plan.actions.append(
+            UpdateJobQueue(
+                "job queue",
+                name,
+                "update in place",
+                changes,
+                request=request,
+                compute_environment=cfg.compute_environment_name,
+            )
+        )
     tags = missing_tags(queue.get("tags"), want["tags"])
     if tags:
-        plan.actions.append(TagBatchResource(
-            "job queue", name, "tag", tags, arn=queue["jobQueueArn"], tags={c.field.removeprefix("tags."): c.new for c in tags},
-        ))
+        plan.actions.append(
+            TagBatchResource(
+                "job queue",
+                name,
+                "tag",
+                tags,
+                arn=queue["jobQueueArn"],
+                tags={c.field.removeprefix("tags."): c.new for c in tags},
+            )
+        )
     if not changes and not tags:
         plan.up_to_date.append(f"job queue {name}")
 
@@ -249,15 +310,27 @@ def _plan_job_definition(cfg: BatchSetupConfig, clients: Clients, plan: Plan) ->
     revisions = state.active_job_definitions(clients, name)
     latest = revisions[-1] if revisions else None
     if latest is None:
-        plan.actions.append(RegisterJobDefinition(
-            "job definition", name, "register", diff({}, job_definition_view(want)), request=want,
-        ))
+        plan.actions.append(
+            RegisterJobDefinition(
+                "job definition",
+                name,
+                "register",
+                diff({}, job_definition_view(want)),
+                request=want,
+            )
+        )
         return
     changes = diff(job_definition_view(latest), job_definition_view(want))
     if changes:
-        plan.actions.append(RegisterJobDefinition(
-            "job definition", name, f"register a new revision (latest is {latest['revision']})", changes, request=want,
-        ))
+        plan.actions.append(
+            RegisterJobDefinition(
+                "job definition",
+                name,
+                f"register a new revision (latest is {latest['revision']})",
+                changes,
+                request=want,
+            )
+        )
     else:
         plan.job_definition_arn = latest["jobDefinitionArn"]
         plan.up_to_date.append(f"job definition {name}:{latest['revision']}")
@@ -289,10 +362,13 @@ def plan_teardown(cfg: BatchSetupConfig, clients: Clients, *, delete_logs: bool 
             )
     if ce is not None:
         others = [
-            q["jobQueueName"] for q in state.all_job_queues(clients)
+            q["jobQueueName"]
+            for q in state.all_job_queues(clients)
             if q.get("jobQueueName") != cfg.job_queue_name
-            and any(o.get("computeEnvironment") in (ce["computeEnvironmentArn"], ce["computeEnvironmentName"])
-                    for o in q.get("computeEnvironmentOrder") or [])
+            and any(
+                o.get("computeEnvironment") in (ce["computeEnvironmentArn"], ce["computeEnvironmentName"])
+                for o in q.get("computeEnvironmentOrder") or []
+            )
         ]
         if others:
             blockers.append(
@@ -300,7 +376,9 @@ def plan_teardown(cfg: BatchSetupConfig, clients: Clients, *, delete_logs: bool 
                 "detach it from them first (AWS refuses to delete a compute environment a queue still uses)"
             )
     if blockers:
-        raise ProvisionError("batch-setup --delete stopped before deleting anything.\n" + "\n".join(f"  - {b}" for b in blockers))
+        raise ProvisionError(
+            "batch-setup --delete stopped before deleting anything.\n" + "\n".join(f"  - {b}" for b in blockers)
+        )
 
     if queue is not None:
         plan.job_queue_arn = queue["jobQueueArn"]
@@ -310,23 +388,36 @@ def plan_teardown(cfg: BatchSetupConfig, clients: Clients, *, delete_logs: bool 
     if ce is not None:
         plan.compute_environment_arn = ce["computeEnvironmentArn"]
         if ce.get("state") != "DISABLED":
-            plan.actions.append(DisableComputeEnvironment("compute environment", cfg.compute_environment_name, "disable"))
-        plan.actions.append(DeleteComputeEnvironment(
-            "compute environment", cfg.compute_environment_name, "delete", note="after the queue is gone and it is DISABLED",
-        ))
+            plan.actions.append(
+                DisableComputeEnvironment("compute environment", cfg.compute_environment_name, "disable")
+            )
+        plan.actions.append(
+            DeleteComputeEnvironment(
+                "compute environment",
+                cfg.compute_environment_name,
+                "delete",
+                note="after the queue is gone and it is DISABLED",
+            )
+        )
     foreign = []
     for definition in state.active_job_definitions(clients, cfg.job_definition_name):
         revision = f"{cfg.job_definition_name}:{definition['revision']}"
         if not _managed_by_us(definition.get("tags")):
             foreign.append(revision)
             continue
-        plan.actions.append(DeregisterJobDefinition("job definition", revision, "deregister", arn=definition["jobDefinitionArn"]))
+        plan.actions.append(
+            DeregisterJobDefinition("job definition", revision, "deregister", arn=definition["jobDefinitionArn"])
+        )
     if foreign:
-        plan.notes.append(f"job definition revision(s) {', '.join(foreign)} were not registered by batch-setup and are kept")
+        plan.notes.append(
+            f"job definition revision(s) {', '.join(foreign)} were not registered by batch-setup and are kept"
+        )
     group = state.log_group(clients, cfg.logs.group)
     if group is not None:
         if delete_logs:
             plan.actions.append(DeleteLogGroup("log group", cfg.logs.group, "delete", note="its job logs go with it"))
         else:
-            plan.notes.append(f"log group {cfg.logs.group} is kept with its job logs (pass --delete-logs to delete it too)")
+            plan.notes.append(
+                f"log group {cfg.logs.group} is kept with its job logs (pass --delete-logs to delete it too)"
+            )
     return plan

@@ -14,17 +14,32 @@ import asyncio
 POLICY_FILE = "container/iam/airflow.json"
 
 _SERVICE_OF = {
-    "SubmitJob": "batch", "DescribeJobs": "batch", "ListJobs": "batch", "TerminateJob": "batch",
-    "TagResource": "batch", "DescribeJobQueues": "batch", "DescribeJobDefinitions": "batch",
-    "GetLogEvents": "logs", "FilterLogEvents": "logs",
+    "SubmitJob": "batch",
+    "DescribeJobs": "batch",
+    "ListJobs": "batch",
+    "TerminateJob": "batch",
+    "TagResource": "batch",
+    "DescribeJobQueues": "batch",
+    "DescribeJobDefinitions": "batch",
+    "GetLogEvents": "logs",
+    "FilterLogEvents": "logs",
 }
 
-_EXPIRED = frozenset({
-    "ExpiredToken", "ExpiredTokenException", "RequestExpired", "TokenRefreshRequired",
-    "InvalidClientTokenId", "UnrecognizedClient", "UnrecognizedClientException",
-})
+_EXPIRED = frozenset(
+    {
+        "ExpiredToken",
+        "ExpiredTokenException",
+        "RequestExpired",
+        "TokenRefreshRequired",
+        "InvalidClientTokenId",
+        "UnrecognizedClient",
+        "UnrecognizedClientException",
+    }
+)
 
-_DENIED = frozenset({"AccessDenied", "AccessDeniedException", "UnauthorizedOperation", "AuthorizationError", "Forbidden"})
+_DENIED = frozenset(
+    {"AccessDenied", "AccessDeniedException", "UnauthorizedOperation", "AuthorizationError", "Forbidden"}
+)
 
 NO_CREDENTIALS = (
     "no AWS credentials found: run `aws sso login` (with --profile NAME for a named profile), "
@@ -34,7 +49,9 @@ NO_CREDENTIALS = (
 
 def _action(exc) -> str:
     operation = getattr(exc, "operation_name", "") or "?"
-    service = _SERVICE_OF.get(operation, "s3" if operation.endswith(("Object", "Objects", "ObjectsV2", "Upload")) else "")
+    service = _SERVICE_OF.get(
+        operation, "s3" if operation.endswith(("Object", "Objects", "ObjectsV2", "Upload")) else ""
+    )
     return f"{service}:{operation}" if service else operation
 
 
@@ -53,8 +70,11 @@ def explain(exc: BaseException, *, profile: str | None = None, endpoint_url: str
         return NO_CREDENTIALS
     if isinstance(exc, bx.ProfileNotFound):
         return f"AWS profile {profile or exc.kwargs.get('profile')!r} is not in your AWS config; check --profile (`aws configure list-profiles` lists them)"
-    token_errors = tuple(getattr(bx, name) for name in ("TokenRetrievalError", "SSOTokenLoadError", "UnauthorizedSSOTokenError")
-                         if hasattr(bx, name))
+    token_errors = tuple(
+        getattr(bx, name)
+        for name in ("TokenRetrievalError", "SSOTokenLoadError", "UnauthorizedSSOTokenError")
+        if hasattr(bx, name)
+    )
     if isinstance(exc, token_errors):
         return f"your AWS login has expired: run `{login}`, then try again"
     if isinstance(exc, bx.ClientError):
@@ -62,8 +82,10 @@ def explain(exc: BaseException, *, profile: str | None = None, endpoint_url: str
         if code in _EXPIRED:
             return f"AWS refused the credentials ({code}): they have expired or are wrong; run `{login}` or refresh them, then try again"
         if code in _DENIED:
-            return (f"AWS denied {_action(exc)} to your identity ({code}); grant it with the policy in {POLICY_FILE} "
-                    "(see docs/aws.md, IAM)")
+            return (
+                f"AWS denied {_action(exc)} to your identity ({code}); grant it with the policy in {POLICY_FILE} "
+                "(see docs/aws.md, IAM)"
+            )
         message = exc.response.get("Error", {}).get("Message") or str(exc)
         return f"AWS answered {exc.operation_name} with {code or 'an error'}: {message}"
     if isinstance(exc, CannotSeeJobs):
@@ -81,8 +103,10 @@ def explain(exc: BaseException, *, profile: str | None = None, endpoint_url: str
 def gave_up(seconds: float, endpoint_url: str | None) -> str:
     """The line an interactive command ends with when the API did not answer in time."""
     where = endpoint_url or "AWS"
-    return (f"no answer from {where} in {seconds:g} s (unreachable, or failing); check your network, "
-            "--endpoint-url and --region, or wait longer with --give-up-after SECONDS")
+    return (
+        f"no answer from {where} in {seconds:g} s (unreachable, or failing); check your network, "
+        "--endpoint-url and --region, or wait longer with --give-up-after SECONDS"
+    )
 
 
 def is_timeout(exc: BaseException) -> bool:

@@ -28,5 +28,7 @@ async def unknown_queue_or_definition(backend, exc: BaseException, queue: str, d
     if names:
         shown = ", ".join(names[:20]) + (f" (and {len(names) - 20} more)" if len(names) > 20 else "")
         return f"no {what} {given!r} in {backend.location}; {flag} takes one of: {shown}"
-    return (f"no {what} {given!r} in {backend.location}, and none exists there: "
-            "create them with `airflow-gpu batch-setup` (see docs/aws.md)")
+    return (
+        f"no {what} {given!r} in {backend.location}, and none exists there: "
+        "create them with `airflow-gpu batch-setup` (see docs/aws.md)"
+    )

@@ -55,13 +55,17 @@ def code_command(args: argparse.Namespace, target: BackendTarget) -> list[str]:
     bundle = pack(args.code, max_bytes=limit)
     script = _inside(args.code, args.script) if args.script else None
     if script is not None and script not in bundle.files:
-        raise TerminalError(f"--script {args.script} is not among the files of --code {args.code}; give its path inside the folder")
+        raise TerminalError(
+            f"--script {args.script} is not among the files of --code {args.code}; give its path inside the folder"
+        )
     note = left_out_note(bundle, args.code)
     if note:
         print(f"Note: {note}", flush=True)
     staged = stage_bundle(_staging_store(args, prefix), prefix, bundle)
     verb = "Uploaded" if staged.uploaded else "Already staged:"
-    print(f"{verb} {len(bundle.files)} files of {args.code} as {staged.uri} ({len(bundle.data) / 1e6:.2f} MB)", flush=True)
+    print(
+        f"{verb} {len(bundle.files)} files of {args.code} as {staged.uri} ({len(bundle.data) / 1e6:.2f} MB)", flush=True
+    )
     command = ["run-script", "--code", staged.uri, "--sha256", staged.sha256, "--output", args.output]
     command += ["--script", script] if script else ["--module", args.module]
     if args.requirements:

@@ -76,8 +76,10 @@ def status_rows(made: Bill | None) -> list[tuple[str, str]]:
 def totals(states: Sequence[JobState], usages: dict[str, JobUsage], bills: dict[str, Bill]) -> list[str]:
     """`jobs --cost`: GPU-hours and cost summed per queue and per DAG, as printable lines."""
     lines: list[str] = []
-    for title, key in (("QUEUE", lambda s: (usages[s.job_id].queue if s.job_id in usages else None) or "-"),
-                       ("DAG", lambda s: s.tags.get(TAG_DAG_ID) or "-")):
+    for title, key in (
+        ("QUEUE", lambda s: (usages[s.job_id].queue if s.job_id in usages else None) or "-"),
+        ("DAG", lambda s: s.tags.get(TAG_DAG_ID) or "-"),
+    ):
         groups: dict[str, list[Bill]] = defaultdict(list)
         for state in states:
             if state.job_id in bills:
@@ -88,8 +90,10 @@ def totals(states: Sequence[JobState], usages: dict[str, JobUsage], bills: dict[
         if len(groups) > 1:
             rows.append(_total_row("all", [b for group in groups.values() for b in group]))
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-        lines.extend("  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
-                     for row in rows)
+        lines.extend(
+            "  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
+            for row in rows
+        )
         lines.append("")
     return lines[:-1]
 

@@ -17,8 +17,16 @@ from airflow_gpu.terminal.options import TerminalError
 class JobView:
     """Prints one job's states and log lines to ``out`` (the log lines as they are, states marked ``==``)."""
 
-    def __init__(self, target: BackendTarget, out: TextIO | None = None, *, stream_logs: bool = True,
-                 poll_interval: float = 5.0, tail: int | None = None, give_up_after: float | None = None):
+    def __init__(
+        self,
+        target: BackendTarget,
+        out: TextIO | None = None,
+        *,
+        stream_logs: bool = True,
+        poll_interval: float = 5.0,
+        tail: int | None = None,
+        give_up_after: float | None = None,
+    ):
         self.target = target
         # The follower reads a stream from its start; ``tail`` keeps only the last lines of that first read.
         self.tail = tail
@@ -47,7 +55,9 @@ class JobView:
             url = backend.log_url(state) if backend is not None else None
             if url:
                 self.say(f"log: {url}")
-            self._follow = LogFollower.shared(self.target).follow(state, self._print_lines, poll_interval=self.poll_interval)
+            self._follow = LogFollower.shared(self.target).follow(
+                state, self._print_lines, poll_interval=self.poll_interval
+            )
 
     def _print_lines(self, lines: list[str]) -> None:
         if self.tail is not None:

@@ -15,14 +15,28 @@ assert set(ORDER) == LIVE_STATES | TERMINAL_STATES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--queue", action="append", default=None,
-                        help="Batch job queue (required for AWS Batch; repeatable)")
-    parser.add_argument("--status", action="append", default=None, choices=ORDER, type=str.upper,
-                        help="only jobs in this status (repeatable); default: all")
-    parser.add_argument("--since", default=None, metavar="AGE",
-                        help="only jobs created within this age: 7d, 24h, 30m, 2w (Batch keeps ended jobs about 7 days)")
-    parser.add_argument("--cost", action="store_true",
-                        help="also sum GPU-hours and estimated cost per queue and per DAG ($AIRFLOW_GPU_PRICES overrides the prices)")
+    parser.add_argument(
+        "--queue", action="append", default=None, help="Batch job queue (required for AWS Batch; repeatable)"
+    )
+    parser.add_argument(
+        "--status",
+        action="append",
+        default=None,
+        choices=ORDER,
+        type=str.upper,
+        help="only jobs in this status (repeatable); default: all",
+    )
+    parser.add_argument(
+        "--since",
+        default=None,
+        metavar="AGE",
+        help="only jobs created within this age: 7d, 24h, 30m, 2w (Batch keeps ended jobs about 7 days)",
+    )
+    parser.add_argument(
+        "--cost",
+        action="store_true",
+        help="also sum GPU-hours and estimated cost per queue and per DAG ($AIRFLOW_GPU_PRICES overrides the prices)",
+    )
     add_target_arguments(parser)
 
 
@@ -41,7 +55,10 @@ def _jobs(args: argparse.Namespace) -> int:
         states = [s for s in states if (created := _created(s, usages)) is None or created >= cutoff]
     if not states:
         where = f" in queue {', '.join(args.queue)}" if args.queue else ""
-        print(f"No airflow-gpu jobs{where} with status {', '.join(statuses)}" + (f" since {args.since}." if args.since else "."))
+        print(
+            f"No airflow-gpu jobs{where} with status {', '.join(statuses)}"
+            + (f" since {args.since}." if args.since else ".")
+        )
         return 0
     bills = bills_of(usages.values())
     rows = [("JOB ID", "STATUS", "NAME", "DURATION", "GPU-H", "COST", "FROM")] + [
@@ -52,7 +69,11 @@ def _jobs(args: argparse.Namespace) -> int:
         print("  ".join(cell.ljust(w) for cell, w in zip(row[:6], widths)) + "  " + row[6])
     if args.cost:
         print()
-        print(f"GPU-hours and estimated cost of the {len(bills)} ended job(s) above" + (f", created within {args.since}" if args.since else "") + ":")
+        print(
+            f"GPU-hours and estimated cost of the {len(bills)} ended job(s) above"
+            + (f", created within {args.since}" if args.since else "")
+            + ":"
+        )
         for line in totals(states, usages, bills):
             print(line)
     return 0

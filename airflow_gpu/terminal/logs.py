@@ -18,7 +18,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("job_id", metavar="JOB_ID")
     parser.add_argument("--follow", "-f", action="store_true", help="keep printing new lines until the job ends")
     parser.add_argument("--tail", type=int, default=None, metavar="N", help="only the last N lines")
-    parser.add_argument("--poll-interval", type=float, default=5.0, metavar="S", help="seconds between polls with --follow")
+    parser.add_argument(
+        "--poll-interval", type=float, default=5.0, metavar="S", help="seconds between polls with --follow"
+    )
     add_target_arguments(parser)
 
 
@@ -42,6 +44,7 @@ def _logs(args: argparse.Namespace) -> int:
 
     async def main() -> int:
         try:
+
             async def once() -> bool:
                 async with JobWatcher.shared(target).backend() as backend:
                     state = await describe_one(backend, args.job_id)
@@ -57,8 +60,9 @@ def _logs(args: argparse.Namespace) -> int:
                 raise GaveUp(give_up_after(args)) from None
             # Live: the same watcher and follower as a deferred task's. The follower starts at the
             # stream's beginning: the whole log is printed (or its last --tail lines), then what comes.
-            final = await JobView(target, poll_interval=args.poll_interval, tail=args.tail,
-                                  give_up_after=give_up_after(args)).watch(args.job_id)
+            final = await JobView(
+                target, poll_interval=args.poll_interval, tail=args.tail, give_up_after=give_up_after(args)
+            ).watch(args.job_id)
             return exit_code_of(final)
         finally:
             await LogFollower.close_all()

@@ -33,13 +33,26 @@ class TerminalError(Exception):
 
 def add_target_arguments(parser: argparse.ArgumentParser) -> None:
     where = parser.add_argument_group("where the jobs are")
-    where.add_argument("--backend", default=_default_backend(), choices=sorted(BUILTIN_BACKENDS),
-                       help=f"aws_batch (default, or ${BACKEND_ENV}), or local processes on this machine")
-    where.add_argument("--profile", default=None, help="AWS profile (else the standard chain: environment, config, role)")
+    where.add_argument(
+        "--backend",
+        default=_default_backend(),
+        choices=sorted(BUILTIN_BACKENDS),
+        help=f"aws_batch (default, or ${BACKEND_ENV}), or local processes on this machine",
+    )
+    where.add_argument(
+        "--profile", default=None, help="AWS profile (else the standard chain: environment, config, role)"
+    )
     where.add_argument("--region", default=None, help="AWS region (else the profile's or $AWS_REGION)")
-    where.add_argument("--endpoint-url", default=None, help="one endpoint for Batch, Logs and S3 (a test server, a VPC endpoint)")
-    where.add_argument("--give-up-after", type=_seconds, default=DEFAULT_GIVE_UP_AFTER, metavar="S",
-                       help=f"give up when the job system does not answer for this long (default {DEFAULT_GIVE_UP_AFTER:g} s)")
+    where.add_argument(
+        "--endpoint-url", default=None, help="one endpoint for Batch, Logs and S3 (a test server, a VPC endpoint)"
+    )
+    where.add_argument(
+        "--give-up-after",
+        type=_seconds,
+        default=DEFAULT_GIVE_UP_AFTER,
+        metavar="S",
+        help=f"give up when the job system does not answer for this long (default {DEFAULT_GIVE_UP_AFTER:g} s)",
+    )
 
 
 def _default_backend() -> str:
@@ -59,8 +72,12 @@ def _seconds(text: str) -> float:
 
 def target_of(args: argparse.Namespace) -> BackendTarget:
     return BackendTarget(
-        backend=args.backend, conn_id=None, region_name=args.region,
-        standard_chain=True, profile=args.profile, endpoint_url=args.endpoint_url,
+        backend=args.backend,
+        conn_id=None,
+        region_name=args.region,
+        standard_chain=True,
+        profile=args.profile,
+        endpoint_url=args.endpoint_url,
     )
 
 
@@ -69,7 +86,11 @@ def target_flags(args: argparse.Namespace) -> str:
     flags = []
     if args.backend != "aws_batch":
         flags += ["--backend", args.backend]
-    for option, value in (("--profile", args.profile), ("--region", args.region), ("--endpoint-url", args.endpoint_url)):
+    for option, value in (
+        ("--profile", args.profile),
+        ("--region", args.region),
+        ("--endpoint-url", args.endpoint_url),
+    ):
         if value:
             flags += [option, value]
     import shlex
@@ -81,7 +102,9 @@ def give_up_after(args: argparse.Namespace) -> float:
     return float(getattr(args, "give_up_after", None) or DEFAULT_GIVE_UP_AFTER)
 
 
-def call(target: BackendTarget, fn: Callable[[JobBackend], Awaitable[T]], *, timeout: float = DEFAULT_GIVE_UP_AFTER) -> T:
+def call(
+    target: BackendTarget, fn: Callable[[JobBackend], Awaitable[T]], *, timeout: float = DEFAULT_GIVE_UP_AFTER
+) -> T:
     """``fn(backend)`` on a loop of its own, closed after (clients included); at most ``timeout``
     seconds, then :class:`GaveUp` (the backend's own retries would wait for ever)."""
 
@@ -124,8 +147,10 @@ async def describe_one(backend: JobBackend, job_id: str) -> JobState:
         if backend.name == "local":
             from airflow_gpu.jobs.local.backend import STATE_DIR_ENV
 
-            raise TerminalError(f"no job {job_id!r} in {backend.location}; check the id, or point {STATE_DIR_ENV} "
-                                "(else $AIRFLOW_HOME/airflow-gpu/local-jobs) at the folder that holds its record")
+            raise TerminalError(
+                f"no job {job_id!r} in {backend.location}; check the id, or point {STATE_DIR_ENV} "
+                "(else $AIRFLOW_HOME/airflow-gpu/local-jobs) at the folder that holds its record"
+            )
         raise TerminalError(
             f"no job {job_id!r} in {backend.location}; check the id, and --backend, --region and --profile"
         )

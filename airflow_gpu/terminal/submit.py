@@ -51,35 +51,69 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = "Everything after -- is the job's command (argv, never a shell string), or the script's arguments with --script."
     job = parser.add_argument_group("the job")
     job.add_argument("--queue", help="Batch job queue (not needed with --backend local)")
-    job.add_argument("--definition", help="Batch job definition: name, name:revision or ARN (not needed with --backend local)")
+    job.add_argument(
+        "--definition", help="Batch job definition: name, name:revision or ARN (not needed with --backend local)"
+    )
     job.add_argument("--gpus", type=int, default=1, help="GPUs (0-16)")
     job.add_argument("--vcpus", type=int, default=None, help="vCPUs (else the definition's)")
     job.add_argument("--memory-mib", type=int, default=None, help="memory in MiB (else the definition's)")
     job.add_argument("--name", default=None, help="job name (else the script's or the command's name)")
-    job.add_argument("--env", type=_pair, action="append", default=[], metavar="K=V", help="environment variable (repeatable)")
+    job.add_argument(
+        "--env", type=_pair, action="append", default=[], metavar="K=V", help="environment variable (repeatable)"
+    )
     job.add_argument("--tag", type=_pair, action="append", default=[], metavar="K=V", help="job tag (repeatable)")
-    job.add_argument("--timeout", type=float, default=None, metavar="S", help="attempt timeout in seconds (at least 60)")
-    job.add_argument("--max-queued", type=float, default=None, metavar="S",
-                     help="terminate the job if it waits longer than this for capacity")
+    job.add_argument(
+        "--timeout", type=float, default=None, metavar="S", help="attempt timeout in seconds (at least 60)"
+    )
+    job.add_argument(
+        "--max-queued",
+        type=float,
+        default=None,
+        metavar="S",
+        help="terminate the job if it waits longer than this for capacity",
+    )
     script = parser.add_argument_group("a local script, run by the image's run-script")
-    script.add_argument("--script", default=None, metavar="PATH",
-                        help="a local .py file, uploaded to the staging prefix; with --code, its path inside the code folder")
-    script.add_argument("--code", default=None, metavar="FOLDER",
-                        help="ship this folder as one code bundle (git-tracked files in a checkout), staged once per content")
+    script.add_argument(
+        "--script",
+        default=None,
+        metavar="PATH",
+        help="a local .py file, uploaded to the staging prefix; with --code, its path inside the code folder",
+    )
+    script.add_argument(
+        "--code",
+        default=None,
+        metavar="FOLDER",
+        help="ship this folder as one code bundle (git-tracked files in a checkout), staged once per content",
+    )
     script.add_argument("--module", default=None, metavar="PKG.MODULE", help="with --code: run `python -m PKG.MODULE`")
-    script.add_argument("--requirements", default=None, metavar="PATH",
-                        help="with --code: the requirements file inside it to install first (default: its requirements.txt)")
-    script.add_argument("--max-code-size", default=None, metavar="SIZE",
-                        help="refuse a --code bundle larger than this (default 200MB)")
+    script.add_argument(
+        "--requirements",
+        default=None,
+        metavar="PATH",
+        help="with --code: the requirements file inside it to install first (default: its requirements.txt)",
+    )
+    script.add_argument(
+        "--max-code-size", default=None, metavar="SIZE", help="refuse a --code bundle larger than this (default 200MB)"
+    )
     script.add_argument("--input", default=None, metavar="URI", help="copied into the script's input/ folder")
     script.add_argument("--output", default=None, metavar="URI", help="where the script's output/ and manifest.json go")
-    script.add_argument("--staging-prefix", default=None, metavar="URI", help="where the script is uploaded (else $AIRFLOW_GPU_STAGING_PREFIX)")
+    script.add_argument(
+        "--staging-prefix",
+        default=None,
+        metavar="URI",
+        help="where the script is uploaded (else $AIRFLOW_GPU_STAGING_PREFIX)",
+    )
     watch = parser.add_argument_group("watching")
     watch.add_argument("--detach", action="store_true", help="print the job id and links, and return at once")
     watch.add_argument("--terminate-on-interrupt", action="store_true", help="Ctrl-C terminates the job without asking")
     watch.add_argument("--no-logs", action="store_true", help="states only, no log lines")
-    watch.add_argument("--poll-interval", type=float, default=None, metavar="S",
-                       help="seconds between status polls (default 2 with --backend local, else 5)")
+    watch.add_argument(
+        "--poll-interval",
+        type=float,
+        default=None,
+        metavar="S",
+        help="seconds between status polls (default 2 with --backend local, else 5)",
+    )
     add_target_arguments(parser)
     parser.add_argument("argv", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
 
@@ -101,8 +135,10 @@ def _stage_script(args: argparse.Namespace, target: BackendTarget):
     if not path.is_file():
         raise TerminalError(f"--script {args.script}: no such file; pass the path of your .py file")
     if not args.output:
-        raise TerminalError("--script needs --output URI: where the script's output/ folder goes "
-                            "(s3://bucket/prefix/, or a local folder with --backend local)")
+        raise TerminalError(
+            "--script needs --output URI: where the script's output/ folder goes "
+            "(s3://bucket/prefix/, or a local folder with --backend local)"
+        )
     from airflow_gpu.config import local_staging_default
 
     local = local_staging_default(airflow_home=False) if target.backend == "local" else None
@@ -132,7 +168,15 @@ def _spec(args: argparse.Namespace, target: BackendTarget) -> JobSpec:
         from airflow_gpu.config import local_path_or_uri
 
         # Relative local paths mean the submitter's folder, whatever folder the job runs in.
-        command = ["run-script", "--script", staged.uri, "--sha256", staged.sha256, "--output", local_path_or_uri(args.output)]
+        command = [
+            "run-script",
+            "--script",
+            staged.uri,
+            "--sha256",
+            staged.sha256,
+            "--output",
+            local_path_or_uri(args.output),
+        ]
         if args.input:
             command += ["--input", local_path_or_uri(args.input)]
         if args.endpoint_url and target.backend == "local":
@@ -141,8 +185,10 @@ def _spec(args: argparse.Namespace, target: BackendTarget) -> JobSpec:
         base = args.name or Path(args.script).stem
     else:
         if not argv:
-            raise TerminalError("no command: put the job's argv after --, e.g. `-- python train.py` "
-                            "(run by the image's entrypoint as it is), or pass --script train.py")
+            raise TerminalError(
+                "no command: put the job's argv after --, e.g. `-- python train.py` "
+                "(run by the image's entrypoint as it is), or pass --script train.py"
+            )
         command = argv
         base = args.name or Path(argv[0]).name
     if target.backend == "local":  # the local backend puts the image's entrypoint in front, as Batch does
@@ -155,9 +201,16 @@ def _spec(args: argparse.Namespace, target: BackendTarget) -> JobSpec:
     run = f"{getpass.getuser()}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{secrets.token_hex(3)}"
     return JobSpec.build(
         identity=TaskIdentity(TERMINAL_DAG_ID, base, run),
-        job_queue=queue, job_definition=definition, job_name=base, command=command,
-        environment=dict(args.env), gpus=args.gpus, vcpus=args.vcpus, memory_mib=args.memory_mib,
-        tags=dict(args.tag), timeout=args.timeout,
+        job_queue=queue,
+        job_definition=definition,
+        job_name=base,
+        command=command,
+        environment=dict(args.env),
+        gpus=args.gpus,
+        vcpus=args.vcpus,
+        memory_mib=args.memory_mib,
+        tags=dict(args.tag),
+        timeout=args.timeout,
     )
 
 
@@ -175,10 +228,9 @@ def _ask_to_terminate(job_id: str) -> bool:
 
 async def _watch(target: BackendTarget, job_id: str, args: argparse.Namespace):
     try:
-        return await JobView(target, stream_logs=not args.no_logs, poll_interval=args.poll_interval,
-                             give_up_after=give_up_after(args)).watch(
-            job_id, max_queued=args.max_queued
-        )
+        return await JobView(
+            target, stream_logs=not args.no_logs, poll_interval=args.poll_interval, give_up_after=give_up_after(args)
+        ).watch(job_id, max_queued=args.max_queued)
     finally:
         await LogFollower.close_all()
         await JobWatcher.close_all()
@@ -220,8 +272,11 @@ def _submit(args: argparse.Namespace) -> int:
             call(target, lambda backend: backend.terminate(state.job_id, reason), timeout=give_up_after(args))
             print(f"Terminated job {state.job_id}.", flush=True)
             return 130
-        print(f"Job {state.job_id} keeps running; `airflow-gpu cancel {state.job_id}{target_flags(args)}` stops it, "
-              f"`airflow-gpu logs {state.job_id} --follow{target_flags(args)}` follows it again.", flush=True)
+        print(
+            f"Job {state.job_id} keeps running; `airflow-gpu cancel {state.job_id}{target_flags(args)}` stops it, "
+            f"`airflow-gpu logs {state.job_id} --follow{target_flags(args)}` follows it again.",
+            flush=True,
+        )
         return 130
     return exit_code_of(final)
 

@@ -83,9 +83,13 @@ def build_parser() -> argparse.ArgumentParser:
     # Options every command takes, written once. -q works before or after the command; SUPPRESS
     # keeps a subcommand that was not given -q from resetting the top level's value (absent = not quiet).
     quiet = argparse.ArgumentParser(add_help=False)
-    quiet.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="log warnings and errors only")
+    quiet.add_argument(
+        "-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="log warnings and errors only"
+    )
     s3 = argparse.ArgumentParser(add_help=False)
-    s3.add_argument("--endpoint-url", default=None, help="S3 endpoint (else the standard AWS settings, AWS_ENDPOINT_URL included)")
+    s3.add_argument(
+        "--endpoint-url", default=None, help="S3 endpoint (else the standard AWS settings, AWS_ENDPOINT_URL included)"
+    )
     s3.add_argument("--concurrency", type=_positive_int, default=16, help="S3 requests in flight")
 
     parser = argparse.ArgumentParser(
@@ -109,56 +113,126 @@ def build_parser() -> argparse.ArgumentParser:
     )
     io = als.add_argument_group("input and output")
     io.add_argument("--input", required=True, metavar="URI", help="s3://bucket/prefix/, or a local file or folder")
-    io.add_argument("--output", required=True, metavar="URI", help="s3://bucket/prefix/ or a local folder for the outputs")
-    io.add_argument("--format", default="auto", choices=FORMATS, help="input format; auto goes by extension, then magic bytes")
+    io.add_argument(
+        "--output", required=True, metavar="URI", help="s3://bucket/prefix/ or a local folder for the outputs"
+    )
+    io.add_argument(
+        "--format", default="auto", choices=FORMATS, help="input format; auto goes by extension, then magic bytes"
+    )
     io.add_argument("--user-col", default="user_id", help="column with user ids (strings or integers)")
     io.add_argument("--item-col", default="item_id", help="column with item ids (strings or integers)")
-    io.add_argument("--weight-col", default=None, help="column with counts/plays/views; without it each row counts once")
-    io.add_argument("--drop-invalid", action="store_true", help="skip rows with a negative, NaN or non-numeric weight instead of failing")
+    io.add_argument(
+        "--weight-col", default=None, help="column with counts/plays/views; without it each row counts once"
+    )
+    io.add_argument(
+        "--drop-invalid",
+        action="store_true",
+        help="skip rows with a negative, NaN or non-numeric weight instead of failing",
+    )
 
     model = als.add_argument_group("model")
-    model.add_argument("--weighting", default=None, choices=WEIGHTINGS,
-                       help=f"confidence = 1 + alpha * f(weight): {', '.join(WEIGHTINGS)} (log is log1p; none is binary); "
-                            f"default {DEFAULT_WEIGHTING}, or what --tune picks")
-    model.add_argument("--alpha", type=float, default=None,
-                       help="confidence scale; default per weighting: " + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_ALPHA.items()))
+    model.add_argument(
+        "--weighting",
+        default=None,
+        choices=WEIGHTINGS,
+        help=f"confidence = 1 + alpha * f(weight): {', '.join(WEIGHTINGS)} (log is log1p; none is binary); "
+        f"default {DEFAULT_WEIGHTING}, or what --tune picks",
+    )
+    model.add_argument(
+        "--alpha",
+        type=float,
+        default=None,
+        help="confidence scale; default per weighting: " + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_ALPHA.items()),
+    )
     model.add_argument("--factors", type=_positive_int, default=defaults.factors, help="latent factors")
-    model.add_argument("--iterations", type=_positive_int, default=defaults.iterations,
-                       help="the most ALS iterations; training stops sooner once the loss stops improving (--early-stop)")
-    model.add_argument("--early-stop", type=float, default=defaults.early_stop, metavar="TOL",
-                       help="stop once the loss improved by less than this share for --patience iterations in a row; 0 runs "
-                            "every iteration")
-    model.add_argument("--patience", type=_positive_int, default=defaults.patience,
-                       help="iterations in a row below --early-stop that end training")
-    model.add_argument("--tune", action=argparse.BooleanOptionalAction, default=TUNE_BY_DEFAULT,
-                       help="first pick weighting, alpha and regularization share on a validation split of the training "
-                            "data (sampled users, the defaults kept unless clearly beaten; see --tune-budget); skipped "
-                            "when --weighting, --alpha or a numeric --regularization is given")
-    model.add_argument("--tune-budget", type=float, default=DEFAULT_BUDGET, metavar="SHARE",
-                       help="the search's time budget as a share of the final training run (estimated; at least a few "
-                            "seconds): it stops there and keeps the best so far")
-    model.add_argument("--regularization", type=_regularization, default="auto", metavar="auto|X",
-                       help=f"L2 regularization: auto = {AUTO_REGULARIZATION_SHARE:g} x the largest singular value of the "
-                            "confidence matrix (it scales with the data), or a number, used as given")
+    model.add_argument(
+        "--iterations",
+        type=_positive_int,
+        default=defaults.iterations,
+        help="the most ALS iterations; training stops sooner once the loss stops improving (--early-stop)",
+    )
+    model.add_argument(
+        "--early-stop",
+        type=float,
+        default=defaults.early_stop,
+        metavar="TOL",
+        help="stop once the loss improved by less than this share for --patience iterations in a row; 0 runs "
+        "every iteration",
+    )
+    model.add_argument(
+        "--patience",
+        type=_positive_int,
+        default=defaults.patience,
+        help="iterations in a row below --early-stop that end training",
+    )
+    model.add_argument(
+        "--tune",
+        action=argparse.BooleanOptionalAction,
+        default=TUNE_BY_DEFAULT,
+        help="first pick weighting, alpha and regularization share on a validation split of the training "
+        "data (sampled users, the defaults kept unless clearly beaten; see --tune-budget); skipped "
+        "when --weighting, --alpha or a numeric --regularization is given",
+    )
+    model.add_argument(
+        "--tune-budget",
+        type=float,
+        default=DEFAULT_BUDGET,
+        metavar="SHARE",
+        help="the search's time budget as a share of the final training run (estimated; at least a few "
+        "seconds): it stops there and keeps the best so far",
+    )
+    model.add_argument(
+        "--regularization",
+        type=_regularization,
+        default="auto",
+        metavar="auto|X",
+        help=f"L2 regularization: auto = {AUTO_REGULARIZATION_SHARE:g} x the largest singular value of the "
+        "confidence matrix (it scales with the data), or a number, used as given",
+    )
     model.add_argument("--seed", type=int, default=defaults.seed, help="random seed (factors, holdout split)")
-    model.add_argument("--device", default="auto", choices=DEVICES, help="auto uses the GPU when implicit sees CUDA, else all CPU cores")
-    model.add_argument("--solver", default=defaults.solver, choices=SOLVERS,
-                       help="implicit (GPU or CPU), or native: our own CUDA solver (GPU only, needs CuPy)")
+    model.add_argument(
+        "--device",
+        default="auto",
+        choices=DEVICES,
+        help="auto uses the GPU when implicit sees CUDA, else all CPU cores",
+    )
+    model.add_argument(
+        "--solver",
+        default=defaults.solver,
+        choices=SOLVERS,
+        help="implicit (GPU or CPU), or native: our own CUDA solver (GPU only, needs CuPy)",
+    )
     model.add_argument("--threads", type=int, default=0, help="CPU threads for training and decoding; 0 = every core")
-    model.add_argument("--no-loss", action="store_true", help="skip computing the training loss each iteration (a little faster)")
+    model.add_argument(
+        "--no-loss", action="store_true", help="skip computing the training loss each iteration (a little faster)"
+    )
 
     out = als.add_argument_group("outputs")
     out.add_argument("--top-n", type=_positive_int, default=10, help="recommendations per user (seen items left out)")
     out.add_argument("--similar-n", type=int, default=10, help="similar items per item; 0 skips similar_items")
     out.add_argument("--no-factors", action="store_true", help="do not write user_factors and item_factors")
     out.add_argument("--batch-users", type=_positive_int, default=100_000, help="users (or items) per output part")
-    out.add_argument("--eval-holdout", type=float, default=0.0, metavar="F",
-                     help="hold out this share of each user's items and report precision/MAP/NDCG@k against popularity")
+    out.add_argument(
+        "--eval-holdout",
+        type=float,
+        default=0.0,
+        metavar="F",
+        help="hold out this share of each user's items and report precision/MAP/NDCG@k against popularity",
+    )
     out.add_argument("--eval-k", type=_positive_int, default=10, help="k of the evaluation metrics")
-    out.add_argument("--eval-users", type=_positive_int, default=50_000, help="evaluate on at most this many users (sampled)")
-    out.add_argument("--progress-interval", type=float, default=5.0, metavar="SECONDS", help="seconds between progress lines")
-    out.add_argument("--keep-runs", type=_non_negative_int, default=DEFAULT_KEEP_RUNS, metavar="N",
-                     help="after committing, delete committed runs/<id>/ folders older than the N newest; 0 keeps all")
+    out.add_argument(
+        "--eval-users", type=_positive_int, default=50_000, help="evaluate on at most this many users (sampled)"
+    )
+    out.add_argument(
+        "--progress-interval", type=float, default=5.0, metavar="SECONDS", help="seconds between progress lines"
+    )
+    out.add_argument(
+        "--keep-runs",
+        type=_non_negative_int,
+        default=DEFAULT_KEEP_RUNS,
+        metavar="N",
+        help="after committing, delete committed runs/<id>/ folders older than the N newest; 0 keeps all",
+    )
     als.set_defaults(handler=_run_als)
 
     script = commands.add_parser(
@@ -172,17 +246,39 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_DefaultsHelpFormatter,
         parents=[quiet, s3],
     )
-    script.add_argument("--script", default=None, metavar="URI",
-                        help="s3://bucket/path/script.py or a local .py file; with --code, a path inside the code")
+    script.add_argument(
+        "--script",
+        default=None,
+        metavar="URI",
+        help="s3://bucket/path/script.py or a local .py file; with --code, a path inside the code",
+    )
     _add_code_arguments(script)
-    script.add_argument("--module", default=None, metavar="PKG.MODULE", help="with --code: run `python -m PKG.MODULE` instead of a script")
+    script.add_argument(
+        "--module",
+        default=None,
+        metavar="PKG.MODULE",
+        help="with --code: run `python -m PKG.MODULE` instead of a script",
+    )
     script.add_argument("--input", default=None, metavar="URI", help="s3:// prefix or local folder copied into input/")
     script.add_argument("--output", required=True, metavar="URI", help="where output/ and manifest.json go")
-    script.add_argument("--sha256", default=None, help="refuse the script (or the --code bundle) unless its bytes have this digest")
-    script.add_argument("--workdir", default=None, help="working folder (default: a fresh temporary folder, removed after)")
-    script.add_argument("--keep-workdir", action="store_true", help="keep the temporary working folder, inputs included, even on failure")
-    script.add_argument("--keep-runs", type=_non_negative_int, default=DEFAULT_KEEP_RUNS, metavar="N",
-                        help="after committing, delete committed runs/<id>/ folders older than the N newest; 0 keeps all")
+    script.add_argument(
+        "--sha256", default=None, help="refuse the script (or the --code bundle) unless its bytes have this digest"
+    )
+    script.add_argument(
+        "--workdir", default=None, help="working folder (default: a fresh temporary folder, removed after)"
+    )
+    script.add_argument(
+        "--keep-workdir",
+        action="store_true",
+        help="keep the temporary working folder, inputs included, even on failure",
+    )
+    script.add_argument(
+        "--keep-runs",
+        type=_non_negative_int,
+        default=DEFAULT_KEEP_RUNS,
+        metavar="N",
+        help="after committing, delete committed runs/<id>/ folders older than the N newest; 0 keeps all",
+    )
     script.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the script, after --")
     script.set_defaults(handler=_run_script)
 
@@ -199,17 +295,27 @@ def build_parser() -> argparse.ArgumentParser:
     function.add_argument("--sha256", required=True, help="the payload's digest, as the DAG computed it")
     function.add_argument("--result", required=True, metavar="URI", help="prefix for result.json or error.json")
     _add_code_arguments(function)
-    function.add_argument("--code-sha256", default=None, help="refuse the --code bundle unless its bytes have this digest")
+    function.add_argument(
+        "--code-sha256", default=None, help="refuse the --code bundle unless its bytes have this digest"
+    )
     function.set_defaults(handler=_run_function)
     return parser
 
 
 def _add_code_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--code", default=None, metavar="URI",
-                        help="the project to run from: a staged bundle (.../code/SHA256.tar.gz), an s3:// prefix or a local "
-                             "folder; unpacked into the working folder, its root on PYTHONPATH")
-    parser.add_argument("--requirements", default=None, metavar="PATH",
-                        help="with --code: the requirements file inside it to install first (default: its requirements.txt, if any)")
+    parser.add_argument(
+        "--code",
+        default=None,
+        metavar="URI",
+        help="the project to run from: a staged bundle (.../code/SHA256.tar.gz), an s3:// prefix or a local "
+        "folder; unpacked into the working folder, its root on PYTHONPATH",
+    )
+    parser.add_argument(
+        "--requirements",
+        default=None,
+        metavar="PATH",
+        help="with --code: the requirements file inside it to install first (default: its requirements.txt, if any)",
+    )
 
 
 # Whether `als` tunes unless told --no-tune: see benchmarks/README.md, "Tuning", for its cost and gain.
@@ -222,8 +328,15 @@ def _run_als(args: argparse.Namespace) -> int:
     from .pipeline import AlsConfig, run_als
     from .train import TrainParams
 
-    fixed = [flag for flag, value in (("--weighting", args.weighting), ("--alpha", args.alpha),
-                                      ("--regularization", args.regularization)) if value is not None]
+    fixed = [
+        flag
+        for flag, value in (
+            ("--weighting", args.weighting),
+            ("--alpha", args.alpha),
+            ("--regularization", args.regularization),
+        )
+        if value is not None
+    ]
     if args.tune and fixed:
         logging.getLogger("airflow_gpu.worker").info("tune: skipped: %s given, and used as given", ", ".join(fixed))
 
@@ -272,10 +385,19 @@ def _run_script(args: argparse.Namespace) -> int:
     extra = args.args[1:] if args.args[:1] == ["--"] else args.args
     return asyncio.run(
         run_script_async(
-            args.script, args.input, args.output, extra,
-            endpoint_url=args.endpoint_url, concurrency=args.concurrency, workdir=args.workdir, sha256=args.sha256,
-            keep_workdir=args.keep_workdir, keep_runs=args.keep_runs,
-            code=args.code, module=args.module, requirements=args.requirements,
+            args.script,
+            args.input,
+            args.output,
+            extra,
+            endpoint_url=args.endpoint_url,
+            concurrency=args.concurrency,
+            workdir=args.workdir,
+            sha256=args.sha256,
+            keep_workdir=args.keep_workdir,
+            keep_runs=args.keep_runs,
+            code=args.code,
+            module=args.module,
+            requirements=args.requirements,
         )
     )
 
@@ -285,8 +407,13 @@ def _run_function(args: argparse.Namespace) -> int:
 
     return asyncio.run(
         run_function_async(
-            args.payload, args.sha256, args.result, endpoint_url=args.endpoint_url,
-            code=args.code, code_sha256=args.code_sha256, requirements=args.requirements,
+            args.payload,
+            args.sha256,
+            args.result,
+            endpoint_url=args.endpoint_url,
+            code=args.code,
+            code_sha256=args.code_sha256,
+            requirements=args.requirements,
         )
     )
 
@@ -329,9 +456,11 @@ def _missing_dependency(exc: ModuleNotFoundError) -> int:
     """An installation without the worker's dependencies (pip install without the ``worker`` extra)."""
     if not exc.name or exc.name.split(".")[0] == "airflow_gpu":
         raise exc
-    print(f"{PROG}: error: this installation lacks {exc.name!r}, which the worker needs: install the package with its "
-          "worker extra (`pip install -e '.[worker]'` in a checkout, or the image built from container/Dockerfile)",
-          file=sys.stderr)
+    print(
+        f"{PROG}: error: this installation lacks {exc.name!r}, which the worker needs: install the package with its "
+        "worker extra (`pip install -e '.[worker]'` in a checkout, or the image built from container/Dockerfile)",
+        file=sys.stderr,
+    )
     return 2
 
 

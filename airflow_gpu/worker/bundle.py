@@ -61,14 +61,20 @@ def _members(uri: str, tar: tarfile.TarFile) -> list[tuple[str, tarfile.TarInfo]
     try:
         members = tar.getmembers()
     except (tarfile.TarError, EOFError, OSError) as exc:
-        raise BundleRefused(f"code bundle {uri} is not a readable .tar.gz ({exc}); build it with airflow-gpu submit --code") from None
+        raise BundleRefused(
+            f"code bundle {uri} is not a readable .tar.gz ({exc}); build it with airflow-gpu submit --code"
+        ) from None
     named: list[tuple[str, tarfile.TarInfo]] = []
     for member in members:
         name = member.name.removeprefix("./")
         if member.issym() or member.islnk():
-            raise BundleRefused(f"code bundle {uri}: {member.name!r} is a link (to {member.linkname!r}); a bundle carries files only, so nothing was run")
+            raise BundleRefused(
+                f"code bundle {uri}: {member.name!r} is a link (to {member.linkname!r}); a bundle carries files only, so nothing was run"
+            )
         if not (member.isfile() or member.isdir()):
-            raise BundleRefused(f"code bundle {uri}: {member.name!r} is a device file or pipe, not a file; nothing was run")
+            raise BundleRefused(
+                f"code bundle {uri}: {member.name!r} is a device file or pipe, not a file; nothing was run"
+            )
         if name in ("", "."):
             continue
         named.append((name.rstrip("/") if member.isdir() else name, member))
@@ -79,7 +85,9 @@ def _extract(uri: str, data: bytes, dest: Path) -> int:
     try:
         tar = tarfile.open(fileobj=io.BytesIO(data), mode="r:*")
     except (tarfile.TarError, EOFError, OSError) as exc:
-        raise BundleRefused(f"code bundle {uri} is not a readable .tar.gz ({exc}); build it with airflow-gpu submit --code") from None
+        raise BundleRefused(
+            f"code bundle {uri} is not a readable .tar.gz ({exc}); build it with airflow-gpu submit --code"
+        ) from None
     with tar:
         return _write_members(uri, tar, dest)
 
@@ -116,10 +124,14 @@ def _copy_folder(source: Path, dest: Path) -> int:
             relative = Path(path).relative_to(source).as_posix()
             real = os.path.realpath(path)
             if real != root and not real.startswith(root + os.sep):
-                raise BundleRefused(f"code folder {source}: {relative} is a link that leads outside it; nothing was run")
+                raise BundleRefused(
+                    f"code folder {source}: {relative} is a link that leads outside it; nothing was run"
+                )
             mode = os.stat(real).st_mode
             if not stat.S_ISREG(mode):
-                raise BundleRefused(f"code folder {source}: {relative} is a device file or pipe, not a file; nothing was run")
+                raise BundleRefused(
+                    f"code folder {source}: {relative} is a device file or pipe, not a file; nothing was run"
+                )
             planned.append((relative, real))
     try:
         targets = [path_inside(dest, relative) for relative, _ in planned]
@@ -150,7 +162,9 @@ async def _fetch_prefix(uri: str, dest: Path, endpoint_url: str | None) -> int:
     async with open_store(uri, endpoint_url=endpoint_url) as store:
         names = [name for name in await store.names_under("") if not name.endswith("/")]
         if not names:
-            raise WorkerError(f"no objects under {uri}; check --code (an s3:// prefix, a staged bundle or a local folder)")
+            raise WorkerError(
+                f"no objects under {uri}; check --code (an s3:// prefix, a staged bundle or a local folder)"
+            )
         try:
             paths = [path_inside(dest, name) for name in names]
         except WorkerError as exc:
@@ -169,7 +183,9 @@ async def fetch_code(uri: str, dest: Path, *, endpoint_url: str | None = None, s
     dest.mkdir(parents=True, exist_ok=True)
     is_archive = uri.rstrip("/").endswith(BUNDLE_SUFFIX)
     if sha256 and not is_archive:
-        raise WorkerError(f"--sha256 pins a bundle (.../<sha256>{BUNDLE_SUFFIX}), but --code {uri} is a folder; drop --sha256")
+        raise WorkerError(
+            f"--sha256 pins a bundle (.../<sha256>{BUNDLE_SUFFIX}), but --code {uri} is a folder; drop --sha256"
+        )
     if is_archive:
         data = await _read_bundle(uri, endpoint_url)
         digest = _verify(uri, data, sha256)

@@ -44,6 +44,8 @@ class LossPlateau:
         improvement = (previous - loss) / abs(previous) if previous else 0.0
         self._flat = self._flat + 1 if improvement < self.tolerance else 0
         if self._flat >= self.patience:
-            return (f"converged: the loss improved by less than {self.tolerance:g} (relative) for "
-                    f"{self.patience} iterations in a row")
+            return (
+                f"converged: the loss improved by less than {self.tolerance:g} (relative) for "
+                f"{self.patience} iterations in a row"
+            )
         return None

@@ -31,8 +31,11 @@ def exec_command(argv: list[str], prog: str) -> int:
     try:
         os.execvp(argv[0], argv)
     except FileNotFoundError:
-        print(f"{prog}: error: {argv[0]!r} is neither a worker command ({', '.join(SUBCOMMANDS)}) nor a program "
-              "on PATH; check the job's command", file=sys.stderr)
+        print(
+            f"{prog}: error: {argv[0]!r} is neither a worker command ({', '.join(SUBCOMMANDS)}) nor a program "
+            "on PATH; check the job's command",
+            file=sys.stderr,
+        )
         return 127
     except PermissionError:
         print(f"{prog}: error: {argv[0]!r} is not executable; check the job's command", file=sys.stderr)

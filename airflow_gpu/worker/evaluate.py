@@ -21,8 +21,9 @@ from .recommend import popularity_top_n, top_n
 log = logging.getLogger("airflow_gpu.worker")
 
 
-def holdout_split(matrix: scipy.sparse.csr_matrix, fraction: float,
-                  seed: int = 0) -> tuple[scipy.sparse.csr_matrix, scipy.sparse.csr_matrix]:
+def holdout_split(
+    matrix: scipy.sparse.csr_matrix, fraction: float, seed: int = 0
+) -> tuple[scipy.sparse.csr_matrix, scipy.sparse.csr_matrix]:
     """(train, test) CSR matrices of the same shape; together they hold every entry once."""
     if not 0 < fraction < 1:
         raise WorkerError(f"--eval-holdout must be between 0 and 1 (exclusive), got {fraction}")
@@ -66,8 +67,17 @@ def ranking_metrics(recommended: np.ndarray, test: scipy.sparse.csr_matrix, k: i
     return {"precision": precision, "map": ap, "ndcg": ndcg}
 
 
-def evaluate(model: Any, train: scipy.sparse.csr_matrix, test: scipy.sparse.csr_matrix, *, k: int = 10,
-             max_users: int = 50_000, seed: int = 0, batch: int = 10_000, holdout: float | None = None) -> dict[str, Any]:
+def evaluate(
+    model: Any,
+    train: scipy.sparse.csr_matrix,
+    test: scipy.sparse.csr_matrix,
+    *,
+    k: int = 10,
+    max_users: int = 50_000,
+    seed: int = 0,
+    batch: int = 10_000,
+    holdout: float | None = None,
+) -> dict[str, Any]:
     """ALS and popularity metrics over (a sample of) the users with held-out items."""
     started = time.monotonic()
     candidates = np.flatnonzero(np.diff(test.indptr) > 0)
@@ -77,11 +87,17 @@ def evaluate(model: Any, train: scipy.sparse.csr_matrix, test: scipy.sparse.csr_
     users = np.sort(rng.choice(candidates, size=min(max_users, len(candidates)), replace=False)).astype(np.int32)
     popularity = np.bincount(train.indices, minlength=train.shape[1]).astype(np.float32)
     order = np.argsort(-popularity, kind="stable")
-    totals = {"als": {"precision": 0.0, "map": 0.0, "ndcg": 0.0}, "popularity": {"precision": 0.0, "map": 0.0, "ndcg": 0.0}}
+    totals = {
+        "als": {"precision": 0.0, "map": 0.0, "ndcg": 0.0},
+        "popularity": {"precision": 0.0, "map": 0.0, "ndcg": 0.0},
+    }
     for start in range(0, len(users), batch):
         chunk = users[start : start + batch]
         truth = test[chunk]
-        for name, (ids, _) in (("als", top_n(model, train, chunk, k)), ("popularity", popularity_top_n(popularity, train, chunk, k, order=order))):
+        for name, (ids, _) in (
+            ("als", top_n(model, train, chunk, k)),
+            ("popularity", popularity_top_n(popularity, train, chunk, k, order=order)),
+        ):
             for metric, values in ranking_metrics(ids, truth, k).items():
                 totals[name][metric] += float(values.sum())
     result: dict[str, Any] = {
@@ -100,7 +116,12 @@ def evaluate(model: Any, train: scipy.sparse.csr_matrix, test: scipy.sparse.csr_
     result["seconds"] = round(time.monotonic() - started, 4)
     log.info(
         "evaluate: %d users, precision@%d ALS %.4f vs popularity %.4f, NDCG@%d ALS %.4f vs %.4f",
-        len(users), k, result["als"][f"precision_at_{k}"], pop_precision,
-        k, result["als"][f"ndcg_at_{k}"], result["popularity"][f"ndcg_at_{k}"],
+        len(users),
+        k,
+        result["als"][f"precision_at_{k}"],
+        pop_precision,
+        k,
+        result["als"][f"ndcg_at_{k}"],
+        result["popularity"][f"ndcg_at_{k}"],
     )
     return result

@@ -142,7 +142,12 @@ async def _encode(store: Store, name: str, value: Any) -> dict[str, Any]:
 
 
 async def _write_result(store: Store, value: Any, multiple_outputs: bool, digest: str) -> dict[str, Any]:
-    document: dict[str, Any] = {"format": FUNCTION_FORMAT, "version": FUNCTION_VERSION, "sha256": digest, "job_id": _job_id()}
+    document: dict[str, Any] = {
+        "format": FUNCTION_FORMAT,
+        "version": FUNCTION_VERSION,
+        "sha256": digest,
+        "job_id": _job_id(),
+    }
     if multiple_outputs:
         if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
             raise TypeError(
@@ -171,7 +176,9 @@ async def _write_error(store: Store, stage: str, exc: BaseException, tb: str | N
         log.error("run-function: could not record the error under %s: %s", store.uri, write_exc)
 
 
-async def _import_code(code: str, folder: Path, endpoint_url: str | None, sha256: str | None, requirements: str | None) -> None:
+async def _import_code(
+    code: str, folder: Path, endpoint_url: str | None, sha256: str | None, requirements: str | None
+) -> None:
     """Unpack the function's code bundle and put it (then its requirements) first on the import path."""
     root = await fetch_code(code, folder / "code", endpoint_url=endpoint_url, sha256=sha256)
     target = await install_for_code(root, requirements)
@@ -193,7 +200,9 @@ async def run_function_async(
     requirements: str | None = None,
 ) -> int:
     with tempfile.TemporaryDirectory(prefix="airflow-gpu-function-") as folder:
-        return await _run_function(payload_uri, sha256, result_uri, endpoint_url, code, code_sha256, requirements, Path(folder))
+        return await _run_function(
+            payload_uri, sha256, result_uri, endpoint_url, code, code_sha256, requirements, Path(folder)
+        )
 
 
 async def _run_function(
@@ -218,7 +227,12 @@ async def _run_function(
             await _write_error(results, "refused", exc, None)
             raise
         args, kwargs = document.get("args") or [], document.get("kwargs") or {}
-        log.info("run-function: running %s (payload sha256 %s, Python %s)", document["name"], sha256[:12], python_version_tag())
+        log.info(
+            "run-function: running %s (payload sha256 %s, Python %s)",
+            document["name"],
+            sha256[:12],
+            python_version_tag(),
+        )
         try:
             # A thread, so the function may run its own event loop (asyncio.run) if it likes.
             value = await asyncio.to_thread(function, *args, **kwargs)

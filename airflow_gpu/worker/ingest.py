@@ -102,7 +102,9 @@ def decode(data: Buffer, fmt: str, columns: Columns, uri: str) -> pa.Table:
     if fmt == "auto":
         fmt = format_from_name(uri) or sniff_format(buffer[:4].to_pybytes()) or ""
         if not fmt:
-            raise WorkerError(f"cannot tell the format of {uri} from its name or its first bytes; pass --format parquet, orc or csv")
+            raise WorkerError(
+                f"cannot tell the format of {uri} from its name or its first bytes; pass --format parquet, orc or csv"
+            )
     try:
         if fmt == "parquet":
             return _decode_parquet(buffer, columns, uri)
@@ -135,7 +137,9 @@ def _decode_parquet(buffer: pa.Buffer, columns: Columns, uri: str) -> pa.Table:
     # String ids come out still dictionary-encoded, as Parquet stores them: no per-row
     # strings are ever built, and encoding only unifies the row groups' dictionaries.
     as_dictionary = [
-        c for c in (columns.user, columns.item) if pa.types.is_string(schema.field(c).type) or pa.types.is_large_string(schema.field(c).type)
+        c
+        for c in (columns.user, columns.item)
+        if pa.types.is_string(schema.field(c).type) or pa.types.is_large_string(schema.field(c).type)
     ]
     reader = pq.ParquetFile(pa.BufferReader(buffer), read_dictionary=as_dictionary)
     return reader.read(columns=columns.needed, use_threads=False)
@@ -162,7 +166,9 @@ def _decode_csv(buffer: pa.Buffer, columns: Columns, uri: str) -> pa.Table:
     _check_columns(header, columns, uri)
     read = pacsv.ReadOptions(use_threads=False, block_size=16 * MiB)
     try:
-        return pacsv.read_csv(stream(), read_options=read, convert_options=pacsv.ConvertOptions(include_columns=columns.needed))
+        return pacsv.read_csv(
+            stream(), read_options=read, convert_options=pacsv.ConvertOptions(include_columns=columns.needed)
+        )
     except pa.ArrowInvalid as exc:
         if "conversion error" not in str(exc).lower():
             raise
@@ -170,7 +176,9 @@ def _decode_csv(buffer: pa.Buffer, columns: Columns, uri: str) -> pa.Table:
     # "A17", or a stray word among the weights) is read again as text and checked below.
     as_text = {c: pa.string() for c in columns.needed}
     return pacsv.read_csv(
-        stream(), read_options=read, convert_options=pacsv.ConvertOptions(include_columns=columns.needed, column_types=as_text)
+        stream(),
+        read_options=read,
+        convert_options=pacsv.ConvertOptions(include_columns=columns.needed, column_types=as_text),
     )
 
 
@@ -393,15 +401,23 @@ async def ingest(
     async with open_store(uri, endpoint_url=endpoint_url, concurrency=concurrency) as store:
         refs = await store.list()
         if not refs:
-            raise WorkerError(f"no data objects under {uri}; check --input (a missing prefix and an empty one look the same)")
+            raise WorkerError(
+                f"no data objects under {uri}; check --input (a missing prefix and an empty one look the same)"
+            )
         stats.objects = len(refs)
         log.info("ingest: %d objects, %.1f MB under %s", len(refs), sum(r.size for r in refs) / MiB, uri)
-        await _stream(store, refs, sink, stats, columns, fmt, concurrency, drop_invalid, threads, memory_budget, progress_interval)
+        await _stream(
+            store, refs, sink, stats, columns, fmt, concurrency, drop_invalid, threads, memory_budget, progress_interval
+        )
         if stats.empty_objects == len(refs):
             shown = ", ".join(store.ref_uri(r) for r in refs[:3]) + (", ..." if len(refs) > 3 else "")
             if len(refs) == 1:
-                raise WorkerError(f"{shown} is empty (0 bytes), the only object under {uri}; check the export that wrote it")
-            raise WorkerError(f"all {len(refs)} objects under {uri} are empty (0 bytes): {shown}; check the export that wrote them")
+                raise WorkerError(
+                    f"{shown} is empty (0 bytes), the only object under {uri}; check the export that wrote it"
+                )
+            raise WorkerError(
+                f"all {len(refs)} objects under {uri} are empty (0 bytes): {shown}; check the export that wrote them"
+            )
     stats.seconds = time.monotonic() - started
     return stats
 

@@ -221,7 +221,12 @@ class MatrixBuilder:
         self.rows = 0
 
     def add(
-        self, users: pa.ChunkedArray, items: pa.ChunkedArray, weights: np.ndarray | None = None, *, seq: int | None = None
+        self,
+        users: pa.ChunkedArray,
+        items: pa.ChunkedArray,
+        weights: np.ndarray | None = None,
+        *,
+        seq: int | None = None,
     ) -> None:
         """Add one object's rows: ids without nulls, and float32 weights > 0 (None: each row counts once).
 
@@ -233,7 +238,9 @@ class MatrixBuilder:
                 seq, self._seq = self._seq, self._seq + 1
         user_dict, user_codes = local_codes(users)
         item_dict, item_codes = local_codes(items)
-        part = _Part(seq, self.user_ids.add(seq, user_dict, user_codes), self.item_ids.add(seq, item_dict, item_codes), weights)
+        part = _Part(
+            seq, self.user_ids.add(seq, user_dict, user_codes), self.item_ids.add(seq, item_dict, item_codes), weights
+        )
         with self._lock:
             self._parts.append(part)
             self.rows += len(user_codes)
@@ -248,7 +255,9 @@ class MatrixBuilder:
         n_users, n_items = len(user_values), len(item_values)
         rows = sum(len(p.users.held_codes()) for p in parts)
         if rows == 0:
-            raise WorkerError("no interactions left after dropping rows with null ids or invalid weights; check the input")
+            raise WorkerError(
+                "no interactions left after dropping rows with null ids or invalid weights; check the input"
+            )
         # Two linear counting sorts instead of one and a comparison sort per row: placing
         # the entries by item first (stable, duplicates kept) and then by user leaves every
         # row's items in order, so summing duplicates is one more linear pass. Measured on
@@ -265,14 +274,20 @@ class MatrixBuilder:
         matrix.has_sorted_indices = True
         with np.errstate(over="ignore"):
             matrix.sum_duplicates()
-        _refuse_overflow(matrix, lambda u, i, _: (
-            f"the weights of user {user_values[u].as_py()!r} and item {item_values[i].as_py()!r} sum to more than "
-            f"float32 holds ({FLOAT32_MAX:.4g}); scale the weights down, or aggregate them before the export"
-        ))
+        _refuse_overflow(
+            matrix,
+            lambda u, i, _: (
+                f"the weights of user {user_values[u].as_py()!r} and item {item_values[i].as_py()!r} sum to more than "
+                f"float32 holds ({FLOAT32_MAX:.4g}); scale the weights down, or aggregate them before the export"
+            ),
+        )
         interactions = Interactions(matrix, user_values, item_values, rows, rows - matrix.nnz)
         log.info(
             "matrix: %s users x %s items, %s interactions (%s duplicates summed)",
-            f"{interactions.users:,}", f"{interactions.items:,}", f"{matrix.nnz:,}", f"{interactions.duplicates:,}",
+            f"{interactions.users:,}",
+            f"{interactions.items:,}",
+            f"{matrix.nnz:,}",
+            f"{interactions.duplicates:,}",
         )
         return interactions
 
@@ -293,8 +308,11 @@ class MatrixBuilder:
         return data, (items, users)
 
 
-def build_interactions(users: pa.ChunkedArray | pa.Array | ArrayLike, items: pa.ChunkedArray | pa.Array | ArrayLike,
-                       weights: ArrayLike | None = None) -> Interactions:
+def build_interactions(
+    users: pa.ChunkedArray | pa.Array | ArrayLike,
+    items: pa.ChunkedArray | pa.Array | ArrayLike,
+    weights: ArrayLike | None = None,
+) -> Interactions:
     """Convenience for callers holding whole columns (benchmarks, tests): one builder, one part."""
     builder = MatrixBuilder()
     builder.add(_chunked(users), _chunked(items), None if weights is None else np.asarray(weights, np.float32))
@@ -327,7 +345,9 @@ def _refuse_overflow(matrix: scipy.sparse.csr_matrix, message: Callable[[int, in
     raise WorkerError(message(user, int(matrix.indices[at]), at))
 
 
-def confidence(matrix: scipy.sparse.csr_matrix, weighting: str = DEFAULT_WEIGHTING, alpha: float | None = None) -> scipy.sparse.csr_matrix:
+def confidence(
+    matrix: scipy.sparse.csr_matrix, weighting: str = DEFAULT_WEIGHTING, alpha: float | None = None
+) -> scipy.sparse.csr_matrix:
     """The confidence matrix C = 1 + alpha * f(r) of Hu, Koren and Volinsky, as a new CSR.
 
     implicit reads a stored value as the confidence of a positive (unstored cells have
@@ -353,10 +373,13 @@ def confidence(matrix: scipy.sparse.csr_matrix, weighting: str = DEFAULT_WEIGHTI
         values = values.astype(np.float32, copy=False)
     # Before training: an inf confidence only shows up as implicit's "NaN encountered in factors".
     candidate = scipy.sparse.csr_matrix((values, matrix.indices, matrix.indptr), shape=matrix.shape, copy=False)
-    _refuse_overflow(candidate, lambda u, i, at: (
-        f"the confidence 1 + {alpha:g} x {weighting}(weight) overflows float32 ({FLOAT32_MAX:.4g}) for the weight "
-        f"{float(r[at]):g} of user #{u}, item #{i}; lower --alpha, choose --weighting log or bm25, or scale the weights down"
-    ))
+    _refuse_overflow(
+        candidate,
+        lambda u, i, at: (
+            f"the confidence 1 + {alpha:g} x {weighting}(weight) overflows float32 ({FLOAT32_MAX:.4g}) for the weight "
+            f"{float(r[at]):g} of user #{u}, item #{i}; lower --alpha, choose --weighting log or bm25, or scale the weights down"
+        ),
+    )
     result = candidate
     result.has_sorted_indices = matrix.has_sorted_indices
     return result

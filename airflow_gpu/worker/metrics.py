@@ -98,7 +98,9 @@ def document(
         "throughput": {
             "ingest_mb_per_s": ingest_figures["mb_per_s"],
             "ingest_rows_per_s": ingest_figures["rows_per_s"],
-            "train_pairs_per_s_per_iteration": round(matrix.nnz * training.iterations_run / train_seconds) if train_seconds else None,
+            "train_pairs_per_s_per_iteration": round(matrix.nnz * training.iterations_run / train_seconds)
+            if train_seconds
+            else None,
             "recommend_users_per_s": round(interactions.users / recommend_seconds) if recommend_seconds else None,
         },
         "training": {
@@ -120,8 +122,11 @@ def document(
             "weighted_on": training.weighted_on,
             "setup_seconds": training.setup_seconds or None,  # the native solver's GPU steps before iterating
             "regularization_share": (
-                tuning.choice.share if tuning is not None
-                else AUTO_REGULARIZATION_SHARE if config.train.regularization is None else None
+                tuning.choice.share
+                if tuning is not None
+                else AUTO_REGULARIZATION_SHARE
+                if config.train.regularization is None
+                else None
             ),
         },
         "evaluation": evaluation,

@@ -47,7 +47,11 @@ _ID_MAP_PART_ROWS = 4_000_000
 
 
 async def write_datasets(
-    config: AlsConfig, interactions: Interactions, training: TrainResult, publisher: Publisher | None, stages: Stages,
+    config: AlsConfig,
+    interactions: Interactions,
+    training: TrainResult,
+    publisher: Publisher | None,
+    stages: Stages,
     on_model: OnModel,
 ) -> dict[str, int]:
     """Recommendations, similar items, id maps and factors; returns the rows of the first two."""
@@ -64,8 +68,13 @@ async def write_datasets(
         await publisher.submit(publisher.next_part(dataset), data, kind=dataset, rows=table.num_rows)
         return int(table.num_rows)
 
-    async def batched(dataset: str, total: int, batch: int, compute: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
-                      build: Callable[..., pa.Table]) -> int:
+    async def batched(
+        dataset: str,
+        total: int,
+        batch: int,
+        compute: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
+        build: Callable[..., pa.Table],
+    ) -> int:
         rows, done, last_log = 0, 0, time.monotonic()
         pending: asyncio.Future[int] | None = None
         for start in range(0, total, batch):
@@ -84,7 +93,9 @@ async def write_datasets(
 
     with stages("recommend"):
         counts["recommendations"] = await batched(
-            "recommendations", users, config.batch_users,
+            "recommendations",
+            users,
+            config.batch_users,
             lambda idx: top_n(training.model, matrix, idx, config.top_n),
             lambda idx, ids, scores: long_table(user_ids, idx, item_ids, ids, scores, ("user_id", "item_id")),
         )
@@ -92,9 +103,13 @@ async def write_datasets(
     if config.similar_n:
         with stages("similar_items"):
             counts["similar_items"] = await batched(
-                "similar_items", items, config.batch_users,
+                "similar_items",
+                items,
+                config.batch_users,
                 lambda idx: similar_items(training.model, idx, config.similar_n),
-                lambda idx, ids, scores: long_table(item_ids, idx, item_ids, ids, scores, ("item_id", "similar_item_id")),
+                lambda idx, ids, scores: long_table(
+                    item_ids, idx, item_ids, ids, scores, ("item_id", "similar_item_id")
+                ),
             )
     if publisher is not None:
         with stages("id_maps"):
@@ -146,7 +161,9 @@ def _manifest_fields(config: AlsConfig, metrics: dict[str, Any], publisher: Publ
     for entry in publisher.files:
         if entry["kind"] in ("metrics", "report"):
             continue
-        summary = datasets.setdefault(entry["kind"], {"path": publisher.root + entry["kind"] + "/", "files": 0, "rows": 0, "bytes": 0})
+        summary = datasets.setdefault(
+            entry["kind"], {"path": publisher.root + entry["kind"] + "/", "files": 0, "rows": 0, "bytes": 0}
+        )
         summary["files"] += 1
         summary["rows"] += entry["rows"] or 0
         summary["bytes"] += entry["bytes"]

@@ -89,7 +89,9 @@ class AlsConfig:
             raise WorkerError(f"--eval-holdout must be between 0 and 1 (exclusive), got {self.eval_holdout}")
         if self.output and _inside(self.output, self.input):
             # A rerun would read the previous run's outputs back in as interactions.
-            raise WorkerError(f"--output {self.output} is inside --input {self.input}; write the outputs somewhere else")
+            raise WorkerError(
+                f"--output {self.output} is inside --input {self.input}; write the outputs somewhere else"
+            )
 
     def params(self) -> dict[str, Any]:
         # The iteration callback is code, not a parameter: it stays out of metrics and manifest.
@@ -161,7 +163,11 @@ async def run_als_async(config: AlsConfig) -> AlsRun:
             await prove_writable(out)
             previous = await read_manifest(out)
             if previous:
-                log.info("als: %s holds run %s; it stays current until this run commits", config.output, previous.get("run_id"))
+                log.info(
+                    "als: %s holds run %s; it stays current until this run commits",
+                    config.output,
+                    previous.get("run_id"),
+                )
         compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
         # On failure or cancellation, do not wait here for a model call still running.
         stack.callback(compute.shutdown, wait=False, cancel_futures=True)
@@ -174,8 +180,14 @@ async def run_als_async(config: AlsConfig) -> AlsRun:
         builder = MatrixBuilder(config.columns.user, config.columns.item)
         with stages("ingest"):
             ingest_stats = await ingest(
-                config.input, config.columns, builder, fmt=config.format, endpoint_url=config.endpoint_url,
-                concurrency=config.concurrency, drop_invalid=config.drop_invalid, threads=config.threads,
+                config.input,
+                config.columns,
+                builder,
+                fmt=config.format,
+                endpoint_url=config.endpoint_url,
+                concurrency=config.concurrency,
+                drop_invalid=config.drop_invalid,
+                threads=config.threads,
                 progress_interval=config.progress_interval,
             )
         with stages("matrix"):
@@ -196,7 +208,9 @@ async def run_als_async(config: AlsConfig) -> AlsRun:
             weighting, alpha = tuning.choice.weighting, tuning.choice.alpha
         # The native solver weighs the raw counts on the GPU inside train (no host weighting stage;
         # metrics' training.setup_seconds has its time); the search's regularization needs them here.
-        on_gpu: dict[str, Any] = {"weighting": weighting, "alpha": alpha} if config.train.solver == "native" and tuning is None else {}
+        on_gpu: dict[str, Any] = (
+            {"weighting": weighting, "alpha": alpha} if config.train.solver == "native" and tuning is None else {}
+        )
         weighted = train_matrix
         if not on_gpu:
             with stages("weighting"):
@@ -211,13 +225,26 @@ async def run_als_async(config: AlsConfig) -> AlsRun:
         if test is not None:
             with stages("evaluate"):
                 evaluation = await on_model(
-                    evaluate, training.model, train_matrix, test, k=config.eval_k, max_users=config.eval_users,
-                    seed=config.train.seed, holdout=config.eval_holdout,
+                    evaluate,
+                    training.model,
+                    train_matrix,
+                    test,
+                    k=config.eval_k,
+                    max_users=config.eval_users,
+                    seed=config.train.seed,
+                    holdout=config.eval_holdout,
                 )
         del test, train_matrix
         extras = {
-            "samples": await on_model(sample_users, training.model, matrix, interactions.user_ids, interactions.item_ids,
-                                      n=config.top_n, seed=config.train.seed),
+            "samples": await on_model(
+                sample_users,
+                training.model,
+                matrix,
+                interactions.user_ids,
+                interactions.item_ids,
+                n=config.top_n,
+                seed=config.train.seed,
+            ),
             "distributions": distributions(matrix),
             "job": job_context(started_at),
             "gpu": gpu_info() if training.device == "gpu" else None,
@@ -226,9 +253,20 @@ async def run_als_async(config: AlsConfig) -> AlsRun:
         def assemble(counts: dict[str, int]) -> dict[str, Any]:
             # Called once, when every stage it reports has ended: see metrics.py on publish's own time.
             return run_metrics.document(
-                config, run_id=run_id, started_at=started_at, ingest=ingest_stats, interactions=interactions,
-                training=training, weighting=weighting, alpha=alpha, evaluation=evaluation, tuning=tuning,
-                counts=counts, extras=extras, stages=stages.seconds, total_seconds=time.monotonic() - started,
+                config,
+                run_id=run_id,
+                started_at=started_at,
+                ingest=ingest_stats,
+                interactions=interactions,
+                training=training,
+                weighting=weighting,
+                alpha=alpha,
+                evaluation=evaluation,
+                tuning=tuning,
+                counts=counts,
+                extras=extras,
+                stages=stages.seconds,
+                total_seconds=time.monotonic() - started,
             )
 
         publisher = Publisher(out, run_id) if out is not None else None

@@ -91,7 +91,7 @@ class NvmlReader:
 def open_gpu_reader() -> tuple[GpuReader | None, str]:
     """NVML's reader and "", or None and why there is no GPU profile (said in the summary line)."""
     try:
-        import pynvml  # type: ignore[import-not-found]  # imported here: the CPU image and a laptop have no NVML
+        import pynvml  # imported here: the CPU image and a laptop have no NVML
     except ImportError:
         return None, "pynvml is not installed"
     try:
@@ -127,11 +127,16 @@ class ReplayReader:
     def from_profile(cls, document: dict[str, Any]) -> ReplayReader:
         gpus = document["gpus"]
         steps = len(gpus[0]["samples"]) if gpus else 0
-        return cls([
-            [GpuReading(g["index"], g["name"], s[1], int(s[2] * GiB), int(g["memory_total_gib"] * GiB), s[3])
-             for g in gpus for s in [g["samples"][step]]]
-            for step in range(steps)
-        ])
+        return cls(
+            [
+                [
+                    GpuReading(g["index"], g["name"], s[1], int(s[2] * GiB), int(g["memory_total_gib"] * GiB), s[3])
+                    for g in gpus
+                    for s in [g["samples"][step]]
+                ]
+                for step in range(steps)
+            ]
+        )
 
     def read(self) -> list[GpuReading]:
         readings = self._samples[min(self._next, len(self._samples) - 1)] if self._samples else []
@@ -169,9 +174,16 @@ class Sampler:
     thread (what the thread does each tick), so a test needs neither the thread nor sleeps.
     """
 
-    def __init__(self, reader: GpuReader | None, *, no_gpu_reason: str = "", interval: float = 1.0,
-                 clock: Callable[[], float] = time.monotonic, cpu_seconds: Callable[[], float] = _cpu_seconds,
-                 rss_bytes: Callable[[], int] = _rss_bytes) -> None:
+    def __init__(
+        self,
+        reader: GpuReader | None,
+        *,
+        no_gpu_reason: str = "",
+        interval: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+        cpu_seconds: Callable[[], float] = _cpu_seconds,
+        rss_bytes: Callable[[], int] = _rss_bytes,
+    ) -> None:
         self.reader = reader
         self.no_gpu_reason = no_gpu_reason
         self.interval = interval

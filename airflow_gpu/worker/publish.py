@@ -138,7 +138,12 @@ class Publisher:
             "complete": True,
         }
         await self.store.write(MANIFEST, json.dumps(document, indent=2, sort_keys=False).encode())
-        log.info("publish: committed %s (%d files, %.1f MB)", self.store.uri_of(MANIFEST), len(self.files), self.bytes_written / 2**20)
+        log.info(
+            "publish: committed %s (%d files, %.1f MB)",
+            self.store.uri_of(MANIFEST),
+            len(self.files),
+            self.bytes_written / 2**20,
+        )
         try:
             # After the commit point: a run that crashes before it is never marked, so never pruned.
             await self.store.write(self.root + COMMITTED, b"")
@@ -157,7 +162,9 @@ class Publisher:
         try:
             return await self._prune(keep)
         except Exception as exc:  # the new run is committed: failing it now would help no one
-            log.warning("publish: could not remove old runs under %s (%s); they are kept", self.store.uri_of("runs/"), exc)
+            log.warning(
+                "publish: could not remove old runs under %s (%s); they are kept", self.store.uri_of("runs/"), exc
+            )
             return []
 
     async def _prune(self, keep: int) -> list[str]:
@@ -166,7 +173,7 @@ class Publisher:
         # This run is the newest whatever its id sorts as (ids made within one second sort by their
         # random suffix), so it takes one of the `keep` places and the rest go to the newest others.
         others = [run for run in committed if run != self.run_id]
-        kept = set(others[max(0, len(others) - (keep - 1)):]) | {self.run_id}
+        kept = set(others[max(0, len(others) - (keep - 1)) :]) | {self.run_id}
         old = [run for run in committed if run not in kept]
         for run in old:
             folder = f"runs/{run}/"
@@ -175,7 +182,9 @@ class Publisher:
             await self.store.delete([n for n in files if not n.endswith("/" + COMMITTED)])
             await self.store.delete([folder + COMMITTED])
         if old:
-            log.info("publish: removed %d old run(s) under %s (--keep-runs %d)", len(old), self.store.uri_of("runs/"), keep)
+            log.info(
+                "publish: removed %d old run(s) under %s (--keep-runs %d)", len(old), self.store.uri_of("runs/"), keep
+            )
         return old
 
     async def abort(self) -> None:

@@ -34,15 +34,27 @@ def top_n(model: Any, user_items: scipy.sparse.csr_matrix, users: np.ndarray, n:
     """(item indices, scores), each users x n; items the user has seen are left out; -1 marks no item."""
     n = min(n, user_items.shape[1])
     if isinstance(model.user_factors, np.ndarray):
-        return blocked_top_k(model.user_factors[users], model.item_factors, n, seen=user_items[users],
-                             threads=getattr(model, "num_threads", 0))
+        return blocked_top_k(
+            model.user_factors[users],
+            model.item_factors,
+            n,
+            seen=user_items[users],
+            threads=getattr(model, "num_threads", 0),
+        )
     ids, scores = model.recommend(users, user_items[users], N=n, filter_already_liked_items=True)
     return _clean(np.asarray(ids), np.asarray(scores))
 
 
-def blocked_top_k(queries: np.ndarray, items: np.ndarray, k: int, *, seen: scipy.sparse.csr_matrix | None = None,
-                  item_norms: np.ndarray | None = None, exclude: np.ndarray | None = None,
-                  threads: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def blocked_top_k(
+    queries: np.ndarray,
+    items: np.ndarray,
+    k: int,
+    *,
+    seen: scipy.sparse.csr_matrix | None = None,
+    item_norms: np.ndarray | None = None,
+    exclude: np.ndarray | None = None,
+    threads: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
     """The k best items per query row by dot product (cosine when ``item_norms`` is given).
 
     ``seen`` (a CSR aligned with ``queries``) lists items to leave out per row; ``exclude``
@@ -73,7 +85,9 @@ def blocked_top_k(queries: np.ndarray, items: np.ndarray, k: int, *, seen: scipy
                 part = seen[start:end]
                 position = head_position[part.indices]
                 inside = position >= 0
-                block_scores[np.repeat(np.arange(end - start), np.diff(part.indptr))[inside], position[inside]] = -np.inf
+                block_scores[
+                    np.repeat(np.arange(end - start), np.diff(part.indptr))[inside], position[inside]
+                ] = -np.inf
             block_ids, block_best = _top_k_of_block(block_scores, k)
             # No item outside the head scores above |query| x its largest norm (Cauchy-Schwarz);
             # the margin covers float32 rounding in both the GEMM and the bound.
@@ -229,8 +243,14 @@ def _top_k_general(block: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return ids, scores
 
 
-def popularity_top_n(popularity: np.ndarray, user_items: scipy.sparse.csr_matrix, users: np.ndarray, n: int,
-                     *, order: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def popularity_top_n(
+    popularity: np.ndarray,
+    user_items: scipy.sparse.csr_matrix,
+    users: np.ndarray,
+    n: int,
+    *,
+    order: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """The most popular items each user has not seen: the baseline ALS must beat.
 
     Every user ranks the same list, so only its head is checked against each user's seen
@@ -270,7 +290,9 @@ def similar_items(model: Any, items: np.ndarray, n: int) -> tuple[np.ndarray, np
         factors = model.item_factors
         norms = np.linalg.norm(factors, axis=1)
         queries = factors[items] / np.maximum(norms[items], 1e-10)[:, None]
-        return blocked_top_k(queries, factors, n, item_norms=norms, exclude=items, threads=getattr(model, "num_threads", 0))
+        return blocked_top_k(
+            queries, factors, n, item_norms=norms, exclude=items, threads=getattr(model, "num_threads", 0)
+        )
     total = model.item_factors.shape[0]
     k = min(n + 1, total)
     ids, scores = model.similar_items(items, N=k)
@@ -294,7 +316,12 @@ def _clean(ids: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]
 
 
 def long_table(
-    row_ids: pa.Array, rows: np.ndarray, column_ids: pa.Array, ids: np.ndarray, scores: np.ndarray, names: tuple[str, str]
+    row_ids: pa.Array,
+    rows: np.ndarray,
+    column_ids: pa.Array,
+    ids: np.ndarray,
+    scores: np.ndarray,
+    names: tuple[str, str],
 ) -> pa.Table:
     """Rows of (id, other id, score, rank) for every filled slot, ranks starting at 1."""
     filled = ids >= 0

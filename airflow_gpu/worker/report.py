@@ -60,7 +60,9 @@ def render(metrics: dict[str, Any]) -> str:
         _line_chart(training.get("iteration_seconds") or [], "seconds per iteration", "s"),
         "</div>",
         # The training stage's time is in "Time per stage"; the fit loop's own ``seconds`` would be a second figure.
-        _table([(k.replace("_", " "), _fmt(v)) for k, v in training.items() if not isinstance(v, list) and k != "seconds"]),
+        _table(
+            [(k.replace("_", " "), _fmt(v)) for k, v in training.items() if not isinstance(v, list) and k != "seconds"]
+        ),
         "<h2>Time per stage</h2>",
         _bar_chart({k: v for k, v in stages.items() if isinstance(v, (int, float))}),
     ]
@@ -103,8 +105,10 @@ def headline_lines(metrics: dict[str, Any]) -> list[str]:
     if als is None or pop is None:
         return [f"<b>No held-out evaluation</b> in this run; {run}."]
     lift = f"{als / pop:.2f}x the baseline" if pop else "the baseline scored 0"
-    return [f"<b>ALS precision@{k} {als:.4f}</b> against popularity's {pop:.4f}: <b>{lift}</b>, "
-            f"on {_fmt(evaluation.get('users_evaluated'))} held-out users; {run}."]
+    return [
+        f"<b>ALS precision@{k} {als:.4f}</b> against popularity's {pop:.4f}: <b>{lift}</b>, "
+        f"on {_fmt(evaluation.get('users_evaluated'))} held-out users; {run}."
+    ]
 
 
 def headline(metrics: dict[str, Any]) -> str:
@@ -170,8 +174,13 @@ def _line_chart(values: Iterable[float | None], title: str, unit: str, width: in
         )
     step = max(1, round(len(xs) / 8))
     for x in xs[::step]:
-        ticks.append(f"<text x={sx(x):.1f} y={height - bottom + 16} text-anchor=middle font-size=11 fill='#555'>{x}</text>")
-    dots = "".join(f"<circle cx={sx(x):.1f} cy={sy(y):.1f} r=2.5 fill='#1f6feb'><title>{x}: {y:.6g} {unit}</title></circle>" for x, y in points)
+        ticks.append(
+            f"<text x={sx(x):.1f} y={height - bottom + 16} text-anchor=middle font-size=11 fill='#555'>{x}</text>"
+        )
+    dots = "".join(
+        f"<circle cx={sx(x):.1f} cy={sy(y):.1f} r=2.5 fill='#1f6feb'><title>{x}: {y:.6g} {unit}</title></circle>"
+        for x, y in points
+    )
     return (
         f"<svg width={width} height={height} role=img aria-label='{_e(title)}' xmlns='http://www.w3.org/2000/svg'>"
         f"<text x={left} y=16 font-size=13 font-weight=600>{_e(title)}</text>{''.join(ticks)}"
@@ -203,7 +212,9 @@ def _bar_chart(values: dict[str, float], width: int = 720) -> str:
 
 
 def _grouped_bars(rows: Iterable[tuple[str, str, str, str]], width: int = 560, height: int = 200) -> str:
-    data = [(name, float(a.replace(",", "")), float(p.replace(",", ""))) for name, a, p, _ in rows if a != "–" and p != "–"]
+    data = [
+        (name, float(a.replace(",", "")), float(p.replace(",", ""))) for name, a, p, _ in rows if a != "–" and p != "–"
+    ]
     if not data:
         return ""
     left, bottom, top = 40, 30, 26  # room for the legend above the tallest bar
@@ -237,12 +248,22 @@ def _job_table(metrics: dict[str, Any]) -> str:
         ("run", f"<code>{_e(metrics.get('run_id', ''))}</code>"),
         ("started", _fmt(metrics.get("started_at"))),
         ("total wall time", f"{_fmt(metrics.get('total_seconds'))} s"),
-        ("queue wait", f"{_fmt(wait)} s" if wait is not None else "not known (no AIRFLOW_GPU_SUBMITTED_AT: not submitted by airflow-gpu)"),
+        (
+            "queue wait",
+            f"{_fmt(wait)} s"
+            if wait is not None
+            else "not known (no AIRFLOW_GPU_SUBMITTED_AT: not submitted by airflow-gpu)",
+        ),
     ]
     rows += [(k.replace("_", " "), _fmt(job[k])) for k in ("queue", "compute_environment", "attempt") if job.get(k)]
     if gpu:
-        rows.append(("GPU", f"{_e(gpu.get('name'))}, {gpu.get('memory_bytes', 0) / 2**30:,.1f} GiB, "
-                            f"compute capability {_e(gpu.get('compute_capability'))}"))
+        rows.append(
+            (
+                "GPU",
+                f"{_e(gpu.get('name'))}, {gpu.get('memory_bytes', 0) / 2**30:,.1f} GiB, "
+                f"compute capability {_e(gpu.get('compute_capability'))}",
+            )
+        )
     elif (metrics.get("training") or {}).get("device") == "gpu":
         rows.append(("GPU", "used; its model could not be read"))
     return _table(rows)
@@ -252,22 +273,28 @@ def _stop_note(training: dict[str, Any]) -> str:
     """A visible note when training stopped early, or when the loss had plateaued long before the end."""
     run, most = training.get("iterations_run"), training.get("iterations")
     if run is not None and most is not None and run < most:
-        return (f"<div class=note>Training stopped after {run} of at most {most} iterations: "
-                f"{_e(training.get('stop_reason', ''))}.</div>")
+        return (
+            f"<div class=note>Training stopped after {run} of at most {most} iterations: "
+            f"{_e(training.get('stop_reason', ''))}.</div>"
+        )
     losses = training.get("loss") or []
     plateau = LossPlateau(DEFAULT_TOLERANCE, DEFAULT_PATIENCE)
     for i, loss in enumerate(losses):
         if plateau.update(loss) and i + 1 < len(losses):
-            return (f"<div class=note>The loss had plateaued by iteration {i + 1} of {len(losses)} (less than "
-                    f"{DEFAULT_TOLERANCE:g} relative improvement for {DEFAULT_PATIENCE} iterations in a row): the last "
-                    f"{len(losses) - i - 1} iterations changed little. Early stopping (--early-stop) would end there.</div>")
+            return (
+                f"<div class=note>The loss had plateaued by iteration {i + 1} of {len(losses)} (less than "
+                f"{DEFAULT_TOLERANCE:g} relative improvement for {DEFAULT_PATIENCE} iterations in a row): the last "
+                f"{len(losses) - i - 1} iterations changed little. Early stopping (--early-stop) would end there.</div>"
+            )
     return ""
 
 
 def _distributions(distributions: dict[str, Any]) -> str:
-    charts = [_histogram(distributions[key], title) for key, title in
-              (("pairs_per_user", "distinct items per user"), ("pairs_per_item", "distinct users per item"))
-              if distributions.get(key, {}).get("bins")]
+    charts = [
+        _histogram(distributions[key], title)
+        for key, title in (("pairs_per_user", "distinct items per user"), ("pairs_per_item", "distinct users per item"))
+        if distributions.get(key, {}).get("bins")
+    ]
     if not charts:
         return ""
     return "<h3>How the pairs are spread</h3><div class=grid>" + "".join(charts) + "</div>"
@@ -287,19 +314,27 @@ def _histogram(summary: dict[str, Any], title: str, width: int = 440, height: in
         h = (math.log10(b["count"] + 1) / scale) * (height - top - bottom) if b["count"] else 0
         x = left + i * slot
         label = str(b["low"]) if b["low"] == b["high"] else f"{b['low']}-{b['high']}"
-        shapes.append(f"<rect x={x + 1:.1f} y={height - bottom - h:.1f} width={max(slot - 2, 1):.1f} height={h:.1f} "
-                      f"fill='#8250df'><title>{label}: {b['count']:,}</title></rect>")
+        shapes.append(
+            f"<rect x={x + 1:.1f} y={height - bottom - h:.1f} width={max(slot - 2, 1):.1f} height={h:.1f} "
+            f"fill='#8250df'><title>{label}: {b['count']:,}</title></rect>"
+        )
         if i % max(1, round(len(bins) / 8)) == 0:
-            shapes.append(f"<text x={x + slot / 2:.1f} y={height - bottom + 14} text-anchor=middle font-size=10 "
-                          f"fill='#555'>{b['low']:,}</text>")
+            shapes.append(
+                f"<text x={x + slot / 2:.1f} y={height - bottom + 14} text-anchor=middle font-size=10 "
+                f"fill='#555'>{b['low']:,}</text>"
+            )
     for value in (1, 10, 100, 1_000, 10_000, 100_000, 1_000_000, 10_000_000):
         if value > peak:
             break
         y = height - bottom - math.log10(value + 1) / scale * (height - top - bottom)
-        shapes.append(f"<line x1={left} x2={width - right} y1={y:.1f} y2={y:.1f} stroke='#eee'/>"
-                      f"<text x={left - 6} y={y + 4:.1f} text-anchor=end font-size=10 fill='#555'>{value:,}</text>")
-    caption = (f"median {summary['median']:g}, 90th percentile {summary['p90']:g}, max {summary['max']:,}; "
-               f"{summary['count']:,} in all")
+        shapes.append(
+            f"<line x1={left} x2={width - right} y1={y:.1f} y2={y:.1f} stroke='#eee'/>"
+            f"<text x={left - 6} y={y + 4:.1f} text-anchor=end font-size=10 fill='#555'>{value:,}</text>"
+        )
+    caption = (
+        f"median {summary['median']:g}, 90th percentile {summary['p90']:g}, max {summary['max']:,}; "
+        f"{summary['count']:,} in all"
+    )
     return (
         f"<figure style='margin:0'><svg width={width} height={height} role=img aria-label='{_e(title)}' "
         f"class=histogram xmlns='http://www.w3.org/2000/svg'>"
@@ -330,10 +365,18 @@ def _tuning(tuning: dict[str, Any] | None) -> str:
     share = tuning.get("share_of_training")
     cost = f"{share:.0%} of the final training's time" if share is not None else "its share of training not known"
     gain = tuning.get("gain_over_default")
-    outcome = ("kept the default" if choice == tuning.get("default")
-               else f"{gain:+.1%} precision@10 over the default {_e(str(tuning.get('default')))}" if gain is not None else "")
-    budget = (f"; stopped by its time budget ({_fmt(tuning.get('budget_seconds'))} s), keeping the best so far"
-              if tuning.get("stopped_by_budget") else "")
+    outcome = (
+        "kept the default"
+        if choice == tuning.get("default")
+        else f"{gain:+.1%} precision@10 over the default {_e(str(tuning.get('default')))}"
+        if gain is not None
+        else ""
+    )
+    budget = (
+        f"; stopped by its time budget ({_fmt(tuning.get('budget_seconds'))} s), keeping the best so far"
+        if tuning.get("stopped_by_budget")
+        else ""
+    )
     return (
         f"<h2>Tuning</h2><div class=sub>chose <b>{_e(choice)}</b> ({outcome}; weighting:alpha:x regularization share "
         f"of sigma_1) by precision@10 on a validation split of the training data: "
@@ -350,12 +393,20 @@ def _samples(samples: list[dict[str, Any]]) -> str:
         return ""
     rows = []
     for sample in samples:
-        history = "".join(f"<li>{_e(h['item_id'])} <span class=sub>({h['weight']:g})</span></li>" for h in sample["history"])
-        recs = "".join(f"<li>{_e(r['item_id'])} <span class=sub>({r['score']:.3f})</span></li>"
-                       for r in sample["recommendations"])
-        rows.append(f"<tr><td><code>{_e(sample['user_id'])}</code><br><span class=sub>{sample['items']:,} items</span></td>"
-                    f"<td><ol>{history}</ol></td><td><ol>{recs}</ol></td></tr>")
-    return ("<h2>Sample users</h2><div class=sub>a few users with a fair history: their heaviest items (weight) and "
-            "their recommendations (score), seen items left out</div>"
-            "<table class=samples><tr><th>user</th><th>heaviest items</th><th>recommended</th></tr>"
-            + "".join(rows) + "</table>")
+        history = "".join(
+            f"<li>{_e(h['item_id'])} <span class=sub>({h['weight']:g})</span></li>" for h in sample["history"]
+        )
+        recs = "".join(
+            f"<li>{_e(r['item_id'])} <span class=sub>({r['score']:.3f})</span></li>" for r in sample["recommendations"]
+        )
+        rows.append(
+            f"<tr><td><code>{_e(sample['user_id'])}</code><br><span class=sub>{sample['items']:,} items</span></td>"
+            f"<td><ol>{history}</ol></td><td><ol>{recs}</ol></td></tr>"
+        )
+    return (
+        "<h2>Sample users</h2><div class=sub>a few users with a fair history: their heaviest items (weight) and "
+        "their recommendations (score), seen items left out</div>"
+        "<table class=samples><tr><th>user</th><th>heaviest items</th><th>recommended</th></tr>"
+        + "".join(rows)
+        + "</table>"
+    )

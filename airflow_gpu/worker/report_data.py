@@ -26,8 +26,17 @@ def pick_users(matrix: scipy.sparse.csr_matrix, count: int = 3, seed: int = 0) -
     return np.sort(rng.permutation(candidates)[:count]).astype(np.int32)
 
 
-def sample_users(model: Any, matrix: scipy.sparse.csr_matrix, user_ids: pa.Array, item_ids: pa.Array, *,
-                 count: int = 3, n: int = 10, history: int = 8, seed: int = 0) -> list[dict[str, Any]]:
+def sample_users(
+    model: Any,
+    matrix: scipy.sparse.csr_matrix,
+    user_ids: pa.Array,
+    item_ids: pa.Array,
+    *,
+    count: int = 3,
+    n: int = 10,
+    history: int = 8,
+    seed: int = 0,
+) -> list[dict[str, Any]]:
     """For a few users: their heaviest items and their top-n recommendations, by original id."""
     users = pick_users(matrix, count, seed)
     if len(users) == 0:
@@ -39,13 +48,17 @@ def sample_users(model: Any, matrix: scipy.sparse.csr_matrix, user_ids: pa.Array
         order = np.argsort(-matrix.data[start:end], kind="stable")[:history]
         seen = matrix.indices[start:end][order]
         recs = [(int(i), float(s)) for i, s in zip(ids[row], scores[row]) if i >= 0]
-        samples.append({
-            "user_id": user_ids[int(user)].as_py(),
-            "items": int(end - start),
-            "history": [{"item_id": item_ids[int(i)].as_py(), "weight": float(w)}
-                        for i, w in zip(seen, matrix.data[start:end][order])],
-            "recommendations": [{"item_id": item_ids[i].as_py(), "score": round(s, 6)} for i, s in recs],
-        })
+        samples.append(
+            {
+                "user_id": user_ids[int(user)].as_py(),
+                "items": int(end - start),
+                "history": [
+                    {"item_id": item_ids[int(i)].as_py(), "weight": float(w)}
+                    for i, w in zip(seen, matrix.data[start:end][order])
+                ],
+                "recommendations": [{"item_id": item_ids[i].as_py(), "score": round(s, 6)} for i, s in recs],
+            }
+        )
     return samples
 
 
@@ -58,7 +71,9 @@ def distribution(counts: np.ndarray) -> dict[str, Any]:
     edges = 2 ** np.arange(0, int(np.floor(np.log2(counts.max()))) + 2)
     hist, _ = np.histogram(counts, bins=edges)
     return {
-        "bins": [{"low": int(lo), "high": int(hi - 1), "count": int(c)} for lo, hi, c in zip(edges[:-1], edges[1:], hist)],
+        "bins": [
+            {"low": int(lo), "high": int(hi - 1), "count": int(c)} for lo, hi, c in zip(edges[:-1], edges[1:], hist)
+        ],
         "count": int(len(counts)),
         "min": int(counts.min()),
         "median": float(np.median(counts)),

@@ -49,7 +49,9 @@ def cache_root() -> Path:
         # Docker creates a missing host folder owned by root; the image runs as the user "worker".
         log.warning(
             "requirements: the host cache %s is not writable by uid %d, so this job installs into its own home; "
-            "create it on the hosts owned by that uid to share installs between jobs", host, os.getuid(),
+            "create it on the hosts owned by that uid to share installs between jobs",
+            host,
+            os.getuid(),
         )
     return Path.home() / ".cache" / "airflow-gpu" / "requirements"
 
@@ -60,8 +62,14 @@ def _pip_env() -> dict[str, str]:
 
 async def _pip(*args: str, cwd: Path) -> tuple[int, str]:
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "pip", *args, cwd=str(cwd), env=_pip_env(),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        sys.executable,
+        "-m",
+        "pip",
+        *args,
+        cwd=str(cwd),
+        env=_pip_env(),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
     )
     out, _ = await process.communicate()
     return process.returncode or 0, out.decode(errors="replace")
@@ -81,7 +89,9 @@ def _failure(file: Path, output: str) -> WorkerError:
         )
     lines = [line.strip() for line in output.splitlines() if line.strip()]
     errors = [line for line in lines if line.lower().startswith("error")]
-    return WorkerError(f"requirements: installing {file.name} failed: {(errors or lines or ['pip failed'])[-1]}; nothing was run")
+    return WorkerError(
+        f"requirements: installing {file.name} failed: {(errors or lines or ['pip failed'])[-1]}; nothing was run"
+    )
 
 
 def _artifact(item: dict[str, Any]) -> str:
@@ -112,7 +122,9 @@ async def install(file: Path, *, root: Path | None = None) -> Path:
     try:
         report = work / "report.json"
         # Run where the file is, so the relative paths it names (--find-links ./wheels) resolve as its author meant.
-        code, output = await _pip("install", "--dry-run", "--quiet", "--report", str(report), "-r", str(file), cwd=file.parent)
+        code, output = await _pip(
+            "install", "--dry-run", "--quiet", "--report", str(report), "-r", str(file), cwd=file.parent
+        )
         if code != 0:
             raise _failure(file, output)
         wanted = json.loads(report.read_text()).get("install", [])
@@ -120,10 +132,14 @@ async def install(file: Path, *, root: Path | None = None) -> Path:
         packages.mkdir()
         if wanted:
             artifacts = [_artifact(item) for item in wanted]
-            code, output = await _pip("install", "--quiet", "--no-deps", "--target", str(packages), *artifacts, cwd=file.parent)
+            code, output = await _pip(
+                "install", "--quiet", "--no-deps", "--target", str(packages), *artifacts, cwd=file.parent
+            )
             if code != 0:
                 raise _failure(file, output)
-        names = ", ".join(f"{item['metadata']['name']}=={item['metadata']['version']}" for item in wanted) or "nothing new"
+        names = (
+            ", ".join(f"{item['metadata']['name']}=={item['metadata']['version']}" for item in wanted) or "nothing new"
+        )
         try:
             os.rename(packages, target)
         except OSError:
@@ -132,7 +148,10 @@ async def install(file: Path, *, root: Path | None = None) -> Path:
             # Another job on this host finished the same install first: use its folder.
         log.info(
             "requirements: installed %s (%d packages; the image had the rest) in %.1f s into %s",
-            names, len(wanted), time.monotonic() - started, target,
+            names,
+            len(wanted),
+            time.monotonic() - started,
+            target,
         )
         return target
     finally:

@@ -18,8 +18,12 @@ from typing import Any, Mapping
 
 from ..contract import SUBMITTED_AT_ENV
 
-_BATCH = {"AWS_BATCH_JOB_ID": "job_id", "AWS_BATCH_JQ_NAME": "queue", "AWS_BATCH_JOB_ATTEMPT": "attempt",
-          "AWS_BATCH_CE_NAME": "compute_environment"}
+_BATCH = {
+    "AWS_BATCH_JOB_ID": "job_id",
+    "AWS_BATCH_JQ_NAME": "queue",
+    "AWS_BATCH_JOB_ATTEMPT": "attempt",
+    "AWS_BATCH_CE_NAME": "compute_environment",
+}
 
 
 def job_context(started_at: datetime, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
@@ -75,5 +79,8 @@ def gpu_info() -> dict[str, Any] | None:
         return None
     name = props.name
     name = name.split(b"\0", 1)[0].decode(errors="replace") if isinstance(name, bytes) else str(name)
-    return {"name": name.strip(), "memory_bytes": int(props.totalGlobalMem),
-            "compute_capability": f"{int(props.major)}.{int(props.minor)}"}
+    return {
+        "name": name.strip(),
+        "memory_bytes": int(props.totalGlobalMem),
+        "compute_capability": f"{int(props.major)}.{int(props.minor)}",
+    }

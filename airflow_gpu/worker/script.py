@@ -103,7 +103,16 @@ async def run_script_async(
     folder = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="airflow-gpu-script-"))
     try:
         return await _run_in(
-            folder, script, input_uri, output_uri, args, endpoint_url, concurrency, run_id, keep_runs, sha256,
+            folder,
+            script,
+            input_uri,
+            output_uri,
+            args,
+            endpoint_url,
+            concurrency,
+            run_id,
+            keep_runs,
+            sha256,
             CodeRun(code, module, requirements) if code else None,
         )
     finally:
@@ -192,7 +201,11 @@ async def _run_in(
                     "input": input_uri,
                     "params": {"args": redacted_args(args or []), "input_objects": count, "input_bytes": size},
                     "exit_code": code,
-                    "summary": {"files": len(files), "bytes": publisher.bytes_written, "seconds": round(time.monotonic() - started, 3)},
+                    "summary": {
+                        "files": len(files),
+                        "bytes": publisher.bytes_written,
+                        "seconds": round(time.monotonic() - started, 3),
+                    },
                 }
             )
         except BaseException:
@@ -210,7 +223,9 @@ class CodeRun:
     module: str | None = None
     requirements: str | None = None
 
-    async def prepare(self, folder: Path, endpoint_url: str | None, sha256: str | None) -> tuple[Path, Path | None, dict[str, str]]:
+    async def prepare(
+        self, folder: Path, endpoint_url: str | None, sha256: str | None
+    ) -> tuple[Path, Path | None, dict[str, str]]:
         """(the code's root, its requirements folder, the environment the run adds)."""
         root = await fetch_code(self.code, folder / "code", endpoint_url=endpoint_url, sha256=sha256)
         target = await install_for_code(root, self.requirements)
@@ -229,7 +244,9 @@ def _script_in(root: Path, script: str) -> Path:
 
 
 #: Flags whose values the manifest never shows: anything that looks like a secret by its name.
-SECRET_FLAG = re.compile(r"(secret|token|passw(or)?d|passphrase|credential|api[-_]?key|access[-_]?key|private[-_]?key|auth|^-+key$)", re.I)
+SECRET_FLAG = re.compile(
+    r"(secret|token|passw(or)?d|passphrase|credential|api[-_]?key|access[-_]?key|private[-_]?key|auth|^-+key$)", re.I
+)
 REDACTED = "***"
 
 

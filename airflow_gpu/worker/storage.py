@@ -65,7 +65,6 @@ def body_faults() -> tuple[type[BaseException], ...]:
     )
 
 
-
 @dataclass(frozen=True)
 class ObjectRef:
     """One object (or file) found under a store's root."""
@@ -219,7 +218,15 @@ class S3Store(Store):
             async with self._requests:
                 await self._stream_range(ref, 0, ref.size, into_file, chunk_size=4 * MiB)
 
-    async def _stream_range(self, ref: ObjectRef, start: int, end: int, sink: Callable[[int, bytes], Awaitable[None]], *, chunk_size: int = 1 * MiB) -> None:
+    async def _stream_range(
+        self,
+        ref: ObjectRef,
+        start: int,
+        end: int,
+        sink: Callable[[int, bytes], Awaitable[None]],
+        *,
+        chunk_size: int = 1 * MiB,
+    ) -> None:
         """Hand bytes [start, end) of ``ref`` to ``sink(offset, chunk)``.
 
         botocore retries a request until its headers arrive; a connection lost in the body
@@ -250,7 +257,12 @@ class S3Store(Store):
                             f"reading {uri} failed {failures} times (last at byte {reached} of {ref.size}: "
                             f"{type(exc).__name__}); check the network to S3 and rerun"
                         ) from None
-                    log.warning("storage: reading %s broke off at byte %d (%s); resuming there", uri, reached, type(exc).__name__)
+                    log.warning(
+                        "storage: reading %s broke off at byte %d (%s); resuming there",
+                        uri,
+                        reached,
+                        type(exc).__name__,
+                    )
                     await asyncio.sleep(random.uniform(0, min(BODY_BACKOFF_CAP, BODY_BACKOFF_BASE * 2**failures)))
                     continue
                 break
@@ -326,7 +338,9 @@ class S3Store(Store):
                         failures += 1
                         if failures >= BODY_ATTEMPTS:
                             raise
-                        log.warning("storage: part %d of %s failed (%s); sending it again", number, uri, type(exc).__name__)
+                        log.warning(
+                            "storage: part %d of %s failed (%s); sending it again", number, uri, type(exc).__name__
+                        )
                         await asyncio.sleep(random.uniform(0, min(BODY_BACKOFF_CAP, BODY_BACKOFF_BASE * 2**failures)))
 
         try:
@@ -338,7 +352,9 @@ class S3Store(Store):
         except BaseException:
             # An unfinished multipart upload is invisible to readers but still billed: abort it.
             with contextlib.suppress(Exception):
-                await asyncio.shield(self._client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id))
+                await asyncio.shield(
+                    self._client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+                )
             raise
 
     async def names_under(self, under: str) -> builtins.list[str]:
@@ -514,7 +530,9 @@ class LocalStore(Store):
             if not base.is_dir():
                 return []
             return sorted(
-                Path(folder, file).relative_to(self.root).as_posix() for folder, _, files in os.walk(base) for file in files
+                Path(folder, file).relative_to(self.root).as_posix()
+                for folder, _, files in os.walk(base)
+                for file in files
             )
 
         return await asyncio.to_thread(walk)

@@ -61,7 +61,9 @@ class TrainParams:
         if self.regularization is not None and (not np.isfinite(self.regularization) or self.regularization < 0):
             raise WorkerError(f"--regularization must be auto or a number >= 0, got {self.regularization}")
         if not 0 <= self.early_stop < 1 or self.patience < 1:
-            raise WorkerError(f"--early-stop must be in [0, 1) and --patience at least 1, got {self.early_stop} and {self.patience}")
+            raise WorkerError(
+                f"--early-stop must be in [0, 1) and --patience at least 1, got {self.early_stop} and {self.patience}"
+            )
         if self.device not in DEVICES:
             raise WorkerError(f"unknown --device '{self.device}'; use auto, gpu or cpu")
         if self.solver not in SOLVERS:
@@ -176,8 +178,9 @@ def check_gpu_limits(users: int, items: int, nnz: int, factors: int) -> None:
     )
 
 
-def largest_singular_value(matrix: scipy.sparse.csr_matrix, *, iterations: int = 16, max_nnz: int = 1 << 22,
-                           seed: int = 0) -> float:
+def largest_singular_value(
+    matrix: scipy.sparse.csr_matrix, *, iterations: int = 16, max_nnz: int = 1 << 22, seed: int = 0
+) -> float:
     """The largest singular value of a sparse matrix, by power iteration on a sample of its rows.
 
     A uniform sample of a share f of the rows has a Gram matrix close to f times the whole
@@ -241,8 +244,12 @@ class _StopTraining(Exception):
     """Raised from implicit's per-iteration callback to end its loop early."""
 
 
-def _fit_until_stopped(model: Any, confidence: scipy.sparse.csr_matrix,
-                       callback: Callable[[int, float, float | None], None], **options: Any) -> None:
+def _fit_until_stopped(
+    model: Any,
+    confidence: scipy.sparse.csr_matrix,
+    callback: Callable[[int, float, float | None], None],
+    **options: Any,
+) -> None:
     """implicit's fit, ended early when the callback raises _StopTraining.
 
     implicit (0.7.3, CPU and GPU alike) updates model.user_factors and model.item_factors in
@@ -260,14 +267,23 @@ def _fit_until_stopped(model: Any, confidence: scipy.sparse.csr_matrix,
 def _can_start_from(start: TrainResult, model: Any, shape: tuple[int, int]) -> bool:
     from implicit.cpu.als import AlternatingLeastSquares
 
-    return (isinstance(model, AlternatingLeastSquares)
-            and isinstance(start.model, AlternatingLeastSquares)
-            and start.model.user_factors is not None and start.model.user_factors.shape == (shape[0], model.factors)
-            and start.model.item_factors.shape == (shape[1], model.factors))
+    return (
+        isinstance(model, AlternatingLeastSquares)
+        and isinstance(start.model, AlternatingLeastSquares)
+        and start.model.user_factors is not None
+        and start.model.user_factors.shape == (shape[0], model.factors)
+        and start.model.item_factors.shape == (shape[1], model.factors)
+    )
 
 
-def fit(confidence: scipy.sparse.csr_matrix, params: TrainParams, *, weighting: str | None = None,
-        alpha: float | None = None, start: TrainResult | None = None) -> TrainResult:
+def fit(
+    confidence: scipy.sparse.csr_matrix,
+    params: TrainParams,
+    *,
+    weighting: str | None = None,
+    alpha: float | None = None,
+    start: TrainResult | None = None,
+) -> TrainResult:
     """Fit ALS to a user x item confidence matrix; log the loss and time of each iteration.
 
     With ``weighting`` set, ``confidence`` holds the raw weights: the native solver weighs them
@@ -294,13 +310,22 @@ def fit(confidence: scipy.sparse.csr_matrix, params: TrainParams, *, weighting: 
     regularization = params.regularization
     if regularization is None and not (params.solver == "native" and weighting is not None):  # else on the GPU
         regularization, sigma = auto_regularization(confidence, params.seed)
-        log.info("train: regularization %.4g (auto: %g x %.4g, the largest singular value of the confidence matrix)",
-                 regularization, AUTO_REGULARIZATION_SHARE, sigma)
+        log.info(
+            "train: regularization %.4g (auto: %g x %.4g, the largest singular value of the confidence matrix)",
+            regularization,
+            AUTO_REGULARIZATION_SHARE,
+            sigma,
+        )
     if params.solver == "native":
         from .gpu.solver import NativeAls
 
-        model = NativeAls(factors=params.factors, regularization=regularization, iterations=params.iterations,
-                          random_state=params.seed, regularization_share=AUTO_REGULARIZATION_SHARE)
+        model = NativeAls(
+            factors=params.factors,
+            regularization=regularization,
+            iterations=params.iterations,
+            random_state=params.seed,
+            regularization_share=AUTO_REGULARIZATION_SHARE,
+        )
     else:
         if device == "gpu":
             check_gpu_limits(users, items, confidence.nnz, params.factors)
@@ -321,8 +346,9 @@ def fit(confidence: scipy.sparse.csr_matrix, params: TrainParams, *, weighting: 
                 random_state=params.seed,
                 **device_options,
             )
-    result = TrainResult(model=model, device=device,
-                         regularization=float("nan") if regularization is None else float(regularization))
+    result = TrainResult(
+        model=model, device=device, regularization=float("nan") if regularization is None else float(regularization)
+    )
     if start is not None and _can_start_from(start, model, confidence.shape):
         model.user_factors = start.model.user_factors.copy()
         model.item_factors = start.model.item_factors.copy()
@@ -360,8 +386,12 @@ def fit(confidence: scipy.sparse.csr_matrix, params: TrainParams, *, weighting: 
     started = time.monotonic()
     try:
         with _blas_single_threaded(device):
-            _fit_until_stopped(model, confidence, on_iteration,
-                               **({"weighting": weighting, "alpha": alpha} if weighting is not None else {}))
+            _fit_until_stopped(
+                model,
+                confidence,
+                on_iteration,
+                **({"weighting": weighting, "alpha": alpha} if weighting is not None else {}),
+            )
     except MemoryError:
         raise WorkerError(
             f"out of memory training {params.factors} factors on the {device.upper()}; use fewer --factors, "

@@ -127,7 +127,7 @@ class TuneResult:
             "default": DEFAULT.label,
             "metric": f"precision_at_{K}",
             "rule": f"a point replaces the best so far only when it wins by more than {CLEAR_GAIN:g} standard errors "
-                    f"of the paired per-user difference and by more than {MIN_GAIN:.0%}",
+            f"of the paired per-user difference and by more than {MIN_GAIN:.0%}",
             "searched": [row["setting"] for row in self.grid],
             "grid": self.grid,
             "default_precision_at_10": self.precision(DEFAULT),
@@ -138,7 +138,9 @@ class TuneResult:
             "validation_users": self.validation_users,
             "validation_interactions": self.validation_interactions,
             "budget": self.budget,
-            "estimated_fit_seconds": None if self.estimated_fit_seconds is None else round(self.estimated_fit_seconds, 4),
+            "estimated_fit_seconds": None
+            if self.estimated_fit_seconds is None
+            else round(self.estimated_fit_seconds, 4),
             "budget_seconds": None if self.budget_seconds is None else round(self.budget_seconds, 4),
             "stopped_by_budget": self.stopped_by_budget,
             "seconds": round(self.seconds, 4),
@@ -150,7 +152,9 @@ def sample_users(matrix: scipy.sparse.csr_matrix, budget: float, seed: int) -> n
     lengths = np.diff(matrix.indptr)
     active = np.flatnonzero(lengths > 0)
     per_user = VALIDATION_SHARE * matrix.nnz / max(len(active), 1)  # validation pairs a sampled user brings
-    wanted = max(int(np.ceil(len(active) * budget / SAMPLE_FITS)), int(np.ceil(MIN_VALIDATION_PAIRS / max(per_user, 1e-9))))
+    wanted = max(
+        int(np.ceil(len(active) * budget / SAMPLE_FITS)), int(np.ceil(MIN_VALIDATION_PAIRS / max(per_user, 1e-9)))
+    )
     if wanted >= len(active):
         return active.astype(np.int32)
     rng = np.random.default_rng(seed + 7)
@@ -189,8 +193,11 @@ class OutOfTime(Exception):
     """Raised by the search's clock before a candidate that would end past the budget."""
 
 
-def search(score: Callable[[Setting, Setting | None], ArrayLike], before_each: Callable[[], None] = lambda: None,
-           compared: Callable[[Setting, Setting, float, float], None] = lambda *_: None) -> Setting:
+def search(
+    score: Callable[[Setting, Setting | None], ArrayLike],
+    before_each: Callable[[], None] = lambda: None,
+    compared: Callable[[Setting, Setting, float, float], None] = lambda *_: None,
+) -> Setting:
     """The best point of the search; ``score(point, start)`` gives a point's per-user precision, fitted
     from ``start``'s factors when it is given (a warm start from the best so far).
 
@@ -236,12 +243,21 @@ def search(score: Callable[[Setting, Setting | None], ArrayLike], before_each: C
 
 def _candidate_params(params: TrainParams) -> TrainParams:
     """The final fit's settings, quiet, with the loss on and the candidates' looser plateau."""
-    return replace(params, on_iteration=None, loss=True,
-                   early_stop=max(params.early_stop, CANDIDATE_TOLERANCE), patience=params.patience)
+    return replace(
+        params,
+        on_iteration=None,
+        loss=True,
+        early_stop=max(params.early_stop, CANDIDATE_TOLERANCE),
+        patience=params.patience,
+    )
 
 
-def tune(train: scipy.sparse.csr_matrix, params: TrainParams, budget: float = DEFAULT_BUDGET,
-         clock: Callable[[], float] = time.monotonic) -> TuneResult:
+def tune(
+    train: scipy.sparse.csr_matrix,
+    params: TrainParams,
+    budget: float = DEFAULT_BUDGET,
+    clock: Callable[[], float] = time.monotonic,
+) -> TuneResult:
     """Search the settings on a validation split of ``train`` (raw counts, users x items)."""
     started = clock()
     rows = sample_users(train, budget, params.seed)
@@ -253,11 +269,22 @@ def tune(train: scipy.sparse.csr_matrix, params: TrainParams, budget: float = DE
     users = np.flatnonzero(np.diff(validation.indptr) > 0).astype(np.int32)
     if len(users) > MAX_VALIDATION_USERS:  # at 1e9 pairs the sample's users would make ranking cost more than fitting
         users = np.sort(np.random.default_rng(params.seed + 13).choice(users, MAX_VALIDATION_USERS, replace=False))
-    result = TuneResult(choice=DEFAULT, sample_users=len(rows), sample_interactions=int(fit_part.nnz),
-                        validation_interactions=int(validation.nnz), validation_users=len(users), budget=budget)
-    log.info("tune: %s sampled users, %s pairs to fit, %s to validate; the default first, then its neighbours while "
-             "the budget (%.0f%% of the final fit) lasts", f"{len(rows):,}", f"{fit_part.nnz:,}", f"{validation.nnz:,}",
-             100 * budget)
+    result = TuneResult(
+        choice=DEFAULT,
+        sample_users=len(rows),
+        sample_interactions=int(fit_part.nnz),
+        validation_interactions=int(validation.nnz),
+        validation_users=len(users),
+        budget=budget,
+    )
+    log.info(
+        "tune: %s sampled users, %s pairs to fit, %s to validate; the default first, then its neighbours while "
+        "the budget (%.0f%% of the final fit) lasts",
+        f"{len(rows):,}",
+        f"{fit_part.nnz:,}",
+        f"{validation.nnz:,}",
+        100 * budget,
+    )
     if validation.nnz == 0:
         log.warning("tune: no user has two or more items to validate on; keeping the defaults (%s)", DEFAULT.label)
         result.seconds = clock() - started
@@ -278,19 +305,37 @@ def tune(train: scipy.sparse.csr_matrix, params: TrainParams, budget: float = DE
         weighted, sigma = weighted_by[key]
         warm = fitted[start] if start is not None else None
         # A warm start begins near its plateau, past ALS's early uneven steps: one small step ends it.
-        trained = fit(weighted, replace(quiet, regularization=point.share * sigma, patience=1 if warm else quiet.patience),
-                      start=warm)
+        trained = fit(
+            weighted,
+            replace(quiet, regularization=point.share * sigma, patience=1 if warm else quiet.patience),
+            start=warm,
+        )
         fitted[point] = trained
         ids, _ = top_n(trained.model, fit_part, users, K)
         per_user = ranking_metrics(ids, truth, K)["precision"]
         value = round(float(per_user.mean()), 6)
         seconds = clock() - point_started
         durations.append(seconds)
-        result.grid.append({"setting": point.label, **asdict(point), "precision_at_10": value,
-                            "iterations": trained.iterations_run, "warm_start": trained.warm_start,
-                            "stop_reason": trained.stop_reason, "seconds": round(seconds, 4)})
-        log.info("tune: %-16s precision@%d %.4f (%d iterations%s, %.2fs)", point.label, K, value,
-                 trained.iterations_run, ", warm" if trained.warm_start else "", seconds)
+        result.grid.append(
+            {
+                "setting": point.label,
+                **asdict(point),
+                "precision_at_10": value,
+                "iterations": trained.iterations_run,
+                "warm_start": trained.warm_start,
+                "stop_reason": trained.stop_reason,
+                "seconds": round(seconds, 4),
+            }
+        )
+        log.info(
+            "tune: %-16s precision@%d %.4f (%d iterations%s, %.2fs)",
+            point.label,
+            K,
+            value,
+            trained.iterations_run,
+            ", warm" if trained.warm_start else "",
+            seconds,
+        )
         if point == DEFAULT:
             per_iteration = trained.seconds / max(trained.iterations_run, 1)
             result.estimated_fit_seconds = per_iteration * scale * trained.iterations_run
@@ -306,17 +351,36 @@ def tune(train: scipy.sparse.csr_matrix, params: TrainParams, budget: float = DE
     def compared(point: Setting, against: Setting, relative: float, z: float) -> None:
         row = next(row for row in reversed(result.grid) if row["setting"] == point.label)
         row.update(against=against.label, gain=round(relative, 4), z=round(z, 2))
-        log.info("tune: %-16s against %s: %+.1f%%, %.1f standard errors%s", point.label, against.label, 100 * relative,
-                 z, "" if beats_rule(relative, z) else " (not clear: kept the best so far)")
+        log.info(
+            "tune: %-16s against %s: %+.1f%%, %.1f standard errors%s",
+            point.label,
+            against.label,
+            100 * relative,
+            z,
+            "" if beats_rule(relative, z) else " (not clear: kept the best so far)",
+        )
 
     best = search(score, before_each, compared)
     result.choice = best
     result.seconds = clock() - started
     if result.stopped_by_budget:
-        log.info("tune: stopped after %d fit(s): the next would pass the budget of %.1fs (%.0f%% of the final fit, "
-                 "estimated at %.1fs); keeping the best so far", len(result.grid), result.budget_seconds,
-                 100 * budget, result.estimated_fit_seconds)
+        log.info(
+            "tune: stopped after %d fit(s): the next would pass the budget of %.1fs (%.0f%% of the final fit, "
+            "estimated at %.1fs); keeping the best so far",
+            len(result.grid),
+            result.budget_seconds,
+            100 * budget,
+            result.estimated_fit_seconds,
+        )
     gain = result.gain_over_default
-    log.info("tune: chose %s (precision@%d %.4f; the default %s %.4f, %+.1f%%) in %.1fs", best.label, K,
-             result.precision(best), DEFAULT.label, result.precision(DEFAULT), 100 * (gain or 0.0), result.seconds)
+    log.info(
+        "tune: chose %s (precision@%d %.4f; the default %s %.4f, %+.1f%%) in %.1fs",
+        best.label,
+        K,
+        result.precision(best),
+        DEFAULT.label,
+        result.precision(DEFAULT),
+        100 * (gain or 0.0),
+        result.seconds,
+    )
     return result

@@ -41,4 +41,6 @@ async def prove_writable(store: Store, flag: str = "--output") -> None:
         await asyncio.to_thread(probe)
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
-        raise WorkerError(f"{flag} {store.uri}: cannot write there ({reason}); pass a folder you can write to") from None
+        raise WorkerError(
+            f"{flag} {store.uri}: cannot write there ({reason}); pass a folder you can write to"
+        ) from None

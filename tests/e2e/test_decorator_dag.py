@@ -28,12 +28,17 @@ def airflow_home(tmp_path_factory) -> Path:
 
 
 def run_driver(home: Path, env: dict[str, str], *args: str) -> tuple[dict, str]:
-    done = subprocess.run([sys.executable, str(SUPPORT / "decorated_dag_driver.py"), str(home), *args],
-                          env=env, capture_output=True, text=True, timeout=360)
+    done = subprocess.run(
+        [sys.executable, str(SUPPORT / "decorated_dag_driver.py"), str(home), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=360,
+    )
     logs = done.stdout + done.stderr
     assert done.returncode == 0, logs[-6000:]
     line = next(line for line in done.stdout.splitlines() if line.startswith("RESULT "))
-    return json.loads(line[len("RESULT "):]), logs
+    return json.loads(line[len("RESULT ") :]), logs
 
 
 def clean_env(**more: str) -> dict[str, str]:
@@ -55,8 +60,14 @@ def check_result(result: dict) -> None:
 def test_decorated_task_on_the_local_backend(airflow_home, tmp_path):
     jobs = tmp_path / "jobs"
     try:
-        result, logs = run_driver(airflow_home, clean_env(AIRFLOW_GPU_LOCAL_JOBS_DIR=str(jobs)),
-                                  "local", "local", "local", str(tmp_path / "staging"))
+        result, logs = run_driver(
+            airflow_home,
+            clean_env(AIRFLOW_GPU_LOCAL_JOBS_DIR=str(jobs)),
+            "local",
+            "local",
+            "local",
+            str(tmp_path / "staging"),
+        )
     finally:
         kill_leftover_local_jobs(jobs)
     check_result(result)
@@ -68,8 +79,12 @@ def test_decorated_task_on_the_local_backend(airflow_home, tmp_path):
 def test_decorated_task_on_moto_batch(airflow_home, moto_aws, gpu_batch):
     moto_aws.client("s3").create_bucket(Bucket="staging")
     moto_aws.batch.hold("RUNNABLE")
-    conn = {"conn_type": "aws", "login": "testing", "password": SECRET_KEY,
-            "extra": {"endpoint_url": moto_aws.endpoint_url, "region_name": moto_aws.region}}
+    conn = {
+        "conn_type": "aws",
+        "login": "testing",
+        "password": SECRET_KEY,
+        "extra": {"endpoint_url": moto_aws.endpoint_url, "region_name": moto_aws.region},
+    }
     codes: list[int] = []
 
     def play():
@@ -78,8 +93,14 @@ def test_decorated_task_on_moto_batch(airflow_home, moto_aws, gpu_batch):
 
     player = threading.Thread(target=play, daemon=True)
     player.start()
-    result, logs = run_driver(airflow_home, clean_env(AIRFLOW_CONN_AWS_DEFAULT=json.dumps(conn)),
-                              "aws_batch", gpu_batch["job_queue"], gpu_batch["job_definition"], "s3://staging/fn/")
+    result, logs = run_driver(
+        airflow_home,
+        clean_env(AIRFLOW_CONN_AWS_DEFAULT=json.dumps(conn)),
+        "aws_batch",
+        gpu_batch["job_queue"],
+        gpu_batch["job_definition"],
+        "s3://staging/fn/",
+    )
     player.join(30)
     assert codes == [0]
     check_result(result)

@@ -34,15 +34,34 @@ def clean_env() -> dict[str, str]:
 def test_demo_runs_the_dag_end_to_end(airflow_home, tmp_path):
     outputs = tmp_path / "outputs"
     done = subprocess.run(
-        [str(BIN / "airflow-gpu"), "demo", "--size", "60000", "--objects", "3", "--home", str(airflow_home),
-         "--output-dir", str(outputs)],
-        env=clean_env(), capture_output=True, text=True, timeout=360,
+        [
+            str(BIN / "airflow-gpu"),
+            "demo",
+            "--size",
+            "60000",
+            "--objects",
+            "3",
+            "--home",
+            str(airflow_home),
+            "--output-dir",
+            str(outputs),
+        ],
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=360,
     )
     out = done.stdout
     assert done.returncode == 0, f"demo failed:\n{out[-4000:]}\n{done.stderr[-4000:]}"
     # Progress throughout: the tasks' states, with the deferral, and the worker's own lines.
-    for line in ("task prepare: success", "task train: deferred", "task train: success", "task publish: success",
-                 "worker | train: iteration 1/15", "worker | publish: committed"):
+    for line in (
+        "task prepare: success",
+        "task train: deferred",
+        "task train: success",
+        "task publish: success",
+        "worker | train: iteration 1/15",
+        "worker | publish: committed",
+    ):
         assert line in out, line
     # Training runs to the 15th iteration or stops earlier on a loss plateau, and says which.
     assert "worker | train: iteration 15/15" in out or "worker | train: stopping after iteration" in out
@@ -50,7 +69,9 @@ def test_demo_runs_the_dag_end_to_end(airflow_home, tmp_path):
     for heading in ("Stages", "precision@10: ALS", "Three users", "Where things are", "latest marker", "manifest"):
         assert heading in out, heading
     for stage in ("generate data", "upload to S3", "prepare", "train (deferred)", "publish", "total"):
-        assert any(line.strip().startswith(stage) and line.rstrip().split()[-1] != "-" for line in out.splitlines()), stage
+        assert any(line.strip().startswith(stage) and line.rstrip().split()[-1] != "-" for line in out.splitlines()), (
+            stage
+        )
     assert sum(line.startswith("  user-") for line in out.splitlines()) == 3
     # The local copy of the run, as a reader finds it: latest.json -> manifest -> files.
     [run] = list(outputs.iterdir())
@@ -68,11 +89,14 @@ def test_demo_runs_the_dag_end_to_end(airflow_home, tmp_path):
 def test_dag_refuses_empty_input_and_a_model_that_fails_the_gate(airflow_home):
     done = subprocess.run(
         [sys.executable, str(SUPPORT / "dag_test_driver.py"), str(airflow_home)],
-        env=clean_env(), capture_output=True, text=True, timeout=360,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=360,
     )
     logs = done.stdout + done.stderr
     assert done.returncode == 0, logs[-6000:]
-    result = json.loads(next(line for line in done.stdout.splitlines() if line.startswith("RESULT "))[len("RESULT "):])
+    result = json.loads(next(line for line in done.stdout.splitlines() if line.startswith("RESULT "))[len("RESULT ") :])
 
     # No data: prepare fails at once with what to do; no job is ever started.
     empty = result["empty_input"]
@@ -83,7 +107,11 @@ def test_dag_refuses_empty_input_and_a_model_that_fails_the_gate(airflow_home):
     # The model is trained and committed, but it does not pass the gate: nothing is published.
     gate = result["quality_gate"]
     assert gate["state"] == "failed"
-    assert (gate["tasks"]["prepare"], gate["tasks"]["train"], gate["tasks"]["publish"]) == ("success", "success", "failed")
+    assert (gate["tasks"]["prepare"], gate["tasks"]["train"], gate["tasks"]["publish"]) == (
+        "success",
+        "success",
+        "failed",
+    )
     assert "does not beat popularity by 1000x" in logs
     keys = result["testing_outputs"]
     assert any(key.endswith("/manifest.json") for key in keys)

@@ -30,12 +30,29 @@ def clean_env(tmp_path: Path) -> dict[str, str]:
 
 
 def demo_argv(home: Path, tmp_path: Path, *more: str) -> list[str]:
-    return [str(CLI), "demo", "--size", "20000", "--objects", "2", "--home", str(home), "--output-dir", str(tmp_path / "out"), *more]
+    return [
+        str(CLI),
+        "demo",
+        "--size",
+        "20000",
+        "--objects",
+        "2",
+        "--home",
+        str(home),
+        "--output-dir",
+        str(tmp_path / "out"),
+        *more,
+    ]
 
 
 def test_a_failed_quality_gate_ends_with_its_reason(airflow_home, tmp_path):
-    done = subprocess.run(demo_argv(airflow_home, tmp_path, "--param", "min_lift=1000"), env=clean_env(tmp_path),
-                          capture_output=True, text=True, timeout=450)
+    done = subprocess.run(
+        demo_argv(airflow_home, tmp_path, "--param", "min_lift=1000"),
+        env=clean_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=450,
+    )
     text = done.stdout + done.stderr
     assert done.returncode == 1, text[-4000:]
     assert "Traceback" not in text, text[-4000:]
@@ -48,8 +65,14 @@ def test_ctrl_c_ends_with_interrupted_and_what_was_stopped(airflow_home, tmp_pat
     import pty
 
     controller, terminal = pty.openpty()
-    process = subprocess.Popen(demo_argv(airflow_home, tmp_path), env=clean_env(tmp_path),
-                               stdin=terminal, stdout=terminal, stderr=terminal, close_fds=True)
+    process = subprocess.Popen(
+        demo_argv(airflow_home, tmp_path),
+        env=clean_env(tmp_path),
+        stdin=terminal,
+        stdout=terminal,
+        stderr=terminal,
+        close_fds=True,
+    )
     os.close(terminal)
     seen = b""
     try:

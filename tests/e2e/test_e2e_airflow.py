@@ -34,7 +34,7 @@ POLL = 1.0
 CASES = ("ok", "fails", "cleared", "marked_failed", "marked_success")
 REASON = "CannotInspectContainerError: Could not transition to inspecting; timed out after waiting 30s"
 
-DAG_FILE = '''
+DAG_FILE = """
 from datetime import datetime
 
 from airflow.sdk import DAG
@@ -50,13 +50,20 @@ with DAG({fanout!r}, schedule=None, start_date=datetime(2026, 1, 1), catchup=Fal
 
 with DAG({failures!r}, schedule=None, start_date=datetime(2026, 1, 1), catchup=False):
     GpuBatchOperator.partial(**COMMON).expand(command=[["als", "--case", case] for case in {cases!r}])
-'''
+"""
 
 
 @pytest.fixture
 def airflow(tmp_path, moto_aws: MotoAws, gpu_batch) -> Airflow:
-    dag_file = DAG_FILE.format(queue=gpu_batch["job_queue"], definition=gpu_batch["job_definition"], poll=POLL,
-                               fanout=FANOUT, failures=FAILURES, mapped=MAPPED, cases=CASES)
+    dag_file = DAG_FILE.format(
+        queue=gpu_batch["job_queue"],
+        definition=gpu_batch["job_definition"],
+        poll=POLL,
+        fanout=FANOUT,
+        failures=FAILURES,
+        mapped=MAPPED,
+        cases=CASES,
+    )
     with running_airflow(tmp_path, moto_aws, {"e2e_gpu.py": dag_file}, (FANOUT, FAILURES)) as instance:
         yield instance
 
@@ -89,9 +96,12 @@ def test_deferred_gpu_tasks_through_a_real_scheduler_and_triggerer(airflow: Airf
 
     # The triggerer's shared watcher: one DescribeJobs call per poll cycle, covering every job.
     # (A task is DEFERRED as soon as it hands over its trigger; the triggerer picks it up a moment later.)
-    wait_for("the triggerer to watch every job",
-             lambda: any(sorted(ids) == sorted(running) for _, ids in list(moto_aws.log.describe_batches)),
-             timeout=60, alive=airflow.check_alive)
+    wait_for(
+        "the triggerer to watch every job",
+        lambda: any(sorted(ids) == sorted(running) for _, ids in list(moto_aws.log.describe_batches)),
+        timeout=60,
+        alive=airflow.check_alive,
+    )
     window_start = time.monotonic()
     time.sleep(4 * POLL)
     cycles = list(iter_describe_cycles(moto_aws.log, gap=POLL / 2))
@@ -104,9 +114,15 @@ def test_deferred_gpu_tasks_through_a_real_scheduler_and_triggerer(airflow: Airf
     # A triggerer restart, and the triggers' move to the new triggerer, terminate nothing.
     airflow.restart_triggerer()
     restarted_at = time.monotonic()  # the old triggerer has stopped: every DescribeJobs from now on is the new one's
-    wait_for("the new triggerer to watch every job",
-             lambda: any(at > restarted_at and sorted(ids) == sorted(running) for at, ids in list(moto_aws.log.describe_batches)),
-             timeout=120, interval=1, alive=airflow.check_alive)
+    wait_for(
+        "the new triggerer to watch every job",
+        lambda: any(
+            at > restarted_at and sorted(ids) == sorted(running) for at, ids in list(moto_aws.log.describe_batches)
+        ),
+        timeout=120,
+        interval=1,
+        alive=airflow.check_alive,
+    )
     assert moto_aws.log.terminated == []
     assert all(batch.status(job_id) == "RUNNING" for job_id in running)
     assert set(airflow.states(FAILURES, failures_run).values()) == {"deferred"}
@@ -115,23 +131,40 @@ def test_deferred_gpu_tasks_through_a_real_scheduler_and_triggerer(airflow: Airf
     for index, state in ((3, "failed"), (4, "success")):
         airflow.set_state(FAILURES, failures_run, index, state)
         marked = job_of[(FAILURES, index)]
-        wait_for(f"the job of the task marked {state} to be terminated", lambda: marked in dict(moto_aws.log.terminated), timeout=120)
+        wait_for(
+            f"the job of the task marked {state} to be terminated",
+            lambda: marked in dict(moto_aws.log.terminated),
+            timeout=120,
+        )
         reason = dict(moto_aws.log.terminated)[marked]
         assert f"{FAILURES}.train" in reason and f"map index {index}" in reason and "marked" in reason
         assert batch.status(marked) == "FAILED"
 
     # Clearing a deferred task terminates its Batch job.
     cleared = job_of[(FAILURES, 2)]
-    airflow.call("POST", f"/dags/{FAILURES}/clearTaskInstances",
-                 {"dry_run": False, "dag_run_id": failures_run, "task_ids": [["train", 2]], "only_failed": False})
+    airflow.call(
+        "POST",
+        f"/dags/{FAILURES}/clearTaskInstances",
+        {"dry_run": False, "dag_run_id": failures_run, "task_ids": [["train", 2]], "only_failed": False},
+    )
     wait_for("the cleared task's job to be terminated", lambda: cleared in dict(moto_aws.log.terminated), timeout=120)
     reason = dict(moto_aws.log.terminated)[cleared]
     assert f"{FAILURES}.train" in reason and "map index 2" in reason and "cleared" in reason
     assert batch.status(cleared) == "FAILED"
     # The cleared task runs again and submits a new job (the terminated one is never reattached).
-    retried = wait_for("the cleared task's new job", lambda: [j for j in batch.wait_for_jobs(total + 1, timeout=1) if j not in job_of.values()],
-                       timeout=120, interval=1, alive=airflow.check_alive)
-    wait_for("the new job to be watched", lambda: airflow.states(FAILURES, failures_run)[2] == "deferred", timeout=120, interval=1)
+    retried = wait_for(
+        "the cleared task's new job",
+        lambda: [j for j in batch.wait_for_jobs(total + 1, timeout=1) if j not in job_of.values()],
+        timeout=120,
+        interval=1,
+        alive=airflow.check_alive,
+    )
+    wait_for(
+        "the new job to be watched",
+        lambda: airflow.states(FAILURES, failures_run)[2] == "deferred",
+        timeout=120,
+        interval=1,
+    )
 
     # Release: one job fails with a reason, every other one succeeds. The re-run's job goes last:
     # a job that ends within a second of its deferral can race Airflow's own bookkeeping of that
@@ -147,9 +180,27 @@ def test_deferred_gpu_tasks_through_a_real_scheduler_and_triggerer(airflow: Airf
         state = airflow.run_state(dag_id, run_id)
         return state if state in ("success", "failed") else None
 
-    assert wait_for("the fan-out run to finish", lambda: finished(FANOUT, fanout_run), timeout=240, interval=1, alive=airflow.check_alive) == "success"
+    assert (
+        wait_for(
+            "the fan-out run to finish",
+            lambda: finished(FANOUT, fanout_run),
+            timeout=240,
+            interval=1,
+            alive=airflow.check_alive,
+        )
+        == "success"
+    )
     batch.set_status(retried[0], "SUCCEEDED")
-    assert wait_for("the failures run to finish", lambda: finished(FAILURES, failures_run), timeout=120, interval=1, alive=airflow.check_alive) == "failed"
+    assert (
+        wait_for(
+            "the failures run to finish",
+            lambda: finished(FAILURES, failures_run),
+            timeout=120,
+            interval=1,
+            alive=airflow.check_alive,
+        )
+        == "failed"
+    )
 
     # Every fan-out task succeeded and returned its job's facts as XCom.
     assert set(airflow.states(FANOUT, fanout_run).values()) == {"success"}

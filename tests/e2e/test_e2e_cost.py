@@ -11,7 +11,7 @@ from tests.support.moto_aws import MotoAws
 pytestmark = [pytest.mark.timeout(600), pytest.mark.airflow_behaviour]
 
 DAG_ID = "e2e_gpu_cost"
-DAG_FILE = '''
+DAG_FILE = """
 from datetime import datetime
 
 from airflow.sdk import DAG
@@ -21,7 +21,7 @@ from airflow_gpu.operators import GpuBatchOperator
 with DAG({dag_id!r}, schedule=None, start_date=datetime(2026, 1, 1), catchup=False):
     GpuBatchOperator(task_id="train", job_queue={queue!r}, job_definition={definition!r}, command=["als"],
                      gpus=1, poll_interval=1.0, aws_conn_id="aws_default", retries=0)
-'''
+"""
 
 
 @pytest.fixture
@@ -39,20 +39,36 @@ def test_a_job_ends_with_its_cost_line_in_the_task_log_and_the_xcom(airflow: Air
     batch.hold("RUNNING")
     instance = moto_aws.register_container_instance(gpu_batch["compute_environment"], "g5.xlarge")
     run_id = airflow.trigger(DAG_ID)
-    wait_for("the task to defer", lambda: airflow.states(DAG_ID, run_id).get(-1) == "deferred", timeout=240, interval=1,
-             alive=airflow.check_alive)
+    wait_for(
+        "the task to defer",
+        lambda: airflow.states(DAG_ID, run_id).get(-1) == "deferred",
+        timeout=240,
+        interval=1,
+        alive=airflow.check_alive,
+    )
     [job_id] = [j for j, job in batch.jobs().items() if job.status == "RUNNING"]
     batch.place(job_id, instance)
     batch.set_status(job_id, "SUCCEEDED")
     batch.backdate(job_id, queued_s=120, ran_s=151)
-    wait_for("the task to succeed", lambda: airflow.states(DAG_ID, run_id).get(-1) == "success", timeout=240, interval=1,
-             alive=airflow.check_alive)
+    wait_for(
+        "the task to succeed",
+        lambda: airflow.states(DAG_ID, run_id).get(-1) == "success",
+        timeout=240,
+        interval=1,
+        alive=airflow.check_alive,
+    )
 
     cost = airflow.xcom(DAG_ID, run_id, -1)["cost"]
     assert cost["instance_type"] == "g5.xlarge" and cost["market"] == "on-demand"
-    assert cost["run_s"] == pytest.approx(151, abs=0.01) and cost["cost_usd"] == pytest.approx(151 / 3600 * 1.006, abs=1e-4)
+    assert cost["run_s"] == pytest.approx(151, abs=0.01) and cost["cost_usd"] == pytest.approx(
+        151 / 3600 * 1.006, abs=1e-4
+    )
 
-    logs = [p.read_text(errors="replace") for p in (airflow.home / "logs").rglob("attempt=*.log") if f"dag_id={DAG_ID}" in str(p)]
+    logs = [
+        p.read_text(errors="replace")
+        for p in (airflow.home / "logs").rglob("attempt=*.log")
+        if f"dag_id={DAG_ID}" in str(p)
+    ]
     text = "\n".join(logs)
     expected = f"Job {job_id} SUCCEEDED: wall 4 min 31 s (queued 2 min 0 s, ran 2 min 31 s) on g5.xlarge (on-demand)"
     assert expected in text, text[-3000:]

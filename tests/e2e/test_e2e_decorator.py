@@ -30,7 +30,7 @@ POLL = 1.0
 STAGING = "s3://staging/airflow-gpu/"
 
 # Placeholders rather than str.format: the DAG has its own braces (a template, f-strings).
-DAG_FILE = '''
+DAG_FILE = """
 from datetime import datetime
 
 from airflow.sdk import DAG, task
@@ -61,13 +61,18 @@ with DAG("@DAG_ID@", schedule=None, start_date=datetime(2026, 1, 1), catchup=Fal
     ns = sizes()
     report(squares(ns, label="{{ run_id }}")["total"])
     explode(ns)
-'''
+"""
 
 
 def dag_file(gpu_batch: dict) -> str:
     text = DAG_FILE
-    for key, value in {"@QUEUE@": gpu_batch["job_queue"], "@DEFINITION@": gpu_batch["job_definition"],
-                       "@STAGING@": STAGING, "@POLL@": str(POLL), "@DAG_ID@": DAG_ID}.items():
+    for key, value in {
+        "@QUEUE@": gpu_batch["job_queue"],
+        "@DEFINITION@": gpu_batch["job_definition"],
+        "@STAGING@": STAGING,
+        "@POLL@": str(POLL),
+        "@DAG_ID@": DAG_ID,
+    }.items():
         text = text.replace(key, value)
     return text
 
@@ -114,7 +119,9 @@ def task_log(airflow: Airflow, run_id: str, task_id: str) -> str:
     return "\n".join(texts)
 
 
-def test_decorated_tasks_defer_resume_and_return_through_a_real_scheduler_and_triggerer(airflow: Airflow, moto_aws: MotoAws):
+def test_decorated_tasks_defer_resume_and_return_through_a_real_scheduler_and_triggerer(
+    airflow: Airflow, moto_aws: MotoAws
+):
     batch = moto_aws.batch
     batch.hold("RUNNABLE")  # the GPU jobs wait for capacity until the test plays their container
     run_id = airflow.trigger(DAG_ID)
@@ -133,8 +140,13 @@ def test_decorated_tasks_defer_resume_and_return_through_a_real_scheduler_and_tr
 
     # squares: its print reaches the task log while the job is still RUNNING (the live log), then it ends.
     def relayed_while_running() -> None:
-        wait_for("the job's print in the task log while it runs", lambda: "squaring [3, 4]" in task_log(airflow, run_id, "squares"),
-                 timeout=60, interval=1, alive=airflow.check_alive)
+        wait_for(
+            "the job's print in the task log while it runs",
+            lambda: "squaring [3, 4]" in task_log(airflow, run_id, "squares"),
+            timeout=60,
+            interval=1,
+            alive=airflow.check_alive,
+        )
         assert tasks(airflow, run_id)["squares"]["state"] == "deferred"
 
     squares_job = job_of["squares"]
@@ -149,7 +161,10 @@ def test_decorated_tasks_defer_resume_and_return_through_a_real_scheduler_and_tr
     assert wait_for("the DAG run to finish", finished, timeout=240, interval=1, alive=airflow.check_alive) == "failed"
     final = tasks(airflow, run_id)
     assert {task: ti["state"] for task, ti in final.items()} == {
-        "sizes": "success", "squares": "success", "report": "success", "explode": "failed",
+        "sizes": "success",
+        "squares": "success",
+        "report": "success",
+        "explode": "failed",
     }
     assert final["squares"]["try_number"] == 1  # resumed from its deferral, not retried
 

@@ -39,7 +39,7 @@ POLL = 1.0
 HEALTH_THRESHOLD = 8  # seconds without a heartbeat before a triggerer's triggers go to another
 KEPT_LINE = re.compile(r"Job (\S+) left running: the task is still deferred")
 
-DAG_FILE = '''
+DAG_FILE = """
 from datetime import datetime
 
 from airflow.sdk import DAG
@@ -51,7 +51,7 @@ common = dict(job_queue={queue!r}, job_definition={definition!r}, poll_interval=
 with DAG({dag_id!r}, schedule=None, start_date=datetime(2026, 1, 1), catchup=False, max_active_tasks=16):
     GpuBatchOperator.partial(task_id="train", **common).expand(command=[["als", "--shard", str(i)] for i in range({mapped})])
     GpuBatchOperator(task_id="start", command=["als", "--shard", "start"], start_from_trigger=True, **common)
-'''
+"""
 
 
 @pytest.fixture
@@ -77,7 +77,9 @@ def task_of_job(moto_aws: MotoAws) -> dict[str, str]:
     return found
 
 
-def test_a_stalled_triggerer_kills_nothing_and_a_clear_reruns_on_a_new_job(tmp_path, moto_aws: MotoAws, gpu_batch, postgres):
+def test_a_stalled_triggerer_kills_nothing_and_a_clear_reruns_on_a_new_job(
+    tmp_path, moto_aws: MotoAws, gpu_batch, postgres
+):
     import sqlalchemy
 
     home = tmp_path / "airflow-home"
@@ -85,11 +87,20 @@ def test_a_stalled_triggerer_kills_nothing_and_a_clear_reruns_on_a_new_job(tmp_p
     home.mkdir()
     dags.mkdir()
     (dags / "stall.py").write_text(
-        DAG_FILE.format(dag_id=DAG_ID, queue=gpu_batch["job_queue"], definition=gpu_batch["job_definition"], poll=POLL, mapped=MAPPED)
+        DAG_FILE.format(
+            dag_id=DAG_ID,
+            queue=gpu_batch["job_queue"],
+            definition=gpu_batch["job_definition"],
+            poll=POLL,
+            mapped=MAPPED,
+        )
     )
     port = free_port()
     env = airflow_env(
-        home, dags, moto_aws, port,
+        home,
+        dags,
+        moto_aws,
+        port,
         AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=postgres.url,
         AIRFLOW__CORE__PARALLELISM="4",
         AIRFLOW__TRIGGERER__JOB_HEARTBEAT_SEC="2",
@@ -102,15 +113,21 @@ def test_a_stalled_triggerer_kills_nothing_and_a_clear_reruns_on_a_new_job(tmp_p
     def owners() -> dict[str, int | None]:
         """task -> the triggerer job id its deferred task's trigger is assigned to."""
         query = sqlalchemy.text(
-            "SELECT ti.task_id, ti.map_index, tr.triggerer_id FROM task_instance ti JOIN \"trigger\" tr ON tr.id = ti.trigger_id "
+            'SELECT ti.task_id, ti.map_index, tr.triggerer_id FROM task_instance ti JOIN "trigger" tr ON tr.id = ti.trigger_id '
             "WHERE ti.dag_id = :dag AND ti.state = 'deferred'"
         )
         with engine.connect() as db:
-            return {task + (f"[{index}]" if index >= 0 else ""): owner for task, index, owner in db.execute(query, {"dag": DAG_ID})}
+            return {
+                task + (f"[{index}]" if index >= 0 else ""): owner
+                for task, index, owner in db.execute(query, {"dag": DAG_ID})
+            }
 
     def triggerer_ids() -> set[int]:
         with engine.connect() as db:
-            return {job_id for (job_id,) in db.execute(sqlalchemy.text("SELECT id FROM job WHERE job_type = 'TriggererJob'"))}
+            return {
+                job_id
+                for (job_id,) in db.execute(sqlalchemy.text("SELECT id FROM job WHERE job_type = 'TriggererJob'"))
+            }
 
     def kept() -> set[str]:
         """The jobs a trigger's on_kill decided to leave running for a task still deferred (its log line
@@ -122,55 +139,105 @@ def test_a_stalled_triggerer_kills_nothing_and_a_clear_reruns_on_a_new_job(tmp_p
         return found
 
     try:
-        migrate = subprocess.run([cluster.airflow_bin, "db", "migrate"], env=env, cwd=home, capture_output=True, text=True, timeout=300)
+        migrate = subprocess.run(
+            [cluster.airflow_bin, "db", "migrate"], env=env, cwd=home, capture_output=True, text=True, timeout=300
+        )
         assert migrate.returncode == 0, migrate.stdout[-3000:] + migrate.stderr[-3000:]
         api = cluster.start("api-server", "api-server")
         cluster.start("scheduler", "scheduler")
         cluster.start("dag-processor", "dag-processor")
-        triggerer_a = cluster.start("triggerer-a", "triggerer", AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT=str(free_port()))
+        triggerer_a = cluster.start(
+            "triggerer-a", "triggerer", AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT=str(free_port())
+        )
         rest = Airflow(home, port, api, home / "api-server.log", env)
         alive = cluster.check_alive
-        wait_for("the DAG to be parsed", lambda: not rest.call("GET", f"/dags/{DAG_ID}")["is_paused"], timeout=240, interval=1, alive=alive)
+        wait_for(
+            "the DAG to be parsed",
+            lambda: not rest.call("GET", f"/dags/{DAG_ID}")["is_paused"],
+            timeout=240,
+            interval=1,
+            alive=alive,
+        )
         a_id = wait_for("triggerer A's job row", lambda: next(iter(triggerer_ids()), None), timeout=120, alive=alive)
 
         batch = moto_aws.batch
         batch.hold("RUNNING")
         run_id = rest.trigger(DAG_ID)
-        wait_for("every task deferred on triggerer A",
-                 lambda: sorted(owners()) == sorted(names) and set(owners().values()) == {a_id}, timeout=300, interval=1, alive=alive)
-        first_job = wait_for("one job per task", lambda: (lambda t: t if sorted(t.values()) == sorted(names) else None)(task_of_job(moto_aws)),
-                             timeout=120, interval=1, alive=alive)
+        wait_for(
+            "every task deferred on triggerer A",
+            lambda: sorted(owners()) == sorted(names) and set(owners().values()) == {a_id},
+            timeout=300,
+            interval=1,
+            alive=alive,
+        )
+        first_job = wait_for(
+            "one job per task",
+            lambda: (lambda t: t if sorted(t.values()) == sorted(names) else None)(task_of_job(moto_aws)),
+            timeout=120,
+            interval=1,
+            alive=alive,
+        )
         job_of = {task: job for job, task in first_job.items()}
 
         # 1. A stalls past the threshold; B takes every trigger; A resumes and calls on_kill on each.
         before_b = triggerer_ids()
         cluster.start("triggerer-b", "triggerer", AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT=str(free_port()))
-        b_id = wait_for("triggerer B's job row", lambda: next(iter(triggerer_ids() - before_b), None), timeout=120, alive=alive)
+        b_id = wait_for(
+            "triggerer B's job row", lambda: next(iter(triggerer_ids() - before_b), None), timeout=120, alive=alive
+        )
         os.killpg(triggerer_a.pid, signal.SIGSTOP)
         try:
-            wait_for("triggerer B to take every trigger", lambda: set(owners().values()) == {b_id} and len(owners()) == len(names),
-                     timeout=180, interval=1, alive=lambda: cluster.check_alive("scheduler", "api-server", "triggerer-b"))
+            wait_for(
+                "triggerer B to take every trigger",
+                lambda: set(owners().values()) == {b_id} and len(owners()) == len(names),
+                timeout=180,
+                interval=1,
+                alive=lambda: cluster.check_alive("scheduler", "api-server", "triggerer-b"),
+            )
         finally:
             os.killpg(triggerer_a.pid, signal.SIGCONT)
         # A resumes, finds the four triggers assigned to B, and calls on_kill on each: wait until each
         # job was either left running (the fix) or terminated (Airflow 3.3.2 with an unconditional on_kill).
-        wait_for("resumed triggerer A to act on each trigger it lost",
-                 lambda: kept() | {job for job, _ in moto_aws.log.terminated} >= set(job_of.values()),
-                 timeout=180, interval=1, alive=alive)
+        wait_for(
+            "resumed triggerer A to act on each trigger it lost",
+            lambda: kept() | {job for job, _ in moto_aws.log.terminated} >= set(job_of.values()),
+            timeout=180,
+            interval=1,
+            alive=alive,
+        )
         assert moto_aws.log.terminated == [], "a stalled triggerer's late cancel terminated a job"
         assert all(batch.status(job) == "RUNNING" for job in job_of.values())
         assert set(owners().values()) == {b_id}
 
         # 2. A clear of a deferred task ends its job once and runs a new one.
         cleared = ["train[1]", "start"]
-        rest.call("POST", f"/dags/{DAG_ID}/clearTaskInstances", {
-            "dry_run": False, "only_failed": False, "dag_run_id": run_id, "task_ids": [["train", 1], "start"],
-        })
-        wait_for("the cleared tasks' jobs to be terminated",
-                 lambda: {job for job, _ in moto_aws.log.terminated} == {job_of[t] for t in cleared}, timeout=180, interval=1, alive=alive)
-        wait_for("each cleared task's next try to defer on a new job",
-                 lambda: Counter(task_of_job(moto_aws).values()) == Counter(names + cleared)
-                 and sorted(owners()) == sorted(names), timeout=300, interval=1, alive=alive)
+        rest.call(
+            "POST",
+            f"/dags/{DAG_ID}/clearTaskInstances",
+            {
+                "dry_run": False,
+                "only_failed": False,
+                "dag_run_id": run_id,
+                "task_ids": [["train", 1], "start"],
+            },
+        )
+        wait_for(
+            "the cleared tasks' jobs to be terminated",
+            lambda: {job for job, _ in moto_aws.log.terminated} == {job_of[t] for t in cleared},
+            timeout=180,
+            interval=1,
+            alive=alive,
+        )
+        wait_for(
+            "each cleared task's next try to defer on a new job",
+            lambda: (
+                Counter(task_of_job(moto_aws).values()) == Counter(names + cleared)
+                and sorted(owners()) == sorted(names)
+            ),
+            timeout=300,
+            interval=1,
+            alive=alive,
+        )
 
         for job in batch.jobs():
             if batch.status(job) == "RUNNING":
@@ -185,7 +252,9 @@ def test_a_stalled_triggerer_kills_nothing_and_a_clear_reruns_on_a_new_job(tmp_p
         tasks = task_of_job(moto_aws)
         submits = Counter(tasks.values())
         terminates = Counter(tasks[job] for job, _ in moto_aws.log.terminated)
-        print(f"\nSubmitJob per task: {dict(sorted(submits.items()))}; TerminateJob per task: {dict(sorted(terminates.items()))}")
+        print(
+            f"\nSubmitJob per task: {dict(sorted(submits.items()))}; TerminateJob per task: {dict(sorted(terminates.items()))}"
+        )
         assert submits == Counter({t: 2 if t in cleared else 1 for t in names})
         assert [job for job, _ in moto_aws.log.terminated].count(job_of["train[1]"]) == 1
         assert [job for job, _ in moto_aws.log.terminated].count(job_of["start"]) == 1
@@ -194,7 +263,11 @@ def test_a_stalled_triggerer_kills_nothing_and_a_clear_reruns_on_a_new_job(tmp_p
         for task in names:
             [succeeded] = [job for job, t in tasks.items() if t == task and batch.status(job) == "SUCCEEDED"]
             assert succeeded != job_of[task] if task in cleared else succeeded == job_of[task]
-        assert not [job for job in batch.jobs() if batch.status(job) in ("SUBMITTED", "PENDING", "RUNNABLE", "STARTING", "RUNNING")]
+        assert not [
+            job
+            for job in batch.jobs()
+            if batch.status(job) in ("SUBMITTED", "PENDING", "RUNNABLE", "STARTING", "RUNNING")
+        ]
         train_results = {i: rest.xcom(DAG_ID, run_id, i) for i in range(MAPPED)}
         assert all(result["status"] == "SUCCEEDED" for result in train_results.values())
     except BaseException:
@@ -209,4 +282,3 @@ def test_a_stalled_triggerer_kills_nothing_and_a_clear_reruns_on_a_new_job(tmp_p
             pass
         cluster.stop()
         engine.dispose()
-

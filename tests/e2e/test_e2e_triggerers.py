@@ -38,7 +38,7 @@ CAPACITY_A = 12
 POLL = 1.0
 HEALTH_THRESHOLD = 10  # seconds without a heartbeat before a triggerer's triggers go to another
 
-DAG_FILE = '''
+DAG_FILE = """
 from datetime import datetime
 
 from airflow.sdk import DAG
@@ -50,7 +50,7 @@ with DAG({dag_id!r}, schedule=None, start_date=datetime(2026, 1, 1), catchup=Fal
         task_id="train", job_queue={queue!r}, job_definition={definition!r}, poll_interval={poll},
         aws_conn_id="aws_default", retries=0, vcpus=2, memory_mib=2048,
     ).expand(command=[["als", "--shard", str(i)] for i in range({mapped})])
-'''
+"""
 
 
 @pytest.fixture
@@ -63,7 +63,9 @@ def postgres():
         yield server
 
 
-def test_two_triggerers_share_deferred_gpu_tasks_and_one_takes_over_after_sigkill(tmp_path, moto_aws: MotoAws, gpu_batch, postgres):
+def test_two_triggerers_share_deferred_gpu_tasks_and_one_takes_over_after_sigkill(
+    tmp_path, moto_aws: MotoAws, gpu_batch, postgres
+):
     import sqlalchemy
 
     home = tmp_path / "airflow-home"
@@ -71,11 +73,20 @@ def test_two_triggerers_share_deferred_gpu_tasks_and_one_takes_over_after_sigkil
     home.mkdir()
     dags.mkdir()
     (dags / "two_triggerers.py").write_text(
-        DAG_FILE.format(dag_id=DAG_ID, queue=gpu_batch["job_queue"], definition=gpu_batch["job_definition"], poll=POLL, mapped=MAPPED)
+        DAG_FILE.format(
+            dag_id=DAG_ID,
+            queue=gpu_batch["job_queue"],
+            definition=gpu_batch["job_definition"],
+            poll=POLL,
+            mapped=MAPPED,
+        )
     )
     port = free_port()
     env = airflow_env(
-        home, dags, moto_aws, port,
+        home,
+        dags,
+        moto_aws,
+        port,
         AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=postgres.url,
         AIRFLOW__CORE__PARALLELISM="4",  # four task slots for 24 GPU tasks: only deferral lets them all run
         AIRFLOW__TRIGGERER__JOB_HEARTBEAT_SEC="2",
@@ -87,7 +98,7 @@ def test_two_triggerers_share_deferred_gpu_tasks_and_one_takes_over_after_sigkil
     def assignments() -> dict[int, int | None]:
         """map index -> the triggerer job id its task's trigger is assigned to (None: unassigned or no trigger)."""
         query = sqlalchemy.text(
-            "SELECT ti.map_index, tr.triggerer_id FROM task_instance ti LEFT JOIN \"trigger\" tr ON tr.id = ti.trigger_id "
+            'SELECT ti.map_index, tr.triggerer_id FROM task_instance ti LEFT JOIN "trigger" tr ON tr.id = ti.trigger_id '
             "WHERE ti.dag_id = :dag AND ti.state = 'deferred'"
         )
         with engine.connect() as db:
@@ -96,7 +107,10 @@ def test_two_triggerers_share_deferred_gpu_tasks_and_one_takes_over_after_sigkil
     def triggerer_job_ids() -> set[int]:
         """The job ids of every triggerer that ever started here (one row per triggerer process)."""
         with engine.connect() as db:
-            return {job_id for (job_id,) in db.execute(sqlalchemy.text("SELECT id FROM job WHERE job_type = 'TriggererJob'"))}
+            return {
+                job_id
+                for (job_id,) in db.execute(sqlalchemy.text("SELECT id FROM job WHERE job_type = 'TriggererJob'"))
+            }
 
     def only_new(before: set[int]) -> int | None:
         new = triggerer_job_ids() - before
@@ -104,16 +118,28 @@ def test_two_triggerers_share_deferred_gpu_tasks_and_one_takes_over_after_sigkil
         return new.pop() if new else None
 
     try:
-        migrate = subprocess.run([cluster.airflow_bin, "db", "migrate"], env=env, cwd=home, capture_output=True, text=True, timeout=300)
+        migrate = subprocess.run(
+            [cluster.airflow_bin, "db", "migrate"], env=env, cwd=home, capture_output=True, text=True, timeout=300
+        )
         assert migrate.returncode == 0, migrate.stdout[-3000:] + migrate.stderr[-3000:]
         api = cluster.start("api-server", "api-server")
         cluster.start("scheduler", "scheduler")
         cluster.start("dag-processor", "dag-processor")
-        triggerer_a = cluster.start("triggerer-a", "triggerer", AIRFLOW__TRIGGERER__CAPACITY=str(CAPACITY_A),
-                                    AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT=str(free_port()))
+        triggerer_a = cluster.start(
+            "triggerer-a",
+            "triggerer",
+            AIRFLOW__TRIGGERER__CAPACITY=str(CAPACITY_A),
+            AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT=str(free_port()),
+        )
         rest = Airflow(home, port, api, home / "api-server.log", env)
         alive = cluster.check_alive
-        wait_for("the DAG to be parsed", lambda: not rest.call("GET", f"/dags/{DAG_ID}")["is_paused"], timeout=240, interval=1, alive=alive)
+        wait_for(
+            "the DAG to be parsed",
+            lambda: not rest.call("GET", f"/dags/{DAG_ID}")["is_paused"],
+            timeout=240,
+            interval=1,
+            alive=alive,
+        )
 
         batch = moto_aws.batch
         batch.hold("RUNNING")
@@ -121,20 +147,43 @@ def test_two_triggerers_share_deferred_gpu_tasks_and_one_takes_over_after_sigkil
 
         # Triggerer A alone takes as many triggers as its capacity allows; the rest wait unassigned.
         a_id = wait_for("triggerer A's job row", lambda: only_new(set()), timeout=120, alive=alive)
-        wait_for(f"triggerer A to take {CAPACITY_A} triggers",
-                 lambda: list(assignments().values()).count(a_id) == CAPACITY_A, timeout=300, interval=1, alive=alive)
-        wait_for("every task to be deferred",
-                 lambda: set(rest.states(DAG_ID, run_id).values()) == {"deferred"} and len(rest.states(DAG_ID, run_id)) == MAPPED,
-                 timeout=300, interval=1, alive=alive)
+        wait_for(
+            f"triggerer A to take {CAPACITY_A} triggers",
+            lambda: list(assignments().values()).count(a_id) == CAPACITY_A,
+            timeout=300,
+            interval=1,
+            alive=alive,
+        )
+        wait_for(
+            "every task to be deferred",
+            lambda: (
+                set(rest.states(DAG_ID, run_id).values()) == {"deferred"} and len(rest.states(DAG_ID, run_id)) == MAPPED
+            ),
+            timeout=300,
+            interval=1,
+            alive=alive,
+        )
         assert list(assignments().values()).count(a_id) == CAPACITY_A  # capacity holds: A took no more
 
         before_b = triggerer_job_ids()
-        cluster.start("triggerer-b", "triggerer", AIRFLOW__TRIGGERER__CAPACITY="100",
-                                    AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT=str(free_port()))
+        cluster.start(
+            "triggerer-b",
+            "triggerer",
+            AIRFLOW__TRIGGERER__CAPACITY="100",
+            AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT=str(free_port()),
+        )
         b_id = wait_for("triggerer B's job row", lambda: only_new(before_b), timeout=120, alive=alive)
-        owners = wait_for("triggerer B to take the other triggers",
-                          lambda: (lambda a: a if sorted(a.values()) == sorted([a_id] * CAPACITY_A + [b_id] * (MAPPED - CAPACITY_A)) else None)(assignments()),
-                          timeout=120, interval=1, alive=alive)
+        owners = wait_for(
+            "triggerer B to take the other triggers",
+            lambda: (
+                lambda a: (
+                    a if sorted(a.values()) == sorted([a_id] * CAPACITY_A + [b_id] * (MAPPED - CAPACITY_A)) else None
+                )
+            )(assignments()),
+            timeout=120,
+            interval=1,
+            alive=alive,
+        )
 
         job_of = {index: rest.xcom(DAG_ID, run_id, index, key="gpu_batch_job_id") for index in range(MAPPED)}
         assert sorted(job_of.values()) == sorted(batch.jobs()) and len(set(job_of.values())) == MAPPED
@@ -146,8 +195,13 @@ def test_two_triggerers_share_deferred_gpu_tasks_and_one_takes_over_after_sigkil
 
         started = time.monotonic()
         for owner in (a_id, b_id):
-            wait_for(f"triggerer {owner} to describe all its jobs in one call", lambda o=owner: watched_in_one_call(o, started),
-                     timeout=120, interval=0.5, alive=alive)
+            wait_for(
+                f"triggerer {owner} to describe all its jobs in one call",
+                lambda o=owner: watched_in_one_call(o, started),
+                timeout=120,
+                interval=0.5,
+                alive=alive,
+            )
 
         def assert_calls_per_cycle(window_start: float, expected: dict[int, int]) -> None:
             """Each DescribeJobs since ``window_start`` names jobs of one triggerer only, exactly those it
@@ -175,9 +229,13 @@ def test_two_triggerers_share_deferred_gpu_tasks_and_one_takes_over_after_sigkil
         for job in early:
             batch.set_status(job, "SUCCEEDED")
         index_of = {job: index for index, job in job_of.items()}
-        wait_for("the early tasks to succeed",
-                 lambda: all(rest.states(DAG_ID, run_id)[index_of[job]] == "success" for job in early),
-                 timeout=300, interval=1, alive=alive)
+        wait_for(
+            "the early tasks to succeed",
+            lambda: all(rest.states(DAG_ID, run_id)[index_of[job]] == "success" for job in early),
+            timeout=300,
+            interval=1,
+            alive=alive,
+        )
 
         # SIGKILL triggerer A and everything it started (its trigger runner): a crash, no clean-up.
         os.killpg(triggerer_a.pid, signal.SIGKILL)
@@ -188,14 +246,22 @@ def test_two_triggerers_share_deferred_gpu_tasks_and_one_takes_over_after_sigkil
         assert len(remaining) == MAPPED - len(early)
 
         # Once A's heartbeat is stale, B takes its triggers and watches every remaining job.
-        wait_for("triggerer B to own every remaining trigger",
-                 lambda: (lambda a: len(a) == len(remaining) and set(a.values()) == {b_id})(assignments()),
-                 timeout=120, interval=1, alive=alive)
+        wait_for(
+            "triggerer B to own every remaining trigger",
+            lambda: (lambda a: len(a) == len(remaining) and set(a.values()) == {b_id})(assignments()),
+            timeout=120,
+            interval=1,
+            alive=alive,
+        )
         for job in remaining:
             owner_of_job[job] = b_id
-        wait_for("triggerer B to describe every remaining job in one call",
-                 lambda: any(at > killed_at and sorted(ids) == remaining for at, ids in list(moto_aws.log.describe_batches)),
-                 timeout=120, interval=0.5, alive=alive)
+        wait_for(
+            "triggerer B to describe every remaining job in one call",
+            lambda: any(at > killed_at and sorted(ids) == remaining for at, ids in list(moto_aws.log.describe_batches)),
+            timeout=120,
+            interval=0.5,
+            alive=alive,
+        )
         window_start = time.monotonic()
         time.sleep(5 * POLL)
         assert_calls_per_cycle(window_start, {b_id: len(remaining)})

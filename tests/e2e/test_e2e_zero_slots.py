@@ -97,10 +97,20 @@ def put_manifest(moto_aws: MotoAws) -> None:
     s3 = moto_aws.client("s3")
     s3.create_bucket(Bucket=BUCKET)
     manifest = {
-        "format": "airflow-gpu-als", "complete": True, "run_id": "w-e2e", "root": "", "finished_at": "2026-12-01T00:00:00Z",
-        "summary": {"users": 30, "items": 20, "interactions": 500, "recommendations": 300,
-                    "precision_at_k": {"k": 10, "als": 0.31, "popularity": 0.12}},
-        "datasets": {"recommendations": {"files": 1, "rows": 300, "bytes": 4096}}, "files": [],
+        "format": "airflow-gpu-als",
+        "complete": True,
+        "run_id": "w-e2e",
+        "root": "",
+        "finished_at": "2026-12-01T00:00:00Z",
+        "summary": {
+            "users": 30,
+            "items": 20,
+            "interactions": 500,
+            "recommendations": 300,
+            "precision_at_k": {"k": 10, "als": 0.31, "popularity": 0.12},
+        },
+        "datasets": {"recommendations": {"files": 1, "rows": 300, "bytes": 4096}},
+        "files": [],
     }
     s3.put_object(Bucket=BUCKET, Key="e2e/recommendations/manifest.json", Body=json.dumps(manifest).encode())
 
@@ -109,10 +119,21 @@ def put_manifest(moto_aws: MotoAws) -> None:
 def airflow(tmp_path, moto_aws: MotoAws, gpu_batch):
     sentinel = tmp_path / "release-the-slots"
     dag_file = DAG_FILE.format(
-        queue=gpu_batch["job_queue"], definition=gpu_batch["job_definition"], poll=POLL, output=OUTPUT, hold=HOLD,
-        holders=HOLDERS, sentinel=str(sentinel), gpu=GPU, count=GPU_TASKS, producer=PRODUCER, consumer=CONSUMER,
+        queue=gpu_batch["job_queue"],
+        definition=gpu_batch["job_definition"],
+        poll=POLL,
+        output=OUTPUT,
+        hold=HOLD,
+        holders=HOLDERS,
+        sentinel=str(sentinel),
+        gpu=GPU,
+        count=GPU_TASKS,
+        producer=PRODUCER,
+        consumer=CONSUMER,
     )
-    with running_airflow(tmp_path, moto_aws, {"e2e_zero_slots.py": dag_file}, (HOLD, GPU, PRODUCER, CONSUMER)) as instance:
+    with running_airflow(
+        tmp_path, moto_aws, {"e2e_zero_slots.py": dag_file}, (HOLD, GPU, PRODUCER, CONSUMER)
+    ) as instance:
         instance.sentinel = sentinel
         try:
             yield instance
@@ -124,15 +145,30 @@ def test_gpu_tasks_start_and_end_on_the_triggerer_while_every_worker_slot_is_hel
     batch = moto_aws.batch
     put_manifest(moto_aws)  # what the jobs commit; the triggerer reads it before it ends each task
     hold_run = airflow.trigger(HOLD)
-    wait_for("both worker slots to be taken", lambda: set(states(airflow, HOLD, hold_run).values()) == {"running"},
-             timeout=240, interval=1, alive=airflow.check_alive)
+    wait_for(
+        "both worker slots to be taken",
+        lambda: set(states(airflow, HOLD, hold_run).values()) == {"running"},
+        timeout=240,
+        interval=1,
+        alive=airflow.check_alive,
+    )
 
     batch.hold("RUNNING")
     gpu_run = airflow.trigger(GPU)
-    wait_for(f"{GPU_TASKS} jobs submitted by the triggerer", lambda: moto_aws.log.calls["submitjob"] >= GPU_TASKS,
-             timeout=240, interval=1, alive=airflow.check_alive)
-    wait_for("every GPU task deferred", lambda: set(states(airflow, GPU, gpu_run).values()) == {"deferred"},
-             timeout=120, interval=1, alive=airflow.check_alive)
+    wait_for(
+        f"{GPU_TASKS} jobs submitted by the triggerer",
+        lambda: moto_aws.log.calls["submitjob"] >= GPU_TASKS,
+        timeout=240,
+        interval=1,
+        alive=airflow.check_alive,
+    )
+    wait_for(
+        "every GPU task deferred",
+        lambda: set(states(airflow, GPU, gpu_run).values()) == {"deferred"},
+        timeout=120,
+        interval=1,
+        alive=airflow.check_alive,
+    )
     # Rendered on the triggerer: the run id, not its template, reached SubmitJob.
     commands = sorted(tuple(s["containerOverrides"]["command"]) for s in moto_aws.log.submitted)
     assert commands == sorted(("als", "--run", gpu_run, "--shard", str(i)) for i in range(GPU_TASKS))
@@ -140,8 +176,16 @@ def test_gpu_tasks_start_and_end_on_the_triggerer_while_every_worker_slot_is_hel
     jobs = batch.wait_for_jobs(GPU_TASKS, status="RUNNING")
     for job_id in jobs:
         batch.set_status(job_id, "SUCCEEDED")
-    assert wait_for("the GPU run to finish", lambda: finished(airflow, GPU, gpu_run), timeout=240, interval=1,
-                    alive=airflow.check_alive) == "success"
+    assert (
+        wait_for(
+            "the GPU run to finish",
+            lambda: finished(airflow, GPU, gpu_run),
+            timeout=240,
+            interval=1,
+            alive=airflow.check_alive,
+        )
+        == "success"
+    )
     # The holders kept both slots the whole time: no GPU task ever ran on a worker.
     assert set(states(airflow, HOLD, hold_run).values()) == {"running"}
     assert moto_aws.log.calls["submitjob"] == GPU_TASKS
@@ -152,15 +196,30 @@ def test_gpu_tasks_start_and_end_on_the_triggerer_while_every_worker_slot_is_hel
 
     # Free the slots: the producer resumes on a worker to emit its Asset event.
     airflow.sentinel.touch()
-    assert wait_for("the holders to end", lambda: finished(airflow, HOLD, hold_run), timeout=120, interval=1) == "success"
+    assert (
+        wait_for("the holders to end", lambda: finished(airflow, HOLD, hold_run), timeout=120, interval=1) == "success"
+    )
 
     producer_run = airflow.trigger(PRODUCER)
-    wait_for("the producer's job", lambda: moto_aws.log.calls["submitjob"] == GPU_TASKS + 1, timeout=240, interval=1,
-             alive=airflow.check_alive)
+    wait_for(
+        "the producer's job",
+        lambda: moto_aws.log.calls["submitjob"] == GPU_TASKS + 1,
+        timeout=240,
+        interval=1,
+        alive=airflow.check_alive,
+    )
     [produced] = [j for j in batch.wait_for_jobs(GPU_TASKS + 1) if j not in jobs]
     batch.set_status(produced, "SUCCEEDED")
-    assert wait_for("the producer run to finish", lambda: finished(airflow, PRODUCER, producer_run), timeout=240,
-                    interval=1, alive=airflow.check_alive) == "success"
+    assert (
+        wait_for(
+            "the producer run to finish",
+            lambda: finished(airflow, PRODUCER, producer_run),
+            timeout=240,
+            interval=1,
+            alive=airflow.check_alive,
+        )
+        == "success"
+    )
     assert xcom(airflow, PRODUCER, producer_run, "train")["manifest"]["run_id"] == "w-e2e"
 
     def consumer_run() -> dict | None:
@@ -169,8 +228,16 @@ def test_gpu_tasks_start_and_end_on_the_triggerer_while_every_worker_slot_is_hel
 
     run = wait_for("the Asset-scheduled DAG run", consumer_run, timeout=180, interval=1, alive=airflow.check_alive)
     assert run["run_type"] == "asset_triggered"
-    assert wait_for("the consumer run to finish", lambda: finished(airflow, CONSUMER, run["dag_run_id"]), timeout=180,
-                    interval=1, alive=airflow.check_alive) == "success"
+    assert (
+        wait_for(
+            "the consumer run to finish",
+            lambda: finished(airflow, CONSUMER, run["dag_run_id"]),
+            timeout=180,
+            interval=1,
+            alive=airflow.check_alive,
+        )
+        == "success"
+    )
     [extra] = xcom(airflow, CONSUMER, run["dag_run_id"], "consume")
     assert extra["run_id"] == "w-e2e" and extra["manifest_uri"] == OUTPUT + "manifest.json"
     assert extra["counts"] == {"users": 30, "items": 20, "interactions": 500, "recommendations": 300}

@@ -22,13 +22,19 @@ def test_a_first_local_dag_runs_as_written_and_shows_its_jobs_output(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "AWS_"))}
     env.update(HOME=str(tmp_path), AIRFLOW_GPU_LOCAL_JOBS_DIR=str(tmp_path / "jobs"), PYTHONPATH=str(ROOT))
     try:
-        done = subprocess.run([sys.executable, "-m", "tests.support.first_dag_driver", str(tmp_path / "home")],
-                              env=env, cwd=tmp_path, capture_output=True, text=True, timeout=560)
+        done = subprocess.run(
+            [sys.executable, "-m", "tests.support.first_dag_driver", str(tmp_path / "home")],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=560,
+        )
     finally:
         kill_leftover_local_jobs(tmp_path / "jobs")
     logs = done.stdout + done.stderr
     assert done.returncode == 0, logs[-6000:]
-    result = json.loads(next(line for line in done.stdout.splitlines() if line.startswith("RESULT "))[len("RESULT "):])
+    result = json.loads(next(line for line in done.stdout.splitlines() if line.startswith("RESULT "))[len("RESULT ") :])
     assert result["state"] == "success" and result["tasks"] == {"add": "success", "echo": "success"}, logs[-6000:]
     assert result["add"] == 5
     assert result["polls"] == {"add": 2.0, "echo": 2.0}  # the local backend's default, not Batch's 30 s

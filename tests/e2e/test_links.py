@@ -31,7 +31,9 @@ def airflow_home(tmp_path_factory) -> Path:
 
 def run_driver(home: Path, *flags: str) -> tuple[dict, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "AWS_"))}
-    done = subprocess.run([sys.executable, str(DRIVER), str(home), *flags], env=env, capture_output=True, text=True, timeout=400)
+    done = subprocess.run(
+        [sys.executable, str(DRIVER), str(home), *flags], env=env, capture_output=True, text=True, timeout=400
+    )
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-4000:]
     [line] = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]

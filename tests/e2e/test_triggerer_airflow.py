@@ -44,5 +44,7 @@ def test_small_run_through_airflow_triggerer(tmp_path):
             p50, worst = (float(x) for x in cell.split(" / "))
             assert 0 <= p50 <= worst, (side, row)
     lines = out.rstrip().splitlines()
-    assert lines[-2].startswith(f"triggerer N={N}: calls_ratio=") and lines[-1].startswith(f"live logs N={N}: cpu_ratio_with_logs=")
+    assert lines[-2].startswith(f"triggerer N={N}: calls_ratio=") and lines[-1].startswith(
+        f"live logs N={N}: cpu_ratio_with_logs="
+    )
     assert float(re.search(r"calls_ratio=([\d.]+)", lines[-2]).group(1)) > 1  # one call per poll against one per job

@@ -32,7 +32,9 @@ def test_small_run_end_to_end(tmp_path):
     assert set(rows) == {"anchor", "ours"}
     assert all("| 12/12 |" in row for row in rows.values())  # every trigger fired, with success
     [line] = [text for text in out.splitlines() if text.startswith("triggers N=12:")]
-    m = re.fullmatch(r"triggers N=12: calls_ratio=([\d.]+) cpu_ratio=([\d.]+) rss_ratio=([\d.]+) max_delay_s=([\d.]+)", line)
+    m = re.fullmatch(
+        r"triggers N=12: calls_ratio=([\d.]+) cpu_ratio=([\d.]+) rss_ratio=([\d.]+) max_delay_s=([\d.]+)", line
+    )
     assert m, line
     assert float(m.group(1)) > 2  # 12 jobs: one DescribeJobs per poll against one per job per poll
     assert out.rstrip().endswith(line)  # the machine-readable lines come last
@@ -44,8 +46,17 @@ def test_small_run_end_to_end(tmp_path):
 def test_skipped_anchor_reads_na(capsys):
     anchor = triggerer_scale.SideResult("anchor", 10_000, skipped="N > --anchor-max 1000")
     ours = triggerer_scale.SideResult(
-        "ours", 10_000, calls_per_poll=95.0, max_calls_in_a_cycle=100, cpu_s=8.0, wall_s=120.0, cpu_watch_pct=4.0,
-        peak_rss_mb=280.0, max_delay_s=30.5, p50_delay_s=15.0, events_ok=10_000,
+        "ours",
+        10_000,
+        calls_per_poll=95.0,
+        max_calls_in_a_cycle=100,
+        cpu_s=8.0,
+        wall_s=120.0,
+        cpu_watch_pct=4.0,
+        peak_rss_mb=280.0,
+        max_delay_s=30.5,
+        p50_delay_s=15.0,
+        events_ok=10_000,
     )
     args = argparse.Namespace(poll=30.0, job_seconds=60.0, log_every=10.0, no_live_logs=False)
     triggerer_scale.print_table([(anchor, ours)], args)

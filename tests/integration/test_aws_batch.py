@@ -122,7 +122,9 @@ async def test_a_lost_submit_reply_never_starts_a_second_job(moto_aws, gpu_batch
     assert state.job_id == moto_aws.batch.wait_for_jobs(1)[0]
 
 
-async def test_the_submit_time_travels_in_the_jobs_environment_and_a_throttled_retry_keeps_it(moto_aws, gpu_batch, backend, monkeypatch):
+async def test_the_submit_time_travels_in_the_jobs_environment_and_a_throttled_retry_keeps_it(
+    moto_aws, gpu_batch, backend, monkeypatch
+):
     """The worker's run report computes the queue wait from it; Batch tells a container nothing about it."""
     moto_aws.batch.hold("RUNNING")
     real_submit = backend._batch.submit_job
@@ -141,7 +143,9 @@ async def test_the_submit_time_travels_in_the_jobs_environment_and_a_throttled_r
     # Sent to the millisecond, rounded: it may read up to 0.5 ms before the clock was read here.
     assert sent[0]["EPOCHS"] == "15" and before - 0.001 <= float(sent[0][SUBMITTED_AT_ENV]) <= time.time() + 0.001
     [job] = moto_aws.client("batch").describe_jobs(jobs=[state.job_id])["jobs"]
-    assert {e["name"]: e["value"] for e in job["container"]["environment"]}[SUBMITTED_AT_ENV] == sent[0][SUBMITTED_AT_ENV]
+    assert {e["name"]: e["value"] for e in job["container"]["environment"]}[SUBMITTED_AT_ENV] == sent[0][
+        SUBMITTED_AT_ENV
+    ]
 
 
 async def test_non_transient_errors_surface_at_once_naming_the_permission(gpu_batch, backend, monkeypatch):
@@ -211,7 +215,10 @@ async def test_read_logs_tail_cursor_and_missing_stream(moto_aws, backend):
 
 
 def test_console_links_per_partition():
-    assert batch_job_url("eu-west-1", "abc") == "https://console.aws.amazon.com/batch/home?region=eu-west-1#jobs/detail/abc"
+    assert (
+        batch_job_url("eu-west-1", "abc")
+        == "https://console.aws.amazon.com/batch/home?region=eu-west-1#jobs/detail/abc"
+    )
     assert batch_job_url("cn-north-1", "abc").startswith("https://console.amazonaws.cn/")
     assert batch_job_url("us-gov-west-1", "abc").startswith("https://console.amazonaws-us-gov.com/")
     assert log_stream_url("us-east-1", "/aws/batch/job", "gpu-als/default/abc") == (
@@ -239,11 +246,14 @@ def _within(lean, full) -> bool:
     return lean == full
 
 
-async def test_lean_decoding_keeps_what_airflow_gpu_reads_as_botocore_parses_it(moto_aws, gpu_batch, backend, monkeypatch):
+async def test_lean_decoding_keeps_what_airflow_gpu_reads_as_botocore_parses_it(
+    moto_aws, gpu_batch, backend, monkeypatch
+):
     from airflow_gpu.jobs.aws import replies as aws_replies
 
     decoded = []
     for key, decoder in list(aws_replies.DECODERS.items()):
+
         class Counting:
             def __init__(self, inner, key=key):
                 self.inner, self.key = inner, key

@@ -52,8 +52,12 @@ async def subject(request, tmp_path, monkeypatch):
         queue, definition, command = gpu_batch["job_queue"], gpu_batch["job_definition"], ["true"]
 
     def spec(run_id: str) -> JobSpec:
-        return JobSpec.build(identity=TaskIdentity("dag", "train", run_id, -1), job_queue=queue,
-                             job_definition=definition, command=command)
+        return JobSpec.build(
+            identity=TaskIdentity("dag", "train", run_id, -1),
+            job_queue=queue,
+            job_definition=definition,
+            command=command,
+        )
 
     backend = await backend_class(name).open(BackendTarget(backend=name))
     yield Subject(backend, spec)

@@ -16,8 +16,22 @@ from benchmarks.synthetic import seed_like_csr
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
-TINY = ["--users", "2500", "--items", "4000", "--interactions", "100000", "--cpu-interactions", "25000",
-        "--iterations", "2", "--recommend-users", "500", "--cpu-recommend-users", "200"]
+TINY = [
+    "--users",
+    "2500",
+    "--items",
+    "4000",
+    "--interactions",
+    "100000",
+    "--cpu-interactions",
+    "25000",
+    "--iterations",
+    "2",
+    "--recommend-users",
+    "500",
+    "--cpu-recommend-users",
+    "200",
+]
 LAST_LINE = re.compile(
     r"^gpu_als: device=(\w+) nnz=(\d+|None) train_s=(\S+) s_per_iteration=(\S+) "
     r"cpu_over_gpu_same_size=(\S+) cpu_over_gpu_per_nnz_iteration=(\S+)$"
@@ -60,8 +74,12 @@ def test_generator_refuses_sizes_past_int32():
 
 def run_benchmark(tmp_path: Path, *flags: str) -> tuple[subprocess.CompletedProcess, dict]:
     out = tmp_path / "gpu_als.json"
-    done = subprocess.run([sys.executable, str(BENCHMARKS / "gpu_als.py"), *flags, "--json", str(out)],
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "gpu_als.py"), *flags, "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     return done, json.loads(out.read_text())
 
 
@@ -108,8 +126,23 @@ def test_a_failed_gpu_run_is_reported_and_the_cpu_figures_kept(tmp_path):
 
 def test_a_run_past_its_timeout_is_stopped_and_keeps_what_it_finished(tmp_path):
     # 200 iterations cannot finish inside the ~9 s the budget leaves the main run.
-    done, report = run_benchmark(tmp_path, "--device", "cpu", "--users", "5000", "--items", "8000", "--interactions",
-                                 "400000", "--iterations", "200", "--budget", "12", "--cpu-timeout", "3")
+    done, report = run_benchmark(
+        tmp_path,
+        "--device",
+        "cpu",
+        "--users",
+        "5000",
+        "--items",
+        "8000",
+        "--interactions",
+        "400000",
+        "--iterations",
+        "200",
+        "--budget",
+        "12",
+        "--cpu-timeout",
+        "3",
+    )
     main = report["runs"]["main"]
     assert main["status"].startswith("timed out")
     assert main["stages"]["generate"]["nnz"] > 0

@@ -14,8 +14,9 @@ SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_first_run.py"
 
 
 def test_the_plan_puts_the_kernels_first_and_fits_four_minutes():
-    done = subprocess.run([sys.executable, str(SCRIPT), "--plan"], capture_output=True, text=True, timeout=60,
-                          check=False)
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--plan"], capture_output=True, text=True, timeout=60, check=False
+    )
     assert done.returncode == 0, done.stderr
     plan = json.loads(done.stdout)
     assert [s["step"] for s in plan["steps"]] == ["kernels", "correctness", "seed"]
@@ -27,8 +28,13 @@ def test_the_plan_puts_the_kernels_first_and_fits_four_minutes():
 @pytest.mark.skipif(importlib.util.find_spec("cupy") is not None, reason="CuPy installed: the steps would run")
 def test_without_a_gpu_every_step_fails_alone_and_the_report_comes_back(tmp_path):
     target = tmp_path / "first.json"
-    done = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--json", str(target)], capture_output=True,
-                          text=True, timeout=300, check=False)
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--json", str(target)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     report = json.loads(target.read_text())
     steps = report["steps"]
@@ -36,8 +42,9 @@ def test_without_a_gpu_every_step_fails_alone_and_the_report_comes_back(tmp_path
     assert all(step["status"] == "failed" for step in steps.values()), steps
     assert "cupy" in steps["kernels"]["error"].lower() and "cupy" in steps["seed"]["error"].lower()
     assert "CuPy" in steps["correctness"]["error"]  # the native solver's own refusal, after implicit's spread
-    assert done.stdout.strip().splitlines()[-1] == ("gpu_first_run: kernels=- correctness=- native_s_per_it_1e9=- "
-                                                     "setup_1e9_s=- gpu_peak_gib=-")
+    assert done.stdout.strip().splitlines()[-1] == (
+        "gpu_first_run: kernels=- correctness=- native_s_per_it_1e9=- setup_1e9_s=- gpu_peak_gib=-"
+    )
 
 
 DRIVER = """
@@ -58,12 +65,14 @@ def test_every_step_runs_through_als_cu_on_the_cpu(tmp_path):
     target = tmp_path / "first.json"
     argv = ["--quick", "--factors", "8", "--json", str(target)]
     code = DRIVER.format(script=str(SCRIPT), folder=str(SCRIPT.parent), argv=argv)
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=400, check=False,
-                          cwd=SCRIPT.parents[1])
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=400, check=False, cwd=SCRIPT.parents[1]
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     steps = json.loads(target.read_text())["steps"]
-    assert {name: step["status"] for name, step in steps.items()} == dict.fromkeys(["kernels", "correctness", "seed"],
-                                                                                   "ok"), steps
+    assert {name: step["status"] for name, step in steps.items()} == dict.fromkeys(
+        ["kernels", "correctness", "seed"], "ok"
+    ), steps
     kernels = steps["kernels"]["figures"]
     assert kernels["dynamic_shared_bytes"] == (8 * 8 + 8 * 8) * 4 and "cg_light" in kernels
     correctness = steps["correctness"]["figures"]

@@ -17,8 +17,23 @@ SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_solver.py"
 
 def run(tmp_path: Path, *flags: str) -> tuple[dict, str]:
     target = tmp_path / "report.json"
-    done = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--json", str(target), "--iterations", "2",
-                           "--quality-iterations", "3", *flags], capture_output=True, text=True, timeout=500)
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--quick",
+            "--json",
+            str(target),
+            "--iterations",
+            "2",
+            "--quality-iterations",
+            "3",
+            *flags,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=500,
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     return json.loads(target.read_text()), done.stdout
 
@@ -26,7 +41,8 @@ def run(tmp_path: Path, *flags: str) -> tuple[dict, str]:
 def test_cpu_plumbing_reports_every_step(tmp_path):
     report, out = run(tmp_path, "--cpu", "--only", "correctness", "native-20m", "implicit-20m", "quality")
     assert {k: v["status"] for k, v in report["steps"].items()} == dict.fromkeys(
-        ["correctness", "native-20m", "implicit-20m", "quality"], "ok")
+        ["correctness", "native-20m", "implicit-20m", "quality"], "ok"
+    )
     summary = report["summary"]
     assert summary["correctness"] == "PASS"
     assert summary["native_s_per_it_20m"] > 0 and summary["implicit_s_per_it_20m"] > 0

@@ -48,7 +48,11 @@ async def closed_after():
 
 def test_blocked_reasons_are_parsed_into_a_field_only_for_runnable_jobs():
     blocked = parse_blocked("RUNNABLE", RESOURCES)
-    assert (blocked.category, blocked.code, blocked.key) == ("MISCONFIGURATION", "JOB_RESOURCE_REQUIREMENT", "MISCONFIGURATION:JOB_RESOURCE_REQUIREMENT")
+    assert (blocked.category, blocked.code, blocked.key) == (
+        "MISCONFIGURATION",
+        "JOB_RESOURCE_REQUIREMENT",
+        "MISCONFIGURATION:JOB_RESOURCE_REQUIREMENT",
+    )
     assert blocked.never_starts and blocked.message == RESOURCES
     capacity = parse_blocked("RUNNABLE", "CAPACITY:INSUFFICIENT_INSTANCE_CAPACITY \u2013 no g5")  # AWS's en dash
     assert capacity.key == "CAPACITY:INSUFFICIENT_INSTANCE_CAPACITY" and not capacity.never_starts
@@ -60,7 +64,9 @@ def test_blocked_reasons_are_parsed_into_a_field_only_for_runnable_jobs():
 
 
 @pytest.mark.parametrize(
-    "reason, fix", [(RESOURCES, "lower gpus/vcpus/memory_mib"), (MAX_RESOURCE, "raise maxvCpus")], ids=["resources", "max-vcpus"]
+    "reason, fix",
+    [(RESOURCES, "lower gpus/vcpus/memory_mib"), (MAX_RESOURCE, "raise maxvCpus")],
+    ids=["resources", "max-vcpus"],
 )
 async def test_a_misconfigured_job_fails_at_once_with_the_reason_and_the_fix(
     moto_aws, gpu_batch, aws_conn, closed_after, reason, fix
@@ -104,8 +110,13 @@ async def test_a_capacity_wait_is_logged_once_per_change_of_reason_and_keeps_wai
 
 def _operator(gpu_batch, **kwargs) -> GpuBatchOperator:
     return GpuBatchOperator(
-        task_id="train", job_queue=gpu_batch["job_queue"], job_definition=gpu_batch["job_definition"],
-        command=["als"], gpus=1, poll_interval=0.1, **kwargs,
+        task_id="train",
+        job_queue=gpu_batch["job_queue"],
+        job_definition=gpu_batch["job_definition"],
+        command=["als"],
+        gpus=1,
+        poll_interval=0.1,
+        **kwargs,
     )
 
 

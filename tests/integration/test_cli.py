@@ -30,11 +30,17 @@ def test_help_lists_the_subcommands_without_loading_them():
         assert name in done.stdout
     subcommand_modules = {module for module, _ in cli.SUBCOMMANDS.values()}
     assert subcommand_modules == {"airflow_gpu.provision.command", "airflow_gpu.demo.command"} | {
-        f"airflow_gpu.terminal.{name}" for name in ("submit", "logs", "status", "cancel", "jobs")}
+        f"airflow_gpu.terminal.{name}" for name in ("submit", "logs", "status", "cancel", "jobs")
+    }
     loaded = set(result["modules"])
     assert "airflow_gpu.cli" in loaded  # the list is the child's, not empty
     assert not subcommand_modules & loaded
-    assert not {m for m in loaded if m == "airflow" or m.startswith(("airflow.", "boto3", "airflow_gpu.provision", "airflow_gpu.demo", "airflow_gpu.terminal"))}
+    assert not {
+        m
+        for m in loaded
+        if m == "airflow"
+        or m.startswith(("airflow.", "boto3", "airflow_gpu.provision", "airflow_gpu.demo", "airflow_gpu.terminal"))
+    }
 
 
 def test_no_command_is_a_usage_error(capsys):
@@ -47,7 +53,10 @@ def test_no_command_is_a_usage_error(capsys):
 def test_a_missing_subcommand_module_fails_clearly(monkeypatch, capsys):
     monkeypatch.setitem(cli.SUBCOMMANDS, "demo", ("airflow_gpu._no_such_module", "run the demo"))
     assert cli.main(["demo"]) == 2
-    assert "airflow-gpu demo: not available: this installation has no airflow_gpu._no_such_module module" in capsys.readouterr().err
+    assert (
+        "airflow-gpu demo: not available: this installation has no airflow_gpu._no_such_module module"
+        in capsys.readouterr().err
+    )
 
 
 def test_a_broken_dependency_is_not_mistaken_for_a_missing_subcommand(monkeypatch, tmp_path):
@@ -121,7 +130,9 @@ def test_a_reader_that_stops_early_gets_no_broken_pipe_traceback():
     read_end, write_end = os.pipe()
     os.close(read_end)
     try:
-        done = subprocess.run([sys.executable, "-c", _JSON_COMMAND], stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=120)
+        done = subprocess.run(
+            [sys.executable, "-c", _JSON_COMMAND], stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=120
+        )
     finally:
         os.close(write_end)
     assert "Traceback" not in done.stderr and "BrokenPipeError" not in done.stderr, done.stderr
@@ -134,7 +145,9 @@ def test_both_commands_say_their_version(program):
 
     from airflow_gpu import __version__
 
-    done = subprocess.run([str(Path(sys.executable).parent / program), "--version"], capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / program), "--version"], capture_output=True, text=True, timeout=120
+    )
     assert (done.returncode, done.stdout.strip()) == (0, f"{program} {__version__}"), done.stderr
 
 

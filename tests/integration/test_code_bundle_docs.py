@@ -34,7 +34,9 @@ def recsys_project(root: Path) -> Path:
     package.mkdir(parents=True)
     (package / "__init__.py").write_text("")
     (package / "data.py").write_text("def load(day):\n    return {'day': day, 'rows': 3}\n")
-    (package / "features.py").write_text("from recsys.data import load\n\ndef build(day):\n    return {**load(day), 'features': 8}\n")
+    (package / "features.py").write_text(
+        "from recsys.data import load\n\ndef build(day):\n    return {**load(day), 'features': 8}\n"
+    )
     (package / "train.py").write_text(
         "import json, os, sys\nfrom recsys.data import load\n"
         "day = sys.argv[sys.argv.index('--day') + 1]\n"
@@ -70,7 +72,10 @@ def test_the_operator_example_runs_a_module_of_a_synced_prefix(moto_aws, aws_con
     namespace: dict = {}
     exec(compile(operator_block, str(PAGE), "exec"), namespace)
     [train] = namespace["dag"].tasks
-    context = {**make_context(FakeTaskInstance(dag_id="recsys_training", task_id="train", run_id="manual__1")), "ds": "2026-12-01"}
+    context = {
+        **make_context(FakeTaskInstance(dag_id="recsys_training", task_id="train", run_id="manual__1")),
+        "ds": "2026-12-01",
+    }
     result = run_task(train, context)
     assert result["status"] == "SUCCEEDED", result
     s3 = moto_aws.client("s3")
@@ -90,5 +95,8 @@ def test_the_decorator_example_imports_from_the_folder_beside_its_dag(moto_aws, 
     [features] = namespace["dag"].tasks
     context = make_context(FakeTaskInstance(dag_id="recsys_features", task_id="features", run_id="manual__1"))
     assert run_task(features, context) == {"day": "2026-12-01", "rows": 3, "features": 8}
-    staged = [o["Key"] for o in moto_aws.client("s3").list_objects_v2(Bucket="lake", Prefix="airflow-gpu-staging/code/")["Contents"]]
+    staged = [
+        o["Key"]
+        for o in moto_aws.client("s3").list_objects_v2(Bucket="lake", Prefix="airflow-gpu-staging/code/")["Contents"]
+    ]
     assert len(staged) == 1 and staged[0].endswith(".tar.gz")

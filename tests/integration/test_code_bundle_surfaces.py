@@ -44,8 +44,25 @@ def test_local_submit_runs_a_module_of_a_checkout_stages_it_once_and_names_what_
     staging = tmp_path / "staging"
     try:
         runs = [
-            cli(env, "submit", "--backend", "local", "--poll-interval", "0.2", "--code", str(project), "--module", "pkg.train",
-                "--output", str(tmp_path / f"out{i}"), "--staging-prefix", str(staging), "--", "--epochs", "2")
+            cli(
+                env,
+                "submit",
+                "--backend",
+                "local",
+                "--poll-interval",
+                "0.2",
+                "--code",
+                str(project),
+                "--module",
+                "pkg.train",
+                "--output",
+                str(tmp_path / f"out{i}"),
+                "--staging-prefix",
+                str(staging),
+                "--",
+                "--epochs",
+                "2",
+            )
             for i in (1, 2)
         ]
     finally:
@@ -54,15 +71,29 @@ def test_local_submit_runs_a_module_of_a_checkout_stages_it_once_and_names_what_
         assert done.returncode == 0, done.stdout + done.stderr
         assert "hello module from helper ['--epochs', '2']" in done.stdout
     assert re.search(r"Uploaded 4 files of .*proj as .*/code/[0-9a-f]{64}\.tar\.gz", runs[0].stdout)
-    assert f"Note: left out of the bundle (not tracked by git in {project}): scratch.py; `git add` them" in runs[0].stdout
+    assert (
+        f"Note: left out of the bundle (not tracked by git in {project}): scratch.py; `git add` them" in runs[0].stdout
+    )
     assert "Already staged: 4 files" in runs[1].stdout
     assert len(list((staging / "code").iterdir())) == 1
 
 
 def test_submit_refuses_a_script_that_is_not_in_the_folder(tmp_path):
     project = two_module_project(tmp_path / "proj")
-    done = cli(clean_env(), "submit", "--backend", "local", "--code", str(project), "--script", "missing.py",
-               "--output", str(tmp_path / "out"), "--staging-prefix", str(tmp_path / "staging"))
+    done = cli(
+        clean_env(),
+        "submit",
+        "--backend",
+        "local",
+        "--code",
+        str(project),
+        "--script",
+        "missing.py",
+        "--output",
+        str(tmp_path / "out"),
+        "--staging-prefix",
+        str(tmp_path / "staging"),
+    )
     assert done.returncode == 2 and "--script missing.py is not among the files of --code" in done.stderr
     assert "Traceback" not in done.stderr and not (tmp_path / "staging").exists()
 
@@ -70,8 +101,22 @@ def test_submit_refuses_a_script_that_is_not_in_the_folder(tmp_path):
 def test_submit_refuses_a_folder_over_the_size_limit_naming_its_largest_file(tmp_path):
     project = two_module_project(tmp_path / "proj")
     (project / "checkpoint.pt").write_bytes(b"c" * 5000)
-    done = cli(clean_env(), "submit", "--backend", "local", "--code", str(project), "--script", "train.py", "--max-code-size", "4kB",
-               "--output", str(tmp_path / "out"), "--staging-prefix", str(tmp_path / "staging"))
+    done = cli(
+        clean_env(),
+        "submit",
+        "--backend",
+        "local",
+        "--code",
+        str(project),
+        "--script",
+        "train.py",
+        "--max-code-size",
+        "4kB",
+        "--output",
+        str(tmp_path / "out"),
+        "--staging-prefix",
+        str(tmp_path / "staging"),
+    )
     assert done.returncode == 2, done.stdout + done.stderr
     assert "over the 4.0 kB limit; largest files: checkpoint.pt (5.0 kB)" in done.stderr
     assert not (tmp_path / "staging").exists()
@@ -82,10 +127,29 @@ def test_moto_submit_uploads_a_bundle_once_and_the_job_runs_it(moto_aws, gpu_bat
     s3.create_bucket(Bucket="ds-data")
     project = two_module_project(tmp_path / "proj")
     moto_aws.batch.hold("RUNNABLE")
-    target = ("--queue", gpu_batch["job_queue"], "--definition", gpu_batch["job_definition"],
-              "--endpoint-url", moto_aws.endpoint_url, "--region", moto_aws.region)
-    submit = ("submit", *target, "--detach", "--code", str(project), "--script", "train.py",
-              "--output", "s3://ds-data/out/", "--staging-prefix", "s3://ds-data/staging/")
+    target = (
+        "--queue",
+        gpu_batch["job_queue"],
+        "--definition",
+        gpu_batch["job_definition"],
+        "--endpoint-url",
+        moto_aws.endpoint_url,
+        "--region",
+        moto_aws.region,
+    )
+    submit = (
+        "submit",
+        *target,
+        "--detach",
+        "--code",
+        str(project),
+        "--script",
+        "train.py",
+        "--output",
+        "s3://ds-data/out/",
+        "--staging-prefix",
+        "s3://ds-data/staging/",
+    )
     puts_before = moto_aws.log.aws_calls["s3:putobject"]
     first = cli(clean_env(), *submit)
     assert first.returncode == 0, first.stdout + first.stderr
@@ -126,9 +190,15 @@ def test_a_decorated_function_imports_a_helper_from_its_code_bundle(moto_aws, gp
 
     def make() -> GpuBatchDecoratedOperator:
         return GpuBatchDecoratedOperator(
-            task_id="greet", python_callable=greets_with_the_bundles_helper, op_args=["decorator"],
-            job_queue=gpu_batch["job_queue"], job_definition=gpu_batch["job_definition"], staging_prefix=STAGING,
-            code=str(project), poll_interval=0.1, deferrable=True,
+            task_id="greet",
+            python_callable=greets_with_the_bundles_helper,
+            op_args=["decorator"],
+            job_queue=gpu_batch["job_queue"],
+            job_definition=gpu_batch["job_definition"],
+            staging_prefix=STAGING,
+            code=str(project),
+            poll_interval=0.1,
+            deferrable=True,
         )
 
     context = make_context(FakeTaskInstance(task_id="greet"))

@@ -114,15 +114,39 @@ def staged_bundle(tmp_path: Path, project: Path) -> Path:
 def test_a_script_imports_its_sibling_module_from_the_bundle(tmp_path):
     bundle = staged_bundle(tmp_path, two_module_project(tmp_path / "p"))
     sha = bundle.name.split(".")[0]
-    done = run_worker(["run-script", "--code", str(bundle), "--sha256", sha, "--script", "train.py", "--output", str(tmp_path / "out")])
+    done = run_worker(
+        [
+            "run-script",
+            "--code",
+            str(bundle),
+            "--sha256",
+            sha,
+            "--script",
+            "train.py",
+            "--output",
+            str(tmp_path / "out"),
+        ]
+    )
     assert done.returncode == 0, done.stderr
     assert "hello script from helper" in done.stdout
     assert greeting(tmp_path / "out") == "hello script from helper"
 
 
 def test_a_module_runs_with_dash_m_and_its_arguments(tmp_path):
-    done = run_worker(["run-script", "--code", str(two_module_project(tmp_path / "p")), "--module", "pkg.train",
-                       "--output", str(tmp_path / "out"), "--", "--epochs", "2"])
+    done = run_worker(
+        [
+            "run-script",
+            "--code",
+            str(two_module_project(tmp_path / "p")),
+            "--module",
+            "pkg.train",
+            "--output",
+            str(tmp_path / "out"),
+            "--",
+            "--epochs",
+            "2",
+        ]
+    )
     assert done.returncode == 0, done.stderr
     assert "hello module from helper ['--epochs', '2']" in done.stdout
     assert greeting(tmp_path / "out") == "hello module from helper"
@@ -169,8 +193,20 @@ def test_a_hostile_bundle_is_refused_before_anything_runs(tmp_path, kind, says):
     bundle = hostile(tmp_path, kind)
     mark = tmp_path / "ran"
     workdir = tmp_path / "work"
-    done = run_worker(["run-script", "--code", str(bundle), "--script", "run.py", "--output", str(tmp_path / "out"),
-                       "--workdir", str(workdir)], env={"MARK": str(mark)})
+    done = run_worker(
+        [
+            "run-script",
+            "--code",
+            str(bundle),
+            "--script",
+            "run.py",
+            "--output",
+            str(tmp_path / "out"),
+            "--workdir",
+            str(workdir),
+        ],
+        env={"MARK": str(mark)},
+    )
     assert done.returncode == 2, done.stdout + done.stderr
     [line] = [line for line in done.stderr.splitlines() if "error:" in line]
     assert says in line and "Traceback" not in done.stderr
@@ -181,7 +217,19 @@ def test_a_hostile_bundle_is_refused_before_anything_runs(tmp_path, kind, says):
 
 def test_a_pinned_sha256_refuses_another_bundle(tmp_path):
     bundle = staged_bundle(tmp_path, two_module_project(tmp_path / "p"))
-    done = run_worker(["run-script", "--code", str(bundle), "--sha256", "0" * 64, "--script", "train.py", "--output", str(tmp_path / "out")])
+    done = run_worker(
+        [
+            "run-script",
+            "--code",
+            str(bundle),
+            "--sha256",
+            "0" * 64,
+            "--script",
+            "train.py",
+            "--output",
+            str(tmp_path / "out"),
+        ]
+    )
     assert done.returncode == 2 and "does not match --sha256" in done.stderr
     assert not list(tmp_path.glob("out/**/greeting.txt"))
 
@@ -196,8 +244,17 @@ def test_a_local_folder_with_a_link_out_is_refused_before_anything_runs(tmp_path
 
 
 def test_a_script_outside_the_bundle_is_refused(tmp_path):
-    done = run_worker(["run-script", "--code", str(two_module_project(tmp_path / "p")), "--script", "../p/train.py",
-                       "--output", str(tmp_path / "out")])
+    done = run_worker(
+        [
+            "run-script",
+            "--code",
+            str(two_module_project(tmp_path / "p")),
+            "--script",
+            "../p/train.py",
+            "--output",
+            str(tmp_path / "out"),
+        ]
+    )
     assert done.returncode == 2 and "--script ../p/train.py" in done.stderr and "'..' segment" in done.stderr
 
 
@@ -224,7 +281,9 @@ def test_requirements_are_installed_once_for_two_jobs_and_the_images_packages_ar
 
     first = run_worker(command, env=env)
     assert first.returncode == 0, first.stderr
-    assert re.search(r"requirements: installed tinydep==1\.0 \(1 packages; the image had the rest\) in [\d.]+ s", first.stderr)
+    assert re.search(
+        r"requirements: installed tinydep==1\.0 \(1 packages; the image had the rest\) in [\d.]+ s", first.stderr
+    )
     [installed] = cache.iterdir()
     assert "tinydep 42 from " + str(installed) in first.stdout
     import numpy
@@ -246,8 +305,10 @@ def test_a_requirement_that_cannot_be_installed_is_one_line_naming_it(tmp_path):
     project = project_with_requirements(tmp_path, wheels, "no-such-package-xyz==9.9")
     mark = tmp_path / "ran"
     (project / "run.py").write_text(RAN)
-    done = run_worker(["run-script", "--code", str(project), "--script", "run.py", "--output", str(tmp_path / "out")],
-                      env={"AIRFLOW_GPU_REQUIREMENTS_CACHE": str(tmp_path / "cache"), "MARK": str(mark)})
+    done = run_worker(
+        ["run-script", "--code", str(project), "--script", "run.py", "--output", str(tmp_path / "out")],
+        env={"AIRFLOW_GPU_REQUIREMENTS_CACHE": str(tmp_path / "cache"), "MARK": str(mark)},
+    )
     assert done.returncode == 2
     [line] = [line for line in done.stderr.splitlines() if "error:" in line]
     assert "could not install no-such-package-xyz==9.9" in line and "Traceback" not in done.stderr

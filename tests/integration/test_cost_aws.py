@@ -30,8 +30,16 @@ def _fresh_placements():
 
 
 def _operator(gpu_batch, task_id: str = "train", **kwargs) -> GpuBatchOperator:
-    return GpuBatchOperator(task_id=task_id, job_queue=gpu_batch["job_queue"], job_definition=gpu_batch["job_definition"],
-                            command=["als"], gpus=1, poll_interval=0.1, deferrable=True, **kwargs)
+    return GpuBatchOperator(
+        task_id=task_id,
+        job_queue=gpu_batch["job_queue"],
+        job_definition=gpu_batch["job_definition"],
+        command=["als"],
+        gpus=1,
+        poll_interval=0.1,
+        deferrable=True,
+        **kwargs,
+    )
 
 
 def _run_to_end(moto_aws, op, context, *, instance: str | None, status: str = "SUCCEEDED", queued_s=120.0, ran_s=151.0):
@@ -60,7 +68,9 @@ def test_a_job_on_an_on_demand_g5_ends_with_its_cost_line_in_the_task_log_and_th
     assert cost["gpu_hours"] == pytest.approx(151 / 3600, abs=1e-4)
     assert cost["cost_usd"] == pytest.approx(151 / 3600 * 1.006, abs=1e-4)
     last = [r["event"] for r in records if job_id in r["event"]][-1]
-    assert last.startswith(f"Job {job_id} SUCCEEDED: wall 4 min 31 s (queued 2 min 0 s, ran 2 min 31 s) on g5.xlarge (on-demand)")
+    assert last.startswith(
+        f"Job {job_id} SUCCEEDED: wall 4 min 31 s (queued 2 min 0 s, ran 2 min 31 s) on g5.xlarge (on-demand)"
+    )
     assert "~$0.04" in last and "1/1 of the instance" in last
     print(last)
 
@@ -137,8 +147,12 @@ def test_the_asset_event_carries_the_bill_beside_the_manifest_summary(moto_aws, 
     op = _operator(gpu_batch, output_uri="s3://lake/recommendations/", outlets=[asset])
     context = make_context()
     _, event = _run_to_end(moto_aws, op, context, instance=instance, ran_s=3600)
-    summary = {"run_id": "w-1", "output_uri": "s3://lake/recommendations/", "manifest_uri": "s3://lake/recommendations/manifest.json",
-               "summary": {"users": 3, "items": 2, "interactions": 5, "recommendations": 6}}
+    summary = {
+        "run_id": "w-1",
+        "output_uri": "s3://lake/recommendations/",
+        "manifest_uri": "s3://lake/recommendations/manifest.json",
+        "summary": {"users": 3, "items": 2, "interactions": 5, "recommendations": 6},
+    }
     context["outlet_events"] = OutletEvents()
     op.execute_complete(context, {**event, "manifest": summary})  # as the trigger read it
     extra = context["outlet_events"][asset].extra
@@ -154,7 +168,9 @@ async def test_a_task_ending_on_the_triggerer_logs_and_returns_the_same_bill(mot
 
     moto_aws.batch.hold("RUNNING")
     instance = moto_aws.register_container_instance(gpu_batch["compute_environment"], "g6.xlarge")
-    job_id = moto_aws.client("batch").submit_job(jobName="t", jobQueue=gpu_batch["job_queue"], jobDefinition=gpu_batch["job_definition"])["jobId"]
+    job_id = moto_aws.client("batch").submit_job(
+        jobName="t", jobQueue=gpu_batch["job_queue"], jobDefinition=gpu_batch["job_definition"]
+    )["jobId"]
     moto_aws.batch.place(job_id, instance)
     moto_aws.batch.set_status(job_id, "SUCCEEDED")
     moto_aws.batch.backdate(job_id, queued_s=5, ran_s=3600)

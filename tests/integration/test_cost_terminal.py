@@ -32,7 +32,10 @@ def cli(env, *args: str) -> subprocess.CompletedProcess:
 def _ended_job(moto_aws, gpu_batch, instance: str, *, dag: str, n: int, ran_s: float, gpus: int = 1) -> str:
     tags = {TAG_DAG_ID: dag, TAG_TASK_ID: "train", TAG_RUN_ID: f"run{n}", TAG_IDEMPOTENCY_KEY: f"key-{n}"}
     job_id = moto_aws.client("batch").submit_job(
-        jobName=f"{dag}-train-{n}", jobQueue=gpu_batch["job_queue"], jobDefinition=gpu_batch["job_definition"], tags=tags,
+        jobName=f"{dag}-train-{n}",
+        jobQueue=gpu_batch["job_queue"],
+        jobDefinition=gpu_batch["job_definition"],
+        tags=tags,
         containerOverrides={"resourceRequirements": [{"type": "GPU", "value": str(gpus)}]},
     )["jobId"]
     moto_aws.batch.place(job_id, instance)
@@ -57,8 +60,19 @@ def priced_jobs(moto_aws, gpu_batch):
 
 
 def test_jobs_since_7d_cost_sums_gpu_hours_and_cost_per_queue_and_per_dag(moto_aws, gpu_batch, priced_jobs):
-    done = cli(clean_env(), "jobs", "--queue", gpu_batch["job_queue"], "--since", "7d", "--cost",
-               "--endpoint-url", moto_aws.endpoint_url, "--region", moto_aws.region)
+    done = cli(
+        clean_env(),
+        "jobs",
+        "--queue",
+        gpu_batch["job_queue"],
+        "--since",
+        "7d",
+        "--cost",
+        "--endpoint-url",
+        moto_aws.endpoint_url,
+        "--region",
+        moto_aws.region,
+    )
     assert done.returncode == 0, done.stderr
     out = done.stdout
     print(out)
@@ -76,12 +90,32 @@ def test_jobs_since_7d_cost_sums_gpu_hours_and_cost_per_queue_and_per_dag(moto_a
 def test_jobs_since_leaves_out_older_jobs_and_names_a_bad_age(moto_aws, gpu_batch, priced_jobs):
     older = priced_jobs[0]
     moto_aws.batch.backdate(older, queued_s=3 * 86400, ran_s=3600)
-    done = cli(clean_env(), "jobs", "--queue", gpu_batch["job_queue"], "--since", "2d",
-               "--endpoint-url", moto_aws.endpoint_url, "--region", moto_aws.region)
+    done = cli(
+        clean_env(),
+        "jobs",
+        "--queue",
+        gpu_batch["job_queue"],
+        "--since",
+        "2d",
+        "--endpoint-url",
+        moto_aws.endpoint_url,
+        "--region",
+        moto_aws.region,
+    )
     assert done.returncode == 0, done.stderr
     assert older not in done.stdout and priced_jobs[1] in done.stdout
-    bad = cli(clean_env(), "jobs", "--queue", gpu_batch["job_queue"], "--since", "a week",
-              "--endpoint-url", moto_aws.endpoint_url, "--region", moto_aws.region)
+    bad = cli(
+        clean_env(),
+        "jobs",
+        "--queue",
+        gpu_batch["job_queue"],
+        "--since",
+        "a week",
+        "--endpoint-url",
+        moto_aws.endpoint_url,
+        "--region",
+        moto_aws.region,
+    )
     assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
         "airflow-gpu jobs: error: --since takes an age such as 7d, 24h, 30m or 2w, got 'a week'"
     ]
@@ -99,7 +133,9 @@ def test_status_shows_the_bill_and_a_price_file_overrides_the_table(moto_aws, gp
     prices = tmp_path / "prices.json"
     prices.write_text('{"as_of": "2027-01", "on_demand": {"g5.2xlarge": 1.212}}')
     priced = cli(clean_env(AIRFLOW_GPU_PRICES=str(prices)), *args)
-    assert "      cost: ~$1.21 (1/1 of the instance at $1.212/h, on-demand, us-east-1 prices of 2027-01)" in priced.stdout
+    assert (
+        "      cost: ~$1.21 (1/1 of the instance at $1.212/h, on-demand, us-east-1 prices of 2027-01)" in priced.stdout
+    )
     broken = cli(clean_env(AIRFLOW_GPU_PRICES=str(tmp_path / "missing.json")), *args)
     assert broken.returncode == 2 and "cannot read the price file" in broken.stderr and "Traceback" not in broken.stderr
 

@@ -62,8 +62,13 @@ except Exception as exc:
 def interrupt_once_waiting(script: str, state_dir: Path) -> tuple[int, str, str]:
     """Run ``script``; once its job is RUNNING and watched, send SIGINT; return (rc, stdout, stderr)."""
     env = {**os.environ, STATE_DIR_ENV: str(state_dir), ENTRYPOINT_ENV: sys.executable, "PYTHONUNBUFFERED": "1"}
-    process = subprocess.Popen([sys.executable, "-c", textwrap.dedent(script)], env=env, text=True,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(script)],
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     lines = []
     try:
         deadline = time.monotonic() + 120
@@ -120,7 +125,11 @@ def test_ctrl_c_while_a_non_deferrable_task_waits_terminates_the_job_and_fails_t
     job_id = job_id_in(out)
     assert_terminated(state_dir, job_id)
     [error] = [line for line in out.splitlines() if line.startswith("ERROR ")]
-    assert error.startswith(f"ERROR GpuJobFailed GPU job {job_id}") and "interrupted (Ctrl-C) while Airflow task" in error and ".train waited for it" in error
+    assert (
+        error.startswith(f"ERROR GpuJobFailed GPU job {job_id}")
+        and "interrupted (Ctrl-C) while Airflow task" in error
+        and ".train waited for it" in error
+    )
 
 
 def test_a_process_with_its_own_sigint_handler_keeps_it_while_a_job_is_waited_on():

@@ -30,10 +30,16 @@ def worker_output(tmp_path_factory) -> Path:
     inputs.mkdir()
     for name, data in spark_export(synthetic_interactions(30_000, n_users=1_000, n_items=200, seed=3), objects=3):
         (inputs / name).write_bytes(data)
-    run_als(AlsConfig(
-        input=str(inputs), output=str(root / "out"), columns=Columns(weight="plays"),
-        train=TrainParams(factors=16, iterations=5, device="cpu"), eval_holdout=0.2, progress_interval=60,
-    ))
+    run_als(
+        AlsConfig(
+            input=str(inputs),
+            output=str(root / "out"),
+            columns=Columns(weight="plays"),
+            train=TrainParams(factors=16, iterations=5, device="cpu"),
+            eval_holdout=0.2,
+            progress_interval=60,
+        )
+    )
     return root / "out"
 
 
@@ -49,7 +55,9 @@ def manifest_of(output: Path) -> dict:
 
 def test_a_good_output_validates(output):
     manifest = manifest_of(output)
-    checked = validate(ObjectStore(), str(output), expected_run_id=manifest["run_id"], top_n=10, require_evaluation=True)
+    checked = validate(
+        ObjectStore(), str(output), expected_run_id=manifest["run_id"], top_n=10, require_evaluation=True
+    )
     assert checked["run_id"] == manifest["run_id"]
 
 
@@ -70,8 +78,10 @@ def test_summary_for_xcom_is_small_and_says_where_things_are(output):
         (lambda out, m: (out / "manifest.json").unlink(), "no committed manifest"),
         (lambda out, m: _edit(out, complete=False), "no committed manifest"),
         (lambda out, m: _edit(out, summary={**m["summary"], "recommendations": 0}), "summary.recommendations"),
-        (lambda out, m: _edit(out, summary={**m["summary"], "recommendations": m["summary"]["recommendations"] + 1}),
-         "the recommendations files hold"),
+        (
+            lambda out, m: _edit(out, summary={**m["summary"], "recommendations": m["summary"]["recommendations"] + 1}),
+            "the recommendations files hold",
+        ),
     ],
 )
 def test_damaged_outputs_fail_validation(output, damage, message):
@@ -143,7 +153,9 @@ def test_operator_without_output_uri_reads_nothing(monkeypatch):
 def test_templated_backend_and_poll_interval_are_checked_after_rendering():
     from airflow_gpu.jobs.spec import JobSpecError
 
-    op = GpuBatchOperator(task_id="t", job_queue="q", job_definition="d", backend="{{ params.b }}", poll_interval="{{ params.p }}")
+    op = GpuBatchOperator(
+        task_id="t", job_queue="q", job_definition="d", backend="{{ params.b }}", poll_interval="{{ params.p }}"
+    )
     op.render_template_fields({"params": {"b": "local", "p": 2}})
     op._check_fields(skip_templates=False)
     assert (op.backend, op.poll_interval) == ("local", 2.0)

@@ -77,7 +77,9 @@ def test_multiple_outputs_return_the_dict_for_airflow_to_unroll(moto_aws, gpu_ba
     assert resume()["squares"] == [0, 1, 4, 9]
 
 
-def test_an_exception_in_the_function_fails_the_task_with_the_remote_traceback(moto_aws, gpu_batch, aws_conn, staging_bucket):
+def test_an_exception_in_the_function_fails_the_task_with_the_remote_traceback(
+    moto_aws, gpu_batch, aws_conn, staging_bucket
+):
     context = make_context(FakeTaskInstance(task_id="scores"))
     _, event, exit_codes, resume = run_task(moto_aws, gpu_batch, context, op_args=[-3])
     assert exit_codes == [1] and event["status"] == "FAILED"
@@ -90,7 +92,9 @@ def test_an_exception_in_the_function_fails_the_task_with_the_remote_traceback(m
 
 
 def test_an_argument_that_is_not_json_fails_before_anything_is_staged(moto_aws, gpu_batch, aws_conn, staging_bucket):
-    with pytest.raises(JobSpecError, match=r"Argument 'label' of scores\(\) cannot be sent to the GPU job: set is not JSON"):
+    with pytest.raises(
+        JobSpecError, match=r"Argument 'label' of scores\(\) cannot be sent to the GPU job: set is not JSON"
+    ):
         make(gpu_batch, op_kwargs={"label": {1, 2}}).execute(make_context(FakeTaskInstance(task_id="scores")))
     assert moto_aws.log.calls["submitjob"] == 0
     assert "Contents" not in moto_aws.client("s3").list_objects_v2(Bucket="staging")
@@ -99,7 +103,10 @@ def test_an_argument_that_is_not_json_fails_before_anything_is_staged(moto_aws, 
 def test_a_missing_staging_prefix_is_a_clear_error(moto_aws, gpu_batch, aws_conn, monkeypatch):
     monkeypatch.delenv("AIRFLOW_GPU_STAGING_PREFIX", raising=False)
     monkeypatch.delenv("AIRFLOW__AIRFLOW_GPU__STAGING_PREFIX", raising=False)
-    with pytest.raises(JobSpecError, match=r"No staging prefix: .*pass staging_prefix= to the task, or set \[airflow_gpu\] staging_prefix"):
+    with pytest.raises(
+        JobSpecError,
+        match=r"No staging prefix: .*pass staging_prefix= to the task, or set \[airflow_gpu\] staging_prefix",
+    ):
         make(gpu_batch, staging_prefix=None).execute(make_context(FakeTaskInstance(task_id="scores")))
     assert moto_aws.log.calls["submitjob"] == 0
 
@@ -109,7 +116,9 @@ def test_the_staging_prefix_comes_from_the_airflow_config(moto_aws, gpu_batch, a
     moto_aws.batch.hold("RUNNABLE")
     with pytest.raises(TaskDeferred):
         make(gpu_batch, staging_prefix=None).execute(make_context(FakeTaskInstance(task_id="scores")))
-    assert moto_aws.log.submitted[-1]["containerOverrides"]["command"][2].startswith("s3://staging/from-config/functions/")
+    assert moto_aws.log.submitted[-1]["containerOverrides"]["command"][2].startswith(
+        "s3://staging/from-config/functions/"
+    )
 
 
 def test_a_command_cannot_be_given(gpu_batch):
@@ -159,13 +168,20 @@ def test_a_literal_argument_that_is_not_json_fails_when_the_dag_is_parsed(gpu_ba
     from airflow.sdk import DAG, task
 
     with DAG("parse_check", schedule=None, start_date=datetime(2026, 1, 1)):
-        @task.gpu_batch(job_queue=gpu_batch["job_queue"], job_definition=gpu_batch["job_definition"], staging_prefix=STAGING)
+
+        @task.gpu_batch(
+            job_queue=gpu_batch["job_queue"], job_definition=gpu_batch["job_definition"], staging_prefix=STAGING
+        )
         def train(sizes, options):
             return sizes
 
-        with pytest.raises(JobSpecError, match=r"Argument 'options' of train\(\) cannot be sent to the GPU job: set is not JSON"):
+        with pytest.raises(
+            JobSpecError, match=r"Argument 'options' of train\(\) cannot be sent to the GPU job: set is not JSON"
+        ):
             train([1, 2], options={"a", "b"})
-        with pytest.raises(JobSpecError, match=r"Argument #1 of train\(\) cannot be sent to the GPU job: datetime is not JSON"):
+        with pytest.raises(
+            JobSpecError, match=r"Argument #1 of train\(\) cannot be sent to the GPU job: datetime is not JSON"
+        ):
             train(datetime(2026, 1, 1), options=None)
 
 
@@ -175,11 +191,14 @@ def test_upstream_xcoms_pass_the_parse_time_check_and_are_checked_once_resolved(
     from airflow.sdk import DAG, task
 
     with DAG("parse_check_xcom", schedule=None, start_date=datetime(2026, 1, 1)):
+
         @task
         def upstream() -> list[int]:
             return [1]
 
-        @task.gpu_batch(job_queue=gpu_batch["job_queue"], job_definition=gpu_batch["job_definition"], staging_prefix=STAGING)
+        @task.gpu_batch(
+            job_queue=gpu_batch["job_queue"], job_definition=gpu_batch["job_definition"], staging_prefix=STAGING
+        )
         def train(sizes, options):
             return sizes
 

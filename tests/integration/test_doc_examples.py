@@ -42,9 +42,14 @@ def _env(tmp: Path, moto_aws) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "AWS_"))}
     env.update(
         PATH=os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),
-        HOME=str(tmp), AIRFLOW_HOME=str(tmp / "airflow"), AIRFLOW_GPU_BACKEND="local",
-        AIRFLOW_GPU_LOCAL_JOBS_DIR=str(tmp / "jobs"), AWS_ENDPOINT_URL=moto_aws.endpoint_url,
-        AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION=moto_aws.region,
+        HOME=str(tmp),
+        AIRFLOW_HOME=str(tmp / "airflow"),
+        AIRFLOW_GPU_BACKEND="local",
+        AIRFLOW_GPU_LOCAL_JOBS_DIR=str(tmp / "jobs"),
+        AWS_ENDPOINT_URL=moto_aws.endpoint_url,
+        AWS_ACCESS_KEY_ID="testing",
+        AWS_SECRET_ACCESS_KEY="testing",
+        AWS_DEFAULT_REGION=moto_aws.region,
     )
     return env
 

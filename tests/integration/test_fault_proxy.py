@@ -21,8 +21,10 @@ def bucket(moto_aws):
     moto_aws.client("s3").put_object(Bucket="bkt", Key="k", Body=b"0123456789" * 1000)
 
 
-@pytest.mark.parametrize("kind, status, code", [("500", 500, "InternalError"), ("503", 503, "ServiceUnavailable"),
-                                                ("slowdown", 503, "SlowDown")])
+@pytest.mark.parametrize(
+    "kind, status, code",
+    [("500", 500, "InternalError"), ("503", 503, "ServiceUnavailable"), ("slowdown", 503, "SlowDown")],
+)
 def test_server_errors_reach_the_client_with_their_code(bucket, fault_proxy, kind, status, code):
     fault = fault_proxy.add(kind, when=s3_object_get, times=1)
     s3 = _s3(fault_proxy.url)
@@ -35,9 +37,15 @@ def test_server_errors_reach_the_client_with_their_code(bucket, fault_proxy, kin
 
 
 def test_a_chosen_4xx_on_a_chosen_batch_call(moto_aws, fault_proxy):
-    fault = fault_proxy.add("error", when=batch_action("DescribeJobs"), status=403, code="AccessDeniedException", skip=1)
-    batch = boto3.client("batch", endpoint_url=fault_proxy.url, region_name="us-east-1",
-                         config=botocore.config.Config(retries={"total_max_attempts": 1}))
+    fault = fault_proxy.add(
+        "error", when=batch_action("DescribeJobs"), status=403, code="AccessDeniedException", skip=1
+    )
+    batch = boto3.client(
+        "batch",
+        endpoint_url=fault_proxy.url,
+        region_name="us-east-1",
+        config=botocore.config.Config(retries={"total_max_attempts": 1}),
+    )
     assert batch.describe_jobs(jobs=["x"])["jobs"] == []  # skip=1: the first one goes through
     with pytest.raises(botocore.exceptions.ClientError) as caught:
         batch.describe_jobs(jobs=["x"])

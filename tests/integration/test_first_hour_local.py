@@ -44,7 +44,21 @@ def job_id_in(out: str) -> str:
 def test_submit_python_train_py_runs_through_the_workers_entrypoint(home):
     env, work = home
     (work / "train.py").write_text("import sys\nprint('trained with', sys.argv[1:])\nraise SystemExit(4)\n")
-    done = run(env, work, CLI, "submit", "--backend", "local", "--poll-interval", "0.2", "--", "python", "train.py", "--epochs", "1")
+    done = run(
+        env,
+        work,
+        CLI,
+        "submit",
+        "--backend",
+        "local",
+        "--poll-interval",
+        "0.2",
+        "--",
+        "python",
+        "train.py",
+        "--epochs",
+        "1",
+    )
     assert "trained with ['--epochs', '1']" in done.stdout, done.stdout + done.stderr
     assert done.returncode == 4  # the program's own exit code: exec'd, not wrapped
     record = job_record(env["AIRFLOW_GPU_LOCAL_JOBS_DIR"], job_id_in(done.stdout))["job.json"]
@@ -58,7 +72,8 @@ def test_the_worker_runs_a_plain_command_as_itself(tmp_path):
     assert missing.returncode == 127 and "Traceback" not in missing.stderr
     assert missing.stderr.strip().splitlines() == [
         "airflow-gpu-worker: error: 'no-such-program-here' is neither a worker command (als, run-script, run-function) "
-        "nor a program on PATH; check the job's command"]
+        "nor a program on PATH; check the job's command"
+    ]
 
 
 def test_the_entrypoint_knows_every_worker_subcommand():
@@ -78,9 +93,26 @@ def test_relative_input_output_and_staging_are_the_submitters_folder(home):
     (work / "data" / "rows.csv").write_text("a,b\n1,2\n")
     (work / "count.py").write_text(
         "import os\nnames = sorted(os.listdir(os.environ['INPUT_DIR']))\n"
-        "open(os.path.join(os.environ['OUTPUT_DIR'], 'seen.txt'), 'w').write(','.join(names))\nprint('inputs', names)\n")
-    done = run(env, work, CLI, "submit", "--backend", "local", "--poll-interval", "0.2", "--script", "count.py",
-               "--input", "./data/", "--output", "relout/", "--staging-prefix", "stage/")
+        "open(os.path.join(os.environ['OUTPUT_DIR'], 'seen.txt'), 'w').write(','.join(names))\nprint('inputs', names)\n"
+    )
+    done = run(
+        env,
+        work,
+        CLI,
+        "submit",
+        "--backend",
+        "local",
+        "--poll-interval",
+        "0.2",
+        "--script",
+        "count.py",
+        "--input",
+        "./data/",
+        "--output",
+        "relout/",
+        "--staging-prefix",
+        "stage/",
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "inputs ['rows.csv']" in done.stdout
     command = job_record(env["AIRFLOW_GPU_LOCAL_JOBS_DIR"], job_id_in(done.stdout))["job.json"]["command"]
@@ -119,7 +151,20 @@ def test_an_unwritable_local_output_fails_before_the_input_is_read(command, tmp_
 def test_a_local_script_needs_no_staging_prefix(home):
     env, work = home
     (work / "hello.py").write_text("print('hello from a staged script')\n")
-    done = run(env, work, CLI, "submit", "--backend", "local", "--poll-interval", "0.2", "--script", "hello.py", "--output", "out/")
+    done = run(
+        env,
+        work,
+        CLI,
+        "submit",
+        "--backend",
+        "local",
+        "--poll-interval",
+        "0.2",
+        "--script",
+        "hello.py",
+        "--output",
+        "out/",
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "hello from a staged script" in done.stdout
     staged = Path(env["AIRFLOW_GPU_LOCAL_JOBS_DIR"]) / "staging" / "scripts"
@@ -129,7 +174,9 @@ def test_a_local_script_needs_no_staging_prefix(home):
 def test_without_a_staging_prefix_on_batch_the_error_names_a_local_folder_too(home):
     env, work = home
     (work / "hello.py").write_text("print('x')\n")
-    done = run(env, work, CLI, "submit", "--queue", "q", "--definition", "d", "--script", "hello.py", "--output", "s3://b/o/")
+    done = run(
+        env, work, CLI, "submit", "--queue", "q", "--definition", "d", "--script", "hello.py", "--output", "s3://b/o/"
+    )
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "or a local folder" in done.stderr
 
@@ -170,9 +217,11 @@ def test_the_demo_keeps_its_local_jobs_where_the_terminal_looks(tmp_path):
     """The demo sets its own Airflow home; its local jobs still go to the terminal's folder."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
     env["HOME"] = str(tmp_path)
-    probe = ("import os; from pathlib import Path; from airflow_gpu.demo.command import configure_airflow; "
-             "configure_airflow(Path('demo-home'), Path('dags'), False); "
-             "from airflow_gpu.jobs.local.backend import default_state_dir; print(default_state_dir())")
+    probe = (
+        "import os; from pathlib import Path; from airflow_gpu.demo.command import configure_airflow; "
+        "configure_airflow(Path('demo-home'), Path('dags'), False); "
+        "from airflow_gpu.jobs.local.backend import default_state_dir; print(default_state_dir())"
+    )
     shown = run(env, tmp_path, sys.executable, "-c", probe)
     assert shown.returncode == 0, shown.stderr
     assert shown.stdout.strip() == str(tmp_path / "airflow" / "airflow-gpu" / "local-jobs")

@@ -56,8 +56,9 @@ def start(matrix, factors):
 
 
 def native_fit(matrix, X0, Y0, factors):
-    model = solver.NativeAls(factors=factors, regularization=REGULARIZATION, iterations=ITERATIONS,
-                             threshold=THRESHOLD, chunk=CHUNK)
+    model = solver.NativeAls(
+        factors=factors, regularization=REGULARIZATION, iterations=ITERATIONS, threshold=THRESHOLD, chunk=CHUNK
+    )
     model.user_factors, model.item_factors = X0, Y0
     model.fit(matrix)
     return model.user_factors, model.item_factors
@@ -79,9 +80,11 @@ def test_als_cu_run_on_the_cpu_matches_the_reference_and_implicit(emulated, matr
     X32, Y32 = implicit_fit(matrix, X0, Y0, REGULARIZATION, ITERATIONS)
     X64, Y64 = implicit_fit(matrix, X0, Y0, REGULARIZATION, ITERATIONS, dtype=np.float64)
     with capsys.disabled():
-        print(f"\nals.cu on the CPU, {factors} factors: users vs reference {worst(X, Xr)}; vs implicit {worst(X, X32)};"
-              f" items vs reference {worst(Y, Yr)}; vs implicit {worst(Y, Y32)};"
-              f" implicit float32 vs float64: {relative(X32, X64):.2e} / {relative(Y32, Y64):.2e}")
+        print(
+            f"\nals.cu on the CPU, {factors} factors: users vs reference {worst(X, Xr)}; vs implicit {worst(X, X32)};"
+            f" items vs reference {worst(Y, Yr)}; vs implicit {worst(Y, Y32)};"
+            f" implicit float32 vs float64: {relative(X32, X64):.2e} / {relative(Y32, Y64):.2e}"
+        )
     for ours, ref, f32, f64 in ((X, Xr, X32, X64), (Y, Yr, Y32, Y64)):
         bound = max(ROUNDING * relative(f32, f64), 1e-5)
         assert relative(ours, ref) <= bound, (relative(ours, ref), bound)
@@ -102,8 +105,10 @@ def test_a_one_lane_shuffle_bug_in_als_cu_fails_the_comparison(emulated, matrix,
     X0, Y0 = start(matrix, 8)
     X = native_fit(matrix, X0, Y0, 8)[0]
     Xr = reference.fit(matrix, X0, Y0, REGULARIZATION, ITERATIONS, threshold=THRESHOLD, chunk=CHUNK)[0]
-    X32, X64 = implicit_fit(matrix, X0, Y0, REGULARIZATION, ITERATIONS)[0], \
-        implicit_fit(matrix, X0, Y0, REGULARIZATION, ITERATIONS, dtype=np.float64)[0]
+    X32, X64 = (
+        implicit_fit(matrix, X0, Y0, REGULARIZATION, ITERATIONS)[0],
+        implicit_fit(matrix, X0, Y0, REGULARIZATION, ITERATIONS, dtype=np.float64)[0],
+    )
     assert relative(X, Xr) > 10 * max(ROUNDING * relative(X32, X64), 1e-5), relative(X, Xr)
 
 
@@ -112,8 +117,9 @@ def test_als_cu_transpose_matches_scipy(emulated, matrix):
     model = solver.NativeAls(factors=8)
     side = model._upload(fake, matrix)
     item_side = model._transpose(fake, model._kernels(fake), side, matrix.shape[1])
-    ours = scipy.sparse.csr_matrix((item_side["data"], item_side["indices"], item_side["indptr"]),
-                                   shape=matrix.shape[::-1])
+    ours = scipy.sparse.csr_matrix(
+        (item_side["data"], item_side["indices"], item_side["indptr"]), shape=matrix.shape[::-1]
+    )
     expected = matrix.T.tocsr()
     assert np.array_equal(ours.indptr, expected.indptr)
     ours.sort_indices()  # the order within a column follows the atomics' order, as on a GPU
@@ -132,8 +138,10 @@ def test_als_cu_weighting_matches_the_hosts(emulated, matrix, weighting, capsys)
     model._weigh(fake, model._kernels(fake), side, counts.shape[1], weighting, None)
     expected = confidence(counts, weighting).data
     with capsys.disabled():
-        print(f"\nals.cu weighting {weighting}: largest relative difference from the host's "
-              f"{np.max(np.abs(side['data'] - expected) / np.abs(expected)):.2e}")
+        print(
+            f"\nals.cu weighting {weighting}: largest relative difference from the host's "
+            f"{np.max(np.abs(side['data'] - expected) / np.abs(expected)):.2e}"
+        )
     assert np.allclose(side["data"], expected, rtol=1e-5, atol=0) and not np.allclose(expected, counts.data)
     assert ("bm25_confidence" in fake.launches) == (weighting == "bm25")
 
@@ -152,8 +160,9 @@ def test_als_cu_gives_rows_without_interactions_zero_factors(emulated, matrix):
     """As implicit's GPU solver: an empty user row and an empty item column come back as zeros."""
     fake = emulated()
     users, items = matrix.shape
-    padded = scipy.sparse.csr_matrix((matrix.data, matrix.indices, np.append(matrix.indptr, matrix.nnz)),
-                                     shape=(users + 1, items + 1))  # user `users` and item `items` have nothing
+    padded = scipy.sparse.csr_matrix(
+        (matrix.data, matrix.indices, np.append(matrix.indptr, matrix.nnz)), shape=(users + 1, items + 1)
+    )  # user `users` and item `items` have nothing
     X0, Y0 = start(padded, 8)
     X, Y = native_fit(padded, X0, Y0, 8)
     assert not X[users].any() and not Y[items].any() and X0[users].any() and Y0[items].any()
@@ -180,8 +189,13 @@ def test_the_pipeline_with_solver_native_weighs_and_transposes_on_the_gpu(emulat
     monkeypatch.setattr(solver, "gpu_available", lambda: None)
     (tmp_path / "in").mkdir()
     pq.write_table(synthetic_interactions(3_000, n_users=150, n_items=60, seed=4), tmp_path / "in" / "part.parquet")
-    config = AlsConfig(input=str(tmp_path / "in"), columns=Columns(weight="plays"), similar_n=0, top_n=3,
-                       train=TrainParams(solver="native", factors=8, iterations=2, loss=False))
+    config = AlsConfig(
+        input=str(tmp_path / "in"),
+        columns=Columns(weight="plays"),
+        similar_n=0,
+        top_n=3,
+        train=TrainParams(solver="native", factors=8, iterations=2, loss=False),
+    )
     run = run_als(config)
     training = run.metrics["training"]
     assert training["weighted_on"] == "gpu" and "weighting" not in run.metrics["stages"]
@@ -233,5 +247,7 @@ def test_the_emulation_exchanges_lanes_and_blocks_as_cuda_does_and_refuses_a_han
     assert np.array_equal(up, values[warp_base + (lane + 1) % 32])
     assert np.array_equal(xor, values[warp_base + (lane ^ 5)])
     assert np.array_equal(total, np.repeat([values[:64].sum(), values[64:].sum()], 64).astype(np.float32))
-    with pytest.raises(EmulationError, match="thread 7 returned while 7 lanes of its warp wait at __shfl_sync on line 17"):
+    with pytest.raises(
+        EmulationError, match="thread 7 returned while 7 lanes of its warp wait at __shfl_sync on line 17"
+    ):
         module.get_function("early_return")((1,), (32,), (np.zeros(32, np.int32),))

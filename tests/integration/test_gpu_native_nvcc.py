@@ -15,8 +15,17 @@ import pytest
 
 from airflow_gpu.worker.gpu.solver import SOURCE
 
-KERNELS = {"cg_light", "heavy_partials", "heavy_start", "heavy_step", "count_columns", "scatter_columns", "row_sums",
-           "bm25_confidence", "spmv_rows"}
+KERNELS = {
+    "cg_light",
+    "heavy_partials",
+    "heavy_start",
+    "heavy_step",
+    "count_columns",
+    "scatter_columns",
+    "row_sums",
+    "bm25_confidence",
+    "spmv_rows",
+}
 
 
 def nvcc() -> str | None:
@@ -32,9 +41,20 @@ def nvcc() -> str | None:
 @pytest.mark.parametrize("factors", [64, 128])
 def test_als_cu_compiles_without_spills(tmp_path, arch, factors):
     result = subprocess.run(
-        [nvcc(), f"-arch={arch}", "-cubin", "-Xptxas", "-v", f"-DFACTORS={factors}", "-o", str(tmp_path / "als.cubin"),
-         str(SOURCE)],
-        capture_output=True, text=True, timeout=300,
+        [
+            nvcc(),
+            f"-arch={arch}",
+            "-cubin",
+            "-Xptxas",
+            "-v",
+            f"-DFACTORS={factors}",
+            "-o",
+            str(tmp_path / "als.cubin"),
+            str(SOURCE),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     log = result.stdout + result.stderr
     assert result.returncode == 0, log

@@ -30,8 +30,15 @@ MiB = 1024 * 1024
 
 def _operator(gpu_batch, task_id: str, **kwargs) -> GpuBatchOperator:
     return GpuBatchOperator(
-        task_id=task_id, job_queue=gpu_batch["job_queue"], job_definition=gpu_batch["job_definition"],
-        command=["als"], gpus=1, poll_interval=0.1, deferrable=True, tags={"team": "recs"}, **kwargs,
+        task_id=task_id,
+        job_queue=gpu_batch["job_queue"],
+        job_definition=gpu_batch["job_definition"],
+        command=["als"],
+        gpus=1,
+        poll_interval=0.1,
+        deferrable=True,
+        tags={"team": "recs"},
+        **kwargs,
     )
 
 
@@ -54,7 +61,9 @@ def test_the_airflow_policy_allows_every_call_of_the_operator_trigger_and_log_fo
         op = _operator(gpu_batch, "train", output_uri="s3://out/als/")
         deferred = _defer(op, context)
         # On an instance, so the bill looks up its type (ECS) and market (the compute environment).
-        moto_aws.batch.place(deferred.trigger.job_id, moto_aws.register_container_instance(gpu_batch["compute_environment"], "g5.xlarge"))
+        moto_aws.batch.place(
+            deferred.trigger.job_id, moto_aws.register_container_instance(gpu_batch["compute_environment"], "g5.xlarge")
+        )
         put_log_lines(moto_aws, "/aws/batch/job", _stream(moto_aws, deferred.trigger.job_id), ["epoch 1", "epoch 2"])
         moto_aws.batch.set_status(deferred.trigger.job_id, "SUCCEEDED")
         event = fire(deferred.trigger)
@@ -72,9 +81,18 @@ def test_the_airflow_policy_allows_every_call_of_the_operator_trigger_and_log_fo
         deferred = _defer(_operator(gpu_batch, "export"), make_context(FakeTaskInstance(task_id="export")))
         run_blocking(deferred.trigger.on_kill)
     recorded = seen["airflow"]
-    assert {"batch:submitjob", "batch:listjobs", "batch:describejobs", "batch:terminatejob", "batch:tagresource",
-            "logs:filterlogevents", "logs:getlogevents", "s3:getobject",
-            "ecs:describecontainerinstances", "batch:describecomputeenvironments"} <= recorded  # the paths above did run
+    assert {
+        "batch:submitjob",
+        "batch:listjobs",
+        "batch:describejobs",
+        "batch:terminatejob",
+        "batch:tagresource",
+        "logs:filterlogevents",
+        "logs:getlogevents",
+        "s3:getobject",
+        "ecs:describecontainerinstances",
+        "batch:describecomputeenvironments",
+    } <= recorded  # the paths above did run
     assert lacking(seen) == {}
 
 
@@ -82,14 +100,27 @@ def test_the_job_role_policy_allows_every_call_of_the_worker(moto_aws, tmp_path,
     s3 = moto_aws.client("s3")
     s3.create_bucket(Bucket="lake")
     s3.create_bucket(Bucket="out")
-    for path in write_shards(synthetic_interactions(4_000, n_users=300, n_items=80, seed=2), tmp_path / "in", "parquet", objects=2):
+    for path in write_shards(
+        synthetic_interactions(4_000, n_users=300, n_items=80, seed=2), tmp_path / "in", "parquet", objects=2
+    ):
         s3.put_object(Bucket="lake", Key=f"interactions/{path.name}", Body=path.read_bytes())
     monkeypatch.setattr(storage, "PART_SIZE", 5 * MiB)
     with recording_actions() as seen:
-        code = worker_main([
-            "als", "--input", "s3://lake/interactions/", "--output", "s3://out/als/", "--endpoint-url", moto_aws.endpoint_url,
-            "--factors", "8", "--iterations", "2",
-        ])
+        code = worker_main(
+            [
+                "als",
+                "--input",
+                "s3://lake/interactions/",
+                "--output",
+                "s3://out/als/",
+                "--endpoint-url",
+                moto_aws.endpoint_url,
+                "--factors",
+                "8",
+                "--iterations",
+                "2",
+            ]
+        )
         assert code == 0, capsys.readouterr().err
 
         async def multipart_then_cleanup() -> None:
@@ -122,8 +153,14 @@ def test_the_batch_setup_policy_allows_every_call_of_create_update_dry_run_and_d
         assert run(moto_aws, tmp_path, capsys, changed)[0] == 0
         assert run(moto_aws, tmp_path, capsys, changed, "--delete", "--delete-logs")[0] == 0
     recorded = seen["batch-setup"]
-    assert {"batch:createcomputeenvironment", "batch:deletejobqueue", "logs:createloggroup", "iam:getrole",
-            "ec2:describesubnets", "ecr:describeimages"} <= recorded
+    assert {
+        "batch:createcomputeenvironment",
+        "batch:deletejobqueue",
+        "logs:createloggroup",
+        "iam:getrole",
+        "ec2:describesubnets",
+        "ecr:describeimages",
+    } <= recorded
     assert lacking(seen) == {}
 
 

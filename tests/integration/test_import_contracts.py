@@ -43,7 +43,9 @@ def imported_modules(path: Path) -> set[str]:
 
 
 def test_lint_imports_keeps_every_contract():
-    done = subprocess.run([str(BIN / "lint-imports"), "--no-cache"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [str(BIN / "lint-imports"), "--no-cache"], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "3 kept, 0 broken" in done.stdout
 
@@ -53,8 +55,11 @@ def test_every_module_of_the_package_belongs_to_a_wing():
     airflow_wing = set(config[1]["source_modules"])
     assert set(config[0]["forbidden_modules"]) == airflow_wing | {"airflow"}
     assert set(config[2]["forbidden_modules"]) == airflow_wing | {"airflow", "airflow_gpu.worker"}
-    tops = {f"airflow_gpu.{p.stem if p.is_file() else p.name}" for p in PACKAGE.iterdir()
-            if (p.suffix == ".py" and p.stem != "__init__") or (p.is_dir() and (p / "__init__.py").exists())}
+    tops = {
+        f"airflow_gpu.{p.stem if p.is_file() else p.name}"
+        for p in PACKAGE.iterdir()
+        if (p.suffix == ".py" and p.stem != "__init__") or (p.is_dir() and (p / "__init__.py").exists())
+    }
     assert tops - {"airflow_gpu.worker", "airflow_gpu.contract"} == airflow_wing
 
 
@@ -78,7 +83,8 @@ def test_benchmarks_import_the_package_and_the_harnesses_not_the_tests():
     }
     assert found == set(), found
     harness_users = {
-        path.name for path in sorted((ROOT / "benchmarks").glob("*.py"))
+        path.name
+        for path in sorted((ROOT / "benchmarks").glob("*.py"))
         if any(name.startswith("tests.support") for name in imported_modules(path))
     }
     assert harness_users == {"triggerer_scale.py", "triggerer_airflow.py"}, harness_users

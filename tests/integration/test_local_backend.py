@@ -47,7 +47,11 @@ def backend(state_dir) -> LocalBackend:
 
 def spec(command, run_id: str = "run-1", task_id: str = "train", job_definition: str = "local", **kwargs) -> JobSpec:
     return JobSpec.build(
-        identity=TaskIdentity("dag", task_id, run_id), job_queue="local", job_definition=job_definition, command=command, **kwargs
+        identity=TaskIdentity("dag", task_id, run_id),
+        job_queue="local",
+        job_definition=job_definition,
+        command=command,
+        **kwargs,
     )
 
 
@@ -83,9 +87,15 @@ def test_registered_as_local_and_state_dir_defaults_under_airflow_home(monkeypat
 
 
 async def test_success_records_exit_times_and_log(backend, state_dir):
-    job = await backend.submit(spec(py("import os; print('hello', os.environ['EPOCHS'], os.environ['AIRFLOW_GPU_JOB_ID'], "
-                                       "os.environ['AIRFLOW_GPU_SUBMITTED_AT'])"),
-                                    environment={"EPOCHS": "15-s3cr3t"}))
+    job = await backend.submit(
+        spec(
+            py(
+                "import os; print('hello', os.environ['EPOCHS'], os.environ['AIRFLOW_GPU_JOB_ID'], "
+                "os.environ['AIRFLOW_GPU_SUBMITTED_AT'])"
+            ),
+            environment={"EPOCHS": "15-s3cr3t"},
+        )
+    )
     assert job.status in ("RUNNING", "SUCCEEDED")
     final = await wait_terminal(backend, job.job_id)
     assert (final.status, final.exit_code, final.attempts) == ("SUCCEEDED", 0, 1)
@@ -95,15 +105,21 @@ async def test_success_records_exit_times_and_log(backend, state_dir):
     # The environment reaches the process but is never written to disk (values may be secrets).
     assert "s3cr3t" not in json.dumps(record)
     # The submit time, for the worker's queue wait, is the one the job record keeps.
-    assert (await backend.read_logs(final)).lines == [f"hello 15-s3cr3t {job.job_id} {record['job.json']['submitted_at']:.3f}"]
+    assert (await backend.read_logs(final)).lines == [
+        f"hello 15-s3cr3t {job.job_id} {record['job.json']['submitted_at']:.3f}"
+    ]
 
 
 async def test_failure_carries_exit_code_reason_and_log_tail(backend):
-    job = await backend.submit(spec(py("""
+    job = await backend.submit(
+        spec(
+            py("""
         import sys
         for i in range(30): print("line", i)
         print("bad input: column plays missing", file=sys.stderr); sys.exit(2)
-    """)))
+    """)
+        )
+    )
     final = await wait_terminal(backend, job.job_id)
     assert (final.status, final.exit_code) == ("FAILED", 2)
     assert "exited with code 2" in final.status_reason
@@ -135,7 +151,13 @@ async def test_job_outlives_its_submitter_and_is_watched_from_another_process(st
         s = JobSpec.build(identity=TaskIdentity("dag", "train", "run-x"), job_queue="q", job_definition="d", command=command)
         print(asyncio.run(LocalBackend().submit(s)).job_id)
     """
-    done = subprocess.run([sys.executable, *py(code)], capture_output=True, text=True, timeout=60, env={**os.environ, STATE_DIR_ENV: str(state_dir)})
+    done = subprocess.run(
+        [sys.executable, *py(code)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, STATE_DIR_ENV: str(state_dir)},
+    )
     assert done.returncode == 0, done.stderr
     job_id = done.stdout.strip().splitlines()[-1]
     backend = LocalBackend()
@@ -150,12 +172,16 @@ async def test_job_outlives_its_submitter_and_is_watched_from_another_process(st
 async def test_terminate_kills_the_whole_process_group_and_marks_it_cancelled(backend, state_dir, tmp_path):
     pids = tmp_path / "pids"
     # A parent with a child that ignores nothing: both must go.
-    job = await backend.submit(spec(py(f"""
+    job = await backend.submit(
+        spec(
+            py(f"""
         import os, subprocess, sys, time
         child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
         open({str(pids)!r}, "w").write(f"{{os.getpid()}} {{child.pid}}")
         time.sleep(300)
-    """)))
+    """)
+        )
+    )
     deadline = time.monotonic() + 20
     while not pids.exists() or len(pids.read_text().split()) < 2:
         assert time.monotonic() < deadline
@@ -182,12 +208,16 @@ async def test_terminate_escalates_to_sigkill(backend, monkeypatch):
     import airflow_gpu.jobs.local.backend as local
 
     monkeypatch.setattr(local, "TERMINATE_GRACE", 0.5)
-    job = await backend.submit(spec(py("""
+    job = await backend.submit(
+        spec(
+            py("""
         import signal, time
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         print("ready", flush=True)
         time.sleep(300)
-    """)))
+    """)
+        )
+    )
     while (await backend.read_logs(job)).lines != ["ready"]:
         await asyncio.sleep(0.05)
     await backend.terminate(job.job_id, "stop")
@@ -256,12 +286,16 @@ async def test_unknown_and_malformed_ids_are_left_out(backend):
 
 async def test_incremental_log_reads_hold_back_partial_lines(backend, tmp_path):
     go = tmp_path / "go"
-    job = await backend.submit(spec(py(f"""
+    job = await backend.submit(
+        spec(
+            py(f"""
         import os, sys, time
         sys.stdout.write("one\\ntw"); sys.stdout.flush()
         while not os.path.exists({str(go)!r}): time.sleep(0.02)
         sys.stdout.write("o\\nthree")
-    """)))
+    """)
+        )
+    )
     deadline = time.monotonic() + 20
     chunk = await backend.read_logs(job)
     while chunk.lines != ["one"]:
@@ -301,8 +335,15 @@ async def test_the_shared_watcher_follows_local_jobs(state_dir):
 
 
 def local_operator(command, **kwargs) -> GpuBatchOperator:
-    return GpuBatchOperator(task_id="train", job_queue="local", job_definition="local", command=command,
-                            backend="local", poll_interval=0.05, **kwargs)
+    return GpuBatchOperator(
+        task_id="train",
+        job_queue="local",
+        job_definition="local",
+        command=command,
+        backend="local",
+        poll_interval=0.05,
+        **kwargs,
+    )
 
 
 @pytest.mark.airflow_behaviour
@@ -436,8 +477,12 @@ async def test_a_local_job_definition_file_names_the_entrypoint(state_dir, tmp_p
 
 @pytest.mark.parametrize(
     "content, message",
-    [(None, "there is none at"), ("{not json", "cannot read it as JSON"), ("{}", 'has no "entrypoint"'),
-     ('{"entrypoint": "python3 -m job"}', "must be a non-empty list of strings")],
+    [
+        (None, "there is none at"),
+        ("{not json", "cannot read it as JSON"),
+        ("{}", 'has no "entrypoint"'),
+        ('{"entrypoint": "python3 -m job"}', "must be a non-empty list of strings"),
+    ],
 )
 async def test_a_bad_local_job_definition_is_refused_before_anything_runs(state_dir, tmp_path, content, message):
     definition = tmp_path / "job.json"

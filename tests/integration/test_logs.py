@@ -56,17 +56,19 @@ def make_stream(moto_aws, stream: str, group: str = GROUP) -> None:
     logs.create_log_stream(logGroupName=group, logStreamName=stream)
 
 
-def put(moto_aws, stream: str, lines: list[str], *, at_ms: int | None = None, same_ms: bool = False, group: str = GROUP) -> None:
+def put(
+    moto_aws, stream: str, lines: list[str], *, at_ms: int | None = None, same_ms: bool = False, group: str = GROUP
+) -> None:
     """Put lines, one ms apart (or all on one ms), ending at ``at_ms`` (default: now)."""
     end = int(time.time() * 1000) if at_ms is None else at_ms
-    events = [{"timestamp": end if same_ms else end - len(lines) + 1 + i, "message": line} for i, line in enumerate(lines)]
+    events = [
+        {"timestamp": end if same_ms else end - len(lines) + 1 + i, "message": line} for i, line in enumerate(lines)
+    ]
     logs_client(moto_aws).put_log_events(logGroupName=group, logStreamName=stream, logEvents=events)
 
 
 def stream_of(moto_aws, job_id: str) -> str:
     return moto_aws.client("batch").describe_jobs(jobs=[job_id])["jobs"][0]["container"]["logStreamName"]
-
-
 
 
 def running_trigger(moto_aws, gpu_batch, name: str, poll: float = 0.1) -> tuple[GpuBatchJobTrigger, str, LineLog]:
@@ -80,7 +82,9 @@ def running_trigger(moto_aws, gpu_batch, name: str, poll: float = 0.1) -> tuple[
 # -- through the trigger -------------------------------------------------------------------------------
 
 
-async def test_lines_arrive_in_order_once_across_polls_pages_and_streams(moto_aws, gpu_batch, aws_conn, small_pages, closed_after):
+async def test_lines_arrive_in_order_once_across_polls_pages_and_streams(
+    moto_aws, gpu_batch, aws_conn, small_pages, closed_after
+):
     moto_aws.batch.hold("RUNNING")
     jobs = [running_trigger(moto_aws, gpu_batch, f"chatty-{i}") for i in range(3)]
     tasks = [asyncio.create_task(collect_events(trigger)) for trigger, _, _ in jobs]
@@ -114,7 +118,9 @@ async def test_lines_arrive_in_order_once_across_polls_pages_and_streams(moto_aw
     assert moto_aws.log.aws_calls["logs:getlogevents"] == 0
 
 
-async def test_a_job_ending_before_its_first_sweep_still_gets_its_whole_log(moto_aws, gpu_batch, aws_conn, small_pages, closed_after):
+async def test_a_job_ending_before_its_first_sweep_still_gets_its_whole_log(
+    moto_aws, gpu_batch, aws_conn, small_pages, closed_after
+):
     moto_aws.batch.hold("RUNNING")
     trigger, job_id, recorder = running_trigger(moto_aws, gpu_batch, "quick", poll=3600)
     lines = [f"line {n}" for n in range(30)]
@@ -153,7 +159,9 @@ async def test_lines_go_to_their_own_triggers_task_log(moto_aws, gpu_batch, aws_
     assert relayed == {f"from job {i}": tid for i, (tid, _, _) in enumerate(jobs)}
 
 
-async def test_a_missing_stream_or_group_never_fails_the_trigger(moto_aws, gpu_batch, aws_conn, monkeypatch, closed_after):
+async def test_a_missing_stream_or_group_never_fails_the_trigger(
+    moto_aws, gpu_batch, aws_conn, monkeypatch, closed_after
+):
     asked: list[tuple[float, list[str]]] = []
     real = AwsBatchBackend.filter_log_events
 
@@ -248,7 +256,9 @@ async def test_one_limiter_paces_1000_logging_jobs_and_streaming_slows_down_inst
 
     def put_with(client, stream: str, lines: list[str]) -> None:
         now = int(time.time() * 1000)
-        client.put_log_events(logGroupName=GROUP, logStreamName=stream, logEvents=[{"timestamp": now, "message": m} for m in lines])
+        client.put_log_events(
+            logGroupName=GROUP, logStreamName=stream, logEvents=[{"timestamp": now, "message": m} for m in lines]
+        )
 
     for stream in streams:  # one thread: the calls are GIL-bound, threads only add contention
         setup(stream)
@@ -257,7 +267,9 @@ async def test_one_limiter_paces_1000_logging_jobs_and_streaming_slows_down_inst
     follower = LogFollower.shared(BackendTarget())
     got: dict[str, list[str]] = {s: [] for s in streams}
     follows = [
-        follower.follow(JobState(f"job-{i}", "RUNNING", log_stream=s, log_group=GROUP), got[s].extend, poll_interval=0.1)
+        follower.follow(
+            JobState(f"job-{i}", "RUNNING", log_stream=s, log_group=GROUP), got[s].extend, poll_interval=0.1
+        )
         for i, s in enumerate(streams)
     ]
     await wait_until(lambda: all(got[s] == [f"{s} first"] for s in streams), timeout=30)
@@ -297,7 +309,11 @@ async def test_every_call_names_at_most_100_streams_of_one_group(moto_aws, aws_c
         group = "/a" if i % 2 else "/b"
         stream = f"s/{i}"
         logs.create_log_stream(logGroupName=group, logStreamName=stream)
-        follows.append(follower.follow(JobState(f"j{i}", "RUNNING", log_stream=stream, log_group=group), lambda lines: None, poll_interval=0.1))
+        follows.append(
+            follower.follow(
+                JobState(f"j{i}", "RUNNING", log_stream=stream, log_group=group), lambda lines: None, poll_interval=0.1
+            )
+        )
     await wait_until(lambda: follower.sweeps >= 2)
     for follow in follows:
         follow.close()
@@ -306,7 +322,9 @@ async def test_every_call_names_at_most_100_streams_of_one_group(moto_aws, aws_c
     assert sorted(per_sweep[:4]) == [15, 15, 100, 100]
 
 
-async def test_a_busy_log_api_does_not_hold_the_event_up(moto_aws, gpu_batch, aws_conn, monkeypatch, caplog, closed_after):
+async def test_a_busy_log_api_does_not_hold_the_event_up(
+    moto_aws, gpu_batch, aws_conn, monkeypatch, caplog, closed_after
+):
     monkeypatch.setattr(AwsBatchBackend, "logs_calls_per_second", 0.2)  # one call every 5 s
     monkeypatch.setattr(AwsBatchBackend, "logs_burst", 1)
     monkeypatch.setattr(LogFollower, "final_read_timeout", 0.5)
@@ -368,7 +386,9 @@ async def test_late_events_are_relayed_once(moto_aws, aws_conn, closed_after):
     make_stream(moto_aws, "late/stream")
     follower = LogFollower.shared(BackendTarget())
     got: list[str] = []
-    follow = follower.follow(JobState("j", "RUNNING", log_stream="late/stream", log_group=GROUP), got.extend, poll_interval=0.1)
+    follow = follower.follow(
+        JobState("j", "RUNNING", log_stream="late/stream", log_group=GROUP), got.extend, poll_interval=0.1
+    )
     now = int(time.time() * 1000)
     put(moto_aws, "late/stream", ["one", "two"], at_ms=now - 1000)
     await wait_until(lambda: got == ["one", "two"])
@@ -382,7 +402,9 @@ async def test_late_events_are_relayed_once(moto_aws, aws_conn, closed_after):
     assert got == ["one", "two", "three", "late one"]
 
 
-async def test_a_slow_last_read_holds_up_no_other_jobs_last_read(moto_aws, gpu_batch, fault_proxy, monkeypatch, closed_after):
+async def test_a_slow_last_read_holds_up_no_other_jobs_last_read(
+    moto_aws, gpu_batch, fault_proxy, monkeypatch, closed_after
+):
     """Thousands of jobs end within one poll: one slow CloudWatch reply must not make the jobs ending
     after it wait for it. Job A's last read is held back at the proxy; B ends meanwhile, and its own
     last read is served and its event fires while A's reply is still held."""
@@ -402,7 +424,9 @@ async def test_a_slow_last_read_holds_up_no_other_jobs_last_read(moto_aws, gpu_b
 
     def a_alone(request) -> bool:  # A's last read: it names A's stream, and no longer B's
         body = request.body.decode(errors="replace")
-        return "FilterLogEvents" in request.headers.get("x-amz-target", "") and a_stream in body and b_stream not in body
+        return (
+            "FilterLogEvents" in request.headers.get("x-amz-target", "") and a_stream in body and b_stream not in body
+        )
 
     held = fault_proxy.add("delay", when=a_alone, times=1, seconds=60)
     try:

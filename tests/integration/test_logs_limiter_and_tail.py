@@ -181,4 +181,6 @@ async def test_a_new_attempt_switches_streams_and_the_old_one_gets_its_last_read
     jobs["r"] = JobState("r", "SUCCEEDED", attempts=2, exit_code=0, log_stream="/tmp/r-2.log")
     [event] = await task
     assert event["attempts"] == 2
-    assert sorted(trigger.log.relayed("r")) == sorted(["attempt 1 starts", "Host EC2 instance terminated", "attempt 2 starts"])
+    assert sorted(trigger.log.relayed("r")) == sorted(
+        ["attempt 1 starts", "Host EC2 instance terminated", "attempt 2 starts"]
+    )

@@ -70,10 +70,24 @@ def test_a_session_on_a_moto_the_harness_does_not_know_stops_with_one_line(tmp_p
         "import pytest\n\n@pytest.mark.parametrize('n', range(3))\ndef test_uses_moto(moto_aws, n):\n    assert moto_aws\n"
     )
     done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "planted_moto", "--rootdir", str(ROOT), "-c", str(ROOT / "pyproject.toml"),
-         str(tmp_path / "test_three.py")],
-        cwd=ROOT, env={**__import__("os").environ, "PYTHONPATH": f"{tmp_path}:{ROOT}"},
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "planted_moto",
+            "--rootdir",
+            str(ROOT),
+            "-c",
+            str(ROOT / "pyproject.toml"),
+            str(tmp_path / "test_three.py"),
+        ],
+        cwd=ROOT,
+        env={**__import__("os").environ, "PYTHONPATH": f"{tmp_path}:{ROOT}"},
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     output = done.stdout + done.stderr
     assert done.returncode == 2, output

@@ -70,7 +70,11 @@ def test_submit_defer_resume_success(moto_aws, gpu_batch, aws_conn):
         {"type": "MEMORY", "value": "15000"},
     ]
     assert sent["containerOverrides"]["command"] == [
-        "airflow-gpu-worker", "als", "--input", "s3://bucket/in put/", "; rm -rf /"
+        "airflow-gpu-worker",
+        "als",
+        "--input",
+        "s3://bucket/in put/",
+        "; rm -rf /",
     ]  # argv as given, never a shell string
     environment = sent["containerOverrides"]["environment"]
     assert environment[0] == {"name": "EPOCHS", "value": "15"}
@@ -118,8 +122,12 @@ def test_submit_defer_resume_success(moto_aws, gpu_batch, aws_conn):
     assert result["log_stream"].endswith(job_id)
     # Events are delivered at least once: a second delivery gives the same answer.
     assert resumed.execute_complete(context, event) == result
-    assert CloudWatchLogsLink().get_link(resumed, ti_key=None).startswith(
-        "https://console.aws.amazon.com/cloudwatch/home?region=us-east-1#logsV2:log-groups/log-group/$252Faws$252Fbatch$252Fjob/log-events/"
+    assert (
+        CloudWatchLogsLink()
+        .get_link(resumed, ti_key=None)
+        .startswith(
+            "https://console.aws.amazon.com/cloudwatch/home?region=us-east-1#logsV2:log-groups/log-group/$252Faws$252Fbatch$252Fjob/log-events/"
+        )
     )
     assert moto_aws.log.calls["submitjob"] == 1
 

@@ -61,6 +61,11 @@ def test_task_gpu_batch_is_registered_as_a_task_decorator(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
     env["AIRFLOW_HOME"] = str(tmp_path / "airflow-home")
     code = "from airflow.sdk import task; import airflow_gpu.decorators as d; print(task.gpu_batch is d.gpu_batch_task)"
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=180, check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=180, check=False
+    )
     assert done.stdout.strip().splitlines()[-1:] == ["True"], done.stderr[-3000:]
-    assert {"name": "gpu_batch", "class-name": "airflow_gpu.decorators.gpu_batch_task"} in airflow_gpu.get_provider_info()["task-decorators"]
+    assert {
+        "name": "gpu_batch",
+        "class-name": "airflow_gpu.decorators.gpu_batch_task",
+    } in airflow_gpu.get_provider_info()["task-decorators"]

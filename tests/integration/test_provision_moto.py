@@ -20,20 +20,16 @@ from tests.support.provision_testing import EXAMPLE, config, run, to_toml
 ACCOUNT = "123456789012"
 
 
-
-
 def example_text(ids: dict) -> str:
     text = EXAMPLE.read_text()
     for placeholder, value in {
-        "<SUBNET_ID_A>": ids["subnets"][0], "<SUBNET_ID_B>": ids["subnets"][1],
-        "<SECURITY_GROUP_ID>": ids["security_group"], "<ACCOUNT_ID>": ACCOUNT,
+        "<SUBNET_ID_A>": ids["subnets"][0],
+        "<SUBNET_ID_B>": ids["subnets"][1],
+        "<SECURITY_GROUP_ID>": ids["security_group"],
+        "<ACCOUNT_ID>": ACCOUNT,
     }.items():
         text = text.replace(placeholder, value)
     return text
-
-
-
-
 
 
 def test_example_config_creates_everything_through_aws_endpoint_url(moto_aws, ids, tmp_path, capsys, monkeypatch):
@@ -49,7 +45,11 @@ def test_example_config_creates_everything_through_aws_endpoint_url(moto_aws, id
     cr = ce["computeResources"]
     assert (ce["type"], ce["state"], ce["serviceRole"]) == ("MANAGED", "ENABLED", ids["service_role"])
     assert (cr["type"], cr["allocationStrategy"], cr["minvCpus"], cr["desiredvCpus"], cr["maxvCpus"]) == (
-        "SPOT", "SPOT_PRICE_CAPACITY_OPTIMIZED", 0, 0, 64,
+        "SPOT",
+        "SPOT_PRICE_CAPACITY_OPTIMIZED",
+        0,
+        0,
+        64,
     )
     assert cr["ec2Configuration"] == [{"imageType": "ECS_AL2023_NVIDIA"}]
     assert cr["instanceTypes"] == ["g6e.2xlarge", "g6.4xlarge", "g5.4xlarge"]
@@ -62,17 +62,26 @@ def test_example_config_creates_everything_through_aws_endpoint_url(moto_aws, id
     jd = batch.describe_job_definitions(jobDefinitionName="airflow-gpu-worker", status="ACTIVE")["jobDefinitions"]
     assert [d["revision"] for d in jd] == [1]
     container = jd[0]["containerProperties"]
-    assert {r["type"]: r["value"] for r in container["resourceRequirements"]} == {"GPU": "1", "VCPU": "8", "MEMORY": "60000"}
+    assert {r["type"]: r["value"] for r in container["resourceRequirements"]} == {
+        "GPU": "1",
+        "VCPU": "8",
+        "MEMORY": "60000",
+    }
     assert container["linuxParameters"] == {"sharedMemorySize": 2048}
     assert container["jobRoleArn"] == f"arn:aws:iam::{ACCOUNT}:role/airflow-gpu-job"
     assert container["logConfiguration"] == {
         "logDriver": "awslogs",
-        "options": {"awslogs-group": "/aws/batch/airflow-gpu", "awslogs-region": "us-east-1", "awslogs-stream-prefix": "airflow-gpu"},
+        "options": {
+            "awslogs-group": "/aws/batch/airflow-gpu",
+            "awslogs-region": "us-east-1",
+            "awslogs-stream-prefix": "airflow-gpu",
+        },
     }
     assert jd[0]["timeout"] == {"attemptDurationSeconds": 14400}
     assert jd[0]["retryStrategy"]["attempts"] == 3
     assert [(r["onStatusReason"], r["action"].upper()) for r in jd[0]["retryStrategy"]["evaluateOnExit"]] == [
-        ("Host EC2*", "RETRY"), ("*", "EXIT"),
+        ("Host EC2*", "RETRY"),
+        ("*", "EXIT"),
     ]
     assert jd[0]["tags"]["project"] == "airflow-gpu"
 
@@ -105,7 +114,11 @@ def test_changed_config_updates_in_place_registers_a_revision_and_prints_the_dif
     moto_aws.log.reset()
     changed = config(
         ids,
-        compute={"max_vcpus": 128, "instance_types": ["g6.xlarge", "g5.xlarge", "g6e.xlarge"], "subnets": ids["subnets"]},
+        compute={
+            "max_vcpus": 128,
+            "instance_types": ["g6.xlarge", "g5.xlarge", "g6e.xlarge"],
+            "subnets": ids["subnets"],
+        },
         job={"image": f"{ACCOUNT}.dkr.ecr.us-east-1.amazonaws.com/airflow-gpu-worker:0.2.0", "memory_mib": 14000},
         logs={"retention_days": 30},
     )
@@ -115,7 +128,9 @@ def test_changed_config_updates_in_place_registers_a_revision_and_prints_the_dif
     assert update.request == {
         "computeEnvironment": "gpu-test-ce",
         "computeResources": {
-            "instanceTypes": ["g6.xlarge", "g5.xlarge", "g6e.xlarge"], "maxvCpus": 128, "subnets": ids["subnets"],
+            "instanceTypes": ["g6.xlarge", "g5.xlarge", "g6e.xlarge"],
+            "maxvCpus": 128,
+            "subnets": ids["subnets"],
         },
         "updatePolicy": {"terminateJobsOnUpdate": False, "jobExecutionTimeoutMinutes": 60},
     }
@@ -123,20 +138,33 @@ def test_changed_config_updates_in_place_registers_a_revision_and_prints_the_dif
 
     rc, out, err = run(moto_aws, tmp_path, capsys, changed)
     assert rc == 0, err
-    assert moto_aws.log.writes() == Counter({
-        "batch:updatecomputeenvironment": 1, "batch:registerjobdefinition": 1, "logs:putretentionpolicy": 1,
-    })
-    assert "gpu-test-ce: update in place (infrastructure update: AWS replaces the instances; running jobs get up to 60 minutes" in out
+    assert moto_aws.log.writes() == Counter(
+        {
+            "batch:updatecomputeenvironment": 1,
+            "batch:registerjobdefinition": 1,
+            "logs:putretentionpolicy": 1,
+        }
+    )
+    assert (
+        "gpu-test-ce: update in place (infrastructure update: AWS replaces the instances; running jobs get up to 60 minutes"
+        in out
+    )
     assert "computeResources.maxvCpus: 64 -> 128" in out
-    assert "computeResources.instanceTypes: ['g5.xlarge', 'g6.xlarge'] -> ['g5.xlarge', 'g6.xlarge', 'g6e.xlarge']" in out
+    assert (
+        "computeResources.instanceTypes: ['g5.xlarge', 'g6.xlarge'] -> ['g5.xlarge', 'g6.xlarge', 'g6e.xlarge']" in out
+    )
     assert "job definition gpu-test-worker: register a new revision (latest is 1)" in out
-    assert "containerProperties.image: '123456789012.dkr.ecr.us-east-1.amazonaws.com/airflow-gpu-worker:0.1.0' -> " in out
+    assert (
+        "containerProperties.image: '123456789012.dkr.ecr.us-east-1.amazonaws.com/airflow-gpu-worker:0.1.0' -> " in out
+    )
     assert "containerProperties.resourceRequirements.MEMORY: '15000' -> '14000'" in out
     assert "retentionInDays: 14 -> 30" in out
     assert "job queue gpu-test-queue: up to date" in out
 
     batch = moto_aws.client("batch")
-    cr = batch.describe_compute_environments(computeEnvironments=["gpu-test-ce"])["computeEnvironments"][0]["computeResources"]
+    cr = batch.describe_compute_environments(computeEnvironments=["gpu-test-ce"])["computeEnvironments"][0][
+        "computeResources"
+    ]
     assert cr["maxvCpus"] == 128 and "g6e.xlarge" in cr["instanceTypes"] and len(cr["subnets"]) == 3
     revisions = batch.describe_job_definitions(jobDefinitionName="gpu-test-worker", status="ACTIVE")["jobDefinitions"]
     assert sorted(d["revision"] for d in revisions) == [1, 2]
@@ -157,7 +185,9 @@ def test_spot_to_on_demand_is_an_in_place_infrastructure_update(moto_aws, ids, t
     assert "computeResources.type: 'SPOT' -> 'EC2'" in out
     assert "computeResources.allocationStrategy: 'SPOT_PRICE_CAPACITY_OPTIMIZED' -> 'BEST_FIT_PROGRESSIVE'" in out
     assert moto_aws.log.writes() == Counter({"batch:updatecomputeenvironment": 1})
-    cr = moto_aws.client("batch").describe_compute_environments(computeEnvironments=["gpu-test-ce"])["computeEnvironments"][0]["computeResources"]
+    cr = moto_aws.client("batch").describe_compute_environments(computeEnvironments=["gpu-test-ce"])[
+        "computeEnvironments"
+    ][0]["computeResources"]
     assert (cr["type"], cr["allocationStrategy"]) == ("EC2", "BEST_FIT_PROGRESSIVE")
     moto_aws.log.reset()
     assert run(moto_aws, tmp_path, capsys, on_demand)[0] == 0
@@ -195,7 +225,12 @@ def test_dry_run_prints_the_plan_and_writes_nothing(moto_aws, ids, tmp_path, cap
         assert "computeResources.maxvCpus: 64 -> 256" in err
         assert result["job_definition_arn"] is None  # the new revision does not exist yet
     else:
-        assert kinds == [("log group", "create"), ("compute environment", "create"), ("job queue", "create"), ("job definition", "register")]
+        assert kinds == [
+            ("log group", "create"),
+            ("compute environment", "create"),
+            ("job queue", "create"),
+            ("job definition", "register"),
+        ]
         assert moto_aws.client("batch").describe_compute_environments()["computeEnvironments"] == []
 
 
@@ -208,9 +243,12 @@ def test_delete_tears_down_in_order_and_keeps_the_logs(moto_aws, ids, tmp_path, 
     assert rc == 0, err
     # The harness enforces AWS's rules, so a wrong order would have failed at the server.
     assert moto_aws.log.write_order() == [
-        "batch:updatejobqueue", "batch:deletejobqueue",
-        "batch:updatecomputeenvironment", "batch:deletecomputeenvironment",
-        "batch:deregisterjobdefinition", "batch:deregisterjobdefinition",
+        "batch:updatejobqueue",
+        "batch:deletejobqueue",
+        "batch:updatecomputeenvironment",
+        "batch:deletecomputeenvironment",
+        "batch:deregisterjobdefinition",
+        "batch:deregisterjobdefinition",
     ]
     assert "log group /aws/batch/gpu-test is kept" in out
     batch = moto_aws.client("batch")
@@ -255,8 +293,12 @@ def test_delete_keeps_job_definition_revisions_it_did_not_register(moto_aws, ids
     assert run(moto_aws, tmp_path, capsys, config(ids))[0] == 0
     batch = moto_aws.client("batch")
     batch.register_job_definition(  # revision 2, registered by hand
-        jobDefinitionName="gpu-test-worker", type="container",
-        containerProperties={"image": "x", "resourceRequirements": [{"type": "VCPU", "value": "1"}, {"type": "MEMORY", "value": "512"}]},
+        jobDefinitionName="gpu-test-worker",
+        type="container",
+        containerProperties={
+            "image": "x",
+            "resourceRequirements": [{"type": "VCPU", "value": "1"}, {"type": "MEMORY", "value": "512"}],
+        },
     )
     moto_aws.log.reset()
     rc, out, err = run(moto_aws, tmp_path, capsys, config(ids), "--delete")
@@ -270,7 +312,9 @@ def test_delete_keeps_job_definition_revisions_it_did_not_register(moto_aws, ids
 def test_delete_refuses_while_jobs_are_live(moto_aws, ids, tmp_path, capsys):
     assert run(moto_aws, tmp_path, capsys, config(ids))[0] == 0
     moto_aws.batch.hold("RUNNING")
-    job_id = moto_aws.client("batch").submit_job(jobName="j", jobQueue="gpu-test-queue", jobDefinition="gpu-test-worker")["jobId"]
+    job_id = moto_aws.client("batch").submit_job(
+        jobName="j", jobQueue="gpu-test-queue", jobDefinition="gpu-test-worker"
+    )["jobId"]
     moto_aws.log.reset()
     rc, _, err = run(moto_aws, tmp_path, capsys, config(ids), "--delete")
     assert rc == 1
@@ -282,8 +326,12 @@ def test_delete_refuses_a_compute_environment_another_queue_uses(moto_aws, ids, 
     assert run(moto_aws, tmp_path, capsys, config(ids))[0] == 0
     batch = moto_aws.client("batch")
     ce = batch.describe_compute_environments(computeEnvironments=["gpu-test-ce"])["computeEnvironments"][0]
-    batch.create_job_queue(jobQueueName="someone-else", state="ENABLED", priority=5,
-                           computeEnvironmentOrder=[{"order": 1, "computeEnvironment": ce["computeEnvironmentArn"]}])
+    batch.create_job_queue(
+        jobQueueName="someone-else",
+        state="ENABLED",
+        priority=5,
+        computeEnvironmentOrder=[{"order": 1, "computeEnvironment": ce["computeEnvironmentArn"]}],
+    )
     moto_aws.log.reset()
     rc, _, err = run(moto_aws, tmp_path, capsys, config(ids), "--delete")
     assert rc == 1 and "also serves job queue(s) someone-else" in err
@@ -295,8 +343,11 @@ def test_infrastructure_change_without_the_service_linked_role_stops_before_writ
     rc, _, err = run(moto_aws, tmp_path, capsys, data)
     assert rc == 0 and "warning: compute.service_role is not the AWSServiceRoleForBatch" in err
     moto_aws.log.reset()
-    changed = config(ids, compute={"service_role": ids["custom_service_role"], "instance_types": ["g6e.xlarge"]},
-                     job={"image": f"{ACCOUNT}.dkr.ecr.us-east-1.amazonaws.com/airflow-gpu-worker:0.2.0"})
+    changed = config(
+        ids,
+        compute={"service_role": ids["custom_service_role"], "instance_types": ["g6e.xlarge"]},
+        job={"image": f"{ACCOUNT}.dkr.ecr.us-east-1.amazonaws.com/airflow-gpu-worker:0.2.0"},
+    )
     rc, _, err = run(moto_aws, tmp_path, capsys, changed)
     assert rc == 1
     assert "instanceTypes can change in place only with an infrastructure update" in err
@@ -305,7 +356,9 @@ def test_infrastructure_change_without_the_service_linked_role_stops_before_writ
     assert moto_aws.log.writes() == Counter()  # not even the job definition: all or nothing
 
     # A scaling update (maxvCpus) works with any service role.
-    rc, out, err = run(moto_aws, tmp_path, capsys, config(ids, compute={"service_role": ids["custom_service_role"], "max_vcpus": 32}))
+    rc, out, err = run(
+        moto_aws, tmp_path, capsys, config(ids, compute={"service_role": ids["custom_service_role"], "max_vcpus": 32})
+    )
     assert rc == 0, err
     assert "(scaling update)" in out
     assert moto_aws.log.writes() == Counter({"batch:updatecomputeenvironment": 1})
@@ -325,7 +378,9 @@ def test_waits_for_valid_before_using_a_new_compute_environment(moto_aws, ids, t
     assert rc == 0, err
     order = moto_aws.log.aws_call_order
     create_queue = order.index("batch:createjobqueue")
-    describes_before = order[order.index("batch:createcomputeenvironment"):create_queue].count("batch:describecomputeenvironments")
+    describes_before = order[order.index("batch:createcomputeenvironment") : create_queue].count(
+        "batch:describecomputeenvironments"
+    )
     assert describes_before == 5  # three CREATING, one VALID, and the queue step's own check
     assert "waiting for compute environment gpu-test-ce to be VALID" in out
 
@@ -334,7 +389,9 @@ def test_a_wait_that_times_out_says_so_and_the_next_run_continues(moto_aws, ids,
     moto_aws.batch.settle_after(10_000)
     rc, _, err = run(moto_aws, tmp_path, capsys, config(ids), "--wait-timeout", "0.2", "--poll-interval", "0.02")
     assert rc == 1
-    assert "timed out after 0 s waiting for compute environment gpu-test-ce to be VALID (last seen: status CREATING" in err
+    assert (
+        "timed out after 0 s waiting for compute environment gpu-test-ce to be VALID (last seen: status CREATING" in err
+    )
     assert "Done before the failure: log group /aws/batch/gpu-test: create" in err
     assert "run the same command again" in err
 
@@ -378,7 +435,9 @@ def test_the_queue_cancels_misconfigured_jobs_after_10_minutes_by_default_and_th
 
     def actions() -> list[tuple]:
         queue = batch.describe_job_queues(jobQueues=["gpu-test-queue"])["jobQueues"][0]
-        return sorted((a["reason"], a["state"], a["maxTimeSeconds"], a["action"]) for a in queue["jobStateTimeLimitActions"])
+        return sorted(
+            (a["reason"], a["state"], a["maxTimeSeconds"], a["action"]) for a in queue["jobStateTimeLimitActions"]
+        )
 
     assert actions() == [
         ("MISCONFIGURATION:COMPUTE_ENVIRONMENT_MAX_RESOURCE", "RUNNABLE", 600, "CANCEL"),
@@ -422,38 +481,59 @@ def _untagged_image(moto_aws, ids):
 
 
 MISSING_PIECES = {
-    "service-linked role": (_remove_slr, "compute.service_role", "aws iam create-service-linked-role --aws-service-name batch.amazonaws.com"),
+    "service-linked role": (
+        _remove_slr,
+        "compute.service_role",
+        "aws iam create-service-linked-role --aws-service-name batch.amazonaws.com",
+    ),
     "service role": (
         lambda aws, ids: {"compute": {"service_role": f"arn:aws:iam::{ACCOUNT}:role/service-role/no-such-batch-role"}},
-        "compute.service_role", "aws iam create-role --role-name no-such-batch-role --path /service-role/",
+        "compute.service_role",
+        "aws iam create-role --role-name no-such-batch-role --path /service-role/",
     ),
     "instance profile": (
         lambda aws, ids: {"compute": {"instance_role": f"arn:aws:iam::{ACCOUNT}:instance-profile/noSuchProfile"}},
-        "compute.instance_role", "aws iam create-instance-profile --instance-profile-name noSuchProfile",
+        "compute.instance_role",
+        "aws iam create-instance-profile --instance-profile-name noSuchProfile",
     ),
     "instance profile without a role": (
-        lambda aws, ids: aws.client("iam").create_instance_profile(InstanceProfileName="emptyProfile") and
-        {"compute": {"instance_role": f"arn:aws:iam::{ACCOUNT}:instance-profile/emptyProfile"}},
-        "holds no role", "aws iam add-role-to-instance-profile --instance-profile-name emptyProfile",
+        lambda aws, ids: (
+            aws.client("iam").create_instance_profile(InstanceProfileName="emptyProfile")
+            and {"compute": {"instance_role": f"arn:aws:iam::{ACCOUNT}:instance-profile/emptyProfile"}}
+        ),
+        "holds no role",
+        "aws iam add-role-to-instance-profile --instance-profile-name emptyProfile",
     ),
     "job role": (
         lambda aws, ids: {"job": {"job_role": f"arn:aws:iam::{ACCOUNT}:role/no-such-job-role"}},
-        "job.job_role", "aws iam put-role-policy --role-name no-such-job-role",
+        "job.job_role",
+        "aws iam put-role-policy --role-name no-such-job-role",
     ),
     "subnet": (
         lambda aws, ids: {"compute": {"subnets": [ids["subnets"][0], "subnet-0123456789abcdef0"]}},
-        "compute.subnets subnet-0123456789abcdef0", "aws ec2 create-subnet --region us-east-1 --vpc-id {vpc}",
+        "compute.subnets subnet-0123456789abcdef0",
+        "aws ec2 create-subnet --region us-east-1 --vpc-id {vpc}",
     ),
     "security group": (
         lambda aws, ids: {"compute": {"security_groups": ["sg-0123456789abcdef0"]}},
-        "compute.security_groups sg-0123456789abcdef0", "aws ec2 create-security-group --region us-east-1 --vpc-id {vpc}",
+        "compute.security_groups sg-0123456789abcdef0",
+        "aws ec2 create-security-group --region us-east-1 --vpc-id {vpc}",
     ),
-    "two VPCs": (_other_vpc_subnet, "are not in one VPC", "aws ec2 describe-subnets --region us-east-1 --filters Name=vpc-id"),
+    "two VPCs": (
+        _other_vpc_subnet,
+        "are not in one VPC",
+        "aws ec2 describe-subnets --region us-east-1 --filters Name=vpc-id",
+    ),
     "ECR repository": (
         lambda aws, ids: {"job": {"image": f"{ACCOUNT}.dkr.ecr.us-east-1.amazonaws.com/no-such-repo:1.0"}},
-        "which does not exist", "aws ecr create-repository --region us-east-1 --repository-name no-such-repo",
+        "which does not exist",
+        "aws ecr create-repository --region us-east-1 --repository-name no-such-repo",
     ),
-    "ECR image": (_untagged_image, "is not in ECR repository airflow-gpu-worker", "docker push 123456789012.dkr.ecr.us-east-1.amazonaws.com/airflow-gpu-worker:9.9.9"),
+    "ECR image": (
+        _untagged_image,
+        "is not in ECR repository airflow-gpu-worker",
+        "docker push 123456789012.dkr.ecr.us-east-1.amazonaws.com/airflow-gpu-worker:9.9.9",
+    ),
 }
 
 

@@ -35,7 +35,11 @@ def readme_operator_example() -> str:
 
 
 def operator_call(source: str) -> ast.Call:
-    calls = [n for n in ast.walk(ast.parse(source)) if isinstance(n, ast.Call) and getattr(n.func, "id", None) == "GpuBatchOperator"]
+    calls = [
+        n
+        for n in ast.walk(ast.parse(source))
+        if isinstance(n, ast.Call) and getattr(n.func, "id", None) == "GpuBatchOperator"
+    ]
     assert len(calls) == 1, "the README's example should build one GpuBatchOperator"
     return calls[0]
 

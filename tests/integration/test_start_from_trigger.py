@@ -35,8 +35,14 @@ async def closed_after():
 
 
 def operator(**kwargs: Any) -> GpuBatchOperator:
-    base = dict(task_id="train", job_queue="gpu-queue", job_definition="gpu-def", command=["als", "--output", OUTPUT],
-                poll_interval=0.1, start_from_trigger=True)
+    base = dict(
+        task_id="train",
+        job_queue="gpu-queue",
+        job_definition="gpu-def",
+        command=["als", "--output", OUTPUT],
+        poll_interval=0.1,
+        start_from_trigger=True,
+    )
     return GpuBatchOperator(**{**base, **kwargs})
 
 
@@ -63,9 +69,16 @@ async def events_of(trigger: GpuBatchStartTrigger, timeout: float = 30) -> list[
 def put_manifest(moto_aws, **summary: Any) -> None:
     s3 = moto_aws.client("s3")
     s3.create_bucket(Bucket=BUCKET)
-    manifest = {"format": "airflow-gpu-als", "complete": True, "run_id": "w-123", "root": "", "finished_at": "2026-12-01T00:00:00Z",
-                "summary": {"users": 3, "items": 2, "interactions": 5, "recommendations": 6, **summary},
-                "datasets": {"recommendations": {"files": 1, "rows": 6, "bytes": 100}}, "files": []}
+    manifest = {
+        "format": "airflow-gpu-als",
+        "complete": True,
+        "run_id": "w-123",
+        "root": "",
+        "finished_at": "2026-12-01T00:00:00Z",
+        "summary": {"users": 3, "items": 2, "interactions": 5, "recommendations": 6, **summary},
+        "datasets": {"recommendations": {"files": 1, "rows": 6, "bytes": 100}},
+        "files": [],
+    }
     s3.put_object(Bucket=BUCKET, Key="recommendations/run-1/manifest.json", Body=json.dumps(manifest).encode())
 
 
@@ -89,7 +102,10 @@ def test_start_trigger_args_carry_the_unrendered_fields_and_no_secret():
 
 
 def test_a_task_with_outlets_does_not_end_on_the_triggerer():
-    assert operator(outlets=[Asset("s3://lake/recommendations/")]).start_trigger_args.trigger_kwargs["end_on_trigger"] is False
+    assert (
+        operator(outlets=[Asset("s3://lake/recommendations/")]).start_trigger_args.trigger_kwargs["end_on_trigger"]
+        is False
+    )
 
 
 @pytest.mark.parametrize(
@@ -108,6 +124,7 @@ def test_an_upstream_xcom_is_refused_at_parse_time():
     from airflow.sdk import task
 
     with DAG("xcom_in", schedule=None):
+
         @task
         def prepare() -> list[str]:
             return ["als"]
@@ -120,6 +137,7 @@ def test_the_decorator_refuses_start_from_trigger_at_parse_time():
     from airflow_gpu.decorators import gpu_batch_task
 
     with DAG("decorated", schedule=None):
+
         @gpu_batch_task(job_queue="q", job_definition="d", staging_prefix="s3://b/s/", start_from_trigger=True)
         def fn() -> int:
             return 1
@@ -169,7 +187,9 @@ async def test_success_ends_on_the_triggerer_with_the_manifest_read_there(moto_a
     assert SECRET_KEY not in json.dumps(event.xcoms)
 
 
-async def test_a_success_without_a_manifest_fails_the_task_on_the_triggerer(moto_aws, gpu_batch, aws_conn, closed_after):
+async def test_a_success_without_a_manifest_fails_the_task_on_the_triggerer(
+    moto_aws, gpu_batch, aws_conn, closed_after
+):
     moto_aws.client("s3").create_bucket(Bucket=BUCKET)
     op = operator(job_queue=gpu_batch["job_queue"], job_definition=gpu_batch["job_definition"], output_uri=OUTPUT)
     [event] = await events_of(start_trigger(op))
@@ -186,20 +206,30 @@ async def test_a_failed_job_resumes_on_a_worker_with_the_job_event(moto_aws, gpu
     moto_aws.batch.set_status(job_id, "FAILED", reason="Essential container in task exited", exit_code=3)
     [event] = await running
     assert type(event) is TriggerEvent
-    assert event.payload["status"] == "FAILED" and event.payload["exit_code"] == 3 and event.payload["reattached"] is False
+    assert (
+        event.payload["status"] == "FAILED" and event.payload["exit_code"] == 3 and event.payload["reattached"] is False
+    )
 
 
-async def test_with_outlets_success_resumes_on_a_worker_carrying_the_summary(moto_aws, gpu_batch, aws_conn, closed_after):
+async def test_with_outlets_success_resumes_on_a_worker_carrying_the_summary(
+    moto_aws, gpu_batch, aws_conn, closed_after
+):
     put_manifest(moto_aws)
-    op = operator(job_queue=gpu_batch["job_queue"], job_definition=gpu_batch["job_definition"], output_uri=OUTPUT,
-                  outlets=[Asset("s3://lake/recommendations/")])
+    op = operator(
+        job_queue=gpu_batch["job_queue"],
+        job_definition=gpu_batch["job_definition"],
+        output_uri=OUTPUT,
+        outlets=[Asset("s3://lake/recommendations/")],
+    )
     [event] = await events_of(start_trigger(op))
     assert type(event) is TriggerEvent
     assert event.payload["status"] == "SUCCEEDED" and event.payload["manifest"]["run_id"] == "w-123"
 
 
 async def test_fields_that_render_wrong_fail_the_task_before_any_submit(moto_aws, gpu_batch, aws_conn, closed_after):
-    op = operator(job_queue=gpu_batch["job_queue"], job_definition=gpu_batch["job_definition"], gpus="{{ params.gpus }}")
+    op = operator(
+        job_queue=gpu_batch["job_queue"], job_definition=gpu_batch["job_definition"], gpus="{{ params.gpus }}"
+    )
     trigger = start_trigger(op)
     trigger.gpus = "many"  # as a template could render
     [event] = await events_of(trigger)
@@ -224,9 +254,19 @@ class OutletEvents(dict):
 def test_the_resume_gives_every_asset_outlet_the_manifest_summary_as_extra():
     asset = Asset("s3://lake/recommendations/")
     op = operator(output_uri=OUTPUT, outlets=[asset])
-    summary = {"run_id": "w-123", "output_uri": OUTPUT, "manifest_uri": OUTPUT + "manifest.json", "finished_at": "t",
-               "summary": {"users": 3, "items": 2, "interactions": 5, "recommendations": 6,
-                           "precision_at_k": {"k": 10, "als": 0.3, "popularity": 0.1}}}
+    summary = {
+        "run_id": "w-123",
+        "output_uri": OUTPUT,
+        "manifest_uri": OUTPUT + "manifest.json",
+        "finished_at": "t",
+        "summary": {
+            "users": 3,
+            "items": 2,
+            "interactions": 5,
+            "recommendations": 6,
+            "precision_at_k": {"k": 10, "als": 0.3, "popularity": 0.1},
+        },
+    }
     event = {"job_id": "j-1", "status": "SUCCEEDED", "attempts": 1, "exit_code": 0, "manifest": summary}
     context = {"ti": FakeTaskInstance(), "outlet_events": OutletEvents()}
     result = op.execute_complete(context, event)
@@ -241,8 +281,8 @@ def test_a_mapped_task_has_no_start_arguments_so_it_starts_on_a_worker():
     """Airflow 3.3 takes a mapped task's StartTriggerArgs from partial() or the class, never from an
     instance: without them the scheduler queues the task for a worker (documented fallback)."""
     with DAG("mapped", schedule=None):
-        mapped = GpuBatchOperator.partial(task_id="train", job_queue="q", job_definition="d", start_from_trigger=True).expand(
-            command=[["als", "--shard", "0"], ["als", "--shard", "1"]]
-        )
+        mapped = GpuBatchOperator.partial(
+            task_id="train", job_queue="q", job_definition="d", start_from_trigger=True
+        ).expand(command=[["als", "--shard", "0"], ["als", "--shard", "1"]])
     assert mapped.start_from_trigger is True
     assert mapped.start_trigger_args is None

@@ -57,10 +57,17 @@ PRINTS_AND_EXITS_3 = ["python", "-c", "print('epoch 1 loss 0.5'); print('epoch 2
 
 def test_local_submit_streams_the_log_and_exits_with_the_jobs_code(local_jobs, tmp_path):
     go = tmp_path / "go"
-    program = (f"import os, time\nprint('epoch 1 loss 0.5'); print('epoch 2 loss 0.25', flush=True)\n"
-               f"for _ in range(600):\n    if os.path.exists({str(go)!r}): break\n    time.sleep(0.1)\nraise SystemExit(3)\n")
-    process = subprocess.Popen([str(CLI), "submit", *LOCAL, "--", "python", "-c", program], env=local_jobs,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    program = (
+        f"import os, time\nprint('epoch 1 loss 0.5'); print('epoch 2 loss 0.25', flush=True)\n"
+        f"for _ in range(600):\n    if os.path.exists({str(go)!r}): break\n    time.sleep(0.1)\nraise SystemExit(3)\n"
+    )
+    process = subprocess.Popen(
+        [str(CLI), "submit", *LOCAL, "--", "python", "-c", program],
+        env=local_jobs,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         seen = ""
         for _ in range(100):  # bounded
@@ -113,12 +120,19 @@ def test_local_logs_whole_tail_and_follow(local_jobs):
 
 def test_local_logs_follow_with_tail_prints_the_end_then_what_comes(local_jobs, tmp_path):
     go = tmp_path / "go"
-    program = (f"import os, time\nfor i in range(5): print('line', i, flush=True)\n"
-               f"for _ in range(600):\n    if os.path.exists({str(go)!r}): break\n    time.sleep(0.1)\nprint('end', flush=True)\n")
+    program = (
+        f"import os, time\nfor i in range(5): print('line', i, flush=True)\n"
+        f"for _ in range(600):\n    if os.path.exists({str(go)!r}): break\n    time.sleep(0.1)\nprint('end', flush=True)\n"
+    )
     done = cli(local_jobs, "submit", *LOCAL, "--detach", "--", "python", "-c", program)
     job_id = job_id_in(done.stdout)
-    process = subprocess.Popen([str(CLI), "logs", job_id, *LOCAL, "--follow", "--tail", "2"], env=local_jobs,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [str(CLI), "logs", job_id, *LOCAL, "--follow", "--tail", "2"],
+        env=local_jobs,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         seen = []
         for _ in range(100):  # bounded
@@ -139,9 +153,21 @@ def test_local_logs_follow_with_tail_prints_the_end_then_what_comes(local_jobs, 
 
 def test_local_ctrl_c_with_terminate_on_interrupt_terminates_the_job(local_jobs):
     process = subprocess.Popen(
-        [str(CLI), "submit", *LOCAL, "--terminate-on-interrupt", "--", "python", "-u", "-c",
-         "import time; print('started', flush=True); time.sleep(120)"],
-        env=local_jobs, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            str(CLI),
+            "submit",
+            *LOCAL,
+            "--terminate-on-interrupt",
+            "--",
+            "python",
+            "-u",
+            "-c",
+            "import time; print('started', flush=True); time.sleep(120)",
+        ],
+        env=local_jobs,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         seen = ""
@@ -168,8 +194,21 @@ def test_local_ctrl_c_asks_before_terminating(local_jobs, answer):
 
     master, slave = pty.openpty()  # a terminal on stdin, so the question can be asked
     process = subprocess.Popen(
-        [str(CLI), "submit", *LOCAL, "--", "python", "-u", "-c", "import time; print('started', flush=True); time.sleep(120)"],
-        env=local_jobs, stdin=slave, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            str(CLI),
+            "submit",
+            *LOCAL,
+            "--",
+            "python",
+            "-u",
+            "-c",
+            "import time; print('started', flush=True); time.sleep(120)",
+        ],
+        env=local_jobs,
+        stdin=slave,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     os.close(slave)
     try:
@@ -205,8 +244,13 @@ def test_local_ctrl_c_asks_before_terminating(local_jobs, answer):
         hints = re.findall(r"`(airflow-gpu [^`]+)`", out.split("keeps running")[1])
         assert [h.split()[1] for h in hints] == ["cancel", "logs"], out
         env = {k: v for k, v in local_jobs.items() if k != "AIRFLOW_GPU_BACKEND"}
-        cancel = subprocess.run(shlex.split(hints[0].replace("airflow-gpu", str(CLI), 1)), env=env,
-                                capture_output=True, text=True, timeout=60)
+        cancel = subprocess.run(
+            shlex.split(hints[0].replace("airflow-gpu", str(CLI), 1)),
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert cancel.returncode == 0 and f"Terminating job {job_id}" in cancel.stdout, cancel.stderr
     else:
         assert f"Terminated job {job_id}." in out and "status: FAILED" in status
@@ -214,10 +258,24 @@ def test_local_ctrl_c_asks_before_terminating(local_jobs, answer):
 
 def test_local_script_is_staged_and_run_by_run_script(local_jobs, tmp_path):
     script = tmp_path / "train.py"
-    script.write_text("import os, sys\nprint('args', sys.argv[1:])\nopen(os.path.join(os.environ['OUTPUT_DIR'], 'model.txt'), 'w').write('ok')\n")
+    script.write_text(
+        "import os, sys\nprint('args', sys.argv[1:])\nopen(os.path.join(os.environ['OUTPUT_DIR'], 'model.txt'), 'w').write('ok')\n"
+    )
     worker_image = {k: v for k, v in local_jobs.items() if k != "AIRFLOW_GPU_LOCAL_ENTRYPOINT"}  # airflow-gpu-worker
-    done = cli(worker_image, "submit", *LOCAL, "--script", str(script), "--output", str(tmp_path / "out"),
-               "--staging-prefix", str(tmp_path / "staging"), "--", "--epochs", "2")
+    done = cli(
+        worker_image,
+        "submit",
+        *LOCAL,
+        "--script",
+        str(script),
+        "--output",
+        str(tmp_path / "out"),
+        "--staging-prefix",
+        str(tmp_path / "staging"),
+        "--",
+        "--epochs",
+        "2",
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "args ['--epochs', '2']" in done.stdout
     [staged] = (tmp_path / "staging" / "scripts").glob("*/train.py")
@@ -253,7 +311,9 @@ def test_bad_arguments_are_refused_before_anything_is_submitted(local_jobs, tmp_
     (tmp_path / "x.py").write_text("print(1)\n")
     env = {k: v for k, v in local_jobs.items() if k != "AIRFLOW_GPU_STAGING_PREFIX"}
     # On Batch the staging prefix must be named (a local job stages beside its records without one).
-    done = cli(env, "submit", "--queue", "q", "--definition", "d", "--script", str(tmp_path / "x.py"), "--output", "s3://b/o/")
+    done = cli(
+        env, "submit", "--queue", "q", "--definition", "d", "--script", str(tmp_path / "x.py"), "--output", "s3://b/o/"
+    )
     assert done.returncode == 2 and "No staging prefix" in done.stderr and "--staging-prefix" in done.stderr
     assert not (tmp_path / "jobs").exists()  # nothing was submitted
 
@@ -296,9 +356,25 @@ def play_next_job(moto_aws, entrypoint: bool = False) -> list[int]:
 def test_moto_submit_streams_the_log_and_propagates_a_non_zero_exit(moto_aws, gpu_batch):
     moto_aws.batch.hold("RUNNABLE")
     codes = play_next_job(moto_aws)
-    done = cli(clean_env(), "submit", "--queue", gpu_batch["job_queue"], "--definition", gpu_batch["job_definition"],
-               "--gpus", "1", "--env", "EPOCHS=2", "--tag", "team=ds", "--poll-interval", "0.2", *moto_args(moto_aws),
-               "--", *PRINTS_AND_EXITS_3)
+    done = cli(
+        clean_env(),
+        "submit",
+        "--queue",
+        gpu_batch["job_queue"],
+        "--definition",
+        gpu_batch["job_definition"],
+        "--gpus",
+        "1",
+        "--env",
+        "EPOCHS=2",
+        "--tag",
+        "team=ds",
+        "--poll-interval",
+        "0.2",
+        *moto_args(moto_aws),
+        "--",
+        *PRINTS_AND_EXITS_3,
+    )
     assert done.returncode == 3, done.stdout + done.stderr
     assert codes == [3]
     out = done.stdout
@@ -315,22 +391,40 @@ def test_moto_submit_streams_the_log_and_propagates_a_non_zero_exit(moto_aws, gp
 def test_moto_cancel_status_and_jobs_listing(moto_aws, gpu_batch):
     moto_aws.batch.hold("RUNNING")
     target = ("--queue", gpu_batch["job_queue"], "--definition", gpu_batch["job_definition"])
-    done = cli(clean_env(), "submit", *target, "--detach", "--name", "nightly", *moto_args(moto_aws), "--", "python", "train.py")
+    done = cli(
+        clean_env(),
+        "submit",
+        *target,
+        "--detach",
+        "--name",
+        "nightly",
+        *moto_args(moto_aws),
+        "--",
+        "python",
+        "train.py",
+    )
     assert done.returncode == 0, done.stderr
     job_id = job_id_in(done.stdout)
     # A job an Airflow task submitted is listed with its dag, task and run.
     from airflow_gpu.jobs.spec import TaskIdentity
 
     identity = TaskIdentity("recsys", "train", "scheduled__2026-01-01", -1)
-    other = moto_aws.client("batch").submit_job(jobName="recsys-train-x", jobQueue=gpu_batch["job_queue"],
-                                                jobDefinition=gpu_batch["job_definition"], tags=identity.tags())["jobId"]
-    foreign = moto_aws.client("batch").submit_job(jobName="not-ours", jobQueue=gpu_batch["job_queue"],
-                                                  jobDefinition=gpu_batch["job_definition"])["jobId"]
+    other = moto_aws.client("batch").submit_job(
+        jobName="recsys-train-x",
+        jobQueue=gpu_batch["job_queue"],
+        jobDefinition=gpu_batch["job_definition"],
+        tags=identity.tags(),
+    )["jobId"]
+    foreign = moto_aws.client("batch").submit_job(
+        jobName="not-ours", jobQueue=gpu_batch["job_queue"], jobDefinition=gpu_batch["job_definition"]
+    )["jobId"]
     listing = cli(clean_env(), "jobs", "--queue", gpu_batch["job_queue"], *moto_args(moto_aws))
     assert listing.returncode == 0, listing.stderr
     assert job_id in listing.stdout and "nightly-" in listing.stdout
     # (DURATION, GPU-H and COST stay "-" while a job runs.)
-    assert re.search(rf"{other}\s+RUNNING\s+recsys-train-x\s+-\s+-\s+-\s+recsys.train run scheduled__2026-01-01", listing.stdout)
+    assert re.search(
+        rf"{other}\s+RUNNING\s+recsys-train-x\s+-\s+-\s+-\s+recsys.train run scheduled__2026-01-01", listing.stdout
+    )
     assert foreign not in listing.stdout  # not submitted by airflow-gpu
 
     cancel = cli(clean_env(), "cancel", job_id, "--reason", "wrong data", *moto_args(moto_aws))
@@ -354,17 +448,37 @@ def test_moto_script_is_uploaded_to_the_staging_prefix_and_run_by_run_script(mot
     s3.create_bucket(Bucket="ds-data")
     s3.put_object(Bucket="ds-data", Key="in/data.csv", Body=b"a,b\n1,2\n")
     script = tmp_path / "train.py"
-    script.write_text("import os\nprint('inputs', sorted(os.listdir(os.environ['INPUT_DIR'])))\n"
-                      "open(os.path.join(os.environ['OUTPUT_DIR'], 'm.txt'), 'w').write('ok')\n")
+    script.write_text(
+        "import os\nprint('inputs', sorted(os.listdir(os.environ['INPUT_DIR'])))\n"
+        "open(os.path.join(os.environ['OUTPUT_DIR'], 'm.txt'), 'w').write('ok')\n"
+    )
     moto_aws.batch.hold("RUNNABLE")
     codes = play_next_job(moto_aws, entrypoint=True)
-    done = cli(clean_env(), "submit", "--queue", gpu_batch["job_queue"], "--definition", gpu_batch["job_definition"],
-               "--script", str(script), "--input", "s3://ds-data/in/", "--output", "s3://ds-data/out/",
-               "--staging-prefix", "s3://ds-data/staging/", "--poll-interval", "0.2", *moto_args(moto_aws))
+    done = cli(
+        clean_env(),
+        "submit",
+        "--queue",
+        gpu_batch["job_queue"],
+        "--definition",
+        gpu_batch["job_definition"],
+        "--script",
+        str(script),
+        "--input",
+        "s3://ds-data/in/",
+        "--output",
+        "s3://ds-data/out/",
+        "--staging-prefix",
+        "s3://ds-data/staging/",
+        "--poll-interval",
+        "0.2",
+        *moto_args(moto_aws),
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert codes == [0]
     command = moto_aws.log.submitted[-1]["containerOverrides"]["command"]
-    assert command[:2] == ["run-script", "--script"] and re.fullmatch(r"s3://ds-data/staging/scripts/[0-9a-f]{64}/train\.py", command[2])
+    assert command[:2] == ["run-script", "--script"] and re.fullmatch(
+        r"s3://ds-data/staging/scripts/[0-9a-f]{64}/train\.py", command[2]
+    )
     assert command[3:5] == ["--sha256", command[2].split("/")[-2]]  # the worker runs only those bytes
     assert "inputs ['data.csv']" in done.stdout
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket="ds-data", Prefix="out/")["Contents"]]

@@ -23,8 +23,13 @@ def empty_chain(tmp_path: Path, **more: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "AIRFLOW"))}
     empty = tmp_path / "empty"
     empty.write_text("")
-    env.update(AWS_CONFIG_FILE=str(empty), AWS_SHARED_CREDENTIALS_FILE=str(empty), AWS_EC2_METADATA_DISABLED="true",
-               HOME=str(tmp_path), AIRFLOW_HOME="/nonexistent/airflow-home")
+    env.update(
+        AWS_CONFIG_FILE=str(empty),
+        AWS_SHARED_CREDENTIALS_FILE=str(empty),
+        AWS_EC2_METADATA_DISABLED="true",
+        HOME=str(tmp_path),
+        AIRFLOW_HOME="/nonexistent/airflow-home",
+    )
     env.update(more)
     return env
 
@@ -70,7 +75,9 @@ def test_no_credentials_names_the_ways_to_provide_them(command, tmp_path, moto_a
 
 @pytest.mark.parametrize("region", [(), ("--region", "eu-west-1")], ids=["without-region", "with-region"])
 def test_a_missing_profile_is_named(region, tmp_path):
-    line = one_line_error(cli(empty_chain(tmp_path, AWS_REGION="us-east-1"), "status", JOB, "--profile", "nope", *region), "status")
+    line = one_line_error(
+        cli(empty_chain(tmp_path, AWS_REGION="us-east-1"), "status", JOB, "--profile", "nope", *region), "status"
+    )
     assert "'nope'" in line and "--profile" in line
 
 
@@ -82,31 +89,78 @@ def test_an_expired_token_says_to_log_in_again(tmp_path, moto_aws, gpu_batch):
 
 @pytest.mark.parametrize("command, action", [("submit", "batch:SubmitJob"), ("status", "batch:DescribeJobs")])
 def test_access_denied_names_the_action_and_the_policy_file(command, action, tmp_path, moto_aws, gpu_batch):
-    moto_aws.batch.refuse(command.replace("status", "describejobs").replace("submit", "submitjob"), "AccessDeniedException")
-    args = COMMANDS[command] if command == "status" else (
-        "--queue", gpu_batch["job_queue"], "--definition", gpu_batch["job_definition"], "--detach", "--", "python", "train.py")
+    moto_aws.batch.refuse(
+        command.replace("status", "describejobs").replace("submit", "submitjob"), "AccessDeniedException"
+    )
+    args = (
+        COMMANDS[command]
+        if command == "status"
+        else (
+            "--queue",
+            gpu_batch["job_queue"],
+            "--definition",
+            gpu_batch["job_definition"],
+            "--detach",
+            "--",
+            "python",
+            "train.py",
+        )
+    )
     line = one_line_error(cli(with_keys(tmp_path), command, *moto(moto_aws), *args), command)
     assert action in line and "container/iam/airflow.json" in line
 
 
 def test_an_unknown_queue_lists_the_queues_that_exist(tmp_path, moto_aws, gpu_batch):
-    done = cli(with_keys(tmp_path), "submit", "--queue", "gpu-queu", "--definition", gpu_batch["job_definition"],
-               "--detach", *moto(moto_aws), "--", "python", "train.py")
+    done = cli(
+        with_keys(tmp_path),
+        "submit",
+        "--queue",
+        "gpu-queu",
+        "--definition",
+        gpu_batch["job_definition"],
+        "--detach",
+        *moto(moto_aws),
+        "--",
+        "python",
+        "train.py",
+    )
     line = one_line_error(done, "submit")
     assert "'gpu-queu'" in line and "--queue" in line and "gpu-queue" in line.split("one of:")[1]
     assert not moto_aws.batch.jobs()
 
 
 def test_an_unknown_job_definition_lists_the_definitions_that_exist(tmp_path, moto_aws, gpu_batch):
-    done = cli(with_keys(tmp_path), "submit", "--queue", gpu_batch["job_queue"], "--definition", "gpu-alss",
-               "--detach", *moto(moto_aws), "--", "python", "train.py")
+    done = cli(
+        with_keys(tmp_path),
+        "submit",
+        "--queue",
+        gpu_batch["job_queue"],
+        "--definition",
+        "gpu-alss",
+        "--detach",
+        *moto(moto_aws),
+        "--",
+        "python",
+        "train.py",
+    )
     line = one_line_error(done, "submit")
     assert "'gpu-alss'" in line and "--definition" in line and "gpu-als:1" in line
 
 
 def test_with_nothing_set_up_the_error_names_batch_setup(tmp_path, moto_aws):
-    done = cli(with_keys(tmp_path), "submit", "--queue", "gpu-queue", "--definition", "gpu-als",
-               "--detach", *moto(moto_aws), "--", "python", "train.py")
+    done = cli(
+        with_keys(tmp_path),
+        "submit",
+        "--queue",
+        "gpu-queue",
+        "--definition",
+        "gpu-als",
+        "--detach",
+        *moto(moto_aws),
+        "--",
+        "python",
+        "train.py",
+    )
     line = one_line_error(done, "submit")
     assert "batch-setup" in line
 
@@ -125,8 +179,22 @@ def test_an_unreachable_endpoint_gives_up_in_one_line_in_a_terminal(command, tmp
     endpoint = f"http://127.0.0.1:{closed_port()}"
     controller, terminal = pty.openpty()
     process = subprocess.Popen(
-        [str(CLI), command, "--endpoint-url", endpoint, "--region", "us-east-1", "--give-up-after", "2", *COMMANDS[command]],
-        env=with_keys(tmp_path), stdin=terminal, stdout=terminal, stderr=terminal, close_fds=True,
+        [
+            str(CLI),
+            command,
+            "--endpoint-url",
+            endpoint,
+            "--region",
+            "us-east-1",
+            "--give-up-after",
+            "2",
+            *COMMANDS[command],
+        ],
+        env=with_keys(tmp_path),
+        stdin=terminal,
+        stdout=terminal,
+        stderr=terminal,
+        close_fds=True,
     )
     os.close(terminal)
     seen = b""

@@ -28,8 +28,6 @@ async def closed_after():
     await JobWatcher.close_all()
 
 
-
-
 @pytest.fixture
 def task_state(monkeypatch):
     """The task instance's state as on_kill reads it through the Task SDK (set ``.value``)."""
@@ -48,7 +46,12 @@ def watcher_for(trigger: GpuBatchJobTrigger) -> JobWatcher:
 
 def test_serialize_round_trips_and_holds_no_secrets(aws_conn):
     trigger = GpuBatchJobTrigger(
-        "5b4e7d1c-job", aws_conn_id="aws_default", region_name="eu-west-1", poll_interval=12.5, max_queued=3600, stream_logs=False
+        "5b4e7d1c-job",
+        aws_conn_id="aws_default",
+        region_name="eu-west-1",
+        poll_interval=12.5,
+        max_queued=3600,
+        stream_logs=False,
     )
     classpath, kwargs = trigger.serialize()
     module, name = classpath.rsplit(".", 1)
@@ -124,7 +127,9 @@ async def test_max_queued_terminates_only_jobs_still_queued(moto_aws, gpu_batch,
     assert lucky_event["status"] == "SUCCEEDED"
 
 
-async def test_on_kill_terminates_with_a_reason_naming_the_task(moto_aws, gpu_batch, aws_conn, closed_after, task_state):
+async def test_on_kill_terminates_with_a_reason_naming_the_task(
+    moto_aws, gpu_batch, aws_conn, closed_after, task_state
+):
     moto_aws.batch.hold("RUNNING")
     job_id = submit_raw(moto_aws, gpu_batch)
     trigger = GpuBatchJobTrigger(job_id, poll_interval=0.1)
@@ -143,7 +148,9 @@ async def test_on_kill_terminates_with_a_reason_naming_the_task(moto_aws, gpu_ba
     assert moto_aws.batch.status(job_id) == "FAILED"
 
 
-async def cancel_while_watched(moto_aws, gpu_batch, *, map_index: int = -1) -> tuple[str, GpuBatchJobTrigger, JobWatcher]:
+async def cancel_while_watched(
+    moto_aws, gpu_batch, *, map_index: int = -1
+) -> tuple[str, GpuBatchJobTrigger, JobWatcher]:
     """A trigger watching a RUNNING job, cancelled as the triggerer cancels it (user action, restart or move)."""
     moto_aws.batch.hold("RUNNING")
     job_id = submit_raw(moto_aws, gpu_batch)
@@ -158,7 +165,9 @@ async def cancel_while_watched(moto_aws, gpu_batch, *, map_index: int = -1) -> t
     return job_id, trigger, watcher
 
 
-async def test_a_second_cancel_during_on_kill_still_terminates_the_job(moto_aws, gpu_batch, aws_conn, closed_after, task_state):
+async def test_a_second_cancel_during_on_kill_still_terminates_the_job(
+    moto_aws, gpu_batch, aws_conn, closed_after, task_state
+):
     # Airflow 3.3's triggerer cancels a trigger it dropped again on each pass until the trigger has
     # ended; that cancel can land inside on_kill, which must finish terminating the job all the same.
     job_id, trigger, _ = await cancel_while_watched(moto_aws, gpu_batch)
@@ -183,7 +192,9 @@ async def test_a_restart_or_move_releases_the_watch_and_leaves_the_job(moto_aws,
     assert moto_aws.batch.status(job_id) == "RUNNING"
 
 
-async def test_on_kill_from_a_resumed_stalled_triggerer_leaves_the_job(moto_aws, gpu_batch, aws_conn, closed_after, task_state):
+async def test_on_kill_from_a_resumed_stalled_triggerer_leaves_the_job(
+    moto_aws, gpu_batch, aws_conn, closed_after, task_state
+):
     # Airflow 3.3.2 cancels a trigger that moved to another triggerer with the user-action message
     # when the first one resumes from a stall (apache/airflow PR #73454): the task is still DEFERRED.
     task_state.value = "deferred"

@@ -48,8 +48,6 @@ def opened(monkeypatch):
     return seen
 
 
-
-
 async def submit_many(moto_aws, gpu_batch, n: int) -> list[str]:
     def one(i: int) -> str:
         return submit_raw(moto_aws, gpu_batch, f"job-{i}")
@@ -102,7 +100,9 @@ async def test_300_triggers_share_one_client_and_at_most_3_calls_per_cycle(
     assert moto_aws.log.calls["submitjob"] == 0
 
 
-async def test_throttling_backs_off_and_every_trigger_still_succeeds(moto_aws, gpu_batch, aws_conn, caplog, closed_after):
+async def test_throttling_backs_off_and_every_trigger_still_succeeds(
+    moto_aws, gpu_batch, aws_conn, caplog, closed_after
+):
     moto_aws.batch.hold("RUNNING")
     job_ids = await submit_many(moto_aws, gpu_batch, 40)
     tasks = [asyncio.create_task(collect_events(GpuBatchJobTrigger(j, poll_interval=0.1), timeout=60)) for j in job_ids]
@@ -234,7 +234,9 @@ async def test_two_watches_on_one_job_share_its_poll_and_both_see_the_end(moto_a
     assert watcher.watched == 0
 
 
-async def test_a_cycles_chunks_start_spread_over_half_the_interval_in_the_same_order(moto_aws, gpu_batch, aws_conn, monkeypatch, closed_after):
+async def test_a_cycles_chunks_start_spread_over_half_the_interval_in_the_same_order(
+    moto_aws, gpu_batch, aws_conn, monkeypatch, closed_after
+):
     """Jobs that ended during one interval are not all seen in one instant (a burst of events that
     Airflow's triggerer turns into task state one by one): chunk k of K starts k/(2K) of the interval
     into its cycle, so each job is still described once per interval."""
@@ -265,7 +267,9 @@ async def test_a_cycles_chunks_start_spread_over_half_the_interval_in_the_same_o
         watch.close()
 
 
-async def test_a_faster_watch_arriving_mid_cycle_brings_the_rest_of_the_spread_forward(moto_aws, gpu_batch, aws_conn, closed_after):
+async def test_a_faster_watch_arriving_mid_cycle_brings_the_rest_of_the_spread_forward(
+    moto_aws, gpu_batch, aws_conn, closed_after
+):
     """250 jobs polled every 600 s spread their 3 chunks over 300 s; a job watched every 0.5 s that
     arrives after the first chunk must not wait out those 300 s for its first describe."""
     moto_aws.batch.hold("RUNNING")

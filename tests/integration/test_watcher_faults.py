@@ -40,7 +40,9 @@ async def _start(moto_aws, gpu_batch, n: int, extra_ids: tuple[str, ...] = ()):
     moto_aws.batch.hold("RUNNING")
     job_ids = [submit_raw(moto_aws, gpu_batch, f"job-{i}") for i in range(n)]
     tasks = {
-        job_id: asyncio.create_task(collect_events(in_triggerer(GpuBatchJobTrigger(job_id, poll_interval=0.1)), timeout=60))
+        job_id: asyncio.create_task(
+            collect_events(in_triggerer(GpuBatchJobTrigger(job_id, poll_interval=0.1)), timeout=60)
+        )
         for job_id in [*job_ids, *extra_ids]
     }
     return job_ids, tasks
@@ -52,9 +54,17 @@ async def _finish(moto_aws, job_ids, tasks):
     return {job_id: (await task)[0] for job_id, task in tasks.items()}
 
 
-async def test_an_expired_token_refreshes_the_credentials_and_fails_no_job(moto_aws, gpu_batch, fault_proxy, proxied_conn):
-    fault = fault_proxy.add("error", when=DESCRIBE, times=1, status=403, code="ExpiredTokenException",
-                            message="The security token included in the request is expired")
+async def test_an_expired_token_refreshes_the_credentials_and_fails_no_job(
+    moto_aws, gpu_batch, fault_proxy, proxied_conn
+):
+    fault = fault_proxy.add(
+        "error",
+        when=DESCRIBE,
+        times=1,
+        status=403,
+        code="ExpiredTokenException",
+        message="The security token included in the request is expired",
+    )
     job_ids, tasks = await _start(moto_aws, gpu_batch, 6)
     await wait_until(lambda: fault.injected == 1)
     events = await _finish(moto_aws, job_ids, tasks)
@@ -66,8 +76,12 @@ async def test_an_expired_token_refreshes_the_credentials_and_fails_no_job(moto_
     FAULT_TALLY["runs survived"] += 6
 
 
-@pytest.mark.parametrize("code, status", [("AccessDeniedException", 403), ("UnauthorizedException", 401), ("InvalidClientTokenId", 403)])
-async def test_a_4xx_for_a_while_is_retried_and_fails_no_job(moto_aws, gpu_batch, fault_proxy, proxied_conn, code, status):
+@pytest.mark.parametrize(
+    "code, status", [("AccessDeniedException", 403), ("UnauthorizedException", 401), ("InvalidClientTokenId", 403)]
+)
+async def test_a_4xx_for_a_while_is_retried_and_fails_no_job(
+    moto_aws, gpu_batch, fault_proxy, proxied_conn, code, status
+):
     fault = fault_proxy.add("error", when=DESCRIBE, times=5, status=status, code=code)
     job_ids, tasks = await _start(moto_aws, gpu_batch, 6)
     await wait_until(lambda: fault.injected == 5)
@@ -82,8 +96,13 @@ async def test_access_denied_past_the_grace_time_names_the_permission_and_termin
     moto_aws, gpu_batch, fault_proxy, proxied_conn, monkeypatch
 ):
     monkeypatch.setenv("AIRFLOW_GPU_DESCRIBE_ERROR_GRACE", "0.5")
-    fault_proxy.add("error", when=DESCRIBE, status=403, code="AccessDeniedException",
-                    message="User is not authorized to perform: batch:DescribeJobs")
+    fault_proxy.add(
+        "error",
+        when=DESCRIBE,
+        status=403,
+        code="AccessDeniedException",
+        message="User is not authorized to perform: batch:DescribeJobs",
+    )
     job_ids, tasks = await _start(moto_aws, gpu_batch, 3)
     events = {job_id: (await task)[0] for job_id, task in tasks.items()}
 
@@ -102,8 +121,13 @@ async def test_access_denied_past_the_grace_time_names_the_permission_and_termin
 
 async def test_one_malformed_id_fails_only_itself(moto_aws, gpu_batch, fault_proxy, proxied_conn):
     bad = "not-a-job-id"
-    fault = fault_proxy.add("error", when=lambda r: DESCRIBE(r) and bad.encode() in r.body, status=400, code="ClientException",
-                            message="jobs contains an invalid job id")
+    fault = fault_proxy.add(
+        "error",
+        when=lambda r: DESCRIBE(r) and bad.encode() in r.body,
+        status=400,
+        code="ClientException",
+        message="jobs contains an invalid job id",
+    )
     job_ids, tasks = await _start(moto_aws, gpu_batch, 5, extra_ids=(bad,))
     await wait_until(lambda: fault.injected >= 1)
     bad_event = (await tasks.pop(bad))[0]
@@ -137,7 +161,9 @@ async def test_a_connection_lookup_failing_for_a_while_fails_no_job(moto_aws, gp
     FAULT_TALLY["runs survived"] += 3
 
 
-async def test_a_key_that_expires_under_the_live_log_refreshes_the_logs_client_too(moto_aws, gpu_batch, fault_proxy, proxied_conn, monkeypatch):
+async def test_a_key_that_expires_under_the_live_log_refreshes_the_logs_client_too(
+    moto_aws, gpu_batch, fault_proxy, proxied_conn, monkeypatch
+):
     """The key is rotated: the connection now holds a new one, and CloudWatch refuses the old one, which
     the follower's client was made with. Its reads re-read the connection (as DescribeJobs does), and the
     lines keep coming on the new key; before, every sweep failed with the old client until the job ended."""
@@ -156,13 +182,22 @@ async def test_a_key_that_expires_under_the_live_log_refreshes_the_logs_client_t
     monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", json.dumps(rotated))
 
     def old_key_reading_logs(request) -> bool:
-        return ("FilterLogEvents" in request.headers.get("x-amz-target", "")
-                and "Credential=testing/" in request.headers.get("authorization", ""))
+        return "FilterLogEvents" in request.headers.get(
+            "x-amz-target", ""
+        ) and "Credential=testing/" in request.headers.get("authorization", "")
 
-    expired = fault_proxy.add("error", when=old_key_reading_logs, status=400, code="ExpiredTokenException",
-                              message="The security token included in the request is expired")
-    moto_aws.client("logs").put_log_events(logGroupName="/aws/batch/job", logStreamName=stream,
-                                           logEvents=[{"timestamp": int(time.time() * 1000), "message": "after the rotation"}])
+    expired = fault_proxy.add(
+        "error",
+        when=old_key_reading_logs,
+        status=400,
+        code="ExpiredTokenException",
+        message="The security token included in the request is expired",
+    )
+    moto_aws.client("logs").put_log_events(
+        logGroupName="/aws/batch/job",
+        logStreamName=stream,
+        logEvents=[{"timestamp": int(time.time() * 1000), "message": "after the rotation"}],
+    )
     await wait_until(lambda: "after the rotation" in "\n".join(lines.records), timeout=30)
     moto_aws.batch.set_status(job_id, "SUCCEEDED")
     [event] = await task

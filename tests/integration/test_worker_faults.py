@@ -44,7 +44,9 @@ def published(s3, bucket: str, prefix: str) -> dict[str, str]:
 
 def test_als_with_30_percent_of_gets_reset_mid_body_publishes_the_same_bytes(moto_aws, fault_proxy, tmp_path, capsys):
     s3 = moto_aws.client("s3")
-    write_shards(synthetic_interactions(20_000, n_users=600, n_items=150, seed=3), tmp_path / "in", "parquet", objects=30)
+    write_shards(
+        synthetic_interactions(20_000, n_users=600, n_items=150, seed=3), tmp_path / "in", "parquet", objects=30
+    )
     upload_folder(s3, tmp_path / "in", "lake", "events")
     s3.create_bucket(Bucket="out")
     argv = ["als", "--input", "s3://lake/events/", "--weight-col", "plays", "--seed", "7", *SMALL]
@@ -72,7 +74,9 @@ for path in sorted(src.rglob("*")):
 """
 
 
-def test_run_script_with_30_percent_of_gets_reset_mid_body_publishes_the_same_bytes(moto_aws, fault_proxy, tmp_path, capsys):
+def test_run_script_with_30_percent_of_gets_reset_mid_body_publishes_the_same_bytes(
+    moto_aws, fault_proxy, tmp_path, capsys
+):
     s3 = moto_aws.client("s3")
     s3.create_bucket(Bucket="jobs")
     s3.put_object(Bucket="jobs", Key="code/copy.py", Body=SCRIPT)

@@ -26,7 +26,7 @@ class FolderStore:
 
 
 SOURCE = textwrap.dedent(
-    '''
+    """
     def job(marker, n, big=False, odd=False):
         import pathlib
         pathlib.Path(marker).write_text("ran")
@@ -35,12 +35,14 @@ SOURCE = textwrap.dedent(
         if odd:
             return {1, 2, 3}
         return {"square": n * n, "blob": "x" * (200_000 if big else 1)}
-    '''
+    """
 )
 
 
 def staged(tmp_path: Path, *args, multiple_outputs=False, **kwargs):
-    payload = function_payload(SOURCE, "job", [str(tmp_path / "ran.txt"), *args], kwargs, multiple_outputs=multiple_outputs)
+    payload = function_payload(
+        SOURCE, "job", [str(tmp_path / "ran.txt"), *args], kwargs, multiple_outputs=multiple_outputs
+    )
     return stage(FolderStore(), str(tmp_path / "staging"), "functions", payload, "function.json")
 
 

@@ -31,8 +31,22 @@ def _bucket(moto_aws):
 
 
 def _run(moto_aws, workdir: Path, *extra: str) -> int:
-    return main(["run-script", "--script", "s3://jobs/code/copy.py", "--input", "s3://jobs/in/", "--output", "s3://jobs/out/",
-                 "--endpoint-url", moto_aws.endpoint_url, "--workdir", str(workdir), *extra])
+    return main(
+        [
+            "run-script",
+            "--script",
+            "s3://jobs/code/copy.py",
+            "--input",
+            "s3://jobs/in/",
+            "--output",
+            "s3://jobs/out/",
+            "--endpoint-url",
+            moto_aws.endpoint_url,
+            "--workdir",
+            str(workdir),
+            *extra,
+        ]
+    )
 
 
 @pytest.mark.parametrize(
@@ -90,8 +104,17 @@ def test_a_link_in_output_that_points_outside_is_refused_not_uploaded(moto_aws, 
     s3 = moto_aws.client("s3")
     s3.create_bucket(Bucket="jobs")
     s3.put_object(Bucket="jobs", Key="code/link.py", Body=LINKER)
-    code = main(["run-script", "--script", "s3://jobs/code/link.py", "--output", "s3://jobs/out/",
-                 "--endpoint-url", moto_aws.endpoint_url])
+    code = main(
+        [
+            "run-script",
+            "--script",
+            "s3://jobs/code/link.py",
+            "--output",
+            "s3://jobs/out/",
+            "--endpoint-url",
+            moto_aws.endpoint_url,
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "output/stolen.txt is a link to /etc/passwd, outside output/" in err
     assert s3.list_objects_v2(Bucket="jobs", Prefix="out/").get("KeyCount") == 0
@@ -100,9 +123,20 @@ def test_a_link_in_output_that_points_outside_is_refused_not_uploaded(moto_aws, 
 def test_a_link_in_output_that_stays_inside_is_published_as_its_file(moto_aws, tmp_path, capsys):
     s3 = moto_aws.client("s3")
     s3.create_bucket(Bucket="jobs")
-    s3.put_object(Bucket="jobs", Key="code/link.py", Body=LINKER.replace(b'os.symlink("/etc/passwd", out / "stolen.txt")', b""))
-    code = main(["run-script", "--script", "s3://jobs/code/link.py", "--output", "s3://jobs/out/",
-                 "--endpoint-url", moto_aws.endpoint_url])
+    s3.put_object(
+        Bucket="jobs", Key="code/link.py", Body=LINKER.replace(b'os.symlink("/etc/passwd", out / "stolen.txt")', b"")
+    )
+    code = main(
+        [
+            "run-script",
+            "--script",
+            "s3://jobs/code/link.py",
+            "--output",
+            "s3://jobs/out/",
+            "--endpoint-url",
+            moto_aws.endpoint_url,
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     manifest = json.loads(s3.get_object(Bucket="jobs", Key="out/manifest.json")["Body"].read())
     names = sorted(f["path"].split("/output/", 1)[1] for f in manifest["files"] if f["kind"] == "output")

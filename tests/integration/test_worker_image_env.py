@@ -26,8 +26,16 @@ import pytest
 from airflow_gpu.demo.synthetic import synthetic_interactions, write_shards
 
 ROOT = Path(__file__).resolve().parents[2]
-OFFLINE_HINTS = ("failed to fetch", "dns error", "connection refused", "could not connect", "network is unreachable",
-                 "temporary failure in name resolution", "connect error", "timed out")
+OFFLINE_HINTS = (
+    "failed to fetch",
+    "dns error",
+    "connection refused",
+    "could not connect",
+    "network is unreachable",
+    "temporary failure in name resolution",
+    "connect error",
+    "timed out",
+)
 
 
 def _uv() -> str | None:
@@ -69,13 +77,27 @@ print(json.dumps({"worker_modules": names, "loaded": loaded}))
 @pytest.mark.timeout(900)
 def test_image_environment_runs_the_worker(tmp_path):
     if os.environ.get("AIRFLOW_GPU_SKIP_IMAGE_ENV") == "1":
-        pytest.skip("AIRFLOW_GPU_SKIP_IMAGE_ENV=1: the image environment (the transitive no-Airflow proof) is not checked")
+        pytest.skip(
+            "AIRFLOW_GPU_SKIP_IMAGE_ENV=1: the image environment (the transitive no-Airflow proof) is not checked"
+        )
     uv = _uv()
     assert uv is not None, "uv is not installed: `make venv` installs it into .venv"
     venv = tmp_path / "venv"
     python = venv / "bin" / "python"
     _install([uv, "venv", "--quiet", "--python", sys.executable, str(venv)])
-    _install([uv, "pip", "install", "--quiet", "--python", str(python), "--no-deps", "-r", str(ROOT / "container" / "requirements.txt")])
+    _install(
+        [
+            uv,
+            "pip",
+            "install",
+            "--quiet",
+            "--python",
+            str(python),
+            "--no-deps",
+            "-r",
+            str(ROOT / "container" / "requirements.txt"),
+        ]
+    )
     # Install from a copy of just what the Dockerfile copies, so the build leaves nothing in the work tree.
     source = tmp_path / "src"
     source.mkdir()
@@ -101,9 +123,27 @@ def test_image_environment_runs_the_worker(tmp_path):
     write_shards(synthetic_interactions(20_000, n_users=800, n_items=200, seed=2), tmp_path / "in", "orc", objects=3)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
     run = subprocess.run(
-        [str(venv / "bin" / "airflow-gpu-worker"), "als", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"),
-         "--weight-col", "plays", "--factors", "8", "--iterations", "3", "--eval-holdout", "0.2"],
-        capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path,
+        [
+            str(venv / "bin" / "airflow-gpu-worker"),
+            "als",
+            "--input",
+            str(tmp_path / "in"),
+            "--output",
+            str(tmp_path / "out"),
+            "--weight-col",
+            "plays",
+            "--factors",
+            "8",
+            "--iterations",
+            "3",
+            "--eval-holdout",
+            "0.2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=tmp_path,
     )
     assert run.returncode == 0, run.stderr[-3000:]
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
@@ -119,9 +159,21 @@ def test_image_environment_runs_the_worker(tmp_path):
     (project / "helper.py").write_text("VALUE = 'from the bundle'\n")
     (project / "main.py").write_text("from pkg.helper import VALUE\nprint(VALUE)\n")
     bundle = subprocess.run(
-        [str(venv / "bin" / "airflow-gpu-worker"), "run-script", "--code", str(tmp_path / "project"), "--module", "pkg.main",
-         "--output", str(tmp_path / "bundle-out")],
-        capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path,
+        [
+            str(venv / "bin" / "airflow-gpu-worker"),
+            "run-script",
+            "--code",
+            str(tmp_path / "project"),
+            "--module",
+            "pkg.main",
+            "--output",
+            str(tmp_path / "bundle-out"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=tmp_path,
     )
     assert bundle.returncode == 0, bundle.stderr[-3000:]
     assert "from the bundle" in bundle.stdout

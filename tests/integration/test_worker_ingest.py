@@ -79,7 +79,12 @@ class RecordingSink:
 
     def add(self, users, items, weights, *, seq):
         assert seq not in self.objects, f"object {seq} handed over twice"
-        self.objects[seq] = (len(users), users.to_pylist(), items.to_pylist(), None if weights is None else weights.tolist())
+        self.objects[seq] = (
+            len(users),
+            users.to_pylist(),
+            items.to_pylist(),
+            None if weights is None else weights.tolist(),
+        )
 
 
 def test_ingest_hands_each_objects_checked_rows_to_the_sink_in_listing_positions(tmp_path):
@@ -179,7 +184,9 @@ def test_invalid_weight_is_an_error_unless_dropped(tmp_path, bad):
 
 def test_non_numeric_weight_in_csv(tmp_path):
     (tmp_path / "p.csv").write_text("user,item,w\na,x,1\nb,y,lots\nc,x,2.5\n")
-    with pytest.raises(WorkerError, match=r"column 'w' in .*p\.csv has non-numeric weights such as 'lots'.*--drop-invalid"):
+    with pytest.raises(
+        WorkerError, match=r"column 'w' in .*p\.csv has non-numeric weights such as 'lots'.*--drop-invalid"
+    ):
         run(str(tmp_path))
     interactions, stats = run(str(tmp_path), drop_invalid=True)
     assert stats.invalid_weight_rows == 1
@@ -188,7 +195,9 @@ def test_non_numeric_weight_in_csv(tmp_path):
 
 def test_mixed_integer_and_string_ids_become_strings(tmp_path):
     (tmp_path / "a.parquet").write_bytes(encode(pa.table({"user": [1, 2], "item": [5, 6], "w": [1.0, 1.0]}), "parquet"))
-    (tmp_path / "b.parquet").write_bytes(encode(pa.table({"user": ["1", "x"], "item": [5, 6], "w": [1.0, 1.0]}), "parquet"))
+    (tmp_path / "b.parquet").write_bytes(
+        encode(pa.table({"user": ["1", "x"], "item": [5, 6], "w": [1.0, 1.0]}), "parquet")
+    )
     interactions, _ = run(str(tmp_path))
     assert as_sums(interactions) == {("1", 5): 2.0, ("2", 6): 1.0, ("x", 6): 1.0}
 

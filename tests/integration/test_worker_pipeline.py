@@ -56,10 +56,24 @@ def test_als_end_to_end_on_s3(moto_aws, tmp_path, interactions, capsys):
     s3.put_object(Bucket="lake", Key="interactions/_SUCCESS", Body=b"")
     s3.create_bucket(Bucket="out")
 
-    code = main([
-        "als", "--input", "s3://lake/interactions/", "--output", "s3://out/als/", "--weight-col", "plays",
-        "--endpoint-url", moto_aws.endpoint_url, "--eval-holdout", "0.2", "--batch-users", "400", *SMALL,
-    ])
+    code = main(
+        [
+            "als",
+            "--input",
+            "s3://lake/interactions/",
+            "--output",
+            "s3://out/als/",
+            "--weight-col",
+            "plays",
+            "--endpoint-url",
+            moto_aws.endpoint_url,
+            "--eval-holdout",
+            "0.2",
+            "--batch-users",
+            "400",
+            *SMALL,
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     log = capsys.readouterr().err
     assert "ingest: 4/4 objects" in log and "MB/s" in log and "train: iteration 6/6" in log
@@ -101,7 +115,9 @@ def test_als_end_to_end_on_s3(moto_aws, tmp_path, interactions, capsys):
     assert id_map["user_id"].to_pylist() == factors["user_id"].to_pylist()
 
     metrics = json.loads(s3_bytes(s3, "out", "als/" + manifest["metrics"]))
-    assert {"ingest", "matrix", "train", "evaluate", "recommend", "similar_items", "factors"} <= metrics["stages"].keys()
+    assert {"ingest", "matrix", "train", "evaluate", "recommend", "similar_items", "factors"} <= metrics[
+        "stages"
+    ].keys()
     assert len(metrics["training"]["loss"]) == 6 and metrics["training"]["device"] == "cpu"
     assert metrics["counts"]["rows_read"] == 40_000 and metrics["versions"]["implicit"] == "0.7.3"
     evaluation = metrics["evaluation"]
@@ -115,12 +131,29 @@ def test_the_returned_metrics_are_the_document_metrics_json_holds(tmp_path, inte
     # report was drawn from, stages and total time included (publish's own time is only logged).
     write_shards(interactions, tmp_path / "in", "parquet", objects=2)
     out = tmp_path / "out"
-    run = run_als(AlsConfig(input=str(tmp_path / "in"), output=str(out), columns=Columns(weight="plays"),
-                            train=TrainParams(factors=8, iterations=2), eval_holdout=0.2))
+    run = run_als(
+        AlsConfig(
+            input=str(tmp_path / "in"),
+            output=str(out),
+            columns=Columns(weight="plays"),
+            train=TrainParams(factors=8, iterations=2),
+            eval_holdout=0.2,
+        )
+    )
     written = json.loads((out / run.manifest["metrics"]).read_text())
     assert json.loads(json_bytes(run.metrics)) == written
-    assert list(written["stages"]) == ["ingest", "matrix", "split", "weighting", "train", "evaluate", "recommend",
-                                       "similar_items", "id_maps", "factors"]
+    assert list(written["stages"]) == [
+        "ingest",
+        "matrix",
+        "split",
+        "weighting",
+        "train",
+        "evaluate",
+        "recommend",
+        "similar_items",
+        "id_maps",
+        "factors",
+    ]
     assert written["ingest"]["build_seconds"] == written["stages"]["matrix"]
 
 
@@ -129,8 +162,14 @@ def test_rerun_replaces_the_manifest_only_at_the_end(tmp_path, interactions, mon
     out = tmp_path / "out"
 
     def config(**kwargs):
-        return AlsConfig(input=str(tmp_path / "in"), output=str(out), columns=Columns(weight="plays"),
-                         train=TrainParams(factors=8, iterations=2), batch_users=300, **kwargs)
+        return AlsConfig(
+            input=str(tmp_path / "in"),
+            output=str(out),
+            columns=Columns(weight="plays"),
+            train=TrainParams(factors=8, iterations=2),
+            batch_users=300,
+            **kwargs,
+        )
 
     first = run_als(config())
     manifest_bytes = (out / "manifest.json").read_bytes()
@@ -175,8 +214,15 @@ def test_failure_in_the_middle_of_publishing_leaves_no_manifest(moto_aws, tmp_pa
 
     monkeypatch.setattr(storage.S3Store, "write", flaky)
     with pytest.raises(ConnectionResetError):
-        run_als(AlsConfig(input=str(tmp_path / "in"), output="s3://out/run/", endpoint_url=moto_aws.endpoint_url,
-                          train=TrainParams(factors=8, iterations=2), batch_users=500))
+        run_als(
+            AlsConfig(
+                input=str(tmp_path / "in"),
+                output="s3://out/run/",
+                endpoint_url=moto_aws.endpoint_url,
+                train=TrainParams(factors=8, iterations=2),
+                batch_users=500,
+            )
+        )
     assert any("recommendations/part-00000" in c for c in calls)  # it failed part-way, after some uploads
     assert keys(s3, "out") == []
 
@@ -194,37 +240,87 @@ def _bad_inputs(tmp_path: Path, s3) -> dict:
     s3.create_bucket(Bucket="lake")
     s3.put_object(Bucket="lake", Key="empty/_SUCCESS", Body=b"")
     cases = {
-        "missing prefix": ("s3://lake/nothing-here/", [], r"no data objects under s3://lake/nothing-here/; check --input"),
+        "missing prefix": (
+            "s3://lake/nothing-here/",
+            [],
+            r"no data objects under s3://lake/nothing-here/; check --input",
+        ),
         "prefix with only markers": ("s3://lake/empty/", [], r"no data objects under s3://lake/empty/"),
         "missing bucket": ("s3://no-such-bucket/x/", [], r"bucket 'no-such-bucket' does not exist"),
         "missing local folder": (str(tmp_path / "absent"), [], r"no data objects under .*absent"),
     }
-    corrupt = {"parquet": b"PAR1 definitely not parquet PAR1", "orc": b"ORC\x00\x01garbage", "csv": b"user_id,item_id\na,x\nb,y,z,w\n"}
+    corrupt = {
+        "parquet": b"PAR1 definitely not parquet PAR1",
+        "orc": b"ORC\x00\x01garbage",
+        "csv": b"user_id,item_id\na,x\nb,y,z,w\n",
+    }
     for fmt, body in corrupt.items():
         folder = tmp_path / f"corrupt-{fmt}"
         _parquet(GOOD, folder / "good.parquet")
         (folder / f"bad.{fmt}").write_bytes(body)
-        cases[f"corrupt {fmt}"] = (str(folder), [], rf"bad\.{fmt} is not a readable {fmt.upper()} object.*replace or remove it")
+        cases[f"corrupt {fmt}"] = (
+            str(folder),
+            [],
+            rf"bad\.{fmt} is not a readable {fmt.upper()} object.*replace or remove it",
+        )
     _parquet(GOOD, tmp_path / "good" / "p.parquet")
-    cases["missing column"] = (str(tmp_path / "good"), ["--user-col", "customer"],
-                               r"column 'customer' not found in .*p\.parquet \(it has: user_id, item_id, plays\); pass the right name with --user-col")
+    cases["missing column"] = (
+        str(tmp_path / "good"),
+        ["--user-col", "customer"],
+        r"column 'customer' not found in .*p\.parquet \(it has: user_id, item_id, plays\); pass the right name with --user-col",
+    )
     _parquet(pa.table({"user_id": [1.5, 2.5], "item_id": ["x", "y"]}), tmp_path / "float-ids" / "p.parquet")
-    cases["wrong id type"] = (str(tmp_path / "float-ids"), [], r"column 'user_id' in .*p\.parquet has type double, but ids must be strings or integers")
+    cases["wrong id type"] = (
+        str(tmp_path / "float-ids"),
+        [],
+        r"column 'user_id' in .*p\.parquet has type double, but ids must be strings or integers",
+    )
     _parquet(pa.table({"user_id": ["a"], "item_id": ["x"], "plays": [[1]]}), tmp_path / "list-weight" / "p.parquet")
-    cases["wrong weight type"] = (str(tmp_path / "list-weight"), ["--weight-col", "plays"], r"column 'plays' .* weights must be numbers")
-    _parquet(pa.table({"user_id": pa.array([None, None], pa.string()), "item_id": ["x", "y"]}), tmp_path / "all-null" / "p.parquet")
-    cases["nothing left after filtering"] = (str(tmp_path / "all-null"), [], r"no interactions left after dropping rows")
-    _parquet(pa.table({"user_id": ["a", "b"], "item_id": ["x", "y"], "plays": [1.0, -2.0]}), tmp_path / "negative" / "p.parquet")
-    cases["negative weight"] = (str(tmp_path / "negative"), ["--weight-col", "plays"], r"invalid weight.*-2\.0 at row 1.*--drop-invalid")
-    cases["output inside input"] = (str(tmp_path / "good"), ["--output", str(tmp_path / "good" / "als")],
-                                    r"--output .*good/als is inside --input .*good; write the outputs somewhere else")
+    cases["wrong weight type"] = (
+        str(tmp_path / "list-weight"),
+        ["--weight-col", "plays"],
+        r"column 'plays' .* weights must be numbers",
+    )
+    _parquet(
+        pa.table({"user_id": pa.array([None, None], pa.string()), "item_id": ["x", "y"]}),
+        tmp_path / "all-null" / "p.parquet",
+    )
+    cases["nothing left after filtering"] = (
+        str(tmp_path / "all-null"),
+        [],
+        r"no interactions left after dropping rows",
+    )
+    _parquet(
+        pa.table({"user_id": ["a", "b"], "item_id": ["x", "y"], "plays": [1.0, -2.0]}),
+        tmp_path / "negative" / "p.parquet",
+    )
+    cases["negative weight"] = (
+        str(tmp_path / "negative"),
+        ["--weight-col", "plays"],
+        r"invalid weight.*-2\.0 at row 1.*--drop-invalid",
+    )
+    cases["output inside input"] = (
+        str(tmp_path / "good"),
+        ["--output", str(tmp_path / "good" / "als")],
+        r"--output .*good/als is inside --input .*good; write the outputs somewhere else",
+    )
     return cases
 
 
 BAD_CASES = [
-    "missing prefix", "prefix with only markers", "missing bucket", "missing local folder", "corrupt parquet",
-    "corrupt orc", "corrupt csv", "missing column", "wrong id type", "wrong weight type", "nothing left after filtering",
-    "negative weight", "output inside input",
+    "missing prefix",
+    "prefix with only markers",
+    "missing bucket",
+    "missing local folder",
+    "corrupt parquet",
+    "corrupt orc",
+    "corrupt csv",
+    "missing column",
+    "wrong id type",
+    "wrong weight type",
+    "nothing left after filtering",
+    "negative weight",
+    "output inside input",
 ]
 
 
@@ -256,10 +352,22 @@ def test_access_denied(moto_aws, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", key["SecretAccessKey"])
     monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
     monkeypatch.setattr(settings, "INITIAL_NO_AUTH_ACTION_COUNT", 0)  # the server now checks IAM
-    code = main(["als", "--input", "s3://secret/in/", "--output", str(tmp_path / "out"), "--endpoint-url", moto_aws.endpoint_url])
+    code = main(
+        [
+            "als",
+            "--input",
+            "s3://secret/in/",
+            "--output",
+            str(tmp_path / "out"),
+            "--endpoint-url",
+            moto_aws.endpoint_url,
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
-    assert err[-1].startswith("airflow-gpu-worker: error: access denied to s3://secret/in/ (AccessDenied); give the job's role")
+    assert err[-1].startswith(
+        "airflow-gpu-worker: error: access denied to s3://secret/in/ (AccessDenied); give the job's role"
+    )
     assert not (tmp_path / "out").exists()
 
 
@@ -286,8 +394,22 @@ def test_run_script_end_to_end(moto_aws, tmp_path, capsys):
     s3.put_object(Bucket="jobs", Key="code/job.py", Body=SCRIPT.encode())
     for name in ("a.csv", "sub/b.csv"):
         s3.put_object(Bucket="jobs", Key=f"data/{name}", Body=b"x,y\n1,2\n")
-    code = main(["run-script", "--script", "s3://jobs/code/job.py", "--input", "s3://jobs/data/", "--output", "s3://jobs/result/",
-                 "--endpoint-url", moto_aws.endpoint_url, "--", "--alpha", "3"])
+    code = main(
+        [
+            "run-script",
+            "--script",
+            "s3://jobs/code/job.py",
+            "--input",
+            "s3://jobs/data/",
+            "--output",
+            "s3://jobs/result/",
+            "--endpoint-url",
+            moto_aws.endpoint_url,
+            "--",
+            "--alpha",
+            "3",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     manifest = json.loads(s3_bytes(s3, "jobs", "result/manifest.json"))
     assert manifest["complete"] is True and manifest["command"] == "run-script" and manifest["exit_code"] == 0
@@ -312,7 +434,17 @@ def test_run_script_exit_code_becomes_the_jobs(tmp_path, monkeypatch):
 def test_run_script_missing_script(moto_aws, tmp_path, capsys):
     moto_aws.client("s3").create_bucket(Bucket="jobs")
     for script in ("s3://jobs/missing.py", str(tmp_path / "missing.py")):
-        code = main(["run-script", "--script", script, "--output", str(tmp_path / "out"), "--endpoint-url", moto_aws.endpoint_url])
+        code = main(
+            [
+                "run-script",
+                "--script",
+                script,
+                "--output",
+                str(tmp_path / "out"),
+                "--endpoint-url",
+                moto_aws.endpoint_url,
+            ]
+        )
         err = capsys.readouterr().err.strip().splitlines()
         assert code == 2 and err[-1] == f"airflow-gpu-worker: error: script {script} not found; check --script " + (
             "(it must name one .py object)" if script.startswith("s3://") else "(a local .py file or an s3:// object)"
@@ -324,8 +456,22 @@ def test_help_is_clear(capsys):
     with pytest.raises(SystemExit):
         main(["als", "--help"])
     text = capsys.readouterr().out
-    for flag in ("--input", "--output", "--format", "--weight-col", "--weighting", "--alpha", "--device", "--eval-holdout",
-                 "--top-n", "--no-factors", "--concurrency", "--endpoint-url", "--drop-invalid", "manifest.json"):
+    for flag in (
+        "--input",
+        "--output",
+        "--format",
+        "--weight-col",
+        "--weighting",
+        "--alpha",
+        "--device",
+        "--eval-holdout",
+        "--top-n",
+        "--no-factors",
+        "--concurrency",
+        "--endpoint-url",
+        "--drop-invalid",
+        "manifest.json",
+    ):
         assert flag in text
 
 
@@ -342,8 +488,21 @@ def test_importing_the_worker_does_not_import_airflow():
 
 
 def test_python_dash_m_runs_the_cli(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "airflow_gpu.worker", "als", "--input", str(tmp_path / "none"),
-                             "--output", str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "airflow_gpu.worker",
+            "als",
+            "--input",
+            str(tmp_path / "none"),
+            "--output",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("airflow-gpu-worker: error: no data objects under")
 
@@ -370,9 +529,24 @@ def test_sigterm_mid_publish_removes_the_uploads(tmp_path, interactions):
     write_shards(interactions, tmp_path / "in", "parquet", objects=2)
     out = tmp_path / "out"
     process = subprocess.Popen(
-        [sys.executable, "-c", SLOW_PUBLISH, "als", "--input", str(tmp_path / "in"), "--output", str(out),
-         "--factors", "8", "--iterations", "2", "--batch-users", "50"],
-        stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            SLOW_PUBLISH,
+            "als",
+            "--input",
+            str(tmp_path / "in"),
+            "--output",
+            str(out),
+            "--factors",
+            "8",
+            "--iterations",
+            "2",
+            "--batch-users",
+            "50",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
     )
     deadline = time.monotonic() + 120
     while not any(out.rglob("part-*.parquet")):

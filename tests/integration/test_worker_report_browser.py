@@ -69,9 +69,20 @@ def _browser() -> str:
 
 def _chromium(browser: str, profile: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--hide-scrollbars",
-         f"--user-data-dir={profile}", "--virtual-time-budget=10000", *args],
-        capture_output=True, text=True, timeout=120,
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--hide-scrollbars",
+            f"--user-data-dir={profile}",
+            "--virtual-time-budget=10000",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
@@ -121,8 +132,30 @@ def report(tmp_path_factory) -> Path:
     table = synthetic_interactions(30_000, n_users=1_200, n_items=250, seed=8)
     write_shards(table, root / "in", "parquet", objects=2)
     out = root / "out"
-    assert main(["-q", "als", "--input", str(root / "in"), "--output", str(out), "--weight-col", "plays",
-                 "--factors", "8", "--iterations", "40", "--eval-holdout", "0.2", "--threads", "1", "--tune"]) == 0
+    assert (
+        main(
+            [
+                "-q",
+                "als",
+                "--input",
+                str(root / "in"),
+                "--output",
+                str(out),
+                "--weight-col",
+                "plays",
+                "--factors",
+                "8",
+                "--iterations",
+                "40",
+                "--eval-holdout",
+                "0.2",
+                "--threads",
+                "1",
+                "--tune",
+            ]
+        )
+        == 0
+    )
     manifest = json.loads((out / "manifest.json").read_text())
     return out / manifest["report"]
 
@@ -142,8 +175,14 @@ def test_report_renders_in_chromium_with_its_charts_and_tables_and_no_errors(rep
     result = _probe(report.read_text(), tmp_path)
     assert result["errors"] == []
     assert result["clipped"] == [], f"chart labels cut off: {result['clipped']}"
-    for chart in ("training loss per iteration", "seconds per iteration", "time per stage", "ALS against popularity",
-                  "distinct items per user", "distinct users per item"):
+    for chart in (
+        "training loss per iteration",
+        "seconds per iteration",
+        "time per stage",
+        "ALS against popularity",
+        "distinct items per user",
+        "distinct users per item",
+    ):
         assert chart in result["charts"]
     assert result["tables"] >= 6
     assert result["sample_rows"] == 1 + 3  # a header and three users

@@ -35,8 +35,23 @@ def test_an_empty_object_among_others_is_logged(tmp_path, caplog):
     users = [f"u{i % 9}" for i in range(60)]
     pq.write_table(pa.table({"user_id": users, "item_id": [f"i{i % 7}" for i in range(60)]}), folder / "b.parquet")
     caplog.set_level(logging.WARNING, logger="airflow_gpu.worker")
-    code = main(["als", "--input", str(folder), "--output", str(tmp_path / "out"), "--factors", "2", "--iterations", "1",
-                 "--threads", "1", "--similar-n", "0"])
+    code = main(
+        [
+            "als",
+            "--input",
+            str(folder),
+            "--output",
+            str(tmp_path / "out"),
+            "--factors",
+            "2",
+            "--iterations",
+            "1",
+            "--threads",
+            "1",
+            "--similar-n",
+            "0",
+        ]
+    )
     assert code == 0
     assert any("a-empty.parquet is empty (0 bytes); skipped" in r.getMessage() for r in caplog.records)
 
@@ -61,7 +76,20 @@ def test_a_failed_script_leaves_no_temporary_folder_unless_asked(tmp_path, monke
         (kept,) = _temp_folders()
         assert (tmp_path / "tmp" / kept / "output" / "x").read_text() == "x"
         # A failure before the script runs (a missing input) cleans up too.
-        assert main(["run-script", "--script", str(script), "--input", str(tmp_path / "none"), "--output", str(tmp_path / "o")]) == 2
+        assert (
+            main(
+                [
+                    "run-script",
+                    "--script",
+                    str(script),
+                    "--input",
+                    str(tmp_path / "none"),
+                    "--output",
+                    str(tmp_path / "o"),
+                ]
+            )
+            == 2
+        )
         assert _temp_folders() == {kept}
     finally:
         tempfile.tempdir = None
@@ -71,7 +99,9 @@ def test_a_script_killed_by_sigkill_exits_137(tmp_path):
     script = tmp_path / "job.py"
     script.write_text("import os, signal; os.kill(os.getpid(), signal.SIGKILL)\n")
     assert main(["run-script", "--script", str(script), "--output", str(tmp_path / "out")]) == 137
-    script.write_text("import os, signal; signal.signal(signal.SIGTERM, signal.SIG_DFL); os.kill(os.getpid(), signal.SIGTERM)\n")
+    script.write_text(
+        "import os, signal; signal.signal(signal.SIGTERM, signal.SIG_DFL); os.kill(os.getpid(), signal.SIGTERM)\n"
+    )
     assert main(["run-script", "--script", str(script), "--output", str(tmp_path / "out")]) == 143
     assert not (tmp_path / "out" / "manifest.json").exists()
 
@@ -120,10 +150,28 @@ def test_keep_runs_deletes_only_committed_runs_older_than_the_newest_n(tmp_path)
 def test_keep_runs_on_s3_prunes_after_the_commit(moto_aws, tmp_path):
     s3 = moto_aws.client("s3")
     s3.create_bucket(Bucket="jobs")
-    s3.put_object(Bucket="jobs", Key="code/job.py", Body=b"import os; open(os.path.join(os.environ['OUTPUT_DIR'], 'r.txt'), 'w').write('r')\n")
+    s3.put_object(
+        Bucket="jobs",
+        Key="code/job.py",
+        Body=b"import os; open(os.path.join(os.environ['OUTPUT_DIR'], 'r.txt'), 'w').write('r')\n",
+    )
     for _ in range(3):
-        assert main(["run-script", "--script", "s3://jobs/code/job.py", "--output", "s3://jobs/out/", "--keep-runs", "1",
-                     "--endpoint-url", moto_aws.endpoint_url]) == 0
+        assert (
+            main(
+                [
+                    "run-script",
+                    "--script",
+                    "s3://jobs/code/job.py",
+                    "--output",
+                    "s3://jobs/out/",
+                    "--keep-runs",
+                    "1",
+                    "--endpoint-url",
+                    moto_aws.endpoint_url,
+                ]
+            )
+            == 0
+        )
     keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket="jobs", Prefix="out/")["Contents"])
     manifest = json.loads(s3.get_object(Bucket="jobs", Key="out/manifest.json")["Body"].read())
     root = "out/" + manifest["root"]

@@ -41,8 +41,14 @@ def seed_airflow_home(home: Path) -> Path:
         atexit.register(shutil.rmtree, template, ignore_errors=True)
         env = {key: value for key, value in os.environ.items() if not key.startswith("AIRFLOW")}
         env.update(AIRFLOW_HOME=str(template), AIRFLOW__CORE__LOAD_EXAMPLES="False")
-        done = subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], env=env, cwd=template,
-                              capture_output=True, text=True, timeout=600)
+        done = subprocess.run(
+            [sys.executable, "-m", "airflow", "db", "migrate"],
+            env=env,
+            cwd=template,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert done.returncode == 0, f"airflow db migrate failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
         _migrated = template / "airflow.db"
     home.mkdir(parents=True, exist_ok=True)
@@ -50,13 +56,16 @@ def seed_airflow_home(home: Path) -> Path:
     migration_stamp(home).touch()
     return home
 
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
 
-def wait_for(what: str, check: Callable[[], Any], timeout: float, interval: float = 0.5, alive: Callable[[], None] | None = None) -> Any:
+def wait_for(
+    what: str, check: Callable[[], Any], timeout: float, interval: float = 0.5, alive: Callable[[], None] | None = None
+) -> Any:
     deadline = time.monotonic() + timeout
     last: Any = None
     while time.monotonic() < deadline:
@@ -97,10 +106,17 @@ class Airflow:
         except psutil.TimeoutExpired:  # seen on 3.3.2: its trigger loop and log server ended, the process lingers
             old.kill()
         with open(self.log.with_name("triggerer-2.log"), "wb") as out:
-            self.extra.append(subprocess.Popen(
-                [str(Path(sys.executable).with_name("airflow")), "triggerer"], env=self.env, cwd=self.home,
-                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-            ))
+            self.extra.append(
+                subprocess.Popen(
+                    [str(Path(sys.executable).with_name("airflow")), "triggerer"],
+                    env=self.env,
+                    cwd=self.home,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
+            )
 
     def set_state(self, dag_id: str, run_id: str, map_index: int, state: str) -> None:
         self.call("PATCH", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/train/{map_index}", {"new_state": state})
@@ -118,7 +134,9 @@ class Airflow:
         GET, PUT or PATCH is sent again; a POST is the caller's to retry (see trigger)."""
         data = None if body is None else json.dumps(body).encode()
         for attempt in range(1, tries + 1):
-            request = urllib.request.Request(self.base + path, data=data, method=method, headers={"Content-Type": "application/json"})
+            request = urllib.request.Request(
+                self.base + path, data=data, method=method, headers={"Content-Type": "application/json"}
+            )
             try:
                 with urllib.request.urlopen(request, timeout=30) as response:
                     return json.loads(response.read() or b"null")
@@ -147,7 +165,9 @@ class Airflow:
         run_id = f"e2e__{secrets.token_hex(6)}"
         for attempt in range(1, tries + 1):
             try:
-                return self.call("POST", f"/dags/{dag_id}/dagRuns", {"dag_run_id": run_id, "logical_date": None})["dag_run_id"]
+                return self.call("POST", f"/dags/{dag_id}/dagRuns", {"dag_run_id": run_id, "logical_date": None})[
+                    "dag_run_id"
+                ]
             except urllib.error.HTTPError as exc:
                 if exc.code == 409 and attempt > 1:
                     return run_id
@@ -160,6 +180,7 @@ class Airflow:
 def stop_process_tree(process: subprocess.Popen, home: Path) -> None:
     """SIGTERM the process group, then SIGKILL whatever is left of it, and of anything else
     this Airflow home started outside the group (task supervisors may start their own)."""
+
     def ours() -> list[psutil.Process]:
         found = []
         for proc in psutil.process_iter(["pid"]):
@@ -227,8 +248,9 @@ def airflow_env(home: Path, dags: Path, moto_aws: MotoAws, port: int, **settings
 
 
 @contextlib.contextmanager
-def running_airflow(tmp_path: Path, moto_aws: MotoAws, dag_files: dict[str, str], dag_ids: tuple[str, ...],
-                    parallelism: int = 2) -> Iterator[Airflow]:
+def running_airflow(
+    tmp_path: Path, moto_aws: MotoAws, dag_files: dict[str, str], dag_ids: tuple[str, ...], parallelism: int = 2
+) -> Iterator[Airflow]:
     """`airflow standalone` on SQLite in tmp_path, with these DAG files, once it is healthy and has parsed
     ``dag_ids``; every process it started is stopped on the way out, whatever happened."""
     home = seed_airflow_home(tmp_path / "airflow-home")
@@ -242,19 +264,33 @@ def running_airflow(tmp_path: Path, moto_aws: MotoAws, dag_files: dict[str, str]
     airflow_bin = Path(sys.executable).with_name("airflow")
     with open(log, "wb") as out:
         process = subprocess.Popen(
-            [str(airflow_bin), "standalone"], env=env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True,
+            [str(airflow_bin), "standalone"],
+            env=env,
+            cwd=tmp_path,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
         )
     instance = Airflow(home, port, process, log, env)
     try:
+
         def healthy() -> bool:
             health = instance.call("GET", "/monitor/health")
-            return all((health.get(part) or {}).get("status") == "healthy" for part in ("metadatabase", "scheduler", "triggerer", "dag_processor"))
+            return all(
+                (health.get(part) or {}).get("status") == "healthy"
+                for part in ("metadatabase", "scheduler", "triggerer", "dag_processor")
+            )
 
         wait_for("Airflow to be healthy", healthy, timeout=360, interval=1, alive=instance.check_alive)
         for dag_id in dag_ids:
-            wait_for(f"{dag_id} to be parsed", lambda d=dag_id: not instance.call("GET", f"/dags/{d}")["is_paused"],
-                     timeout=120, interval=1, alive=instance.check_alive)
+            wait_for(
+                f"{dag_id} to be parsed",
+                lambda d=dag_id: not instance.call("GET", f"/dags/{d}")["is_paused"],
+                timeout=120,
+                interval=1,
+                alive=instance.check_alive,
+            )
         yield instance
     except BaseException:
         print(f"--- airflow standalone log (tail) ---\n{instance.log_tail()}", file=sys.stderr)
@@ -278,8 +314,13 @@ class Cluster:
     def start(self, name: str, *argv: str, **extra_env: str) -> subprocess.Popen:
         with open(self.home / f"{name}.log", "wb") as out:
             process = subprocess.Popen(
-                [self.airflow_bin, *argv], env={**self.env, **extra_env}, cwd=self.home, stdout=out,
-                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                [self.airflow_bin, *argv],
+                env={**self.env, **extra_env},
+                cwd=self.home,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
             )
         self.processes[name] = process
         return process

@@ -30,13 +30,21 @@ POLICY_FILES = {"airflow": "airflow.json", "job": "job-role.json", "batch-setup"
 
 # S3's IAM actions, per API operation (from the S3 service authorization reference).
 _S3 = {
-    "ListObjectsV2": ["s3:ListBucket"], "ListObjects": ["s3:ListBucket"], "HeadBucket": ["s3:ListBucket"],
-    "GetObject": ["s3:GetObject"], "HeadObject": ["s3:GetObject"],
-    "PutObject": ["s3:PutObject"], "CreateMultipartUpload": ["s3:PutObject"], "UploadPart": ["s3:PutObject"],
-    "CompleteMultipartUpload": ["s3:PutObject"], "CopyObject": ["s3:GetObject", "s3:PutObject"],
-    "AbortMultipartUpload": ["s3:AbortMultipartUpload"], "ListParts": ["s3:ListMultipartUploadParts"],
+    "ListObjectsV2": ["s3:ListBucket"],
+    "ListObjects": ["s3:ListBucket"],
+    "HeadBucket": ["s3:ListBucket"],
+    "GetObject": ["s3:GetObject"],
+    "HeadObject": ["s3:GetObject"],
+    "PutObject": ["s3:PutObject"],
+    "CreateMultipartUpload": ["s3:PutObject"],
+    "UploadPart": ["s3:PutObject"],
+    "CompleteMultipartUpload": ["s3:PutObject"],
+    "CopyObject": ["s3:GetObject", "s3:PutObject"],
+    "AbortMultipartUpload": ["s3:AbortMultipartUpload"],
+    "ListParts": ["s3:ListMultipartUploadParts"],
     "ListMultipartUploads": ["s3:ListBucketMultipartUploads"],
-    "DeleteObject": ["s3:DeleteObject"], "DeleteObjects": ["s3:DeleteObject"],
+    "DeleteObject": ["s3:DeleteObject"],
+    "DeleteObjects": ["s3:DeleteObject"],
 }
 # Creating a resource with tags needs the service's tagging permission as well.
 _TAGS_ON_CREATE = {

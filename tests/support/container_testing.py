@@ -15,8 +15,14 @@ from tests.support.gpu_batch_testing import put_log_lines
 WORKER = Path(sys.executable).with_name("airflow-gpu-worker")
 
 
-def run_worker(command: list[str], *, endpoint_url: str | None = None, job_id: str | None = None,
-               env: dict[str, str] | None = None, entrypoint: bool = True) -> subprocess.CompletedProcess:
+def run_worker(
+    command: list[str],
+    *,
+    endpoint_url: str | None = None,
+    job_id: str | None = None,
+    env: dict[str, str] | None = None,
+    entrypoint: bool = True,
+) -> subprocess.CompletedProcess:
     """``airflow-gpu-worker ARGV...`` as the image's entrypoint would run it (argv given without the
     entrypoint); ``entrypoint=False`` runs the argv as it is, as a job definition without one would."""
     full_env = {**os.environ, **(env or {})}
@@ -24,11 +30,14 @@ def run_worker(command: list[str], *, endpoint_url: str | None = None, job_id: s
         full_env["AWS_ENDPOINT_URL"] = endpoint_url
     if job_id:
         full_env["AWS_BATCH_JOB_ID"] = job_id
-    return subprocess.run([str(WORKER), *command] if entrypoint else command, env=full_env, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [str(WORKER), *command] if entrypoint else command, env=full_env, capture_output=True, text=True, timeout=120
+    )
 
 
-def play_container(moto_aws, job_id: str, command: list[str], *, entrypoint: bool = True,
-                   before_end: Callable[[], None] | None = None) -> int:
+def play_container(
+    moto_aws, job_id: str, command: list[str], *, entrypoint: bool = True, before_end: Callable[[], None] | None = None
+) -> int:
     """Run the job's command, publish its output as the job's log, end the job with its exit code
     (after ``before_end()``, if given: what a test checks while the job still runs with its log out)."""
     moto_aws.batch.set_status(job_id, "RUNNING")
@@ -39,6 +48,10 @@ def play_container(moto_aws, job_id: str, command: list[str], *, entrypoint: boo
         put_log_lines(moto_aws, "/aws/batch/job", stream, lines)
     if before_end is not None:
         before_end()
-    moto_aws.batch.set_status(job_id, "SUCCEEDED" if done.returncode == 0 else "FAILED", exit_code=done.returncode,
-                              reason=None if done.returncode == 0 else "Essential container in task exited")
+    moto_aws.batch.set_status(
+        job_id,
+        "SUCCEEDED" if done.returncode == 0 else "FAILED",
+        exit_code=done.returncode,
+        reason=None if done.returncode == 0 else "Essential container in task exited",
+    )
     return done.returncode

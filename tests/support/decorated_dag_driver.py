@@ -33,8 +33,9 @@ def main(home: Path, backend: str, queue: str, definition: str, staging: str) ->
         return original(self, context, event, reattached)
 
     GpuBatchDecoratedOperator.execute_complete = counting
-    os.environ.update(DECORATED_BACKEND=backend, DECORATED_QUEUE=queue, DECORATED_DEFINITION=definition,
-                      DECORATED_STAGING=staging)
+    os.environ.update(
+        DECORATED_BACKEND=backend, DECORATED_QUEUE=queue, DECORATED_DEFINITION=definition, DECORATED_STAGING=staging
+    )
     from airflow.dag_processing.dagbag import DagBag
 
     bag = DagBag(dag_folder=str(DAG_FILE))  # dag.test() runs only a DAG that was loaded from a file
@@ -51,7 +52,9 @@ def main(home: Path, backend: str, queue: str, definition: str, staging: str) ->
         "state": str(getattr(run.state, "value", run.state)),
         "tasks": {task: state for task, (state, _) in demo.task_timings(run).items()},
         "resumed": resumed,
-        "xcoms": {k: (v if isinstance(v, (str, int, float, list, dict, type(None))) else str(v)) for k, v in xcoms.items()},
+        "xcoms": {
+            k: (v if isinstance(v, (str, int, float, list, dict, type(None))) else str(v)) for k, v in xcoms.items()
+        },
     }
 
 

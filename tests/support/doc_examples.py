@@ -54,8 +54,14 @@ def examples(path: Path) -> list[Example]:
             continue
         before = next((lines[j] for j in range(start - 1, -1, -1) if lines[j].strip()), "")
         mark = _MARK.search(before)
-        found.append(Example(f"{path.relative_to(ROOT)}:{start + 1}", language, "\n".join(body) + "\n",
-                             mark.group(1) if mark else None))
+        found.append(
+            Example(
+                f"{path.relative_to(ROOT)}:{start + 1}",
+                language,
+                "\n".join(body) + "\n",
+                mark.group(1) if mark else None,
+            )
+        )
     return found
 
 

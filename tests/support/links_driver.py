@@ -29,7 +29,8 @@ def main(home: Path, event_without_links: bool) -> dict:
     os.environ.update(CREDENTIALS)
     dags = home / "dags"
     dags.mkdir(parents=True, exist_ok=True)
-    (dags / "links_dag.py").write_text(textwrap.dedent(f"""
+    (dags / "links_dag.py").write_text(
+        textwrap.dedent(f"""
         import os
         from datetime import datetime
         from airflow.sdk import DAG
@@ -38,7 +39,8 @@ def main(home: Path, event_without_links: bool) -> dict:
         with DAG({DAG_ID!r}, schedule=None, start_date=datetime(2026, 1, 1)):
             GpuBatchOperator(task_id="train", job_queue=os.environ["LINKS_QUEUE"], job_definition=os.environ["LINKS_DEFINITION"],
                              command=["als", "--help"], poll_interval=0.2, stream_logs=False, retries=0)
-    """))
+    """)
+    )
     from airflow_gpu.demo import command as demo
 
     demo.configure_airflow(home, dags, verbose=False)
@@ -49,8 +51,12 @@ def main(home: Path, event_without_links: bool) -> dict:
         batch = aws.create_gpu_batch_environment()
         os.environ["LINKS_QUEUE"], os.environ["LINKS_DEFINITION"] = batch["job_queue"], batch["job_definition"]
         os.environ["AIRFLOW_CONN_AWS_DEFAULT"] = json.dumps(
-            {"conn_type": "aws", "login": CREDENTIALS["AWS_ACCESS_KEY_ID"], "password": CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
-             "extra": {"endpoint_url": aws.endpoint_url, "region_name": aws.region}}
+            {
+                "conn_type": "aws",
+                "login": CREDENTIALS["AWS_ACCESS_KEY_ID"],
+                "password": CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+                "extra": {"endpoint_url": aws.endpoint_url, "region_name": aws.region},
+            }
         )
         if event_without_links:
             from airflow_gpu.triggers import GpuBatchJobTrigger
@@ -62,8 +68,13 @@ def main(home: Path, event_without_links: bool) -> dict:
         bag = DagBag(dag_folder=str(dags / "links_dag.py"))
         assert not bag.import_errors, bag.import_errors
         run = bag.dags[DAG_ID].test()
-        return {"state": str(getattr(run.state, "value", run.state)), "run_id": run.run_id, "region": aws.region,
-                "job_ids": sorted(aws.batch.jobs()), "links": ui_links(run.run_id)}
+        return {
+            "state": str(getattr(run.state, "value", run.state)),
+            "run_id": run.run_id,
+            "region": aws.region,
+            "job_ids": sorted(aws.batch.jobs()),
+            "links": ui_links(run.run_id),
+        }
     finally:
         server.stop()
 
@@ -78,8 +89,11 @@ def ui_links(run_id: str) -> dict[str, str | None]:
     with create_session() as session:
         dag = SerializedDagModel.get_dag(DAG_ID, session=session)
         task = dag.get_task("train")
-        ti = session.scalar(select(TaskInstance).where(TaskInstance.dag_id == DAG_ID, TaskInstance.run_id == run_id,
-                                                       TaskInstance.task_id == "train"))
+        ti = session.scalar(
+            select(TaskInstance).where(
+                TaskInstance.dag_id == DAG_ID, TaskInstance.run_id == run_id, TaskInstance.task_id == "train"
+            )
+        )
         return {name: task.get_extra_links(ti, name) for name in task.extra_links}
 
 

@@ -37,8 +37,12 @@ TARGET = BackendTarget(backend="memory")
 
 def job_spec(run_id: str = "run", *, task_id: str = "train", map_index: int = -1) -> JobSpec:
     """A spec for one task instance's job on the in-memory job system."""
-    return JobSpec.build(identity=TaskIdentity("dag", task_id, run_id, map_index), job_queue="q", job_definition="d",
-                         command=["airflow-gpu-worker", "als"])
+    return JobSpec.build(
+        identity=TaskIdentity("dag", task_id, run_id, map_index),
+        job_queue="q",
+        job_definition="d",
+        command=["airflow-gpu-worker", "als"],
+    )
 
 
 async def submit_jobs(count: int, status: str = "RUNNING") -> list[str]:
@@ -110,7 +114,9 @@ class InMemoryBackend(JobBackend):
 
     async def find(self, spec: JobSpec) -> list[JobState]:
         key = spec.tags[TAG_IDEMPOTENCY_KEY]
-        found = [s for s in self.jobs.values() if s.tags.get(TAG_IDEMPOTENCY_KEY) == key and TAG_CANCELLED not in s.tags]
+        found = [
+            s for s in self.jobs.values() if s.tags.get(TAG_IDEMPOTENCY_KEY) == key and TAG_CANCELLED not in s.tags
+        ]
         return sorted(found, key=lambda s: int(s.job_id.split("-")[1]), reverse=True)
 
     async def describe(self, job_ids: Sequence[str]) -> list[JobState]:
@@ -128,8 +134,11 @@ class InMemoryBackend(JobBackend):
         """As AWS Batch describes a job: queued since its creation while queued, and a RUNNABLE
         job's statusReason parsed into its blocked reason."""
         queued = state.status in QUEUED_STATES
-        return dataclasses.replace(state, queued_since=self.created.get(state.job_id) if queued else None,
-                                   blocked=parse_blocked(state.status, state.status_reason))
+        return dataclasses.replace(
+            state,
+            queued_since=self.created.get(state.job_id) if queued else None,
+            blocked=parse_blocked(state.status, state.status_reason),
+        )
 
     async def add_tags(self, job_id: str, tags: Mapping[str, str]) -> None:
         state = self.jobs[job_id]
@@ -141,8 +150,15 @@ class InMemoryBackend(JobBackend):
         state = self.jobs.get(job_id)
         if state is None or state.is_terminal:
             return
-        self.jobs[job_id] = JobState(job_id, FAILED, name=state.name, status_reason=reason, attempts=1,
-                                     tags={**state.tags, TAG_CANCELLED: "true"}, log_stream=state.log_stream)
+        self.jobs[job_id] = JobState(
+            job_id,
+            FAILED,
+            name=state.name,
+            status_reason=reason,
+            attempts=1,
+            tags={**state.tags, TAG_CANCELLED: "true"},
+            log_stream=state.log_stream,
+        )
 
     async def read_logs(self, job: JobState, *, cursor: str | None = None, tail: int | None = None) -> LogChunk:
         lines = self.logs.get(job.job_id, [])
@@ -163,9 +179,21 @@ class InMemoryBackend(JobBackend):
     @classmethod
     def reset(cls) -> None:
         """Forget every job and record (each test starts with an empty job system)."""
-        records = (cls.jobs, cls.logs, cls.created, cls.describes, cls.describe_faults, cls.rejected_ids,
-                   cls.before_describe, cls.broken_logs, cls.log_reads, cls.terminated, cls.submitted,
-                   cls.terminate_calls, cls.submitted_ids)
+        records = (
+            cls.jobs,
+            cls.logs,
+            cls.created,
+            cls.describes,
+            cls.describe_faults,
+            cls.rejected_ids,
+            cls.before_describe,
+            cls.broken_logs,
+            cls.log_reads,
+            cls.terminated,
+            cls.submitted,
+            cls.terminate_calls,
+            cls.submitted_ids,
+        )
         for record in records:
             record.clear()
         PacedLogReader.calls.clear()
@@ -188,8 +216,9 @@ class InMemoryBackend(JobBackend):
         """End a job SUCCEEDED after writing ``lines`` to its log (the test's stand-in for the work)."""
         cls.logs[job_id] += list(lines)
         state = cls.jobs[job_id]
-        cls.jobs[job_id] = JobState(job_id, SUCCEEDED, name=state.name, exit_code=0, attempts=1, tags=state.tags,
-                                    log_stream=state.log_stream)
+        cls.jobs[job_id] = JobState(
+            job_id, SUCCEEDED, name=state.name, exit_code=0, attempts=1, tags=state.tags, log_stream=state.log_stream
+        )
 
     @classmethod
     def fail(cls, job_id: str, reason: str, exit_code: int | None, lines: Sequence[str] = ()) -> None:

@@ -308,8 +308,9 @@ class MotoAws:
         self.batch.placements.clear()
         self.batch.refusals.clear()
 
-    def create_gpu_batch_environment(self, name: str = "gpu", *, gpus: int = 1, vcpus: int = 4, memory_mib: int = 15000,
-                                     compute_type: str = "EC2") -> dict[str, str]:
+    def create_gpu_batch_environment(
+        self, name: str = "gpu", *, gpus: int = 1, vcpus: int = 4, memory_mib: int = 15000, compute_type: str = "EC2"
+    ) -> dict[str, str]:
         """A managed GPU compute environment, a job queue and a job definition, as batch-setup would make them.
 
         ``compute_type="SPOT"`` makes it a Spot compute environment."""
@@ -318,7 +319,9 @@ class MotoAws:
         batch = self.client("batch")
         trust = json.dumps({"Version": "2012-10-17", "Statement": []})
         service_role = iam.create_role(RoleName=f"{name}-batch-service", AssumeRolePolicyDocument=trust)["Role"]["Arn"]
-        instance_role = iam.create_instance_profile(InstanceProfileName=f"{name}-ecs-instance")["InstanceProfile"]["Arn"]
+        instance_role = iam.create_instance_profile(InstanceProfileName=f"{name}-ecs-instance")["InstanceProfile"][
+            "Arn"
+        ]
         vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
         subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.0.0.0/24")["Subnet"]["SubnetId"]
         sg = ec2.create_security_group(GroupName=f"{name}-sg", Description="batch", VpcId=vpc)["GroupId"]
@@ -365,16 +368,21 @@ class MotoAws:
             "job_definition_arn": definition,
         }
 
-
     def register_container_instance(self, compute_environment: str, instance_type: str) -> str:
         """An EC2 instance of ``instance_type`` joined to the compute environment's ECS cluster, as Batch
         scales one out; returns its container instance ARN (for :meth:`BatchJobDriver.place`)."""
         batch, ec2, ecs = self.client("batch"), self.client("ec2"), self.client("ecs")
-        environment = batch.describe_compute_environments(computeEnvironments=[compute_environment])["computeEnvironments"][0]
+        environment = batch.describe_compute_environments(computeEnvironments=[compute_environment])[
+            "computeEnvironments"
+        ][0]
         image = ec2.describe_images()["Images"][0]["ImageId"]
         instance = ec2.run_instances(ImageId=image, InstanceType=instance_type, MinCount=1, MaxCount=1)["Instances"][0]
-        document = json.dumps({"instanceId": instance["InstanceId"], "instanceType": instance_type, "region": self.region})
-        registered = ecs.register_container_instance(cluster=environment["ecsClusterArn"], instanceIdentityDocument=document)
+        document = json.dumps(
+            {"instanceId": instance["InstanceId"], "instanceType": instance_type, "region": self.region}
+        )
+        registered = ecs.register_container_instance(
+            cluster=environment["ecsClusterArn"], instanceIdentityDocument=document
+        )
         return registered["containerInstance"]["containerInstanceArn"]
 
 
@@ -408,8 +416,12 @@ def _install_hooks(driver: BatchJobDriver, log: BatchCallLog) -> None:
             result["container"]["logConfiguration"] = log_config
         # moto leaves out the container's resource requirements; AWS reports the definition's, overridden by the job's.
         if isinstance(result.get("container"), dict):
-            requirements = {r["type"]: r for r in (job.job_definition.container_properties or {}).get("resourceRequirements") or ()}
-            requirements.update({r["type"]: r for r in (job.container_overrides or {}).get("resourceRequirements") or ()})
+            requirements = {
+                r["type"]: r for r in (job.job_definition.container_properties or {}).get("resourceRequirements") or ()
+            }
+            requirements.update(
+                {r["type"]: r for r in (job.container_overrides or {}).get("resourceRequirements") or ()}
+            )
             if requirements:
                 result["container"]["resourceRequirements"] = list(requirements.values())
         placed = driver.placements.get(job.job_id)
@@ -431,7 +443,9 @@ def _install_hooks(driver: BatchJobDriver, log: BatchCallLog) -> None:
         # moto releases (5.2.6 renamed BatchResponse.submitjob to submit_job), the action names do not.
         action = self._get_action().lower()
         if self.service_name == "batch" and action == "tags":  # one URL, three operations
-            action = {"GET": "listtagsforresource", "POST": "tagresource", "DELETE": "untagresource"}.get(self.method, action)
+            action = {"GET": "listtagsforresource", "POST": "tagresource", "DELETE": "untagresource"}.get(
+                self.method, action
+            )
         with log.lock:
             log.aws_calls[f"{self.service_name}:{action}"] += 1
             log.aws_call_order.append(f"{self.service_name}:{action}")
@@ -449,7 +463,11 @@ def _install_hooks(driver: BatchJobDriver, log: BatchCallLog) -> None:
         if action in COUNTED_BATCH_ACTIONS:
             _count_batch_call(self, action, log)
         if action in driver.answers:
-            return 200, {"Content-Type": "application/json"}, driver.answers[action](list(self._get_param("jobs") or []))
+            return (
+                200,
+                {"Content-Type": "application/json"},
+                driver.answers[action](list(self._get_param("jobs") or [])),
+            )
         result = original_call_action(self)
         if action in TIME_LIMIT_ACTION_PARAMS:
             _keep_time_limit_actions(self, TIME_LIMIT_ACTION_PARAMS[action])
@@ -486,12 +504,16 @@ def _install_logs_rules() -> None:
     """
     original = logs_models.LogsBackend.filter_log_events
 
-    def filter_log_events(self, log_group_name, log_stream_names, start_time, end_time, limit, next_token, filter_pattern, interleaved):
+    def filter_log_events(
+        self, log_group_name, log_stream_names, start_time, end_time, limit, next_token, filter_pattern, interleaved
+    ):
         group = self.groups.get(log_group_name)
         if group is not None and log_stream_names:
             if any(name not in group.streams for name in log_stream_names):
                 raise logs_exceptions.ResourceNotFoundException("The specified log stream does not exist.")
-        return original(self, log_group_name, log_stream_names, start_time, end_time, limit, next_token, filter_pattern, True)
+        return original(
+            self, log_group_name, log_stream_names, start_time, end_time, limit, next_token, filter_pattern, True
+        )
 
     logs_models.LogsBackend.filter_log_events = filter_log_events
 
@@ -516,14 +538,21 @@ def _install_aws_rules(driver: BatchJobDriver) -> None:
     def update_compute_environment(self, compute_environment_name, state, compute_resources, service_role):
         env = self.get_compute_environment(compute_environment_name)
         if env is not None:
-            if service_role is not None and service_role.endswith(SERVICE_LINKED_ROLE) != env.service_role.endswith(SERVICE_LINKED_ROLE):
-                raise ClientException("A compute environment cannot switch between a service-linked role and a regular IAM role")
+            if service_role is not None and service_role.endswith(SERVICE_LINKED_ROLE) != env.service_role.endswith(
+                SERVICE_LINKED_ROLE
+            ):
+                raise ClientException(
+                    "A compute environment cannot switch between a service-linked role and a regular IAM role"
+                )
             infrastructure = set(compute_resources or {}) - SCALING_UPDATE_FIELDS
             if infrastructure:
                 strategy = env.compute_resources.get("allocationStrategy", "BEST_FIT")
                 if service_role is not None and service_role != env.service_role:
                     raise ClientException("serviceRole can only be changed in a scaling update")
-                if not env.service_role.endswith(SERVICE_LINKED_ROLE) or strategy not in INFRASTRUCTURE_UPDATE_STRATEGIES:
+                if (
+                    not env.service_role.endswith(SERVICE_LINKED_ROLE)
+                    or strategy not in INFRASTRUCTURE_UPDATE_STRATEGIES
+                ):
                     raise ClientException(
                         f"Updating {sorted(infrastructure)} requires an infrastructure update, which needs the "
                         "AWSServiceRoleForBatch service-linked role and allocation strategy BEST_FIT_PROGRESSIVE, "
@@ -618,8 +647,15 @@ TIME_LIMIT_ACTION_PARAMS = {"createjobqueue": "jobQueueName", "updatejobqueue": 
 
 COUNTED_BATCH_ACTIONS = ("describejobs", "submitjob", "listjobs", "terminatejob", "canceljob")
 SUBMIT_PARAMS = (
-    "jobName", "jobQueue", "jobDefinition", "containerOverrides", "tags",
-    "propagateTags", "retryStrategy", "timeout", "parameters",
+    "jobName",
+    "jobQueue",
+    "jobDefinition",
+    "containerOverrides",
+    "tags",
+    "propagateTags",
+    "retryStrategy",
+    "timeout",
+    "parameters",
 )
 
 
@@ -656,8 +692,11 @@ MOTO_INTERNALS: tuple[tuple[Any, str, tuple[str, ...] | None], ...] = (
     (batch_models.Job, "_start_attempt", None),
     (batch_models.Job, "_mark_stopped", None),
     (batch_models.JobQueue, "describe", ("self",)),
-    (batch_models.BatchBackend, "update_compute_environment",
-     ("self", "compute_environment_name", "state", "compute_resources", "service_role")),
+    (
+        batch_models.BatchBackend,
+        "update_compute_environment",
+        ("self", "compute_environment_name", "state", "compute_resources", "service_role"),
+    ),
     (batch_models.BatchBackend, "delete_job_queue", ("self", "queue_name")),
     (batch_models.BatchBackend, "delete_compute_environment", ("self", "compute_environment_name")),
     (batch_models.BatchBackend, "create_compute_environment", None),
@@ -669,9 +708,21 @@ MOTO_INTERNALS: tuple[tuple[Any, str, tuple[str, ...] | None], ...] = (
     (batch_models.BatchBackend, "get_compute_environment", None),
     (batch_models.BatchBackend, "get_job_queue", None),
     (S3Response, "put_object", ("self",)),
-    (logs_models.LogsBackend, "filter_log_events",
-     ("self", "log_group_name", "log_stream_names", "start_time", "end_time", "limit", "next_token",
-      "filter_pattern", "interleaved")),
+    (
+        logs_models.LogsBackend,
+        "filter_log_events",
+        (
+            "self",
+            "log_group_name",
+            "log_stream_names",
+            "start_time",
+            "end_time",
+            "limit",
+            "next_token",
+            "filter_pattern",
+            "interleaved",
+        ),
+    ),
 )
 
 

@@ -10,9 +10,15 @@ from airflow_gpu.worker.matrix import build_interactions, confidence
 
 
 def confidence_with_heavy_rows(n_interactions: int, *, heavy_users: int = 3, heavy_share: float = 0.5, seed: int = 0):
-    table = with_heavy_users(synthetic_interactions(n_interactions, seed=seed, string_ids=False),
-                             heavy_users=heavy_users, heavy_share=heavy_share, seed=seed)
-    return confidence(build_interactions(table["user_id"], table["item_id"], table["plays"].to_numpy()).matrix.tocsr(), "bm25")
+    table = with_heavy_users(
+        synthetic_interactions(n_interactions, seed=seed, string_ids=False),
+        heavy_users=heavy_users,
+        heavy_share=heavy_share,
+        seed=seed,
+    )
+    return confidence(
+        build_interactions(table["user_id"], table["item_id"], table["plays"].to_numpy()).matrix.tocsr(), "bm25"
+    )
 
 
 # Two float32 solvers summing in different orders differ from each other by up to about
@@ -26,9 +32,16 @@ def implicit_fit(matrix, X0, Y0, regularization, iterations, dtype=np.float32):
     from implicit.cpu.als import AlternatingLeastSquares
 
     with threadpool_limits(1, "blas"):
-        model = AlternatingLeastSquares(factors=X0.shape[1], regularization=regularization, iterations=iterations,
-                                        use_cg=True, dtype=dtype, num_threads=1, calculate_training_loss=False,
-                                        random_state=0)
+        model = AlternatingLeastSquares(
+            factors=X0.shape[1],
+            regularization=regularization,
+            iterations=iterations,
+            use_cg=True,
+            dtype=dtype,
+            num_threads=1,
+            calculate_training_loss=False,
+            random_state=0,
+        )
         model.cg_steps = 3
         model.user_factors, model.item_factors = X0.astype(dtype), Y0.astype(dtype)  # warm start: same factors
         model.fit(matrix.astype(dtype), show_progress=False)

@@ -31,7 +31,10 @@ class PostgresUnavailable(RuntimeError):
 
 def find_bindir() -> Path:
     """The newest PostgreSQL's bin folder: Debian's /usr/lib/postgresql/<version>/bin, else pg_ctl's on PATH."""
-    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(Path(p).parts[-3]) if Path(p).parts[-3].isdigit() else 0)
+    candidates = sorted(
+        glob.glob("/usr/lib/postgresql/*/bin/initdb"),
+        key=lambda p: int(Path(p).parts[-3]) if Path(p).parts[-3].isdigit() else 0,
+    )
     if candidates:
         return Path(candidates[-1]).parent
     found = shutil.which("initdb") or shutil.which("pg_ctl")
@@ -64,7 +67,9 @@ class PostgresServer:
                 user = pwd.getpwnam("postgres")
             except KeyError:
                 shutil.rmtree(self.root, ignore_errors=True)
-                raise PostgresUnavailable("running as root and no `postgres` user to run PostgreSQL as (the Debian package creates one)") from None
+                raise PostgresUnavailable(
+                    "running as root and no `postgres` user to run PostgreSQL as (the Debian package creates one)"
+                ) from None
             os.chown(self.root, user.pw_uid, user.pw_gid)
             self._prefix = ["runuser", "-u", "postgres", "--"]
         self.url = f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/{DATABASE}"
@@ -73,14 +78,22 @@ class PostgresServer:
     def _run(self, *argv: str) -> None:
         done = subprocess.run([*self._prefix, *argv], capture_output=True, text=True, timeout=120, cwd=self.root)
         if done.returncode != 0:
-            raise RuntimeError(f"{' '.join(argv)} failed ({done.returncode}): {done.stdout[-2000:]}{done.stderr[-2000:]}")
+            raise RuntimeError(
+                f"{' '.join(argv)} failed ({done.returncode}): {done.stdout[-2000:]}{done.stderr[-2000:]}"
+            )
 
     def start(self) -> PostgresServer:
         bin_ = self.bindir
-        self._run(str(bin_ / "initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync")
+        self._run(
+            str(bin_ / "initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"
+        )
         # fsync off: a throwaway cluster; Airflow's pools of several processes need more than the default 100 connections.
-        options = f"-h 127.0.0.1 -p {self.port} -k {self.root} -c fsync=off -c synchronous_commit=off -c max_connections=400"
-        self._run(str(bin_ / "pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-o", options, "-w", "-t", "60", "start")
+        options = (
+            f"-h 127.0.0.1 -p {self.port} -k {self.root} -c fsync=off -c synchronous_commit=off -c max_connections=400"
+        )
+        self._run(
+            str(bin_ / "pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-o", options, "-w", "-t", "60", "start"
+        )
         self.started = True
         self._run(str(bin_ / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", DATABASE)
         return self
@@ -88,7 +101,9 @@ class PostgresServer:
     def stop(self) -> None:
         try:
             if self.started:
-                self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "-t", "60", "stop")
+                self._run(
+                    str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "-t", "60", "stop"
+                )
                 self.started = False
         finally:
             shutil.rmtree(self.root, ignore_errors=True)

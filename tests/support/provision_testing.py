@@ -48,8 +48,12 @@ def ids(moto_aws):
     ec2 = moto_aws.client("ec2")
     # The service-linked role, at the path and name AWS gives it (moto's create_service_linked_role
     # spells the name AWSServiceRoleForbatch, so create it as a role with the real name).
-    slr = iam.create_role(RoleName="AWSServiceRoleForBatch", Path=SLR_PATH, AssumeRolePolicyDocument="{}")["Role"]["Arn"]
-    custom = iam.create_role(RoleName="AWSBatchServiceRole", Path="/service-role/", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
+    slr = iam.create_role(RoleName="AWSServiceRoleForBatch", Path=SLR_PATH, AssumeRolePolicyDocument="{}")["Role"][
+        "Arn"
+    ]
+    custom = iam.create_role(RoleName="AWSBatchServiceRole", Path="/service-role/", AssumeRolePolicyDocument="{}")[
+        "Role"
+    ]["Arn"]
     job_role = iam.create_role(RoleName="airflow-gpu-job", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
     profile = iam.create_instance_profile(InstanceProfileName="ecsInstanceRole")["InstanceProfile"]["Arn"]
     iam.create_role(RoleName="ecsInstanceRole", AssumeRolePolicyDocument="{}")
@@ -60,11 +64,22 @@ def ids(moto_aws):
     # The worker image that config() names, pushed to ECR.
     ecr = moto_aws.client("ecr")
     ecr.create_repository(repositoryName="airflow-gpu-worker")
-    ecr.put_image(repositoryName="airflow-gpu-worker", imageTag="0.1.0", imageManifest=json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.v2+json", "layers": []}))
+    ecr.put_image(
+        repositoryName="airflow-gpu-worker",
+        imageTag="0.1.0",
+        imageManifest=json.dumps(
+            {"schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.v2+json", "layers": []}
+        ),
+    )
     moto_aws.log.reset()
     return {
-        "service_role": slr, "custom_service_role": custom, "job_role": job_role, "instance_role": profile,
-        "subnets": subnets, "security_group": sg, "vpc": vpc,
+        "service_role": slr,
+        "custom_service_role": custom,
+        "job_role": job_role,
+        "instance_role": profile,
+        "subnets": subnets,
+        "security_group": sg,
+        "vpc": vpc,
     }
 
 
@@ -84,7 +99,11 @@ def config(ids: dict, **tables) -> dict:
         "job": {
             "image": f"{ACCOUNT}.dkr.ecr.us-east-1.amazonaws.com/airflow-gpu-worker:0.1.0",
             "job_role": ids["job_role"],
-            "vcpus": 4, "memory_mib": 15000, "gpus": 1, "timeout_seconds": 3600, "retry_attempts": 3,
+            "vcpus": 4,
+            "memory_mib": 15000,
+            "gpus": 1,
+            "timeout_seconds": 3600,
+            "retry_attempts": 3,
         },
         "logs": {"group": "/aws/batch/gpu-test", "retention_days": 14},
         "tags": {"team": "recs"},

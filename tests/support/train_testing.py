@@ -29,8 +29,14 @@ class FakeGpuAls:
         self.alpha = alpha
         self.fitted_on = None
         self._cpu = AlternatingLeastSquares(
-            factors=factors, regularization=regularization, alpha=1.0, dtype=dtype, iterations=iterations,
-            calculate_training_loss=calculate_training_loss, random_state=random_state, num_threads=1,
+            factors=factors,
+            regularization=regularization,
+            alpha=1.0,
+            dtype=dtype,
+            iterations=iterations,
+            calculate_training_loss=calculate_training_loss,
+            random_state=random_state,
+            num_threads=1,
         )
         FakeGpuAls.instances.append(self)
 

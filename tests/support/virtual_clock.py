@@ -103,7 +103,9 @@ class VirtualClockLoop(asyncio.SelectorEventLoop):
     def advance(self, seconds: float) -> None:
         self._now += seconds
 
-    def call_later(self, delay: float, callback: Callable[..., Any], *args: Any, context: Any = None) -> asyncio.TimerHandle:
+    def call_later(
+        self, delay: float, callback: Callable[..., Any], *args: Any, context: Any = None
+    ) -> asyncio.TimerHandle:
         # A positive delay always lets some time pass, as it does on a real clock: a delay below the
         # float resolution of ``now`` would otherwise fire at ``now`` again and again (a rate limiter
         # short of its token by a rounding error reschedules itself like that).

@@ -89,7 +89,11 @@ def test_throttling_backs_off_with_full_jitter_under_a_growing_ceiling_then_rese
     assert calm == [sum(gaps)] * 3  # no pause once it recovered
     messages = [r.getMessage() for r in caplog.records]
     assert len(messages) == 2  # one line when the episode starts, one when it ends: not one per retry
-    assert "backing off with jitter" in messages[0] and "recovered after" in messages[1] and "6 retried calls" in messages[1]
+    assert (
+        "backing off with jitter" in messages[0]
+        and "recovered after" in messages[1]
+        and "6 retried calls" in messages[1]
+    )
 
 
 def test_one_callers_throttling_pushes_back_every_caller_on_the_connection(memory_jobs):

@@ -14,8 +14,9 @@ from benchmarks import als_vs_spark as bench
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    return bench.prepare(60_000, tmp_path_factory.mktemp("als_vs_spark") / "train", holdout=0.2, eval_users=800,
-                         objects=3, seed=2)
+    return bench.prepare(
+        60_000, tmp_path_factory.mktemp("als_vs_spark") / "train", holdout=0.2, eval_users=800, objects=3, seed=2
+    )
 
 
 def test_the_parquet_holds_the_training_pairs_and_no_held_out_pair(data):
@@ -66,9 +67,28 @@ def test_our_pipeline_beats_popularity_on_the_shared_split(data):
 
 def test_whole_benchmark_against_spark(capsys, tmp_path):
     pytest.importorskip("pyspark", reason="pyspark comes with the bench extra")
-    code = bench.main(["--interactions", "30000", "--factors", "8", "--iterations", "2", "--eval-users", "300",
-                       "--objects", "2", "--spark-memory", "1g", "--spark-partitions", "2", "--spark-blocks", "2",
-                       "--workdir", str(tmp_path)])
+    code = bench.main(
+        [
+            "--interactions",
+            "30000",
+            "--factors",
+            "8",
+            "--iterations",
+            "2",
+            "--eval-users",
+            "300",
+            "--objects",
+            "2",
+            "--spark-memory",
+            "1g",
+            "--spark-partitions",
+            "2",
+            "--spark-blocks",
+            "2",
+            "--workdir",
+            str(tmp_path),
+        ]
+    )
     assert code == 0
     out = capsys.readouterr().out.strip().splitlines()
     for stage in ("read", "index", "fit", "recommend"):

@@ -20,7 +20,9 @@ from airflow_gpu.jobs.cost import (
 
 
 def _usage(**more) -> JobUsage:
-    base = dict(job_id="j-1", status="SUCCEEDED", created_at=1000.0, stopped_at=1000.0 + 120 + 3600, run_s=3600.0, gpus=1)
+    base = dict(
+        job_id="j-1", status="SUCCEEDED", created_at=1000.0, stopped_at=1000.0 + 120 + 3600, run_s=3600.0, gpus=1
+    )
     return JobUsage(**{**base, **more})
 
 
@@ -64,21 +66,33 @@ def test_an_unpriced_type_says_cost_unknown_and_never_a_figure():
 
 def test_a_deployment_file_prices_its_own_types_with_their_gpus(tmp_path):
     prices = tmp_path / "prices.json"
-    prices.write_text(json.dumps({"region": "eu-west-1", "as_of": "2027-01",
-                                  "on_demand": {"x9.big": {"usd_per_hour": 8.0, "gpus": 4}, "g5.xlarge": 1.2}}))
+    prices.write_text(
+        json.dumps(
+            {
+                "region": "eu-west-1",
+                "as_of": "2027-01",
+                "on_demand": {"x9.big": {"usd_per_hour": 8.0, "gpus": 4}, "g5.xlarge": 1.2},
+            }
+        )
+    )
     table = read_price_file(str(prices))
     b = bill(_usage(instance_type="x9.big", market=ON_DEMAND, gpus=2), table)
     assert b.cost_usd == pytest.approx(4.0) and "eu-west-1 prices of 2027-01" in b.basis
     assert bill(_usage(instance_type="g5.xlarge"), table).cost_usd == pytest.approx(1.2)
-    assert bill(_usage(instance_type="p5.48xlarge", gpus=8), table).cost_usd == pytest.approx(55.04)  # shipped still apply
+    assert bill(_usage(instance_type="p5.48xlarge", gpus=8), table).cost_usd == pytest.approx(
+        55.04
+    )  # shipped still apply
 
 
-@pytest.mark.parametrize("content, match", [
-    ("not json", "is not JSON"),
-    (json.dumps({"on_demand": {"g5.xlarge": "cheap"}}), "must be USD per hour"),
-    (json.dumps({"spot_share": 2}), "spot_share"),
-    (json.dumps([1]), "JSON object"),
-])
+@pytest.mark.parametrize(
+    "content, match",
+    [
+        ("not json", "is not JSON"),
+        (json.dumps({"on_demand": {"g5.xlarge": "cheap"}}), "must be USD per hour"),
+        (json.dumps({"spot_share": 2}), "spot_share"),
+        (json.dumps([1]), "JSON object"),
+    ],
+)
 def test_a_bad_price_file_is_named_with_what_to_fix(tmp_path, content, match):
     prices = tmp_path / "prices.json"
     prices.write_text(content)

@@ -61,7 +61,13 @@ def test_each_environment_has_its_own_data_queue_and_image(module):
 
 def test_the_variable_overrides_an_environment(module):
     config = module.environment_config(
-        "production", {"production": {"data_root": "s3://recsys-prod/data", "job_definition": "arn:aws:batch:x:1:job-definition/w:7"}}
+        "production",
+        {
+            "production": {
+                "data_root": "s3://recsys-prod/data",
+                "job_definition": "arn:aws:batch:x:1:job-definition/w:7",
+            }
+        },
     )
     assert config["data_root"] == "s3://recsys-prod/data/"
     assert config["job_definition"].endswith("w:7")
@@ -106,7 +112,13 @@ def test_worker_command_for_batch_uses_the_image_entrypoint(module):
 def test_worker_command_for_a_local_process_is_the_same_entrypoint_argv(module):
     params = params_of(module, backend="local", weight_column=None, eval_holdout=0)
     command = module.worker_command(params, "s3://b/in/", "s3://b/out/", "http://127.0.0.1:9000")
-    assert command[:5] == ["als", "--input", "s3://b/in/", "--output", "s3://b/out/"]  # the backend prepends the entrypoint
+    assert command[:5] == [
+        "als",
+        "--input",
+        "s3://b/in/",
+        "--output",
+        "s3://b/out/",
+    ]  # the backend prepends the entrypoint
     assert command[-2:] == ["--endpoint-url", "http://127.0.0.1:9000"]
     assert "--weight-col" not in command and "--eval-holdout" not in command
 
@@ -123,8 +135,9 @@ def test_regularization_is_auto_or_a_number_the_worker_accepts(module):
             param.resolve(bad)
     for value, parsed in (("auto", None), (2.5, 2.5)):
         # A fixed regularization leaves nothing to tune: it comes with tune false (see the next test).
-        command = module.worker_command(params_of(module, regularization=value, tune=value == "auto"), "s3://b/in/",
-                                        "s3://b/out/", "")
+        command = module.worker_command(
+            params_of(module, regularization=value, tune=value == "auto"), "s3://b/in/", "s3://b/out/", ""
+        )
         assert _regularization(command[command.index("--regularization") + 1]) == parsed
 
 
@@ -145,7 +158,9 @@ def test_tune_is_on_by_default_like_the_workers_and_refuses_a_fixed_regularizati
 
 
 def test_train_emits_the_asset_the_consumer_dag_is_scheduled_on(module):
-    spec = importlib.util.spec_from_file_location("gpu_recommendations_consumer_dag", DAG_PATH.with_name("gpu_recommendations_consumer.py"))
+    spec = importlib.util.spec_from_file_location(
+        "gpu_recommendations_consumer_dag", DAG_PATH.with_name("gpu_recommendations_consumer.py")
+    )
     consumer = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(consumer)
     [outlet] = module.dag.get_task("train").outlets

@@ -42,8 +42,11 @@ def test_each_follow_gets_its_own_lines_in_its_owners_context(memory_jobs):
         follower = LogFollower.shared(TARGET)
         for job in jobs:
             owner.set(f"trigger of {job}")  # the triggerer binds a trigger's id like this
-            follower.follow(memory_jobs.jobs[job], lambda lines, job=job: got[job].extend((owner.get(), line) for line in lines),
-                            poll_interval=10)
+            follower.follow(
+                memory_jobs.jobs[job],
+                lambda lines, job=job: got[job].extend((owner.get(), line) for line in lines),
+                poll_interval=10,
+            )
             memory_jobs.write(job, [f"{job} says hi"])
         await asyncio.sleep(GATHER + 1)
         assert got == {job: [(f"trigger of {job}", f"{job} says hi")] for job in jobs}
@@ -142,7 +145,9 @@ def test_a_busy_log_api_does_not_hold_the_end_of_a_job_up(memory_jobs, caplog):
         follower = LogFollower.shared(TARGET)
         follows = [follower.follow(memory_jobs.jobs[job], lambda lines: None, poll_interval=30) for job in jobs]
         await asyncio.sleep(GATHER + 0.1)
-        backlog = [asyncio.ensure_future(follower.reader.limiter.acquire(urgent=True)) for _ in range(3)]  # 6 s of calls queued
+        backlog = [
+            asyncio.ensure_future(follower.reader.limiter.acquire(urgent=True)) for _ in range(3)
+        ]  # 6 s of calls queued
         await asyncio.sleep(0)
         started = now()
         results = await asyncio.gather(*(f.finish() for f in follows))

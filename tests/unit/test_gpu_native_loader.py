@@ -22,8 +22,12 @@ from tests.support.native_data import ROUNDING, confidence_with_heavy_rows, impl
 
 EPS = 1e-20
 PARAM_TYPES = {  # als.cu parameter type -> (is an array, numpy dtype)
-    "i64*": (True, np.int64), "int*": (True, np.int32), "float*": (True, np.float32),
-    "unsigned long long*": (True, np.uint64), "int": (False, np.int32), "i64": (False, np.int64),
+    "i64*": (True, np.int64),
+    "int*": (True, np.int32),
+    "float*": (True, np.float32),
+    "unsigned long long*": (True, np.uint64),
+    "int": (False, np.int32),
+    "i64": (False, np.int64),
     "float": (False, np.float32),
 }
 
@@ -83,8 +87,9 @@ def cg_light(indptr, indices, data, rows, n_rows, X, Y, yty, cg_steps):
         X[row] = x
 
 
-def heavy_partials(indices, data, heavy_rows, chunk_heavy, chunk_start, chunk_end, n_chunks, X, P, active, Y,
-                   residual, partials):
+def heavy_partials(
+    indices, data, heavy_rows, chunk_heavy, chunk_start, chunk_end, n_chunks, X, P, active, Y, residual, partials
+):
     for chunk in range(n_chunks):
         h = chunk_heavy[chunk]
         if not residual and not active[h]:
@@ -95,7 +100,7 @@ def heavy_partials(indices, data, heavy_rows, chunk_heavy, chunk_start, chunk_en
 
 def heavy_start(heavy_rows, chunk_first, n_heavy, X, yty, partials, R, P, rs, active):
     for h in range(n_heavy):
-        r = partials[chunk_first[h]:chunk_first[h + 1]].sum(axis=0, dtype=np.float32) - yty @ X[heavy_rows[h]]
+        r = partials[chunk_first[h] : chunk_first[h + 1]].sum(axis=0, dtype=np.float32) - yty @ X[heavy_rows[h]]
         R[h] = P[h] = r
         rs[h] = r @ r
         active[h] = rs[h] >= EPS
@@ -106,7 +111,7 @@ def heavy_step(heavy_rows, chunk_first, n_heavy, X, yty, partials, R, P, rs, act
         if not active[h]:
             continue
         row = heavy_rows[h]
-        ap = yty @ P[h] + partials[chunk_first[h]:chunk_first[h + 1]].sum(axis=0, dtype=np.float32)
+        ap = yty @ P[h] + partials[chunk_first[h] : chunk_first[h + 1]].sum(axis=0, dtype=np.float32)
         alpha = rs[h] / (P[h] @ ap)
         X[row] += alpha * P[h]
         R[h] -= alpha * ap
@@ -133,7 +138,7 @@ def scatter_columns(indptr, indices, data, n_rows, cursor, out_indices, out_data
 
 def row_sums(indptr, data, n_rows, sums):
     for row in range(n_rows):
-        sums[row] = data[indptr[row]:indptr[row + 1]].sum(dtype=np.float32)
+        sums[row] = data[indptr[row] : indptr[row + 1]].sum(dtype=np.float32)
 
 
 def bm25_confidence(indptr, indices, data, n_rows, norm, idf, k1, alpha):
@@ -149,8 +154,20 @@ def spmv_rows(indptr, indices, data, n_rows, v, out):
         out[row] = data[span] @ v[indices[span]]
 
 
-EMULATED = {f.__name__: f for f in (cg_light, heavy_partials, heavy_start, heavy_step, count_columns, scatter_columns,
-                                    row_sums, bm25_confidence, spmv_rows)}
+EMULATED = {
+    f.__name__: f
+    for f in (
+        cg_light,
+        heavy_partials,
+        heavy_start,
+        heavy_step,
+        count_columns,
+        scatter_columns,
+        row_sums,
+        bm25_confidence,
+        spmv_rows,
+    )
+}
 
 
 class FakeKernel:
@@ -162,8 +179,9 @@ class FakeKernel:
         assert len(args) == len(self.signature), f"{self.name}: {len(args)} arguments for {len(self.signature)}"
         for n, (arg, (is_array, dtype)) in enumerate(zip(args, self.signature)):
             if is_array:
-                assert isinstance(arg, np.ndarray) and arg.dtype == dtype and arg.flags.c_contiguous, \
+                assert isinstance(arg, np.ndarray) and arg.dtype == dtype and arg.flags.c_contiguous, (
                     f"{self.name} argument {n}: {type(arg).__name__} {getattr(arg, 'dtype', '')}, expected {dtype}"
+                )
             else:
                 assert type(arg) is dtype, f"{self.name} argument {n}: {type(arg).__name__}, expected {dtype.__name__}"
         assert len(grid) == 1 and grid[0] >= 1 and block[0] % 32 == 0
@@ -211,10 +229,13 @@ class FakeCupy(types.SimpleNamespace):
         self.asarray = lambda a, dtype=None: np.array(a, dtype=dtype)
         self.asnumpy = lambda a: np.array(a)
         self.random = types.SimpleNamespace(RandomState=RandomState)
-        device = types.SimpleNamespace(synchronize=lambda: None, attributes={
-            "MultiProcessorCount": 2, "MaxSharedMemoryPerBlockOptin": shared_limit})
-        self.cuda = types.SimpleNamespace(runtime=types.SimpleNamespace(memGetInfo=lambda: (free_bytes, free_bytes * 2)),
-                                          Device=lambda *a: device)
+        device = types.SimpleNamespace(
+            synchronize=lambda: None,
+            attributes={"MultiProcessorCount": 2, "MaxSharedMemoryPerBlockOptin": shared_limit},
+        )
+        self.cuda = types.SimpleNamespace(
+            runtime=types.SimpleNamespace(memGetInfo=lambda: (free_bytes, free_bytes * 2)), Device=lambda *a: device
+        )
 
     def __getattr__(self, name):
         return getattr(np, name)
@@ -311,8 +332,10 @@ def test_native_fit_refuses_a_value_its_weighting_makes_non_finite(fake_gpu):
     counts = confidence_with_heavy_rows(2_000, heavy_users=1, seed=4)
     counts.data[:] = 3
     counts.data[counts.indptr[5]] = -2  # log1p(-2) is nan
-    with np.errstate(invalid="ignore"), \
-            pytest.raises(solver.WorkerError, match=r"^user row 5 has a non-finite value after --weighting log \(nan"):
+    with (
+        np.errstate(invalid="ignore"),
+        pytest.raises(solver.WorkerError, match=r"^user row 5 has a non-finite value after --weighting log \(nan"),
+    ):
         solver.NativeAls(factors=4, iterations=1).fit(counts, weighting="log")
     assert "cg_light" not in fake.launches
 
@@ -321,7 +344,10 @@ def test_native_fit_checks_that_its_factors_are_finite(fake_gpu):
     fake_gpu()
     matrix = confidence_with_heavy_rows(2_000, heavy_users=1, seed=4)
     matrix.data[:] = 3e38  # finite, but the sums overflow float32
-    with np.errstate(all="ignore"), pytest.raises(solver.WorkerError, match="factors are not finite after 1 iterations"):
+    with (
+        np.errstate(all="ignore"),
+        pytest.raises(solver.WorkerError, match="factors are not finite after 1 iterations"),
+    ):
         solver.NativeAls(factors=4, iterations=1, threshold=20, chunk=8).fit(matrix)
 
 

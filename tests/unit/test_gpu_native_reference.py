@@ -28,14 +28,13 @@ def matrix():
     return confidence_with_heavy_rows(100_000, seed=0)
 
 
-
-
 def initial(matrix, factors, seed=1):
     rng = np.random.default_rng(seed)
     users, items = matrix.shape
-    return (rng.random((users, factors), dtype=np.float32) * 0.01, rng.random((items, factors), dtype=np.float32) * 0.01)
-
-
+    return (
+        rng.random((users, factors), dtype=np.float32) * 0.01,
+        rng.random((items, factors), dtype=np.float32) * 0.01,
+    )
 
 
 def test_schedule_splits_heavy_rows_into_chunks_that_cover_them(matrix):

@@ -58,17 +58,35 @@ def test_native_solver_with_device_cpu_is_refused():
 @pytest.mark.skipif(HAS_CUPY, reason="CuPy installed: the refusal for a missing CuPy cannot be seen here")
 def test_native_solver_without_cupy_says_what_to_install():
     matrix = scipy.sparse.random(50, 20, density=0.2, format="csr", dtype=np.float32, random_state=0)
-    with pytest.raises(WorkerError, match=r"needs CuPy and a CUDA GPU: CuPy \(cupy-cuda13x\) is not installed.*airflow-gpu\[gpu\].*--solver implicit"):
+    with pytest.raises(
+        WorkerError,
+        match=r"needs CuPy and a CUDA GPU: CuPy \(cupy-cuda13x\) is not installed.*airflow-gpu\[gpu\].*--solver implicit",
+    ):
         fit(matrix, TrainParams(solver="native", factors=4, iterations=1))
 
 
 @pytest.mark.skipif(HAS_CUPY, reason="CuPy installed: the refusal for a missing CuPy cannot be seen here")
 def test_cli_solver_native_without_gpu_fails_before_reading_and_writes_nothing(tmp_path, capsys):
     rows = 200
-    pq.write_table(pa.table({"user_id": [f"u{n % 40}" for n in range(rows)], "item_id": [f"i{n % 13}" for n in range(rows)]}),
-                   tmp_path / "in.parquet")
-    code = main(["als", "--input", str(tmp_path / "in.parquet"), "--output", str(tmp_path / "out"), "--solver", "native",
-                 "--factors", "4", "--iterations", "1"])
+    pq.write_table(
+        pa.table({"user_id": [f"u{n % 40}" for n in range(rows)], "item_id": [f"i{n % 13}" for n in range(rows)]}),
+        tmp_path / "in.parquet",
+    )
+    code = main(
+        [
+            "als",
+            "--input",
+            str(tmp_path / "in.parquet"),
+            "--output",
+            str(tmp_path / "out"),
+            "--solver",
+            "native",
+            "--factors",
+            "4",
+            "--iterations",
+            "1",
+        ]
+    )
     err = capsys.readouterr().err
     assert code != 0
     assert "--solver native needs" in err and "--solver implicit" in err and "Traceback" not in err
@@ -78,10 +96,29 @@ def test_cli_solver_native_without_gpu_fails_before_reading_and_writes_nothing(t
 
 def test_cli_solver_implicit_trains_on_the_cpu_as_before(tmp_path, capsys):
     rng = np.random.default_rng(0)
-    pq.write_table(pa.table({"user_id": rng.integers(0, 60, 1_500), "item_id": rng.integers(0, 25, 1_500)}),
-                   tmp_path / "in.parquet")
-    code = main(["als", "--input", str(tmp_path / "in.parquet"), "--output", str(tmp_path / "out"), "--solver", "implicit",
-                 "--device", "cpu", "--factors", "4", "--iterations", "2", "--similar-n", "0"])
+    pq.write_table(
+        pa.table({"user_id": rng.integers(0, 60, 1_500), "item_id": rng.integers(0, 25, 1_500)}),
+        tmp_path / "in.parquet",
+    )
+    code = main(
+        [
+            "als",
+            "--input",
+            str(tmp_path / "in.parquet"),
+            "--output",
+            str(tmp_path / "out"),
+            "--solver",
+            "implicit",
+            "--device",
+            "cpu",
+            "--factors",
+            "4",
+            "--iterations",
+            "2",
+            "--similar-n",
+            "0",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 0, err
     assert "ALS on CPU (implicit solver)" in err

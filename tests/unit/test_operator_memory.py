@@ -26,8 +26,16 @@ def jobs(memory_jobs):
 
 
 def operator(**kwargs: Any) -> GpuBatchOperator:
-    args = dict(task_id="train", job_queue="q", job_definition="d", command=["airflow-gpu-worker", "als"],
-                backend="memory", poll_interval=30, max_queued=3600, deferrable=True)
+    args = dict(
+        task_id="train",
+        job_queue="q",
+        job_definition="d",
+        command=["airflow-gpu-worker", "als"],
+        backend="memory",
+        poll_interval=30,
+        max_queued=3600,
+        deferrable=True,
+    )
     return GpuBatchOperator(**{**args, **kwargs})
 
 
@@ -88,10 +96,17 @@ def test_execute_complete_returns_the_job_facts_and_a_redelivered_event_the_same
     event = jobs.jobs[job_id].as_event()
     resumed = operator()  # a fresh instance, as on a real resume
     result = resumed.execute_complete(make_context(), event)
-    assert result == {"job_id": job_id, "job_name": jobs.jobs[job_id].name, "status": "SUCCEEDED", "attempts": 1,
-                      "exit_code": 0, "log_stream": job_id, "log_group": None,
-                      # a backend that reports no usage gets no made-up figure
-                      "cost": {"cost_usd": None, "cost_basis": "the memory backend does not report usage"}}
+    assert result == {
+        "job_id": job_id,
+        "job_name": jobs.jobs[job_id].name,
+        "status": "SUCCEEDED",
+        "attempts": 1,
+        "exit_code": 0,
+        "log_stream": job_id,
+        "log_group": None,
+        # a backend that reports no usage gets no made-up figure
+        "cost": {"cost_usd": None, "cost_basis": "the memory backend does not report usage"},
+    }
     assert resumed.execute_complete(make_context(), event) == result
 
 
@@ -125,8 +140,12 @@ def test_a_reattached_try_whose_job_an_earlier_try_stopped_submits_a_fresh_one(j
 def test_a_reattached_try_stopped_by_its_own_max_queued_fails_instead(jobs):
     job_id = defer(operator(), make_context()).trigger.job_id
     jobs.terminated.clear()
-    event = {**jobs.jobs[job_id].as_event(), "status": "FAILED", "status_reason": "no GPU capacity for 3600 s",
-             "stopped_for": "max_queued"}
+    event = {
+        **jobs.jobs[job_id].as_event(),
+        "status": "FAILED",
+        "status_reason": "no GPU capacity for 3600 s",
+        "stopped_for": "max_queued",
+    }
     with pytest.raises(GpuJobFailed, match="no GPU capacity"):
         operator().execute_complete(make_context(), event, reattached=True)
     assert len(jobs.submitted) == 1
@@ -139,6 +158,7 @@ def test_the_blocking_path_waits_in_the_same_watcher_for_success_and_failure(job
                 for job_id, state in list(jobs.jobs.items()):
                     if state.is_live:
                         end(job_id)
+
         jobs.before_describe.append(step)
 
     end_on_the_third_poll(jobs.finish)
@@ -146,7 +166,9 @@ def test_the_blocking_path_waits_in_the_same_watcher_for_success_and_failure(job
     assert result["status"] == "SUCCEEDED" and len(jobs.describes) == 3
 
     jobs.reset()
-    end_on_the_third_poll(lambda job_id: jobs.fail(job_id, "Essential container in task exited", 42, ["Traceback", "boom"]))
+    end_on_the_third_poll(
+        lambda job_id: jobs.fail(job_id, "Essential container in task exited", 42, ["Traceback", "boom"])
+    )
     with pytest.raises(GpuJobFailed, match="exit code 42") as failed:
         operator(deferrable=False).execute(make_context())
     assert failed.value.log_lines == ["Traceback", "boom"]
@@ -156,7 +178,9 @@ def test_a_deferral_timeout_terminates_the_job_before_the_task_fails(jobs):
     context = make_context()
     job_id = defer(operator(execution_timeout=timedelta(minutes=5)), context).trigger.job_id
     with pytest.raises(TaskDeferralTimeout):
-        operator(execution_timeout=timedelta(minutes=5)).resume_execution("__fail__", {"error": "Trigger timeout"}, context)
+        operator(execution_timeout=timedelta(minutes=5)).resume_execution(
+            "__fail__", {"error": "Trigger timeout"}, context
+        )
     [(terminated, reason)] = jobs.terminated
     assert terminated == job_id and "execution_timeout" in reason and "gpu_dag.train" in reason
     assert jobs.jobs[job_id].status == "FAILED"

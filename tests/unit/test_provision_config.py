@@ -13,8 +13,6 @@ ACCOUNT = "123456789012"
 SLR = f"arn:aws:iam::{ACCOUNT}:role/aws-service-role/batch.amazonaws.com/AWSServiceRoleForBatch"
 
 
-
-
 def good_config() -> dict:
     return {
         "prefix": "airflow-gpu",
@@ -75,7 +73,9 @@ def test_good_config_builds_the_requests():
     assert ce["computeResources"]["type"] == "SPOT"
     jd = job_definition_request(cfg)
     assert {r["type"]: r["value"] for r in jd["containerProperties"]["resourceRequirements"]} == {
-        "GPU": "1", "VCPU": "4", "MEMORY": "15000",
+        "GPU": "1",
+        "VCPU": "4",
+        "MEMORY": "15000",
     }
     assert jd["retryStrategy"]["evaluateOnExit"] == [
         {"onStatusReason": "Host EC2*", "action": "RETRY"},
@@ -92,14 +92,22 @@ def test_good_config_builds_the_requests():
         ({"compute": {"instance_types": ["g6f.xlarge"]}}, "compute.instance_types[0]", ["whole GPUs"]),
         ({"compute": {"instance_types": ["g5.3xlarge"]}}, "compute.instance_types[0]", ["not a size of the g5 family"]),
         ({"compute": {"instance_types": []}}, "compute.instance_types", ["non-empty list"]),
-        ({"job": {"memory_mib": 16384}}, "job needs", ["memory_mib 16384", "g5.xlarge", "larger type such as g5.2xlarge"]),
+        (
+            {"job": {"memory_mib": 16384}},
+            "job needs",
+            ["memory_mib 16384", "g5.xlarge", "larger type such as g5.2xlarge"],
+        ),
         ({"job": {"gpus": 2}}, "job needs", ["job.gpus 2 > 1", "g5.12xlarge"]),
         ({"job": {"vcpus": 8}}, "job needs", ["job.vcpus 8 > 4"]),
         ({"job": {"gpus": 0}}, "job.gpus", ["between 1 and 8"]),
         ({"job": {"vcpus": "4"}}, "job.vcpus", ["whole number"]),
         ({"compute": {"max_vcpus": 2}, "job": {"vcpus": 4}}, "compute.max_vcpus", ["below job.vcpus"]),
         ({"compute": {"instance_role": None}}, "compute.instance_role", ["is missing", "instance-profile"]),
-        ({"compute": {"instance_role": f"arn:aws:iam::{ACCOUNT}:role/ecsInstanceRole"}}, "compute.instance_role", ["is a role", "instance profile"]),
+        (
+            {"compute": {"instance_role": f"arn:aws:iam::{ACCOUNT}:role/ecsInstanceRole"}},
+            "compute.instance_role",
+            ["is a role", "instance profile"],
+        ),
         ({"compute": {"service_role": None}}, "compute.service_role", ["is missing", "AWSServiceRoleForBatch"]),
         ({"compute": {"service_role": "ecsServiceRole"}}, "compute.service_role", ["not an IAM role ARN"]),
         ({"job": {"job_role": None}}, "job.job_role", ["is missing"]),
@@ -109,7 +117,11 @@ def test_good_config_builds_the_requests():
         ({"compute": {"subnets": ["<SUBNET_ID_A>"]}}, "compute.subnets[0]", ["placeholder"]),
         ({"compute": {"max_vcpu": 64}}, "compute.max_vcpu", ["not a known key", "max_vcpus"]),
         ({"compute": {"provisioning": "reserved"}}, "compute.provisioning", ["spot", "on-demand"]),
-        ({"compute": {"provisioning": "on-demand", "allocation_strategy": "SPOT_CAPACITY_OPTIMIZED"}}, "compute.allocation_strategy", ["not allowed with on-demand", "BEST_FIT_PROGRESSIVE"]),
+        (
+            {"compute": {"provisioning": "on-demand", "allocation_strategy": "SPOT_CAPACITY_OPTIMIZED"}},
+            "compute.allocation_strategy",
+            ["not allowed with on-demand", "BEST_FIT_PROGRESSIVE"],
+        ),
         ({"compute": {"allocation_strategy": "BEST_FIT"}}, "compute.allocation_strategy", ["blocks in-place updates"]),
         ({"compute": {"provisioning": "on-demand", "bid_percentage": 50}}, "compute.bid_percentage", ["spot only"]),
         ({"logs": {"retention_days": 31}}, "logs.retention_days", ["not a value CloudWatch Logs accepts", "30"]),
@@ -143,8 +155,13 @@ def test_the_example_as_shipped_points_at_every_placeholder():
     problems = problems_of(EXAMPLE.read_text())
     keys = {p.split(" ", 1)[0] for p in problems}
     assert keys == {
-        "compute.subnets[0]", "compute.subnets[1]", "compute.security_groups[0]",
-        "compute.instance_role", "compute.service_role", "job.image", "job.job_role",
+        "compute.subnets[0]",
+        "compute.subnets[1]",
+        "compute.security_groups[0]",
+        "compute.instance_role",
+        "compute.service_role",
+        "job.image",
+        "job.job_role",
     }
     assert all("placeholder" in p for p in problems)
 
@@ -152,8 +169,10 @@ def test_the_example_as_shipped_points_at_every_placeholder():
 def test_example_with_ids_replaced_is_valid():
     text = EXAMPLE.read_text()
     for placeholder, value in {
-        "<SUBNET_ID_A>": "subnet-0123456789abcdef0", "<SUBNET_ID_B>": "subnet-0123456789abcdef1",
-        "<SECURITY_GROUP_ID>": "sg-0123456789abcdef0", "<ACCOUNT_ID>": ACCOUNT,
+        "<SUBNET_ID_A>": "subnet-0123456789abcdef0",
+        "<SUBNET_ID_B>": "subnet-0123456789abcdef1",
+        "<SECURITY_GROUP_ID>": "sg-0123456789abcdef0",
+        "<ACCOUNT_ID>": ACCOUNT,
     }.items():
         text = text.replace(placeholder, value)
     cfg = parse_config(text)
@@ -162,17 +181,23 @@ def test_example_with_ids_replaced_is_valid():
 
 
 def test_warnings_for_risky_but_valid_choices():
-    cfg = parse_config(edited(
-        compute={"service_role": f"arn:aws:iam::{ACCOUNT}:role/service-role/AWSBatchServiceRole",
-                 "instance_types": ["g6.xlarge", "p5.48xlarge"]},
-        job={"image": "example.com/worker:latest", "memory_mib": 15000},
-    ))
+    cfg = parse_config(
+        edited(
+            compute={
+                "service_role": f"arn:aws:iam::{ACCOUNT}:role/service-role/AWSBatchServiceRole",
+                "instance_types": ["g6.xlarge", "p5.48xlarge"],
+            },
+            job={"image": "example.com/worker:latest", "memory_mib": 15000},
+        )
+    )
     text = "\n".join(cfg.warnings)
     assert "only max_vcpus in place" in text
     assert "no fixed tag" in text
     assert len(cfg.warnings) == 2
     # An instance type too small for the job is wasted, not fatal, while another type fits.
-    cfg = parse_config(edited(compute={"instance_types": ["g6.xlarge", "g6.2xlarge"]}, job={"vcpus": 8, "memory_mib": 30000}))
+    cfg = parse_config(
+        edited(compute={"instance_types": ["g6.xlarge", "g6.2xlarge"]}, job={"vcpus": 8, "memory_mib": 30000})
+    )
     assert any("g6.xlarge cannot hold one job" in w for w in cfg.warnings)
 
 
@@ -197,7 +222,9 @@ def test_instance_table_matches_ec2_facts_recorded_by_moto():
         facts = EC2[name]
         gpus = sum(g["Count"] for g in facts["GpuInfo"]["Gpus"])
         assert (ours.gpus, ours.vcpus, ours.memory_mib) == (
-            gpus, facts["VCpuInfo"]["DefaultVCpus"], facts["MemoryInfo"]["SizeInMiB"],
+            gpus,
+            facts["VCpuInfo"]["DefaultVCpus"],
+            facts["MemoryInfo"]["SizeInMiB"],
         ), name
         assert facts["GpuInfo"]["Gpus"][0]["Manufacturer"] == "NVIDIA", name
     # Every size EC2 lists for a supported family is in the table.

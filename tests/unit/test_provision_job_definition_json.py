@@ -24,8 +24,10 @@ EXAMPLE = ROOT / "container" / "batch-setup.example.toml"
 def example_request(account: str) -> dict:
     text = EXAMPLE.read_text()
     for placeholder, value in {
-        "<SUBNET_ID_A>": "subnet-0123456789abcdef0", "<SUBNET_ID_B>": "subnet-0123456789abcdef1",
-        "<SECURITY_GROUP_ID>": "sg-0123456789abcdef0", "<ACCOUNT_ID>": account,
+        "<SUBNET_ID_A>": "subnet-0123456789abcdef0",
+        "<SUBNET_ID_B>": "subnet-0123456789abcdef1",
+        "<SECURITY_GROUP_ID>": "sg-0123456789abcdef0",
+        "<ACCOUNT_ID>": account,
     }.items():
         text = text.replace(placeholder, value)
     return job_definition_request(parse_config(text))
@@ -33,7 +35,8 @@ def example_request(account: str) -> dict:
 
 def view(definition: dict) -> dict:
     return {
-        k: v for k, v in job_definition_view(definition).items()
+        k: v
+        for k, v in job_definition_view(definition).items()
         if not k.startswith("tags.") and k != "containerProperties.command"
     }
 

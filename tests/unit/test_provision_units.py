@@ -29,7 +29,9 @@ def policy(clock: FakeClock, timeout: float = 30.0) -> WaitPolicy:
 def test_wait_polls_until_done():
     clock = FakeClock()
     states = iter([{"status": "CREATING"}, {"status": "CREATING"}, {"status": "VALID"}])
-    result = wait_for(policy(clock), "ce x to be VALID", lambda: next(states), lambda s: s["status"] == "VALID", show=str)
+    result = wait_for(
+        policy(clock), "ce x to be VALID", lambda: next(states), lambda s: s["status"] == "VALID", show=str
+    )
     assert result == {"status": "VALID"}
     assert clock.sleeps == [5.0, 5.0]
 
@@ -37,8 +39,13 @@ def test_wait_polls_until_done():
 def test_wait_gives_up_at_the_deadline_with_the_last_state():
     clock = FakeClock()
     with pytest.raises(WaitTimeout) as err:
-        wait_for(policy(clock, timeout=12), "job queue q to be deleted", lambda: {"status": "DELETING"},
-                 lambda s: s is None, show=lambda s: f"status {s['status']}")
+        wait_for(
+            policy(clock, timeout=12),
+            "job queue q to be deleted",
+            lambda: {"status": "DELETING"},
+            lambda s: s is None,
+            show=lambda s: f"status {s['status']}",
+        )
     assert "timed out after 12 s waiting for job queue q to be deleted (last seen: status DELETING)" in str(err.value)
     assert "--wait-timeout" in str(err.value)
     assert clock.now == 15.0  # three polls of 5 s, then the deadline
@@ -47,9 +54,13 @@ def test_wait_gives_up_at_the_deadline_with_the_last_state():
 def test_wait_stops_at_once_on_invalid():
     clock = FakeClock()
     with pytest.raises(ProvisionError, match="INVALID: CLIENT_ERROR - subnet-1 not found"):
-        wait_for(policy(clock), "ce x to be VALID",
-                 lambda: {"status": "INVALID", "statusReason": "CLIENT_ERROR - subnet-1 not found"},
-                 lambda s: s["status"] == "VALID", show=str)
+        wait_for(
+            policy(clock),
+            "ce x to be VALID",
+            lambda: {"status": "INVALID", "statusReason": "CLIENT_ERROR - subnet-1 not found"},
+            lambda s: s["status"] == "VALID",
+            show=str,
+        )
     assert clock.sleeps == []
 
 
@@ -65,10 +76,19 @@ def test_job_definition_view_ignores_what_aws_adds_or_reorders():
         "propagateTags": True,
     }
     reported = {
-        "jobDefinitionArn": "arn:...:1", "revision": 1, "status": "ACTIVE", "containerOrchestrationType": "ECS",
-        "type": "container", "parameters": {},
+        "jobDefinitionArn": "arn:...:1",
+        "revision": 1,
+        "status": "ACTIVE",
+        "containerOrchestrationType": "ECS",
+        "type": "container",
+        "parameters": {},
         "containerProperties": {
-            "image": "img:1", "command": [], "volumes": [], "environment": [], "mountPoints": [], "ulimits": [],
+            "image": "img:1",
+            "command": [],
+            "volumes": [],
+            "environment": [],
+            "mountPoints": [],
+            "ulimits": [],
             "secrets": [],
             "resourceRequirements": [{"type": "MEMORY", "value": "15000"}, {"type": "GPU", "value": "1"}],
             "logConfiguration": {"logDriver": "awslogs", "options": {"awslogs-group": "g"}, "secretOptions": []},
@@ -84,13 +104,31 @@ def test_job_definition_view_ignores_what_aws_adds_or_reorders():
 
 
 def test_compute_environment_view_compares_sets_and_profile_names():
-    asked = {"type": "MANAGED", "state": "ENABLED", "computeResources": {
-        "type": "SPOT", "instanceTypes": ["g6.xlarge", "g5.xlarge"], "subnets": ["subnet-b", "subnet-a"],
-        "instanceRole": "ecsInstanceRole", "minvCpus": 0, "maxvCpus": 64,
-    }}
-    reported = {"type": "MANAGED", "state": "ENABLED", "status": "VALID", "computeResources": {
-        "type": "SPOT", "instanceTypes": ["g5.xlarge", "g6.xlarge"], "subnets": ["subnet-a", "subnet-b"],
-        "instanceRole": "arn:aws:iam::123456789012:instance-profile/ecsInstanceRole", "minvCpus": 0, "maxvCpus": 64,
-        "desiredvCpus": 8, "bidPercentage": 100,
-    }}
+    asked = {
+        "type": "MANAGED",
+        "state": "ENABLED",
+        "computeResources": {
+            "type": "SPOT",
+            "instanceTypes": ["g6.xlarge", "g5.xlarge"],
+            "subnets": ["subnet-b", "subnet-a"],
+            "instanceRole": "ecsInstanceRole",
+            "minvCpus": 0,
+            "maxvCpus": 64,
+        },
+    }
+    reported = {
+        "type": "MANAGED",
+        "state": "ENABLED",
+        "status": "VALID",
+        "computeResources": {
+            "type": "SPOT",
+            "instanceTypes": ["g5.xlarge", "g6.xlarge"],
+            "subnets": ["subnet-a", "subnet-b"],
+            "instanceRole": "arn:aws:iam::123456789012:instance-profile/ecsInstanceRole",
+            "minvCpus": 0,
+            "maxvCpus": 64,
+            "desiredvCpus": 8,
+            "bidPercentage": 100,
+        },
+    }
     assert diff(compute_environment_view(reported), compute_environment_view(asked)) == []

@@ -35,11 +35,17 @@ def job(status: str = "RUNNING", **tags: str) -> JobState:
 
 # -- the table ------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     ("event", "seen_job", "task_state", "expected"),
     [
         ("stalled triggerer resumes: the trigger moved", job(**{TAG_DEFERRED_TRY: "1"}), "deferred", Action.KEEP),
-        ("a later start_from_trigger try deferred before submitting", job(**{TAG_DEFERRED_TRY: "1"}), "deferred", Action.KEEP),
+        (
+            "a later start_from_trigger try deferred before submitting",
+            job(**{TAG_DEFERRED_TRY: "1"}),
+            "deferred",
+            Action.KEEP,
+        ),
         ("clear, next try not started", job(**{TAG_DEFERRED_TRY: "1"}), None, Action.TERMINATE),
         ("clear, next try scheduled", job(**{TAG_DEFERRED_TRY: "1"}), "scheduled", Action.TERMINATE),
         ("clear, next try running", job(**{TAG_DEFERRED_TRY: "1"}), "running", Action.TERMINATE),
@@ -47,9 +53,24 @@ def job(status: str = "RUNNING", **tags: str) -> JobState:
         ("mark success", job(**{TAG_DEFERRED_TRY: "1"}), "success", Action.TERMINATE),
         ("the DAG run was deleted", job(**{TAG_DEFERRED_TRY: "1"}), TaskState.GONE, Action.TERMINATE),
         ("the state cannot be read", job(**{TAG_DEFERRED_TRY: "1"}), TaskState.UNKNOWN, Action.TERMINATE),
-        ("the next try already ended the job", job(**{TAG_DEFERRED_TRY: "1", TAG_CANCELLED: "true"}), "running", Action.LEAVE),
-        ("a later try owns the job (reattached without the tag)", job(**{TAG_DEFERRED_TRY: "2"}), "deferred", Action.LEAVE),
-        ("the job ended while the triggerer stalled", job("SUCCEEDED", **{TAG_DEFERRED_TRY: "1"}), "success", Action.LEAVE),
+        (
+            "the next try already ended the job",
+            job(**{TAG_DEFERRED_TRY: "1", TAG_CANCELLED: "true"}),
+            "running",
+            Action.LEAVE,
+        ),
+        (
+            "a later try owns the job (reattached without the tag)",
+            job(**{TAG_DEFERRED_TRY: "2"}),
+            "deferred",
+            Action.LEAVE,
+        ),
+        (
+            "the job ended while the triggerer stalled",
+            job("SUCCEEDED", **{TAG_DEFERRED_TRY: "1"}),
+            "success",
+            Action.LEAVE,
+        ),
         ("the job is gone from the backend", None, "failed", Action.LEAVE),
     ],
 )
@@ -73,6 +94,7 @@ def test_which_jobs_a_later_try_supersedes(seen_job, try_number, expected):
 
 
 # -- a later try ----------------------------------------------------------------------------------
+
 
 @pytest.fixture(autouse=True)
 async def memory_jobs():
@@ -126,6 +148,7 @@ async def test_a_moved_start_trigger_finds_its_own_trys_job(memory_jobs):
 
 # -- on_kill --------------------------------------------------------------------------------------
 
+
 class TaskStates:
     """Stands in for the Task SDK read of the task instance's state."""
 
@@ -149,12 +172,18 @@ async def deferred_on_a_job(memory_jobs, trigger_cls=GpuBatchJobTrigger, try_num
     if trigger_cls is GpuBatchJobTrigger:
         trigger = GpuBatchJobTrigger(state.job_id, backend="memory")
     else:
-        trigger = GpuBatchStartTrigger(job_queue="q", job_definition="d", command=["als"], backend="memory", job_id=state.job_id)
-    trigger.task_instance = SimpleNamespace(dag_id="recs", task_id="train", run_id="manual__1", map_index=-1, try_number=try_number)
+        trigger = GpuBatchStartTrigger(
+            job_queue="q", job_definition="d", command=["als"], backend="memory", job_id=state.job_id
+        )
+    trigger.task_instance = SimpleNamespace(
+        dag_id="recs", task_id="train", run_id="manual__1", map_index=-1, try_number=try_number
+    )
     return trigger
 
 
-@pytest.mark.parametrize("trigger_cls", [GpuBatchJobTrigger, GpuBatchStartTrigger], ids=["worker", "start_from_trigger"])
+@pytest.mark.parametrize(
+    "trigger_cls", [GpuBatchJobTrigger, GpuBatchStartTrigger], ids=["worker", "start_from_trigger"]
+)
 async def test_a_resumed_stalled_triggerer_kills_nothing(memory_jobs, monkeypatch, trigger_cls):
     states = TaskStates(monkeypatch, "deferred")  # the trigger moved: the task still waits, same try
     trigger = await deferred_on_a_job(memory_jobs, trigger_cls)
@@ -165,7 +194,9 @@ async def test_a_resumed_stalled_triggerer_kills_nothing(memory_jobs, monkeypatc
 
 
 @pytest.mark.parametrize("task_state", [None, "scheduled", "queued", "running", "failed", "success", TaskState.UNKNOWN])
-@pytest.mark.parametrize("trigger_cls", [GpuBatchJobTrigger, GpuBatchStartTrigger], ids=["worker", "start_from_trigger"])
+@pytest.mark.parametrize(
+    "trigger_cls", [GpuBatchJobTrigger, GpuBatchStartTrigger], ids=["worker", "start_from_trigger"]
+)
 async def test_a_clear_or_mark_terminates_the_job_once(memory_jobs, monkeypatch, trigger_cls, task_state):
     TaskStates(monkeypatch, task_state)
     trigger = await deferred_on_a_job(memory_jobs, trigger_cls)
@@ -226,6 +257,8 @@ async def test_a_start_trigger_cancelled_mid_submit_decides_on_its_own_trys_job_
     mine, _ = await submit_or_reattach(backend, spec(**{TAG_DEFERRED_TRY: "2"}), reattach=True, log=LOG, try_number=2)
     memory_jobs.terminate_calls.clear()
     trigger = GpuBatchStartTrigger(job_queue="q", job_definition="d", command=["als"], backend="memory")
-    trigger.task_instance = SimpleNamespace(dag_id="recs", task_id="train", run_id="manual__1", map_index=-1, try_number=2)
+    trigger.task_instance = SimpleNamespace(
+        dag_id="recs", task_id="train", run_id="manual__1", map_index=-1, try_number=2
+    )
     await trigger.on_kill()
     assert memory_jobs.terminate_calls == [mine.job_id]

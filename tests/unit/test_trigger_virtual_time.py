@@ -47,9 +47,18 @@ def test_success_fires_one_event_with_the_job_facts_after_its_log_lines(memory_j
         [event] = await events_of(trigger)
         assert now() == pytest.approx(GATHER + 90, abs=1)  # the first poll after the end, plus the last read
         assert event == {
-            "job_id": job, "job_name": memory_jobs.jobs[job].name, "status": "SUCCEEDED", "status_reason": None,
-            "exit_code": 0, "attempts": 1, "log_stream": job, "log_group": None, "stopped_for": None,
-            "log_relayed_to_end": True, "job_url": None, "log_url": None,
+            "job_id": job,
+            "job_name": memory_jobs.jobs[job].name,
+            "status": "SUCCEEDED",
+            "status_reason": None,
+            "exit_code": 0,
+            "attempts": 1,
+            "log_stream": job,
+            "log_group": None,
+            "stopped_for": None,
+            "log_relayed_to_end": True,
+            "job_url": None,
+            "log_url": None,
         }
         assert trigger.log.relayed(job) == ["loading", "epoch 1", "epoch 2", "saved"]  # in order, each once
         assert f"Job {job} is RUNNING" in trigger.log.records
@@ -63,12 +72,16 @@ def test_success_fires_one_event_with_the_job_facts_after_its_log_lines(memory_j
 def test_a_failed_job_fires_with_its_reason_and_exit_code(memory_jobs):
     async def main() -> None:
         [job] = await submit_jobs(1)
-        asyncio.get_running_loop().call_later(45, memory_jobs.fail, job, "Essential container in task exited", 3,
-                                              ["CUDA error: out of memory"])
+        asyncio.get_running_loop().call_later(
+            45, memory_jobs.fail, job, "Essential container in task exited", 3, ["CUDA error: out of memory"]
+        )
         trigger = trigger_for(job)
         [event] = await events_of(trigger)
         assert (event["status"], event["status_reason"], event["exit_code"]) == (
-            "FAILED", "Essential container in task exited", 3)
+            "FAILED",
+            "Essential container in task exited",
+            3,
+        )
         assert trigger.log.relayed(job) == ["CUDA error: out of memory"]
 
     run(main)
@@ -182,8 +195,9 @@ def test_run_inline_it_closes_its_clients_as_it_fires(memory_jobs):
 
 
 def start_trigger(**kwargs: Any) -> GpuBatchStartTrigger:
-    trigger = GpuBatchStartTrigger(job_queue="q", job_definition="d", command=["als"], backend="memory", poll_interval=30,
-                                   **kwargs)
+    trigger = GpuBatchStartTrigger(
+        job_queue="q", job_definition="d", command=["als"], backend="memory", poll_interval=30, **kwargs
+    )
     trigger.task_instance = FakeTaskInstance(map_index=4)
     trigger._log = LineLog()
     return trigger
@@ -228,7 +242,11 @@ def test_the_start_trigger_hands_a_failed_job_to_a_worker_and_refuses_bad_fields
         memory_jobs.fail(trigger.job_id, "Essential container in task exited", 3)
         [event] = await running
         assert type(event) is TriggerEvent  # resumes on a worker, which raises with the log's tail
-        assert (event.payload["status"], event.payload["exit_code"], event.payload["reattached"]) == ("FAILED", 3, False)
+        assert (event.payload["status"], event.payload["exit_code"], event.payload["reattached"]) == (
+            "FAILED",
+            3,
+            False,
+        )
 
         [refused] = await start_events(start_trigger(gpus=99))
         assert isinstance(refused, TaskFailedEvent)

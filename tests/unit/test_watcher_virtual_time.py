@@ -19,10 +19,14 @@ MISCONFIGURED = (
     "MISCONFIGURATION:JOB_RESOURCE_REQUIREMENT - The job resource requirement (vCPU/memory/GPU) is higher than "
     "that can be met by the CE(s) attached to the job queue."
 )
-CAPACITY = "CAPACITY:INSUFFICIENT_INSTANCE_CAPACITY - There is no Spot capacity available that meets the job requirements."
+CAPACITY = (
+    "CAPACITY:INSUFFICIENT_INSTANCE_CAPACITY - There is no Spot capacity available that meets the job requirements."
+)
 
 
-def cycles(describes: list[tuple[float, tuple[str, ...]]], interval: float) -> list[list[tuple[float, tuple[str, ...]]]]:
+def cycles(
+    describes: list[tuple[float, tuple[str, ...]]], interval: float
+) -> list[list[tuple[float, tuple[str, ...]]]]:
     """The describe calls grouped by the cycle they belong to (cycles start every ``interval`` from GATHER)."""
     grouped: dict[int, list] = {}
     for stamp, ids in describes:
@@ -121,7 +125,9 @@ def test_a_cycles_chunks_start_spread_over_half_the_interval_in_the_same_order(m
 def test_a_failed_poll_never_ends_a_job(memory_jobs):
     async def main() -> None:
         [job] = await submit_jobs(1)
-        memory_jobs.describe_faults.extend(CannotSeeJobs("Access denied", code="AccessDeniedException") for _ in range(5))
+        memory_jobs.describe_faults.extend(
+            CannotSeeJobs("Access denied", code="AccessDeniedException") for _ in range(5)
+        )
         seen: list[str] = []
         asyncio.get_running_loop().call_later(200, memory_jobs.finish, job)
         async with JobWatcher.shared(TARGET).watch(job, poll_interval=30) as watch:
@@ -159,12 +165,15 @@ def test_a_job_undescribable_past_the_grace_time_is_reported_unseen_and_never_te
     async def main() -> None:
         [job] = await submit_jobs(1)
         memory_jobs.describe_faults.extend(
-            CannotSeeJobs("not authorized to perform batch:DescribeJobs", fix="grant batch:DescribeJobs") for _ in range(200)
+            CannotSeeJobs("not authorized to perform batch:DescribeJobs", fix="grant batch:DescribeJobs")
+            for _ in range(200)
         )
         async with JobWatcher.shared(TARGET).watch(job, poll_interval=30) as watch:
             final = await follow_job(watch)
         assert final.status == UNKNOWN
-        assert JobWatcher.describe_error_grace <= now() < JobWatcher.describe_error_grace + 61  # the grace, plus one pause
+        assert (
+            JobWatcher.describe_error_grace <= now() < JobWatcher.describe_error_grace + 61
+        )  # the grace, plus one pause
         assert "could not see job" in final.status_reason and "grant batch:DescribeJobs" in final.status_reason
         assert "NOT terminated" in final.status_reason
         assert memory_jobs.terminated == [] and memory_jobs.jobs[job].status == "RUNNING"
@@ -213,7 +222,9 @@ def test_a_runnable_job_blocked_by_misconfiguration_fails_at_once_with_the_reaso
 
     final = run(main)
     assert (final.status, final.stopped_for) == (FAILED, STOPPED_FOR_NEVER_STARTS)
-    assert final.status_reason.startswith("the job can never start: AWS Batch reports MISCONFIGURATION:JOB_RESOURCE_REQUIREMENT")
+    assert final.status_reason.startswith(
+        "the job can never start: AWS Batch reports MISCONFIGURATION:JOB_RESOURCE_REQUIREMENT"
+    )
     assert "lower gpus/vcpus/memory_mib" in final.status_reason  # the fix
 
 
@@ -226,7 +237,9 @@ def test_a_capacity_wait_keeps_waiting_and_reports_each_change_of_reason_once(me
         loop.call_later(300, memory_jobs.finish, job)
         changes: list[tuple[str, str | None]] = []
         async with JobWatcher.shared(TARGET).watch(job, poll_interval=30) as watch:
-            final = await follow_job(watch, on_change=lambda s: changes.append((s.status, s.blocked and s.blocked.category)))
+            final = await follow_job(
+                watch, on_change=lambda s: changes.append((s.status, s.blocked and s.blocked.category))
+            )
         assert final.status == "SUCCEEDED" and memory_jobs.terminated == []
         assert changes == [("RUNNABLE", None), ("RUNNABLE", "CAPACITY"), ("RUNNING", None), ("SUCCEEDED", None)]
 
@@ -239,11 +252,15 @@ def test_max_queued_terminates_a_job_still_queued_and_spares_one_that_started(me
         asyncio.get_running_loop().call_later(50, lambda: memory_jobs.set_state(started, "RUNNING"))
         asyncio.get_running_loop().call_later(400, memory_jobs.finish, started)
         watcher = JobWatcher.shared(TARGET)
-        async with watcher.watch(queued, poll_interval=30, max_queued=100) as a, \
-                watcher.watch(started, poll_interval=30, max_queued=100) as b:
+        async with (
+            watcher.watch(queued, poll_interval=30, max_queued=100) as a,
+            watcher.watch(started, poll_interval=30, max_queued=100) as b,
+        ):
             stuck, fine = await asyncio.gather(follow_job(a), follow_job(b))
         assert (stuck.status, stuck.stopped_for) == (FAILED, STOPPED_FOR_MAX_QUEUED)
-        assert stuck.status_reason.startswith("no GPU capacity for 120 s: the job stayed RUNNABLE longer than max_queued=100 s")
+        assert stuck.status_reason.startswith(
+            "no GPU capacity for 120 s: the job stayed RUNNABLE longer than max_queued=100 s"
+        )
         assert fine.status == "SUCCEEDED"
         assert [j for j, _ in memory_jobs.terminated] == [queued]
 

@@ -43,7 +43,12 @@ def test_many_parts_fold_into_one_dictionary(monkeypatch, fold_at):
         all_weights += weights.tolist()
     for seq in order:
         users, items, weights = parts[seq]
-        builder.add(pa.chunked_array([pa.array(users, pa.string())]), pa.chunked_array([pa.array(items, pa.int64())]), weights, seq=int(seq))
+        builder.add(
+            pa.chunked_array([pa.array(users, pa.string())]),
+            pa.chunked_array([pa.array(items, pa.int64())]),
+            weights,
+            seq=int(seq),
+        )
     result = builder.build()
     expected = reference(all_users, all_items, np.array(all_weights))
     got = as_dict(result)
@@ -68,11 +73,14 @@ def test_empty_input_is_a_clear_error():
         MatrixBuilder().build()
 
 
-@pytest.mark.parametrize("weighting,alpha,expected", [
-    ("none", 4.0, lambda r: np.full_like(r, 5.0)),
-    ("linear", 2.0, lambda r: 1 + 2.0 * r),
-    ("log", 3.0, lambda r: 1 + 3.0 * np.log1p(r)),
-])
+@pytest.mark.parametrize(
+    "weighting,alpha,expected",
+    [
+        ("none", 4.0, lambda r: np.full_like(r, 5.0)),
+        ("linear", 2.0, lambda r: 1 + 2.0 * r),
+        ("log", 3.0, lambda r: 1 + 3.0 * np.log1p(r)),
+    ],
+)
 def test_confidence_formulas(weighting, alpha, expected):
     raw = scipy.sparse.random(30, 20, density=0.3, format="csr", dtype=np.float32, random_state=2)
     raw.data *= 10

@@ -25,7 +25,9 @@ def _h100(sm: float, used_gib: float, watts: float | None = 300.0, index: int = 
 def _run(samples, *, step: float = 1.0, cpu_per_step: float = 0.5, rss_gib: float = 2.0) -> dict:
     """Sample ``samples`` one tick apart, as the thread would, on an injected clock."""
     clock, cpu = Clock(), [0.0]
-    sampler = Sampler(ReplayReader(samples), clock=clock, cpu_seconds=lambda: cpu[0], rss_bytes=lambda: int(rss_gib * GiB))
+    sampler = Sampler(
+        ReplayReader(samples), clock=clock, cpu_seconds=lambda: cpu[0], rss_bytes=lambda: int(rss_gib * GiB)
+    )
     for _ in samples:
         clock.now += step
         cpu[0] += cpu_per_step * step
@@ -62,14 +64,21 @@ def test_each_gpu_gets_its_own_line_and_a_board_without_power_says_none():
 
 def test_without_a_gpu_the_cpu_side_is_profiled_and_the_line_says_why():
     clock = Clock()
-    sampler = Sampler(None, no_gpu_reason="pynvml is not installed", clock=clock, cpu_seconds=lambda: clock.now * 1.5,
-                      rss_bytes=lambda: 3 * GiB)
+    sampler = Sampler(
+        None,
+        no_gpu_reason="pynvml is not installed",
+        clock=clock,
+        cpu_seconds=lambda: clock.now * 1.5,
+        rss_bytes=lambda: 3 * GiB,
+    )
     for _ in range(3):
         clock.now += 1
         sampler.sample_once()
     document = sampler.document()
     assert document["gpus"] == [] and document["no_gpu_reason"] == "pynvml is not installed"
-    assert summary_lines(document) == ["cpu: 1.5 cores mean, 3.0 GiB peak memory, 3 s (no GPU profile: pynvml is not installed)"]
+    assert summary_lines(document) == [
+        "cpu: 1.5 cores mean, 3.0 GiB peak memory, 3 s (no GPU profile: pynvml is not installed)"
+    ]
 
 
 def test_a_failing_read_costs_one_sample_not_the_job():

@@ -16,21 +16,33 @@ STARTED = datetime(2026, 12, 1, 12, 0, 30, tzinfo=timezone.utc)
 
 
 def test_job_context_reads_batchs_variables_and_the_submit_time_when_given():
-    env = {"AWS_BATCH_JOB_ID": "abc-123", "AWS_BATCH_JQ_NAME": "gpu-queue", "AWS_BATCH_JOB_ATTEMPT": "2",
-           "AIRFLOW_GPU_SUBMITTED_AT": "2026-12-01T12:00:00Z", "AWS_SECRET_ACCESS_KEY": "never-this"}
+    env = {
+        "AWS_BATCH_JOB_ID": "abc-123",
+        "AWS_BATCH_JQ_NAME": "gpu-queue",
+        "AWS_BATCH_JOB_ATTEMPT": "2",
+        "AIRFLOW_GPU_SUBMITTED_AT": "2026-12-01T12:00:00Z",
+        "AWS_SECRET_ACCESS_KEY": "never-this",
+    }
     context = job_context(STARTED, env)
     assert context["job_id"] == "abc-123" and context["backend"] == "aws_batch" and context["queue"] == "gpu-queue"
     assert context["queue_wait_seconds"] == 30.0 and context["attempt"] == "2"
     assert "never-this" not in repr(context)
     assert job_context(STARTED, {"AIRFLOW_GPU_JOB_ID": "local-7"}) == {
-        "job_id": "local-7", "backend": "local", "queue_wait_seconds": None}
+        "job_id": "local-7",
+        "backend": "local",
+        "queue_wait_seconds": None,
+    }
     assert job_context(STARTED, {"AIRFLOW_GPU_SUBMITTED_AT": "not a time"})["queue_wait_seconds"] is None
 
 
 def _metrics(**training) -> dict:
-    return {"run_id": "r1", "total_seconds": 61.5, "training": {"device": "gpu", "iterations": 15, **training},
-            "job": job_context(STARTED, {"AWS_BATCH_JOB_ID": "abc-123", "AIRFLOW_GPU_SUBMITTED_AT": "1796126400"}),
-            "gpu": {"name": "NVIDIA H200", "memory_bytes": 150 * 2**30, "compute_capability": "9.0"}}
+    return {
+        "run_id": "r1",
+        "total_seconds": 61.5,
+        "training": {"device": "gpu", "iterations": 15, **training},
+        "job": job_context(STARTED, {"AWS_BATCH_JOB_ID": "abc-123", "AIRFLOW_GPU_SUBMITTED_AT": "1796126400"}),
+        "gpu": {"name": "NVIDIA H200", "memory_bytes": 150 * 2**30, "compute_capability": "9.0"},
+    }
 
 
 def test_report_shows_the_job_its_wait_and_the_gpu():

@@ -11,13 +11,24 @@ from airflow_gpu.worker.report import render
 
 def _metrics() -> dict:
     return {
-        "run_id": "r1", "total_seconds": 61.5,
-        "training": {"device": "cpu", "iterations": 15, "iterations_run": 12, "seconds": 7.25,
-                     "iteration_seconds": [0.51, 0.5, 0.49, 0.5], "loss": [0.9, 0.7, 0.6, 0.55]},
+        "run_id": "r1",
+        "total_seconds": 61.5,
+        "training": {
+            "device": "cpu",
+            "iterations": 15,
+            "iterations_run": 12,
+            "seconds": 7.25,
+            "iteration_seconds": [0.51, 0.5, 0.49, 0.5],
+            "loss": [0.9, 0.7, 0.6, 0.55],
+        },
         "stages": {"ingest": 3.0, "train": 7.9},
-        "evaluation": {"k": 10, "users_evaluated": 2000, "holdout": 1,
-                       "als": {"precision_at_10": 0.0421, "map_at_10": 0.02, "ndcg_at_10": 0.05},
-                       "popularity": {"precision_at_10": 0.0105, "map_at_10": 0.01, "ndcg_at_10": 0.02}},
+        "evaluation": {
+            "k": 10,
+            "users_evaluated": 2000,
+            "holdout": 1,
+            "als": {"precision_at_10": 0.0421, "map_at_10": 0.02, "ndcg_at_10": 0.05},
+            "popularity": {"precision_at_10": 0.0105, "map_at_10": 0.01, "ndcg_at_10": 0.02},
+        },
     }
 
 
@@ -25,7 +36,7 @@ def test_the_headline_comes_first_with_the_result():
     page = render(_metrics())
     headline = page.index("class=headline")
     assert headline < page.index("<h2>")  # before the first section
-    text = re.sub("<[^>]+>", "", page[headline:page.index("</div>", headline)])
+    text = re.sub("<[^>]+>", "", page[headline : page.index("</div>", headline)])
     assert "ALS precision@10 0.0421 against popularity's 0.0105: 4.01x the baseline" in text
     assert "2,000 held-out users" in text and "12 iterations" in text and "61.5 s wall time" in text
 
@@ -43,7 +54,7 @@ def test_training_time_is_shown_once():
 
 def test_the_seconds_per_iteration_axis_starts_at_zero():
     page = render(_metrics())
-    chart = page[page.index("aria-label='seconds per iteration'"):]
-    chart = chart[:chart.index("</svg>")]
+    chart = page[page.index("aria-label='seconds per iteration'") :]
+    chart = chart[: chart.index("</svg>")]
     ticks = re.findall(r"text-anchor=end font-size=11 fill='#555'>([^<]+)<", chart)
     assert ticks[0] == "0"

@@ -30,8 +30,6 @@ def fake_gpu(monkeypatch):
     return FakeGpuAls
 
 
-
-
 def test_cpu_fit_logs_loss_and_time_per_iteration(caplog):
     caplog.set_level(logging.INFO, "airflow_gpu.worker")
     result = fit(confidence(data()), TrainParams(factors=8, iterations=4, device="cpu", threads=1))
@@ -75,11 +73,14 @@ def test_gpu_requested_without_cuda_is_a_clear_error(monkeypatch):
         fit(confidence(data()), TrainParams(factors=4, iterations=1, device="gpu"))
 
 
-@pytest.mark.parametrize("users,items,nnz,factors,fragment", [
-    (25_000_000, 8_400_000, 10**9, 128, "users x factors = 25,000,000 x 128"),
-    (1_000, 20_000_000, 10**6, 200, "items x factors = 20,000,000 x 200"),
-    (1_000, 1_000, INT32_LIMIT, 8, "interactions = 2,147,483,648"),
-])
+@pytest.mark.parametrize(
+    "users,items,nnz,factors,fragment",
+    [
+        (25_000_000, 8_400_000, 10**9, 128, "users x factors = 25,000,000 x 128"),
+        (1_000, 20_000_000, 10**6, 200, "items x factors = 20,000,000 x 200"),
+        (1_000, 1_000, INT32_LIMIT, 8, "interactions = 2,147,483,648"),
+    ],
+)
 def test_int32_guard_refuses_before_training(users, items, nnz, factors, fragment):
     with pytest.raises(WorkerError) as caught:
         check_gpu_limits(users, items, nnz, factors)
@@ -108,8 +109,12 @@ def test_similar_items_leave_the_item_itself_out():
 
 
 def test_bad_parameters():
-    for params, flag in ((TrainParams(factors=0), "--factors"), (TrainParams(iterations=0), "--iterations"),
-                         (TrainParams(regularization=-1), "--regularization"), (TrainParams(device="tpu"), "--device")):
+    for params, flag in (
+        (TrainParams(factors=0), "--factors"),
+        (TrainParams(iterations=0), "--iterations"),
+        (TrainParams(regularization=-1), "--regularization"),
+        (TrainParams(device="tpu"), "--device"),
+    ):
         with pytest.raises(WorkerError, match=flag):
             params.check()
 
@@ -144,7 +149,10 @@ def test_cpu_ranking_matches_implicits_topk(monkeypatch, n_items):
 
     monkeypatch.setattr(recommend, "_BLOCK_ELEMENTS", 50 * n_items)  # several blocks, run in threads
     rng = np.random.default_rng(8)
-    users, items = rng.standard_normal((700, 16)).astype(np.float32), rng.standard_normal((n_items, 16)).astype(np.float32)
+    users, items = (
+        rng.standard_normal((700, 16)).astype(np.float32),
+        rng.standard_normal((n_items, 16)).astype(np.float32),
+    )
     seen = scipy.sparse.random(700, n_items, density=0.05, format="lil", dtype=np.float32, random_state=9)
     seen[3, : n_items - 4] = 1.0  # at most 4 unseen items: 6 slots stay empty
     seen[4, :] = 1.0  # nothing left to recommend
@@ -170,7 +178,9 @@ def test_cpu_ranking_by_the_norm_head_matches_implicits_topk(monkeypatch, skew):
     rng = np.random.default_rng(12)
     n_items = 6_000  # head: 2,048 items
     users = rng.standard_normal((900, 16)).astype(np.float32)
-    items = rng.standard_normal((n_items, 16)).astype(np.float32) * np.exp(skew * rng.standard_normal((n_items, 1))).astype(np.float32)
+    items = rng.standard_normal((n_items, 16)).astype(np.float32) * np.exp(
+        skew * rng.standard_normal((n_items, 1))
+    ).astype(np.float32)
     seen = scipy.sparse.random(900, n_items, density=0.01, format="lil", dtype=np.float32, random_state=13)
     by_norm = np.argsort(-np.linalg.norm(items, axis=1))
     seen[7, by_norm[:3_000]] = 1.0  # the whole head seen: this row must fall back
@@ -210,8 +220,13 @@ def test_cpu_similar_items_match_implicits(n_items):
 
 def test_on_iteration_sees_every_iteration_as_recorded():
     seen = []
-    params = TrainParams(factors=8, iterations=3, device="cpu", threads=1,
-                         on_iteration=lambda i, seconds, loss: seen.append((i, seconds, loss)))
+    params = TrainParams(
+        factors=8,
+        iterations=3,
+        device="cpu",
+        threads=1,
+        on_iteration=lambda i, seconds, loss: seen.append((i, seconds, loss)),
+    )
     result = fit(confidence(data()), params)
     assert [i for i, _, _ in seen] == [0, 1, 2]
     assert [s for _, s, _ in seen] == result.iteration_seconds
@@ -246,8 +261,9 @@ def test_regularization_is_scaled_to_the_data_unless_given(caplog):
     # Twice the confidence, twice the regularization: the rule has no scale of its own.
     doubled = weighted.copy()
     doubled.data *= 2
-    assert fit(doubled, TrainParams(factors=8, iterations=1, device="cpu", threads=1)).regularization == \
-        pytest.approx(2 * auto.regularization, rel=1e-4)
+    assert fit(doubled, TrainParams(factors=8, iterations=1, device="cpu", threads=1)).regularization == pytest.approx(
+        2 * auto.regularization, rel=1e-4
+    )
     fixed = fit(weighted, TrainParams(factors=8, iterations=1, regularization=3.5, device="cpu", threads=1))
     assert fixed.regularization == 3.5 and fixed.model.regularization == 3.5
 
@@ -275,9 +291,15 @@ def test_pipeline_records_the_trained_regularization_and_keeps_the_callback_out_
 
     write_shards(synthetic_interactions(20_000, n_users=800, n_items=200, seed=2), tmp_path / "in", objects=2)
     calls = []
-    config = AlsConfig(input=str(tmp_path / "in"), output=str(tmp_path / "out"), columns=Columns(weight="plays"),
-                       train=TrainParams(factors=8, iterations=3, on_iteration=lambda *args: calls.append(args)),
-                       similar_n=0, write_factors=False, eval_holdout=0.2)
+    config = AlsConfig(
+        input=str(tmp_path / "in"),
+        output=str(tmp_path / "out"),
+        columns=Columns(weight="plays"),
+        train=TrainParams(factors=8, iterations=3, on_iteration=lambda *args: calls.append(args)),
+        similar_n=0,
+        write_factors=False,
+        eval_holdout=0.2,
+    )
     run = run_als(config)
     assert len(calls) == 3
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
@@ -309,7 +331,13 @@ def test_quiet_and_the_s3_options_are_defined_once_and_work_everywhere():
     assert parser.parse_args(["-q", "als", "--input", "i", "--output", "o"]).quiet is True
     assert parser.parse_args(["als", "-q", "--input", "i", "--output", "o"]).quiet is True
     assert getattr(parser.parse_args(["als", "--input", "i", "--output", "o"]), "quiet", False) is False
-    script = parser.parse_args(["run-script", "--script", "s.py", "--output", "o", "--endpoint-url", "http://x", "--concurrency", "3"])
+    script = parser.parse_args(
+        ["run-script", "--script", "s.py", "--output", "o", "--endpoint-url", "http://x", "--concurrency", "3"]
+    )
     assert (script.endpoint_url, script.concurrency, getattr(script, "quiet", False)) == ("http://x", 3, False)
     source = (Path(__file__).resolve().parents[2] / "airflow_gpu" / "worker" / "__main__.py").read_text()
-    assert source.count('"--quiet"') == 1 and source.count('"--endpoint-url"') == 1 and source.count('"--concurrency"') == 1
+    assert (
+        source.count('"--quiet"') == 1
+        and source.count('"--endpoint-url"') == 1
+        and source.count('"--concurrency"') == 1
+    )

@@ -49,8 +49,9 @@ def test_early_stop_ends_the_fit_and_keeps_that_iterations_factors(device, reque
     assert 2 < stopped.iterations_run < 60 and stopped.stop_reason.startswith("converged")
     assert len(stopped.loss) == stopped.iterations_run
     # The factors are those of a fit that ran exactly that many iterations (same seed, one thread).
-    fixed = fit(weighted, TrainParams(factors=8, iterations=stopped.iterations_run, device=device, threads=1,
-                                      early_stop=0))
+    fixed = fit(
+        weighted, TrainParams(factors=8, iterations=stopped.iterations_run, device=device, threads=1, early_stop=0)
+    )
     assert fixed.stop_reason == OFF and fixed.iterations_run == stopped.iterations_run
     np.testing.assert_allclose(stopped.user_factors(), fixed.user_factors(), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(stopped.item_factors(), fixed.item_factors(), rtol=1e-5, atol=1e-6)
@@ -88,8 +89,15 @@ def _per_user(precision: float, users: int = 400) -> np.ndarray:
 
 
 def test_search_scores_the_default_first_then_walks_its_shares_then_the_weightings_warm_from_the_best():
-    table = {("bm25", 0.05): 0.14, ("bm25", 0.1): 0.15, ("bm25", 0.2): 0.10, ("bm25", 0.3): 0.09,
-             ("log", 0.05): 0.20, ("log", 0.1): 0.17, ("none", 0.05): 0.11}
+    table = {
+        ("bm25", 0.05): 0.14,
+        ("bm25", 0.1): 0.15,
+        ("bm25", 0.2): 0.10,
+        ("bm25", 0.3): 0.09,
+        ("log", 0.05): 0.20,
+        ("log", 0.1): 0.17,
+        ("none", 0.05): 0.11,
+    }
     calls = []
 
     def score(point: Setting, start: Setting | None) -> np.ndarray:
@@ -189,8 +197,9 @@ def test_tune_starts_no_fit_that_its_clock_says_would_end_past_the_budget(monkey
 
     monkeypatch.setattr(tune, "fit", slow_fit)
     matrix = _matrix(30_000, 1_500, 300)
-    result = tune.tune(matrix, TrainParams(factors=8, iterations=20, device="cpu", threads=1), budget=0.25,
-                       clock=lambda: now[0])
+    result = tune.tune(
+        matrix, TrainParams(factors=8, iterations=20, device="cpu", threads=1), budget=0.25, clock=lambda: now[0]
+    )
     # The real fits are far shorter than MIN_SECONDS (5 s), so that is the budget: after 2 fits (4 s), a
     # third would end at 6 s. The search stops there, within its budget, and says it stopped.
     assert result.budget_seconds == tune.MIN_SECONDS and result.stopped_by_budget
@@ -222,7 +231,9 @@ def test_tune_samples_users_validates_inside_the_training_matrix_and_records_eve
     assert document["searched"] == [row["setting"] for row in result.grid]
     assert document["default_precision_at_10"] == scores[DEFAULT.label]
     assert document["choice_precision_at_10"] == scores[result.choice.label]
-    assert document["gain_over_default"] == pytest.approx(scores[result.choice.label] / scores[DEFAULT.label] - 1, abs=1e-4)
+    assert document["gain_over_default"] == pytest.approx(
+        scores[result.choice.label] / scores[DEFAULT.label] - 1, abs=1e-4
+    )
     assert all("against" in row and "z" in row for row in document["grid"][1:])
     # Each candidate ranks items for at most MAX_VALIDATION_USERS of the sample's users.
     monkeypatch.setattr(tune, "MAX_VALIDATION_USERS", 100)
@@ -239,8 +250,32 @@ def shards(tmp_path) -> Path:
 
 def _run(tmp_path: Path, shards: Path, *extra: str, quiet: bool = True) -> tuple[dict, dict]:
     out = tmp_path / "out"
-    assert main(["-q"] * quiet + ["als", "--input", str(shards), "--output", str(out), "--weight-col", "plays", "--factors", "8",
-                 "--iterations", "40", "--eval-holdout", "0.2", "--similar-n", "0", "--threads", "1", *extra]) == 0
+    assert (
+        main(
+            ["-q"] * quiet
+            + [
+                "als",
+                "--input",
+                str(shards),
+                "--output",
+                str(out),
+                "--weight-col",
+                "plays",
+                "--factors",
+                "8",
+                "--iterations",
+                "40",
+                "--eval-holdout",
+                "0.2",
+                "--similar-n",
+                "0",
+                "--threads",
+                "1",
+                *extra,
+            ]
+        )
+        == 0
+    )
     manifest = json.loads((out / "manifest.json").read_text())
     metrics = json.loads((out / manifest["metrics"]).read_text())
     return manifest, metrics
@@ -279,11 +314,15 @@ def test_pipeline_tunes_by_default_on_the_training_split_only_and_trains_with_th
     weighted, params = seen["final"]
     expected = confidence(tuned_on, choice.weighting, choice.alpha)
     np.testing.assert_allclose(weighted.toarray(), expected.toarray(), rtol=1e-6)
-    assert params.regularization == pytest.approx(choice.share * train.largest_singular_value(expected, seed=0), rel=1e-6)
+    assert params.regularization == pytest.approx(
+        choice.share * train.largest_singular_value(expected, seed=0), rel=1e-6
+    )
     assert metrics["training"]["weighting"] == choice.weighting and metrics["training"]["alpha"] == choice.alpha
     summary = manifest["summary"]
     tuned = summary["tuned"]
-    assert tuned["choice"] == choice.label and tuned["points"] == len(tuning["grid"]) and tuned["default"] == DEFAULT.label
+    assert (
+        tuned["choice"] == choice.label and tuned["points"] == len(tuning["grid"]) and tuned["default"] == DEFAULT.label
+    )
     assert tuned["searched"] == tuning["searched"] and tuned["share_of_training"] == tuning["share_of_training"] > 0
     assert tuned["gain_over_default"] == tuning["gain_over_default"] >= 0
     assert tuned["precision_at_10"] == tuning["choice_precision_at_10"] and tuned["stopped_by_budget"] is False
@@ -298,8 +337,11 @@ def test_pipeline_tunes_by_default_on_the_training_split_only_and_trains_with_th
 def test_cli_no_tune_and_explicit_settings_skip_the_search_and_say_so(tmp_path, shards, caplog):
     _, metrics = _run(tmp_path, shards, "--no-tune")
     assert metrics["tuning"] is None and metrics["training"]["weighting"] == "bm25"
-    for flags, weighting in ((("--weighting", "log"), "log"), (("--alpha", "0.7"), "bm25"),
-                             (("--regularization", "0.5"), "bm25")):
+    for flags, weighting in (
+        (("--weighting", "log"), "log"),
+        (("--alpha", "0.7"), "bm25"),
+        (("--regularization", "0.5"), "bm25"),
+    ):
         caplog.clear()
         with caplog.at_level("INFO", logger="airflow_gpu.worker"):
             _, metrics = _run(tmp_path, shards, *flags, quiet=False)

@@ -12,16 +12,32 @@ from airflow_gpu.worker.__main__ import main
 SMALL = ["--factors", "4", "--iterations", "2", "--threads", "1", "--top-n", "2", "--similar-n", "0"]
 
 
-def _write(folder, name: str, plays: list[float], users: list[str] | None = None, items: list[str] | None = None) -> None:
+def _write(
+    folder, name: str, plays: list[float], users: list[str] | None = None, items: list[str] | None = None
+) -> None:
     folder.mkdir(exist_ok=True)
     n = len(plays)
     users = users or [f"u{i % 7}" for i in range(n)]
     items = items or [f"i{i % 5}" for i in range(n)]
-    pq.write_table(pa.table({"user_id": users, "item_id": items, "plays": pa.array(plays, pa.float64())}), folder / name)
+    pq.write_table(
+        pa.table({"user_id": users, "item_id": items, "plays": pa.array(plays, pa.float64())}), folder / name
+    )
 
 
 def _als(tmp_path, *extra: str) -> int:
-    return main(["als", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--weight-col", "plays", *SMALL, *extra])
+    return main(
+        [
+            "als",
+            "--input",
+            str(tmp_path / "in"),
+            "--output",
+            str(tmp_path / "out"),
+            "--weight-col",
+            "plays",
+            *SMALL,
+            *extra,
+        ]
+    )
 
 
 def test_a_finite_weight_above_float32_is_refused_naming_object_row_and_value(tmp_path, capsys):
@@ -59,7 +75,13 @@ def test_a_confidence_that_would_overflow_float32_is_refused_before_training(tmp
 
 
 def test_duplicates_that_sum_past_float32_are_refused_naming_the_pair(tmp_path, capsys):
-    _write(tmp_path / "in", "a.parquet", [3e38, 3e38, 1.0, 1.0], users=["ann", "ann", "bob", "cy"], items=["x", "x", "y", "x"])
+    _write(
+        tmp_path / "in",
+        "a.parquet",
+        [3e38, 3e38, 1.0, 1.0],
+        users=["ann", "ann", "bob", "cy"],
+        items=["x", "x", "y", "x"],
+    )
     code = _als(tmp_path, "--weighting", "log")
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert code == 2 and "user 'ann' and item 'x' sum to more than float32 holds" in err

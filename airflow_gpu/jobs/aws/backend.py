@@ -254,7 +254,9 @@ class AwsBatchBackend(JobBackend):
     def submit_params(self, spec: JobSpec, *, submitted_at: float | None = None) -> dict[str, Any]:
         for value, param in ((spec.queue, "job_queue"), (spec.definition, "job_definition")):
             if not value:
-                raise JobSpecError(f"{param} is required on AWS Batch: pass the Batch {param.replace('_', ' ')} name or ARN.")
+                raise JobSpecError(
+                    f"{param} is required on AWS Batch: pass the Batch {param.replace('_', ' ')} name or ARN."
+                )
         overrides: dict[str, Any] = {}
         if spec.command is not None:
             overrides["command"] = list(spec.command)  # argv as given: Batch runs it without a shell
@@ -301,7 +303,9 @@ class AwsBatchBackend(JobBackend):
                 continue
             if reply.get("jobArn"):
                 self._arns[reply["jobId"]] = reply["jobArn"]
-            return JobState(job_id=reply["jobId"], status="SUBMITTED", name=reply.get("jobName", spec.name), tags=spec.tags)
+            return JobState(
+                job_id=reply["jobId"], status="SUBMITTED", name=reply.get("jobName", spec.name), tags=spec.tags
+            )
 
     async def find(self, spec: JobSpec) -> list[JobState]:
         # ListJobs cannot filter by tag, but its JOB_NAME filter returns jobs in every state;
@@ -338,7 +342,9 @@ class AwsBatchBackend(JobBackend):
         """The job queues and the active job definitions (name:revision) this identity can see:
         what a misspelled --queue or --definition could have meant (the first page of each)."""
         queues = await self.backoff.call(lambda: self._batch.describe_job_queues(maxResults=100))
-        definitions = await self.backoff.call(lambda: self._batch.describe_job_definitions(status="ACTIVE", maxResults=100))
+        definitions = await self.backoff.call(
+            lambda: self._batch.describe_job_definitions(status="ACTIVE", maxResults=100)
+        )
         return (
             sorted(q["jobQueueName"] for q in queues.get("jobQueues", ())),
             sorted(f"{d['jobDefinitionName']}:{d['revision']}" for d in definitions.get("jobDefinitions", ())),
@@ -381,7 +387,9 @@ class AwsBatchBackend(JobBackend):
             return JobIdsRejected(text, code=code, fix="check the job ids")
         who = f"connection {self.connection.conn_id!r}" if self.connection.conn_id else "the default AWS credentials"
         if code in _CREDENTIALS_EXPIRED:
-            fix = f"the credentials of {who} stay expired or invalid after a refresh: renew them (or the role it assumes)"
+            fix = (
+                f"the credentials of {who} stay expired or invalid after a refresh: renew them (or the role it assumes)"
+            )
         elif "AccessDenied" in code or code in ("UnauthorizedOperation", "AuthorizationError", "Forbidden"):
             fix = f"grant batch:DescribeJobs to the identity of {who} (see docs/aws.md, IAM)"
         else:
@@ -399,7 +407,12 @@ class AwsBatchBackend(JobBackend):
         async with self._refresh_lock:
             if failed_client not in (self._batch, self._logs) or self.closed:
                 return
-            log.warning("%s answered %s: re-reading connection %r for fresh credentials", self.location, code, self.connection.conn_id)
+            log.warning(
+                "%s answered %s: re-reading connection %r for fresh credentials",
+                self.location,
+                code,
+                self.connection.conn_id,
+            )
             chain = self._standard_chain
             if chain is not None:  # no Airflow connection to re-read: the standard chain again
                 connection = await resolve_standard_chain(chain.profile, chain.region_name, chain.endpoint_url)
@@ -437,7 +450,9 @@ class AwsBatchBackend(JobBackend):
             return
         try:
             # Marked first, so a retry looking for this task's job never reattaches to one on its way out.
-            await self.backoff.call(lambda: self._batch.tag_resource(resourceArn=job["jobArn"], tags={TAG_CANCELLED: "true"}))
+            await self.backoff.call(
+                lambda: self._batch.tag_resource(resourceArn=job["jobArn"], tags={TAG_CANCELLED: "true"})
+            )
         except botocore.exceptions.ClientError as exc:
             log.warning("Could not tag %s as cancelled (%s); terminating it anyway", job_id, _error_code(exc) or exc)
         await self.backoff.call(lambda: self._batch.terminate_job(jobId=job_id, reason=reason[:MAX_REASON]))
@@ -490,6 +505,7 @@ class AwsBatchBackend(JobBackend):
         ``urgent`` calls (a job's last lines, read before its trigger fires) go ahead of
         the routine sweep in the limiter's queue.
         """
+
         async def on(logs: Any) -> dict[str, Any]:
             async def call() -> dict[str, Any]:
                 await self.logs_limiter.acquire(urgent=urgent)

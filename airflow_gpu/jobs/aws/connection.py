@@ -102,7 +102,9 @@ def forget_aws_connection(conn_id: str | None, region_name: str | None) -> None:
         del per_loop[(conn_id, region_name)]
 
 
-def resolve_standard_chain_blocking(profile: str | None, region_name: str | None, endpoint_url: str | None) -> AwsConnection:
+def resolve_standard_chain_blocking(
+    profile: str | None, region_name: str | None, endpoint_url: str | None
+) -> AwsConnection:
     """No Airflow connection: the standard AWS chain (environment, shared config, ``profile``, instance role)."""
     import botocore.exceptions
     from aiobotocore.session import AioSession
@@ -112,18 +114,25 @@ def resolve_standard_chain_blocking(profile: str | None, region_name: str | None
         session.get_scoped_config()  # a missing profile fails here, whether or not a region was given
         region = region_name or session.get_config_variable("region")
     except botocore.exceptions.ProfileNotFound:
-        raise JobSpecError(f"AWS profile {profile!r} is not in your AWS config; check --profile (aws configure list-profiles)") from None
+        raise JobSpecError(
+            f"AWS profile {profile!r} is not in your AWS config; check --profile (aws configure list-profiles)"
+        ) from None
     if not region:
         raise JobSpecError("No AWS region: pass --region, set AWS_REGION, or give your profile a region.")
     loader = session.get_component("data_loader")
     for service in ("batch", "logs"):
         loader.load_service_model(service, "service-2")
     return AwsConnection(
-        conn_id=None, session=session, region_name=region, config=None,
+        conn_id=None,
+        session=session,
+        region_name=region,
+        config=None,
         endpoint_urls={"batch": endpoint_url, "logs": endpoint_url, "ecs": endpoint_url},
     )
 
 
-async def resolve_standard_chain(profile: str | None, region_name: str | None, endpoint_url: str | None) -> AwsConnection:
+async def resolve_standard_chain(
+    profile: str | None, region_name: str | None, endpoint_url: str | None
+) -> AwsConnection:
     # The terminal opens one backend per command, so there is nothing to share: resolve in a thread.
     return await asyncio.to_thread(resolve_standard_chain_blocking, profile, region_name, endpoint_url)

@@ -139,7 +139,9 @@ async def _instance_types_of(backend: AwsBatchBackend, arns: Iterable[str]) -> d
         for cluster, cluster_arns in by_cluster.items():
             for start in range(0, len(cluster_arns), ECS_BATCH):
                 chunk = cluster_arns[start : start + ECS_BATCH]
-                reply = await backend.backoff.call(partial(ecs.describe_container_instances, cluster=cluster, containerInstances=chunk))
+                reply = await backend.backoff.call(
+                    partial(ecs.describe_container_instances, cluster=cluster, containerInstances=chunk)
+                )
                 for instance in reply.get("containerInstances", ()):
                     attributes = {a.get("name"): a.get("value") for a in instance.get("attributes") or ()}
                     instance_type = attributes.get("ecs.instance-type")
@@ -200,5 +202,5 @@ def _match(cached: dict[str, str], cluster: str) -> str | None:
     if cluster in cached:
         return cached[cluster]
     if cluster.startswith("cluster/"):  # a name from a long container instance ARN
-        return next((m for arn, m in cached.items() if arn.endswith("/" + cluster[len("cluster/"):])), None)
+        return next((m for arn, m in cached.items() if arn.endswith("/" + cluster[len("cluster/") :])), None)
     return None

@@ -97,7 +97,7 @@ def _argv(value: Any, where: str) -> tuple[str, ...]:
     if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
         raise JobSpecError(
             f"{where} must be a non-empty list of strings (the program and its first arguments), "
-            f"e.g. [\"python3\", \"-m\", \"my_job\"]; got {value!r}."
+            f'e.g. ["python3", "-m", "my_job"]; got {value!r}.'
         )
     return tuple(value)
 
@@ -126,15 +126,15 @@ def definition_entrypoint(definition: str | None) -> tuple[str, ...] | None:
     except FileNotFoundError:
         raise JobSpecError(
             f"job_definition {definition!r} names a local job definition file, and there is none at {path}. "
-            f"Create it ({{\"entrypoint\": [\"python3\", \"-m\", \"my_job\"]}}) or pass a Batch job definition name."
+            f'Create it ({{"entrypoint": ["python3", "-m", "my_job"]}}) or pass a Batch job definition name.'
         ) from None
     except (OSError, ValueError) as exc:
         raise JobSpecError(f"job_definition {definition!r}: cannot read it as JSON ({exc}).") from None
     if not isinstance(document, dict) or "entrypoint" not in document:
         raise JobSpecError(
-            f"local job definition {path} has no \"entrypoint\": add one, e.g. {{\"entrypoint\": [\"python3\", \"my_job.py\"]}}."
+            f'local job definition {path} has no "entrypoint": add one, e.g. {{"entrypoint": ["python3", "my_job.py"]}}.'
         )
-    return _argv(document["entrypoint"], f"\"entrypoint\" in {path}")
+    return _argv(document["entrypoint"], f'"entrypoint" in {path}')
 
 
 @dataclass(frozen=True)
@@ -209,15 +209,25 @@ class LocalBackend(JobBackend):
             },
         )
         # The environment goes to the process, never to disk: values may be secrets.
-        env = {**os.environ, **spec.environment, "AIRFLOW_GPU_JOB_ID": job_id, SUBMITTED_AT_ENV: submitted_at_value(submitted_at),
-               "PYTHONUNBUFFERED": "1"}
+        env = {
+            **os.environ,
+            **spec.environment,
+            "AIRFLOW_GPU_JOB_ID": job_id,
+            SUBMITTED_AT_ENV: submitted_at_value(submitted_at),
+            "PYTHONUNBUFFERED": "1",
+        }
         # Console scripts of this installation (airflow-gpu-worker) first, even when the
         # Airflow process was started as .venv/bin/airflow without activating the venv.
         env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", os.defpath)])
         runner = subprocess.Popen(
             [sys.executable, str(RUNNER), str(folder)],
-            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            start_new_session=True, close_fds=True, cwd=folder,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+            close_fds=True,
+            cwd=folder,
         )
         try:
             _, err = runner.communicate(timeout=60)
@@ -228,7 +238,11 @@ class LocalBackend(JobBackend):
             message = (err or b"").decode(errors="replace").strip() or f"exit code {runner.returncode}"
             records.write_json(
                 str(folder / records.EXIT_FILE),
-                {"exit_code": None, "ended_at": time.time(), "reason": f"the local supervisor failed to start: {message}"},
+                {
+                    "exit_code": None,
+                    "ended_at": time.time(),
+                    "reason": f"the local supervisor failed to start: {message}",
+                },
             )
             raise RuntimeError(f"could not start local job {job_id}: {message}")
         record = self._read(folder)
@@ -276,7 +290,11 @@ class LocalBackend(JobBackend):
         def scan() -> list[JobState]:
             if not self.state_dir.is_dir():
                 return []
-            ids = sorted((p.name for p in self.state_dir.iterdir() if p.is_dir()), key=lambda i: i.split("-", 1)[-1], reverse=True)
+            ids = sorted(
+                (p.name for p in self.state_dir.iterdir() if p.is_dir()),
+                key=lambda i: i.split("-", 1)[-1],
+                reverse=True,
+            )
             return [s for s in self._describe(ids) if s.status in statuses]
 
         return await asyncio.to_thread(scan)
@@ -292,10 +310,17 @@ class LocalBackend(JobBackend):
                     continue
                 started = (record.run or {}).get("started_at")
                 ended = (record.exit or {}).get("ended_at")
-                usages.append(JobUsage(
-                    job_id=state.job_id, status=state.status, created_at=record.job.get("submitted_at"), stopped_at=ended,
-                    run_s=max(0.0, ended - started) if started and ended else None, market=LOCAL, tags=state.tags,
-                ))
+                usages.append(
+                    JobUsage(
+                        job_id=state.job_id,
+                        status=state.status,
+                        created_at=record.job.get("submitted_at"),
+                        stopped_at=ended,
+                        run_s=max(0.0, ended - started) if started and ended else None,
+                        market=LOCAL,
+                        tags=state.tags,
+                    )
+                )
             return usages
 
         return await asyncio.to_thread(read)
@@ -335,7 +360,8 @@ class LocalBackend(JobBackend):
             submitted = job.get("submitted_at") or 0.0
             if time.time() - submitted > START_GRACE or _from_earlier_boot(job):
                 return JobState(
-                    status=FAILED, attempts=0,
+                    status=FAILED,
+                    attempts=0,
                     status_reason="the job never started: its submitter stopped before starting the local supervisor",
                     **common,
                 )
@@ -346,7 +372,8 @@ class LocalBackend(JobBackend):
         return JobState(
             status=FAILED,
             attempts=1,
-            status_reason=why or (
+            status_reason=why
+            or (
                 f"the job's supervisor (pid {run.get('runner_pid')}) is gone without recording an exit status: "
                 f"the host restarted or the process was killed"
             ),
@@ -531,4 +558,11 @@ def _tail(path: Path, lines: int) -> LogChunk:
     return LogChunk(_decode(data)[-lines:], str(size))
 
 
-__all__ = ["LocalBackend", "STATE_DIR_ENV", "ENTRYPOINT_ENV", "DEFAULT_ENTRYPOINT", "default_state_dir", "default_entrypoint"]
+__all__ = [
+    "LocalBackend",
+    "STATE_DIR_ENV",
+    "ENTRYPOINT_ENV",
+    "DEFAULT_ENTRYPOINT",
+    "default_state_dir",
+    "default_entrypoint",
+]

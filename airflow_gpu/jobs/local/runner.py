@@ -110,8 +110,13 @@ def supervise(job_dir: str, job: dict[str, Any], ready_fd: int) -> None:
     for fd in (0, 1, 2):  # our own stray output goes to the job's log, never to the submitter's pipes
         os.dup2(devnull if fd == 0 else log.fileno(), fd)
     started_at = time.time()
-    base = {"runner_pid": os.getpid(), "runner_start": process_start_ticks(os.getpid()),
-            "boot_id": boot_id(), "host": socket.gethostname(), "started_at": started_at}
+    base = {
+        "runner_pid": os.getpid(),
+        "runner_start": process_start_ticks(os.getpid()),
+        "boot_id": boot_id(),
+        "host": socket.gethostname(),
+        "started_at": started_at,
+    }
     cancel = read_json(os.path.join(job_dir, CANCEL_FILE))
     if cancel is not None:  # terminated before it started
         write_json(run_path, {**base, "pgid": None})
@@ -121,15 +126,21 @@ def supervise(job_dir: str, job: dict[str, Any], ready_fd: int) -> None:
     try:
         workdir = job.get("workdir")
         child = subprocess.Popen(
-            job["command"], stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True, close_fds=True,
+            job["command"],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            close_fds=True,
             cwd=workdir if workdir and os.path.isdir(workdir) else None,  # else the job's own folder
         )
     except (OSError, ValueError) as exc:
         log.write(f"airflow-gpu local backend: cannot start {job['command'][0]!r}: {exc}\n".encode())
         write_json(run_path, {**base, "pgid": None})
-        write_json(exit_path, {"exit_code": CANNOT_START, "ended_at": time.time(),
-                               "reason": f"cannot start the command: {exc}"})
+        write_json(
+            exit_path,
+            {"exit_code": CANNOT_START, "ended_at": time.time(), "reason": f"cannot start the command: {exc}"},
+        )
         _signal_ready(ready_fd)
         return
     write_json(run_path, {**base, "pgid": child.pid})

@@ -50,7 +50,8 @@ __device__ __forceinline__ void load_row(const float* __restrict__ factors, i64 
     }
 }
 
-__device__ __forceinline__ void store_row(float* __restrict__ factors, i64 row, int lane, const float (&value)[PER_LANE]) {
+__device__ __forceinline__ void store_row(float* __restrict__ factors, i64 row, int lane,
+                                          const float (&value)[PER_LANE]) {
     float* base = factors + row * FACTORS;
 #pragma unroll
     for (int j = 0; j < PER_LANE; ++j) {
@@ -164,7 +165,10 @@ extern "C" __global__ void cg_light(const i64* __restrict__ indptr, const int* _
         for (int j = 0; j < PER_LANE; ++j) r[j] = 0.f;
         sparse_term(indices, data, Y, start, end, lane, x, true, r);
 #pragma unroll
-        for (int j = 0; j < PER_LANE; ++j) { r[j] -= ap[j]; p[j] = r[j]; }
+        for (int j = 0; j < PER_LANE; ++j) {
+            r[j] -= ap[j];
+            p[j] = r[j];
+        }
         float rsold = dot_lanes(r, r);
         if (rsold < CG_EPSILON) continue;
 
@@ -173,7 +177,10 @@ extern "C" __global__ void cg_light(const i64* __restrict__ indptr, const int* _
             sparse_term(indices, data, Y, start, end, lane, p, false, ap);
             float alpha = rsold / dot_lanes(p, ap);
 #pragma unroll
-            for (int j = 0; j < PER_LANE; ++j) { x[j] += alpha * p[j]; r[j] -= alpha * ap[j]; }
+            for (int j = 0; j < PER_LANE; ++j) {
+                x[j] += alpha * p[j];
+                r[j] -= alpha * ap[j];
+            }
             float rsnew = dot_lanes(r, r);
             if (rsnew < CG_EPSILON) break;
             float beta = rsnew / rsold;
@@ -193,16 +200,18 @@ extern "C" __global__ void heavy_partials(const int* __restrict__ indices, const
                                           const int* __restrict__ heavy_rows, const int* __restrict__ chunk_heavy,
                                           const i64* __restrict__ chunk_start, const i64* __restrict__ chunk_end,
                                           int n_chunks, const float* __restrict__ X, const float* __restrict__ P,
-                                          const int* __restrict__ active, const float* __restrict__ Y,
-                                          int residual, float* __restrict__ partials) {
+                                          const int* __restrict__ active, const float* __restrict__ Y, int residual,
+                                          float* __restrict__ partials) {
     const int warps = blockDim.x / WARP;
     const int lane = threadIdx.x % WARP;
     for (int chunk = blockIdx.x * warps + threadIdx.x / WARP; chunk < n_chunks; chunk += gridDim.x * warps) {
         const int h = chunk_heavy[chunk];
         if (!residual && !active[h]) continue;
         float v[PER_LANE], acc[PER_LANE];
-        if (residual) load_row(X, heavy_rows[h], lane, v);
-        else load_row(P, h, lane, v);
+        if (residual)
+            load_row(X, heavy_rows[h], lane, v);
+        else
+            load_row(P, h, lane, v);
 #pragma unroll
         for (int j = 0; j < PER_LANE; ++j) acc[j] = 0.f;
         sparse_term(indices, data, Y, chunk_start[chunk], chunk_end[chunk], lane, v, residual != 0, acc);
@@ -223,8 +232,8 @@ __device__ __forceinline__ void sum_partials(const float* __restrict__ partials,
 // Heavy rows, pass 2 of the residual: r = (sum of partials) - YtY x; p = r. A warp per row.
 extern "C" __global__ void heavy_start(const int* __restrict__ heavy_rows, const int* __restrict__ chunk_first,
                                        int n_heavy, const float* __restrict__ X, const float* __restrict__ yty_global,
-                                       const float* __restrict__ partials, float* __restrict__ R,
-                                       float* __restrict__ P, float* __restrict__ rs, int* __restrict__ active) {
+                                       const float* __restrict__ partials, float* __restrict__ R, float* __restrict__ P,
+                                       float* __restrict__ rs, int* __restrict__ active) {
     extern __shared__ float shared[];
     float* yty = shared;
     const int warps = blockDim.x / WARP;
@@ -245,15 +254,18 @@ extern "C" __global__ void heavy_start(const int* __restrict__ heavy_rows, const
         float rsold = dot_lanes(r, r);
         store_row(R, h, lane, r);
         store_row(P, h, lane, r);
-        if (lane == 0) { rs[h] = rsold; active[h] = rsold >= CG_EPSILON; }
+        if (lane == 0) {
+            rs[h] = rsold;
+            active[h] = rsold >= CG_EPSILON;
+        }
     }
 }
 
 // Heavy rows, pass 2 of a CG step: Ap = YtY p + (sum of partials); then the step itself.
 extern "C" __global__ void heavy_step(const int* __restrict__ heavy_rows, const int* __restrict__ chunk_first,
                                       int n_heavy, float* __restrict__ X, const float* __restrict__ yty_global,
-                                      const float* __restrict__ partials, float* __restrict__ R,
-                                      float* __restrict__ P, float* __restrict__ rs, int* __restrict__ active) {
+                                      const float* __restrict__ partials, float* __restrict__ R, float* __restrict__ P,
+                                      float* __restrict__ rs, int* __restrict__ active) {
     extern __shared__ float shared[];
     float* yty = shared;
     const int warps = blockDim.x / WARP;
@@ -274,7 +286,10 @@ extern "C" __global__ void heavy_step(const int* __restrict__ heavy_rows, const 
         const float rsold = rs[h];
         float alpha = rsold / dot_lanes(p, ap);
 #pragma unroll
-        for (int j = 0; j < PER_LANE; ++j) { x[j] += alpha * p[j]; r[j] -= alpha * ap[j]; }
+        for (int j = 0; j < PER_LANE; ++j) {
+            x[j] += alpha * p[j];
+            r[j] -= alpha * ap[j];
+        }
         float rsnew = dot_lanes(r, r);
         store_row(X, row, lane, x);
         store_row(R, h, lane, r);
@@ -291,7 +306,8 @@ extern "C" __global__ void heavy_step(const int* __restrict__ heavy_rows, const 
 }
 
 // Transpose, pass 1: interactions per column (64-bit counts: one column may exceed 2^31 in total).
-extern "C" __global__ void count_columns(const int* __restrict__ indices, i64 nnz, unsigned long long* __restrict__ counts) {
+extern "C" __global__ void count_columns(const int* __restrict__ indices, i64 nnz,
+                                         unsigned long long* __restrict__ counts) {
     for (i64 n = blockIdx.x * (i64)blockDim.x + threadIdx.x; n < nnz; n += (i64)gridDim.x * blockDim.x)
         atomicAdd(counts + __ldg(indices + n), 1ull);
 }
@@ -352,7 +368,8 @@ extern "C" __global__ void spmv_rows(const i64* __restrict__ indptr, const int* 
     const int lane = threadIdx.x % WARP;
     for (int row = blockIdx.x * warps + threadIdx.x / WARP; row < n_rows; row += gridDim.x * warps) {
         float total = 0.f;
-        for (i64 n = indptr[row] + lane; n < indptr[row + 1]; n += WARP) total += __ldg(data + n) * __ldg(v + indices[n]);
+        for (i64 n = indptr[row] + lane; n < indptr[row + 1]; n += WARP)
+            total += __ldg(data + n) * __ldg(v + indices[n]);
         total = warp_sum(total);
         if (lane == 0) out[row] = total;
     }

@@ -36,13 +36,16 @@ class MemoryPlan:
 
     def describe(self) -> str:
         shown = ", ".join(f"{name} {size / GiB:.2f}" for name, size in self.parts.items())
-        return (f"{self.users:,} users x {self.items:,} items x {self.nnz:,} interactions x {self.factors} factors "
-                f"needs {self.peak / GiB:.2f} GiB on the GPU at its peak ({shown}; setup "
-                f"{self.setup_peak_extra / GiB:.2f} more; {HEADROOM / GiB:.1f} kept for the CUDA context)")
+        return (
+            f"{self.users:,} users x {self.items:,} items x {self.nnz:,} interactions x {self.factors} factors "
+            f"needs {self.peak / GiB:.2f} GiB on the GPU at its peak ({shown}; setup "
+            f"{self.setup_peak_extra / GiB:.2f} more; {HEADROOM / GiB:.1f} kept for the CUDA context)"
+        )
 
 
-def plan_memory(users: int, items: int, nnz: int, factors: int, *, threshold: int = HEAVY_THRESHOLD,
-                chunk: int = CHUNK) -> MemoryPlan:
+def plan_memory(
+    users: int, items: int, nnz: int, factors: int, *, threshold: int = HEAVY_THRESHOLD, chunk: int = CHUNK
+) -> MemoryPlan:
     """The bytes each array takes: fp32 values and factors, int32 column indices, int64 offsets."""
     heavy_rows_bound = nnz // (threshold + 1)  # a heavy row has more than threshold interactions
     chunks_bound = nnz // chunk + 2 * heavy_rows_bound  # each heavy row adds at most one part-filled chunk
@@ -68,8 +71,13 @@ def check_fits(memory: MemoryPlan, free_bytes: int, total_bytes: int) -> None:
     """Refuse, with the figures and what to change, a plan bigger than the GPU's free memory."""
     if memory.peak <= free_bytes:
         return
-    fewer = max(int((free_bytes - (memory.peak - memory.parts["user_factors"] - memory.parts["item_factors"]))
-                     // (4 * (memory.users + memory.items))), 0)
+    fewer = max(
+        int(
+            (free_bytes - (memory.peak - memory.parts["user_factors"] - memory.parts["item_factors"]))
+            // (4 * (memory.users + memory.items))
+        ),
+        0,
+    )
     hint = f"--factors {fewer} or fewer, " if 0 < fewer < memory.factors else ""
     raise WorkerError(
         f"the native GPU solver will not fit: {memory.describe()}, but the GPU has {free_bytes / GiB:.2f} GiB free "

@@ -28,8 +28,9 @@ def gram(factors: np.ndarray, regularization: float) -> np.ndarray:
     return yty
 
 
-def _sparse_term(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, Y: np.ndarray, V: np.ndarray,
-                 residual: bool) -> np.ndarray:
+def _sparse_term(
+    indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, Y: np.ndarray, V: np.ndarray, residual: bool
+) -> np.ndarray:
     """For each segment of (indptr, indices, data) and its vector in V, as in als.cu's sparse_term."""
     segments = len(indptr) - 1
     owner = np.repeat(np.arange(segments), np.diff(indptr))
@@ -38,7 +39,9 @@ def _sparse_term(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, Y: n
     weights = (np.abs(data) - np.float32(1)) * dots
     if residual:
         weights = np.maximum(data, np.float32(0)) - weights
-    term = scipy.sparse.csr_matrix((weights.astype(np.float32, copy=False), indices, indptr), shape=(segments, Y.shape[0]))
+    term = scipy.sparse.csr_matrix(
+        (weights.astype(np.float32, copy=False), indices, indptr), shape=(segments, Y.shape[0])
+    )
     return np.asarray(term @ Y, dtype=np.float32)
 
 
@@ -58,8 +61,11 @@ class _Heavy:
 
     def __init__(self, matrix: scipy.sparse.csr_matrix, schedule: Schedule) -> None:
         lengths = (schedule.chunk_end - schedule.chunk_start).astype(np.int64)
-        take = np.concatenate([np.arange(s, e) for s, e in zip(schedule.chunk_start, schedule.chunk_end)]) \
-            if schedule.chunks else np.zeros(0, dtype=np.int64)
+        take = (
+            np.concatenate([np.arange(s, e) for s, e in zip(schedule.chunk_start, schedule.chunk_end)])
+            if schedule.chunks
+            else np.zeros(0, dtype=np.int64)
+        )
         indptr = np.zeros(schedule.chunks + 1, dtype=np.int64)
         np.cumsum(lengths, out=indptr[1:])
         self.parts = (indptr, matrix.indices[take], matrix.data[take])
@@ -77,8 +83,13 @@ class _Heavy:
         return total
 
 
-def _solve_rows(x: np.ndarray, Y: np.ndarray, yty: np.ndarray, sparse: Callable[[np.ndarray, np.ndarray, bool], np.ndarray],
-                cg_steps: int) -> np.ndarray:
+def _solve_rows(
+    x: np.ndarray,
+    Y: np.ndarray,
+    yty: np.ndarray,
+    sparse: Callable[[np.ndarray, np.ndarray, bool], np.ndarray],
+    cg_steps: int,
+) -> np.ndarray:
     """CG on a set of rows at once (x: their current factors), as cg_light / heavy_step do per row.
 
     The sparse term is taken over every row of the set each step (simple, and the rows that
@@ -105,22 +116,40 @@ def _solve_rows(x: np.ndarray, Y: np.ndarray, yty: np.ndarray, sparse: Callable[
     return x
 
 
-def half_step(matrix: scipy.sparse.csr_matrix, X: np.ndarray, Y: np.ndarray, regularization: float, *,
-              cg_steps: int = 3, threshold: int = HEAVY_THRESHOLD, chunk: int = CHUNK) -> np.ndarray:
+def half_step(
+    matrix: scipy.sparse.csr_matrix,
+    X: np.ndarray,
+    Y: np.ndarray,
+    regularization: float,
+    *,
+    cg_steps: int = 3,
+    threshold: int = HEAVY_THRESHOLD,
+    chunk: int = CHUNK,
+) -> np.ndarray:
     """New factors for every row of ``matrix`` (rows of X), the other side (Y) fixed."""
     schedule = plan(matrix.indptr, threshold, chunk)
     yty = gram(Y, regularization)
     out = X.astype(np.float32, copy=True)
-    out[schedule.light_rows] = _solve_rows(X[schedule.light_rows], Y, yty, _Light(matrix, schedule.light_rows), cg_steps)
+    out[schedule.light_rows] = _solve_rows(
+        X[schedule.light_rows], Y, yty, _Light(matrix, schedule.light_rows), cg_steps
+    )
     if len(schedule.heavy_rows):
         out[schedule.heavy_rows] = _solve_rows(X[schedule.heavy_rows], Y, yty, _Heavy(matrix, schedule), cg_steps)
     out[np.diff(matrix.indptr) == 0] = 0  # as implicit's GPU solver and als.cu: no interactions, zero factors
     return out
 
 
-def fit(confidence: scipy.sparse.csr_matrix, user_factors: np.ndarray, item_factors: np.ndarray,
-        regularization: float, iterations: int, *, cg_steps: int = 3, threshold: int = HEAVY_THRESHOLD,
-        chunk: int = CHUNK) -> tuple[np.ndarray, np.ndarray]:
+def fit(
+    confidence: scipy.sparse.csr_matrix,
+    user_factors: np.ndarray,
+    item_factors: np.ndarray,
+    regularization: float,
+    iterations: int,
+    *,
+    cg_steps: int = 3,
+    threshold: int = HEAVY_THRESHOLD,
+    chunk: int = CHUNK,
+) -> tuple[np.ndarray, np.ndarray]:
     """ALS as implicit orders it: users against fixed items, then items against the new users."""
     Cui = confidence.tocsr().astype(np.float32)
     Ciu = Cui.T.tocsr()

@@ -86,7 +86,7 @@ def first_non_finite(xp: Any, values: Any) -> tuple[int, int] | None:
     at a time, so a 1e9-value array needs no 1 GB mask on the GPU."""
     first, count = None, 0
     for begin in range(0, int(values.shape[0]), FINITE_CHECK_CHUNK):
-        finite = xp.isfinite(values[begin:begin + FINITE_CHECK_CHUNK])
+        finite = xp.isfinite(values[begin : begin + FINITE_CHECK_CHUNK])
         bad = int(finite.size - xp.count_nonzero(finite))
         if bad and first is None:
             first = begin + int(xp.argmin(finite.view(xp.uint8)))  # the first False
@@ -100,21 +100,33 @@ def resolve_native_device(requested: str) -> str:
         raise WorkerError("--solver native runs on the GPU only; use --solver implicit with --device cpu")
     why = gpu_available()
     if why is not None:
-        raise WorkerError(f"--solver native needs CuPy and a CUDA GPU: {why}; or use --solver implicit (it falls back "
-                          "to the CPU)")
+        raise WorkerError(
+            f"--solver native needs CuPy and a CUDA GPU: {why}; or use --solver implicit (it falls back to the CPU)"
+        )
     return "gpu"
 
 
 class NativeAls:
     """ALS by conjugate gradient on the GPU, the same objective and steps as implicit's."""
 
-    def __init__(self, factors: int = 64, regularization: float | None = 0.01, iterations: int = 15,
-                 random_state: int = 0, cg_steps: int = 3, threshold: int = HEAVY_THRESHOLD, chunk: int = CHUNK, *,
-                 regularization_share: float | None = None) -> None:
+    def __init__(
+        self,
+        factors: int = 64,
+        regularization: float | None = 0.01,
+        iterations: int = 15,
+        random_state: int = 0,
+        cg_steps: int = 3,
+        threshold: int = HEAVY_THRESHOLD,
+        chunk: int = CHUNK,
+        *,
+        regularization_share: float | None = None,
+    ) -> None:
         """``regularization=None``: ``regularization_share`` times the largest singular value of the
         confidence matrix, found on the GPU once it is weighted (train.auto_regularization's rule)."""
         if not 1 <= factors <= MAX_FACTORS:  # the device's own bound (shared memory) is checked in fit
-            raise WorkerError(f"--solver native supports 1 to {MAX_FACTORS} factors, got {factors}; use --solver implicit")
+            raise WorkerError(
+                f"--solver native supports 1 to {MAX_FACTORS} factors, got {factors}; use --solver implicit"
+            )
         if regularization is None and regularization_share is None:
             raise WorkerError("NativeAls: regularization=None needs regularization_share")
         self.factors, self.iterations = factors, iterations
@@ -126,9 +138,15 @@ class NativeAls:
         self.item_factors: np.ndarray | None = None
         self.timings: dict[str, float] = {}
 
-    def fit(self, user_items: scipy.sparse.csr_matrix, show_progress: bool = False,
-            callback: Callable[[int, float, float | None], object] | None = None, *,
-            weighting: str | None = None, alpha: float | None = None) -> None:
+    def fit(
+        self,
+        user_items: scipy.sparse.csr_matrix,
+        show_progress: bool = False,
+        callback: Callable[[int, float, float | None], object] | None = None,
+        *,
+        weighting: str | None = None,
+        alpha: float | None = None,
+    ) -> None:
         """Train on ``user_items``: confidences, or with ``weighting`` raw counts weighted here on the GPU
         (matrix.confidence's formulas), so the host's single-threaded bm25 pass is skipped."""
         cupy = _cupy()
@@ -168,8 +186,13 @@ class NativeAls:
             assert self.regularization_share is not None  # __init__ refuses the two None together
             sigma = self.sigma = self._largest_singular_value(cupy, kernels, user_side, item_side)
             self.regularization = self.regularization_share * sigma
-            log.info("train: regularization %.4g (auto: %g x %.4g, the largest singular value of the confidence "
-                     "matrix, on the GPU)", self.regularization, self.regularization_share, self.sigma)
+            log.info(
+                "train: regularization %.4g (auto: %g x %.4g, the largest singular value of the confidence "
+                "matrix, on the GPU)",
+                self.regularization,
+                self.regularization_share,
+                self.sigma,
+            )
             self.timings["regularization_s"] = time.perf_counter() - started
             started = time.perf_counter()
         sides = [self._prepare(cupy, user_side), self._prepare(cupy, item_side)]
@@ -192,7 +215,8 @@ class NativeAls:
                     f"the native solver's {name} factors are not finite after {self.iterations} iterations ({found[1]:,} "
                     f"values, the first in {name} row {found[0] // self.factors}): the confidences are too large for "
                     "float32 or the regularization too small; lower --alpha, raise --regularization, or use "
-                    "--solver implicit")
+                    "--solver implicit"
+                )
         self.user_factors, self.item_factors = cupy.asnumpy(X), cupy.asnumpy(Y)
 
     # -- setup -----------------------------------------------------------------------------
@@ -204,7 +228,8 @@ class NativeAls:
             raise WorkerError(
                 f"--factors {self.factors} needs {shared_bytes(self.factors):,} bytes of shared memory per block "
                 f"for the native solver's YtY, but this GPU allows {limit:,} (its opt-in limit per block); use "
-                f"--factors {max_factors(limit)} or fewer, or --solver implicit")
+                f"--factors {max_factors(limit)} or fewer, or --solver implicit"
+            )
 
     @staticmethod
     def _refuse_non_finite(cupy: Any, side: dict[str, Any], when: str) -> None:
@@ -217,7 +242,8 @@ class NativeAls:
         row = int(cupy.searchsorted(side["indptr"], cupy.asarray([at], dtype=cupy.int64), side="right")[0]) - 1
         raise WorkerError(
             f"user row {row} has a non-finite value{when} ({float(side['data'][at])} at item column "
-            f"{int(side['indices'][at])}; {count:,} such values in all); drop or fix them before training")
+            f"{int(side['indices'][at])}; {count:,} such values in all); drop or fix them before training"
+        )
 
     @staticmethod
     def _upload(cupy: Any, matrix: scipy.sparse.csr_matrix) -> dict[str, Any]:
@@ -230,8 +256,17 @@ class NativeAls:
 
     def _kernels(self, cupy: Any) -> dict[str, Any]:
         module = _module(self.factors)
-        names = ("cg_light", "heavy_partials", "heavy_start", "heavy_step", "count_columns", "scatter_columns",
-                 "row_sums", "bm25_confidence", "spmv_rows")
+        names = (
+            "cg_light",
+            "heavy_partials",
+            "heavy_start",
+            "heavy_step",
+            "count_columns",
+            "scatter_columns",
+            "row_sums",
+            "bm25_confidence",
+            "spmv_rows",
+        )
         kernels = {name: module.get_function(name) for name in names}
         shared = shared_bytes(self.factors)
         for name in ("cg_light", "heavy_start", "heavy_step"):
@@ -244,7 +279,15 @@ class NativeAls:
     def _grid(self, kernels: dict[str, Any], work: int) -> tuple[int]:
         return (max(1, min(kernels["grid"], -(-work // WARPS_PER_BLOCK))),)
 
-    def _weigh(self, cupy: Any, kernels: dict[str, Any], side: dict[str, Any], columns: int, weighting: str, alpha: float | None) -> None:
+    def _weigh(
+        self,
+        cupy: Any,
+        kernels: dict[str, Any],
+        side: dict[str, Any],
+        columns: int,
+        weighting: str,
+        alpha: float | None,
+    ) -> None:
         """matrix.confidence on the GPU, in place on the uploaded counts: C = 1 + alpha * f(r)."""
         from ..matrix import BM25_B, BM25_K1, DEFAULT_ALPHA, WEIGHTINGS
 
@@ -269,9 +312,20 @@ class NativeAls:
             norm = ((1.0 - BM25_B) + BM25_B * sums / cupy.float32(mean or 1.0)).astype(cupy.float32)
             per_item = cupy.bincount(side["indices"], minlength=columns)
             idf = cupy.maximum(float(np.log(max(rows, 1))) - cupy.log1p(per_item), 0).astype(cupy.float32)
-            kernels["bm25_confidence"](self._grid(kernels, rows), block,
-                                       (side["indptr"], side["indices"], data, np.int32(rows), norm, idf,
-                                        np.float32(BM25_K1), np.float32(alpha)))
+            kernels["bm25_confidence"](
+                self._grid(kernels, rows),
+                block,
+                (
+                    side["indptr"],
+                    side["indices"],
+                    data,
+                    np.int32(rows),
+                    norm,
+                    idf,
+                    np.float32(BM25_K1),
+                    np.float32(alpha),
+                ),
+            )
 
     def _transpose(self, cupy: Any, kernels: dict[str, Any], side: dict[str, Any], columns: int) -> dict[str, Any]:
         """The item x user CSR from the user x item one: count, scan, scatter, all on the GPU."""
@@ -286,13 +340,21 @@ class NativeAls:
         indices = cupy.empty(nnz, dtype=cupy.int32)
         data = cupy.empty(nnz, dtype=cupy.float32)
         block = WARPS_PER_BLOCK * 32
-        kernels["scatter_columns"](self._grid(kernels, side["rows"]), (block,),
-                                   (side["indptr"], side["indices"], side["data"], np.int32(side["rows"]), cursor,
-                                    indices, data))
+        kernels["scatter_columns"](
+            self._grid(kernels, side["rows"]),
+            (block,),
+            (side["indptr"], side["indices"], side["data"], np.int32(side["rows"]), cursor, indices, data),
+        )
         return {"indptr": indptr, "indices": indices, "data": data, "rows": columns}
 
-    def _largest_singular_value(self, cupy: Any, kernels: dict[str, Any], user_side: dict[str, Any],
-                                item_side: dict[str, Any], iterations: int = 16) -> float:
+    def _largest_singular_value(
+        self,
+        cupy: Any,
+        kernels: dict[str, Any],
+        user_side: dict[str, Any],
+        item_side: dict[str, Any],
+        iterations: int = 16,
+    ) -> float:
         """sigma_1 of the confidence matrix C by power iteration on C'C, as train.largest_singular_value
         does on the host, but over the whole matrix (the host takes a sample of rows): C v over the
         user rows, C'u over the item rows, each a pass of spmv_rows."""
@@ -307,11 +369,17 @@ class NativeAls:
         block = (WARPS_PER_BLOCK * 32,)
         squared = 0.0
         for _ in range(iterations):
-            kernels["spmv_rows"](self._grid(kernels, users), block, (user_side["indptr"], user_side["indices"],
-                                                                     user_side["data"], np.int32(users), v, u))
+            kernels["spmv_rows"](
+                self._grid(kernels, users),
+                block,
+                (user_side["indptr"], user_side["indices"], user_side["data"], np.int32(users), v, u),
+            )
             squared = float(u @ u)  # v is a unit vector: |C v|^2 tends to sigma_1^2
-            kernels["spmv_rows"](self._grid(kernels, items), block, (item_side["indptr"], item_side["indices"],
-                                                                     item_side["data"], np.int32(items), u, w))
+            kernels["spmv_rows"](
+                self._grid(kernels, items),
+                block,
+                (item_side["indptr"], item_side["indices"], item_side["data"], np.int32(items), u, w),
+            )
             norm = float(cupy.linalg.norm(w))
             if norm == 0.0:
                 break
@@ -351,25 +419,57 @@ class NativeAls:
         block, shared = (WARPS_PER_BLOCK * 32,), kernels["shared"]
         light = int(schedule.light_rows.shape[0])
         if light:
-            kernels["cg_light"](self._grid(kernels, light), block,
-                                (side["indptr"], side["indices"], side["data"], schedule.light_rows, np.int32(light),
-                                 X, Y, yty, np.int32(self.cg_steps)), shared_mem=shared)
+            kernels["cg_light"](
+                self._grid(kernels, light),
+                block,
+                (
+                    side["indptr"],
+                    side["indices"],
+                    side["data"],
+                    schedule.light_rows,
+                    np.int32(light),
+                    X,
+                    Y,
+                    yty,
+                    np.int32(self.cg_steps),
+                ),
+                shared_mem=shared,
+            )
         heavy = int(schedule.heavy_rows.shape[0])
         if not heavy:
             return
         chunks = schedule.chunks
 
         def partial_args(residual: int) -> tuple[Any, ...]:  # the same arguments but one, four times
-            return (side["indices"], side["data"], schedule.heavy_rows, schedule.chunk_heavy, schedule.chunk_start,
-                    schedule.chunk_end, np.int32(chunks), X, side["P"], side["active"], Y, np.int32(residual), side["partials"])
+            return (
+                side["indices"],
+                side["data"],
+                schedule.heavy_rows,
+                schedule.chunk_heavy,
+                schedule.chunk_start,
+                schedule.chunk_end,
+                np.int32(chunks),
+                X,
+                side["P"],
+                side["active"],
+                Y,
+                np.int32(residual),
+                side["partials"],
+            )
 
         state = (side["R"], side["P"], side["rs"], side["active"])
         kernels["heavy_partials"](self._grid(kernels, chunks), block, partial_args(1))
-        kernels["heavy_start"](self._grid(kernels, heavy), block,
-                               (schedule.heavy_rows, schedule.chunk_first, np.int32(heavy), X, yty, side["partials"],
-                                *state), shared_mem=shared)
+        kernels["heavy_start"](
+            self._grid(kernels, heavy),
+            block,
+            (schedule.heavy_rows, schedule.chunk_first, np.int32(heavy), X, yty, side["partials"], *state),
+            shared_mem=shared,
+        )
         for _ in range(self.cg_steps):
             kernels["heavy_partials"](self._grid(kernels, chunks), block, partial_args(0))
-            kernels["heavy_step"](self._grid(kernels, heavy), block,
-                                  (schedule.heavy_rows, schedule.chunk_first, np.int32(heavy), X, yty,
-                                   side["partials"], *state), shared_mem=shared)
+            kernels["heavy_step"](
+                self._grid(kernels, heavy),
+                block,
+                (schedule.heavy_rows, schedule.chunk_first, np.int32(heavy), X, yty, side["partials"], *state),
+                shared_mem=shared,
+            )

@@ -50,16 +50,21 @@ def translation_unit(source: Path, text: str) -> str:
         storage = f"{name}, sizeof({name})"
     else:
         storage = "nullptr, 0"
-    lines.append("static void report(const std::string& why, char* out, size_t size) {"
-                 " std::snprintf(out, size, \"%s\", why.c_str()); }")
+    lines.append(
+        "static void report(const std::string& why, char* out, size_t size) {"
+        ' std::snprintf(out, size, "%s", why.c_str()); }'
+    )
     for kernel in kernels:
         lines.append(
             f'extern "C" int cuda_cpu_launch_{kernel}(unsigned grid, unsigned block, size_t shared_bytes, void** args, '
             f"char* error, size_t error_size) {{ auto why = cuda_cpu::launch({kernel}, "
             f"cuda_cpu::Launch{{grid, block, shared_bytes}}, {storage}, args); report(why, error, error_size); "
-            f"return why.empty() ? 0 : 1; }}")
-        lines.append(f'extern "C" const char* cuda_cpu_signature_{kernel}() {{ static std::string s = '
-                     f"cuda_cpu::signature({kernel}); return s.c_str(); }}")
+            f"return why.empty() ? 0 : 1; }}"
+        )
+        lines.append(
+            f'extern "C" const char* cuda_cpu_signature_{kernel}() {{ static std::string s = '
+            f"cuda_cpu::signature({kernel}); return s.c_str(); }}"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -84,8 +89,9 @@ def build_text(text: str, stem: str, defines: dict[str, object] | None = None, c
     unit_path = cache / f"{stem}-{digest}.cpp"
     _write_atomically(unit_path, unit)
     partial = cache / f"{stem}-{digest}.{os.getpid()}.so"
-    result = subprocess.run(["g++", *flags, "-o", str(partial), str(unit_path)], capture_output=True, text=True,
-                            timeout=300, check=False)
+    result = subprocess.run(
+        ["g++", *flags, "-o", str(partial), str(unit_path)], capture_output=True, text=True, timeout=300, check=False
+    )
     if result.returncode != 0:
         partial.unlink(missing_ok=True)
         raise EmulationError(f"g++ could not build {stem} for the CPU:\n{result.stderr[-4000:]}")
@@ -108,13 +114,23 @@ class RawKernel:
         signature_of.restype = ctypes.c_char_p
         self.signature = signature_of().decode().split(",")
         self._launch = getattr(library, f"cuda_cpu_launch_{name}")
-        self._launch.argtypes = [ctypes.c_uint, ctypes.c_uint, ctypes.c_size_t, ctypes.POINTER(ctypes.c_void_p),
-                                 ctypes.c_char_p, ctypes.c_size_t]
+        self._launch.argtypes = [
+            ctypes.c_uint,
+            ctypes.c_uint,
+            ctypes.c_size_t,
+            ctypes.POINTER(ctypes.c_void_p),
+            ctypes.c_char_p,
+            ctypes.c_size_t,
+        ]
         self._launch.restype = ctypes.c_int
         self.max_dynamic_shared_size_bytes = 0
         # what CuPy reads from the driver; nothing of it exists on the CPU
-        self.attributes = {"num_regs": None, "local_size_bytes": None, "shared_size_bytes": None,
-                           "max_threads_per_block": 1024}
+        self.attributes = {
+            "num_regs": None,
+            "local_size_bytes": None,
+            "shared_size_bytes": None,
+            "max_threads_per_block": 1024,
+        }
 
     def _pack(self, args) -> tuple[ctypes.Array, list]:
         if len(args) != len(self.signature):
@@ -124,8 +140,10 @@ class RawKernel:
             if code.startswith("*"):
                 dtype = DTYPES[code[1:]]
                 if not (isinstance(arg, np.ndarray) and arg.dtype == dtype and arg.flags.c_contiguous):
-                    raise EmulationError(f"{self.name} argument {n}: {type(arg).__name__} "
-                                         f"{getattr(arg, 'dtype', '')}, expected a contiguous {np.dtype(dtype)} array")
+                    raise EmulationError(
+                        f"{self.name} argument {n}: {type(arg).__name__} "
+                        f"{getattr(arg, 'dtype', '')}, expected a contiguous {np.dtype(dtype)} array"
+                    )
                 values.append(ctypes.c_void_p(arg.ctypes.data))
             else:
                 dtype = DTYPES[code]
@@ -141,8 +159,10 @@ class RawKernel:
             raise EmulationError(f"{self.name}: only 1-D launches are modelled, got grid {grid} block {block}")
         limit = max(DEFAULT_SHARED_LIMIT, self.max_dynamic_shared_size_bytes)
         if shared_mem > limit:
-            raise EmulationError(f"{self.name}: {shared_mem} bytes of dynamic shared memory without opting in "
-                                 f"(max_dynamic_shared_size_bytes is {self.max_dynamic_shared_size_bytes})")
+            raise EmulationError(
+                f"{self.name}: {shared_mem} bytes of dynamic shared memory without opting in "
+                f"(max_dynamic_shared_size_bytes is {self.max_dynamic_shared_size_bytes})"
+            )
         pointers, _values = self._pack(args)
         error = ctypes.create_string_buffer(2048)
         self.launches.append(self.name)
@@ -169,8 +189,9 @@ class NumpyCupy(types.SimpleNamespace):
     ``source`` replaces the module's code (a mutated copy of als.cu, say); ``attributes`` are the
     device's (CUDA attribute names as CuPy spells them)."""
 
-    def __init__(self, *, free_bytes: int = 1 << 34, source: Path | None = None,
-                 attributes: dict[str, int] | None = None) -> None:
+    def __init__(
+        self, *, free_bytes: int = 1 << 34, source: Path | None = None, attributes: dict[str, int] | None = None
+    ) -> None:
         super().__init__()
         self.launches: list[str] = []
         self.options: tuple = ()
@@ -182,8 +203,9 @@ class NumpyCupy(types.SimpleNamespace):
                 fake.options = tuple(options)
                 defines = dict(option[2:].split("=", 1) for option in options if option.startswith("-D"))
                 text = Path(source).read_text() if source is not None else code
-                self.library = ctypes.CDLL(str(build_text(text, "als" if source is None else Path(source).stem,
-                                                          defines)))
+                self.library = ctypes.CDLL(
+                    str(build_text(text, "als" if source is None else Path(source).stem, defines))
+                )
 
             def get_function(self, name: str) -> RawKernel:
                 return RawKernel(self.library, name, fake.launches)
@@ -193,12 +215,13 @@ class NumpyCupy(types.SimpleNamespace):
         self.asarray = lambda a, dtype=None: np.array(a, dtype=dtype)
         self.asnumpy = lambda a: np.array(a)
         self.random = types.SimpleNamespace(RandomState=RandomState)
-        device = types.SimpleNamespace(synchronize=lambda: None,
-                                       attributes={"MultiProcessorCount": 2, "MaxSharedMemoryPerBlockOptin": 232_448,
-                                                   **(attributes or {})})
+        device = types.SimpleNamespace(
+            synchronize=lambda: None,
+            attributes={"MultiProcessorCount": 2, "MaxSharedMemoryPerBlockOptin": 232_448, **(attributes or {})},
+        )
         self.cuda = types.SimpleNamespace(
-            runtime=types.SimpleNamespace(memGetInfo=lambda: (free_bytes, free_bytes * 2)),
-            Device=lambda *a: device)
+            runtime=types.SimpleNamespace(memGetInfo=lambda: (free_bytes, free_bytes * 2)), Device=lambda *a: device
+        )
 
     def __getattr__(self, name):
         return getattr(np, name)
