@@ -29,14 +29,15 @@ lock: $(STAMP)
 check: $(STAMP)
 	scripts/check
 
+# Both cores: the real-Airflow tier on one worker, one test after another, the other tiers beside it.
 test: check
-	$(BIN)/python -m pytest $(DURATIONS) $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n 2 --dist loadgroup $(DURATIONS) $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest tests/unit $(DURATIONS) $(PYTEST_ARGS)
 
 test-integration: $(STAMP)
-	$(BIN)/python -m pytest tests/integration $(DURATIONS) $(PYTEST_ARGS)
+	$(BIN)/python -m pytest tests/integration -n 2 $(DURATIONS) $(PYTEST_ARGS)
 
 test-e2e: $(STAMP)
 	$(BIN)/python -m pytest tests/e2e $(DURATIONS) $(PYTEST_ARGS)

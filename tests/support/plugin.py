@@ -96,3 +96,11 @@ def memory_jobs(monkeypatch):
     yield InMemoryBackend
     random.setstate(saved)
     InMemoryBackend.reset()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under xdist (`make test`: -n 2 --dist loadgroup), the real-Airflow tests run one after another on
+    one worker: each starts several Airflow processes, and two such sets at once would fight for 2 cores."""
+    for item in items:
+        if "tests/e2e/" in item.nodeid:
+            item.add_marker(pytest.mark.xdist_group("e2e"))
