@@ -102,7 +102,8 @@ def test_dag_refuses_empty_input_and_a_model_that_fails_the_gate(airflow_home):
     empty = result["empty_input"]
     assert empty["state"] == "failed"
     assert empty["tasks"]["prepare"] == "failed" and empty["tasks"].get("train") in (None, "upstream_failed")
-    assert "No input under s3://data/staging/interactions/" in logs and "export the interactions there" in logs
+    why = empty["reasons"]["prepare"]
+    assert "No input under s3://data/staging/interactions/" in why and "export the interactions there" in why
 
     # The model is trained and committed, but it does not pass the gate: nothing is published.
     gate = result["quality_gate"]
@@ -112,7 +113,7 @@ def test_dag_refuses_empty_input_and_a_model_that_fails_the_gate(airflow_home):
         "success",
         "failed",
     )
-    assert "does not beat popularity by 1000x" in logs
+    assert "does not beat popularity by 1000x" in gate["reasons"]["publish"]
     keys = result["testing_outputs"]
     assert any(key.endswith("/manifest.json") for key in keys)
     assert not any(key.endswith("latest.json") for key in keys)

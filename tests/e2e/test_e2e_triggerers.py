@@ -177,7 +177,11 @@ def test_two_triggerers_share_deferred_gpu_tasks_and_one_takes_over_after_sigkil
             "triggerer B to take the other triggers",
             lambda: (
                 lambda a: (
-                    a if sorted(a.values()) == sorted([a_id] * CAPACITY_A + [b_id] * (MAPPED - CAPACITY_A)) else None
+                    # a trigger not yet assigned to any triggerer reads None: not there yet
+                    a
+                    if None not in a.values()
+                    and sorted(a.values()) == sorted([a_id] * CAPACITY_A + [b_id] * (MAPPED - CAPACITY_A))
+                    else None
                 )
             )(assignments()),
             timeout=120,

@@ -32,18 +32,24 @@ def main(home: Path) -> dict:
         demo.upload_export(client, synthetic_interactions(20_000, seed=1), "data", "testing/interactions/", 2)
         client.put_object(Bucket="data", Key="staging/interactions/_SUCCESS", Body=b"")  # an export of nothing
         dag = demo.load_dag(project / "dags" / demo.DAG_FILE)
+        # The demo's own failure callback keeps each failed task's message (the demo quiets Airflow's
+        # task logs unless --verbose, so the messages are read from there, as the demo ends with them).
+        reasons: dict[str, str] = {}
         for task in dag.tasks:
             task.retries = 0
+            task.on_failure_callback = [*demo._callbacks(task.on_failure_callback), demo._remember_failure(reasons)]
         cases = {
             "empty_input": {"environment": "staging", "backend": "local"},
             "quality_gate": {"environment": "testing", "backend": "local", "poll_interval": 1, "min_lift": 1000},
         }
         results = {}
         for name, conf in cases.items():
+            reasons.clear()
             run = dag.test(run_conf=conf)
             results[name] = {
                 "state": str(getattr(run.state, "value", run.state)),
                 "tasks": {task: state for task, (state, _) in demo.task_timings(run).items()},
+                "reasons": dict(reasons),
             }
         listed = client.list_objects_v2(Bucket="data", Prefix="testing/recommendations/").get("Contents", [])
         results["testing_outputs"] = sorted(item["Key"] for item in listed)
