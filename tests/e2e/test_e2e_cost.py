@@ -8,7 +8,7 @@ import pytest
 from tests.support.airflow_e2e import Airflow, running_airflow, wait_for
 from tests.support.moto_aws import MotoAws
 
-pytestmark = [pytest.mark.timeout(600), pytest.mark.airflow_behaviour]
+pytestmark = [pytest.mark.timeout(900), pytest.mark.airflow_behaviour]
 
 DAG_ID = "e2e_gpu_cost"
 DAG_FILE = """
@@ -42,7 +42,7 @@ def test_a_job_ends_with_its_cost_line_in_the_task_log_and_the_xcom(airflow: Air
     wait_for(
         "the task to defer",
         lambda: airflow.states(DAG_ID, run_id).get(-1) == "deferred",
-        timeout=240,
+        timeout=420,  # a hang guard: beside a CPU burner a resume took over 240 s
         interval=1,
         alive=airflow.check_alive,
     )
@@ -53,7 +53,7 @@ def test_a_job_ends_with_its_cost_line_in_the_task_log_and_the_xcom(airflow: Air
     wait_for(
         "the task to succeed",
         lambda: airflow.states(DAG_ID, run_id).get(-1) == "success",
-        timeout=240,
+        timeout=420,  # a hang guard: beside a CPU burner a resume took over 240 s
         interval=1,
         alive=airflow.check_alive,
     )
