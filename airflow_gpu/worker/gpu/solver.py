@@ -30,6 +30,18 @@ BLOCKS_PER_SM = 16  # grid-stride loops: enough blocks to fill each SM, few enou
 # The per-lane arrays live in registers (nvcc's spill check covers 64 and 128); what a GPU takes
 # is further bounded by its shared memory (YtY per block): see max_factors.
 MAX_FACTORS = 160
+# Every kernel of als.cu, by name (the benchmark reports each one's registers and spills).
+KERNELS = (
+    "cg_light",
+    "heavy_partials",
+    "heavy_start",
+    "heavy_step",
+    "count_columns",
+    "scatter_columns",
+    "row_sums",
+    "bm25_confidence",
+    "spmv_rows",
+)
 FINITE_CHECK_CHUNK = 1 << 26  # values checked at a time: a bool mask of the whole array would cost a byte each
 
 
@@ -256,18 +268,7 @@ class NativeAls:
 
     def _kernels(self, cupy: Any) -> dict[str, Any]:
         module = _module(self.factors)
-        names = (
-            "cg_light",
-            "heavy_partials",
-            "heavy_start",
-            "heavy_step",
-            "count_columns",
-            "scatter_columns",
-            "row_sums",
-            "bm25_confidence",
-            "spmv_rows",
-        )
-        kernels = {name: module.get_function(name) for name in names}
+        kernels = {name: module.get_function(name) for name in KERNELS}
         shared = shared_bytes(self.factors)
         for name in ("cg_light", "heavy_start", "heavy_step"):
             if shared > 48 * 1024:  # above 48 KiB a kernel must opt in to more dynamic shared memory
