@@ -279,6 +279,9 @@ def _remember_failure(reasons: dict[str, str]):
             reasons[context["ti"].task_id] = INTERRUPTED
             return
         text = (str(exc) or type(exc).__name__) if exc is not None else "failed"
+        if INTERRUPTED in text:  # Ctrl-C while the inline trigger waited: it stopped the job (jobs/interrupt.py)
+            reasons[context["ti"].task_id] = INTERRUPTED
+            return
         reasons.setdefault(context["ti"].task_id, text.strip().splitlines()[0] if text.strip() else text)
 
     return remember
