@@ -42,6 +42,8 @@ MAX_PARTS = 10_000  # S3's limit on parts per multipart upload
 BODY_ATTEMPTS = 10
 BODY_BACKOFF_BASE = 0.1
 BODY_BACKOFF_CAP = 5.0
+# botocore's own attempts per request (adaptive mode: its client-side rate limiter also backs off on throttling).
+S3_ATTEMPTS = 8
 
 log = logging.getLogger("airflow_gpu.worker")
 
@@ -579,7 +581,7 @@ async def open_store(uri: str, *, endpoint_url: str | None = None, concurrency: 
 
     config = AioConfig(
         max_pool_connections=max(1, concurrency),
-        retries={"max_attempts": 8, "mode": "adaptive"},
+        retries={"max_attempts": S3_ATTEMPTS, "mode": "adaptive"},
         connect_timeout=10,
         read_timeout=120,
     )

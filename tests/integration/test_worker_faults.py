@@ -122,20 +122,25 @@ def test_a_big_read_resumes_each_range_from_the_byte_reached(moto_aws, fault_pro
     FAULT_TALLY["outputs identical"] += 1
 
 
-def test_a_multipart_part_that_keeps_failing_is_sent_again(moto_aws, fault_proxy, monkeypatch, tmp_path):
+def test_a_multipart_part_that_keeps_failing_is_sent_again(moto_aws, fault_proxy, monkeypatch, tmp_path, caplog):
     monkeypatch.setattr(storage, "PART_SIZE", 5 * MiB)
+    # Two botocore attempts per request instead of eight: the same story with short backoffs
+    # (eight attempts spend about 35 s in botocore's exponential waits per exhausted request).
+    monkeypatch.setattr(storage, "S3_ATTEMPTS", 2)
     s3 = moto_aws.client("s3")
     s3.create_bucket(Bucket="out")
     data = os.urandom(12 * MiB)
-    # More resets of part 2 than botocore's own 8 attempts absorb.
-    fault = fault_proxy.add("reset_before", method="PUT", path=r"partNumber=2(&|$)", times=30)
+    # More resets of part 2 than botocore's attempts absorb: our loop sends the part again.
+    fault = fault_proxy.add("reset_before", method="PUT", path=r"partNumber=2(&|$)", times=3 * 2)
 
     async def run():
         async with open_store("s3://out/p/", endpoint_url=fault_proxy.url) as store:
             await store.write("x.bin", data)
 
     asyncio.run(run())
-    assert fault.injected == 30
+    assert fault.injected == 3 * 2
+    resent = [r.getMessage() for r in caplog.records if "sending it again" in r.getMessage()]
+    assert resent and all(message.startswith("storage: part 2 of ") for message in resent), resent
     assert s3.get_object(Bucket="out", Key="p/x.bin")["Body"].read() == data
     assert s3.list_multipart_uploads(Bucket="out").get("Uploads", []) == []
     FAULT_TALLY["runs survived"] += 1
