@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.airflow_e2e import seed_airflow_home
 from tests.support.local_jobs_testing import kill_leftover_local_jobs
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -21,6 +22,8 @@ pytestmark = pytest.mark.timeout(600)
 def test_a_first_local_dag_runs_as_written_and_shows_its_jobs_output(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "AWS_"))}
     env.update(HOME=str(tmp_path), AIRFLOW_GPU_LOCAL_JOBS_DIR=str(tmp_path / "jobs"), PYTHONPATH=str(ROOT))
+    # The run's migrated database (the driver's migrate_if_needed then finds it at head): 40 s of CPU saved.
+    seed_airflow_home(tmp_path / "home")
     try:
         done = subprocess.run(
             [sys.executable, "-m", "tests.support.first_dag_driver", str(tmp_path / "home")],

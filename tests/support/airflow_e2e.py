@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import fcntl
 import json
 import os
 import secrets
@@ -24,32 +25,48 @@ import psutil
 
 from airflow_gpu.demo.command import migration_stamp
 from tests.support.moto_aws import CREDENTIALS, MotoAws
+from tests.support.paths import SHARED_TMP_ENV
 
 _migrated: Path | None = None
+
+
+def _migrate_into(template: Path) -> None:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("AIRFLOW")}
+    env.update(AIRFLOW_HOME=str(template), AIRFLOW__CORE__LOAD_EXAMPLES="False")
+    done = subprocess.run(
+        [sys.executable, "-m", "airflow", "db", "migrate"],
+        env=env,
+        cwd=template,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, f"airflow db migrate failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    (template / "migrated").touch()  # last, once the database is whole: what the other workers look for
 
 
 def seed_airflow_home(home: Path) -> Path:
     """Give ``home`` an Airflow database already migrated to this Airflow's head (SQLite).
 
-    `airflow db migrate` takes about 40 s on two cores; it runs once per test session, into a
-    template home, and each e2e test starts from a copy. The demo's stamp goes with it, so the
-    drivers' ``migrate_if_needed`` sees a migrated home; `airflow standalone` finds it at head.
+    `airflow db migrate` takes about 40 s of CPU on two cores; it runs once per test run, into a
+    template home in the folder all xdist workers share (the first worker that needs it migrates
+    while the others wait on a lock; pytest's own clean-up of old runs removes it), and each e2e
+    test starts from a copy. The demo's stamp goes with it, so the drivers' ``migrate_if_needed``
+    sees a migrated home; `airflow standalone` finds it at head.
     """
     global _migrated
     if _migrated is None:
-        template = Path(tempfile.mkdtemp(prefix="airflow-gpu-migrated-home-"))
-        atexit.register(shutil.rmtree, template, ignore_errors=True)
-        env = {key: value for key, value in os.environ.items() if not key.startswith("AIRFLOW")}
-        env.update(AIRFLOW_HOME=str(template), AIRFLOW__CORE__LOAD_EXAMPLES="False")
-        done = subprocess.run(
-            [sys.executable, "-m", "airflow", "db", "migrate"],
-            env=env,
-            cwd=template,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        assert done.returncode == 0, f"airflow db migrate failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+        shared = os.environ.get(SHARED_TMP_ENV)
+        if shared is None:  # outside the plugin: a template of this process's own
+            template = Path(tempfile.mkdtemp(prefix="airflow-gpu-migrated-home-"))
+            atexit.register(shutil.rmtree, template, ignore_errors=True)
+        else:
+            template = Path(shared) / "airflow-migrated-home"
+            template.mkdir(exist_ok=True)
+        with open(template.with_name(template.name + ".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+            if not (template / "migrated").exists():
+                _migrate_into(template)
         _migrated = template / "airflow.db"
     home.mkdir(parents=True, exist_ok=True)
     shutil.copy(_migrated, home / "airflow.db")

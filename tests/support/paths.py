@@ -9,3 +9,5 @@ TESTS = SUPPORT.parent
 ROOT = TESTS.parent
 BENCHMARKS = ROOT / "benchmarks"
 DAGS = ROOT / "dags"
+#: The environment variable naming a folder all xdist workers of one test run share (set by the plugin).
+SHARED_TMP_ENV = "AIRFLOW_GPU_TESTS_SHARED_TMP"

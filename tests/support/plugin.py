@@ -11,12 +11,21 @@ import time
 import pytest
 
 from tests.support.moto_aws import CREDENTIALS, HarnessMismatch, MotoAws, start_moto
+from tests.support.paths import SHARED_TMP_ENV
 
 # Fixtures that several test modules use, registered here so that no test module imports a fixture.
 pytest_plugins = ["tests.support.gpu_batch_testing", "tests.support.provision_testing"]
 
 # One line per HTTP request from moto's server drowns every failure report.
 logging.getLogger("werkzeug").setLevel(logging.WARNING)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _shared_tmp(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A folder all xdist workers of this run share (the parent of each worker's base folder; the base
+    folder itself without xdist), for what is made once per run, e.g. the migrated Airflow database."""
+    base = tmp_path_factory.getbasetemp()
+    os.environ[SHARED_TMP_ENV] = str(base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base)
 
 
 @pytest.fixture(scope="session")
@@ -98,9 +107,37 @@ def memory_jobs(monkeypatch):
     InMemoryBackend.reset()
 
 
+# The real-Airflow tests in two chains of about equal length (seconds on an idle 2-core machine in
+# brackets), one per xdist worker. Within a chain they run one after another: each test starts several
+# Airflow processes, and more than two such sets at once would fight for 2 cores.
+E2E_CHAINS = {
+    "e2e-a": (
+        "test_e2e_airflow.py",  # 230
+        "test_e2e_triggerer_stall.py",  # 110
+        "test_e2e_zero_slots.py",  # 60
+        "test_demo.py",  # 75
+        "test_links.py",  # 30
+        "test_triggerer_scale.py",  # 10
+    ),
+    "e2e-b": (
+        "test_e2e_triggerers.py",  # 180
+        "test_triggerer_airflow.py",  # 90
+        "test_e2e_cost.py",  # 70
+        "test_e2e_decorator.py",  # 60
+        "test_demo_endings.py",  # 70
+        "test_decorator_dag.py",  # 40
+        "test_first_local_dag.py",  # 30
+    ),
+}
+_CHAIN_OF = {name: chain for chain, names in E2E_CHAINS.items() for name in names}
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Under xdist (`make test`: -n 2 --dist loadgroup), the real-Airflow tests run one after another on
-    one worker: each starts several Airflow processes, and two such sets at once would fight for 2 cores."""
+    """Under xdist (`make test`: -n 2 --dist loadgroup) the e2e tests run in their two chains, one chain
+    to each worker, and the other tiers fill in around them (loadgroup hands out the largest groups
+    first, so both chains start at once)."""
     for item in items:
         if "tests/e2e/" in item.nodeid:
-            item.add_marker(pytest.mark.xdist_group("e2e"))
+            name = item.nodeid.split("::")[0].rsplit("/", 1)[-1]
+            # A new e2e file joins a chain until it is given one in E2E_CHAINS.
+            item.add_marker(pytest.mark.xdist_group(_CHAIN_OF.get(name, "e2e-b")))
