@@ -13,8 +13,8 @@ import importlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Protocol, Sequence
 
-from airflow_gpu.jobs.blocked import BlockedReason
 from airflow_gpu.jobs.cost import JobUsage
+from airflow_gpu.jobs.placement import BlockedReason
 from airflow_gpu.jobs.spec import JobSpec, JobSpecError
 
 if TYPE_CHECKING:  # for the LogReader protocol's signatures only

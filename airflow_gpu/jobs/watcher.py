@@ -62,8 +62,8 @@ from airflow_gpu.jobs.backend import (
     backend_class,
 )
 from airflow_gpu.jobs.backoff import RetryPolicy, SharedBackoff
-from airflow_gpu.jobs.blocked import never_starts_reason
 from airflow_gpu.jobs.clock import wall_time
+from airflow_gpu.jobs.placement import never_starts_reason
 from airflow_gpu.jobs.poll_errors import JobIdsRejected, not_seen_reason, rejected_reason
 from airflow_gpu.jobs.shared import DEFAULT_POLL_INTERVAL, Cadence, PerLoop, detached_task
 from airflow_gpu.jobs.spec import JobSpecError

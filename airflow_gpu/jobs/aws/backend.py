@@ -43,8 +43,8 @@ from airflow_gpu.jobs.backend import (
     register_backend,
 )
 from airflow_gpu.jobs.backoff import RateLimiter, RetryPolicy, SharedBackoff
-from airflow_gpu.jobs.blocked import parse_blocked
 from airflow_gpu.jobs.cost import JobUsage
+from airflow_gpu.jobs.placement import parse_blocked
 from airflow_gpu.jobs.poll_errors import CannotSeeJobs, JobIdsRejected
 from airflow_gpu.jobs.spec import TAG_CANCELLED, TAG_IDEMPOTENCY_KEY, JobSpec, JobSpecError
 
