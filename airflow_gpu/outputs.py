@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from airflow_gpu.contract import MANIFEST, MANIFEST_FORMAT, committed_manifest, join, split_s3
+from airflow_gpu.faults import S3_ABSENT, error_code
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,7 @@ class ObjectStore:
             try:
                 return int(self.client.head_object(Bucket=bucket, Key=key)["ContentLength"])
             except botocore.exceptions.ClientError as exc:
-                if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                if error_code(exc) in S3_ABSENT:
                     return None
                 raise
         try:

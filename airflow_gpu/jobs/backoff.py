@@ -18,9 +18,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-import random
 from dataclasses import dataclass
 from typing import Awaitable, Callable, TypeVar
+
+from airflow_gpu.faults import jittered_delay
 
 T = TypeVar("T")
 
@@ -86,7 +87,7 @@ class SharedBackoff:
             )
         self._episode_faults += 1
         self._level = min(self._level + 1, 30)
-        delay = random.uniform(0, min(self.policy.cap, self.policy.base * (2**self._level)))
+        delay = jittered_delay(self._level, self.policy.base, self.policy.cap)
         self._resume_at = max(self._resume_at, now + delay)
 
     def _success(self, now: float) -> None:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 
 import botocore.exceptions
 
+from airflow_gpu.faults import error_code
 from airflow_gpu.jobs.shared import gather_then_raise
 
 if TYPE_CHECKING:
@@ -177,7 +178,7 @@ class CloudWatchLogReader:
             try:
                 reply = await self.backend.filter_log_events(urgent=urgent, **kwargs)
             except botocore.exceptions.ClientError as exc:
-                if exc.response.get("Error", {}).get("Code") != "ResourceNotFoundException":
+                if error_code(exc) != "ResourceNotFoundException":
                     raise
                 if page:  # a stream vanished mid-range: continue from where we are next time
                     break
