@@ -9,6 +9,7 @@ and rules that the two must see alike live here, so they cannot drift apart.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 # The worker writes MANIFEST last under its --output prefix: the commit point. A prefix
@@ -65,6 +66,11 @@ def split_s3(uri: str) -> tuple[str, str]:
     if not bucket:
         raise ValueError(f"'{uri}' names no bucket; write s3://BUCKET/PREFIX/")
     return bucket, key
+
+
+def local_path(uri: str) -> Path:
+    """A local path written plainly or as a ``file://`` URI, ``~`` expanded (relative stays relative)."""
+    return Path(uri.removeprefix("file://")).expanduser()
 
 
 def join(prefix: str, name: str) -> str:

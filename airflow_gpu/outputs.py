@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-from airflow_gpu.contract import MANIFEST, MANIFEST_FORMAT, committed_manifest, join, split_s3
+from airflow_gpu.contract import MANIFEST, MANIFEST_FORMAT, committed_manifest, join, local_path, split_s3
+from airflow_gpu.faults import S3_ABSENT, error_code
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ class ObjectStore:
                 for item in page.get("Contents", ()):
                     yield ObjectInfo(f"s3://{bucket}/{item['Key']}", item["Key"][len(key) :], int(item["Size"]))
             return
-        root = Path(prefix)
+        root = local_path(prefix)
         if not root.is_dir():
             return
         for path in sorted(p for p in root.rglob("*") if p.is_file()):
@@ -73,7 +73,7 @@ class ObjectStore:
             except self.client.exceptions.NoSuchKey:
                 return None
         try:
-            return Path(uri).read_bytes()
+            return local_path(uri).read_bytes()
         except FileNotFoundError:
             return None
 
@@ -86,11 +86,11 @@ class ObjectStore:
             try:
                 return int(self.client.head_object(Bucket=bucket, Key=key)["ContentLength"])
             except botocore.exceptions.ClientError as exc:
-                if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                if error_code(exc) in S3_ABSENT:
                     return None
                 raise
         try:
-            return Path(uri).stat().st_size
+            return local_path(uri).stat().st_size
         except FileNotFoundError:
             return None
 
@@ -100,7 +100,7 @@ class ObjectStore:
             bucket, key = split_s3(uri)
             self.client.put_object(Bucket=bucket, Key=key, Body=data, ContentType=content_type)
             return
-        path = Path(uri)
+        path = local_path(uri)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         tmp.write_bytes(data)
@@ -172,7 +172,7 @@ async def read_job_output_summary(
 
 def _read_local(path: str) -> bytes | None:
     try:
-        return Path(path).read_bytes()
+        return local_path(path).read_bytes()
     except FileNotFoundError:
         return None
 

@@ -9,11 +9,11 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 import airflow_gpu.compat  # noqa: F401  refuses an Airflow older than the floor (3.3), whose triggerer calls on_kill
 from airflow_gpu.jobs.backend import BackendTarget, JobBackend, JobState
-from airflow_gpu.jobs.blocked import waiting_line
 from airflow_gpu.jobs.follower import LogFollow, LogFollower
 from airflow_gpu.jobs.interrupt import INTERRUPTED, _Interrupted, terminate_interrupted, wait_unless_interrupted
 from airflow_gpu.jobs.loop_log import log_off_loop, logs_written
 from airflow_gpu.jobs.ownership import Action, TaskState, decide_on_kill
+from airflow_gpu.jobs.placement import waiting_line
 from airflow_gpu.jobs.shared import DEFAULT_POLL_INTERVAL
 from airflow_gpu.jobs.watcher import JobWatch, JobWatcher, follow_job
 from airflow_gpu.task_state import read_task_state

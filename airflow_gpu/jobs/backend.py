@@ -11,14 +11,12 @@ from __future__ import annotations
 import abc
 import importlib
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Protocol, Sequence
+from typing import Any, ClassVar, Mapping, Sequence
 
-from airflow_gpu.jobs.blocked import BlockedReason
 from airflow_gpu.jobs.cost import JobUsage
+from airflow_gpu.jobs.logs import LogReader
+from airflow_gpu.jobs.placement import BlockedReason
 from airflow_gpu.jobs.spec import JobSpec, JobSpecError
-
-if TYPE_CHECKING:  # for the LogReader protocol's signatures only
-    from airflow_gpu.jobs.follower import LogFollow
 
 QUEUED_STATES = frozenset({"SUBMITTED", "PENDING", "RUNNABLE", "STARTING"})
 LIVE_STATES = QUEUED_STATES | {"RUNNING"}
@@ -117,25 +115,11 @@ class LogChunk:
     cursor: str | None = None
 
 
-class LogReader(Protocol):
-    """Reads the new lines of many follows and delivers them through :meth:`LogFollow.deliver`."""
-
-    async def read(self, follows: Sequence[LogFollow], *, urgent: bool = False) -> None: ...
-
-    def needs_last_read(self, follow: LogFollow) -> bool:
-        """Whether the follow's log is somewhere this reader reads (else there is nothing to wait for)."""
-        ...
-
-    def capacity(self, seconds: float) -> int:
-        """How many follows urgent reads could serve within ``seconds``, given the rate limit."""
-        ...
-
-
 class JobBackend(abc.ABC):
     """How jobs are submitted, found, described, terminated and read, for one job system.
 
     One instance holds one client and is shared by everything on one event loop
-    (through :class:`~airflow_gpu.jobs.watcher.JobWatcher`); it must be safe to
+    (through :class:`~airflow_gpu.jobs.lease.ClientLease`); it must be safe to
     call concurrently from many coroutines.
     """
 

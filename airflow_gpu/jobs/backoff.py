@@ -18,9 +18,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-import random
 from dataclasses import dataclass
 from typing import Awaitable, Callable, TypeVar
+
+from airflow_gpu.faults import jittered_delay
 
 T = TypeVar("T")
 
@@ -30,6 +31,15 @@ class RetryPolicy:
     base: float = 0.25  # first delay ceiling, seconds
     cap: float = 20.0  # largest delay ceiling, seconds
     attempts: int = 8  # per call, for calls that may give up (None-able per call)
+
+
+class StillFailing(Exception):
+    """A call kept failing for its whole grace time: ``error`` is its last fault, ``seconds`` how long it failed."""
+
+    def __init__(self, error: BaseException, seconds: float) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.seconds = seconds
 
 
 class SharedBackoff:
@@ -66,7 +76,7 @@ class SharedBackoff:
             try:
                 result = await fn()
             except Exception as exc:
-                if not self.is_transient(exc):
+                if isinstance(exc, StillFailing) or not self.is_transient(exc):
                     raise
                 tries += 1
                 self._fault(exc, loop.time())
@@ -75,6 +85,27 @@ class SharedBackoff:
                 continue
             self._success(loop.time())
             return result
+
+    async def call_within(self, fn: Callable[[], Awaitable[T]], *, grace: float) -> T:
+        """Run ``fn`` until it succeeds, retrying transient faults for ever -- until they have lasted
+        ``grace`` seconds in a row: then :class:`StillFailing`, carrying the last fault."""
+        loop = asyncio.get_running_loop()
+        first_failure: float | None = None
+
+        async def attempt() -> T:
+            nonlocal first_failure
+            try:
+                return await fn()
+            except Exception as exc:
+                if not self.is_transient(exc):
+                    raise
+                now = loop.time()
+                first_failure = now if first_failure is None else first_failure
+                if now - first_failure >= grace:
+                    raise StillFailing(exc, now - first_failure) from exc
+                raise
+
+        return await self.call(attempt, attempts=None)
 
     def _fault(self, exc: BaseException, now: float) -> None:
         if self._episode_started is None:
@@ -86,7 +117,7 @@ class SharedBackoff:
             )
         self._episode_faults += 1
         self._level = min(self._level + 1, 30)
-        delay = random.uniform(0, min(self.policy.cap, self.policy.base * (2**self._level)))
+        delay = jittered_delay(self._level, self.policy.base, self.policy.cap)
         self._resume_at = max(self._resume_at, now + delay)
 
     def _success(self, now: float) -> None:

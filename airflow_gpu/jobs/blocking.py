@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Protocol, TypeVar
 
 from airflow_gpu.jobs.backend import SUCCEEDED, BackendTarget, JobBackend, JobState
-from airflow_gpu.jobs.blocked import waiting_line
 from airflow_gpu.jobs.cost import JobUsage
 from airflow_gpu.jobs.interrupt import INTERRUPTED, terminate_interrupted, wait_unless_interrupted
 from airflow_gpu.jobs.ownership import deferred_try, superseded
+from airflow_gpu.jobs.placement import waiting_line
 from airflow_gpu.jobs.spec import TAG_DEFERRED_TRY, JobSpec
 from airflow_gpu.jobs.watcher import JobWatcher, follow_job
 

@@ -42,9 +42,10 @@ import logging
 import weakref
 from typing import Any, Callable, ClassVar, Sequence
 
-from airflow_gpu.jobs.backend import BackendTarget, JobBackend, JobState, LogReader
+from airflow_gpu.jobs.backend import BackendTarget, JobBackend, JobState
+from airflow_gpu.jobs.lease import ClientLease
+from airflow_gpu.jobs.logs import LogReader
 from airflow_gpu.jobs.shared import DEFAULT_POLL_INTERVAL, Cadence, PerLoop, detached_task, gather_then_raise
-from airflow_gpu.jobs.watcher import JobWatcher
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,9 @@ LineSink = Callable[[list[str]], None]
 
 
 class LogFollow:
-    """One owner's interest in one job's log. Lines go to ``sink``; :meth:`close` when done."""
+    """One owner's interest in one job's log. Lines go to ``sink``; :meth:`close` when done.
+
+    What a reader sees of it is :class:`~airflow_gpu.jobs.logs.FollowedLog`."""
 
     __slots__ = (
         "follower",
@@ -65,7 +68,6 @@ class LogFollow:
         "context",
         "poll_interval",
         "cursor",
-        "token",
         "retry_at",
         "misses",
         "lines",
@@ -83,8 +85,7 @@ class LogFollow:
         # The owner's context: a trigger's log records are routed to its task by context.
         self.context = contextvars.copy_context()
         self.poll_interval = poll_interval
-        # Where the reader is in this job's log, in the reader's own terms: a read_logs cursor for
-        # CursorLogReader, a StreamCursor for the CloudWatch reader; None before the first read.
+        # Where CursorLogReader is in this job's log (a read_logs cursor); None before the first read.
         self.cursor: Any = None
         self.retry_at = 0.0  # loop time before which a missing stream is not asked for again
         self.misses = 0
@@ -93,6 +94,14 @@ class LogFollow:
         self.finish_by = 0.0  # loop time by which the last read must be done, counted from the ask
         self.closed = False
         self.reading: asyncio.Lock | None = None
+
+    @property
+    def job_id(self) -> str:
+        return self.job.job_id
+
+    @property
+    def log_group(self) -> str | None:
+        return self.job.log_group
 
     @property
     def stream(self) -> str | None:
@@ -185,6 +194,9 @@ class CursorLogReader:
 
 _FOLLOWERS: PerLoop[BackendTarget, LogFollower] = PerLoop()
 
+#: A backend's batched reader, or the follower's own job-by-job one.
+Reader = LogReader | CursorLogReader
+
 
 class LogFollower:
     """Sweeps the logs of every followed job of one backend target on one event loop."""
@@ -201,8 +213,8 @@ class LogFollower:
         self._follows: dict[LogFollow, None] = {}
         self._cadence = Cadence()
         self._task: asyncio.Task[None] | None = None
-        self._reader: LogReader | None = None
-        self._ready: asyncio.Future[LogReader] | None = None
+        self._reader: Reader | None = None
+        self._ready: asyncio.Future[Reader] | None = None
         self._drains: list[LogFollow] = []
         self._drain_task: asyncio.Task[None] | None = None
         self._last_reads: set[asyncio.Task[None]] = set()
@@ -224,7 +236,7 @@ class LogFollower:
         return len(self._follows)
 
     @property
-    def reader(self) -> LogReader | None:
+    def reader(self) -> Reader | None:
         return self._reader
 
     @property
@@ -255,8 +267,8 @@ class LogFollower:
     async def _run(self) -> None:
         ready = self._ready
         try:
-            # The watcher owns the backend, so states and logs share one client per target.
-            async with JobWatcher.shared(self.target).backend() as backend:
+            # The lease the watcher uses too, so states and logs share one client per target.
+            async with ClientLease.shared(self.target).backend() as backend:
                 self._reader = backend.log_reader() or CursorLogReader(backend)
                 if ready is not None and not ready.done():
                     ready.set_result(self._reader)
@@ -358,7 +370,7 @@ class LogFollower:
                 self._last_reads.add(read)
                 read.add_done_callback(self._last_reads.discard)
 
-    async def _last_read(self, reader: LogReader, chosen: list[LogFollow]) -> None:
+    async def _last_read(self, reader: Reader, chosen: list[LogFollow]) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.call_at(min(f.finish_by for f in chosen), _settle_all, chosen, False)  # one timer per batch
         try:

@@ -7,13 +7,15 @@ core run out long before the GPUs do. So every trigger on a loop registers a
 :class:`JobWatch` with the loop's shared watcher for its target (backend,
 connection, region), and the watcher:
 
-* holds the one backend (one client) for that target;
+* polls through the loop's one backend (one client) for that target, held by its
+  :class:`~airflow_gpu.jobs.lease.ClientLease`, which the log follower shares;
 * every cycle, describes all watched, non-terminal jobs in chunks of
   ``describe_batch_size`` (100 for Batch), a few chunks in flight at once;
 * hands each watch the job's state only when it changed, by resolving the
   future the watch's owner awaits -- no per-trigger task, timer or queue;
-* closes the client ``grace_period`` seconds after the last user leaves, so a
-  burst of triggers ending and starting does not churn clients.
+* closes with its lease, ``ClientLease.grace_period`` seconds after the last
+  watch, lease or follower leaves, so a burst of triggers ending and starting does
+  not churn clients.
 
 **Poll interval.** When watches ask for different intervals, the watcher polls
 every watched job at the *smallest* requested interval. Polling a job more
@@ -49,7 +51,7 @@ import contextlib
 import logging
 import os
 from dataclasses import replace
-from typing import AsyncIterator, Callable, ClassVar, Sequence
+from typing import AsyncContextManager, Callable, ClassVar, Sequence
 
 from airflow_gpu.jobs.backend import (
     FAILED,
@@ -59,11 +61,11 @@ from airflow_gpu.jobs.backend import (
     BackendTarget,
     JobBackend,
     JobState,
-    backend_class,
 )
-from airflow_gpu.jobs.backoff import RetryPolicy, SharedBackoff
-from airflow_gpu.jobs.blocked import never_starts_reason
+from airflow_gpu.jobs.backoff import RetryPolicy, SharedBackoff, StillFailing
 from airflow_gpu.jobs.clock import wall_time
+from airflow_gpu.jobs.lease import ClientLease, LeaseClosed
+from airflow_gpu.jobs.placement import never_starts_reason
 from airflow_gpu.jobs.poll_errors import JobIdsRejected, not_seen_reason, rejected_reason
 from airflow_gpu.jobs.shared import DEFAULT_POLL_INTERVAL, Cadence, PerLoop, detached_task
 from airflow_gpu.jobs.spec import JobSpecError
@@ -73,17 +75,8 @@ log = logging.getLogger(__name__)
 DESCRIBE_ERROR_GRACE_ENV = "AIRFLOW_GPU_DESCRIBE_ERROR_GRACE"
 
 
-class _StillBlind(Exception):
-    """A chunk stayed undescribable for the whole grace time."""
-
-    def __init__(self, error: BaseException, seconds: float) -> None:
-        super().__init__(str(error))
-        self.error = error
-        self.seconds = seconds
-
-
 def _retry_within_grace(exc: BaseException) -> bool:
-    return not isinstance(exc, (_StillBlind, WatcherClosed, JobSpecError))
+    return not isinstance(exc, (StillFailing, LeaseClosed, JobSpecError))
 
 
 def _seconds_from_env(text: str, default: float) -> float:
@@ -99,7 +92,7 @@ def _seconds_from_env(text: str, default: float) -> float:
     return value
 
 
-class WatcherClosed(RuntimeError):
+class WatcherClosed(LeaseClosed):
     """The watcher was closed while a watch still waited on it."""
 
 
@@ -199,8 +192,6 @@ _WATCHERS: PerLoop[BackendTarget, JobWatcher] = PerLoop()
 
 
 class JobWatcher:
-    #: Seconds the client stays open after the last watch or lease ends.
-    grace_period: ClassVar[float] = 5.0
     #: Seconds a new watcher waits before its first cycle, to batch triggers starting together.
     gather_delay: ClassVar[float] = 0.05
     #: DescribeJobs calls in flight at once within a cycle.
@@ -225,11 +216,9 @@ class JobWatcher:
         self._pending: dict[str, None] = {}  # ids still polled (not terminal), in watch order
         self._misses: dict[str, int] = {}
         self._cadence = Cadence()
-        self._users = 0
-        self._backend_task: asyncio.Task[JobBackend] | None = None
+        self._lease = ClientLease.shared(target)
+        self._lease.on_close(self.aclose)  # the watcher lives as long as its client
         self._poll_task: asyncio.Task[None] | None = None
-        self._closer: asyncio.Task[None] | None = None
-        self._close_timer: asyncio.TimerHandle | None = None
         self._closed = False
         self.cycles = 0
         grace = os.environ.get(DESCRIBE_ERROR_GRACE_ENV)
@@ -253,16 +242,17 @@ class JobWatcher:
 
     @classmethod
     async def close_all(cls) -> None:
-        """Close every watcher of the running loop now (a worker's loop is about to end)."""
+        """Close every watcher and client of the running loop now (a worker's loop is about to end)."""
         for watcher in cls.active():
             await watcher.aclose()
+        await ClientLease.close_all()  # a follower's, where no watcher was asked for
 
     def watch(
         self, job_id: str, *, poll_interval: float = DEFAULT_POLL_INTERVAL, max_queued: float | None = None
     ) -> JobWatch:
         if self._closed:
             raise WatcherClosed("this watcher is closed; get a fresh one with JobWatcher.shared()")
-        self._acquire()
+        self._lease.acquire()
         watch = JobWatch(self, job_id, float(poll_interval), max_queued)
         faster = self._cadence.add(watch.poll_interval)
         entry = self._watches.get(job_id)
@@ -281,14 +271,9 @@ class JobWatcher:
             self._cadence.wake()
         return watch
 
-    @contextlib.asynccontextmanager
-    async def backend(self) -> AsyncIterator[JobBackend]:
+    def backend(self) -> AsyncContextManager[JobBackend]:
         """Lease the shared backend (terminate, read logs); the watcher stays open while leased."""
-        self._acquire()
-        try:
-            yield await self._get_backend()
-        finally:
-            self._release()
+        return self._lease.backend()
 
     @property
     def interval(self) -> float:
@@ -300,8 +285,8 @@ class JobWatcher:
 
     @property
     def idle(self) -> bool:
-        """No watch and no lease: closing now takes nothing from anyone."""
-        return self._users == 0
+        """No watch, no lease and no follower: closing now takes nothing from anyone."""
+        return self._lease.idle
 
     @property
     def closed(self) -> bool:
@@ -310,10 +295,7 @@ class JobWatcher:
     @property
     def backend_instance(self) -> JobBackend | None:
         """The backend if it is open (for tests)."""
-        task = self._backend_task
-        if task is not None and task.done() and not task.cancelled() and task.exception() is None:
-            return task.result()
-        return None
+        return self._lease.instance
 
     async def aclose(self) -> None:
         """Close now: stop polling, fail remaining watches, close the client."""
@@ -321,8 +303,6 @@ class JobWatcher:
             return
         self._closed = True
         _WATCHERS.forget(self.target, self)
-        if self._close_timer is not None:
-            self._close_timer.cancel()
         if self._poll_task is not None and not self._poll_task.done():
             self._poll_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -330,36 +310,7 @@ class JobWatcher:
         for watches in self._watches.values():
             for watch in watches:
                 watch._fail(WatcherClosed(f"the watcher for {self.target} closed"))
-        task = self._backend_task
-        if task is not None:
-            if not task.done():
-                task.cancel()
-                with contextlib.suppress(BaseException):
-                    await task
-            elif not task.cancelled() and task.exception() is None:
-                await task.result().aclose()
-
-    # -- reference counting -----------------------------------------------------------------------
-
-    def _acquire(self) -> None:
-        self._users += 1
-        if self._close_timer is not None:
-            self._close_timer.cancel()
-            self._close_timer = None
-
-    def _release(self) -> None:
-        self._users -= 1
-        if self._users == 0 and not self._closed:
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:  # released after its loop stopped: nothing left to schedule on
-                return
-            self._close_timer = loop.call_later(self.grace_period, self._close_if_idle)
-
-    def _close_if_idle(self) -> None:
-        self._close_timer = None
-        if self._users == 0 and not self._closed:
-            self._closer = detached_task(self.aclose(), f"airflow-gpu close {self.target}")
+        await self._lease.aclose()
 
     def _release_watch(self, watch: JobWatch) -> None:
         entry = self._watches.get(watch.job_id)
@@ -371,39 +322,16 @@ class JobWatcher:
                 self._pending.pop(watch.job_id, None)
                 self._misses.pop(watch.job_id, None)
         self._cadence.remove(watch.poll_interval)
-        self._release()
+        self._lease.release()
 
     # -- polling ----------------------------------------------------------------------------------
-
-    async def _get_backend(self) -> JobBackend:
-        if self._closed:
-            raise WatcherClosed(f"the watcher for {self.target} is closed")
-        task = self._backend_task
-        if task is None or (task.done() and (task.cancelled() or task.exception() is not None)):
-            opener = backend_class(self.target.backend).open(self.target)
-            task = self._backend_task = detached_task(opener, f"airflow-gpu open {self.target}")
-        return await asyncio.shield(task)
 
     async def _open_backend(self) -> JobBackend | None:
         """The backend, its opening retried like a failed poll (a connection or role lookup that
         fails for a while fails no job); a connection the user set up wrong fails the watches at once."""
-        loop = asyncio.get_running_loop()
-        first_failure = loop.time()
-
-        async def attempt() -> JobBackend:
-            try:
-                return await self._get_backend()
-            except (WatcherClosed, JobSpecError):
-                raise
-            except Exception as exc:
-                log.warning("Cannot open %s for %s yet: %s", self.target.backend, self.target, exc)
-                if loop.time() - first_failure >= self.describe_error_grace:
-                    raise _StillBlind(exc, loop.time() - first_failure) from exc
-                raise
-
         try:
-            return await self._describe_errors.call(attempt, attempts=None)
-        except _StillBlind as blind:
+            return await self._lease.open_retrying(self._describe_errors, give_up_after=self.describe_error_grace)
+        except StillFailing as blind:
             log.error(
                 "Cannot open %s for %s after %.0f s: %s", self.target.backend, self.target, blind.seconds, blind.error
             )
@@ -452,30 +380,22 @@ class JobWatcher:
             # In shares, not seconds: a faster watch arriving mid-cycle brings the rest of the cycle
             # forward, so its own first describe (next cycle) is not held up by a slower interval's spread.
             await self._cadence.sleep_until(lambda: started + share * self.interval)
-        loop = asyncio.get_running_loop()
-        first_failure: float | None = None
 
         async def attempt() -> tuple[list[str], Sequence[JobState], list[str], BaseException | None]:
-            nonlocal first_failure
             asked = [job_id for job_id in chunk if job_id in self._watches]  # some may have left meanwhile
             if not asked:
                 return asked, [], [], None
-            try:
-                states, rejected, error = await self._bisect(backend, asked, gate)
-                if rejected and len(rejected) == len(asked):
-                    assert error is not None  # _bisect returns its error with every rejected id
-                    raise error  # nothing in the batch was accepted: not proven to be the ids' fault
-                return asked, states, rejected, error
-            except Exception as exc:
-                now = loop.time()
-                first_failure = now if first_failure is None else first_failure
-                if now - first_failure >= self.describe_error_grace:
-                    raise _StillBlind(exc, now - first_failure) from exc
-                raise
+            states, rejected, error = await self._bisect(backend, asked, gate)
+            if rejected and len(rejected) == len(asked):
+                assert error is not None  # _bisect returns its error with every rejected id
+                raise error  # nothing in the batch was accepted: not proven to be the ids' fault
+            return asked, states, rejected, error
 
         try:
-            asked, states, rejected, error = await self._describe_errors.call(attempt, attempts=None)
-        except _StillBlind as blind:
+            asked, states, rejected, error = await self._describe_errors.call_within(
+                attempt, grace=self.describe_error_grace
+            )
+        except StillFailing as blind:
             log.error(
                 "Describing %d jobs on %s failed for %.0f s: %s",
                 len(chunk),

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 
+from airflow_gpu.faults import error_code
+
 #: Where each action the terminal calls is granted (the policy a person's identity needs).
 POLICY_FILE = "container/iam/airflow.json"
 
@@ -55,10 +57,6 @@ def _action(exc) -> str:
     return f"{service}:{operation}" if service else operation
 
 
-def _code(exc) -> str:
-    return (getattr(exc, "response", None) or {}).get("Error", {}).get("Code", "") or ""
-
-
 def explain(exc: BaseException, *, profile: str | None = None, endpoint_url: str | None = None) -> str | None:
     """One line for a person's AWS mistake, or None when ``exc`` is not one."""
     import botocore.exceptions as bx
@@ -78,7 +76,7 @@ def explain(exc: BaseException, *, profile: str | None = None, endpoint_url: str
     if isinstance(exc, token_errors):
         return f"your AWS login has expired: run `{login}`, then try again"
     if isinstance(exc, bx.ClientError):
-        code = _code(exc)
+        code = error_code(exc)
         if code in _EXPIRED:
             return f"AWS refused the credentials ({code}): they have expired or are wrong; run `{login}` or refresh them, then try again"
         if code in _DENIED:

@@ -137,10 +137,11 @@ async def describe_one(backend: JobBackend, job_id: str) -> JobState:
     except Exception as exc:
         import botocore.exceptions
 
-        from airflow_gpu.terminal.aws_errors import _DENIED, _EXPIRED, _code
+        from airflow_gpu.faults import error_code
+        from airflow_gpu.terminal.aws_errors import _DENIED, _EXPIRED
 
         # Credentials and permissions are not the id's fault: those go to the caller, explained.
-        if not isinstance(exc, botocore.exceptions.ClientError) or _code(exc) in _DENIED | _EXPIRED:
+        if not isinstance(exc, botocore.exceptions.ClientError) or error_code(exc) in _DENIED | _EXPIRED:
             raise
         found = []
     if not found:

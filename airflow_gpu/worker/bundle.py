@@ -25,7 +25,7 @@ import stat
 import tarfile
 from pathlib import Path
 
-from ..contract import BUNDLE_SUFFIX, bundle_digest
+from ..contract import BUNDLE_SUFFIX, bundle_digest, local_path
 from .errors import WorkerError
 from .safe_paths import path_inside
 from .storage import open_store
@@ -38,10 +38,6 @@ _SKIPPED_DIRS = {".git", "__pycache__"}
 
 class BundleRefused(WorkerError):
     """The code cannot be trusted or placed: nothing of it was written and nothing ran."""
-
-
-def _local(uri: str) -> Path:
-    return Path(uri.removeprefix("file://")).expanduser()
 
 
 def _verify(uri: str, data: bytes, expected: str | None) -> str:
@@ -150,7 +146,7 @@ async def _read_bundle(uri: str, endpoint_url: str | None) -> bytes:
         async with open_store(folder + "/", endpoint_url=endpoint_url) as store:
             data = await store.read_small(name)
     else:
-        path = _local(uri)
+        path = local_path(uri)
         data = await asyncio.to_thread(path.read_bytes) if path.is_file() else None
     if data is None:
         raise WorkerError(f"code bundle {uri} not found; check --code (the staging prefix may have been cleaned up)")
@@ -195,7 +191,7 @@ async def fetch_code(uri: str, dest: Path, *, endpoint_url: str | None = None, s
         count = await _fetch_prefix(uri, dest, endpoint_url)
         log.info("code: %d files from %s", count, uri)
     else:
-        source = _local(uri)
+        source = local_path(uri)
         if not source.is_dir():
             raise WorkerError(f"--code {uri}: no such folder; pass a staged bundle, an s3:// prefix or a local folder")
         count = await asyncio.to_thread(_copy_folder, source, dest)

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any, Callable, ParamSpec, TypeVar
 
-from ..contract import MANIFEST
+from ..contract import MANIFEST, local_path
 from . import metrics as run_metrics
 from . import outputs
 from .errors import WorkerError
@@ -104,9 +104,7 @@ class AlsConfig:
 def _inside(child: str, parent: str) -> bool:
     def norm(uri: str) -> str:
         if not uri.startswith("s3://"):
-            from pathlib import Path
-
-            uri = str(Path(uri[len("file://") :] if uri.startswith("file://") else uri).expanduser().absolute())
+            uri = str(local_path(uri).absolute())
         return uri.rstrip("/") + "/"
 
     return norm(child).startswith(norm(parent))

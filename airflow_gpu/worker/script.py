@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..contract import MANIFEST
+from ..contract import MANIFEST, local_path
 from .bundle import fetch_code
 from .errors import WorkerError
 from .publish import DEFAULT_KEEP_RUNS, Publisher
@@ -43,7 +43,7 @@ async def _fetch_script(uri: str, dest_dir: Path, endpoint_url: str | None) -> P
             path = path_inside(dest_dir, single[0].name)
             await store.read_to_file(single[0], path)
             return path
-    source = Path(uri[len("file://") :] if uri.startswith("file://") else uri).expanduser()
+    source = local_path(uri)
     if not source.is_file():
         raise WorkerError(f"script {uri} not found; check --script (a local .py file or an s3:// object)")
     path = dest_dir / source.name

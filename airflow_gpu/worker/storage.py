@@ -16,7 +16,6 @@ import contextlib
 import functools
 import logging
 import os
-import random
 import shutil
 import uuid
 from abc import ABC, abstractmethod
@@ -24,7 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, BinaryIO, Callable, TypeVar
 
-from ..contract import is_marker, split_s3
+from ..contract import is_marker, local_path, split_s3
+from ..faults import S3_ABSENT, error_code, jittered_delay
 from .errors import WorkerError
 from .safe_paths import path_inside
 
@@ -65,6 +65,29 @@ def body_faults() -> tuple[type[BaseException], ...]:
         ConnectionError,
         asyncio.TimeoutError,
     )
+
+
+async def _retry_body_faults(
+    call: Callable[[], Awaitable[T]],
+    *,
+    retrying: Callable[[BaseException], None],
+    exhausted: Callable[[BaseException, int], BaseException] | None,
+) -> T:
+    """``call()``, again after each connection lost mid-body, ``BODY_ATTEMPTS`` tries at most with
+    jittered pauses between them. ``retrying(fault)`` says so before each pause; when the tries run
+    out, ``exhausted(fault, failures)`` is raised in the fault's place (None: the fault itself)."""
+    failures = 0
+    while True:
+        try:
+            return await call()
+        except body_faults() as exc:
+            failures += 1
+            if failures >= BODY_ATTEMPTS:
+                if exhausted is None:
+                    raise
+                raise exhausted(exc, failures) from None
+            retrying(exc)
+            await asyncio.sleep(jittered_delay(failures, BODY_BACKOFF_BASE, BODY_BACKOFF_CAP))
 
 
 @dataclass(frozen=True)
@@ -145,19 +168,16 @@ class S3Store(Store):
     async def _again_on_body_faults(self, uri: str, call: Callable[[], Awaitable[T]]) -> T:
         """Run ``call()`` again when a reply is cut mid-body: aiobotocore reads a whole non-streaming
         reply (a listing, an error, a PUT's answer) outside botocore's retries."""
-        failures = 0
-        while True:
-            try:
-                return await call()
-            except body_faults() as exc:
-                failures += 1
-                if failures >= BODY_ATTEMPTS:
-                    raise WorkerError(
-                        f"talking to S3 about {uri} failed {failures} times ({type(exc).__name__}); "
-                        "check the network to S3 and rerun"
-                    ) from None
-                log.warning("storage: a reply about %s broke off (%s); asking again", uri, type(exc).__name__)
-                await asyncio.sleep(random.uniform(0, min(BODY_BACKOFF_CAP, BODY_BACKOFF_BASE * 2**failures)))
+        return await _retry_body_faults(
+            call,
+            retrying=lambda exc: log.warning(
+                "storage: a reply about %s broke off (%s); asking again", uri, type(exc).__name__
+            ),
+            exhausted=lambda exc, failures: WorkerError(
+                f"talking to S3 about {uri} failed {failures} times ({type(exc).__name__}); "
+                "check the network to S3 and rerun"
+            ),
+        )
 
     @property
     def _dir(self) -> str:
@@ -180,7 +200,7 @@ class S3Store(Store):
                 try:
                     head = await self._client.head_object(Bucket=self.bucket, Key=self.prefix)
                 except self._client.exceptions.ClientError as exc:
-                    if _error_code(exc) not in ("404", "NoSuchKey", "NotFound"):
+                    if error_code(exc) not in S3_ABSENT:
                         raise
                 else:
                     refs.append(ObjectRef(self.prefix, self.prefix.rsplit("/", 1)[-1], int(head["ContentLength"])))
@@ -237,37 +257,36 @@ class S3Store(Store):
         error, not a mix of two versions), with bounded attempts and jittered backoff.
         """
         uri = self.ref_uri(ref)
-        reached, etag, failures = start, None, 0
-        async with self._translate(uri):  # outside the loop: a fault is retried before it becomes a message
-            while reached < end or failures == 0:
-                kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": ref.key}
-                if reached > 0 or end < ref.size:
-                    kwargs["Range"] = f"bytes={reached}-{end - 1}"
-                if etag:
-                    kwargs["IfMatch"] = etag
-                try:
-                    response = await self._client.get_object(**kwargs)
-                    etag = etag or response.get("ETag")
-                    async with response["Body"] as body:
-                        async for chunk in body.iter_chunks(chunk_size):
-                            await sink(reached, chunk)
-                            reached += len(chunk)
-                except body_faults() as exc:
-                    failures += 1
-                    if failures >= BODY_ATTEMPTS:
-                        raise WorkerError(
-                            f"reading {uri} failed {failures} times (last at byte {reached} of {ref.size}: "
-                            f"{type(exc).__name__}); check the network to S3 and rerun"
-                        ) from None
-                    log.warning(
-                        "storage: reading %s broke off at byte %d (%s); resuming there",
-                        uri,
-                        reached,
-                        type(exc).__name__,
-                    )
-                    await asyncio.sleep(random.uniform(0, min(BODY_BACKOFF_CAP, BODY_BACKOFF_BASE * 2**failures)))
-                    continue
-                break
+        reached, etag, first = start, None, True
+
+        async def from_reached() -> None:
+            nonlocal reached, etag, first
+            if reached >= end and not first:
+                return  # the connection broke after the last byte: nothing is missing
+            first = False
+            kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": ref.key}
+            if reached > 0 or end < ref.size:
+                kwargs["Range"] = f"bytes={reached}-{end - 1}"
+            if etag:
+                kwargs["IfMatch"] = etag
+            response = await self._client.get_object(**kwargs)
+            etag = etag or response.get("ETag")
+            async with response["Body"] as body:
+                async for chunk in body.iter_chunks(chunk_size):
+                    await sink(reached, chunk)
+                    reached += len(chunk)
+
+        async with self._translate(uri):  # outside the retries: a fault is retried before it becomes a message
+            await _retry_body_faults(
+                from_reached,
+                retrying=lambda exc: log.warning(
+                    "storage: reading %s broke off at byte %d (%s); resuming there", uri, reached, type(exc).__name__
+                ),
+                exhausted=lambda exc, failures: WorkerError(
+                    f"reading {uri} failed {failures} times (last at byte {reached} of {ref.size}: "
+                    f"{type(exc).__name__}); check the network to S3 and rerun"
+                ),
+            )
         if reached != end:
             raise WorkerError(
                 f"{uri} changed while it was read (got {reached - start} of {end - start} bytes "
@@ -283,7 +302,7 @@ class S3Store(Store):
                 try:
                     response = await self._client.get_object(Bucket=self.bucket, Key=key)
                 except self._client.exceptions.ClientError as exc:
-                    if _error_code(exc) in ("404", "NoSuchKey", "NotFound"):
+                    if error_code(exc) in S3_ABSENT:
                         return None
                     raise
                 async with response["Body"] as body:
@@ -325,25 +344,24 @@ class S3Store(Store):
 
         async def put_part(number: int, start: int) -> dict[str, Any]:
             body = await read_range(start, min(start + part_size, size))
-            failures = 0
-            async with self._translate(uri):  # outside the loop: a fault is retried before it becomes a message
-                while True:
-                    try:
-                        async with self._requests:
-                            part = await self._client.upload_part(
-                                Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=body
-                            )
-                        return {"PartNumber": number, "ETag": part["ETag"]}
-                    except body_faults() as exc:
-                        # botocore's retries are spent: send this part again; the others stay uploaded,
-                        # and S3 keeps the last copy of a part number.
-                        failures += 1
-                        if failures >= BODY_ATTEMPTS:
-                            raise
-                        log.warning(
-                            "storage: part %d of %s failed (%s); sending it again", number, uri, type(exc).__name__
-                        )
-                        await asyncio.sleep(random.uniform(0, min(BODY_BACKOFF_CAP, BODY_BACKOFF_BASE * 2**failures)))
+
+            async def send() -> dict[str, Any]:
+                async with self._requests:
+                    part = await self._client.upload_part(
+                        Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=body
+                    )
+                return {"PartNumber": number, "ETag": part["ETag"]}
+
+            # botocore's retries are spent: send this part again; the others stay uploaded, and S3 keeps
+            # the last copy of a part number. Out of tries, the fault itself ends the upload.
+            async with self._translate(uri):  # outside the retries: a fault is retried before it becomes a message
+                return await _retry_body_faults(
+                    send,
+                    retrying=lambda exc: log.warning(
+                        "storage: part %d of %s failed (%s); sending it again", number, uri, type(exc).__name__
+                    ),
+                    exhausted=None,
+                )
 
         try:
             parts = await gather_or_cancel([put_part(n + 1, s) for n, s in enumerate(range(0, size, part_size))])
@@ -398,7 +416,7 @@ class S3Store(Store):
         try:
             yield
         except ClientError as exc:
-            code = _error_code(exc)
+            code = error_code(exc)
             if code in ("AccessDenied", "403", "AllAccessDisabled", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
                 raise WorkerError(
                     f"access denied to {uri} ({code}); give the job's role s3:ListBucket, s3:GetObject and "
@@ -406,7 +424,7 @@ class S3Store(Store):
                 ) from None
             if code == "NoSuchBucket":
                 raise WorkerError(f"bucket '{self.bucket}' does not exist ({uri}); check the URI") from None
-            if code in ("NoSuchKey", "404", "NotFound"):
+            if code in S3_ABSENT:
                 raise WorkerError(f"{uri} does not exist; check the URI") from None
             if code in ("PreconditionFailed", "412"):
                 raise WorkerError(f"{uri} was replaced while it was read; rerun once its writer has finished") from None
@@ -419,10 +437,6 @@ class S3Store(Store):
             raise WorkerError(f"incomplete AWS credentials for {uri}: {exc}") from None
         except EndpointConnectionError as exc:
             raise WorkerError(f"cannot reach S3 for {uri} ({exc}); check --endpoint-url or AWS_ENDPOINT_URL") from None
-
-
-def _error_code(exc: Exception) -> str:
-    return str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
 
 
 async def gather_or_cancel(coros: list[Awaitable[T]]) -> list[T]:
@@ -461,7 +475,7 @@ class LocalStore(Store):
 
     def __init__(self, uri: str) -> None:
         self.uri = uri
-        self.root = Path(uri[len("file://") :] if uri.startswith("file://") else uri).expanduser().absolute()
+        self.root = local_path(uri).absolute()
 
     async def list(self) -> list[ObjectRef]:
         return await asyncio.to_thread(self._list)

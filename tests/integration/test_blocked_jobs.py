@@ -15,7 +15,7 @@ from airflow.sdk.exceptions import TaskDeferred
 from airflow_gpu.exceptions import GpuJobFailed
 from airflow_gpu.jobs.aws.backend import parse_job
 from airflow_gpu.jobs.backend import STOPPED_FOR_NEVER_STARTS, JobState
-from airflow_gpu.jobs.blocked import parse_blocked
+from airflow_gpu.jobs.placement import parse_blocked
 from airflow_gpu.jobs.watcher import JobWatcher
 from airflow_gpu.operators import GpuBatchOperator
 from airflow_gpu.triggers import GpuBatchJobTrigger

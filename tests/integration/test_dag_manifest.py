@@ -124,6 +124,17 @@ def test_operator_returns_the_manifest_summary_with_its_result(output):
     assert result["manifest"]["summary"]["precision_at_k"]["k"] == 10
 
 
+def test_a_file_uri_output_is_read_where_the_worker_wrote_it(output):
+    """The worker writes ``--output file:///x`` to the folder /x (contract.local_path); the operator and
+    the DAG's checks read the same URI from that folder, not from a path named "file:"."""
+    uri = f"file://{output}"
+    op = GpuBatchOperator(task_id="train", job_queue="q", job_definition="d", output_uri=uri, backend="local")
+    result = op.execute_complete(make_context(), success_event())
+    assert result["manifest"]["run_id"] == manifest_of(output)["run_id"]
+    checked = validate(ObjectStore(), uri, top_n=10, require_evaluation=True)
+    assert checked["run_id"] == manifest_of(output)["run_id"]
+
+
 def test_operator_fails_a_success_without_a_manifest(tmp_path):
     op = GpuBatchOperator(task_id="train", job_queue="q", job_definition="d", output_uri=str(tmp_path / "nothing"))
     with pytest.raises(AirflowException, match="committed no manifest"):

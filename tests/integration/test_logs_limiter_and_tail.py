@@ -11,6 +11,7 @@ import pytest
 from airflow_gpu.jobs.backend import BackendTarget, JobBackend, JobState, LogChunk, register_backend
 from airflow_gpu.jobs.backoff import RateLimiter
 from airflow_gpu.jobs.follower import CursorLogReader, LogFollower
+from airflow_gpu.jobs.lease import ClientLease
 from airflow_gpu.jobs.loop_log import logs_written
 from airflow_gpu.jobs.watcher import JobWatcher
 from airflow_gpu.triggers import GpuBatchJobTrigger
@@ -122,7 +123,7 @@ async def tail_backend(monkeypatch):
     monkeypatch.setattr(TailBackend, "logs", {})
     monkeypatch.setattr(TailBackend, "broken", set())
     monkeypatch.setattr(TailBackend, "reads", 0)
-    monkeypatch.setattr(JobWatcher, "grace_period", 0.1)
+    monkeypatch.setattr(ClientLease, "grace_period", 0.1)
     yield TailBackend
     await LogFollower.close_all()
     await JobWatcher.close_all()

@@ -11,6 +11,7 @@ import pytest
 
 from airflow_gpu.jobs.backend import BackendTarget
 from airflow_gpu.jobs.follower import CursorLogReader, LogFollower
+from airflow_gpu.jobs.lease import ClientLease
 from airflow_gpu.jobs.local.backend import ENTRYPOINT_ENV, STATE_DIR_ENV, LocalBackend
 from airflow_gpu.jobs.loop_log import logs_written
 from airflow_gpu.jobs.spec import JobSpec, TaskIdentity
@@ -28,7 +29,7 @@ async def local_jobs(tmp_path, monkeypatch):
     folder = tmp_path / "local-jobs"
     monkeypatch.setenv(STATE_DIR_ENV, str(folder))
     monkeypatch.setenv(ENTRYPOINT_ENV, sys.executable)  # Python plays the image's entrypoint
-    monkeypatch.setattr(JobWatcher, "grace_period", 0.1)
+    monkeypatch.setattr(ClientLease, "grace_period", 0.1)
     yield folder
     await LogFollower.close_all()
     await JobWatcher.close_all()

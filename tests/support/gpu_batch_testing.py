@@ -17,7 +17,7 @@ import pytest
 from airflow_gpu.jobs.aws.backend import AwsBatchBackend
 from airflow_gpu.jobs.backoff import RetryPolicy
 from airflow_gpu.jobs.blocking import run_blocking
-from airflow_gpu.jobs.watcher import JobWatcher
+from airflow_gpu.jobs.lease import ClientLease
 
 
 class LineLog:
@@ -45,7 +45,7 @@ RUN_ID = "manual__2026-01-01T00:00:00+00:00"
 @pytest.fixture
 def fast_watcher(monkeypatch):
     """Short grace period and backoff, so tests that wait on them stay fast."""
-    monkeypatch.setattr(JobWatcher, "grace_period", 0.2)
+    monkeypatch.setattr(ClientLease, "grace_period", 0.2)
     monkeypatch.setattr(AwsBatchBackend, "retry_policy", RetryPolicy(base=0.05, cap=0.4, attempts=6))
 
 

@@ -26,8 +26,8 @@ from airflow_gpu.jobs.backend import (
     register_backend,
 )
 from airflow_gpu.jobs.backoff import RateLimiter
-from airflow_gpu.jobs.blocked import parse_blocked
 from airflow_gpu.jobs.clock import wall_time
+from airflow_gpu.jobs.placement import parse_blocked
 from airflow_gpu.jobs.poll_errors import JobIdsRejected
 from airflow_gpu.jobs.spec import TAG_CANCELLED, TAG_IDEMPOTENCY_KEY, JobSpec, TaskIdentity
 

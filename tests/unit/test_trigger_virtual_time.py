@@ -186,7 +186,7 @@ def test_run_inline_it_closes_its_clients_as_it_fires(memory_jobs):
         watcher = JobWatcher.shared(TARGET)
         [event] = await events_of(trigger)
         assert event["status"] == "SUCCEEDED"
-        assert watcher.closed  # at once, not JobWatcher.grace_period later
+        assert watcher.closed  # at once, not ClientLease.grace_period later
 
     run(main)
 

@@ -9,6 +9,7 @@ import asyncio
 import pytest
 
 from airflow_gpu.jobs.backend import FAILED, STOPPED_FOR_MAX_QUEUED, STOPPED_FOR_NEVER_STARTS, UNKNOWN, JobState
+from airflow_gpu.jobs.lease import ClientLease
 from airflow_gpu.jobs.poll_errors import CannotSeeJobs
 from airflow_gpu.jobs.watcher import JobWatcher, follow_job
 from tests.support.memory_backend import TARGET, submit_jobs
@@ -272,13 +273,13 @@ def test_the_client_closes_a_grace_period_after_the_last_watch_and_a_watch_withi
         [job] = await submit_jobs(1)
         watcher = JobWatcher.shared(TARGET)
         watcher.watch(job, poll_interval=30).close()
-        await asyncio.sleep(JobWatcher.grace_period - 1)
+        await asyncio.sleep(ClientLease.grace_period - 1)
         assert not watcher.closed
         again = JobWatcher.shared(TARGET).watch(job, poll_interval=30)  # within the grace period: same watcher
-        await asyncio.sleep(JobWatcher.grace_period + 1)
+        await asyncio.sleep(ClientLease.grace_period + 1)
         assert not watcher.closed and JobWatcher.shared(TARGET) is watcher
         again.close()
-        await asyncio.sleep(JobWatcher.grace_period + 0.001)
+        await asyncio.sleep(ClientLease.grace_period + 0.001)
         assert watcher.closed and memory_jobs.opened == 1
         assert JobWatcher.shared(TARGET) is not watcher  # the next user gets a fresh one
 

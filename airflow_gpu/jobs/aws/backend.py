@@ -25,6 +25,7 @@ import botocore.config
 import botocore.exceptions
 
 from airflow_gpu.contract import SUBMITTED_AT_ENV, submitted_at_value
+from airflow_gpu.faults import error_code
 from airflow_gpu.jobs.aws.cloudwatch import CloudWatchLogReader
 from airflow_gpu.jobs.aws.connection import (
     AwsConnection,
@@ -43,8 +44,8 @@ from airflow_gpu.jobs.backend import (
     register_backend,
 )
 from airflow_gpu.jobs.backoff import RateLimiter, RetryPolicy, SharedBackoff
-from airflow_gpu.jobs.blocked import parse_blocked
 from airflow_gpu.jobs.cost import JobUsage
+from airflow_gpu.jobs.placement import parse_blocked
 from airflow_gpu.jobs.poll_errors import CannotSeeJobs, JobIdsRejected
 from airflow_gpu.jobs.spec import TAG_CANCELLED, TAG_IDEMPOTENCY_KEY, JobSpec, JobSpecError
 
@@ -78,9 +79,8 @@ _THROTTLING = frozenset(
 def is_transient(exc: BaseException) -> bool:
     """Faults worth retrying: throttling, HTTP 429 and 5xx, and connection-level errors."""
     if isinstance(exc, botocore.exceptions.ClientError):
-        code = exc.response.get("Error", {}).get("Code", "")
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
-        return code in _THROTTLING or status == 429 or status >= 500
+        return error_code(exc) in _THROTTLING or status == 429 or status >= 500
     return isinstance(
         exc,
         (
@@ -108,15 +108,8 @@ _CREDENTIALS_EXPIRED = frozenset(
         "SignatureDoesNotMatch",
     }
 )
-#: Refreshes tried within one describe before the error goes to the watcher (which retries it later).
+#: Refreshes tried within one call before the error goes to the caller (the watcher retries it later).
 CREDENTIAL_REFRESHES = 2
-
-
-def _error_code(exc: BaseException) -> str:
-    if isinstance(exc, botocore.exceptions.ClientError):
-        code: str = exc.response.get("Error", {}).get("Code", "")
-        return code
-    return ""
 
 
 def parse_job(job: dict[str, Any]) -> JobState:
@@ -296,7 +289,7 @@ class AwsBatchBackend(JobBackend):
                     raise
                 # The request may have reached Batch before the fault: look before submitting again,
                 # so a lost reply never becomes a second GPU job.
-                if _error_code(exc) not in _THROTTLING:
+                if error_code(exc) not in _THROTTLING:
                     existing = [s for s in await self.find(spec) if s.is_live or s.status == SUCCEEDED]
                     if existing:
                         return existing[0]
@@ -365,22 +358,35 @@ class AwsBatchBackend(JobBackend):
 
     async def describe(self, job_ids: Sequence[str]) -> list[JobState]:
         ids = list(job_ids)
+        try:
+            # Each backed-off try takes the client of the moment: another call's refresh may replace it meanwhile.
+            reply = await self._with_fresh_credentials(
+                self._batch_client,
+                lambda _: self.backoff.call(lambda: self._batch.describe_jobs(jobs=ids), attempts=None),
+            )
+        except botocore.exceptions.ClientError as exc:
+            raise self._cannot_see(exc, len(ids)) from exc
+        return [parse_job(j) for j in reply.get("jobs", ())]
+
+    async def _with_fresh_credentials(
+        self, client: Callable[[], Awaitable[Any]], call: Callable[[Any], Awaitable[_T]]
+    ) -> _T:
+        """``call(client())``, again on fresh clients when the credentials expired or rotated under it
+        (up to ``CREDENTIAL_REFRESHES`` times): a triggerer's client outlives any session token."""
         refreshes = 0
         while True:
-            client = self._batch
+            current = await client()
             try:
-                reply = await self.backoff.call(lambda: self._batch.describe_jobs(jobs=ids), attempts=None)
+                return await call(current)
             except botocore.exceptions.ClientError as exc:
-                code = _error_code(exc)
-                if code in _CREDENTIALS_EXPIRED and refreshes < CREDENTIAL_REFRESHES:
-                    refreshes += 1
-                    await self.refresh_credentials(client, code)
-                    continue
-                raise self._cannot_see(exc, len(ids)) from exc
-            return [parse_job(j) for j in reply.get("jobs", ())]
+                code = error_code(exc)
+                if code not in _CREDENTIALS_EXPIRED or refreshes >= CREDENTIAL_REFRESHES:
+                    raise
+                refreshes += 1
+                await self.refresh_credentials(current, code)
 
     def _cannot_see(self, exc: botocore.exceptions.ClientError, count: int) -> CannotSeeJobs:
-        code = _error_code(exc)
+        code = error_code(exc)
         message = exc.response.get("Error", {}).get("Message") or str(exc)
         text = f"DescribeJobs for {count} job(s) answered {code or 'an error'}: {message}"
         if code == "ClientException":
@@ -454,11 +460,14 @@ class AwsBatchBackend(JobBackend):
                 lambda: self._batch.tag_resource(resourceArn=job["jobArn"], tags={TAG_CANCELLED: "true"})
             )
         except botocore.exceptions.ClientError as exc:
-            log.warning("Could not tag %s as cancelled (%s); terminating it anyway", job_id, _error_code(exc) or exc)
+            log.warning("Could not tag %s as cancelled (%s); terminating it anyway", job_id, error_code(exc) or exc)
         await self.backoff.call(lambda: self._batch.terminate_job(jobId=job_id, reason=reason[:MAX_REASON]))
         log.info("Terminated AWS Batch job %s: %s", job_id, reason)
 
     # -- logs -------------------------------------------------------------------------------------
+
+    async def _batch_client(self) -> Any:
+        return self._batch
 
     async def _logs_client(self) -> Any:
         async with self._logs_lock:
@@ -467,19 +476,8 @@ class AwsBatchBackend(JobBackend):
             return self._logs
 
     async def _logs_call(self, call: Callable[[Any], Awaitable[_T]]) -> _T:
-        """``call(logs_client)``, again on fresh clients when the credentials expired under it (as
-        DescribeJobs does): a triggerer's client outlives any session token."""
-        refreshes = 0
-        while True:
-            logs = await self._logs_client()
-            try:
-                return await call(logs)
-            except botocore.exceptions.ClientError as exc:
-                code = _error_code(exc)
-                if code not in _CREDENTIALS_EXPIRED or refreshes >= CREDENTIAL_REFRESHES:
-                    raise
-                refreshes += 1
-                await self.refresh_credentials(logs, code)
+        """``call(logs_client)``, on fresh clients when the credentials expired under it (as DescribeJobs)."""
+        return await self._with_fresh_credentials(self._logs_client, call)
 
     async def read_logs(self, job: JobState, *, cursor: str | None = None, tail: int | None = None) -> LogChunk:
         if not job.log_stream or not job.log_group:  # no stream yet, or not logging to CloudWatch
@@ -494,7 +492,7 @@ class AwsBatchBackend(JobBackend):
         try:
             reply = await self._logs_call(lambda logs: self.logs_backoff.call(lambda: logs.get_log_events(**kwargs)))
         except botocore.exceptions.ClientError as exc:
-            if _error_code(exc) == "ResourceNotFoundException":
+            if error_code(exc) == "ResourceNotFoundException":
                 return LogChunk([], cursor)
             raise
         return LogChunk([e["message"] for e in reply.get("events", ())], reply.get("nextForwardToken") or cursor)

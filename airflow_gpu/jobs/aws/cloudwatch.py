@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING, Any, ClassVar, Sequence
+import weakref
+from typing import Any, ClassVar, Sequence
 
 import botocore.exceptions
 
+from airflow_gpu.faults import error_code
+from airflow_gpu.jobs.logs import FollowedLog
 from airflow_gpu.jobs.shared import gather_then_raise
-
-if TYPE_CHECKING:
-    from airflow_gpu.jobs.follower import LogFollow
 
 
 class StreamCursor:
@@ -102,7 +102,8 @@ class CloudWatchLogReader:
 
     FilterLogEvents fails the whole call when one named stream does not exist; the
     call is then split in halves until the missing streams are singled out, and
-    those are asked for again later (see :meth:`LogFollow.missing`).
+    those are asked for again later (see :meth:`FollowedLog.missing`). Each log's
+    :class:`StreamCursor` is the reader's own, kept beside the log, not in it.
     """
 
     streams_per_call: ClassVar[int] = 100
@@ -117,9 +118,10 @@ class CloudWatchLogReader:
 
     def __init__(self, backend: Any) -> None:
         self.backend = backend
+        self._cursors: weakref.WeakKeyDictionary[FollowedLog, StreamCursor] = weakref.WeakKeyDictionary()
 
-    def needs_last_read(self, follow: LogFollow) -> bool:
-        return bool(follow.job.log_group and follow.stream)
+    def needs_last_read(self, follow: FollowedLog) -> bool:
+        return bool(follow.log_group and follow.stream)
 
     def capacity(self, seconds: float) -> int:
         # Calls that can start in the first half of the time, so that they also end within it.
@@ -129,23 +131,24 @@ class CloudWatchLogReader:
             return 0
         return (int((seconds / 2 - wait) * limiter.rate) + 1) * self.streams_per_call
 
-    async def read(self, follows: Sequence[LogFollow], *, urgent: bool = False) -> None:
+    async def read(self, follows: Sequence[FollowedLog], *, urgent: bool = False) -> None:
         loop = asyncio.get_running_loop()
         now = loop.time()
-        by_group: dict[str, list[LogFollow]] = {}
+        by_group: dict[str, list[FollowedLog]] = {}
         for follow in follows:
-            if follow.closed or not follow.job.log_group or not follow.stream:
+            if follow.closed or not follow.log_group or not follow.stream:
                 continue  # not logging to CloudWatch
             if not urgent and follow.retry_at > now:
                 continue
-            if follow.cursor is None:
-                follow.cursor = StreamCursor()
-            by_group.setdefault(follow.job.log_group, []).append(follow)
+            if follow not in self._cursors:
+                self._cursors[follow] = StreamCursor()
+            by_group.setdefault(follow.log_group, []).append(follow)
         end_ms = int(time.time() * 1000)
         gate = asyncio.Semaphore(self.max_concurrent_calls)
+        cursors = self._cursors
 
-        async def read_group(group: str, members: list[LogFollow]) -> None:
-            members.sort(key=lambda f: -1 if f.cursor.mark is None else f.cursor.mark)
+        async def read_group(group: str, members: list[FollowedLog]) -> None:
+            members.sort(key=lambda f: -1 if (mark := cursors[f].mark) is None else mark)
             size = self.streams_per_call
             for i in range(0, len(members), size):
                 async with gate:
@@ -159,15 +162,16 @@ class CloudWatchLogReader:
 
         await gather_then_raise(read_group(group, members) for group, members in by_group.items())
 
-    async def _read_range(self, group: str, follows: list[LogFollow], end_ms: int, urgent: bool) -> None:
-        by_stream: dict[str, list[LogFollow]] = {}
+    async def _read_range(self, group: str, follows: list[FollowedLog], end_ms: int, urgent: bool) -> None:
+        cursors = self._cursors
+        by_stream: dict[str, list[FollowedLog]] = {}
         for follow in follows:
             assert follow.stream is not None  # read() passes on only the follows that have a stream
             by_stream.setdefault(follow.stream, []).append(follow)
         late = self.late_ms
-        starts = [f.cursor.start(late) for f in follows]
+        starts = [start for f in follows if (start := cursors[f].start(late)) is not None]
         kwargs: dict[str, Any] = {"logGroupName": group, "logStreamNames": list(by_stream), "endTime": end_ms}
-        if None not in starts:
+        if len(starts) == len(follows):  # a stream never read is read from its beginning
             kwargs["startTime"] = min(starts)
         if self.page_limit:
             kwargs["limit"] = self.page_limit
@@ -177,7 +181,7 @@ class CloudWatchLogReader:
             try:
                 reply = await self.backend.filter_log_events(urgent=urgent, **kwargs)
             except botocore.exceptions.ClientError as exc:
-                if exc.response.get("Error", {}).get("Code") != "ResourceNotFoundException":
+                if error_code(exc) != "ResourceNotFoundException":
                     raise
                 if page:  # a stream vanished mid-range: continue from where we are next time
                     break
@@ -188,12 +192,12 @@ class CloudWatchLogReader:
             if page == 0:
                 for follow in follows:
                     follow.found()
-            fresh: dict[LogFollow, list[str]] = {}
+            fresh: dict[FollowedLog, list[str]] = {}
             for event in reply.get("events") or ():
                 timestamp = event["timestamp"]
                 last_ts = timestamp
                 for follow in by_stream.get(event.get("logStreamName"), ()):
-                    if follow.cursor.accept(event["eventId"], timestamp, late):
+                    if cursors[follow].accept(event["eventId"], timestamp, late):
                         lines = fresh.get(follow)
                         if lines is None:
                             fresh[follow] = [event["message"]]
@@ -208,11 +212,11 @@ class CloudWatchLogReader:
             kwargs["nextToken"] = token
         for follow in follows:
             if complete:
-                follow.cursor.read_to(end_ms, late)
+                cursors[follow].read_to(end_ms, late)
             else:
-                follow.cursor.read_partly(last_ts, late)
+                cursors[follow].read_partly(last_ts, late)
 
-    async def _single_out_missing(self, group: str, follows: list[LogFollow], end_ms: int, urgent: bool) -> None:
+    async def _single_out_missing(self, group: str, follows: list[FollowedLog], end_ms: int, urgent: bool) -> None:
         streams = list(dict.fromkeys(f.stream for f in follows))
         if len(streams) == 1:
             now = asyncio.get_running_loop().time()

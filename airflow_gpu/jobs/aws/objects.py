@@ -9,10 +9,8 @@ from __future__ import annotations
 import botocore.exceptions
 
 from airflow_gpu.contract import split_s3
+from airflow_gpu.faults import S3_ABSENT, error_code
 from airflow_gpu.jobs.aws.connection import resolve_aws_connection
-
-#: Codes S3 answers for an object that is not there (GetObject: NoSuchKey; some stores: 404).
-_ABSENT = frozenset({"NoSuchKey", "404", "NotFound"})
 
 
 async def read_s3_object(conn_id: str | None, region_name: str | None, uri: str) -> bytes | None:
@@ -29,7 +27,7 @@ async def read_s3_object(conn_id: str | None, region_name: str | None, uri: str)
         try:
             reply = await client.get_object(Bucket=bucket, Key=key)
         except botocore.exceptions.ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in _ABSENT:
+            if error_code(exc) in S3_ABSENT:
                 return None
             raise
         async with reply["Body"] as body:
