@@ -13,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import airflow_gpu
 
 try:
@@ -60,12 +62,15 @@ def test_every_module_of_the_package_belongs_to_a_wing():
         for p in PACKAGE.iterdir()
         if (p.suffix == ".py" and p.stem != "__init__") or (p.is_dir() and (p / "__init__.py").exists())
     }
-    assert tops - {"airflow_gpu.worker", "airflow_gpu.contract"} == airflow_wing
+    shared = set(config[2]["source_modules"])  # the modules both wings may import
+    assert shared == {"airflow_gpu.contract", "airflow_gpu.prices"}
+    assert tops - {"airflow_gpu.worker"} - shared == airflow_wing
 
 
-def test_the_contract_needs_the_standard_library_only():
-    imported = imported_modules(PACKAGE / "contract.py")
-    assert imported, "the contract's imports were not read"
+@pytest.mark.parametrize("shared", ["contract.py", "prices.py"])
+def test_what_both_wings_share_needs_the_standard_library_only(shared):
+    imported = imported_modules(PACKAGE / shared)
+    assert imported, "the shared module's imports were not read"
     assert {m for m in imported if m.split(".")[0] not in sys.stdlib_module_names} == set()
 
 
