@@ -51,29 +51,37 @@ def run_command(argv: list[str], prog: str) -> int:
 
     sys.stdout.flush()
     sys.stderr.flush()
-    try:
-        child = subprocess.Popen(argv)
-    except FileNotFoundError:
-        print(
-            f"{prog}: error: {argv[0]!r} is neither a worker command ({', '.join(SUBCOMMANDS)}) nor a program "
-            "on PATH; check the job's command",
-            file=sys.stderr,
-        )
-        return 127
-    except PermissionError:
-        print(f"{prog}: error: {argv[0]!r} is not executable; check the job's command", file=sys.stderr)
-        return 126
+    started: list[subprocess.Popen[bytes]] = []
+    early: list[int] = []  # a signal that came before the child existed: passed on once it does
 
     def forward(signum: int, frame: FrameType | None) -> None:
         if signum == signal.SIGINT and _terminal_sent_it():
             return
+        if not started:
+            early.append(signum)
+            return
         try:
-            child.send_signal(signum)
+            started[0].send_signal(signum)
         except ProcessLookupError:  # it ended meanwhile
             pass
 
     previous = {signum: signal.signal(signum, forward) for signum in FORWARDED}
     try:
+        try:
+            child = subprocess.Popen(argv)
+        except FileNotFoundError:
+            print(
+                f"{prog}: error: {argv[0]!r} is neither a worker command ({', '.join(SUBCOMMANDS)}) nor a program "
+                "on PATH; check the job's command",
+                file=sys.stderr,
+            )
+            return 127
+        except PermissionError:
+            print(f"{prog}: error: {argv[0]!r} is not executable; check the job's command", file=sys.stderr)
+            return 126
+        started.append(child)
+        for signum in early:
+            child.send_signal(signum)
         with profiled(process=child.pid) as profile:
             returncode = child.wait()  # a handled signal does not end the wait (PEP 475)
     finally:

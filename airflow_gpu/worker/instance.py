@@ -17,6 +17,7 @@ failure is an answer with a reason, never an exception: a missing IMDS means "co
 
 from __future__ import annotations
 
+import http.client
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
@@ -80,9 +81,9 @@ def lookup(environ: Mapping[str, str]) -> Placement:
             try:
                 with opener.open(request, timeout=timeout) as reply:
                     return str(reply.read(4096).decode("ascii", "replace").strip())
-            except urllib.error.HTTPError as exc:
-                raise exc  # an answer: retrying will not change it
-            except (OSError, ValueError) as exc:  # refused, unreachable, timed out, a malformed URL
+            except urllib.error.HTTPError:
+                raise  # an answer: retrying will not change it
+            except (OSError, ValueError, http.client.HTTPException) as exc:  # refused, timed out, garbled, bad URL
                 last = exc
         raise _NoAnswer(f"the instance metadata service at {base} did not answer ({last})")
 
