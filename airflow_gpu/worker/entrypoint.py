@@ -83,12 +83,22 @@ def run_command(argv: list[str], prog: str) -> int:
         for signum in early:
             child.send_signal(signum)
         with profiled(process=child.pid) as profile:
-            returncode = child.wait()  # a handled signal does not end the wait (PEP 475)
+            _wait_unreaped(child)  # the profile's last sample still reads its CPU time
+        returncode = child.wait()  # a handled signal does not end a wait (PEP 475)
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     _log_cost(profile.document)
     return 128 - returncode if returncode < 0 else returncode
+
+
+def _wait_unreaped(child: subprocess.Popen[bytes]) -> None:
+    """Wait until the child ends but leave it unreaped: until it is, /proc keeps its CPU time."""
+    if hasattr(os, "waitid"):
+        try:
+            os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOWAIT)
+        except ChildProcessError:
+            pass
 
 
 def _terminal_sent_it() -> bool:

@@ -84,3 +84,15 @@ def test_a_command_killed_by_a_signal_exits_128_plus_the_signal_as_from_a_shell(
     )
     assert done.returncode == 128 + signal.SIGKILL
     assert " INFO profile: " in done.stderr
+
+
+def test_the_cpu_side_of_the_profile_is_the_commands_own():
+    burn = "import time\nwhile time.process_time() < 1.0:\n    pass\n"  # one second of the command's own CPU
+    done = subprocess.run(
+        [str(WORKER), sys.executable, "-c", burn], env=_env(), capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    if "INFO profile: gpu " in done.stderr:  # a machine with a GPU sums up its GPUs instead
+        pytest.skip("NVML found a GPU here: the summary line is the GPU's")
+    found = re.search(r"INFO profile: cpu: (\d+\.\d) cores mean", done.stderr)
+    assert found and float(found.group(1)) > 0.0, done.stderr  # the entrypoint itself only waits: ~0 cores
