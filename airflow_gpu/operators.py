@@ -189,6 +189,7 @@ class GpuBatchOperator(BaseOperator):
         self._log_url: str | None = None
         self._try_began_here = False
         self._read_by_trigger: Mapping[str, Any] | None = None
+        self._reused = False  # this try found its job already SUCCEEDED for an earlier one (billed as reused)
 
     # -- checks -----------------------------------------------------------------------------------
 
@@ -236,7 +237,8 @@ class GpuBatchOperator(BaseOperator):
         context["ti"].xcom_push(key=JOB_ID_XCOM_KEY, value=state.job_id)
         if state.status == SUCCEEDED and view.earlier:
             self.log.info("Reusing the result of job %s, which already SUCCEEDED for this task instance", state.job_id)
-            return self._announce(context, self._result(state))
+            self._reused = True
+            return self._announce(context, self._finish(state, ()))
         # A job submitted just now may have ended already (a fast local job): it is followed all the
         # same, so its output reaches this task's log.
         if not self.deferrable:
@@ -306,6 +308,7 @@ class GpuBatchOperator(BaseOperator):
         if state.status != SUCCEEDED:
             lines = self._seen(self.jobs.tail(state)).log_lines
         self._read_by_trigger = event.get("manifest")
+        self._reused = bool(event.get("reused"))  # the start trigger found it SUCCEEDED already
         return self._announce(context, self._finish(state, lines))
 
     def _stopped_for_an_earlier_try(self, state: JobState) -> bool:
@@ -324,11 +327,13 @@ class GpuBatchOperator(BaseOperator):
         if state.status != SUCCEEDED:
             job_bill(self.jobs, state, self.log)
             raise GpuJobFailed(state, lines)
-        self.log.info("Job %s SUCCEEDED after %d attempt(s)", state.job_id, state.attempts)
+        if not self._reused:
+            self.log.info("Job %s SUCCEEDED after %d attempt(s)", state.job_id, state.attempts)
         try:
             result = self._result(state)
         finally:  # also when the manifest is missing: the job ran, and cost what it cost
-            cost = job_bill(self.jobs, state, self.log)  # last: the task log's closing line for the job
+            # last: the task log's closing line for the job
+            cost = job_bill(self.jobs, state, self.log, reused=self._reused)
         return self._with_cost(result, cost)
 
     def _with_cost(self, result: dict[str, Any], cost: dict[str, Any]) -> Any:

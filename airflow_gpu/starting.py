@@ -188,9 +188,10 @@ class GpuBatchStartTrigger(GpuBatchJobTrigger):
                 await claim(backend, state, try_number, self.log)  # one a worker submitted for this try, if any
             links = {"job_url": backend.job_url(state.job_id), "log_url": backend.log_url(state)}
         self.job_id = state.job_id
-        if state.status == SUCCEEDED:
+        reused = state.status == SUCCEEDED
+        if reused:
             self.log.info("Reusing the result of job %s, which already SUCCEEDED for this task instance", state.job_id)
-            event = {**state.as_event(), **links}
+            event = {**state.as_event(), **links, "reused": True}  # billed as reused, on a worker too
         else:
             event = None
             async for fired in super().run():
@@ -225,7 +226,7 @@ class GpuBatchStartTrigger(GpuBatchJobTrigger):
             "Job %s SUCCEEDED after %d attempt(s); the task ends on the triggerer", final.job_id, final.attempts
         )
         async with watcher.backend() as backend:  # the bill, as a worker would log it (the job's last line)
-            result[COST_KEY] = await job_bill_async(backend, final, self.log)
+            result[COST_KEY] = await job_bill_async(backend, final, self.log, reused=reused)
         yield TaskSuccessEvent(xcoms={"return_value": result, JOB_ID_XCOM_KEY: final.job_id})
 
     def _try_number(self) -> int | None:

@@ -4,7 +4,7 @@ A job's bill is its *run* time (the seconds its attempts held an instance) times
 price of that instance, times the share of the instance it reserved: its GPUs over the
 instance's GPUs (a 1-GPU job on an 8-GPU p5.48xlarge pays 1/8). The queue wait costs
 nothing: no GPU is held. The price comes from a table (the one shipped in
-:mod:`airflow_gpu.jobs.price_table`, or a deployment's own file); a Spot instance is priced
+:mod:`airflow_gpu.prices`, which the worker's own estimate shares, or a deployment's own file); a Spot instance is priced
 at a share of on-demand unless the table gives its Spot price. A type the table does not
 price says "cost unknown": an estimate is never invented.
 """
@@ -12,19 +12,16 @@ price says "cost unknown": an estimate is never invented.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from airflow_gpu.jobs import price_table
+from airflow_gpu import prices as shared_prices
+from airflow_gpu.prices import DEFAULT_SPOT_SHARE as DEFAULT_SPOT_SHARE
+from airflow_gpu.prices import ON_DEMAND as ON_DEMAND
+from airflow_gpu.prices import SPOT as SPOT
 
-ON_DEMAND = "on-demand"
-SPOT = "spot"
 LOCAL = "local"
-#: Spot price as a share of on-demand when the table gives none: an assumption (Spot GPU
-#: capacity commonly sells at 30-50% of on-demand), which the bill says it used.
-DEFAULT_SPOT_SHARE = 0.4
 #: Where a deployment without ``[airflow_gpu] prices`` (and a terminal) finds its price file.
 PRICES_ENV = "AIRFLOW_GPU_PRICES"
 
@@ -41,26 +38,21 @@ class PriceTable:
     spot: Mapping[str, float] = field(default_factory=dict)
     spot_share: float = DEFAULT_SPOT_SHARE
     gpus: Mapping[str, int] = field(default_factory=dict)  # types the package's table does not know
-    region: str = price_table.REGION
-    as_of: str = price_table.AS_OF
-    source: str = price_table.SOURCE
+    region: str = shared_prices.REGION
+    as_of: str = shared_prices.AS_OF
+    source: str = shared_prices.SOURCE
 
     def hourly(self, instance_type: str, market: str) -> tuple[float, str] | None:
         """(USD per instance-hour, how it was priced), or None when unknown."""
-        on_demand = self.on_demand.get(instance_type)
-        if market == SPOT:
-            if instance_type in self.spot:
-                return self.spot[instance_type], "spot price from the table"
-            if on_demand is None:
-                return None
-            return on_demand * self.spot_share, f"spot at {self.spot_share:.0%} of on-demand"
-        if on_demand is None:
-            return None
-        return on_demand, "on-demand"
+        return shared_prices.hourly(
+            instance_type, market, on_demand=self.on_demand, spot=self.spot, spot_share=self.spot_share
+        )
 
     def instance_gpus(self, instance_type: str) -> int | None:
         if instance_type in self.gpus:
             return self.gpus[instance_type]
+        if instance_type in shared_prices.INSTANCE_GPUS:
+            return shared_prices.INSTANCE_GPUS[instance_type]
         from airflow_gpu.provision.instances import (
             INSTANCE_TYPES,  # a plain table, no AWS
         )
@@ -69,7 +61,7 @@ class PriceTable:
         return known.gpus if known else None
 
 
-SHIPPED = PriceTable(on_demand=dict(price_table.ON_DEMAND_USD_PER_HOUR))
+SHIPPED = PriceTable(on_demand=dict(shared_prices.ON_DEMAND_USD_PER_HOUR))
 
 
 def read_price_file(path: str, *, spot_share: float | None = None) -> PriceTable:
@@ -113,11 +105,8 @@ def read_price_file(path: str, *, spot_share: float | None = None) -> PriceTable
 
 
 def check_spot_share(value: Any, *, where: str) -> float:
-    try:
-        share = float(value)
-    except (TypeError, ValueError):
-        share = math.nan
-    if not 0 < share <= 1:
+    share = shared_prices.spot_share_or_none(value)
+    if share is None:
         raise PriceFileError(f"spot_share in {where} must be a number in (0, 1], got {value!r}")
     return share
 
@@ -257,15 +246,9 @@ def bill(usage: JobUsage, prices: PriceTable = SHIPPED) -> Bill:
     hourly, how = priced
     if usage.market is None:
         how += " (market unknown)"
-    instance_gpus = prices.instance_gpus(usage.instance_type)
-    if usage.gpus and instance_gpus:
-        share = min(1.0, usage.gpus / instance_gpus)
-        share_text = f"{usage.gpus}/{instance_gpus} of the instance"
-    else:  # no GPU reserved, or an instance whose GPUs are unknown: the whole instance is charged
-        share = 1.0
-        share_text = "the whole instance"
+    share, share_text = shared_prices.reserved_share(usage.gpus, prices.instance_gpus(usage.instance_type))
     return made(
         f"{share_text} at ${hourly:.4g}/h, {how}, {prices.region} prices of {prices.as_of}",
-        run / 3600 * hourly * share,
+        shared_prices.cost_usd(run, hourly, share),
         share,
     )

@@ -465,11 +465,12 @@ def _missing_dependency(exc: ModuleNotFoundError) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .entrypoint import exec_command, plain_command
+    from .entrypoint import plain_command, run_command
 
     command = plain_command(list(sys.argv[1:] if argv is None else argv))
     if command is not None:  # not a worker command: the job's own program (the Docker entrypoint convention)
-        return exec_command(command, PROG)
+        _configure_logging(logging.INFO)  # for its profile's summary line
+        return run_command(command, PROG)
     try:
         parser = build_parser()
         args = parser.parse_args(argv)

@@ -24,6 +24,7 @@ from .profile import PROFILE_FILE, current_document, summary_lines
 from .publish import Publisher, parquet_bytes
 from .recommend import long_table, similar_items, top_n
 from .report import render
+from .run_cost import run_cost
 from .storage import MiB
 from .train import TrainResult
 
@@ -149,11 +150,14 @@ def _factor_table(name: str, ids: pa.Array, factors: np.ndarray, start: int, end
 async def commit(config: AlsConfig, metrics: dict[str, Any], publisher: Publisher) -> dict[str, Any]:
     """metrics.json and report.html, then the manifest (the commit point); the parts must be drained first."""
     document = current_document()
+    # The run's estimated cost, for the headline and the manifest (may ask the instance metadata: off the loop);
+    # part of the run's metrics, which the caller returns as metrics.json holds them.
+    metrics["cost"] = await asyncio.to_thread(run_cost, document, run_s=metrics.get("total_seconds"))
     if document is not None:  # the GPU profile's summary, for the report's headline (its samples go to profile.json)
         metrics = {**metrics, "profile": {"summary": summary_lines(document), "file": publisher.root + PROFILE_FILE}}
     await publisher.put("metrics.json", json_bytes(metrics), kind="metrics")
     await publisher.put("report.html", render(metrics).encode(), kind="report")
-    return await publisher.commit(_manifest_fields(config, metrics, publisher))
+    return await publisher.commit({**_manifest_fields(config, metrics, publisher), "cost": metrics["cost"]})
 
 
 def _manifest_fields(config: AlsConfig, metrics: dict[str, Any], publisher: Publisher) -> dict[str, Any]:

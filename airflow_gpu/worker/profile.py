@@ -160,6 +160,35 @@ def _rss_bytes() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
+class ProcessCounters:
+    """CPU seconds and resident memory of another process (a plain command the entrypoint runs), from
+    /proc/<pid>; once it is gone, its last values (its total CPU is then in RUSAGE_CHILDREN too)."""
+
+    def __init__(self, pid: int) -> None:
+        self._pid = pid
+        self._tick = os.sysconf("SC_CLK_TCK")
+        self._cpu = 0.0
+        self._rss = 0
+
+    def cpu_seconds(self) -> float:
+        try:
+            with open(f"/proc/{self._pid}/stat", "rb") as stat:
+                fields = stat.read().rsplit(b")", 1)[1].split()  # after the command name, which may hold spaces
+            # utime, stime, and those of its children it waited for (fields 14-17 of proc(5))
+            self._cpu = sum(int(value) for value in fields[11:15]) / self._tick
+        except (OSError, ValueError, IndexError):
+            pass
+        return self._cpu
+
+    def rss_bytes(self) -> int:
+        try:
+            with open(f"/proc/{self._pid}/statm", "rb") as statm:
+                self._rss = int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError, IndexError):
+            pass
+        return self._rss
+
+
 @dataclass
 class _GpuSeries:
     name: str
@@ -341,13 +370,23 @@ def profile_bytes() -> bytes | None:
 class profiled:
     """``with profiled(): ...`` samples the job for its duration and logs its summary at the end.
 
-    A reader may be given (tests); by default NVML's, or none. ``AIRFLOW_GPU_PROFILE=0`` switches it off.
+    A reader may be given (tests); by default NVML's, or none. ``process``: the CPU side is that
+    process's (a plain command the entrypoint runs), not this one's. ``AIRFLOW_GPU_PROFILE=0``
+    switches it off.
     """
 
-    def __init__(self, reader: GpuReader | None = None, *, no_gpu_reason: str = "", interval: float = 1.0) -> None:
+    def __init__(
+        self,
+        reader: GpuReader | None = None,
+        *,
+        no_gpu_reason: str = "",
+        interval: float = 1.0,
+        process: int | None = None,
+    ) -> None:
         self._reader = reader
         self._no_gpu_reason = no_gpu_reason
         self._interval = interval
+        self._process = process
         self.document: dict[str, Any] | None = None
 
     def __enter__(self) -> profiled:
@@ -355,7 +394,11 @@ class profiled:
         if os.environ.get(PROFILE_ENV, "1") == "0":
             return self
         reader, why = (self._reader, self._no_gpu_reason) if self._reader is not None else open_gpu_reader()
-        _current = Sampler(reader, no_gpu_reason=why, interval=self._interval).start()
+        counters: dict[str, Any] = {}
+        if self._process is not None and os.path.exists(f"/proc/{self._process}/stat"):
+            other = ProcessCounters(self._process)
+            counters = {"cpu_seconds": other.cpu_seconds, "rss_bytes": other.rss_bytes}
+        _current = Sampler(reader, no_gpu_reason=why, interval=self._interval, **counters).start()
         return self
 
     def __exit__(self, *exc_info: object) -> None:

@@ -35,7 +35,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..contract import MANIFEST, MANIFEST_FORMAT, MANIFEST_VERSION, committed_manifest
-from .profile import PROFILE_FILE, profile_bytes
+from .profile import PROFILE_FILE, current_document
+from .run_cost import run_cost
 from .storage import Store
 
 log = logging.getLogger("airflow_gpu.worker")
@@ -124,10 +125,13 @@ class Publisher:
     async def commit(self, manifest: dict[str, Any]) -> dict[str, Any]:
         """Write manifest.json after every other file is up: from here on the run exists."""
         await self.drain()
-        profile = profile_bytes()  # the job's GPU/CPU profile up to now, beside the outputs
+        profile = current_document()  # the job's GPU/CPU profile up to now, beside the outputs
         if profile is not None:
-            await self.put(PROFILE_FILE, profile, kind="profile")
+            await self.put(PROFILE_FILE, json.dumps(profile, separators=(",", ":")).encode(), kind="profile")
             manifest = {**manifest, "profile": self.root + PROFILE_FILE}
+        if "cost" not in manifest:  # the run's estimated cost (may ask the instance metadata: off the loop)
+            manifest = {**manifest, "cost": await asyncio.to_thread(run_cost, profile)}
+        log.info("cost: %s", manifest["cost"]["text"])
         document = {
             "format": MANIFEST_FORMAT,
             "version": MANIFEST_VERSION,

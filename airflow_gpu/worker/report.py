@@ -112,9 +112,12 @@ def headline_lines(metrics: dict[str, Any]) -> list[str]:
 
 
 def headline(metrics: dict[str, Any]) -> str:
-    """The headline, then how the job used its GPU (the profile's summary lines, worker/profile.py)."""
+    """The headline, what the run cost (worker/run_cost.py), then how the job used its GPU (the profile's
+    summary lines, worker/profile.py)."""
+    cost = [_e(text)] if (text := (metrics.get("cost") or {}).get("text")) else []
     profile = [_e(line) for line in (metrics.get("profile") or {}).get("summary") or ()]
-    return "<div class=headline>" + "".join(f"<p>{line}</p>" for line in headline_lines(metrics) + profile) + "</div>"
+    lines = headline_lines(metrics) + cost + profile
+    return "<div class=headline>" + "".join(f"<p>{line}</p>" for line in lines) + "</div>"
 
 
 def _e(text: object) -> str:

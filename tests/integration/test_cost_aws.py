@@ -181,3 +181,48 @@ async def test_a_task_ending_on_the_triggerer_logs_and_returns_the_same_bill(mot
     await JobWatcher.close_all()
     assert cost["instance_type"] == "g6.xlarge" and cost["cost_usd"] == pytest.approx(0.8048, abs=1e-4)
     assert log.records[-1].startswith(f"Job {job_id} SUCCEEDED: wall 1 h 0 min") and "~$0.80" in log.records[-1]
+
+
+def test_a_retry_that_reuses_a_succeeded_job_logs_the_same_bill_marked_reused_and_the_week_counts_it_once(
+    moto_aws, gpu_batch, aws_conn
+):
+    import os
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    moto_aws.batch.hold("RUNNING")
+    instance = moto_aws.register_container_instance(gpu_batch["compute_environment"], "g5.xlarge")
+    op, context = _operator(gpu_batch), make_context()
+    job_id, event = _run_to_end(moto_aws, op, context, instance=instance, ran_s=3600)
+    fresh = op.execute_complete(context, event)["cost"]
+
+    retry = FakeTaskInstance()
+    retry.try_number = 2  # the next try of the same task instance (its worker died after the job ended)
+    with structlog.testing.capture_logs() as records:
+        result = _operator(gpu_batch).execute(make_context(retry))  # no TaskDeferred: the job is reused at once
+    assert result["job_id"] == job_id and moto_aws.log.calls["submitjob"] == 1
+    reused = result["cost"]
+    assert "reused" not in fresh and reused["reused"] is True
+    assert {k: v for k, v in reused.items() if k != "reused"} == fresh
+    assert reused["cost_usd"] == pytest.approx(1.006, abs=1e-4)
+    last = [r["event"] for r in records if job_id in r["event"]][-1]
+    assert last.startswith(f"Job {job_id} SUCCEEDED: wall") and "~$1.01" in last
+    assert last.endswith("[reused: an earlier try ran this job; count it once]")
+
+    # The weekly sum lists jobs, not tries: the job both tries logged is one job, billed once.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
+    env["AIRFLOW_HOME"] = "/nonexistent/airflow-home"
+    done = subprocess.run(
+        [str(Path(sys.executable).with_name("airflow-gpu")), "jobs", "--queue", gpu_batch["job_queue"]]
+        + ["--since", "7d", "--cost", "--endpoint-url", moto_aws.endpoint_url, "--region", moto_aws.region],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    print(done.stdout)
+    assert done.stdout.count(job_id) == 1
+    assert re.search(r"gpu_dag\s+1\s+1\.000\s+\$1\.01\s", done.stdout)

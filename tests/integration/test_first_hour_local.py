@@ -60,7 +60,7 @@ def test_submit_python_train_py_runs_through_the_workers_entrypoint(home):
         "1",
     )
     assert "trained with ['--epochs', '1']" in done.stdout, done.stdout + done.stderr
-    assert done.returncode == 4  # the program's own exit code: exec'd, not wrapped
+    assert done.returncode == 4  # the program's own exit code, passed through by the entrypoint
     record = job_record(env["AIRFLOW_GPU_LOCAL_JOBS_DIR"], job_id_in(done.stdout))["job.json"]
     assert record["command"][:3] == ["airflow-gpu-worker", "python", "train.py"]
 

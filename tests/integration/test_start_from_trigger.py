@@ -172,6 +172,27 @@ async def test_a_rerun_trigger_finds_its_job_and_never_submits_a_second(moto_aws
     assert event.xcoms[JOB_ID_XCOM_KEY] == job_id
     assert event.xcoms["return_value"]["job_id"] == job_id and event.xcoms["return_value"]["status"] == "SUCCEEDED"
     assert "cost_basis" in event.xcoms["return_value"]["cost"]  # the bill, made on the triggerer too
+    assert "reused" not in event.xcoms["return_value"]["cost"]
+
+
+async def test_a_retry_on_the_triggerer_that_finds_its_job_succeeded_bills_it_marked_reused(
+    moto_aws, gpu_batch, aws_conn, closed_after
+):
+    moto_aws.batch.hold("RUNNING")
+    op = operator(job_queue=gpu_batch["job_queue"], job_definition=gpu_batch["job_definition"], output_uri=None)
+    trigger = start_trigger(op)
+    first = asyncio.create_task(events_of(trigger))
+    await wait_until(lambda: bool(trigger.job_id))
+    job_id = trigger.job_id
+    moto_aws.batch.set_status(job_id, "SUCCEEDED")
+    [fresh] = await first
+    [reused] = await events_of(start_trigger(op))  # the next try: the job is found SUCCEEDED, not watched
+    assert moto_aws.log.calls["submitjob"] == 1 and isinstance(reused, TaskSuccessEvent)
+    fresh_cost, reused_cost = (e.xcoms["return_value"]["cost"] for e in (fresh, reused))
+    assert "reused" not in fresh_cost and reused_cost["reused"] is True
+    assert (
+        reused_cost.keys() - {"reused"} == fresh_cost.keys() and reused_cost["cost_basis"] == fresh_cost["cost_basis"]
+    )
 
 
 async def test_success_ends_on_the_triggerer_with_the_manifest_read_there(moto_aws, gpu_batch, aws_conn, closed_after):

@@ -199,3 +199,11 @@ def test_on_kill_terminates_the_job_it_submitted(jobs):
     op.on_kill()  # from another thread's loop, as in a signal handler
     [(terminated, reason)] = jobs.terminated
     assert terminated == job_id and reason.startswith("Airflow task ") and reason.endswith(".train was killed")
+
+
+def test_a_resume_whose_start_trigger_reused_a_succeeded_job_bills_it_marked_reused(jobs):
+    job_id = defer(operator(), make_context()).trigger.job_id
+    jobs.finish(job_id)
+    event = {**jobs.jobs[job_id].as_event(), "reused": True}  # as GpuBatchStartTrigger sends it to a worker
+    cost = operator().execute_complete(make_context(), event)["cost"]
+    assert cost == {"cost_usd": None, "cost_basis": "the memory backend does not report usage", "reused": True}

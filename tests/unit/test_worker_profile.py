@@ -114,3 +114,12 @@ def test_the_profile_can_be_switched_off(monkeypatch):
     with profiled(ReplayReader([])) as run:
         assert profile.current_document() is None
     assert run.document is None
+
+
+def test_a_plain_commands_cpu_side_is_read_from_its_own_process_and_kept_once_it_is_gone():
+    import os
+
+    counters = profile.ProcessCounters(os.getpid())  # any live process: this one
+    assert counters.cpu_seconds() > 0 and counters.rss_bytes() > 0
+    gone = profile.ProcessCounters(2**22 + 1)  # above Linux's pid_max: never a process
+    assert (gone.cpu_seconds(), gone.rss_bytes()) == (0.0, 0)

@@ -58,3 +58,27 @@ def test_the_seconds_per_iteration_axis_starts_at_zero():
     chart = chart[: chart.index("</svg>")]
     ticks = re.findall(r"text-anchor=end font-size=11 fill='#555'>([^<]+)<", chart)
     assert ticks[0] == "0"
+
+
+def _headline_text(page: str) -> str:
+    start = page.index("class=headline")
+    return re.sub("<[^>]+>", "", page[start : page.index("</div>", start)])
+
+
+def test_the_headline_carries_the_runs_estimated_cost():
+    from airflow_gpu.worker.instance import Placement
+    from airflow_gpu.worker.run_cost import estimate
+
+    cost = estimate(Placement("p5.48xlarge", "on-demand"), run_s=3600, gpus=2)
+    text = _headline_text(render({**_metrics(), "cost": cost}))
+    assert "Estimated cost ~$13.76: 1 h 0 min on p5.48xlarge (on-demand), 2/8 of the instance at $55.04/h" in text
+    assert text.index("ALS precision@10") < text.index("Estimated cost")  # the result first, then its price
+
+
+def test_the_headline_says_cost_unknown_plainly_without_an_instance_to_ask():
+    from airflow_gpu.worker.run_cost import run_cost
+
+    cost = run_cost({"duration_s": 60.0, "gpus": []}, environ={})  # no Batch, no IMDS: nothing is asked
+    text = _headline_text(render({**_metrics(), "cost": cost}))
+    assert "Cost unknown: not on AWS Batch (no AWS_BATCH_JOB_ID), so no instance was asked." in text
+    assert "$" not in text
