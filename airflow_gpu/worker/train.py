@@ -20,12 +20,13 @@ import scipy.sparse
 
 from . import early_stop as stopping
 from .errors import WorkerError
-from .gpu.bfloat16 import DTYPES as FACTOR_DTYPES
+from .gpu import bfloat16
 
 log = logging.getLogger("airflow_gpu.worker")
 
 DEVICES = ("auto", "gpu", "cpu")
 SOLVERS = ("implicit", "native")  # native: our own CUDA solver (worker/gpu/), GPU only
+FACTOR_DTYPES = bfloat16.DTYPES  # how the native solver stores the factors on the GPU
 INT32_LIMIT = 2**31
 MIN_COMPUTE_CAPABILITY = (8, 0)  # the CUDA 13 build of implicit ships sm_80+ kernels only
 
