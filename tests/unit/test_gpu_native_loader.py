@@ -412,3 +412,23 @@ def test_native_initial_factors_are_scaled_in_place(fake_gpu):
         tracemalloc.stop()
     assert factors.dtype == np.float32 and 0 <= factors.min() and factors.max() < 0.01
     assert peak < 1.25 * factors.nbytes, (peak, factors.nbytes)
+
+
+def test_bf16_factors_without_cudas_bf16_header_are_refused_in_one_line(fake_gpu, monkeypatch):
+    """The *_bf16 kernels include cuda_bf16.h; where NVRTC cannot find it (no CUDA headers in the
+    image), the fit stops with the fix rather than a compiler log. float32 never includes it."""
+    fake = fake_gpu()
+
+    def without_header(factors, factor_dtype="float32"):
+        if factor_dtype == "bfloat16":
+            raise RuntimeError('als.cu(35): catastrophic error: cannot open source file "cuda_bf16.h"\n1 error')
+        return fake.RawModule(solver.SOURCE.read_text(), solver.build_options(factors, factor_dtype))
+
+    without_header.cache_clear = lambda: None  # type: ignore[attr-defined]  # the fixture clears the cache
+    monkeypatch.setattr(solver, "_module", without_header)
+    with pytest.raises(solver.WorkerError) as refused:
+        solver.NativeAls(factors=8, factor_dtype="bfloat16")._kernels(fake)
+    message = str(refused.value)
+    assert "needs CUDA's cuda_bf16.h" in message and message.endswith("or use --factor-dtype float32")
+    assert "\n" not in message
+    assert "cg_light" in solver.NativeAls(factors=8)._kernels(fake)  # float32 builds without it
