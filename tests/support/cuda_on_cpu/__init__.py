@@ -2,7 +2,9 @@
 
 ``build(source, defines)`` compiles the unchanged .cu source with cuda_on_cpu.h (see its header
 comment for what is and is not modelled) into a shared library, cached by the hash of every
-input under the temporary directory. ``NumpyCupy`` is numpy under CuPy's names whose
+input under the temporary directory. This folder is on g++'s include path, so a source's
+``#include <cuda_bf16.h>`` finds the stand-in here; a kernel inside ``#ifdef`` gets a launcher
+inside the same ``#ifdef``. ``NumpyCupy`` is numpy under CuPy's names whose
 ``RawModule`` hands out such kernels: a launch checks each argument against the parameter
 types g++ saw (array or scalar, and width), the 48 KiB dynamic shared memory rule, and then
 runs every CUDA thread of the grid over the numpy arrays standing in for device memory.
