@@ -13,6 +13,11 @@
    time of every kernel per side (CUDA events around every launch, the last iteration's), the
    Gram matrix and the rest of each half-step, the effective bandwidth per side (bytes below /
    half-step time), the GPU set-up steps, and peak GPU memory (NVML, device-wide).
+4. ``bf16``: the bfloat16 factor storage (``--factor-dtype bfloat16``): its four *_bf16 kernels'
+   registers and local memory as the driver reports them, then, on a quarter of step 2's data
+   (heavy threshold 256), the bf16 solver against the reference's bf16 mode (step 2's tolerance plus
+   one bfloat16 step, 2^-7) and its distance from the float32 solver. Its 1e9 speed, memory and
+   quality come from ``gpu_solver.py``'s ``bf16`` step.
 
 Effective bandwidth counts, per half-step, each CG pass (the residual and cg_steps steps) as
 reading every interaction's index and confidence (8 B) and its other-side factor row
@@ -29,7 +34,7 @@ Needs only CuPy, numpy, scipy, pyarrow and pynvml (the worker's image), no wheel
 
 Then ``benchmarks/gpu_solver.py`` (native at 1e9 first) for the comparison with implicit.
 The last line is machine-readable: ``gpu_first_run: kernels=<ok|-> correctness=<PASS|FAIL|->
-native_s_per_it_1e9=<s> setup_1e9_s=<s> gpu_peak_gib=<GiB>``.
+native_s_per_it_1e9=<s> setup_1e9_s=<s> gpu_peak_gib=<GiB> bf16=<PASS|FAIL|->``.
 """
 
 from __future__ import annotations
@@ -51,7 +56,7 @@ SEED = {"users": 25_000_000, "items": 8_400_000, "nnz": 1_000_000_000}
 QUICK = {"correctness": 5_000, "seed_share": 2e-6}
 FULL = {"correctness": 1_000_000, "seed_share": 1.0}
 # (step, cap in seconds), in the order of importance; the caps add up to the default budget
-STEPS = [("kernels", 30), ("correctness", 60), ("seed", 150)]
+STEPS = [("kernels", 30), ("correctness", 50), ("seed", 130), ("bf16", 30)]
 BUDGET = 240.0
 GiB = 1 << 30
 
@@ -78,7 +83,7 @@ class Report:
 def step_kernels(args, figures: dict, report: Report) -> None:
     import cupy
 
-    from airflow_gpu.worker.gpu.solver import KERNELS, NativeAls
+    from airflow_gpu.worker.gpu.solver import NativeAls, kernels_for
 
     device = cupy.cuda.Device()
     figures["device"] = cupy.cuda.runtime.getDeviceProperties(device.id)["name"].decode()
@@ -89,14 +94,15 @@ def step_kernels(args, figures: dict, report: Report) -> None:
     kernels = model._kernels(cupy)
     figures["compile_s"] = round(time.perf_counter() - started, 3)
     figures["dynamic_shared_bytes"] = kernels["shared"]
-    for name in KERNELS:
+    names = kernels_for(model.factor_dtype)  # float32's; step 4 reports the bf16 build's own
+    for name in names:
         attributes = kernels[name].attributes
         figures[name] = {
             key: attributes.get(key)
             for key in ("num_regs", "local_size_bytes", "shared_size_bytes", "max_threads_per_block")
         }
         report.save()
-    figures["spills"] = sorted(name for name in KERNELS if figures[name]["local_size_bytes"])
+    figures["spills"] = sorted(name for name in names if figures[name]["local_size_bytes"])
 
 
 # -- step 2 ------------------------------------------------------------------------------
@@ -189,7 +195,7 @@ class TimedKernel:
 
 
 def timed_model(cupy, **options):
-    from airflow_gpu.worker.gpu.solver import KERNELS, NativeAls
+    from airflow_gpu.worker.gpu.solver import NativeAls, kernels_for
 
     class TimedNativeAls(NativeAls):
         def __init__(self, **kw) -> None:
@@ -198,7 +204,7 @@ def timed_model(cupy, **options):
 
         def _kernels(self, cupy_):
             kernels = super()._kernels(cupy_)
-            for name in KERNELS:
+            for name in kernels_for(self.factor_dtype):
                 kernels[name] = TimedKernel(cupy_, kernels[name], name, self)
             return kernels
 
@@ -289,9 +295,71 @@ def step_seed(args, figures: dict, report: Report) -> None:
     )
 
 
+# -- step 4 ------------------------------------------------------------------------------
+
+BF16_SPACING = 2.0**-7  # the widest relative gap between neighbouring bfloat16 values
+
+
+def step_bf16(args, figures: dict, report: Report) -> None:
+    import cupy
+    import numpy as np
+    from gpu_solver import implicit_cpu, initial, relative
+
+    from airflow_gpu.demo.synthetic import synthetic_interactions, with_heavy_users
+    from airflow_gpu.worker.gpu import reference
+    from airflow_gpu.worker.gpu.bfloat16 import round_float32
+    from airflow_gpu.worker.gpu.solver import NativeAls, kernels_for
+    from airflow_gpu.worker.matrix import build_interactions, confidence
+
+    model = NativeAls(factors=args.factors, factor_dtype="bfloat16")
+    started = time.perf_counter()
+    kernels = model._kernels(cupy)
+    figures["compile_s"] = round(time.perf_counter() - started, 3)
+    names = [name for name in kernels_for("bfloat16") if name.endswith("_bf16")]
+    for name in names:
+        attributes = kernels[name].attributes
+        figures[name] = {key: attributes.get(key) for key in ("num_regs", "local_size_bytes", "max_threads_per_block")}
+    figures["spills"] = sorted(name for name in names if figures[name]["local_size_bytes"])
+    report.save()
+
+    size = max(args.sizes["correctness"] // 4, 1000)
+    table = with_heavy_users(synthetic_interactions(size, seed=0, string_ids=False), seed=0)
+    counts = build_interactions(table["user_id"], table["item_id"], table["plays"].to_numpy()).matrix.tocsr()
+    matrix = confidence(counts, "bm25")
+    X0, Y0 = initial(*matrix.shape, args.factors)
+    iterations, regularization, options = 2, 5.0, {"threshold": 256, "chunk": 64}
+    figures["nnz"] = int(matrix.nnz)
+    fitted = {}
+    for dtype in ("bfloat16", "float32"):
+        model = NativeAls(
+            factors=args.factors, regularization=regularization, iterations=iterations, factor_dtype=dtype, **options
+        )
+        model.user_factors, model.item_factors = X0, Y0
+        model.fit(matrix)
+        fitted[dtype] = (model.user_factors, model.item_factors)
+    (X, Y), (Xf, Yf) = fitted["bfloat16"], fitted["float32"]
+    Xr, Yr = reference.fit(matrix, X0, Y0, regularization, iterations, factor_dtype="bfloat16", **options)
+    figures["bf16_vs_bf16_reference"] = {"users": relative(X, Xr), "items": relative(Y, Yr)}
+    figures["bf16_vs_float32_native"] = {"users": relative(X, Xf), "items": relative(Y, Yf)}
+    report.save()
+    try:
+        X32 = implicit_cpu(matrix, X0, Y0, regularization, iterations)[0]
+        X64 = implicit_cpu(matrix, X0, Y0, regularization, iterations, np.float64)[0]
+        figures["tolerance"] = max(ROUNDING * relative(X32, X64), 1e-5) + BF16_SPACING
+    except ImportError:
+        figures["tolerance"] = FIXED_TOLERANCE + BF16_SPACING
+        figures["tolerance_source"] = "fixed: implicit is not installed"
+    bf16_values = all(f.dtype == np.float32 and np.array_equal(f, round_float32(f)) for f in (X, Y))
+    figures["pass"] = bool(
+        bf16_values
+        and max(figures["bf16_vs_bf16_reference"].values()) <= figures["tolerance"]
+        and not figures["spills"]
+    )
+
+
 # -- the run -----------------------------------------------------------------------------
 
-RUNNERS = {"kernels": step_kernels, "correctness": step_correctness, "seed": step_seed}
+RUNNERS = {"kernels": step_kernels, "correctness": step_correctness, "seed": step_seed, "bf16": step_bf16}
 
 
 def plan(args) -> dict:
@@ -312,6 +380,7 @@ def summary_line(data: dict) -> str:
     kernels = "ok" if steps.get("kernels", {}).get("status") == "ok" else "-"
     correct = steps.get("correctness", {}).get("figures", {})
     seed = steps.get("seed", {}).get("figures", {})
+    bf16 = steps.get("bf16", {}).get("figures", {})
 
     def shown(value):
         return "-" if value is None else (f"{value:.4g}" if isinstance(value, float) else str(value))
@@ -320,6 +389,7 @@ def summary_line(data: dict) -> str:
         f"gpu_first_run: kernels={kernels} correctness={('PASS' if correct.get('pass') else 'FAIL') if 'pass' in correct else '-'}"
         f" native_s_per_it_1e9={shown(seed.get('s_per_iteration'))} setup_1e9_s={shown(seed.get('gpu_setup_s'))}"
         f" gpu_peak_gib={shown(seed.get('gpu_peak_above_baseline_gib'))}"
+        f" bf16={('PASS' if bf16.get('pass') else 'FAIL') if 'pass' in bf16 else '-'}"
     )
 
 

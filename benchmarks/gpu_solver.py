@@ -3,8 +3,8 @@
 Steps, each a child process under its own timeout inside ``--budget`` (default 290 s, which
 the steps' caps add up to), each writing its JSON as it goes, so a step that fails, crashes the
 GPU context or runs out of time loses only itself. They run in the order of STEPS: the native
-solver at 1e9 first (the figure nobody has), then correctness, the 20M pair, quality;
-implicit at 1e9 (already measured) only with ``--only implicit-1e9``. By number:
+solver at 1e9 first (the figure nobody has), then correctness, the 20M pair, quality, and
+bf16 factor storage last; implicit at 1e9 (already measured) only with ``--only implicit-1e9``. By number:
 
 1. ``correctness``: ~1M interactions of the synthetic generator with 3 planted heavy users
    (airflow_gpu.demo.synthetic.with_heavy_users); the native solver against its numpy
@@ -22,6 +22,10 @@ implicit at 1e9 (already measured) only with ``--only implicit-1e9``. By number:
 3. ``quality``: precision@10 for both solvers on the smoke split (benchmarks/gpu_smoke.py's:
    2M synthetic interactions, seed 11, 20% held out with seed 5, bm25, 64 factors, 15
    iterations, auto regularization), through the worker's own split/weighting/fit/evaluate.
+4. ``bf16``: the native solver with ``--factor-dtype bfloat16`` (factors stored as bfloat16 on the GPU,
+   float32 arithmetic): first its precision@10 on the smoke split (against the native float32 figure of
+   step 3: the target is within 1%), then seconds per iteration, setup and peak GPU memory at 1e9
+   (``--iterations-bf16`` timed iterations), as in step 2.
 
 ``--cpu`` runs the same plumbing without a GPU (implicit on the CPU; the numpy reference in
 the native solver's place), for the tests; its figures mean nothing about GPUs.
@@ -31,7 +35,8 @@ the native solver's place), for the tests; its figures mean nothing about GPUs.
 
 The last line is machine-readable:
 ``gpu_solver: correctness=<PASS|FAIL|-> native_s_per_it_1e9=<s> implicit_s_per_it_1e9=<s> speedup_1e9=<x>
-native_setup_1e9_s=<s> p10_native=<x> p10_implicit=<x> p10_ratio=<x>``.
+native_setup_1e9_s=<s> p10_native=<x> p10_implicit=<x> p10_ratio=<x> native_bf16_s_per_it_1e9=<s>
+p10_bf16_over_f32=<x>``.
 """
 
 from __future__ import annotations
@@ -60,8 +65,15 @@ ROUNDING = 5  # as tests/unit/test_gpu_native_reference.py: 5x implicit's float3
 # (step, cap in seconds): the order is the order of importance, and the caps add up to the
 # default budget (290 s). The native figure at 1e9 is the one nobody has yet, so it goes first;
 # implicit's at 1e9 is known (22.7-23.4 s per iteration on an H200, 2026-11-28), so it runs only
-# when named with --only.
-STEPS = [("native-1e9", 100), ("correctness", 50), ("native-20m", 30), ("implicit-20m", 40), ("quality", 70)]
+# when named with --only. bf16 factor storage comes last, its 35 s taken from the others' caps.
+STEPS = [
+    ("native-1e9", 90),
+    ("correctness", 45),
+    ("native-20m", 25),
+    ("implicit-20m", 35),
+    ("quality", 60),
+    ("bf16", 35),
+]
 ON_REQUEST = [("implicit-1e9", 110)]
 QUICK = {"correctness": 20_000, "20m": 100_000, "1e9": 200_000, "quality": 40_000}
 FULL = {"correctness": 1_000_000, "20m": 20_000_000, "1e9": SEED_NNZ, "quality": 2_000_000}
@@ -71,6 +83,7 @@ TARGETS = {
     "setup_1e9_s": 10.0,
     "fifteen_iterations_1e9_s": 30.0,
     "p10_within": 0.01,
+    "p10_bf16_within": 0.01,
 }
 
 
@@ -198,7 +211,7 @@ def bm25_difference(counts, factors: int) -> float:
     return float(np.max(np.abs(cupy.asnumpy(side["data"]) - expected) / expected))
 
 
-def step_speed(args, record: Record, solver: str, size: str) -> dict:
+def step_speed(args, record: Record, solver: str, size: str, factor_dtype: str = "float32") -> dict:
     from synthetic import seed_like_csr
 
     from airflow_gpu.worker.matrix import confidence
@@ -218,6 +231,9 @@ def step_speed(args, record: Record, solver: str, size: str) -> dict:
 
         cupy.get_default_memory_pool().free_all_blocks()
     iterations = args.iterations_implicit_1e9 if (solver == "implicit" and size == "1e9") else args.iterations
+    if factor_dtype == "bfloat16":
+        iterations = args.iterations_bf16
+        figures["factor_dtype"] = factor_dtype
 
     def on_iteration(iteration: int, seconds: float, loss) -> None:
         figures.setdefault("iteration_seconds", []).append(round(seconds, 4))
@@ -228,7 +244,9 @@ def step_speed(args, record: Record, solver: str, size: str) -> dict:
         # its setup figure covers upload, weighting and transpose, as the issue's target does.
         from airflow_gpu.worker.gpu.solver import NativeAls
 
-        model = NativeAls(factors=args.factors, regularization=1.0, iterations=iterations, random_state=0)
+        model = NativeAls(
+            factors=args.factors, regularization=1.0, iterations=iterations, random_state=0, factor_dtype=factor_dtype
+        )
         started = time.perf_counter()
         model.fit(made.matrix, callback=on_iteration, weighting="bm25")
         fit_s = time.perf_counter() - started
@@ -250,15 +268,18 @@ def step_speed(args, record: Record, solver: str, size: str) -> dict:
 
     if args.cpu and solver == "native":  # the reference in the native solver's place: plumbing only
         from airflow_gpu.worker.gpu import reference
+        from airflow_gpu.worker.gpu.bfloat16 import round_float32
 
         started = time.perf_counter()
         X, Y = initial(*weighted.shape, args.factors)
+        if factor_dtype == "bfloat16":
+            X, Y = round_float32(X), round_float32(Y)
         Ciu = weighted.T.tocsr()
         figures["setup_s"] = round(time.perf_counter() - started, 3)
         for n in range(iterations):
             began = time.perf_counter()
-            X = reference.half_step(weighted, X, Y, 1.0)
-            Y = reference.half_step(Ciu, Y, X, 1.0)
+            X = reference.half_step(weighted, X, Y, 1.0, factor_dtype=factor_dtype)
+            Y = reference.half_step(Ciu, Y, X, 1.0, factor_dtype=factor_dtype)
             on_iteration(n, time.perf_counter() - began, None)
         figures["solver"] = "reference"
         return figures
@@ -283,7 +304,11 @@ def step_speed(args, record: Record, solver: str, size: str) -> dict:
     return figures
 
 
-def step_quality(args, record: Record) -> dict:
+# The quality step's fits by name: (solver, factor storage).
+VARIANTS = {"implicit": ("implicit", "float32"), "native": ("native", "float32"), "native-bf16": ("native", "bfloat16")}
+
+
+def step_quality(args, record: Record, variants: tuple[str, ...] = ("implicit", "native")) -> dict:
     from airflow_gpu.demo.synthetic import synthetic_interactions
     from airflow_gpu.worker.evaluate import evaluate, holdout_split
     from airflow_gpu.worker.matrix import build_interactions, confidence
@@ -295,7 +320,8 @@ def step_quality(args, record: Record) -> dict:
     train, test = holdout_split(matrix, 0.2, seed)
     weighted = confidence(train, "bm25")
     figures = record.data["stages"].setdefault("quality", {"nnz": int(matrix.nnz)})
-    for solver in ("implicit", "native"):
+    for variant in variants:
+        solver, factor_dtype = VARIANTS[variant]
         started = time.perf_counter()
         if args.cpu and solver == "native":
             from types import SimpleNamespace
@@ -304,7 +330,11 @@ def step_quality(args, record: Record) -> dict:
 
             regularization, _ = auto_regularization(weighted, seed)
             X, Y = reference.fit(
-                weighted, *initial(*weighted.shape, args.factors, seed), regularization, args.quality_iterations
+                weighted,
+                *initial(*weighted.shape, args.factors, seed),
+                regularization,
+                args.quality_iterations,
+                factor_dtype=factor_dtype,
             )
             model = SimpleNamespace(user_factors=X, item_factors=Y)
         else:
@@ -316,20 +346,22 @@ def step_quality(args, record: Record) -> dict:
                     seed=seed,
                     device="cpu" if args.cpu else "gpu",
                     solver=solver,
+                    factor_dtype=factor_dtype,
                     loss=False,
                 ),
             )
             model = result.model
         scores = evaluate(model, train, test, k=10, max_users=50_000, seed=seed)
-        figures[solver] = {
+        figures[variant] = {
             "p10": scores["als"]["precision_at_10"],
             "ndcg10": scores["als"]["ndcg_at_10"],
             "popularity_p10": scores["popularity"]["precision_at_10"],
             "seconds": round(time.perf_counter() - started, 2),
         }
         record.save()
-    p_native, p_implicit = figures["native"]["p10"], figures["implicit"]["p10"]
-    figures["p10_ratio"] = round(p_native / p_implicit, 4) if p_implicit else None
+    if "native" in figures and "implicit" in figures:
+        p_native, p_implicit = figures["native"]["p10"], figures["implicit"]["p10"]
+        figures["p10_ratio"] = round(p_native / p_implicit, 4) if p_implicit else None
     return figures
 
 
@@ -347,6 +379,9 @@ def run_child(args) -> int:
             record.data["stages"]["correctness"] = step_correctness(args, record)
         elif args.step == "quality":
             step_quality(args, record)
+        elif args.step == "bf16":  # quality first (the condition for offering it), then speed and memory
+            step_quality(args, record, variants=("native-bf16",))
+            step_speed(args, record, "native", "1e9", factor_dtype="bfloat16")
         else:
             solver, size = args.step.split("-")
             step_speed(args, record, solver, size)
@@ -384,6 +419,8 @@ def spawn(args, step: str, timeout: float, out: Path) -> dict:
         str(args.iterations),
         "--iterations-implicit-1e9",
         str(args.iterations_implicit_1e9),
+        "--iterations-bf16",
+        str(args.iterations_bf16),
         "--quality-iterations",
         str(args.quality_iterations),
         "--stop-at",
@@ -423,6 +460,14 @@ def summarize(steps: dict) -> dict:
     out["p10_native"] = quality.get("native", {}).get("p10")
     out["p10_implicit"] = quality.get("implicit", {}).get("p10")
     out["p10_ratio"] = quality.get("p10_ratio")
+    bf16 = steps.get("bf16", {})
+    out["native_bf16_s_per_it_1e9"] = mean(bf16.get("stages", {}).get("speed", {}).get("iteration_seconds"))
+    out["native_bf16_setup_1e9_s"] = bf16.get("stages", {}).get("speed", {}).get("gpu_setup_s")
+    out["native_bf16_gpu_peak_gib"] = bf16.get("gpu_peak_gib")
+    out["native_f32_gpu_peak_gib"] = steps.get("native-1e9", {}).get("gpu_peak_gib")
+    p_bf16 = bf16.get("stages", {}).get("quality", {}).get("native-bf16", {}).get("p10")
+    out["p10_native_bf16"] = p_bf16
+    out["p10_bf16_over_f32"] = round(p_bf16 / out["p10_native"], 4) if p_bf16 and out["p10_native"] else None
     n = out["native_s_per_it_1e9"]
     out["targets"] = {
         "s_per_iteration_1e9 <= 1": None if n is None else n <= TARGETS["s_per_iteration_1e9"],
@@ -432,6 +477,9 @@ def summarize(steps: dict) -> dict:
         else out["native_setup_1e9_s"] <= TARGETS["setup_1e9_s"],
         "15 iterations 1e9 <= 30 s": None if n is None else 15 * n <= TARGETS["fifteen_iterations_1e9_s"],
         "p10 within 1%": None if out["p10_ratio"] is None else abs(out["p10_ratio"] - 1) <= TARGETS["p10_within"],
+        "p10 bf16 within 1% of fp32": None
+        if out["p10_bf16_over_f32"] is None
+        else abs(out["p10_bf16_over_f32"] - 1) <= TARGETS["p10_bf16_within"],
     }
     return out
 
@@ -478,6 +526,8 @@ def run_parent(args) -> int:
         "p10_native",
         "p10_implicit",
         "p10_ratio",
+        "native_bf16_s_per_it_1e9",
+        "p10_bf16_over_f32",
     )
     print("gpu_solver: " + " ".join(f"{name}={shown(summary[name])}" for name in fields), flush=True)
     return 0
@@ -491,6 +541,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iterations", type=int, default=5, help="timed iterations per speed step")
     parser.add_argument("--iterations-implicit-1e9", type=int, default=2, help="implicit at 1e9: ~23 s each")
     parser.add_argument("--quality-iterations", type=int, default=15)
+    parser.add_argument("--iterations-bf16", type=int, default=3, help="timed iterations of the bf16 step at 1e9")
     parser.add_argument(
         "--cpu", action="store_true", help="no GPU: implicit on the CPU, the numpy reference for native"
     )

@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .ingest import FORMATS
     from .matrix import DEFAULT_ALPHA, DEFAULT_WEIGHTING, WEIGHTINGS
     from .publish import DEFAULT_KEEP_RUNS
-    from .train import AUTO_REGULARIZATION_SHARE, DEVICES, SOLVERS, TrainParams
+    from .train import AUTO_REGULARIZATION_SHARE, DEVICES, FACTOR_DTYPES, SOLVERS, TrainParams
     from .tune import DEFAULT_BUDGET
 
     defaults = TrainParams()
@@ -201,6 +201,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=defaults.solver,
         choices=SOLVERS,
         help="implicit (GPU or CPU), or native: our own CUDA solver (GPU only, needs CuPy)",
+    )
+    model.add_argument(
+        "--factor-dtype",
+        default=defaults.factor_dtype,
+        choices=FACTOR_DTYPES,
+        help="how --solver native stores the factors on the GPU: bfloat16 halves their memory (the arithmetic "
+        "stays float32); the factors written out are float32 either way",
     )
     model.add_argument("--threads", type=int, default=0, help="CPU threads for training and decoding; 0 = every core")
     model.add_argument(
@@ -359,6 +366,7 @@ def _run_als(args: argparse.Namespace) -> int:
             seed=args.seed,
             device=args.device,
             solver=args.solver,
+            factor_dtype=args.factor_dtype,
             threads=args.threads,
             loss=not args.no_loss,
             early_stop=args.early_stop,

@@ -20,11 +20,13 @@ import scipy.sparse
 
 from . import early_stop as stopping
 from .errors import WorkerError
+from .gpu import bfloat16
 
 log = logging.getLogger("airflow_gpu.worker")
 
 DEVICES = ("auto", "gpu", "cpu")
 SOLVERS = ("implicit", "native")  # native: our own CUDA solver (worker/gpu/), GPU only
+FACTOR_DTYPES = bfloat16.DTYPES  # how the native solver stores the factors on the GPU
 INT32_LIMIT = 2**31
 MIN_COMPUTE_CAPABILITY = (8, 0)  # the CUDA 13 build of implicit ships sm_80+ kernels only
 
@@ -45,6 +47,9 @@ class TrainParams:
     threads: int = 0  # CPU threads; 0 means every core
     loss: bool = True  # compute the training loss after each iteration (costs about one extra pass)
     solver: str = "implicit"  # "native" trains with worker/gpu's CUDA solver (no training loss)
+    # How the native solver stores the factors on the GPU: bfloat16 halves them (fp32 arithmetic
+    # throughout); the factors it hands back, and the outputs, are float32 either way.
+    factor_dtype: str = "float32"
     # Stop before `iterations` once the loss improves by less than this share for `patience`
     # iterations in a row (early_stop.py); 0 runs every iteration.
     early_stop: float = stopping.DEFAULT_TOLERANCE
@@ -68,6 +73,13 @@ class TrainParams:
             raise WorkerError(f"unknown --device '{self.device}'; use auto, gpu or cpu")
         if self.solver not in SOLVERS:
             raise WorkerError(f"unknown --solver '{self.solver}'; use implicit or native")
+        if self.factor_dtype not in FACTOR_DTYPES:
+            raise WorkerError(f"unknown --factor-dtype '{self.factor_dtype}'; use {' or '.join(FACTOR_DTYPES)}")
+        if self.factor_dtype != "float32" and self.solver != "native":
+            raise WorkerError(
+                f"--factor-dtype {self.factor_dtype} needs --solver native (implicit's solvers store float32 "
+                "factors); add --solver native, or drop --factor-dtype"
+            )
         if self.solver == "native":  # here, so the pipeline refuses before it reads any data
             from .gpu.solver import resolve_native_device
 
@@ -325,6 +337,7 @@ def fit(
             iterations=params.iterations,
             random_state=params.seed,
             regularization_share=AUTO_REGULARIZATION_SHARE,
+            factor_dtype=params.factor_dtype,
         )
     else:
         if device == "gpu":

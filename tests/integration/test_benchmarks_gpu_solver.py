@@ -39,9 +39,9 @@ def run(tmp_path: Path, *flags: str) -> tuple[dict, str]:
 
 
 def test_cpu_plumbing_reports_every_step(tmp_path):
-    report, out = run(tmp_path, "--cpu", "--only", "correctness", "native-20m", "implicit-20m", "quality")
+    report, out = run(tmp_path, "--cpu", "--only", "correctness", "native-20m", "implicit-20m", "quality", "bf16")
     assert {k: v["status"] for k, v in report["steps"].items()} == dict.fromkeys(
-        ["correctness", "native-20m", "implicit-20m", "quality"], "ok"
+        ["correctness", "native-20m", "implicit-20m", "quality", "bf16"], "ok"
     )
     summary = report["summary"]
     assert summary["correctness"] == "PASS"
@@ -49,6 +49,10 @@ def test_cpu_plumbing_reports_every_step(tmp_path):
     assert len(report["steps"]["native-20m"]["stages"]["speed"]["iteration_seconds"]) == 2
     assert 0 < summary["p10_native"] and 0 < summary["p10_implicit"]
     assert (tmp_path / "report-quality.json").exists()  # each step's own file, beside the report
+    # bf16 factor storage, last: the reference's bf16 mode in the native solver's place here
+    assert 0 < summary["p10_native_bf16"] and summary["p10_bf16_over_f32"] > 0
+    assert len(report["steps"]["bf16"]["stages"]["speed"]["iteration_seconds"]) == 3
+    assert report["steps"]["bf16"]["stages"]["speed"]["factor_dtype"] == "bfloat16"
     last = out.strip().splitlines()[-1]
     assert last.startswith("gpu_solver: correctness=PASS ") and "p10_ratio=" in last
 

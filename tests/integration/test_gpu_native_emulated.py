@@ -15,14 +15,21 @@ import numpy as np
 import pytest
 import scipy.sparse
 
-from airflow_gpu.worker.gpu import reference, solver
+from airflow_gpu.worker.gpu import bfloat16, reference, solver
 from airflow_gpu.worker.matrix import confidence
 from tests.support.cuda_on_cpu import EmulationError, NumpyCupy
 from tests.support.native_data import (
+    BF16_SPACING,
     ROUNDING,
+    SMOKE_FACTORS,
+    SMOKE_ITERATIONS,
+    SMOKE_SEED,
+    bfloat16_test_values,
     confidence_with_heavy_rows,
     implicit_fit,
+    nearest_bfloat16_bits,
     relative,
+    smoke_split,
 )
 
 pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="g++ not installed")
@@ -251,3 +258,215 @@ def test_the_emulation_exchanges_lanes_and_blocks_as_cuda_does_and_refuses_a_han
         EmulationError, match="thread 7 returned while 7 lanes of its warp wait at __shfl_sync on line 17"
     ):
         module.get_function("early_return")((1,), (32,), (np.zeros(32, np.int32),))
+
+
+# -- bfloat16 factor storage (--factor-dtype bfloat16): the *_bf16 kernels ----------------------------
+
+
+def native_fit_bf16(matrix, X0, Y0, factors, factor_dtype="bfloat16"):
+    model = solver.NativeAls(
+        factors=factors,
+        regularization=REGULARIZATION,
+        iterations=ITERATIONS,
+        threshold=THRESHOLD,
+        chunk=CHUNK,
+        factor_dtype=factor_dtype,
+    )
+    model.user_factors, model.item_factors = X0, Y0
+    model.fit(matrix)
+    return model.user_factors, model.item_factors
+
+
+@pytest.mark.parametrize("factors", [8, 64])
+def test_als_cu_bf16_kernels_run_on_the_cpu_match_the_bf16_reference(emulated, matrix, factors, capsys):
+    """The bf16 kernels against the reference's bf16 mode (the same stores rounded to nearest even),
+    within the float32 bound plus one bfloat16 step; their distance from float32 is printed."""
+    fake = emulated()
+    X0, Y0 = start(matrix, factors)
+    X, Y = native_fit_bf16(matrix, X0, Y0, factors)
+    assert {"cg_light_bf16", "heavy_partials_bf16", "heavy_start_bf16", "heavy_step_bf16"} <= set(fake.launches)
+    assert not {"cg_light", "heavy_partials", "heavy_start", "heavy_step"} & set(fake.launches)
+    for ours in (X, Y):  # float32 out, every value a bfloat16 one
+        assert ours.dtype == np.float32 and np.isfinite(ours).all()
+        assert np.array_equal(ours, bfloat16.round_float32(ours))
+    options = {"threshold": THRESHOLD, "chunk": CHUNK}
+    Xr, Yr = reference.fit(matrix, X0, Y0, REGULARIZATION, ITERATIONS, factor_dtype="bfloat16", **options)
+    Xf, Yf = native_fit_bf16(matrix, X0, Y0, factors, factor_dtype="float32")
+    X32, Y32 = implicit_fit(matrix, X0, Y0, REGULARIZATION, ITERATIONS)
+    X64, Y64 = implicit_fit(matrix, X0, Y0, REGULARIZATION, ITERATIONS, dtype=np.float64)
+    with capsys.disabled():
+        print(
+            f"\nals.cu bf16 on the CPU, {factors} factors: users vs bf16 reference {worst(X, Xr)}; vs als.cu float32"
+            f" {worst(X, Xf)}; items vs bf16 reference {worst(Y, Yr)}; vs als.cu float32 {worst(Y, Yf)}"
+        )
+    for ours, ref, f32, f64 in ((X, Xr, X32, X64), (Y, Yr, Y32, Y64)):
+        bound = max(ROUNDING * relative(f32, f64), 1e-5) + BF16_SPACING
+        assert relative(ours, ref) <= bound, (relative(ours, ref), bound)
+    assert relative(X, X0) > 100 * max(ROUNDING * relative(X32, X64), 1e-5)  # it trained
+
+
+def one_half_step(fake, matrix, X0, Y0, factor_dtype):
+    """New user factors after one half-step with one CG step: each row's x is then stored exactly
+    once, by cg_light or heavy_step, whatever the storage."""
+    model = solver.NativeAls(
+        factors=X0.shape[1],
+        regularization=REGULARIZATION,
+        cg_steps=1,
+        threshold=THRESHOLD,
+        chunk=CHUNK,
+        factor_dtype=factor_dtype,
+    )
+    kernels = model._kernels(fake)
+    side = model._prepare(fake, model._upload(fake, matrix))
+    assert int(side["schedule"].heavy_rows.shape[0]) > 0  # both paths store
+    X = model._initial(fake, X0, X0.shape[0], 0)
+    model._half_step(fake, kernels, side, X, model._initial(fake, Y0, Y0.shape[0], 1))
+    return model._download(fake, X)
+
+
+def bf16_kernels_against_float32(fake, matrix) -> tuple[int, int]:
+    """(values where the bf16 kernels' store is not the float32 kernels' result rounded to nearest
+    even, values the rounding changed) for one half-step from the same bfloat16 factors: the kernels
+    share every float32 operation, so the bf16 ones must be exactly float32 plus that rounding."""
+    X0, Y0 = (bfloat16.round_float32(f) for f in start(matrix, 8))
+    ours = one_half_step(fake, matrix, X0, Y0, "bfloat16")
+    full = one_half_step(fake, matrix, X0, Y0, "float32")
+    expected = bfloat16.to_bits(full)
+    return int(np.count_nonzero(bfloat16.to_bits(ours) != expected)), int(np.count_nonzero(full != ours))
+
+
+def test_als_cu_bf16_kernels_are_the_float32_ones_rounded_to_nearest_even_once_per_store(emulated, matrix):
+    fake = emulated()
+    mismatched, rounded = bf16_kernels_against_float32(fake, matrix)
+    assert mismatched == 0
+    assert rounded > matrix.shape[0]  # not trivial: the rounding changed most values
+    assert {"cg_light_bf16", "heavy_step_bf16"} <= set(fake.launches)
+
+
+BF16_PLANTS = {
+    # rounding toward zero where the kernels must round to nearest even
+    "rounding": (
+        "*at = __float2bfloat16_rn(value);",
+        "*at = __float2bfloat16_rz(value);",
+    ),
+    # lane 3 widens every bfloat16 it loads to zero
+    "lane": (
+        "return __bfloat162float(value);",
+        "return threadIdx.x % WARP == 3 ? 0.f : __bfloat162float(value);",
+    ),
+}
+
+
+@pytest.mark.parametrize("bug", sorted(BF16_PLANTS))
+def test_a_bug_planted_in_the_bf16_kernels_fails_the_comparisons(emulated, matrix, tmp_path, bug):
+    """The control of the two tests above: als.cu with one bf16-only line broken."""
+    good, bad = BF16_PLANTS[bug]
+    text = solver.SOURCE.read_text()
+    assert text.count(good) == 1
+    mutated = tmp_path / "als.cu"
+    mutated.write_text(text.replace(good, bad))
+    fake = emulated(source=mutated)
+    mismatched, _ = bf16_kernels_against_float32(fake, matrix)
+    assert mismatched > matrix.shape[0], mismatched  # the exact comparison fails on most values
+    if bug == "lane":  # and the comparison with the reference, too
+        X0, Y0 = start(matrix, 8)
+        X = native_fit_bf16(matrix, X0, Y0, 8)[0]
+        Xr = reference.fit(
+            matrix, X0, Y0, REGULARIZATION, ITERATIONS, threshold=THRESHOLD, chunk=CHUNK, factor_dtype="bfloat16"
+        )[0]
+        X32, X64 = (
+            implicit_fit(matrix, X0, Y0, REGULARIZATION, ITERATIONS)[0],
+            implicit_fit(matrix, X0, Y0, REGULARIZATION, ITERATIONS, dtype=np.float64)[0],
+        )
+        assert relative(X, Xr) > 10 * (max(ROUNDING * relative(X32, X64), 1e-5) + BF16_SPACING), relative(X, Xr)
+
+
+BF16_CONVERSIONS = r"""
+#include <cuda_bf16.h>
+extern "C" __global__ void round_trip(const float* values, __nv_bfloat16* rounded, float* widened, int n) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) {
+        rounded[i] = __float2bfloat16_rn(values[i]);
+        widened[i] = __bfloat162float(rounded[i]);
+    }
+}
+"""
+
+
+def test_the_emulated_bfloat16_rounds_to_nearest_even_as_the_gpu_does():
+    """The stand-in cuda_bf16.h: __float2bfloat16_rn against the nearest bfloat16 found by distances
+    (ties to even, overflow to infinity, subnormals kept, NaN to 0x7FFF), and an exact widening."""
+    values = bfloat16_test_values(20_000)
+    n = values.shape[0]
+    rounded, widened = np.zeros(n, np.uint16), np.zeros(n, np.float32)
+    module = NumpyCupy().RawModule(code=BF16_CONVERSIONS, options=())
+    module.get_function("round_trip")((-(-n // 256),), (256,), (values, rounded, widened, np.int32(n)))
+    expected = nearest_bfloat16_bits(values)
+    assert np.array_equal(rounded, expected), np.flatnonzero(rounded != expected)[:5]
+    assert np.array_equal(widened.view(np.uint32), expected.astype(np.uint32) << np.uint32(16))
+
+
+def test_precision_at_10_with_bf16_factors_is_within_one_percent_of_float32_through_als_cu(emulated, capsys):
+    """The smoke split (tests/support/native_data.py: benchmarks/gpu_smoke.py's recipe) at 40,000
+    interactions, so the emulation runs its 15 iterations at 64 factors in about a minute each."""
+    from airflow_gpu.worker.evaluate import evaluate
+    from airflow_gpu.worker.train import auto_regularization
+
+    emulated()
+    train, test, weighted = smoke_split(40_000)
+    regularization, _ = auto_regularization(weighted, SMOKE_SEED)
+    rng = np.random.default_rng(SMOKE_SEED)
+    X0 = rng.random((weighted.shape[0], SMOKE_FACTORS), dtype=np.float32) * 0.01
+    Y0 = rng.random((weighted.shape[1], SMOKE_FACTORS), dtype=np.float32) * 0.01
+    scores, fitted = {}, {}
+    for factor_dtype in ("float32", "bfloat16"):
+        model = solver.NativeAls(
+            factors=SMOKE_FACTORS, regularization=regularization, iterations=SMOKE_ITERATIONS, factor_dtype=factor_dtype
+        )
+        model.user_factors, model.item_factors = X0, Y0
+        model.fit(weighted)
+        metrics = evaluate(model, train, test, k=10, max_users=50_000, seed=SMOKE_SEED)
+        scores[factor_dtype] = metrics["als"]["precision_at_10"]
+        fitted[factor_dtype] = model.user_factors, model.item_factors
+        assert scores[factor_dtype] > 1.2 * metrics["popularity"]["precision_at_10"]  # it learned something
+    (Xf, Yf), (Xb, Yb) = fitted["float32"], fitted["bfloat16"]
+    with capsys.disabled():
+        print(
+            f"\nsmoke split (40,000 interactions) through als.cu: precision@10 float32 {scores['float32']:.5f}, "
+            f"bfloat16 {scores['bfloat16']:.5f}; bf16 vs float32 factors: users {worst(Xb, Xf)}, items {worst(Yb, Yf)}"
+        )
+    assert abs(scores["bfloat16"] - scores["float32"]) <= 0.01 * scores["float32"], scores
+
+
+def test_the_pipeline_with_bf16_factors_writes_float32_factors(emulated, monkeypatch, tmp_path):
+    """--factor-dtype bfloat16 through run_als: the bf16 kernels train, the factors written out are float32."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from airflow_gpu.demo.synthetic import synthetic_interactions
+    from airflow_gpu.worker.ingest import Columns
+    from airflow_gpu.worker.pipeline import AlsConfig, run_als
+    from airflow_gpu.worker.train import TrainParams
+
+    fake = emulated()
+    monkeypatch.setattr(solver, "gpu_available", lambda: None)
+    (tmp_path / "in").mkdir()
+    pq.write_table(synthetic_interactions(3_000, n_users=150, n_items=60, seed=4), tmp_path / "in" / "part.parquet")
+    config = AlsConfig(
+        input=str(tmp_path / "in"),
+        output=str(tmp_path / "out"),
+        columns=Columns(weight="plays"),
+        similar_n=0,
+        top_n=3,
+        train=TrainParams(solver="native", factor_dtype="bfloat16", factors=8, iterations=2, loss=False),
+    )
+    run_als(config)
+    assert "cg_light_bf16" in fake.launches and "cg_light" not in fake.launches
+    parts = sorted((tmp_path / "out").rglob("*.parquet"))
+    factor_parts = [part for part in parts if "user_factors" in str(part) or "item_factors" in str(part)]
+    assert factor_parts, parts
+    for part in factor_parts:
+        table = pq.read_table(part)
+        assert table.schema.field("factors").type.value_type == pa.float32()
+        values = np.asarray(table["factors"].combine_chunks().flatten(), dtype=np.float32)
+        assert np.array_equal(values, bfloat16.round_float32(values))  # trained in bf16

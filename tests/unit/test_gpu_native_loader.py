@@ -17,14 +17,15 @@ import types
 import numpy as np
 import pytest
 
-from airflow_gpu.worker.gpu import reference, solver
-from tests.support.native_data import ROUNDING, confidence_with_heavy_rows, implicit_fit, relative
+from airflow_gpu.worker.gpu import bfloat16, reference, solver
+from tests.support.native_data import BF16_SPACING, ROUNDING, confidence_with_heavy_rows, implicit_fit, relative
 
 EPS = 1e-20
 PARAM_TYPES = {  # als.cu parameter type -> (is an array, numpy dtype)
     "i64*": (True, np.int64),
     "int*": (True, np.int32),
     "float*": (True, np.float32),
+    "__nv_bfloat16*": (True, np.uint16),  # bfloat16 factors: CuPy holds them as their uint16 bits
     "unsigned long long*": (True, np.uint64),
     "int": (False, np.int32),
     "i64": (False, np.int64),
@@ -154,6 +155,22 @@ def spmv_rows(indptr, indices, data, n_rows, v, out):
         out[row] = data[span] @ v[indices[span]]
 
 
+def stored_as_bf16(kernel, factors: tuple[int, ...], stored: tuple[int, ...]):
+    """The *_bf16 kernel of ``kernel``: the arguments at ``factors`` are bfloat16 bits, widened to
+    compute, and those at ``stored`` are written back rounded to nearest even, once per launch."""
+
+    def run(*args):
+        wide = list(args)
+        for n in factors:
+            wide[n] = bfloat16.to_float(args[n])
+        kernel(*wide)
+        for n in stored:
+            args[n][...] = bfloat16.to_bits(wide[n])
+
+    run.__name__ = f"{kernel.__name__}_bf16"
+    return run
+
+
 EMULATED = {
     f.__name__: f
     for f in (
@@ -166,6 +183,10 @@ EMULATED = {
         row_sums,
         bm25_confidence,
         spmv_rows,
+        stored_as_bf16(cg_light, factors=(5, 6), stored=(5,)),
+        stored_as_bf16(heavy_partials, factors=(7, 10), stored=()),
+        stored_as_bf16(heavy_start, factors=(3,), stored=()),
+        stored_as_bf16(heavy_step, factors=(3,), stored=(3,)),
     )
 }
 
@@ -185,8 +206,8 @@ class FakeKernel:
             else:
                 assert type(arg) is dtype, f"{self.name} argument {n}: {type(arg).__name__}, expected {dtype.__name__}"
         assert len(grid) == 1 and grid[0] >= 1 and block[0] % 32 == 0
-        if self.name in ("cg_light", "heavy_start", "heavy_step"):
-            factors = args[5].shape[1] if self.name == "cg_light" else args[3].shape[1]
+        if self.name.removesuffix("_bf16") in ("cg_light", "heavy_start", "heavy_step"):
+            factors = args[5].shape[1] if self.name.startswith("cg_light") else args[3].shape[1]
             assert shared_mem >= (factors * factors + block[0] // 32 * factors) * 4  # YtY + a vector per warp
         self.launches.append(self.name)
         EMULATED[self.name](*args)
@@ -254,7 +275,33 @@ def fake_gpu(monkeypatch):
 
 
 def test_every_kernel_in_als_cu_has_a_checked_signature():
-    assert set(signatures()) == set(EMULATED)
+    assert set(signatures()) == set(EMULATED) == set(solver.KERNELS)
+
+
+def test_native_fit_with_bfloat16_factors_drives_the_bf16_kernels_to_the_bf16_reference(fake_gpu):
+    """--factor-dtype bfloat16: the module is built with the bf16 kernels, only they solve, the factors
+    travel as uint16 bits (the signatures check it), and the result is the bf16 reference's."""
+    fake = fake_gpu()
+    matrix = confidence_with_heavy_rows(8_000, heavy_users=2, seed=4)
+    users, items = matrix.shape
+    rng = np.random.default_rng(2)
+    X0 = rng.random((users, 8), dtype=np.float32) * 0.01
+    Y0 = rng.random((items, 8), dtype=np.float32) * 0.01
+    model = solver.NativeAls(
+        factors=8, regularization=2.0, iterations=2, threshold=20, chunk=8, factor_dtype="bfloat16"
+    )
+    model.user_factors, model.item_factors = X0, Y0
+    model.fit(matrix)
+    assert fake.options == ("-DFACTORS=8", "--std=c++17", "-DBF16_FACTORS=1")
+    half = ["cg_light_bf16", "heavy_partials_bf16", "heavy_start_bf16"] + ["heavy_partials_bf16", "heavy_step_bf16"] * 3
+    assert fake.launches == ["count_columns", "scatter_columns"] + half * 4
+    # handed back as float32, each value a bfloat16 one
+    for ours in (model.user_factors, model.item_factors):
+        assert ours.dtype == np.float32 and np.array_equal(ours, bfloat16.round_float32(ours))
+    X, Y = reference.fit(matrix, X0, Y0, 2.0, 2, threshold=20, chunk=8, factor_dtype="bfloat16")
+    X32, X64 = implicit_fit(matrix, X0, Y0, 2.0, 2)[0], implicit_fit(matrix, X0, Y0, 2.0, 2, dtype=np.float64)[0]
+    bound = max(ROUNDING * relative(X32, X64), 1e-5) + BF16_SPACING
+    assert relative(model.user_factors, X) <= bound and relative(model.item_factors, Y) <= bound
 
 
 def test_native_fit_drives_the_kernels_to_the_reference_result(fake_gpu):
@@ -365,3 +412,23 @@ def test_native_initial_factors_are_scaled_in_place(fake_gpu):
         tracemalloc.stop()
     assert factors.dtype == np.float32 and 0 <= factors.min() and factors.max() < 0.01
     assert peak < 1.25 * factors.nbytes, (peak, factors.nbytes)
+
+
+def test_bf16_factors_without_cudas_bf16_header_are_refused_in_one_line(fake_gpu, monkeypatch):
+    """The *_bf16 kernels include cuda_bf16.h; where NVRTC cannot find it (no CUDA headers in the
+    image), the fit stops with the fix rather than a compiler log. float32 never includes it."""
+    fake = fake_gpu()
+
+    def without_header(factors, factor_dtype="float32"):
+        if factor_dtype == "bfloat16":
+            raise RuntimeError('als.cu(35): catastrophic error: cannot open source file "cuda_bf16.h"\n1 error')
+        return fake.RawModule(solver.SOURCE.read_text(), solver.build_options(factors, factor_dtype))
+
+    without_header.cache_clear = lambda: None  # type: ignore[attr-defined]  # the fixture clears the cache
+    monkeypatch.setattr(solver, "_module", without_header)
+    with pytest.raises(solver.WorkerError) as refused:
+        solver.NativeAls(factors=8, factor_dtype="bfloat16")._kernels(fake)
+    message = str(refused.value)
+    assert "needs CUDA's cuda_bf16.h" in message and message.endswith("or use --factor-dtype float32")
+    assert "\n" not in message
+    assert "cg_light" in solver.NativeAls(factors=8)._kernels(fake)  # float32 builds without it

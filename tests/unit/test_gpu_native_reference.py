@@ -14,9 +14,19 @@ import pytest
 
 from airflow_gpu.worker.evaluate import evaluate, holdout_split
 from airflow_gpu.worker.gpu import reference
+from airflow_gpu.worker.gpu.bfloat16 import round_float32
 from airflow_gpu.worker.gpu.schedule import plan
 from airflow_gpu.worker.train import auto_regularization
-from tests.support.native_data import ROUNDING, confidence_with_heavy_rows, implicit_fit, relative
+from tests.support.native_data import (
+    ROUNDING,
+    SMOKE_FACTORS,
+    SMOKE_ITERATIONS,
+    SMOKE_SEED,
+    confidence_with_heavy_rows,
+    implicit_fit,
+    relative,
+    smoke_split,
+)
 
 # Small enough that the planted users (333 items each) and the popular items (up to ~1,800
 # users) are heavy rows, each cut into several chunks.
@@ -104,3 +114,31 @@ def test_reference_gives_rows_without_interactions_zero_factors(matrix):
     X0, Y0 = initial(padded.tocsr(), 4)
     X = reference.half_step(padded.tocsr(), X0, Y0, 5.0, threshold=THRESHOLD, chunk=CHUNK)
     assert not X[users].any() and X0[users].any() and X[:users].any()
+
+
+def test_reference_precision_at_10_with_bf16_factors_within_one_percent_of_float32(capsys):
+    """bfloat16 storage (fp32 arithmetic) on the smoke split (gpu_smoke.py's recipe: 64 factors, 15
+    iterations, the automatic regularization), at 200,000 interactions: the full 2M takes minutes here."""
+    train, test, weighted = smoke_split(200_000)
+    regularization, _ = auto_regularization(weighted, SMOKE_SEED)
+    X0, Y0 = initial(weighted, SMOKE_FACTORS, seed=SMOKE_SEED)
+    scores, fitted = {}, {}
+    for factor_dtype in ("float32", "bfloat16"):
+        X, Y = fitted[factor_dtype] = reference.fit(
+            weighted, X0, Y0, regularization, SMOKE_ITERATIONS, factor_dtype=factor_dtype
+        )
+        metrics = evaluate(
+            SimpleNamespace(user_factors=X, item_factors=Y), train, test, k=10, max_users=50_000, seed=SMOKE_SEED
+        )
+        scores[factor_dtype] = metrics["als"]["precision_at_10"]
+        assert scores[factor_dtype] > 1.2 * metrics["popularity"]["precision_at_10"]  # it learned something
+    (Xf, Yf), (Xb, Yb) = fitted["float32"], fitted["bfloat16"]
+    assert np.array_equal(Xb, round_float32(Xb)) and np.array_equal(Yb, round_float32(Yb))  # stored as bf16
+    assert not np.array_equal(Xf, round_float32(Xf))  # and the float32 run is not
+    with capsys.disabled():
+        print(
+            f"\nsmoke split (200,000 interactions) in the reference: precision@10 float32 {scores['float32']:.5f}, "
+            f"bfloat16 {scores['bfloat16']:.5f}; bf16 vs float32 factors: users {relative(Xb, Xf):.2e}, "
+            f"items {relative(Yb, Yf):.2e}"
+        )
+    assert abs(scores["bfloat16"] - scores["float32"]) <= 0.01 * scores["float32"], scores

@@ -12,7 +12,7 @@ import scipy.sparse
 
 from airflow_gpu.worker.__main__ import build_parser, main
 from airflow_gpu.worker.errors import WorkerError
-from airflow_gpu.worker.gpu.memory import HEADROOM, GiB, check_fits, plan_memory
+from airflow_gpu.worker.gpu.memory import HEADROOM, STAGE_BYTES, GiB, check_fits, most_factors, plan_memory
 from airflow_gpu.worker.train import TrainParams, fit
 
 SEED = dict(users=25_000_000, items=8_400_000, nnz=1_000_000_000, factors=64)
@@ -37,6 +37,91 @@ def test_memory_plan_refusal_names_the_figures_and_the_fixes():
     message = str(refused.value)
     assert "will not fit" in message and "24.67 GiB" in message and "22.00 GiB free" in message
     assert "--solver implicit" in message and "--factors" in message
+
+
+def test_memory_plan_with_bfloat16_factors_fits_a_24_gb_card_at_the_seeds_scale_with_64_factors():
+    """bfloat16 storage halves both factor matrices and adds one float32 stretch for the Gram; the rest
+    (both CSRs, the heavy rows' float32 CG state, set-up) is the float32 plan's."""
+    full, half = plan_memory(**SEED), plan_memory(**SEED, factor_dtype="bfloat16")
+    assert half.parts["user_factors"] == 25_000_000 * 64 * 2 and half.parts["item_factors"] == 8_400_000 * 64 * 2
+    assert half.parts["gram_stage"] == STAGE_BYTES and "gram_stage" not in full.parts
+    shared = {name: size for name, size in full.parts.items() if not name.endswith("_factors")}
+    assert {name: half.parts[name] for name in shared} == shared
+    assert half.peak == full.peak - (25_000_000 + 8_400_000) * 64 * 2 + STAGE_BYTES
+    assert 20.5 * GiB < half.peak < 21.0 * GiB  # 20.75 GiB
+    card = int(22.0 * GiB)  # what a 24 GB A10G or L4 has free
+    check_fits(half, free_bytes=card, total_bytes=int(22.5 * GiB))
+    with pytest.raises(WorkerError, match=r"will not fit: .* x 128 factors \(bfloat16\) needs 25\.08 GiB"):
+        check_fits(plan_memory(**{**SEED, "factors": 128}, factor_dtype="bfloat16"), card, int(22.5 * GiB))
+    # the most factors that fit there: each storage's plan at that count fits, one more does not
+    for dtype, most in (("float32", 43), ("bfloat16", 82)):
+        assert most_factors(SEED["users"], SEED["items"], SEED["nnz"], card, dtype) == most
+        assert plan_memory(**{**SEED, "factors": most}, factor_dtype=dtype).peak <= card
+        assert plan_memory(**{**SEED, "factors": most + 1}, factor_dtype=dtype).peak > card
+
+
+def test_memory_plan_refusal_offers_bfloat16_factors_when_they_would_fit():
+    with pytest.raises(WorkerError) as refused:
+        check_fits(plan_memory(**SEED), free_bytes=int(22.0 * GiB), total_bytes=int(22.5 * GiB))
+    assert "use --factor-dtype bfloat16 (20.75 GiB), --factors 42 or fewer," in str(refused.value)
+
+
+def test_factor_dtype_defaults_to_float32_and_reaches_the_train_params():
+    assert TrainParams().factor_dtype == "float32"
+    parser = build_parser()
+    assert parser.parse_args(["als", "--input", "in", "--output", "out"]).factor_dtype == "float32"
+    args = parser.parse_args(["als", "--input", "in", "--output", "out", "--factor-dtype", "bfloat16"])
+    assert args.factor_dtype == "bfloat16"
+
+
+def test_unknown_factor_dtype_is_refused():
+    with pytest.raises(WorkerError, match="unknown --factor-dtype 'float16'; use float32 or bfloat16"):
+        TrainParams(solver="native", factor_dtype="float16").check()
+
+
+def test_bfloat16_factors_with_implicit_are_refused_in_one_line_naming_the_fix():
+    with pytest.raises(WorkerError) as refused:
+        TrainParams(factor_dtype="bfloat16").check()
+    assert str(refused.value) == (
+        "--factor-dtype bfloat16 needs --solver native (implicit's solvers store float32 factors); "
+        "add --solver native, or drop --factor-dtype"
+    )
+
+
+def test_cli_bfloat16_factors_with_implicit_fail_before_reading_and_write_nothing(tmp_path, capsys):
+    code = main(
+        [
+            "als",
+            "--input",
+            str(tmp_path / "missing.parquet"),  # never read: the refusal comes first
+            "--output",
+            str(tmp_path / "out"),
+            "--factor-dtype",
+            "bfloat16",
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and "--factor-dtype bfloat16 needs --solver native" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_fit_hands_the_factor_dtype_to_the_native_solver(monkeypatch):
+    """train.fit with --solver native: the NativeAls it builds stores the factors as asked."""
+    from airflow_gpu.worker.gpu import solver
+
+    built = {}
+
+    class Recording(solver.NativeAls):
+        def fit(self, user_items, show_progress=False, callback=None, **options):
+            built["factor_dtype"] = self.factor_dtype
+            self.user_factors = np.zeros((user_items.shape[0], self.factors), np.float32)
+            self.item_factors = np.zeros((user_items.shape[1], self.factors), np.float32)
+
+    monkeypatch.setattr(solver, "resolve_native_device", lambda device: "gpu")
+    monkeypatch.setattr(solver, "NativeAls", Recording)
+    matrix = scipy.sparse.random(50, 20, density=0.2, format="csr", dtype=np.float32, random_state=0)
+    fit(matrix, TrainParams(solver="native", factor_dtype="bfloat16", factors=4, iterations=1, regularization=1.0))
+    assert built == {"factor_dtype": "bfloat16"}
 
 
 def test_default_solver_is_implicit():

@@ -16,6 +16,12 @@
 // FACTORS is a compile-time constant (-DFACTORS=64), so the per-lane arrays live in registers.
 // Offsets into the interaction arrays are 64-bit: a seed-scale matrix has 1e9 of them and
 // int32 would overflow past 2^31.
+//
+// Factor storage: the solve kernels are templates over the type X and Y are stored in. float is
+// always built; with -DBF16_FACTORS the *_bf16 kernels store them as bfloat16 (half the memory
+// and half the gathered bytes). Either way every product, sum and CG step is float: a row is
+// widened on load and rounded to nearest even once, on store. Only those builds include
+// cuda_bf16.h, so the float32 solver needs no CUDA header at all.
 
 #ifndef FACTORS
 #define FACTORS 64
@@ -27,6 +33,17 @@
 #define CG_EPSILON 1e-20f
 
 typedef long long i64;
+
+#ifdef BF16_FACTORS
+#include <cuda_bf16.h>
+#endif
+
+__device__ __forceinline__ float widen(float value) { return value; }
+__device__ __forceinline__ void narrow(float* at, float value) { *at = value; }
+#ifdef BF16_FACTORS
+__device__ __forceinline__ float widen(__nv_bfloat16 value) { return __bfloat162float(value); }
+__device__ __forceinline__ void narrow(__nv_bfloat16* at, float value) { *at = __float2bfloat16_rn(value); }
+#endif
 
 __device__ __forceinline__ float warp_sum(float value) {
 #pragma unroll
@@ -41,22 +58,23 @@ __device__ __forceinline__ float dot_lanes(const float (&a)[PER_LANE], const flo
     return warp_sum(partial);
 }
 
-__device__ __forceinline__ void load_row(const float* __restrict__ factors, i64 row, int lane, float (&out)[PER_LANE]) {
-    const float* base = factors + row * FACTORS;
+template <typename T>
+__device__ __forceinline__ void load_row(const T* __restrict__ factors, i64 row, int lane, float (&out)[PER_LANE]) {
+    const T* base = factors + row * FACTORS;
 #pragma unroll
     for (int j = 0; j < PER_LANE; ++j) {
         int k = lane + j * WARP;
-        out[j] = (k < FACTORS) ? __ldg(base + k) : 0.f;
+        out[j] = (k < FACTORS) ? widen(__ldg(base + k)) : 0.f;
     }
 }
 
-__device__ __forceinline__ void store_row(float* __restrict__ factors, i64 row, int lane,
-                                          const float (&value)[PER_LANE]) {
-    float* base = factors + row * FACTORS;
+template <typename T>
+__device__ __forceinline__ void store_row(T* __restrict__ factors, i64 row, int lane, const float (&value)[PER_LANE]) {
+    T* base = factors + row * FACTORS;
 #pragma unroll
     for (int j = 0; j < PER_LANE; ++j) {
         int k = lane + j * WARP;
-        if (k < FACTORS) base[k] = value[j];
+        if (k < FACTORS) narrow(base + k, value[j]);
     }
 }
 
@@ -88,8 +106,9 @@ __device__ __forceinline__ void yty_times(const float* __restrict__ yty, float* 
 // UNROLL interactions at a time: their factor rows are loaded and their dot products reduced
 // side by side, so a warp keeps several loads in flight instead of waiting on each in turn.
 #define UNROLL 4
+template <typename T>
 __device__ __forceinline__ void sparse_term(const int* __restrict__ indices, const float* __restrict__ data,
-                                            const float* __restrict__ Y, i64 start, i64 end, int lane,
+                                            const T* __restrict__ Y, i64 start, i64 end, int lane,
                                             const float (&v)[PER_LANE], bool residual, float (&acc)[PER_LANE]) {
     for (i64 base = start; base < end; base += WARP) {
         i64 mine = base + lane;
@@ -135,10 +154,11 @@ __device__ __forceinline__ void sparse_term(const int* __restrict__ indices, con
 
 // Light rows: a warp per row. rows lists them (longest first, for the tail's balance); empty
 // rows (last in that order) are set to zero, as implicit does.
-extern "C" __global__ void cg_light(const i64* __restrict__ indptr, const int* __restrict__ indices,
-                                    const float* __restrict__ data, const int* __restrict__ rows, int n_rows,
-                                    float* __restrict__ X, const float* __restrict__ Y,
-                                    const float* __restrict__ yty_global, int cg_steps) {
+template <typename T>
+__device__ __forceinline__ void light_rows(const i64* __restrict__ indptr, const int* __restrict__ indices,
+                                           const float* __restrict__ data, const int* __restrict__ rows, int n_rows,
+                                           T* __restrict__ X, const T* __restrict__ Y,
+                                           const float* __restrict__ yty_global, int cg_steps) {
     extern __shared__ float shared[];
     float* yty = shared;
     const int warps = blockDim.x / WARP;
@@ -196,12 +216,14 @@ extern "C" __global__ void cg_light(const i64* __restrict__ indptr, const int* _
 // chunk_heavy[c] is the heavy row (an index into heavy_rows) the chunk belongs to; chunks of
 // one heavy row are consecutive. With residual set, v is the row's current factors (X);
 // else it is the row's search direction P[h]. Rows whose CG has converged are skipped.
-extern "C" __global__ void heavy_partials(const int* __restrict__ indices, const float* __restrict__ data,
-                                          const int* __restrict__ heavy_rows, const int* __restrict__ chunk_heavy,
-                                          const i64* __restrict__ chunk_start, const i64* __restrict__ chunk_end,
-                                          int n_chunks, const float* __restrict__ X, const float* __restrict__ P,
-                                          const int* __restrict__ active, const float* __restrict__ Y, int residual,
-                                          float* __restrict__ partials) {
+// The heavy rows' CG state (R, P, rs) and the partials stay float whatever X and Y are stored in.
+template <typename T>
+__device__ __forceinline__ void chunk_partials(const int* __restrict__ indices, const float* __restrict__ data,
+                                               const int* __restrict__ heavy_rows, const int* __restrict__ chunk_heavy,
+                                               const i64* __restrict__ chunk_start, const i64* __restrict__ chunk_end,
+                                               int n_chunks, const T* __restrict__ X, const float* __restrict__ P,
+                                               const int* __restrict__ active, const T* __restrict__ Y, int residual,
+                                               float* __restrict__ partials) {
     const int warps = blockDim.x / WARP;
     const int lane = threadIdx.x % WARP;
     for (int chunk = blockIdx.x * warps + threadIdx.x / WARP; chunk < n_chunks; chunk += gridDim.x * warps) {
@@ -230,10 +252,12 @@ __device__ __forceinline__ void sum_partials(const float* __restrict__ partials,
 }
 
 // Heavy rows, pass 2 of the residual: r = (sum of partials) - YtY x; p = r. A warp per row.
-extern "C" __global__ void heavy_start(const int* __restrict__ heavy_rows, const int* __restrict__ chunk_first,
-                                       int n_heavy, const float* __restrict__ X, const float* __restrict__ yty_global,
-                                       const float* __restrict__ partials, float* __restrict__ R, float* __restrict__ P,
-                                       float* __restrict__ rs, int* __restrict__ active) {
+template <typename T>
+__device__ __forceinline__ void heavy_residual(const int* __restrict__ heavy_rows, const int* __restrict__ chunk_first,
+                                               int n_heavy, const T* __restrict__ X,
+                                               const float* __restrict__ yty_global, const float* __restrict__ partials,
+                                               float* __restrict__ R, float* __restrict__ P, float* __restrict__ rs,
+                                               int* __restrict__ active) {
     extern __shared__ float shared[];
     float* yty = shared;
     const int warps = blockDim.x / WARP;
@@ -262,10 +286,11 @@ extern "C" __global__ void heavy_start(const int* __restrict__ heavy_rows, const
 }
 
 // Heavy rows, pass 2 of a CG step: Ap = YtY p + (sum of partials); then the step itself.
-extern "C" __global__ void heavy_step(const int* __restrict__ heavy_rows, const int* __restrict__ chunk_first,
-                                      int n_heavy, float* __restrict__ X, const float* __restrict__ yty_global,
-                                      const float* __restrict__ partials, float* __restrict__ R, float* __restrict__ P,
-                                      float* __restrict__ rs, int* __restrict__ active) {
+template <typename T>
+__device__ __forceinline__ void heavy_cg_step(const int* __restrict__ heavy_rows, const int* __restrict__ chunk_first,
+                                              int n_heavy, T* __restrict__ X, const float* __restrict__ yty_global,
+                                              const float* __restrict__ partials, float* __restrict__ R,
+                                              float* __restrict__ P, float* __restrict__ rs, int* __restrict__ active) {
     extern __shared__ float shared[];
     float* yty = shared;
     const int warps = blockDim.x / WARP;
@@ -304,6 +329,74 @@ extern "C" __global__ void heavy_step(const int* __restrict__ heavy_rows, const 
         if (lane == 0) rs[h] = rsnew;
     }
 }
+
+// The solve kernels, once per factor storage type: float, and bfloat16 with -DBF16_FACTORS.
+extern "C" __global__ void cg_light(const i64* __restrict__ indptr, const int* __restrict__ indices,
+                                    const float* __restrict__ data, const int* __restrict__ rows, int n_rows,
+                                    float* __restrict__ X, const float* __restrict__ Y,
+                                    const float* __restrict__ yty_global, int cg_steps) {
+    light_rows(indptr, indices, data, rows, n_rows, X, Y, yty_global, cg_steps);
+}
+
+extern "C" __global__ void heavy_partials(const int* __restrict__ indices, const float* __restrict__ data,
+                                          const int* __restrict__ heavy_rows, const int* __restrict__ chunk_heavy,
+                                          const i64* __restrict__ chunk_start, const i64* __restrict__ chunk_end,
+                                          int n_chunks, const float* __restrict__ X, const float* __restrict__ P,
+                                          const int* __restrict__ active, const float* __restrict__ Y, int residual,
+                                          float* __restrict__ partials) {
+    chunk_partials(indices, data, heavy_rows, chunk_heavy, chunk_start, chunk_end, n_chunks, X, P, active, Y, residual,
+                   partials);
+}
+
+extern "C" __global__ void heavy_start(const int* __restrict__ heavy_rows, const int* __restrict__ chunk_first,
+                                       int n_heavy, const float* __restrict__ X, const float* __restrict__ yty_global,
+                                       const float* __restrict__ partials, float* __restrict__ R, float* __restrict__ P,
+                                       float* __restrict__ rs, int* __restrict__ active) {
+    heavy_residual(heavy_rows, chunk_first, n_heavy, X, yty_global, partials, R, P, rs, active);
+}
+
+extern "C" __global__ void heavy_step(const int* __restrict__ heavy_rows, const int* __restrict__ chunk_first,
+                                      int n_heavy, float* __restrict__ X, const float* __restrict__ yty_global,
+                                      const float* __restrict__ partials, float* __restrict__ R, float* __restrict__ P,
+                                      float* __restrict__ rs, int* __restrict__ active) {
+    heavy_cg_step(heavy_rows, chunk_first, n_heavy, X, yty_global, partials, R, P, rs, active);
+}
+
+#ifdef BF16_FACTORS
+extern "C" __global__ void cg_light_bf16(const i64* __restrict__ indptr, const int* __restrict__ indices,
+                                         const float* __restrict__ data, const int* __restrict__ rows, int n_rows,
+                                         __nv_bfloat16* __restrict__ X, const __nv_bfloat16* __restrict__ Y,
+                                         const float* __restrict__ yty_global, int cg_steps) {
+    light_rows(indptr, indices, data, rows, n_rows, X, Y, yty_global, cg_steps);
+}
+
+extern "C" __global__ void heavy_partials_bf16(const int* __restrict__ indices, const float* __restrict__ data,
+                                               const int* __restrict__ heavy_rows, const int* __restrict__ chunk_heavy,
+                                               const i64* __restrict__ chunk_start, const i64* __restrict__ chunk_end,
+                                               int n_chunks, const __nv_bfloat16* __restrict__ X,
+                                               const float* __restrict__ P, const int* __restrict__ active,
+                                               const __nv_bfloat16* __restrict__ Y, int residual,
+                                               float* __restrict__ partials) {
+    chunk_partials(indices, data, heavy_rows, chunk_heavy, chunk_start, chunk_end, n_chunks, X, P, active, Y, residual,
+                   partials);
+}
+
+extern "C" __global__ void heavy_start_bf16(const int* __restrict__ heavy_rows, const int* __restrict__ chunk_first,
+                                            int n_heavy, const __nv_bfloat16* __restrict__ X,
+                                            const float* __restrict__ yty_global, const float* __restrict__ partials,
+                                            float* __restrict__ R, float* __restrict__ P, float* __restrict__ rs,
+                                            int* __restrict__ active) {
+    heavy_residual(heavy_rows, chunk_first, n_heavy, X, yty_global, partials, R, P, rs, active);
+}
+
+extern "C" __global__ void heavy_step_bf16(const int* __restrict__ heavy_rows, const int* __restrict__ chunk_first,
+                                           int n_heavy, __nv_bfloat16* __restrict__ X,
+                                           const float* __restrict__ yty_global, const float* __restrict__ partials,
+                                           float* __restrict__ R, float* __restrict__ P, float* __restrict__ rs,
+                                           int* __restrict__ active) {
+    heavy_cg_step(heavy_rows, chunk_first, n_heavy, X, yty_global, partials, R, P, rs, active);
+}
+#endif
 
 // Transpose, pass 1: interactions per column (64-bit counts: one column may exceed 2^31 in total).
 extern "C" __global__ void count_columns(const int* __restrict__ indices, i64 nnz,

@@ -7,6 +7,11 @@ row early once |r|^2 < 1e-20; a row with no interactions gets zero factors (as i
 solver does). Same decomposition as the GPU: light rows whole; heavy rows as
 chunks whose partial sums are added in chunk order (schedule.py). All rows step together
 here (vectorised), which changes nothing: each row's solve depends only on its own data.
+
+``factor_dtype="bfloat16"`` is als.cu's bfloat16 storage: the factors are rounded to bfloat16
+(nearest even) where the kernels store them, everything else is float32. A light row is stored
+once, when its solve ends; a heavy row's x is stored, so rounded, after every CG step (heavy_step
+keeps no float32 copy of it between launches).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from typing import Callable
 import numpy as np
 import scipy.sparse
 
+from . import bfloat16
 from .schedule import CHUNK, HEAVY_THRESHOLD, Schedule, plan
 
 CG_EPSILON = 1e-20
@@ -89,11 +95,13 @@ def _solve_rows(
     yty: np.ndarray,
     sparse: Callable[[np.ndarray, np.ndarray, bool], np.ndarray],
     cg_steps: int,
+    store: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> np.ndarray:
     """CG on a set of rows at once (x: their current factors), as cg_light / heavy_step do per row.
 
     The sparse term is taken over every row of the set each step (simple, and the rows that
-    have stopped are left out when the results are used), where the GPU skips stopped rows."""
+    have stopped are left out when the results are used), where the GPU skips stopped rows.
+    ``store``: what storing x after each CG step does to it (heavy rows with bfloat16 storage)."""
     x = x.astype(np.float32, copy=True)
     r = sparse(Y, x, True) - x @ yty
     p = r.copy()
@@ -106,6 +114,8 @@ def _solve_rows(
         p_live = p[live]
         alpha = rsold[live] / np.einsum("ij,ij->i", p_live, ap)
         x[live] += alpha[:, None] * p_live
+        if store is not None:
+            x[live] = store(x[live])
         r[live] -= alpha[:, None] * ap
         rsnew = np.einsum("ij,ij->i", r[live], r[live])
         going = rsnew >= CG_EPSILON
@@ -125,8 +135,11 @@ def half_step(
     cg_steps: int = 3,
     threshold: int = HEAVY_THRESHOLD,
     chunk: int = CHUNK,
+    factor_dtype: str = "float32",
 ) -> np.ndarray:
-    """New factors for every row of ``matrix`` (rows of X), the other side (Y) fixed."""
+    """New factors for every row of ``matrix`` (rows of X), the other side (Y) fixed; with
+    ``factor_dtype="bfloat16"``, X and Y hold bfloat16 values and the result is rounded to them."""
+    store = bfloat16.round_float32 if factor_dtype == "bfloat16" else None
     schedule = plan(matrix.indptr, threshold, chunk)
     yty = gram(Y, regularization)
     out = X.astype(np.float32, copy=True)
@@ -134,9 +147,11 @@ def half_step(
         X[schedule.light_rows], Y, yty, _Light(matrix, schedule.light_rows), cg_steps
     )
     if len(schedule.heavy_rows):
-        out[schedule.heavy_rows] = _solve_rows(X[schedule.heavy_rows], Y, yty, _Heavy(matrix, schedule), cg_steps)
+        out[schedule.heavy_rows] = _solve_rows(
+            X[schedule.heavy_rows], Y, yty, _Heavy(matrix, schedule), cg_steps, store
+        )
     out[np.diff(matrix.indptr) == 0] = 0  # as implicit's GPU solver and als.cu: no interactions, zero factors
-    return out
+    return out if store is None else store(out)  # light rows' store (heavy rows are already rounded)
 
 
 def fit(
@@ -149,13 +164,21 @@ def fit(
     cg_steps: int = 3,
     threshold: int = HEAVY_THRESHOLD,
     chunk: int = CHUNK,
+    factor_dtype: str = "float32",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """ALS as implicit orders it: users against fixed items, then items against the new users."""
+    """ALS as implicit orders it: users against fixed items, then items against the new users.
+    With ``factor_dtype="bfloat16"`` the starting factors are rounded as the solver's upload does."""
     Cui = confidence.tocsr().astype(np.float32)
     Ciu = Cui.T.tocsr()
     X = user_factors.astype(np.float32, copy=True)
     Y = item_factors.astype(np.float32, copy=True)
+    if factor_dtype == "bfloat16":
+        X, Y = bfloat16.round_float32(X), bfloat16.round_float32(Y)
     for _ in range(iterations):
-        X = half_step(Cui, X, Y, regularization, cg_steps=cg_steps, threshold=threshold, chunk=chunk)
-        Y = half_step(Ciu, Y, X, regularization, cg_steps=cg_steps, threshold=threshold, chunk=chunk)
+        X = half_step(
+            Cui, X, Y, regularization, cg_steps=cg_steps, threshold=threshold, chunk=chunk, factor_dtype=factor_dtype
+        )
+        Y = half_step(
+            Ciu, Y, X, regularization, cg_steps=cg_steps, threshold=threshold, chunk=chunk, factor_dtype=factor_dtype
+        )
     return X, Y

@@ -19,7 +19,8 @@ import numpy as np
 import scipy.sparse
 
 from ..errors import WorkerError
-from .memory import check_fits, plan_memory
+from . import bfloat16
+from .memory import STAGE_BYTES, check_fits, plan_memory
 from .schedule import CHUNK, HEAVY_THRESHOLD, plan
 
 log = logging.getLogger("airflow_gpu.worker")
@@ -30,7 +31,9 @@ BLOCKS_PER_SM = 16  # grid-stride loops: enough blocks to fill each SM, few enou
 # The per-lane arrays live in registers (nvcc's spill check covers 64 and 128); what a GPU takes
 # is further bounded by its shared memory (YtY per block): see max_factors.
 MAX_FACTORS = 160
-# Every kernel of als.cu, by name (the benchmark reports each one's registers and spills).
+# Every kernel of als.cu, by name (the benchmark reports each one's registers and spills). The
+# *_bf16 ones (bfloat16 factor storage) are built only for --factor-dtype bfloat16: only they
+# need CUDA's cuda_bf16.h, so the float32 solver compiles without any CUDA header.
 KERNELS = (
     "cg_light",
     "heavy_partials",
@@ -41,7 +44,12 @@ KERNELS = (
     "row_sums",
     "bm25_confidence",
     "spmv_rows",
+    "cg_light_bf16",
+    "heavy_partials_bf16",
+    "heavy_start_bf16",
+    "heavy_step_bf16",
 )
+FACTOR_DTYPES = bfloat16.DTYPES
 FINITE_CHECK_CHUNK = 1 << 26  # values checked at a time: a bool mask of the whole array would cost a byte each
 
 
@@ -73,10 +81,20 @@ def gpu_available() -> str | None:
     return None
 
 
+def kernels_for(factor_dtype: str) -> tuple[str, ...]:
+    """The kernels a fit with factors stored as ``factor_dtype`` loads."""
+    return tuple(name for name in KERNELS if factor_dtype == "bfloat16" or not name.endswith("_bf16"))
+
+
+def build_options(factors: int, factor_dtype: str = "float32") -> tuple[str, ...]:
+    """The compiler's options for als.cu (NVRTC here, nvcc in the tests)."""
+    return (f"-DFACTORS={factors}", "--std=c++17") + (("-DBF16_FACTORS=1",) if factor_dtype == "bfloat16" else ())
+
+
 @lru_cache(maxsize=4)
-def _module(factors: int) -> Any:
+def _module(factors: int, factor_dtype: str = "float32") -> Any:
     cupy = _cupy()
-    return cupy.RawModule(code=SOURCE.read_text(), options=(f"-DFACTORS={factors}", "--std=c++17"))
+    return cupy.RawModule(code=SOURCE.read_text(), options=build_options(factors, factor_dtype))
 
 
 def shared_bytes(factors: int) -> int:
@@ -93,12 +111,14 @@ def max_factors(shared_limit: int) -> int:
     return factors
 
 
-def first_non_finite(xp: Any, values: Any) -> tuple[int, int] | None:
+def first_non_finite(xp: Any, values: Any, widen: Callable[[Any], Any] | None = None) -> tuple[int, int] | None:
     """(index of the first non-finite value, how many there are) in a 1-D array, or None; a chunk
-    at a time, so a 1e9-value array needs no 1 GB mask on the GPU."""
+    at a time, so a 1e9-value array needs no 1 GB mask on the GPU. ``widen``: how a chunk of
+    stored values becomes floats (bfloat16 bits)."""
     first, count = None, 0
     for begin in range(0, int(values.shape[0]), FINITE_CHECK_CHUNK):
-        finite = xp.isfinite(values[begin : begin + FINITE_CHECK_CHUNK])
+        chunk = values[begin : begin + FINITE_CHECK_CHUNK]
+        finite = xp.isfinite(chunk if widen is None else widen(chunk))
         bad = int(finite.size - xp.count_nonzero(finite))
         if bad and first is None:
             first = begin + int(xp.argmin(finite.view(xp.uint8)))  # the first False
@@ -132,13 +152,21 @@ class NativeAls:
         chunk: int = CHUNK,
         *,
         regularization_share: float | None = None,
+        factor_dtype: str = "float32",
     ) -> None:
         """``regularization=None``: ``regularization_share`` times the largest singular value of the
-        confidence matrix, found on the GPU once it is weighted (train.auto_regularization's rule)."""
+        confidence matrix, found on the GPU once it is weighted (train.auto_regularization's rule).
+
+        ``factor_dtype="bfloat16"``: the user and item factors are held on the GPU as bfloat16 (half
+        the memory); every product, Gram matrix and CG step still computes in float32. The factors
+        handed back (``user_factors``, ``item_factors``) are float32 either way."""
         if not 1 <= factors <= MAX_FACTORS:  # the device's own bound (shared memory) is checked in fit
             raise WorkerError(
                 f"--solver native supports 1 to {MAX_FACTORS} factors, got {factors}; use --solver implicit"
             )
+        if factor_dtype not in FACTOR_DTYPES:
+            raise WorkerError(f"unknown --factor-dtype '{factor_dtype}'; use {' or '.join(FACTOR_DTYPES)}")
+        self.factor_dtype = factor_dtype
         if regularization is None and regularization_share is None:
             raise WorkerError("NativeAls: regularization=None needs regularization_share")
         self.factors, self.iterations = factors, iterations
@@ -168,7 +196,15 @@ class NativeAls:
         for name, preset in (("user", self.user_factors), ("item", self.item_factors)):
             if preset is not None and not np.isfinite(preset).all():
                 raise WorkerError(f"the preset {name} factors hold non-finite values; start from finite factors")
-        memory = plan_memory(users, items, matrix.nnz, self.factors, threshold=self.threshold, chunk=self.chunk)
+        memory = plan_memory(
+            users,
+            items,
+            matrix.nnz,
+            self.factors,
+            threshold=self.threshold,
+            chunk=self.chunk,
+            factor_dtype=self.factor_dtype,
+        )
         free, total = cupy.cuda.runtime.memGetInfo()
         check_fits(memory, free, total)
         log.info("train: native solver: %s", memory.describe())
@@ -220,8 +256,9 @@ class NativeAls:
             cupy.cuda.Device().synchronize()
             if callback is not None:
                 callback(iteration, time.perf_counter() - started, None)
+        widen = (lambda bits: bfloat16.to_float(bits, cupy)) if self.factor_dtype == "bfloat16" else None
         for name, factors in (("user", X), ("item", Y)):  # as implicit checks its factors after a fit
-            found = first_non_finite(cupy, factors.reshape(-1))
+            found = first_non_finite(cupy, factors.reshape(-1), widen)
             if found is not None:
                 raise WorkerError(
                     f"the native solver's {name} factors are not finite after {self.iterations} iterations ({found[1]:,} "
@@ -229,7 +266,7 @@ class NativeAls:
                     "float32 or the regularization too small; lower --alpha, raise --regularization, or use "
                     "--solver implicit"
                 )
-        self.user_factors, self.item_factors = cupy.asnumpy(X), cupy.asnumpy(Y)
+        self.user_factors, self.item_factors = self._download(cupy, X), self._download(cupy, Y)
 
     # -- setup -----------------------------------------------------------------------------
 
@@ -267,10 +304,21 @@ class NativeAls:
         }
 
     def _kernels(self, cupy: Any) -> dict[str, Any]:
-        module = _module(self.factors)
-        kernels = {name: module.get_function(name) for name in KERNELS}
+        """Every kernel this fit loads, by its name in als.cu."""
+        names = kernels_for(self.factor_dtype)
+        try:
+            module = _module(self.factors, self.factor_dtype)
+            kernels = {name: module.get_function(name) for name in names}
+        except Exception as exc:
+            if self.factor_dtype == "bfloat16" and "cuda_bf16" in str(exc):
+                raise WorkerError(
+                    "--factor-dtype bfloat16 needs CUDA's cuda_bf16.h, which CuPy's compiler cannot find here "
+                    "(the CUDA headers: a CUDA devel image, or CUDA_PATH set to a toolkit); or use "
+                    "--factor-dtype float32"
+                ) from None
+            raise
         shared = shared_bytes(self.factors)
-        for name in ("cg_light", "heavy_start", "heavy_step"):
+        for name in (self._solve("cg_light"), self._solve("heavy_start"), self._solve("heavy_step")):
             if shared > 48 * 1024:  # above 48 KiB a kernel must opt in to more dynamic shared memory
                 kernels[name].max_dynamic_shared_size_bytes = shared
         kernels["shared"] = shared
@@ -398,29 +446,61 @@ class NativeAls:
         side["partials"] = cupy.empty((schedule.chunks, self.factors), dtype=cupy.float32)
         return side
 
+    def _solve(self, name: str) -> str:
+        """The name in als.cu of solve kernel ``name`` for this fit's factor storage."""
+        return f"{name}_bf16" if self.factor_dtype == "bfloat16" else name
+
     def _initial(self, cupy: Any, preset: np.ndarray | None, rows: int, offset: int) -> Any:
+        """The factors as stored on the GPU: float32, or bfloat16 bits (uint16) rounded to nearest even."""
         if preset is not None:
             if preset.shape != (rows, self.factors):
                 raise WorkerError(f"preset factors have shape {preset.shape}, expected {(rows, self.factors)}")
-            return cupy.asarray(np.ascontiguousarray(preset, dtype=np.float32))
+            preset = np.ascontiguousarray(preset, dtype=np.float32)
+            return cupy.asarray(bfloat16.to_bits(preset) if self.factor_dtype == "bfloat16" else preset)
         # implicit's CPU scale (uniform in [0, 0.01)), drawn on the GPU rather than the host
         rng = cupy.random.RandomState(int(self.random_state or 0) * 2 + offset)
-        factors = rng.random_sample((rows, self.factors), dtype=cupy.float32)
-        factors *= cupy.float32(0.01)  # in place: the factors are the largest arrays but the matrix's
-        return factors
+        if self.factor_dtype == "float32":
+            factors = rng.random_sample((rows, self.factors), dtype=cupy.float32)
+            factors *= cupy.float32(0.01)  # in place: the factors are the largest arrays but the matrix's
+            return factors
+        # drawn a stretch of rows at a time, so no float32 copy of the whole matrix is ever held
+        stored = cupy.empty((rows, self.factors), dtype=cupy.uint16)
+        step = max(1, STAGE_BYTES // (4 * self.factors))
+        for begin in range(0, rows, step):
+            drawn = rng.random_sample((min(step, rows - begin), self.factors), dtype=cupy.float32)
+            drawn *= cupy.float32(0.01)
+            stored[begin : begin + drawn.shape[0]] = bfloat16.to_bits(drawn, cupy)
+        return stored
+
+    def _download(self, cupy: Any, factors: Any) -> np.ndarray:
+        """float32 on the host whatever the storage: the outputs and evaluate read float32."""
+        host: np.ndarray = cupy.asnumpy(factors)
+        return bfloat16.to_float(host) if self.factor_dtype == "bfloat16" else host
+
+    def _gram(self, cupy: Any, Y: Any) -> Any:
+        """Y'Y + lambda I in float32. bfloat16 factors are widened a stretch of rows at a time (exact)
+        and their products summed in float32, so the Gram costs no float32 copy of Y."""
+        if self.factor_dtype == "float32":
+            yty = Y.T @ Y
+        else:
+            yty = cupy.zeros((self.factors, self.factors), dtype=cupy.float32)
+            step = max(1, STAGE_BYTES // (4 * self.factors))
+            for begin in range(0, int(Y.shape[0]), step):
+                rows = bfloat16.to_float(Y[begin : begin + step], cupy)
+                yty += rows.T @ rows
+        yty += cupy.eye(self.factors, dtype=cupy.float32) * cupy.float32(self.regularization)
+        return cupy.ascontiguousarray(yty)
 
     # -- one half-iteration -----------------------------------------------------------------
 
     def _half_step(self, cupy: Any, kernels: dict[str, Any], side: dict[str, Any], X: Any, Y: Any) -> None:
         """New X for every row of this side, Y fixed: YtY once, light rows, then the heavy rows' chunks."""
-        yty = Y.T @ Y
-        yty += cupy.eye(self.factors, dtype=cupy.float32) * cupy.float32(self.regularization)
-        yty = cupy.ascontiguousarray(yty)
+        yty = self._gram(cupy, Y)
         schedule = side["schedule"]
         block, shared = (WARPS_PER_BLOCK * 32,), kernels["shared"]
         light = int(schedule.light_rows.shape[0])
         if light:
-            kernels["cg_light"](
+            kernels[self._solve("cg_light")](
                 self._grid(kernels, light),
                 block,
                 (
@@ -459,16 +539,16 @@ class NativeAls:
             )
 
         state = (side["R"], side["P"], side["rs"], side["active"])
-        kernels["heavy_partials"](self._grid(kernels, chunks), block, partial_args(1))
-        kernels["heavy_start"](
+        kernels[self._solve("heavy_partials")](self._grid(kernels, chunks), block, partial_args(1))
+        kernels[self._solve("heavy_start")](
             self._grid(kernels, heavy),
             block,
             (schedule.heavy_rows, schedule.chunk_first, np.int32(heavy), X, yty, side["partials"], *state),
             shared_mem=shared,
         )
         for _ in range(self.cg_steps):
-            kernels["heavy_partials"](self._grid(kernels, chunks), block, partial_args(0))
-            kernels["heavy_step"](
+            kernels[self._solve("heavy_partials")](self._grid(kernels, chunks), block, partial_args(0))
+            kernels[self._solve("heavy_step")](
                 self._grid(kernels, heavy),
                 block,
                 (schedule.heavy_rows, schedule.chunk_first, np.int32(heavy), X, yty, side["partials"], *state),

@@ -2,7 +2,9 @@
 
 ``build(source, defines)`` compiles the unchanged .cu source with cuda_on_cpu.h (see its header
 comment for what is and is not modelled) into a shared library, cached by the hash of every
-input under the temporary directory. ``NumpyCupy`` is numpy under CuPy's names whose
+input under the temporary directory. This folder is on g++'s include path, so a source's
+``#include <cuda_bf16.h>`` finds the stand-in here; a kernel inside ``#ifdef`` gets a launcher
+inside the same ``#ifdef``. ``NumpyCupy`` is numpy under CuPy's names whose
 ``RawModule`` hands out such kernels: a launch checks each argument against the parameter
 types g++ saw (array or scalar, and width), the 48 KiB dynamic shared memory rule, and then
 runs every CUDA thread of the grid over the numpy arrays standing in for device memory.
@@ -24,11 +26,14 @@ from pathlib import Path
 import numpy as np
 
 HEADER = Path(__file__).with_name("cuda_on_cpu.h")
+# headers a kernel source includes by name, standing in for CUDA's (this folder is on g++'s include path)
+STAND_INS = (Path(__file__).with_name("cuda_bf16.h"),)
 SHARED_CAPACITY = 232_448  # bytes: the largest opt-in dynamic shared memory of a current GPU (sm_90)
 DEFAULT_SHARED_LIMIT = 48 * 1024  # above this a kernel must opt in (max_dynamic_shared_size_bytes)
 KERNEL = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(\w+)\s*\(')
 SHARED = re.compile(r"extern\s+__shared__\s+(\w+)\s+(\w+)\s*\[\s*\]")
-DTYPES = {"i": np.int32, "q": np.int64, "Q": np.uint64, "f": np.float32, "d": np.float64}
+# b: bfloat16, held in numpy as its uint16 bits (numpy has no bfloat16), as CuPy holds it too
+DTYPES = {"i": np.int32, "q": np.int64, "Q": np.uint64, "f": np.float32, "d": np.float64, "b": np.uint16}
 CTYPES = {"i": ctypes.c_int32, "q": ctypes.c_int64, "Q": ctypes.c_uint64, "f": ctypes.c_float, "d": ctypes.c_double}
 FLAGS = ("-std=c++20", "-O2", "-fPIC", "-shared", "-Wall", "-Wno-unknown-pragmas", "-Wno-unused-function")
 
@@ -37,9 +42,32 @@ class EmulationError(RuntimeError):
     """A launch the GPU would refuse, hang on or leave undefined, or a kernel that could not be built."""
 
 
+def kernel_guards(source: Path, text: str) -> dict[str, list[str]]:
+    """Each kernel's name -> the conditional directives (#if, #ifdef, #ifndef) it sits inside, outermost
+    first, so that its launcher is compiled exactly when the kernel is (-DBF16_FACTORS, say)."""
+    guards: dict[str, list[str]] = {}
+    stack: list[str] = []
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped.startswith(("#if", "#ifdef", "#ifndef")):
+            stack.append(stripped)
+        elif stripped.startswith(("#else", "#elif")):
+            stack[-1] = f"{stack[-1]} {stripped}"  # marks it: a kernel in such a branch is refused below
+        elif stripped.startswith("#endif"):
+            stack.pop()
+        for name in KERNEL.findall(line):
+            if any(" #el" in guard for guard in stack):
+                raise EmulationError(f"{source.name}: kernel {name} sits in an #else/#elif branch, not modelled")
+            guards[name] = list(stack)
+    return guards
+
+
 def translation_unit(source: Path, text: str) -> str:
     """The header, the kernel source as it is, storage for its dynamic shared memory, a launcher per kernel."""
+    guards = kernel_guards(source, text)
     kernels = KERNEL.findall(text)
+    if set(kernels) != set(guards):  # a declaration split across lines: the guards cannot be told
+        raise EmulationError(f"{source.name}: write each kernel's 'extern \"C\" __global__ void name(' on one line")
     shared = sorted(set(SHARED.findall(text)))
     if len(shared) > 1:
         raise EmulationError(f"{source.name} declares dynamic shared memory under several names or types: {shared}")
@@ -55,6 +83,7 @@ def translation_unit(source: Path, text: str) -> str:
         ' std::snprintf(out, size, "%s", why.c_str()); }'
     )
     for kernel in kernels:
+        lines.extend(guards[kernel])
         lines.append(
             f'extern "C" int cuda_cpu_launch_{kernel}(unsigned grid, unsigned block, size_t shared_bytes, void** args, '
             f"char* error, size_t error_size) {{ auto why = cuda_cpu::launch({kernel}, "
@@ -65,6 +94,7 @@ def translation_unit(source: Path, text: str) -> str:
             f'extern "C" const char* cuda_cpu_signature_{kernel}() {{ static std::string s = '
             f"cuda_cpu::signature({kernel}); return s.c_str(); }}"
         )
+        lines.extend("#endif" for _ in guards[kernel])
     return "\n".join(lines) + "\n"
 
 
@@ -80,9 +110,10 @@ def build_text(text: str, stem: str, defines: dict[str, object] | None = None, c
     source = cache / f"{stem}-{hashlib.sha256(text.encode()).hexdigest()[:20]}.cu"
     if not source.exists() or source.read_text() != text:
         _write_atomically(source, text)
-    flags = list(FLAGS) + [f"-D{key}={value}" for key, value in sorted((defines or {}).items())]
+    flags = [*FLAGS, f"-I{HEADER.parent}"] + [f"-D{key}={value}" for key, value in sorted((defines or {}).items())]
     unit = translation_unit(source, text)
-    digest = hashlib.sha256("\0".join([HEADER.read_text(), text, unit, *flags]).encode()).hexdigest()[:20]
+    headers = [path.read_text() for path in (HEADER, *STAND_INS)]
+    digest = hashlib.sha256("\0".join([*headers, text, unit, *flags]).encode()).hexdigest()[:20]
     library = cache / f"{stem}-{digest}.so"
     if library.exists():
         return library

@@ -16,6 +16,8 @@
 //   value.
 // * threadIdx, blockIdx, blockDim, gridDim (x only: the kernels here launch 1-D grids),
 //   __ldg, atomicAdd (exact: one thread runs at a time), min/max, __forceinline__ and friends.
+// * bfloat16 storage: this folder's cuda_bf16.h (on the include path) stands in for CUDA's, with
+//   the hardware's round-to-nearest-even conversion.
 // * Misuse the GPU would punish with a hang or undefined behaviour is refused with a message
 //   naming the line: a full-mask shuffle or __syncwarp while a lane of the warp has returned,
 //   lanes of one warp meeting at different shuffle call sites, a partial mask, a block that can
@@ -44,6 +46,8 @@
 #include <utility>
 #include <vector>
 #include <ucontext.h>
+
+struct __nv_bfloat16;  // defined by this folder's cuda_bf16.h, which a kernel source includes as on a GPU
 
 #define __global__
 #define __device__
@@ -349,11 +353,13 @@ inline std::string run(const Launch& launch, void* shared, size_t shared_capacit
 }
 
 // The kernel's parameter types as a string the Python launcher checks arguments against:
-// i int, q long long, Q unsigned long long, f float, d double; a leading * for a pointer.
+// i int, q long long, Q unsigned long long, f float, d double, b __nv_bfloat16 (as uint16 bits);
+// a leading * for a pointer.
 template <class T>
 inline std::string type_code() {
     using U = std::remove_cv_t<T>;
     if constexpr (std::is_pointer_v<U>) return "*" + type_code<std::remove_pointer_t<U>>();
+    else if constexpr (std::is_same_v<U, __nv_bfloat16>) return "b";
     else if constexpr (std::is_same_v<U, int>) return "i";
     else if constexpr (std::is_same_v<U, long long>) return "q";
     else if constexpr (std::is_same_v<U, unsigned long long>) return "Q";
