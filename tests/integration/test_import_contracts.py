@@ -13,8 +13,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 import airflow_gpu
 
 try:
@@ -74,7 +72,11 @@ def test_every_module_of_the_package_belongs_to_a_wing():
     assert set(worker["forbidden_modules"]) == {"airflow", "airflow_gpu.*"}
     assert airflow_wing["source_modules"] == ["airflow_gpu.*"]
     assert set(airflow_wing["forbidden_modules"]) == {"airflow_gpu.worker", "implicit"}
-    assert set(shared["source_modules"]) == shared_modules() == {"airflow_gpu.contract", "airflow_gpu.faults", "airflow_gpu.prices"}
+    assert (
+        set(shared["source_modules"])
+        == shared_modules()
+        == {"airflow_gpu.contract", "airflow_gpu.faults", "airflow_gpu.prices"}
+    )
     assert set(shared["forbidden_modules"]) == {"airflow", "airflow_gpu.*"}
     tops = {
         f"airflow_gpu.{p.stem if p.is_file() else p.name}"
