@@ -1,5 +1,5 @@
 """No GPU job dies for an Airflow hiccup: a stalled triggerer, then clears, with real Airflow 3.3 on
-PostgreSQL and two `airflow triggerer` processes (the harness of test_e2e_triggerers.py).
+PostgreSQL and two `airflow triggerer` processes (tests/support/airflow_postgres.py).
 
 Airflow 3.3.2's triggerer cancels, with the user-action message that makes it call ``on_kill``,
 every trigger it runs that is no longer assigned to it (apache/airflow PR #73454). So a triggerer
@@ -21,15 +21,13 @@ from __future__ import annotations
 import os
 import re
 import signal
-import subprocess
-import sys
 from collections import Counter
 
 import pytest
 
-from tests.support.airflow_e2e import Airflow, Cluster, airflow_env, free_port, wait_for
+from tests.support.airflow_e2e import wait_for
+from tests.support.airflow_postgres import postgres_airflow
 from tests.support.moto_aws import MotoAws
-from tests.support.postgres import PostgresServer, PostgresUnavailable
 
 pytestmark = [pytest.mark.timeout(900), pytest.mark.airflow_behaviour]
 
@@ -54,16 +52,6 @@ with DAG({dag_id!r}, schedule=None, start_date=datetime(2026, 1, 1), catchup=Fal
 """
 
 
-@pytest.fixture
-def postgres():
-    try:
-        server = PostgresServer()
-    except PostgresUnavailable as exc:
-        pytest.skip(f"two triggerers need PostgreSQL: {exc}")
-    with server:
-        yield server
-
-
 def task_of_job(moto_aws: MotoAws) -> dict[str, str]:
     """job id -> "train[i]" or "start", from the tags airflow-gpu puts on every job."""
     batch = moto_aws.client("batch")
@@ -78,36 +66,13 @@ def task_of_job(moto_aws: MotoAws) -> dict[str, str]:
 
 
 def test_a_stalled_triggerer_kills_nothing_and_a_clear_reruns_on_a_new_job(
-    tmp_path, moto_aws: MotoAws, gpu_batch, postgres
+    tmp_path, moto_aws: MotoAws, gpu_batch, airflow_postgres_url
 ):
     import sqlalchemy
 
-    home = tmp_path / "airflow-home"
-    dags = tmp_path / "dags"
-    home.mkdir()
-    dags.mkdir()
-    (dags / "stall.py").write_text(
-        DAG_FILE.format(
-            dag_id=DAG_ID,
-            queue=gpu_batch["job_queue"],
-            definition=gpu_batch["job_definition"],
-            poll=POLL,
-            mapped=MAPPED,
-        )
+    dag_text = DAG_FILE.format(
+        dag_id=DAG_ID, queue=gpu_batch["job_queue"], definition=gpu_batch["job_definition"], poll=POLL, mapped=MAPPED
     )
-    port = free_port()
-    env = airflow_env(
-        home,
-        dags,
-        moto_aws,
-        port,
-        AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=postgres.url,
-        AIRFLOW__CORE__PARALLELISM="4",
-        AIRFLOW__TRIGGERER__JOB_HEARTBEAT_SEC="2",
-        AIRFLOW__TRIGGERER__TRIGGERER_HEALTH_CHECK_THRESHOLD=str(HEALTH_THRESHOLD),
-    )
-    cluster = Cluster(home, env)
-    engine = sqlalchemy.create_engine(postgres.url, poolclass=sqlalchemy.pool.NullPool)
     names = [f"train[{i}]" for i in range(MAPPED)] + ["start"]
 
     def owners() -> dict[str, int | None]:
@@ -138,18 +103,12 @@ def test_a_stalled_triggerer_kills_nothing_and_a_clear_reruns_on_a_new_job(
                 found.update(KEPT_LINE.findall(path.read_text(errors="replace")))
         return found
 
-    try:
-        migrate = subprocess.run(
-            [cluster.airflow_bin, "db", "migrate"], env=env, cwd=home, capture_output=True, text=True, timeout=300
-        )
-        assert migrate.returncode == 0, migrate.stdout[-3000:] + migrate.stderr[-3000:]
-        api = cluster.start("api-server", "api-server")
-        cluster.start("scheduler", "scheduler")
-        cluster.start("dag-processor", "dag-processor")
-        triggerer_a = cluster.start(
-            "triggerer-a", "triggerer", AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT=str(free_port())
-        )
-        rest = Airflow(home, port, api, home / "api-server.log", env)
+    with postgres_airflow(
+        tmp_path, moto_aws, airflow_postgres_url, "stall.py", dag_text, health_threshold=HEALTH_THRESHOLD
+    ) as pg:  # on the way out a stopped triggerer is continued, then stopped with the rest
+        cluster, engine, home = pg.cluster, pg.engine, pg.home
+        rest = pg.start_core()
+        triggerer_a = pg.start_triggerer("triggerer-a")
         alive = cluster.check_alive
         wait_for(
             "the DAG to be parsed",
@@ -181,7 +140,7 @@ def test_a_stalled_triggerer_kills_nothing_and_a_clear_reruns_on_a_new_job(
 
         # 1. A stalls past the threshold; B takes every trigger; A resumes and calls on_kill on each.
         before_b = triggerer_ids()
-        cluster.start("triggerer-b", "triggerer", AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT=str(free_port()))
+        pg.start_triggerer("triggerer-b")
         b_id = wait_for(
             "triggerer B's job row", lambda: next(iter(triggerer_ids() - before_b), None), timeout=120, alive=alive
         )
@@ -270,15 +229,3 @@ def test_a_stalled_triggerer_kills_nothing_and_a_clear_reruns_on_a_new_job(
         ]
         train_results = {i: rest.xcom(DAG_ID, run_id, i) for i in range(MAPPED)}
         assert all(result["status"] == "SUCCEEDED" for result in train_results.values())
-    except BaseException:
-        for name in list(cluster.processes):
-            print(f"--- airflow {name} log (tail) ---\n{cluster.log_tail(name)}", file=sys.stderr)
-        raise
-    finally:
-        moto_aws.batch.release_hold()
-        try:
-            os.killpg(triggerer_a.pid, signal.SIGCONT)
-        except (ProcessLookupError, NameError):
-            pass
-        cluster.stop()
-        engine.dispose()

@@ -19,16 +19,14 @@ from __future__ import annotations
 import math
 import os
 import signal
-import subprocess
-import sys
 import time
 from types import SimpleNamespace
 
 import pytest
 
-from tests.support.airflow_e2e import Airflow, Cluster, airflow_env, free_port, wait_for
+from tests.support.airflow_e2e import wait_for
+from tests.support.airflow_postgres import postgres_airflow
 from tests.support.moto_aws import MotoAws, iter_describe_cycles
-from tests.support.postgres import PostgresServer, PostgresUnavailable  # noqa: E402
 
 pytestmark = [pytest.mark.timeout(900), pytest.mark.airflow_behaviour]
 
@@ -53,47 +51,14 @@ with DAG({dag_id!r}, schedule=None, start_date=datetime(2026, 1, 1), catchup=Fal
 """
 
 
-@pytest.fixture
-def postgres():
-    try:
-        server = PostgresServer()
-    except PostgresUnavailable as exc:
-        pytest.skip(f"two triggerers need PostgreSQL: {exc}")
-    with server:
-        yield server
-
-
 def test_two_triggerers_share_deferred_gpu_tasks_and_one_takes_over_after_sigkill(
-    tmp_path, moto_aws: MotoAws, gpu_batch, postgres
+    tmp_path, moto_aws: MotoAws, gpu_batch, airflow_postgres_url
 ):
     import sqlalchemy
 
-    home = tmp_path / "airflow-home"
-    dags = tmp_path / "dags"
-    home.mkdir()
-    dags.mkdir()
-    (dags / "two_triggerers.py").write_text(
-        DAG_FILE.format(
-            dag_id=DAG_ID,
-            queue=gpu_batch["job_queue"],
-            definition=gpu_batch["job_definition"],
-            poll=POLL,
-            mapped=MAPPED,
-        )
+    dag_text = DAG_FILE.format(
+        dag_id=DAG_ID, queue=gpu_batch["job_queue"], definition=gpu_batch["job_definition"], poll=POLL, mapped=MAPPED
     )
-    port = free_port()
-    env = airflow_env(
-        home,
-        dags,
-        moto_aws,
-        port,
-        AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=postgres.url,
-        AIRFLOW__CORE__PARALLELISM="4",  # four task slots for 24 GPU tasks: only deferral lets them all run
-        AIRFLOW__TRIGGERER__JOB_HEARTBEAT_SEC="2",
-        AIRFLOW__TRIGGERER__TRIGGERER_HEALTH_CHECK_THRESHOLD=str(HEALTH_THRESHOLD),
-    )  # each triggerer gets its own trigger log server port when it starts
-    cluster = Cluster(home, env)
-    engine = sqlalchemy.create_engine(postgres.url, poolclass=sqlalchemy.pool.NullPool)
 
     def assignments() -> dict[int, int | None]:
         """map index -> the triggerer job id its task's trigger is assigned to (None: unassigned or no trigger)."""
@@ -117,21 +82,12 @@ def test_two_triggerers_share_deferred_gpu_tasks_and_one_takes_over_after_sigkil
         assert len(new) <= 1, new
         return new.pop() if new else None
 
-    try:
-        migrate = subprocess.run(
-            [cluster.airflow_bin, "db", "migrate"], env=env, cwd=home, capture_output=True, text=True, timeout=300
-        )
-        assert migrate.returncode == 0, migrate.stdout[-3000:] + migrate.stderr[-3000:]
-        api = cluster.start("api-server", "api-server")
-        cluster.start("scheduler", "scheduler")
-        cluster.start("dag-processor", "dag-processor")
-        triggerer_a = cluster.start(
-            "triggerer-a",
-            "triggerer",
-            AIRFLOW__TRIGGERER__CAPACITY=str(CAPACITY_A),
-            AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT=str(free_port()),
-        )
-        rest = Airflow(home, port, api, home / "api-server.log", env)
+    with postgres_airflow(
+        tmp_path, moto_aws, airflow_postgres_url, "two_triggerers.py", dag_text, health_threshold=HEALTH_THRESHOLD
+    ) as pg:
+        cluster, engine = pg.cluster, pg.engine
+        rest = pg.start_core()
+        triggerer_a = pg.start_triggerer("triggerer-a", AIRFLOW__TRIGGERER__CAPACITY=str(CAPACITY_A))
         alive = cluster.check_alive
         wait_for(
             "the DAG to be parsed",
@@ -166,12 +122,7 @@ def test_two_triggerers_share_deferred_gpu_tasks_and_one_takes_over_after_sigkil
         assert list(assignments().values()).count(a_id) == CAPACITY_A  # capacity holds: A took no more
 
         before_b = triggerer_job_ids()
-        cluster.start(
-            "triggerer-b",
-            "triggerer",
-            AIRFLOW__TRIGGERER__CAPACITY="100",
-            AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT=str(free_port()),
-        )
+        pg.start_triggerer("triggerer-b", AIRFLOW__TRIGGERER__CAPACITY="100")
         b_id = wait_for("triggerer B's job row", lambda: only_new(before_b), timeout=120, alive=alive)
         owners = wait_for(
             "triggerer B to take the other triggers",
@@ -285,11 +236,3 @@ def test_two_triggerers_share_deferred_gpu_tasks_and_one_takes_over_after_sigkil
             assert result["job_id"] == job_of[index] and result["status"] == "SUCCEEDED"
         assert moto_aws.log.calls["submitjob"] == MAPPED  # no trigger move, no kill, ever submitted a job again
         assert moto_aws.log.terminated == []  # nor terminated one
-    except BaseException:
-        for name in list(cluster.processes):
-            print(f"--- airflow {name} log (tail) ---\n{cluster.log_tail(name)}", file=sys.stderr)
-        raise
-    finally:
-        moto_aws.batch.release_hold()
-        cluster.stop()
-        engine.dispose()

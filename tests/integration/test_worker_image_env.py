@@ -118,7 +118,9 @@ def test_image_environment_runs_the_worker(tmp_path):
     report = json.loads(wing.stdout.strip().splitlines()[-1])
     assert "airflow_gpu.worker.pipeline" in report["worker_modules"]
     others = [m for m in report["loaded"] if m.startswith("airflow") and not m.startswith("airflow_gpu.worker")]
-    assert others == ["airflow_gpu", "airflow_gpu.contract", "airflow_gpu.prices"], others  # what both wings share
+    assert others == ["airflow_gpu", "airflow_gpu.contract", "airflow_gpu.faults", "airflow_gpu.prices"], (
+        others
+    )  # what both wings share
 
     write_shards(synthetic_interactions(20_000, n_users=800, n_items=200, seed=2), tmp_path / "in", "orc", objects=3)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}

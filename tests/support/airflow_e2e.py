@@ -211,6 +211,8 @@ def stop_process_tree(process: subprocess.Popen, home: Path) -> None:
     for sig, grace in ((signal.SIGTERM, 20.0), (signal.SIGKILL, 5.0)):
         try:
             os.killpg(process.pid, sig)
+            if sig == signal.SIGTERM:  # a stopped process (a test's SIGSTOP) acts on SIGTERM once continued
+                os.killpg(process.pid, signal.SIGCONT)
         except ProcessLookupError:
             pass
         for proc in ours():

@@ -14,7 +14,11 @@ from tests.support.moto_aws import CREDENTIALS, HarnessMismatch, MotoAws, start_
 from tests.support.paths import SHARED_TMP_ENV
 
 # Fixtures that several test modules use, registered here so that no test module imports a fixture.
-pytest_plugins = ["tests.support.gpu_batch_testing", "tests.support.provision_testing"]
+pytest_plugins = [
+    "tests.support.gpu_batch_testing",
+    "tests.support.provision_testing",
+    "tests.support.airflow_postgres",
+]
 
 # One line per HTTP request from moto's server drowns every failure report.
 logging.getLogger("werkzeug").setLevel(logging.WARNING)

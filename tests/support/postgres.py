@@ -72,8 +72,28 @@ class PostgresServer:
                 ) from None
             os.chown(self.root, user.pw_uid, user.pw_gid)
             self._prefix = ["runuser", "-u", "postgres", "--"]
-        self.url = f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/{DATABASE}"
+        self.url = self.url_of(DATABASE)
         self.started = False
+
+    def url_of(self, database: str) -> str:
+        return f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/{database}"
+
+    def copy_database(self, template: str, name: str) -> str:
+        """A new database ``name`` that starts as a copy of ``template`` (which nobody may be connected to);
+        its SQLAlchemy URL. Copying a migrated Airflow database takes a fraction of a second; migrating, 40 s."""
+        self._run(
+            str(self.bindir / "createdb"),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+            "-U",
+            "postgres",
+            "-T",
+            template,
+            name,
+        )
+        return self.url_of(name)
 
     def _run(self, *argv: str) -> None:
         done = subprocess.run([*self._prefix, *argv], capture_output=True, text=True, timeout=120, cwd=self.root)
