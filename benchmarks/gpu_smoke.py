@@ -59,9 +59,10 @@ def main() -> int:
 
     from airflow_gpu.demo.synthetic import synthetic_interactions, write_shards
     from airflow_gpu.worker import train
+    from airflow_gpu.worker.config import AlsConfig
     from airflow_gpu.worker.errors import WorkerError
     from airflow_gpu.worker.ingest import Columns
-    from airflow_gpu.worker.pipeline import AlsConfig, run_als
+    from airflow_gpu.worker.pipeline import run_als
     from airflow_gpu.worker.train import TrainParams
 
     print("1. device")

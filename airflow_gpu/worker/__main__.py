@@ -323,9 +323,10 @@ TUNE_BY_DEFAULT = True
 
 
 def _run_als(args: argparse.Namespace) -> int:
+    from .config import AlsConfig
     from .ingest import Columns
     from .matrix import DEFAULT_WEIGHTING
-    from .pipeline import AlsConfig, run_als
+    from .pipeline import run_als
     from .train import TrainParams
 
     fixed = [

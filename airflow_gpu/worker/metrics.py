@@ -1,4 +1,4 @@
-"""The run's metrics document (metrics.json, and what ``run_als`` returns), and the stage clock it reports.
+"""The run's metrics document (metrics.json, and ``run_als``'s ``AlsRun.metrics``), drawn from the run's record.
 
 The document is assembled once, by ``document``, when everything it reports is known: for a
 run that writes, that is inside the publish stage, after the last part is uploaded and before
@@ -9,72 +9,40 @@ written and returned, so what a caller reads is what the report was drawn from.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import platform
 import sys
 import time
 from dataclasses import asdict
-from datetime import datetime
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-from .ingest import Columns, IngestStats
-from .matrix import DEFAULT_ALPHA, Interactions
-from .train import AUTO_REGULARIZATION_SHARE, TrainResult
+from .config import AlsRun
+from .ingest import Columns
+from .matrix import DEFAULT_ALPHA
+from .train import AUTO_REGULARIZATION_SHARE
 from .tune import TuneResult
-
-if TYPE_CHECKING:  # for the signatures only: the pipeline imports this module, not the other way round
-    from .pipeline import AlsConfig
 
 log = logging.getLogger("airflow_gpu.worker")
 
 
-class Stages:
-    """Wall time per stage, in order, logged as each one ends."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-
-    @contextlib.contextmanager
-    def __call__(self, name: str) -> Iterator[None]:
-        started = time.monotonic()
-        yield
-        self.seconds[name] = round(self.seconds.get(name, 0.0) + time.monotonic() - started, 4)
-        log.info("%s: %.2fs", name, self.seconds[name])
-
-
-def document(
-    config: AlsConfig,
-    *,
-    run_id: str,
-    started_at: datetime,
-    ingest: IngestStats,
-    interactions: Interactions,
-    training: TrainResult,
-    weighting: str,
-    alpha: float | None,
-    evaluation: dict[str, Any] | None,
-    tuning: TuneResult | None,
-    counts: dict[str, int],
-    extras: dict[str, Any],
-    stages: dict[str, float],
-    total_seconds: float,
-) -> dict[str, Any]:
-    """The metrics document; ``extras`` holds samples, distributions, job and gpu, computed by the pipeline.
+def document(run: AlsRun) -> dict[str, Any]:
+    """The metrics document of a run whose stages have all ended (publish's own time aside, see above).
 
     Keys keep the order metrics.json has always had: readers diff documents across runs.
     """
+    config, ingest, interactions, training, tuning = run.config, run.ingest, run.interactions, run.training, run.tuning
+    stages, weighting, alpha = run.stages, run.weighting, run.alpha
     matrix = interactions.matrix
     train_seconds = stages.get("train", 0.0)
     recommend_seconds = stages.get("recommend", 0.0)
     ingest_figures = ingest.as_dict()
     return {
-        "run_id": run_id,
-        "started_at": started_at.isoformat(timespec="seconds"),
+        "run_id": run.run_id,
+        "started_at": run.started_at.isoformat(timespec="seconds"),
         "input": config.input,
         "output": config.output,
         "counts": {
@@ -91,8 +59,8 @@ def document(
             "users": interactions.users,
             "items": interactions.items,
             "density": round(matrix.nnz / max(interactions.users * interactions.items, 1), 8),
-            "recommendations": counts.get("recommendations", 0),
-            "similar_items": counts.get("similar_items", 0),
+            "recommendations": run.counts.get("recommendations", 0),
+            "similar_items": run.counts.get("similar_items", 0),
         },
         "stages": dict(stages),
         "throughput": {
@@ -129,16 +97,16 @@ def document(
                 else None
             ),
         },
-        "evaluation": evaluation,
+        "evaluation": run.evaluation,
         "ingest": _ingest_figures(ingest_figures, stages),
         "params": config.params(),
         "versions": versions(),
         "tuning": _tuning(tuning, stages),
-        "samples": extras["samples"],
-        "distributions": extras["distributions"],
-        "job": extras["job"],
-        "gpu": extras["gpu"],
-        "total_seconds": round(total_seconds, 4),
+        "samples": run.extras["samples"],
+        "distributions": run.extras["distributions"],
+        "job": run.extras["job"],
+        "gpu": run.extras["gpu"],
+        "total_seconds": round(time.monotonic() - run.started, 4),
     }
 
 

@@ -178,7 +178,8 @@ def test_the_pipeline_with_solver_native_weighs_and_transposes_on_the_gpu(emulat
 
     from airflow_gpu.demo.synthetic import synthetic_interactions
     from airflow_gpu.worker.ingest import Columns
-    from airflow_gpu.worker.pipeline import AlsConfig, run_als
+    from airflow_gpu.worker.config import AlsConfig
+    from airflow_gpu.worker.pipeline import run_als
     from airflow_gpu.worker.train import (
         AUTO_REGULARIZATION_SHARE,
         TrainParams,

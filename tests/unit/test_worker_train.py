@@ -287,7 +287,8 @@ def test_pipeline_records_the_trained_regularization_and_keeps_the_callback_out_
 
     from airflow_gpu.demo.synthetic import synthetic_interactions, write_shards
     from airflow_gpu.worker.ingest import Columns
-    from airflow_gpu.worker.pipeline import AlsConfig, run_als
+    from airflow_gpu.worker.config import AlsConfig
+    from airflow_gpu.worker.pipeline import run_als
 
     write_shards(synthetic_interactions(20_000, n_users=800, n_items=200, seed=2), tmp_path / "in", objects=2)
     calls = []

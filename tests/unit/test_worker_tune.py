@@ -282,10 +282,10 @@ def _run(tmp_path: Path, shards: Path, *extra: str, quiet: bool = True) -> tuple
 
 
 def test_pipeline_tunes_by_default_on_the_training_split_only_and_trains_with_the_winner(tmp_path, shards, monkeypatch):
-    from airflow_gpu.worker import pipeline
+    from airflow_gpu.worker import stages
 
     seen = {}
-    real_tune, real_fit = pipeline.tune, pipeline.fit
+    real_tune, real_fit = stages.tune, stages.fit
 
     def spy_tune(matrix, params, budget):
         seen["tuned_on"] = matrix.copy()
@@ -295,8 +295,8 @@ def test_pipeline_tunes_by_default_on_the_training_split_only_and_trains_with_th
         seen["final"] = (weighted.copy(), params)
         return real_fit(weighted, params)
 
-    monkeypatch.setattr(pipeline, "tune", spy_tune)
-    monkeypatch.setattr(pipeline, "fit", spy_fit)
+    monkeypatch.setattr(stages, "tune", spy_tune)
+    monkeypatch.setattr(stages, "fit", spy_fit)
     manifest, metrics = _run(tmp_path, shards)  # no flag: the search is on by default
 
     # The matrix the search saw is exactly the training side of the evaluation split.
