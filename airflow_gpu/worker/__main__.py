@@ -75,8 +75,10 @@ def package_version() -> str:
 def build_parser() -> argparse.ArgumentParser:
     from .ingest import FORMATS
     from .matrix import DEFAULT_ALPHA, DEFAULT_WEIGHTING, WEIGHTINGS
+    from .models import DEVICES, SOLVERS
     from .publish import DEFAULT_KEEP_RUNS
-    from .train import AUTO_REGULARIZATION_SHARE, DEVICES, SOLVERS, TrainParams
+    from .regularization import AUTO_REGULARIZATION_SHARE
+    from .train import TrainParams
     from .tune import DEFAULT_BUDGET
 
     defaults = TrainParams()

@@ -23,7 +23,7 @@ import pyarrow as pa
 from .config import AlsRun
 from .ingest import Columns
 from .matrix import DEFAULT_ALPHA
-from .train import AUTO_REGULARIZATION_SHARE
+from .regularization import AUTO_REGULARIZATION_SHARE
 from .tune import TuneResult
 
 log = logging.getLogger("airflow_gpu.worker")

@@ -28,10 +28,11 @@ from .evaluate import evaluate, holdout_split
 from .ingest import ingest
 from .matrix import MatrixBuilder, confidence
 from .publish import Publisher, read_manifest
+from .regularization import largest_singular_value
 from .report_data import distributions, sample_users
 from .run_info import gpu_info, job_context
 from .storage import Store, open_store
-from .train import fit, largest_singular_value
+from .train import fit
 from .tune import tune
 
 log = logging.getLogger("airflow_gpu.worker")

@@ -177,14 +177,11 @@ def test_the_pipeline_with_solver_native_weighs_and_transposes_on_the_gpu(emulat
     import pyarrow.parquet as pq
 
     from airflow_gpu.demo.synthetic import synthetic_interactions
-    from airflow_gpu.worker.ingest import Columns
     from airflow_gpu.worker.config import AlsConfig
+    from airflow_gpu.worker.ingest import Columns
     from airflow_gpu.worker.pipeline import run_als
-    from airflow_gpu.worker.train import (
-        AUTO_REGULARIZATION_SHARE,
-        TrainParams,
-        auto_regularization,
-    )
+    from airflow_gpu.worker.regularization import AUTO_REGULARIZATION_SHARE, auto_regularization
+    from airflow_gpu.worker.train import TrainParams
 
     fake = emulated()
     monkeypatch.setattr(solver, "gpu_available", lambda: None)

@@ -15,7 +15,7 @@ import pytest
 from airflow_gpu.worker.evaluate import evaluate, holdout_split
 from airflow_gpu.worker.gpu import reference
 from airflow_gpu.worker.gpu.schedule import plan
-from airflow_gpu.worker.train import auto_regularization
+from airflow_gpu.worker.regularization import auto_regularization
 from tests.support.native_data import ROUNDING, confidence_with_heavy_rows, implicit_fit, relative
 
 # Small enough that the planted users (333 items each) and the popular items (up to ~1,800
