@@ -161,14 +161,18 @@ def blas_single_threaded(device: str) -> contextlib.AbstractContextManager[objec
     return limits
 
 
-def can_start_from(start: Any, model: Any, shape: tuple[int, int]) -> bool:
-    """Whether ``model`` can begin from the factors of ``start`` (another model): implicit's CPU model, same shape."""
+def start_from(model: Any, start: Any, shape: tuple[int, int]) -> bool:
+    """Begin ``model`` from a copy of another model's factors, where it can (implicit's CPU model, same shape)."""
     from implicit.cpu.als import AlternatingLeastSquares
 
-    return (
+    if not (
         isinstance(model, AlternatingLeastSquares)
         and isinstance(start, AlternatingLeastSquares)
         and start.user_factors is not None
         and start.user_factors.shape == (shape[0], model.factors)
         and start.item_factors.shape == (shape[1], model.factors)
-    )
+    ):
+        return False
+    model.user_factors = start.user_factors.copy()
+    model.item_factors = start.item_factors.copy()
+    return True

@@ -151,10 +151,8 @@ def fit(
     result = TrainResult(
         model=model, device=device, regularization=float("nan") if regularization is None else float(regularization)
     )
-    if start is not None and models.can_start_from(start.model, model, confidence.shape):
-        model.user_factors = start.model.user_factors.copy()
-        model.item_factors = start.model.item_factors.copy()
-        result.warm_start = True
+    if start is not None:
+        result.warm_start = models.start_from(model, start.model, confidence.shape)
     log.info(
         "train: ALS on %s (%s solver), %d factors, at most %d iterations, %s users x %s items, %s distinct pairs",
         device.upper(),
