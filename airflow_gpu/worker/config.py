@@ -96,7 +96,8 @@ def _inside(child: str, parent: str) -> bool:
 class AlsRun:
     """One run: its settings, what each stage has made so far, and each stage's wall time.
 
-    A field without a default is set by its stage (reading it earlier is a bug, and fails).
+    A field without a default is set by its stage (reading it earlier is a bug, and fails; repr leaves
+    those fields out, so a record can be shown at any point).
     Large intermediates (the split's halves, the weighted matrix) are dropped by the stage
     after the last one that needs them, so the record never holds a matrix longer than the
     pipeline did when it kept them in local variables.
@@ -107,24 +108,26 @@ class AlsRun:
     started_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
     started: float = field(default_factory=time.monotonic)
     stages: dict[str, float] = field(default_factory=dict)  # seconds per stage, in order (``stage``)
-    ingest: IngestStats = field(init=False)
-    interactions: Interactions = field(init=False)
+    ingest: IngestStats = field(init=False, repr=False)
+    interactions: Interactions = field(init=False, repr=False)
     # The training side of the evaluation split (the whole matrix without one), and the held-out side.
     train_matrix: scipy.sparse.csr_matrix | None = None
     test: scipy.sparse.csr_matrix | None = None
     tuning: TuneResult | None = None
     # As trained: the config's, or the search's choice.
-    weighting: str = field(init=False)
-    alpha: float | None = field(init=False)
-    train_params: TrainParams = field(init=False)
+    weighting: str = field(init=False, repr=False)
+    alpha: float | None = field(init=False, repr=False)
+    train_params: TrainParams = field(init=False, repr=False)
     # What train fits: the confidence matrix, or the raw counts when the native solver weighs them on the GPU.
     weighted: scipy.sparse.csr_matrix | None = None
     weigh_on_gpu: bool = False
-    training: TrainResult = field(init=False)
+    training: TrainResult = field(init=False, repr=False)
     evaluation: dict[str, Any] | None = None
     extras: dict[str, Any] = field(default_factory=dict)  # samples, distributions, job and gpu, for the report
     counts: dict[str, int] = field(default_factory=dict)  # rows of recommendations and similar items
-    metrics: dict[str, Any] = field(init=False)  # the document metrics.json holds, the same dict (metrics.py)
+    metrics: dict[str, Any] = field(
+        init=False, repr=False
+    )  # the document metrics.json holds, the same dict (metrics.py)
     manifest: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
