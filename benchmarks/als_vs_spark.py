@@ -39,9 +39,10 @@ import scipy.sparse
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from airflow_gpu.demo.synthetic import synthetic_interactions, write_shards  # noqa: E402
+from airflow_gpu.worker.config import AlsConfig  # noqa: E402
 from airflow_gpu.worker.evaluate import holdout_split, ranking_metrics  # noqa: E402
 from airflow_gpu.worker.ingest import Columns  # noqa: E402
-from airflow_gpu.worker.pipeline import AlsConfig, run_als  # noqa: E402
+from airflow_gpu.worker.pipeline import run_als  # noqa: E402
 from airflow_gpu.worker.recommend import popularity_top_n, top_n  # noqa: E402
 from airflow_gpu.worker.train import TrainParams  # noqa: E402
 

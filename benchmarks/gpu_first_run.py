@@ -242,7 +242,7 @@ def step_seed(args, figures: dict, report: Report) -> None:
     from gpu_als import GpuMemory
     from synthetic import seed_like_csr
 
-    from airflow_gpu.worker.train import AUTO_REGULARIZATION_SHARE
+    from airflow_gpu.worker.regularization import AUTO_REGULARIZATION_SHARE
 
     memory = GpuMemory()
     share = args.sizes["seed_share"]

@@ -58,16 +58,17 @@ def main() -> int:
     import numpy as np
 
     from airflow_gpu.demo.synthetic import synthetic_interactions, write_shards
-    from airflow_gpu.worker import train
+    from airflow_gpu.worker import models, train
+    from airflow_gpu.worker.config import AlsConfig
     from airflow_gpu.worker.errors import WorkerError
     from airflow_gpu.worker.ingest import Columns
-    from airflow_gpu.worker.pipeline import AlsConfig, run_als
+    from airflow_gpu.worker.pipeline import run_als
     from airflow_gpu.worker.train import TrainParams
 
     print("1. device")
-    has_cuda = train._gpu_als_class() is not None
-    capability = train._compute_capability()
-    check("implicit.gpu.HAS_CUDA", has_cuda, "; ".join(train._gpu_unavailable) or "")
+    has_cuda = models._gpu_als_class() is not None
+    capability = models._compute_capability()
+    check("implicit.gpu.HAS_CUDA", has_cuda, "; ".join(models._gpu_unavailable) or "")
     check("compute capability >= 8.0", capability is not None and capability >= (8, 0), f"{capability}")
     if not has_cuda:
         print("gpu_smoke: FAIL checks=0/2 (no usable GPU; nothing else can be checked)")

@@ -312,7 +312,8 @@ def step_quality(args, record: Record, variants: tuple[str, ...] = ("implicit", 
     from airflow_gpu.demo.synthetic import synthetic_interactions
     from airflow_gpu.worker.evaluate import evaluate, holdout_split
     from airflow_gpu.worker.matrix import build_interactions, confidence
-    from airflow_gpu.worker.train import TrainParams, auto_regularization, fit
+    from airflow_gpu.worker.regularization import auto_regularization
+    from airflow_gpu.worker.train import TrainParams, fit
 
     table = synthetic_interactions(args.sizes["quality"], seed=11)
     matrix = build_interactions(table["user_id"], table["item_id"], table["plays"].to_numpy()).matrix

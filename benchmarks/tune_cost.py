@@ -28,7 +28,8 @@ from demo_data import add_demo_arguments, demo_split  # noqa: E402
 
 from airflow_gpu.worker.evaluate import evaluate  # noqa: E402
 from airflow_gpu.worker.matrix import confidence  # noqa: E402
-from airflow_gpu.worker.train import TrainParams, fit, largest_singular_value  # noqa: E402
+from airflow_gpu.worker.regularization import largest_singular_value  # noqa: E402
+from airflow_gpu.worker.train import TrainParams, fit  # noqa: E402
 from airflow_gpu.worker.tune import DEFAULT, tune  # noqa: E402
 
 

@@ -13,7 +13,7 @@ example MovieLens 100K, with the rating as the weight.
 
 A grid point is ``weighting:alpha:regularization``; the regularization is a number (used
 as given) or ``xS``, S times the largest singular value of the confidence matrix (what
-``--regularization auto`` computes, with S = train.AUTO_REGULARIZATION_SHARE).
+``--regularization auto`` computes, with S = regularization.AUTO_REGULARIZATION_SHARE).
 
 The worker's own search on the user's data (``--tune``) is scored against these sets by
 ``benchmarks/tuning.py``, which reuses this module's loaders.
@@ -40,7 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from airflow_gpu.demo.synthetic import synthetic_interactions  # noqa: E402
 from airflow_gpu.worker.evaluate import evaluate, holdout_split  # noqa: E402
 from airflow_gpu.worker.matrix import build_interactions, confidence  # noqa: E402
-from airflow_gpu.worker.train import TrainParams, fit, largest_singular_value  # noqa: E402
+from airflow_gpu.worker.regularization import largest_singular_value  # noqa: E402
+from airflow_gpu.worker.train import TrainParams, fit  # noqa: E402
 
 # 4 weightings x 4 regularization shares, plus the defaults before this grid (bm25, alpha 0.5,
 # regularization 1.0) for reference: 17 points, against the 14 Spark's grid had.

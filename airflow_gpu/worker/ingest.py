@@ -28,9 +28,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..contract import format_from_name
+from .allocators import bound_allocators
 from .errors import WorkerError
 from .matrix import id_value_type
-from .memory import bound_allocators
 from .storage import MiB, ObjectRef, Store, gather_or_cancel, open_store
 
 if TYPE_CHECKING:

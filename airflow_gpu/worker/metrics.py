@@ -1,4 +1,4 @@
-"""The run's metrics document (metrics.json, and what ``run_als`` returns), and the stage clock it reports.
+"""The run's metrics document (metrics.json, and ``run_als``'s ``AlsRun.metrics``), drawn from the run's record.
 
 The document is assembled once, by ``document``, when everything it reports is known: for a
 run that writes, that is inside the publish stage, after the last part is uploaded and before
@@ -9,136 +9,115 @@ written and returned, so what a caller reads is what the report was drawn from.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import logging
 import platform
 import sys
 import time
 from dataclasses import asdict
-from datetime import datetime
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-from .ingest import Columns, IngestStats
-from .matrix import DEFAULT_ALPHA, Interactions
-from .train import AUTO_REGULARIZATION_SHARE, TrainResult
+from .config import AlsRun
+from .ingest import Columns
+from .matrix import DEFAULT_ALPHA
+from .regularization import AUTO_REGULARIZATION_SHARE
 from .tune import TuneResult
 
-if TYPE_CHECKING:  # for the signatures only: the pipeline imports this module, not the other way round
-    from .pipeline import AlsConfig
 
-log = logging.getLogger("airflow_gpu.worker")
-
-
-class Stages:
-    """Wall time per stage, in order, logged as each one ends."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-
-    @contextlib.contextmanager
-    def __call__(self, name: str) -> Iterator[None]:
-        started = time.monotonic()
-        yield
-        self.seconds[name] = round(self.seconds.get(name, 0.0) + time.monotonic() - started, 4)
-        log.info("%s: %.2fs", name, self.seconds[name])
-
-
-def document(
-    config: AlsConfig,
-    *,
-    run_id: str,
-    started_at: datetime,
-    ingest: IngestStats,
-    interactions: Interactions,
-    training: TrainResult,
-    weighting: str,
-    alpha: float | None,
-    evaluation: dict[str, Any] | None,
-    tuning: TuneResult | None,
-    counts: dict[str, int],
-    extras: dict[str, Any],
-    stages: dict[str, float],
-    total_seconds: float,
-) -> dict[str, Any]:
-    """The metrics document; ``extras`` holds samples, distributions, job and gpu, computed by the pipeline.
+def document(run: AlsRun) -> dict[str, Any]:
+    """The metrics document of a run whose stages have all ended (publish's own time aside, see above).
 
     Keys keep the order metrics.json has always had: readers diff documents across runs.
     """
-    matrix = interactions.matrix
-    train_seconds = stages.get("train", 0.0)
-    recommend_seconds = stages.get("recommend", 0.0)
-    ingest_figures = ingest.as_dict()
+    ingest_figures = run.ingest.as_dict()
     return {
-        "run_id": run_id,
-        "started_at": started_at.isoformat(timespec="seconds"),
-        "input": config.input,
-        "output": config.output,
-        "counts": {
-            "objects": ingest.objects,
-            "bytes_read": ingest.bytes,
-            "rows_read": ingest.rows_read,
-            "null_id_rows_dropped": ingest.null_id_rows,
-            "invalid_weight_rows_dropped": ingest.invalid_weight_rows,
-            "zero_weight_rows_dropped": ingest.zero_weight_rows,
-            # rows kept (after the drops above), duplicates included; "pairs" sums duplicates into one.
-            "interactions": interactions.rows,
-            "duplicates_summed": interactions.duplicates,
-            "pairs": int(matrix.nnz),
-            "users": interactions.users,
-            "items": interactions.items,
-            "density": round(matrix.nnz / max(interactions.users * interactions.items, 1), 8),
-            "recommendations": counts.get("recommendations", 0),
-            "similar_items": counts.get("similar_items", 0),
-        },
-        "stages": dict(stages),
-        "throughput": {
-            "ingest_mb_per_s": ingest_figures["mb_per_s"],
-            "ingest_rows_per_s": ingest_figures["rows_per_s"],
-            "train_pairs_per_s_per_iteration": round(matrix.nnz * training.iterations_run / train_seconds)
-            if train_seconds
-            else None,
-            "recommend_users_per_s": round(interactions.users / recommend_seconds) if recommend_seconds else None,
-        },
-        "training": {
-            "device": training.device,
-            "factors": config.train.factors,
-            "iterations": config.train.iterations,  # the maximum
-            "iterations_run": training.iterations_run,
-            "stop_reason": training.stop_reason,
-            "early_stop": config.train.early_stop,
-            "patience": config.train.patience,
-            "regularization": training.regularization,  # as trained: auto resolved to a number
-            "regularization_auto": config.train.regularization is None,
-            "weighting": weighting,  # as trained: the search's choice when --tune
-            "alpha": alpha if alpha is not None else DEFAULT_ALPHA.get(weighting),
-            "seconds": round(training.seconds, 4),
-            "loss": training.loss,
-            "iteration_seconds": [round(s, 4) for s in training.iteration_seconds],
-            # where the weighting ran ("host": the weighting stage; "gpu": inside train, timed in setup_seconds)
-            "weighted_on": training.weighted_on,
-            "setup_seconds": training.setup_seconds or None,  # the native solver's GPU steps before iterating
-            "regularization_share": (
-                tuning.choice.share
-                if tuning is not None
-                else AUTO_REGULARIZATION_SHARE
-                if config.train.regularization is None
-                else None
-            ),
-        },
-        "evaluation": evaluation,
-        "ingest": _ingest_figures(ingest_figures, stages),
-        "params": config.params(),
+        "run_id": run.run_id,
+        "started_at": run.started_at.isoformat(timespec="seconds"),
+        "input": run.config.input,
+        "output": run.config.output,
+        "counts": _counts(run),
+        "stages": dict(run.stages),
+        "throughput": _throughput(run, ingest_figures),
+        "training": _training(run),
+        "evaluation": run.evaluation,
+        "ingest": _ingest_figures(ingest_figures, run.stages),
+        "params": run.config.params(),
         "versions": versions(),
-        "tuning": _tuning(tuning, stages),
-        "samples": extras["samples"],
-        "distributions": extras["distributions"],
-        "job": extras["job"],
-        "gpu": extras["gpu"],
-        "total_seconds": round(total_seconds, 4),
+        "tuning": _tuning(run.tuning, run.stages),
+        "samples": run.extras["samples"],
+        "distributions": run.extras["distributions"],
+        "job": run.extras["job"],
+        "gpu": run.extras["gpu"],
+        "total_seconds": round(time.monotonic() - run.started, 4),
+    }
+
+
+def _counts(run: AlsRun) -> dict[str, Any]:
+    ingest, interactions = run.ingest, run.interactions
+    matrix = interactions.matrix
+    return {
+        "objects": ingest.objects,
+        "bytes_read": ingest.bytes,
+        "rows_read": ingest.rows_read,
+        "null_id_rows_dropped": ingest.null_id_rows,
+        "invalid_weight_rows_dropped": ingest.invalid_weight_rows,
+        "zero_weight_rows_dropped": ingest.zero_weight_rows,
+        # rows kept (after the drops above), duplicates included; "pairs" sums duplicates into one.
+        "interactions": interactions.rows,
+        "duplicates_summed": interactions.duplicates,
+        "pairs": int(matrix.nnz),
+        "users": interactions.users,
+        "items": interactions.items,
+        "density": round(matrix.nnz / max(interactions.users * interactions.items, 1), 8),
+        "recommendations": run.counts.get("recommendations", 0),
+        "similar_items": run.counts.get("similar_items", 0),
+    }
+
+
+def _throughput(run: AlsRun, ingest_figures: dict[str, Any]) -> dict[str, Any]:
+    train_seconds = run.stages.get("train", 0.0)
+    recommend_seconds = run.stages.get("recommend", 0.0)
+    pairs = run.interactions.matrix.nnz
+    return {
+        "ingest_mb_per_s": ingest_figures["mb_per_s"],
+        "ingest_rows_per_s": ingest_figures["rows_per_s"],
+        "train_pairs_per_s_per_iteration": round(pairs * run.training.iterations_run / train_seconds)
+        if train_seconds
+        else None,
+        "recommend_users_per_s": round(run.interactions.users / recommend_seconds) if recommend_seconds else None,
+    }
+
+
+def _training(run: AlsRun) -> dict[str, Any]:
+    """The training as it ran: the settings asked for beside what they resolved to."""
+    asked, training, weighting = run.config.train, run.training, run.weighting
+    return {
+        "device": training.device,
+        "factors": asked.factors,
+        "iterations": asked.iterations,  # the maximum
+        "iterations_run": training.iterations_run,
+        "stop_reason": training.stop_reason,
+        "early_stop": asked.early_stop,
+        "patience": asked.patience,
+        "regularization": training.regularization,  # as trained: auto resolved to a number
+        "regularization_auto": asked.regularization is None,
+        "weighting": weighting,  # as trained: the search's choice when --tune
+        "alpha": run.alpha if run.alpha is not None else DEFAULT_ALPHA.get(weighting),
+        "seconds": round(training.seconds, 4),
+        "loss": training.loss,
+        "iteration_seconds": [round(s, 4) for s in training.iteration_seconds],
+        # where the weighting ran ("host": the weighting stage; "gpu": inside train, timed in setup_seconds)
+        "weighted_on": training.weighted_on,
+        "setup_seconds": training.setup_seconds or None,  # the native solver's GPU steps before iterating
+        "regularization_share": (
+            run.tuning.choice.share
+            if run.tuning is not None
+            else AUTO_REGULARIZATION_SHARE
+            if asked.regularization is None
+            else None
+        ),
     }
 
 

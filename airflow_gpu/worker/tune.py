@@ -33,7 +33,7 @@ precision@10 (the same validation users score both, so the comparison is paired)
 than MIN_GAIN of it. With one standard error and no margin, the sample's noise and its unlike
 density moved two tuning sets and the demo's 3M to a worse point (benchmarks/README.md, "Tuning").
 
-The winner's share multiplies sigma_1 of the FULL confidence matrix (train.auto_regularization's
+The winner's share multiplies sigma_1 of the FULL confidence matrix (regularization.auto_regularization's
 rule), not of the sample's, because sigma_1 is what carries the scale between the two.
 """
 
@@ -52,13 +52,8 @@ from numpy.typing import ArrayLike
 from .evaluate import holdout_split, ranking_metrics
 from .matrix import confidence
 from .recommend import top_n
-from .train import (
-    AUTO_REGULARIZATION_SHARE,
-    TrainParams,
-    TrainResult,
-    fit,
-    largest_singular_value,
-)
+from .regularization import AUTO_REGULARIZATION_SHARE, largest_singular_value
+from .train import TrainParams, TrainResult, fit
 
 log = logging.getLogger("airflow_gpu.worker")
 

@@ -106,9 +106,9 @@ def test_cpu_smoke_run_reports_every_stage_and_the_ratio(tmp_path):
 
 
 def test_a_failed_gpu_run_is_reported_and_the_cpu_figures_kept(tmp_path):
-    from airflow_gpu.worker import train
+    from airflow_gpu.worker import models
 
-    if train._gpu_als_class() is not None:
+    if models._gpu_als_class() is not None:
         pytest.skip("this machine has a GPU; the failure path needs one without")
     done, report = run_benchmark(tmp_path, "--device", "gpu", "--no-retry", *TINY)
     assert done.returncode == 1  # the main run failed

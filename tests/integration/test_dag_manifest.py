@@ -21,8 +21,9 @@ from tests.support.gpu_batch_testing import make_context
 
 @pytest.fixture(scope="module")
 def worker_output(tmp_path_factory) -> Path:
+    from airflow_gpu.worker.config import AlsConfig
     from airflow_gpu.worker.ingest import Columns
-    from airflow_gpu.worker.pipeline import AlsConfig, run_als
+    from airflow_gpu.worker.pipeline import run_als
     from airflow_gpu.worker.train import TrainParams
 
     root = tmp_path_factory.mktemp("outputs")

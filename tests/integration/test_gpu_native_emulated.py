@@ -184,13 +184,11 @@ def test_the_pipeline_with_solver_native_weighs_and_transposes_on_the_gpu(emulat
     import pyarrow.parquet as pq
 
     from airflow_gpu.demo.synthetic import synthetic_interactions
+    from airflow_gpu.worker.config import AlsConfig
     from airflow_gpu.worker.ingest import Columns
-    from airflow_gpu.worker.pipeline import AlsConfig, run_als
-    from airflow_gpu.worker.train import (
-        AUTO_REGULARIZATION_SHARE,
-        TrainParams,
-        auto_regularization,
-    )
+    from airflow_gpu.worker.pipeline import run_als
+    from airflow_gpu.worker.regularization import AUTO_REGULARIZATION_SHARE, auto_regularization
+    from airflow_gpu.worker.train import TrainParams
 
     fake = emulated()
     monkeypatch.setattr(solver, "gpu_available", lambda: None)
@@ -410,7 +408,7 @@ def test_precision_at_10_with_bf16_factors_is_within_one_percent_of_float32_thro
     """The smoke split (tests/support/native_data.py: benchmarks/gpu_smoke.py's recipe) at 40,000
     interactions, so the emulation runs its 15 iterations at 64 factors in about a minute each."""
     from airflow_gpu.worker.evaluate import evaluate
-    from airflow_gpu.worker.train import auto_regularization
+    from airflow_gpu.worker.regularization import auto_regularization
 
     emulated()
     train, test, weighted = smoke_split(40_000)

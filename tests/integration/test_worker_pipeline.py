@@ -17,9 +17,10 @@ import pytest
 from airflow_gpu.demo.synthetic import synthetic_interactions, write_shards
 from airflow_gpu.worker import storage
 from airflow_gpu.worker.__main__ import main
+from airflow_gpu.worker.config import AlsConfig
 from airflow_gpu.worker.ingest import Columns
 from airflow_gpu.worker.metrics import json_bytes
-from airflow_gpu.worker.pipeline import AlsConfig, run_als
+from airflow_gpu.worker.pipeline import run_als
 from airflow_gpu.worker.train import TrainParams
 from tests.support.moto_aws import upload_folder
 

@@ -126,7 +126,7 @@ def test_worker_command_for_a_local_process_is_the_same_entrypoint_argv(module):
 def test_regularization_is_auto_or_a_number_the_worker_accepts(module):
     from airflow.sdk.definitions.param import ParamValidationError
 
-    from airflow_gpu.worker.__main__ import _regularization
+    from airflow_gpu.worker.commands.options import regularization as _regularization
 
     param = copy.deepcopy(module.PARAMS["regularization"])  # resolve() keeps the value: not the DAG's own
     assert param.resolve("auto") == "auto" and param.resolve(2.5) == 2.5
@@ -142,7 +142,8 @@ def test_regularization_is_auto_or_a_number_the_worker_accepts(module):
 
 
 def test_tune_is_on_by_default_like_the_workers_and_refuses_a_fixed_regularization(module):
-    from airflow_gpu.worker.__main__ import TUNE_BY_DEFAULT, build_parser
+    from airflow_gpu.worker.__main__ import build_parser
+    from airflow_gpu.worker.commands.als import TUNE_BY_DEFAULT
 
     assert module.PARAMS["tune"].value is True is TUNE_BY_DEFAULT
     command = module.worker_command(params_of(module), "s3://b/in/", "s3://b/out/", "")

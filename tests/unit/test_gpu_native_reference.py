@@ -16,7 +16,7 @@ from airflow_gpu.worker.evaluate import evaluate, holdout_split
 from airflow_gpu.worker.gpu import reference
 from airflow_gpu.worker.gpu.bfloat16 import round_float32
 from airflow_gpu.worker.gpu.schedule import plan
-from airflow_gpu.worker.train import auto_regularization
+from airflow_gpu.worker.regularization import auto_regularization
 from tests.support.native_data import (
     ROUNDING,
     SMOKE_FACTORS,

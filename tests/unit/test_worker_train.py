@@ -14,19 +14,20 @@ import numpy as np
 import pytest
 import scipy.sparse
 
-from airflow_gpu.worker import train
+from airflow_gpu.worker import models
 from airflow_gpu.worker.errors import WorkerError
 from airflow_gpu.worker.matrix import confidence
+from airflow_gpu.worker.models import INT32_LIMIT, check_gpu_limits
 from airflow_gpu.worker.recommend import similar_items, top_n
-from airflow_gpu.worker.train import INT32_LIMIT, TrainParams, check_gpu_limits, fit
+from airflow_gpu.worker.train import TrainParams, fit
 from tests.support.train_testing import FakeGpuAls, data
 
 
 @pytest.fixture
 def fake_gpu(monkeypatch):
     FakeGpuAls.instances.clear()
-    monkeypatch.setattr(train, "_gpu_als_class", lambda: FakeGpuAls)
-    monkeypatch.setattr(train, "_compute_capability", lambda: (9, 0))
+    monkeypatch.setattr(models, "_gpu_als_class", lambda: FakeGpuAls)
+    monkeypatch.setattr(models, "_compute_capability", lambda: (9, 0))
     return FakeGpuAls
 
 
@@ -56,19 +57,19 @@ def test_gpu_path_trains_on_the_confidence_matrix_with_alpha_one(fake_gpu):
 
 
 def test_auto_picks_the_gpu_when_implicit_sees_cuda(fake_gpu):
-    assert train.resolve_device("auto") == "gpu"
+    assert models.resolve_device("auto") == "gpu"
 
 
 def test_auto_falls_back_to_cpu_on_a_pre_ampere_gpu(fake_gpu, monkeypatch):
-    monkeypatch.setattr(train, "_compute_capability", lambda: (7, 5))
-    assert train.resolve_device("auto") == "cpu"
+    monkeypatch.setattr(models, "_compute_capability", lambda: (7, 5))
+    assert models.resolve_device("auto") == "cpu"
     with pytest.raises(WorkerError, match=r"compute capability 7\.5.*8\.0 or newer.*--device cpu"):
-        train.resolve_device("gpu")
+        models.resolve_device("gpu")
 
 
 def test_gpu_requested_without_cuda_is_a_clear_error(monkeypatch):
-    monkeypatch.setattr(train, "_gpu_als_class", lambda: None)
-    assert train.resolve_device("auto") == "cpu"
+    monkeypatch.setattr(models, "_gpu_als_class", lambda: None)
+    assert models.resolve_device("auto") == "cpu"
     with pytest.raises(WorkerError, match=r"--device gpu.*HAS_CUDA is False.*--device cpu"):
         fit(confidence(data()), TrainParams(factors=4, iterations=1, device="gpu"))
 
@@ -234,7 +235,7 @@ def test_on_iteration_sees_every_iteration_as_recorded():
 
 
 def test_largest_singular_value_matches_a_dense_svd_whole_and_sampled():
-    from airflow_gpu.worker.train import largest_singular_value
+    from airflow_gpu.worker.regularization import largest_singular_value
 
     rng = np.random.default_rng(5)
     # Rows of a low-rank pattern plus noise, so sigma_1 is well separated, as in real data.
@@ -249,7 +250,7 @@ def test_largest_singular_value_matches_a_dense_svd_whole_and_sampled():
 
 
 def test_regularization_is_scaled_to_the_data_unless_given(caplog):
-    from airflow_gpu.worker.train import AUTO_REGULARIZATION_SHARE, largest_singular_value
+    from airflow_gpu.worker.regularization import AUTO_REGULARIZATION_SHARE, largest_singular_value
 
     caplog.set_level(logging.INFO, "airflow_gpu.worker")
     weighted = confidence(data())
@@ -286,8 +287,9 @@ def test_pipeline_records_the_trained_regularization_and_keeps_the_callback_out_
     import json
 
     from airflow_gpu.demo.synthetic import synthetic_interactions, write_shards
+    from airflow_gpu.worker.config import AlsConfig
     from airflow_gpu.worker.ingest import Columns
-    from airflow_gpu.worker.pipeline import AlsConfig, run_als
+    from airflow_gpu.worker.pipeline import run_als
 
     write_shards(synthetic_interactions(20_000, n_users=800, n_items=200, seed=2), tmp_path / "in", objects=2)
     calls = []

@@ -12,7 +12,7 @@ import pytest
 import scipy.sparse
 
 from airflow_gpu.demo.synthetic import synthetic_interactions, write_shards
-from airflow_gpu.worker import train, tune
+from airflow_gpu.worker import models, regularization, tune
 from airflow_gpu.worker.__main__ import main
 from airflow_gpu.worker.early_stop import NO_LOSS, OFF, REACHED_MAXIMUM, LossPlateau
 from airflow_gpu.worker.evaluate import holdout_split
@@ -25,8 +25,8 @@ from tests.support.train_testing import FakeGpuAls, data
 @pytest.fixture
 def fake_gpu(monkeypatch):
     FakeGpuAls.instances.clear()
-    monkeypatch.setattr(train, "_gpu_als_class", lambda: FakeGpuAls)
-    monkeypatch.setattr(train, "_compute_capability", lambda: (9, 0))
+    monkeypatch.setattr(models, "_gpu_als_class", lambda: FakeGpuAls)
+    monkeypatch.setattr(models, "_compute_capability", lambda: (9, 0))
     return FakeGpuAls
 
 
@@ -282,10 +282,10 @@ def _run(tmp_path: Path, shards: Path, *extra: str, quiet: bool = True) -> tuple
 
 
 def test_pipeline_tunes_by_default_on_the_training_split_only_and_trains_with_the_winner(tmp_path, shards, monkeypatch):
-    from airflow_gpu.worker import pipeline
+    from airflow_gpu.worker import stages
 
     seen = {}
-    real_tune, real_fit = pipeline.tune, pipeline.fit
+    real_tune, real_fit = stages.tune, stages.fit
 
     def spy_tune(matrix, params, budget):
         seen["tuned_on"] = matrix.copy()
@@ -295,8 +295,8 @@ def test_pipeline_tunes_by_default_on_the_training_split_only_and_trains_with_th
         seen["final"] = (weighted.copy(), params)
         return real_fit(weighted, params)
 
-    monkeypatch.setattr(pipeline, "tune", spy_tune)
-    monkeypatch.setattr(pipeline, "fit", spy_fit)
+    monkeypatch.setattr(stages, "tune", spy_tune)
+    monkeypatch.setattr(stages, "fit", spy_fit)
     manifest, metrics = _run(tmp_path, shards)  # no flag: the search is on by default
 
     # The matrix the search saw is exactly the training side of the evaluation split.
@@ -315,7 +315,7 @@ def test_pipeline_tunes_by_default_on_the_training_split_only_and_trains_with_th
     expected = confidence(tuned_on, choice.weighting, choice.alpha)
     np.testing.assert_allclose(weighted.toarray(), expected.toarray(), rtol=1e-6)
     assert params.regularization == pytest.approx(
-        choice.share * train.largest_singular_value(expected, seed=0), rel=1e-6
+        choice.share * regularization.largest_singular_value(expected, seed=0), rel=1e-6
     )
     assert metrics["training"]["weighting"] == choice.weighting and metrics["training"]["alpha"] == choice.alpha
     summary = manifest["summary"]

@@ -155,7 +155,7 @@ class NativeAls:
         factor_dtype: str = "float32",
     ) -> None:
         """``regularization=None``: ``regularization_share`` times the largest singular value of the
-        confidence matrix, found on the GPU once it is weighted (train.auto_regularization's rule).
+        confidence matrix, found on the GPU once it is weighted (regularization.auto_regularization's rule).
 
         ``factor_dtype="bfloat16"``: the user and item factors are held on the GPU as bfloat16 (half
         the memory); every product, Gram matrix and CG step still computes in float32. The factors
@@ -404,7 +404,7 @@ class NativeAls:
         item_side: dict[str, Any],
         iterations: int = 16,
     ) -> float:
-        """sigma_1 of the confidence matrix C by power iteration on C'C, as train.largest_singular_value
+        """sigma_1 of the confidence matrix C by power iteration on C'C, as regularization.largest_singular_value
         does on the host, but over the whole matrix (the host takes a sample of rows): C v over the
         user rows, C'u over the item rows, each a pass of spmv_rows."""
         users, items = user_side["rows"], item_side["rows"]

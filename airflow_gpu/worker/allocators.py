@@ -1,4 +1,6 @@
-"""Keep the process's resident memory close to what the data needs.
+"""The host allocators' settings: keep the process's resident memory close to what the data needs.
+
+(The GPU's memory plan is gpu/memory.py.)
 
 Ingest allocates and frees many buffers of a few MB (object bytes, decoded columns, codes)
 from several threads. Measured on 10M interactions (benchmarks/README.md), the allocators'

@@ -1,4 +1,6 @@
-"""The output layout: which datasets a run writes, in which parts, and what the manifest says of them.
+"""What an ``als`` run writes: which datasets, in which parts, and what the manifest says of them.
+
+(The worker's side; the Airflow wing's airflow_gpu/outputs.py reads what this writes.)
 
 ``write_datasets`` computes recommendations and similar items batch by batch (computing one
 batch while the last one uploads) and writes the id maps and factors; ``commit`` writes
@@ -13,23 +15,19 @@ import asyncio
 import logging
 import time
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, ParamSpec, Protocol, TypeVar
+from typing import Any, Awaitable, Callable, ParamSpec, Protocol, TypeVar
 
 import numpy as np
 import pyarrow as pa
 
-from .matrix import Interactions
-from .metrics import Stages, json_bytes
+from .config import AlsConfig, AlsRun
+from .metrics import json_bytes
 from .profile import PROFILE_FILE, current_document, summary_lines
 from .publish import Publisher, parquet_bytes
 from .recommend import long_table, similar_items, top_n
 from .report import render
 from .run_cost import run_cost
 from .storage import MiB
-from .train import TrainResult
-
-if TYPE_CHECKING:  # for the signatures only: the pipeline imports this module, not the other way round
-    from .pipeline import AlsConfig
 
 log = logging.getLogger("airflow_gpu.worker")
 
@@ -47,15 +45,9 @@ class OnModel(Protocol):
 _ID_MAP_PART_ROWS = 4_000_000
 
 
-async def write_datasets(
-    config: AlsConfig,
-    interactions: Interactions,
-    training: TrainResult,
-    publisher: Publisher | None,
-    stages: Stages,
-    on_model: OnModel,
-) -> dict[str, int]:
+async def write_datasets(run: AlsRun, publisher: Publisher | None, on_model: OnModel) -> dict[str, int]:
     """Recommendations, similar items, id maps and factors; returns the rows of the first two."""
+    config, interactions, training, stages = run.config, run.interactions, run.training, run.stage
     counts = {"recommendations": 0, "similar_items": 0}
     users, items = interactions.users, interactions.items
     matrix = interactions.matrix
@@ -147,8 +139,9 @@ def _factor_table(name: str, ids: pa.Array, factors: np.ndarray, start: int, end
     return pa.table({name: column, "factors": vectors})
 
 
-async def commit(config: AlsConfig, metrics: dict[str, Any], publisher: Publisher) -> dict[str, Any]:
+async def commit(run: AlsRun, publisher: Publisher) -> dict[str, Any]:
     """metrics.json and report.html, then the manifest (the commit point); the parts must be drained first."""
+    config, metrics = run.config, run.metrics
     document = current_document()
     # The run's estimated cost, for the headline and the manifest (may ask the instance metadata: off the loop);
     # part of the run's metrics, which the caller returns as metrics.json holds them.
