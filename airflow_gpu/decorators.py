@@ -30,8 +30,8 @@ from airflow_gpu.config import staging_prefix
 from airflow_gpu.exceptions import GpuFunctionFailed
 from airflow_gpu.jobs.backend import SUCCEEDED, JobState
 from airflow_gpu.jobs.spec import JobSpecError
+from airflow_gpu.object_store import ObjectStore
 from airflow_gpu.operators import GpuBatchOperator
-from airflow_gpu.outputs import ObjectStore
 from airflow_gpu.shipping import (
     ResultMissing,
     check_arguments,

@@ -14,6 +14,7 @@ from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException
 
 import airflow_gpu.compat  # noqa: F401,I001  first: refuses an Airflow older than the floor with a clear message
+from airflow_gpu.committed_outputs import ManifestError, asset_extra, job_output_summary, manifest_uri
 from airflow_gpu.config import default_deferrable
 from airflow_gpu.exceptions import GpuJobFailed
 from airflow_gpu.job_request import JobRequest, check_job_fields, default_poll_interval, job_spec
@@ -22,7 +23,7 @@ from airflow_gpu.jobs.billing import COST_KEY, job_bill
 from airflow_gpu.jobs.blocking import BlockingJobs, JobView
 from airflow_gpu.jobs.spec import TAG_CANCELLED, JobSpec, TaskIdentity, check_poll_interval, is_template
 from airflow_gpu.links import BatchJobLink, CloudWatchLogsLink
-from airflow_gpu.outputs import ManifestError, ObjectStore, asset_extra, job_output_summary, manifest_uri
+from airflow_gpu.object_store import ObjectStore
 from airflow_gpu.task_job import JOB_ID_XCOM_KEY, job_result, task_identity, try_number
 from airflow_gpu.triggers import GpuBatchJobTrigger
 

@@ -118,7 +118,7 @@ def _argv(args: argparse.Namespace) -> list[str]:
 def _stage_script(args: argparse.Namespace, target: BackendTarget):
     """Upload the script under ``<staging>/scripts/<sha256>/<name>``; its URI and digest."""
     from airflow_gpu.config import staging_prefix
-    from airflow_gpu.outputs import ObjectStore
+    from airflow_gpu.object_store import ObjectStore
     from airflow_gpu.shipping import stage
 
     path = Path(args.script).expanduser()

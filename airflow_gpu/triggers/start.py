@@ -21,13 +21,13 @@ from typing import Any, AsyncIterator
 
 from airflow.triggers.base import StartTriggerArgs, TaskFailedEvent, TaskSuccessEvent, TriggerEvent
 
+from airflow_gpu.committed_outputs import ManifestError, read_job_output_summary
 from airflow_gpu.job_request import JobRequest, check_job_fields, job_spec
 from airflow_gpu.jobs.backend import SUCCEEDED, JobState
 from airflow_gpu.jobs.blocking import claim, submit_or_reattach
 from airflow_gpu.jobs.ownership import superseded
 from airflow_gpu.jobs.spec import TAG_DEFERRED_TRY, JobSpecError, TaskIdentity
 from airflow_gpu.jobs.watcher import JobWatcher
-from airflow_gpu.outputs import ManifestError, read_job_output_summary
 from airflow_gpu.task_job import JOB_ID_XCOM_KEY, job_result, task_identity, try_number
 from airflow_gpu.triggers.watch import GpuBatchJobTrigger
 

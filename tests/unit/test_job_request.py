@@ -8,6 +8,7 @@ derived. A field missed in any of them fails here, rather than taking a default 
 from __future__ import annotations
 
 import argparse
+import importlib
 import inspect
 import json
 from datetime import timedelta
@@ -19,7 +20,7 @@ from airflow_gpu.job_request import JobRequest
 from airflow_gpu.jobs.spec import FIELD_CHECKS, JobSpec, JobSpecError, TaskIdentity
 from airflow_gpu.operators import GpuBatchOperator
 from airflow_gpu.terminal.submit import add_arguments
-from airflow_gpu.triggers import GpuBatchStartTrigger
+from airflow_gpu.triggers import GpuBatchJobTrigger, GpuBatchStartTrigger
 
 IDENTITY = TaskIdentity("dag", "train", "manual__1", -1)
 #: The operator's own parameters, which say how to run the task rather than what to ask of the job system.
@@ -165,3 +166,23 @@ def test_the_operator_refuses_a_plain_bad_share_at_parse_time_and_a_templated_on
     op.share_identifier = "rec-sys"  # as rendered
     with pytest.raises(JobSpecError, match="share_identifier"):
         op._check_fields(skip_templates=False)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "airflow_gpu.starting.GpuBatchStartTrigger",  # Trigger rows and serialized DAGs written before the move
+        GpuBatchStartTrigger(job_queue="q").serialize()[0],
+        "airflow_gpu.triggers.GpuBatchJobTrigger",
+        GpuBatchJobTrigger("job-1").serialize()[0],
+    ],
+)
+def test_every_trigger_classpath_written_then_or_now_resolves_to_its_class(path):
+    module, name = path.rsplit(".", 1)
+    assert (
+        getattr(importlib.import_module(module), name)
+        is {
+            "GpuBatchStartTrigger": GpuBatchStartTrigger,
+            "GpuBatchJobTrigger": GpuBatchJobTrigger,
+        }[name]
+    )
