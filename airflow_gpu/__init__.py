@@ -22,7 +22,7 @@ def get_provider_info() -> dict[str, Any]:
         "triggers": [
             {
                 "integration-name": "AWS Batch GPU",
-                "python-modules": ["airflow_gpu.triggers", "airflow_gpu.starting"],
+                "python-modules": ["airflow_gpu.triggers"],
             }
         ],
         "task-decorators": [

@@ -30,8 +30,8 @@ from airflow_gpu.config import staging_prefix
 from airflow_gpu.exceptions import GpuFunctionFailed
 from airflow_gpu.jobs.backend import SUCCEEDED, JobState
 from airflow_gpu.jobs.spec import JobSpecError
-from airflow_gpu.operators import GpuBatchOperator, _identity
-from airflow_gpu.outputs import ObjectStore
+from airflow_gpu.object_store import ObjectStore
+from airflow_gpu.operators import GpuBatchOperator
 from airflow_gpu.shipping import (
     ResultMissing,
     check_arguments,
@@ -41,6 +41,7 @@ from airflow_gpu.shipping import (
     result_prefix,
     stage,
 )
+from airflow_gpu.task_job import task_identity
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -123,7 +124,7 @@ class GpuBatchDecoratedOperator(DecoratedOperator, GpuBatchOperator):
             multiple_outputs=self.multiple_outputs,
         )
         staged = stage(self._store, prefix, "functions", payload, "function.json")
-        self._results = result_prefix(prefix, _identity(context).idempotency_key, staged.sha256)
+        self._results = result_prefix(prefix, task_identity(context["ti"]).idempotency_key, staged.sha256)
         # The argv of the image's entrypoint; the local backend puts that entrypoint in front itself.
         self.command = ["run-function", "--payload", staged.uri, "--sha256", staged.sha256, "--result", self._results]
         if self.code:

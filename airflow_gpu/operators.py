@@ -14,34 +14,22 @@ from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException
 
 import airflow_gpu.compat  # noqa: F401,I001  first: refuses an Airflow older than the floor with a clear message
+from airflow_gpu.committed_outputs import ManifestError, asset_extra, job_output_summary, manifest_uri
 from airflow_gpu.config import default_deferrable
 from airflow_gpu.exceptions import GpuJobFailed
+from airflow_gpu.job_request import JobRequest, check_job_fields, default_poll_interval, job_spec
 from airflow_gpu.jobs.backend import SUCCEEDED, BackendTarget, JobState, check_backend_name
 from airflow_gpu.jobs.billing import COST_KEY, job_bill
 from airflow_gpu.jobs.blocking import BlockingJobs, JobView
-from airflow_gpu.jobs.spec import (
-    FIELD_CHECKS,
-    TAG_CANCELLED,
-    JobSpec,
-    JobSpecError,
-    TaskIdentity,
-    check_max_queued,
-    check_name,
-    check_poll_interval,
-    check_retry_attempts,
-    check_timeout,
-    holds_template,
-    is_template,
-)
+from airflow_gpu.jobs.spec import TAG_CANCELLED, JobSpec, TaskIdentity, check_poll_interval, is_template
 from airflow_gpu.links import BatchJobLink, CloudWatchLogsLink
-from airflow_gpu.outputs import ManifestError, ObjectStore, asset_extra, job_output_summary, manifest_uri
+from airflow_gpu.object_store import ObjectStore
+from airflow_gpu.task_job import JOB_ID_XCOM_KEY, job_result, task_identity, try_number
 from airflow_gpu.triggers import GpuBatchJobTrigger
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-#: XCom key holding the job id from the moment it is known, so a failed deferral can find the job.
-JOB_ID_XCOM_KEY = "gpu_batch_job_id"
 _TRIGGER_TIMEOUT = "Trigger timeout"  # airflow's TriggerFailureReason.TRIGGER_TIMEOUT
 
 
@@ -64,6 +52,11 @@ class GpuBatchOperator(BaseOperator):
     :param tags: extra tags; airflow-gpu adds dag id, task id, run id, map index and an
         idempotency key, and propagates all tags to the ECS task.
     :param parameters: Batch parameter substitutions for the job definition.
+    :param share_identifier: the fair-share identifier the job's usage counts against (Batch's
+        ``shareIdentifier``): required by a queue with a fair-share scheduling policy, refused by
+        any other. 1 to 255 letters and digits.
+    :param scheduling_priority: the job's priority within its share (0-9999, higher starts first;
+        Batch's ``schedulingPriorityOverride``), or None to keep the job definition's.
     :param retry_attempts: Batch attempts (1-10). Spot reclaims (status reason ``Host EC2*``)
         are retried; application errors exit at once.
     :param timeout: attempt duration (timedelta or seconds, at least 60).
@@ -103,23 +96,15 @@ class GpuBatchOperator(BaseOperator):
     the share of the instance it was priced at; see docs/cost.md).
     """
 
-    template_fields: Sequence[str] = (
-        "job_queue",
-        "job_definition",
-        "command",
-        "environment",
-        "gpus",
-        "vcpus",
-        "memory_mib",
-        "job_name",
-        "tags",
-        "parameters",
-        "aws_conn_id",
-        "region_name",
-        "backend",
-        "poll_interval",
-        "output_uri",
-    )
+    # The job request's fields are declared once, in airflow_gpu/job_request.py; the signature below
+    # repeats them because it is the public API (tests/unit/test_job_request.py holds the two together).
+    template_fields: Sequence[str] = JobRequest.template_fields()
+    # __init__ sets every field of the request; these are the ones the operator's own code reads.
+    aws_conn_id: str | None
+    region_name: str | None
+    max_queued: float | None
+    stream_logs: bool
+    output_uri: str | None
     template_fields_renderers = {"command": "json", "environment": "json", "tags": "json", "parameters": "json"}
     operator_extra_links = (BatchJobLink(), CloudWatchLogsLink())
     ui_color = "#76b900"
@@ -137,6 +122,8 @@ class GpuBatchOperator(BaseOperator):
         job_name: str | None = None,
         tags: Mapping[str, str] | None = None,
         parameters: Mapping[str, str] | None = None,
+        share_identifier: str | None = None,
+        scheduling_priority: int | None = None,
         retry_attempts: int = 3,
         timeout: timedelta | float | None = None,
         max_queued: timedelta | float | None = None,
@@ -151,22 +138,10 @@ class GpuBatchOperator(BaseOperator):
         start_from_trigger: bool = False,
         **kwargs: Any,
     ) -> None:
+        given = locals()  # first: the parameters, by name
         super().__init__(**kwargs)
-        self.job_queue = job_queue
-        self.job_definition = job_definition
-        self.command = command
-        self.environment = environment
-        self.gpus = gpus
-        self.vcpus = vcpus
-        self.memory_mib = memory_mib
-        self.job_name = job_name
-        self.tags = tags
-        self.parameters = parameters
-        self.retry_attempts = check_retry_attempts(retry_attempts)
-        self.timeout = check_timeout(timeout)
-        self.max_queued = check_max_queued(max_queued)
-        self.aws_conn_id = aws_conn_id
-        self.region_name = region_name
+        for name, value in JobRequest.checked_at_init(given).items():
+            setattr(self, name, value)
         if poll_interval is None and not is_template(backend):
             poll_interval = default_poll_interval(backend)  # else decided once the backend is rendered
         self.poll_interval = (
@@ -174,12 +149,10 @@ class GpuBatchOperator(BaseOperator):
         )
         self.deferrable = default_deferrable() if deferrable is None else bool(deferrable)
         self.reattach = bool(reattach)
-        self.stream_logs = bool(stream_logs)
         self.backend = backend if is_template(backend) else check_backend_name(backend)
-        self.output_uri = output_uri
         self._check_fields(skip_templates=True)
         if start_from_trigger:
-            from airflow_gpu.starting import start_trigger_args
+            from airflow_gpu.triggers.start import start_trigger_args
 
             self.start_trigger_args = start_trigger_args(self)  # refuses, naming why, what the triggerer cannot do
             self.start_from_trigger = True
@@ -223,13 +196,13 @@ class GpuBatchOperator(BaseOperator):
                 "submitting from here"
             )
         self._check_fields(skip_templates=False)
-        try_number = _try_number(context)
+        this_try = try_number(context["ti"])
         # A deferring try tags its job with its number, so a later try knows a clear or a mark ended this one.
         view = self._seen(
             self.jobs.submit_or_reattach(
-                self._spec(_identity(context)),
+                self._spec(task_identity(context["ti"])),
                 reattach=self.reattach,
-                try_number=try_number,
+                try_number=this_try,
                 claim_for_deferral=self.deferrable,
             )
         )
@@ -295,9 +268,9 @@ class GpuBatchOperator(BaseOperator):
             )
             fresh = self._seen(
                 self.jobs.submit_or_reattach(
-                    self._spec(_identity(context)),
+                    self._spec(task_identity(context["ti"])),
                     reattach=False,
-                    try_number=_try_number(context),
+                    try_number=try_number(context["ti"]),
                     claim_for_deferral=True,
                 )
             ).state
@@ -388,7 +361,7 @@ class GpuBatchOperator(BaseOperator):
         return super().resume_execution(next_method, next_kwargs, context)
 
     def _terminate_after_failed_deferral(self, context: Context, next_kwargs: Mapping[str, Any]) -> None:
-        identity = _identity(context)
+        identity = task_identity(context["ti"])
         error = next_kwargs.get("error")
         if getattr(error, "value", error) == _TRIGGER_TIMEOUT:
             why = f"hit its execution_timeout ({self.execution_timeout}) while waiting for the job"
@@ -416,101 +389,6 @@ class GpuBatchOperator(BaseOperator):
             self.jobs.terminate(job_id, reason, in_thread=True, timeout=60)
         except Exception as exc:
             self.log.error("Could not terminate job %s: %s", job_id, exc)
-
-
-#: Seconds between polls unless poll_interval says otherwise: a local job is a process on this
-#: machine (a 1-s function should not take 30 s); Batch's jobs run for minutes and its API is rate-limited.
-LOCAL_POLL_INTERVAL = 2.0
-BATCH_POLL_INTERVAL = 30.0
-
-
-def default_poll_interval(backend: str) -> float:
-    return LOCAL_POLL_INTERVAL if backend == "local" else BATCH_POLL_INTERVAL
-
-
-def check_job_fields(job: Any, *, skip_templates: bool) -> None:
-    """Check the templatable parameters of ``job`` (the operator, or the trigger that starts it): at
-    DAG parse time those that are plain values, at run time (after rendering) all of them -- always
-    before any call to a backend. Rendered values are normalised in place (backend, poll_interval)."""
-    for field, check in FIELD_CHECKS.items():
-        value = getattr(job, field)
-        if skip_templates and holds_template(value):
-            continue
-        if field in ("job_queue", "job_definition") and value is None:
-            _check_needed(job, field, skip_templates=skip_templates)
-            continue
-        check(value)
-    if not skip_templates:
-        job.backend = check_backend_name(job.backend)
-        poll = job.poll_interval
-        if poll is None:
-            poll = default_poll_interval(job.backend)
-        if isinstance(poll, str):  # a rendered template such as "{{ params.poll_interval }}"
-            try:
-                poll = float(poll)
-            except ValueError:
-                raise JobSpecError(f"poll_interval must be a number of seconds, got {job.poll_interval!r}.") from None
-        job.poll_interval = check_poll_interval(poll)
-    if job.output_uri is not None and not (skip_templates and is_template(job.output_uri)):
-        check_name(
-            "output_uri", job.output_uri, "Pass the job's output prefix (s3://bucket/prefix/ or a folder), or None."
-        )
-
-
-def _check_needed(job: Any, field: str, *, skip_templates: bool) -> None:
-    """A missing job_queue or job_definition is fine for a backend without queues (local) only."""
-    if skip_templates and is_template(job.backend):
-        return  # known once rendered
-    from airflow_gpu.jobs.backend import backend_class
-
-    if backend_class(check_backend_name(job.backend)).needs_queue:
-        raise JobSpecError(
-            f"{field} is required with backend={job.backend!r}: pass the Batch "
-            f"{field.replace('_', ' ')} name or ARN (airflow-gpu batch-setup prints both), or use backend='local'."
-        )
-
-
-def job_spec(job: Any, identity: TaskIdentity) -> JobSpec:
-    return JobSpec.build(
-        identity=identity,
-        job_queue=job.job_queue,
-        job_definition=job.job_definition,
-        job_name=job.job_name,
-        command=job.command,
-        environment=job.environment,
-        gpus=job.gpus,
-        vcpus=job.vcpus,
-        memory_mib=job.memory_mib,
-        tags=job.tags,
-        parameters=job.parameters,
-        retry_attempts=job.retry_attempts,
-        timeout=job.timeout,
-    )
-
-
-def job_result(state: JobState) -> dict[str, Any]:
-    """The XCom of a job that SUCCEEDED, before its manifest: the same on a worker and on the triggerer."""
-    return {
-        "job_id": state.job_id,
-        "job_name": state.name,
-        "status": state.status,
-        "attempts": state.attempts,
-        "exit_code": state.exit_code,
-        "log_stream": state.log_stream,
-        "log_group": state.log_group,
-    }
-
-
-def _try_number(context: Context) -> int | None:
-    """This try's number, which tags the job it defers on (airflow_gpu/jobs/ownership.py)."""
-    number = getattr(context["ti"], "try_number", None)
-    return number if isinstance(number, int) else None
-
-
-def _identity(context: Context) -> TaskIdentity:
-    ti = context["ti"]
-    map_index = getattr(ti, "map_index", -1)
-    return TaskIdentity(ti.dag_id, ti.task_id, ti.run_id, -1 if map_index is None else int(map_index))
 
 
 __all__ = ["GpuBatchOperator", "JOB_ID_XCOM_KEY", "check_job_fields", "job_result", "job_spec"]

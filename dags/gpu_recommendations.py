@@ -233,7 +233,7 @@ with DAG(
         from airflow.sdk import Variable
 
         from airflow_gpu.contract import format_from_name, is_marker
-        from airflow_gpu.outputs import ObjectStore
+        from airflow_gpu.object_store import ObjectStore
 
         log = logging.getLogger("airflow.task")
         assert params is not None and run_id is not None
@@ -315,8 +315,9 @@ with DAG(
         """Validate the committed outputs, then (and only then) point the latest marker at this run."""
         import logging
 
+        from airflow_gpu.committed_outputs import validate
         from airflow_gpu.contract import LATEST_FORMAT, LATEST_VERSION
-        from airflow_gpu.outputs import ObjectStore, validate
+        from airflow_gpu.object_store import ObjectStore
 
         log = logging.getLogger("airflow.task")
         assert params is not None

@@ -28,6 +28,9 @@ MIN_ATTEMPT_DURATION_S = 60
 MAX_TAGS = 50
 MAX_TAG_KEY = 128
 MAX_TAG_VALUE = 256
+# Fair-share queues (SubmitJob's shareIdentifier and schedulingPriorityOverride).
+_SHARE_IDENTIFIER = re.compile(r"[A-Za-z0-9]{1,255}\*?")
+MAX_SCHEDULING_PRIORITY = 9999
 
 # Tags the operator sets on every job; the idempotency key is what reattach matches on.
 TAG_DAG_ID = "airflow:dag_id"
@@ -285,20 +288,53 @@ def check_job_name(value: Any) -> str | None:
     )
 
 
-#: One check (and so one hint) per JobSpec parameter that a task may template: JobSpec.build
-#: runs them, and the operator runs the same ones at DAG parse time on the values already plain.
+def check_share_identifier(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _SHARE_IDENTIFIER.fullmatch(value):
+        raise JobSpecError(
+            f"share_identifier must be 1 to 255 letters and digits (optionally followed by '*'), as AWS Batch "
+            f"takes it, got {value!r}. Pass the fair-share identifier the job's usage counts against, e.g. "
+            f"share_identifier='recsys', or None for a queue without a fair-share scheduling policy."
+        )
+    return value
+
+
+def check_scheduling_priority(value: Any) -> int | None:
+    if value is None:
+        return None
+    return _int(
+        "scheduling_priority",
+        value,
+        0,
+        MAX_SCHEDULING_PRIORITY,
+        "Within a share of a fair-share queue Batch starts higher priorities first; None keeps the definition's.",
+    )
+
+
+#: One check (and so one hint) per parameter JobSpec.build takes, in the order they are checked. Which
+#: of them a task may template, and what else a job request holds, is declared in airflow_gpu/job_request.py.
 FIELD_CHECKS: dict[str, Callable[[Any], Any]] = {
     "job_queue": lambda v: check_name("job_queue", v, "Pass the Batch job queue name or ARN."),
     "job_definition": lambda v: check_name("job_definition", v, "Pass the job definition name, name:revision or ARN."),
     "job_name": check_job_name,
+    "tags": check_tags,
     "command": check_command,
     "environment": check_environment,
     "gpus": check_gpus,
     "vcpus": check_vcpus,
     "memory_mib": check_memory_mib,
-    "tags": check_tags,
     "parameters": check_parameters,
+    "retry_attempts": check_retry_attempts,
+    "timeout": check_timeout,
+    "share_identifier": check_share_identifier,
+    "scheduling_priority": check_scheduling_priority,
 }
+
+# Left as None for the backend to decide: Batch refuses it (AwsBatchBackend.submit), a local process needs neither.
+_LEFT_TO_BACKEND = ("job_queue", "job_definition")
+# The JobSpec attribute of a parameter whose name differs.
+_ATTRIBUTE = {"job_queue": "queue", "job_definition": "definition", "job_name": "name", "timeout": "timeout_s"}
 
 
 def holds_template(value: Any) -> bool:
@@ -332,45 +368,29 @@ class JobSpec:
     parameters: Mapping[str, str] = field(default_factory=dict)
     retry_attempts: int = 3
     timeout_s: int | None = None
+    share_identifier: str | None = None  # a fair-share queue's share; None: the queue has no fair-share policy
+    scheduling_priority: int | None = None  # within the share; None: the job definition's
 
     @classmethod
-    def build(
-        cls,
-        *,
-        identity: TaskIdentity,
-        job_queue: Any = None,
-        job_definition: Any = None,
-        job_name: Any = None,
-        command: Any = None,
-        environment: Any = None,
-        gpus: Any = 1,
-        vcpus: Any = None,
-        memory_mib: Any = None,
-        tags: Any = None,
-        parameters: Any = None,
-        retry_attempts: Any = 3,
-        timeout: Any = None,
-    ) -> JobSpec:
-        c = FIELD_CHECKS
-        # None is left to the backend: Batch refuses it (AwsBatchBackend.submit), a local process needs neither.
-        queue = None if job_queue is None else c["job_queue"](job_queue)
-        definition = None if job_definition is None else c["job_definition"](job_definition)
-        base = c["job_name"](job_name) or f"{identity.dag_id}-{identity.task_id}"
-        user_tags = c["tags"](tags)
+    def build(cls, *, identity: TaskIdentity, **given: Any) -> JobSpec:
+        """Check each parameter given (FIELD_CHECKS names them) and build the spec; the first bad one
+        raises a JobSpecError naming it. A parameter left out keeps JobSpec's default."""
+        unknown = sorted(set(given) - set(FIELD_CHECKS))
+        if unknown:
+            raise TypeError(f"JobSpec.build() got an unexpected keyword argument {unknown[0]!r}")
+        values = {
+            _ATTRIBUTE.get(param, param): check(given[param])
+            for param, check in FIELD_CHECKS.items()
+            if param in given and not (param in _LEFT_TO_BACKEND and given[param] is None)
+        }
+        base = values.pop("name", None) or f"{identity.dag_id}-{identity.task_id}"
         return cls(
             name=job_name_for(base, identity),
-            queue=queue,
-            definition=definition,
+            queue=values.pop("queue", None),
+            definition=values.pop("definition", None),
             identity=identity,
-            command=c["command"](command),
-            environment=c["environment"](environment),
-            gpus=c["gpus"](gpus),
-            vcpus=c["vcpus"](vcpus),
-            memory_mib=c["memory_mib"](memory_mib),
-            tags={**user_tags, **identity.tags()},
-            parameters=c["parameters"](parameters),
-            retry_attempts=check_retry_attempts(retry_attempts),
-            timeout_s=check_timeout(timeout),
+            tags={**values.pop("tags", {}), **identity.tags()},
+            **values,
         )
 
     @property

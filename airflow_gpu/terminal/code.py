@@ -10,7 +10,7 @@ from airflow_gpu.terminal.options import TerminalError
 
 
 def _staging_store(args: argparse.Namespace, prefix: str):
-    from airflow_gpu.outputs import ObjectStore
+    from airflow_gpu.object_store import ObjectStore
 
     client = None
     if prefix.startswith("s3://"):

@@ -20,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+from airflow_gpu.job_request import JobRequest
 from airflow_gpu.jobs.backend import BackendTarget
 from airflow_gpu.jobs.follower import LogFollower
 from airflow_gpu.jobs.spec import JobSpec, TaskIdentity
@@ -54,24 +55,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     job.add_argument(
         "--definition", help="Batch job definition: name, name:revision or ARN (not needed with --backend local)"
     )
-    job.add_argument("--gpus", type=int, default=1, help="GPUs (0-16)")
-    job.add_argument("--vcpus", type=int, default=None, help="vCPUs (else the definition's)")
-    job.add_argument("--memory-mib", type=int, default=None, help="memory in MiB (else the definition's)")
+    for name, flag in JobRequest.flags().items():  # the fields a flag maps one to one: --gpus, --share-identifier...
+        job.add_argument("--" + name.replace("_", "-"), default=JobRequest.defaults()[name], **flag)
     job.add_argument("--name", default=None, help="job name (else the script's or the command's name)")
     job.add_argument(
         "--env", type=_pair, action="append", default=[], metavar="K=V", help="environment variable (repeatable)"
     )
     job.add_argument("--tag", type=_pair, action="append", default=[], metavar="K=V", help="job tag (repeatable)")
-    job.add_argument(
-        "--timeout", type=float, default=None, metavar="S", help="attempt timeout in seconds (at least 60)"
-    )
-    job.add_argument(
-        "--max-queued",
-        type=float,
-        default=None,
-        metavar="S",
-        help="terminate the job if it waits longer than this for capacity",
-    )
     script = parser.add_argument_group("a local script, run by the image's run-script")
     script.add_argument(
         "--script",
@@ -128,7 +118,7 @@ def _argv(args: argparse.Namespace) -> list[str]:
 def _stage_script(args: argparse.Namespace, target: BackendTarget):
     """Upload the script under ``<staging>/scripts/<sha256>/<name>``; its URI and digest."""
     from airflow_gpu.config import staging_prefix
-    from airflow_gpu.outputs import ObjectStore
+    from airflow_gpu.object_store import ObjectStore
     from airflow_gpu.shipping import stage
 
     path = Path(args.script).expanduser()
@@ -199,19 +189,16 @@ def _spec(args: argparse.Namespace, target: BackendTarget) -> JobSpec:
         queue, definition = args.queue, args.definition
     # Each submit is its own "task instance", so it never reattaches to an earlier one.
     run = f"{getpass.getuser()}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{secrets.token_hex(3)}"
-    return JobSpec.build(
-        identity=TaskIdentity(TERMINAL_DAG_ID, base, run),
+    request = JobRequest(
         job_queue=queue,
         job_definition=definition,
         job_name=base,
         command=command,
         environment=dict(args.env),
-        gpus=args.gpus,
-        vcpus=args.vcpus,
-        memory_mib=args.memory_mib,
         tags=dict(args.tag),
-        timeout=args.timeout,
+        **{name: getattr(args, name) for name in JobRequest.flags()},
     )
+    return request.spec(TaskIdentity(TERMINAL_DAG_ID, base, run))
 
 
 def _ask_to_terminate(job_id: str) -> bool:

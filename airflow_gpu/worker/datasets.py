@@ -1,6 +1,6 @@
 """What an ``als`` run writes: which datasets, in which parts, and what the manifest says of them.
 
-(The worker's side; the Airflow wing's airflow_gpu/outputs.py reads what this writes.)
+(The worker's side; the Airflow wing's airflow_gpu/committed_outputs.py reads what this writes.)
 
 ``write_datasets`` computes recommendations and similar items batch by batch (computing one
 batch while the last one uploads) and writes the id maps and factors; ``commit`` writes

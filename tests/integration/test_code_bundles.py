@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from airflow_gpu.bundles import BundleError, pack, stage_bundle
-from airflow_gpu.outputs import ObjectStore
+from airflow_gpu.object_store import ObjectStore
 from tests.support.code_bundles import build_wheel, hostile_entry, tar_gz, two_module_project
 from tests.support.container_testing import run_worker
 

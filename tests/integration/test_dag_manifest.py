@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 from airflow.sdk.exceptions import AirflowException
 
+from airflow_gpu.committed_outputs import ManifestError, read_manifest, summarize, validate
 from airflow_gpu.contract import is_marker
 from airflow_gpu.demo.synthetic import spark_export, synthetic_interactions
+from airflow_gpu.object_store import ObjectStore
 from airflow_gpu.operators import GpuBatchOperator
-from airflow_gpu.outputs import ManifestError, ObjectStore, read_manifest, summarize, validate
 from tests.support.gpu_batch_testing import make_context
 
 

@@ -18,7 +18,7 @@ from airflow.triggers.base import TaskFailedEvent, TaskSuccessEvent, TriggerEven
 from airflow_gpu.jobs.spec import JobSpecError
 from airflow_gpu.jobs.watcher import JobWatcher
 from airflow_gpu.operators import JOB_ID_XCOM_KEY, GpuBatchOperator
-from airflow_gpu.starting import CLASSPATH, GpuBatchStartTrigger
+from airflow_gpu.triggers.start import CLASSPATH, GpuBatchStartTrigger
 from tests.support.gpu_batch_testing import RUN_ID, SECRET_KEY, FakeTaskInstance
 from tests.support.waiting import wait_until
 

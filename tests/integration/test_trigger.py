@@ -36,7 +36,7 @@ def task_state(monkeypatch):
     async def read(ti, log, **_):
         return reading.value
 
-    monkeypatch.setattr("airflow_gpu.triggers.read_task_state", read)
+    monkeypatch.setattr("airflow_gpu.triggers.watch.read_task_state", read)
     return reading
 
 

@@ -656,6 +656,9 @@ SUBMIT_PARAMS = (
     "retryStrategy",
     "timeout",
     "parameters",
+    # Recorded here only: moto 5.2.6 neither stores nor describes a job's share or priority.
+    "shareIdentifier",
+    "schedulingPriorityOverride",
 )
 
 

@@ -20,8 +20,8 @@ from airflow_gpu.jobs.blocking import claim, submit_or_reattach
 from airflow_gpu.jobs.ownership import Action, TaskState, decide_on_kill, superseded
 from airflow_gpu.jobs.spec import TAG_CANCELLED, TAG_DEFERRED_TRY, JobSpec, TaskIdentity
 from airflow_gpu.jobs.watcher import JobWatcher
-from airflow_gpu.starting import GpuBatchStartTrigger
 from airflow_gpu.triggers import GpuBatchJobTrigger
+from airflow_gpu.triggers.start import GpuBatchStartTrigger
 from tests.support.memory_backend import InMemoryBackend
 
 LOG = logging.getLogger("test")
@@ -156,7 +156,7 @@ class TaskStates:
         self.state = state
         self.answer = answer
         self.asked = 0
-        monkeypatch.setattr("airflow_gpu.triggers.read_task_state", self.read)
+        monkeypatch.setattr("airflow_gpu.triggers.watch.read_task_state", self.read)
 
     async def read(self, ti, log, **_):
         self.asked += 1

@@ -12,8 +12,8 @@ from airflow.triggers.base import TaskFailedEvent, TaskSuccessEvent, TriggerEven
 from airflow_gpu.jobs.follower import LogFollower
 from airflow_gpu.jobs.watcher import JobWatcher
 from airflow_gpu.operators import JOB_ID_XCOM_KEY
-from airflow_gpu.starting import GpuBatchStartTrigger
 from airflow_gpu.triggers import GpuBatchJobTrigger
+from airflow_gpu.triggers.start import GpuBatchStartTrigger
 from tests.support.gpu_batch_testing import FakeTaskInstance, LineLog
 from tests.support.memory_backend import TARGET, submit_jobs
 from tests.support.virtual_clock import now, run

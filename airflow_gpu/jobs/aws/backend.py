@@ -274,6 +274,10 @@ class AwsBatchBackend(JobBackend):
             params["parameters"] = dict(spec.parameters)
         if spec.timeout_s is not None:
             params["timeout"] = {"attemptDurationSeconds": spec.timeout_s}
+        if spec.share_identifier is not None:  # a fair-share queue requires it; any other queue refuses it
+            params["shareIdentifier"] = spec.share_identifier
+        if spec.scheduling_priority is not None:
+            params["schedulingPriorityOverride"] = spec.scheduling_priority
         return params
 
     async def submit(self, spec: JobSpec) -> JobState:
