@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import psutil
+from cryptography.fernet import Fernet
 
 from airflow_gpu.demo.command import migration_stamp
 from tests.support.moto_aws import CREDENTIALS, MotoAws
@@ -30,19 +31,19 @@ from tests.support.paths import SHARED_TMP_ENV
 _migrated: Path | None = None
 
 
-def _migrate_into(template: Path) -> None:
+def migrate_airflow(home: Path, **settings: str) -> None:
+    """`airflow db migrate` for an Airflow home (SQLite in it, unless ``settings`` name another database)."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("AIRFLOW")}
-    env.update(AIRFLOW_HOME=str(template), AIRFLOW__CORE__LOAD_EXAMPLES="False")
+    env.update(AIRFLOW_HOME=str(home), AIRFLOW__CORE__LOAD_EXAMPLES="False", **settings)
     done = subprocess.run(
         [sys.executable, "-m", "airflow", "db", "migrate"],
         env=env,
-        cwd=template,
+        cwd=home,
         capture_output=True,
         text=True,
         timeout=600,
     )
     assert done.returncode == 0, f"airflow db migrate failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
-    (template / "migrated").touch()  # last, once the database is whole: what the other workers look for
 
 
 def seed_airflow_home(home: Path) -> Path:
@@ -66,7 +67,8 @@ def seed_airflow_home(home: Path) -> Path:
         with open(template.with_name(template.name + ".lock"), "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
             if not (template / "migrated").exists():
-                _migrate_into(template)
+                migrate_airflow(template)
+                (template / "migrated").touch()  # last, once the database is whole: what the other workers look for
         _migrated = template / "airflow.db"
     home.mkdir(parents=True, exist_ok=True)
     shutil.copy(_migrated, home / "airflow.db")
@@ -256,6 +258,10 @@ def airflow_env(home: Path, dags: Path, moto_aws: MotoAws, port: int, **settings
             "AIRFLOW__API__PORT": str(port),
             "AIRFLOW__API__WORKERS": "1",
             "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_hex(16),
+            # One key for every process of this home: the scheduler encrypts a start trigger's kwargs, a
+            # triggerer decrypts them. (Processes started at once would each write an airflow.cfg of their
+            # own, with a fresh random key, when the home has none.)
+            "AIRFLOW__CORE__FERNET_KEY": Fernet.generate_key().decode(),
             "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
             "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
             "AIRFLOW__SCHEDULER__MIN_FILE_PROCESS_INTERVAL": "5",

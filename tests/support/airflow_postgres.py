@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from tests.support.airflow_e2e import Airflow, Cluster, airflow_env, free_port
+from tests.support.airflow_e2e import Airflow, Cluster, airflow_env, free_port, migrate_airflow
 from tests.support.moto_aws import MotoAws
 from tests.support.postgres import DATABASE, PostgresServer, PostgresUnavailable
 
@@ -36,20 +35,9 @@ def _airflow_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Post
     except PostgresUnavailable as exc:
         pytest.skip(f"several triggerers need PostgreSQL: {exc}")
     with server:
-        home = tmp_path_factory.mktemp("airflow-postgres-migrate")
-        env = {key: value for key, value in os.environ.items() if not key.startswith("AIRFLOW")}
-        env.update(
-            AIRFLOW_HOME=str(home), AIRFLOW__CORE__LOAD_EXAMPLES="False", AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=server.url
+        migrate_airflow(
+            tmp_path_factory.mktemp("airflow-postgres-migrate"), AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=server.url
         )
-        done = subprocess.run(
-            [sys.executable, "-m", "airflow", "db", "migrate"],
-            env=env,
-            cwd=home,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        assert done.returncode == 0, f"airflow db migrate failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
         yield server
 
 
@@ -104,6 +92,9 @@ def postgres_airflow(
     home.mkdir()
     dags.mkdir()
     (dags / dag_name).write_text(dag_text)
+    # The processes below start at once; with no airflow.cfg each would write one (a race on one file).
+    # The settings all come from the environment (airflow_env), so the file says only that.
+    (home / "airflow.cfg").write_text("# every setting of this test's Airflow is in its environment (airflow_env)\n")
     port = free_port()
     env = airflow_env(
         home,
