@@ -137,13 +137,14 @@ def test_a_file_uri_output_is_read_where_the_worker_wrote_it(output):
     assert checked["run_id"] == manifest_of(output)["run_id"]
 
 
-def test_operator_fails_a_success_without_a_manifest(tmp_path):
+# The operator bills every ended job (DescribeJobs): aws_conn points that call at the moto server.
+def test_operator_fails_a_success_without_a_manifest(tmp_path, aws_conn):
     op = GpuBatchOperator(task_id="train", job_queue="q", job_definition="d", output_uri=str(tmp_path / "nothing"))
     with pytest.raises(AirflowException, match="committed no manifest"):
         op.execute_complete(make_context(), success_event())
 
 
-def test_operator_without_output_uri_reads_nothing(monkeypatch):
+def test_operator_without_output_uri_reads_nothing(monkeypatch, aws_conn):
     touched: list[str] = []
     for method in ("__init__", "list", "read", "size", "write"):
         real = getattr(ObjectStore, method)

@@ -272,7 +272,7 @@ class OutletEvents(dict):
         return self[asset]
 
 
-def test_the_resume_gives_every_asset_outlet_the_manifest_summary_as_extra():
+def test_the_resume_gives_every_asset_outlet_the_manifest_summary_as_extra(aws_conn):  # the bill's DescribeJobs: moto
     asset = Asset("s3://lake/recommendations/")
     op = operator(output_uri=OUTPUT, outlets=[asset])
     summary = {
@@ -291,7 +291,7 @@ def test_the_resume_gives_every_asset_outlet_the_manifest_summary_as_extra():
     event = {"job_id": "j-1", "status": "SUCCEEDED", "attempts": 1, "exit_code": 0, "manifest": summary}
     context = {"ti": FakeTaskInstance(), "outlet_events": OutletEvents()}
     result = op.execute_complete(context, event)
-    assert result["manifest"] == summary  # the trigger's read, not a second one (there is no S3 here)
+    assert result["manifest"] == summary  # the trigger's read, not a second one (nothing is at OUTPUT)
     extra = context["outlet_events"][asset].extra
     assert extra["run_id"] == "w-123" and extra["manifest_uri"] == OUTPUT + "manifest.json"
     assert extra["counts"] == {"users": 3, "items": 2, "interactions": 5, "recommendations": 6}

@@ -7,6 +7,7 @@ import os
 import random
 import socket
 import time
+from typing import Any, Iterator
 
 import pytest
 
@@ -90,6 +91,29 @@ def _no_real_sleep(seconds: float) -> None:
 
 def _no_network(self: socket.socket, address: object) -> None:
     raise AssertionError(f"a connection to {address} in the unit tier: use the in-memory backend")
+
+
+@pytest.fixture(autouse=True)
+def _no_real_aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """No test reaches for real AWS: a name lookup of an AWS endpoint fails at once, and the test that made
+    it fails at teardown naming the host (a client without moto's endpoint_url, e.g. a job billed against
+    the default connection). Airflow processes of the e2e tier are outside this hook; their connection
+    points at moto (airflow_env)."""
+    asked: list[str] = []
+    real = socket.getaddrinfo
+
+    def lookup(host: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(host, (str, bytes)) and (host.decode() if isinstance(host, bytes) else host).endswith(
+            "amazonaws.com"
+        ):
+            asked.append(host.decode() if isinstance(host, bytes) else host)
+            raise socket.gaierror(socket.EAI_NONAME, f"{host}: real AWS is out of bounds in the tests")
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", lookup)
+    yield
+    if asked:
+        pytest.fail(f"the test reached for real AWS ({sorted(set(asked))}): point its client at the moto server")
 
 
 @pytest.fixture
