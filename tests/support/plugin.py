@@ -137,25 +137,25 @@ def memory_jobs(monkeypatch):
 
 # The real-Airflow tests in two chains of about equal length, one per xdist worker. Within a chain they
 # run one after another: each test starts several Airflow processes, and more than two such sets at once
-# would fight for 2 cores. In brackets: each file's seconds in one serial run of the tier on a loaded
-# machine (load 6-8), which weighs the files as they compete; each chain sums to about 930.
+# would fight for 2 cores. In brackets: each file's seconds (set-up and calls) in a fresh-clone `make test`
+# with four workers on an idle 2-core machine; each chain sums to about 650.
 E2E_CHAINS = {
     "e2e-a": (
-        "test_triggerer_airflow.py",  # 316
-        "test_e2e_airflow.py",  # 243
-        "test_e2e_decorator.py",  # 167
-        "test_links.py",  # 141
-        "test_first_local_dag.py",  # 66
+        "test_e2e_airflow.py",  # 300
+        "test_triggerer_airflow.py",  # 142
+        "test_e2e_decorator.py",  # 141
+        "test_demo.py",  # 119
+        "test_links.py",  # about 30
+        "test_first_local_dag.py",  # about 30
     ),
     "e2e-b": (
-        "test_e2e_triggerers.py",  # 256
-        "test_e2e_triggerer_stall.py",  # 181
-        "test_e2e_zero_slots.py",  # 162
-        "test_e2e_cost.py",  # 116
-        "test_triggerer_scale.py",  # 85
-        "test_demo.py",  # 51
-        "test_decorator_dag.py",  # 42
-        "test_demo_endings.py",  # 37
+        "test_e2e_zero_slots.py",  # about 130
+        "test_e2e_triggerer_stall.py",  # 110
+        "test_e2e_triggerers.py",  # 110
+        "test_e2e_cost.py",  # about 90
+        "test_demo_endings.py",  # about 80
+        "test_decorator_dag.py",  # about 70
+        "test_triggerer_scale.py",  # about 15
     ),
 }
 _CHAIN_OF = {name: chain for chain, names in E2E_CHAINS.items() for name in names}
