@@ -112,7 +112,7 @@ def test_dag_refuses_empty_input_and_a_model_that_fails_the_gate(airflow_home):
         "success",
         "success",
         "failed",
-    )
+    ), (gate["reasons"], logs[-6000:])
     assert "does not beat popularity by 1000x" in gate["reasons"]["publish"]
     keys = result["testing_outputs"]
     assert any(key.endswith("/manifest.json") for key in keys)

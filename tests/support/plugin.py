@@ -161,6 +161,9 @@ E2E_CHAINS = {
 _CHAIN_OF = {name: chain for chain, names in E2E_CHAINS.items() for name in names}
 
 
+# tryfirst: xdist's worker reads the xdist_group marks in its own pytest_collection_modifyitems, and a
+# plugin registered after this one runs first unless told otherwise; marked later, the chains were ignored.
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Under xdist (`make test`: -n 2 --dist loadgroup) the e2e tests run in their two chains, one chain
     to each worker, and the other tiers fill in around them (loadgroup hands out the largest groups
