@@ -30,8 +30,9 @@ check: $(STAMP)
 	scripts/check
 
 # Four pytest workers on a 2-core machine: most tests wait (on Airflow's loops, subprocesses, backoffs)
-# more than they compute, so four keep both cores busy where two left them 40% idle. The real-Airflow
-# tests run in two chains (tests/support/plugin.py), at most two Airflow clusters at a time.
+# more than they compute, so four keep the cores busier than two. Every tier, the real-Airflow tests
+# included, is spread over all four, one test at a time (loadgroup with no group: nothing is marked, as
+# xdist 3.8 keeps a group on `Item._nodeid`, which pytest 9.2's `nodeid` no longer reads).
 TEST_WORKERS ?= 4
 test: check
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup $(DURATIONS) $(PYTEST_ARGS)
