@@ -103,11 +103,10 @@ def _no_real_aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     real = socket.getaddrinfo
 
     def lookup(host: Any, *args: Any, **kwargs: Any) -> Any:
-        if isinstance(host, (str, bytes)) and (host.decode() if isinstance(host, bytes) else host).endswith(
-            "amazonaws.com"
-        ):
-            asked.append(host.decode() if isinstance(host, bytes) else host)
-            raise socket.gaierror(socket.EAI_NONAME, f"{host}: real AWS is out of bounds in the tests")
+        name = host.decode() if isinstance(host, bytes) else host
+        if isinstance(name, str) and name.endswith("amazonaws.com"):
+            asked.append(name)
+            raise socket.gaierror(socket.EAI_NONAME, f"{name}: real AWS is out of bounds in the tests")
         return real(host, *args, **kwargs)
 
     monkeypatch.setattr(socket, "getaddrinfo", lookup)
