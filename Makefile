@@ -18,8 +18,11 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml uv.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	test -x $(UV) || $(BIN)/pip install -q uv==$(UV_VERSION)
-	# --frozen: exactly the versions in uv.lock, never a fresh resolution.
-	$(UV) sync --frozen $(EXTRAS) --python $(BIN)/python
+	# --frozen: exactly the versions in uv.lock, never a fresh resolution. --compile-bytecode: every
+	# process imports Airflow from .pyc files written once here; where PYTHONDONTWRITEBYTECODE is set
+	# (this VM and CI set it) nothing else writes them, and each process compiled Airflow anew: about
+	# 1.5 CPU s per process, a third of the suite's CPU time (benchmarks/README.md, "The test suite").
+	$(UV) sync --frozen --compile-bytecode $(EXTRAS) --python $(BIN)/python
 	touch $(STAMP)
 
 lock: $(STAMP)

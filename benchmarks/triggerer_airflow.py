@@ -139,7 +139,7 @@ def airflow_env(home: Path, dags: Path, db_url: str, endpoint: str, n: int) -> d
             "AIRFLOW__TRIGGERER__CAPACITY": str(max(2 * n, 1000)),
             "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(_free_port()),
             "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(_free_port()),
-            "AIRFLOW__SCHEDULER__MIN_FILE_PROCESS_INTERVAL": "5",
+            "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "600",  # the DAG file never changes: parsed once
             "AIRFLOW_CONN_AWS_DEFAULT": json.dumps(connection),
         }
     )
@@ -590,6 +590,10 @@ def main(argv: list[str] | None = None) -> int:
         help="first run this many real tasks to DEFERRED through LocalExecutor and report their CPU cost",
     )
     parser.add_argument("--workdir", help="keep Airflow's home and logs here")
+    parser.add_argument(
+        "--database-url",
+        help="an empty or migrated PostgreSQL database for Airflow (default: a PostgreSQL server of the run's own)",
+    )
     args = parser.parse_args(argv)
     n = args.jobs
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="triggerer-airflow-"))
@@ -614,12 +618,18 @@ def main(argv: list[str] | None = None) -> int:
         )
     server = ServerHandle(args.log_every)
     results: list[SideResult] = []
-    with PostgresServer() as postgres:
-        env = airflow_env(home, dags, postgres.url, server.endpoint, n)
+    with contextlib.ExitStack() as stack:
+        if args.database_url:  # the test suite's: a copy of a database it migrated once for every test
+            database_url = args.database_url
+            print("PostgreSQL: the given database; migrating (nothing to do when it is at head)...", flush=True)
+        else:
+            postgres = stack.enter_context(PostgresServer())
+            database_url = postgres.url
+            print(f"PostgreSQL {postgres.bindir.parent.name} on 127.0.0.1:{postgres.port}; migrating...", flush=True)
+        env = airflow_env(home, dags, database_url, server.endpoint, n)
         os.environ.update(env)  # this process reads and writes the same database through Airflow's ORM
         procs = Processes(home, env)
         try:
-            print(f"PostgreSQL {postgres.bindir.parent.name} on 127.0.0.1:{postgres.port}; migrating...", flush=True)
             procs.run("db", "migrate")
             procs.run("pools", "set", POOL, "0", "no slots: the benchmark's task instances are created, never run")
             if args.probe:

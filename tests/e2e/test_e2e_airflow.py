@@ -166,9 +166,10 @@ def test_deferred_gpu_tasks_through_a_real_scheduler_and_triggerer(airflow: Airf
         interval=1,
     )
 
-    # Release: one job fails with a reason, every other one succeeds. The re-run's job goes last:
-    # a job that ends within a second of its deferral can race Airflow's own bookkeeping of that
-    # deferral (the executor's event for it arrives after the trigger fired), which no GPU job does.
+    # Release: one job fails with a reason, every other one succeeds, once the scheduler has taken in
+    # every deferral (see Airflow.deferrals_recorded). The re-run's job goes last.
+    for dag_id, (run_id, _) in runs.items():
+        airflow.wait_deferrals_recorded(dag_id, run_id)
     failing = job_of[(FAILURES, 1)]
     batch.set_status(failing, "FAILED", reason=REASON, exit_code=137)
     for job_id in running:

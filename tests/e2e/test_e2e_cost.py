@@ -46,17 +46,7 @@ def test_a_job_ends_with_its_cost_line_in_the_task_log_and_the_xcom(airflow: Air
         interval=1,
         alive=airflow.check_alive,
     )
-    # Airflow 3.3's LocalExecutor reports the deferring process's exit as a "success" event; if the
-    # resumed try is already running when that event lands, the scheduler marks the task failed
-    # (seen when the job ended within a second of the deferral). A GPU job never ends that fast:
-    # let the deferring process finish first.
-    wait_for(
-        "the deferring process to exit",
-        lambda: "final_state=deferred" in airflow.log.read_text(errors="replace"),
-        timeout=420,
-        interval=1,
-        alive=airflow.check_alive,
-    )
+    airflow.wait_deferrals_recorded(DAG_ID, run_id)  # before the job ends: see Airflow.deferrals_recorded
     [job_id] = [j for j, job in batch.jobs().items() if job.status == "RUNNING"]
     batch.place(job_id, instance)
     batch.set_status(job_id, "SUCCEEDED")

@@ -131,6 +131,7 @@ def test_decorated_tasks_defer_resume_and_return_through_a_real_scheduler_and_tr
         return states.get("squares") == "deferred" and states.get("explode") == "deferred"
 
     wait_for("both decorated tasks to be deferred", both_deferred, timeout=240, interval=1, alive=airflow.check_alive)
+    airflow.wait_deferrals_recorded(DAG_ID, run_id)  # before a job ends: see Airflow.deferrals_recorded
     assert moto_aws.log.calls["submitjob"] == 2
     job_of = {task: xcom(airflow, run_id, task, key="gpu_batch_job_id") for task in ("squares", "explode")}
     command_of = {entry["jobName"]: entry["containerOverrides"]["command"] for entry in moto_aws.log.submitted}

@@ -181,6 +181,7 @@ def test_two_triggerers_share_deferred_gpu_tasks_and_one_takes_over_after_sigkil
 
         # Three jobs of each triggerer end while both run: their tasks resume and succeed.
         early = [job for owner in (a_id, b_id) for job in [j for j, o in owner_of_job.items() if o == owner][:3]]
+        rest.wait_deferrals_recorded(DAG_ID, run_id)  # see Airflow.deferrals_recorded
         for job in early:
             batch.set_status(job, "SUCCEEDED")
         index_of = {job: index for index, job in job_of.items()}

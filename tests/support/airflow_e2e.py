@@ -8,6 +8,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -76,6 +77,15 @@ def seed_airflow_home(home: Path) -> Path:
     return home
 
 
+def deferral_taken_in(log: str, dag_id: str, run_id: str, task_id: str, map_index: int, try_number: int) -> bool:
+    """Whether a scheduler's log says it took in the exit of the process that deferred this try: its
+    "TaskInstance Finished" line for the task instance, in state deferred, for this try number."""
+    line = re.escape(
+        f"TaskInstance Finished: dag_id={dag_id}, task_id={task_id}, run_id={run_id}, map_index={map_index}, "
+    )
+    return re.search(line + rf"[^\n]*, state=deferred, [^\n]*, try_number={try_number},", log) is not None
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -104,12 +114,21 @@ def wait_for(
 class Airflow:
     """A running `airflow standalone` and a small REST client for it."""
 
-    def __init__(self, home: Path, port: int, process: subprocess.Popen, log: Path, env: dict[str, str]) -> None:
+    def __init__(
+        self,
+        home: Path,
+        port: int,
+        process: subprocess.Popen,
+        log: Path,
+        env: dict[str, str],
+        scheduler_log: Path | None = None,
+    ) -> None:
         self.home = home
         self.base = f"http://127.0.0.1:{port}/api/v2"
         self.process = process
         self.log = log
         self.env = env
+        self.scheduler_log = scheduler_log or log  # standalone writes every component's lines to one log
         self.extra: list[subprocess.Popen] = []  # started beside standalone; stopped with it
 
     def restart_triggerer(self) -> None:
@@ -174,6 +193,32 @@ class Airflow:
     def xcom(self, dag_id: str, run_id: str, map_index: int, key: str = "return_value") -> Any:
         path = f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/train/xcomEntries/{key}?map_index={map_index}&deserialize=true"
         return self.call("GET", path)["value"]
+
+    def deferrals_recorded(self, dag_id: str, run_id: str, skip: tuple[str, ...] = ()) -> bool:
+        """Whether the scheduler has taken in the exit of every process that deferred a task of this run.
+
+        Airflow 3.3's LocalExecutor reports a deferring process's exit as a "success" event. When the
+        scheduler reads that event only after the trigger fired and the resumed run of the same try is
+        queued or running, it takes the task for one killed externally and fails it (its exception for
+        a resume covers a SCHEDULED task only). A GPU job does not end seconds after its deferral, but
+        a test that ends jobs at once on a loaded machine does: it waits for this first. Task ids in
+        ``skip`` deferred without a worker process (``start_from_trigger``): there is nothing to wait for.
+        """
+        reply = self.call("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances?limit=100")
+        deferred = [ti for ti in reply["task_instances"] if ti["state"] == "deferred" and ti["task_id"] not in skip]
+        log = self.scheduler_log.read_text(errors="replace")
+        return all(
+            deferral_taken_in(log, dag_id, run_id, ti["task_id"], ti["map_index"], ti["try_number"]) for ti in deferred
+        )
+
+    def wait_deferrals_recorded(self, dag_id: str, run_id: str, skip: tuple[str, ...] = ()) -> None:
+        """Wait until ``deferrals_recorded``: before a test ends the jobs of deferred tasks."""
+        wait_for(
+            f"the scheduler to take in every deferral of {dag_id}",
+            lambda: self.deferrals_recorded(dag_id, run_id, skip),
+            timeout=420,  # a hang guard: beside a CPU burner a resume took over 240 s
+            interval=1,
+        )
 
     def run_state(self, dag_id: str, run_id: str) -> str:
         return self.call("GET", f"/dags/{dag_id}/dagRuns/{run_id}")["state"]
@@ -264,7 +309,9 @@ def airflow_env(home: Path, dags: Path, moto_aws: MotoAws, port: int, **settings
             "AIRFLOW__CORE__FERNET_KEY": Fernet.generate_key().decode(),
             "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
             "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
-            "AIRFLOW__SCHEDULER__MIN_FILE_PROCESS_INTERVAL": "5",
+            # The DAG files never change during a test: parsed once, not again every 30 s (Airflow 3 reads
+            # this under [dag_processor]; the [scheduler] name it had before is no longer read).
+            "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "600",
             "AIRFLOW_CONN_AWS_DEFAULT": json.dumps(connection),
         }
     )

@@ -62,7 +62,9 @@ class PostgresAirflow:
         api = self.cluster.start("api-server", "api-server")
         self.cluster.start("scheduler", "scheduler")
         self.cluster.start("dag-processor", "dag-processor")
-        return Airflow(self.home, self.port, api, self.home / "api-server.log", self.env)
+        return Airflow(
+            self.home, self.port, api, self.home / "api-server.log", self.env, scheduler_log=self.home / "scheduler.log"
+        )
 
     def start_triggerer(self, name: str, **settings: str) -> subprocess.Popen:
         """One more `airflow triggerer`, with a trigger log server port of its own."""
