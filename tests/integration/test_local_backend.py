@@ -257,6 +257,33 @@ async def test_a_supervisor_that_died_without_a_record_fails_the_job(backend, st
     assert final.exit_code is None
 
 
+async def test_a_supervisor_that_ends_while_its_job_is_read_is_not_taken_for_lost(backend, state_dir, monkeypatch):
+    """The supervisor writes exit.json and then ends. A read that missed exit.json and then finds the
+    supervisor gone reads exit.json again: the job failed with its exit code, it was not lost (seen
+    under load as FAILED with no exit code)."""
+    from airflow_gpu.jobs.local import backend as local
+
+    job = await backend.submit(spec(py("import time; time.sleep(300)")))
+    folder = state_dir / job.job_id
+    run = job_record(state_dir, job.job_id)["run.json"]
+    alive = local._runner_alive
+
+    def ends_as_it_is_checked(record: dict) -> bool:  # the supervisor finishes between the two reads
+        os.killpg(run["pgid"], signal.SIGKILL)
+        os.kill(run["runner_pid"], signal.SIGKILL)
+        records.write_json(str(folder / "exit.json"), {"exit_code": 2, "ended_at": time.time(), "reason": None})
+        deadline = time.monotonic() + 20
+        while alive(record):
+            assert time.monotonic() < deadline, "the killed supervisor never went"
+            time.sleep(0.05)
+        return False
+
+    monkeypatch.setattr(local, "_runner_alive", ends_as_it_is_checked)
+    [state] = await backend.describe([job.job_id])
+    assert (state.status, state.exit_code) == ("FAILED", 2)
+    assert state.status_reason == "the command exited with code 2"
+
+
 async def test_a_record_from_an_earlier_boot_is_not_running(backend, state_dir):
     job = await backend.submit(spec(py("import time; time.sleep(300)")))
     folder = state_dir / job.job_id
