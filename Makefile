@@ -32,11 +32,11 @@ lock: $(STAMP)
 check: $(STAMP)
 	scripts/check
 
-# Two pytest workers, one per core. Every tier, the real-Airflow tests included, is spread over both, one
-# test at a time (loadgroup with no group: xdist 3.8 keeps a group on `Item._nodeid`, which pytest 9.2's
-# `nodeid` no longer reads). Four workers were about a minute faster (14 min 16 s against 15 min 9 s) but
-# ran up to four Airflow clusters at once, and failed one real-Airflow test in two of five runs.
-TEST_WORKERS ?= 2
+# Three pytest workers on the two cores: the real-Airflow tests spend much of their time waiting on
+# Airflow's loops, and a third worker fills that time (two workers left a fifth of the CPU idle). Every
+# tier is spread over all workers, one test at a time (loadgroup with no group: xdist 3.8 keeps a group
+# on `Item._nodeid`, which pytest 9.2's `nodeid` no longer reads); the slowest tier is collected first.
+TEST_WORKERS ?= 3
 test: check
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup $(DURATIONS) $(PYTEST_ARGS)
 
