@@ -3,7 +3,7 @@
 The moto server belongs to this test process, so the test drives the Batch jobs while
 Airflow watches them through the ``aws_default`` connection's endpoint_url:
 
-* 20 mapped GpuBatchOperator tasks with executor parallelism 2: every job is submitted
+* 10 mapped GpuBatchOperator tasks with executor parallelism 2: every job is submitted
   and RUNNING at once, every task instance is DEFERRED, and the triggerer's shared watcher
   describes them with one DescribeJobs call per poll cycle;
 * after the jobs are released, every task succeeds and its XCom holds its job id;
@@ -29,7 +29,7 @@ pytestmark = [pytest.mark.timeout(600), pytest.mark.airflow_behaviour]
 
 FANOUT = "e2e_gpu_fanout"
 FAILURES = "e2e_gpu_failures"
-MAPPED = 20
+MAPPED = 10  # with the second DAG's 5, 15 jobs at once on 2 slots; 300 triggers: tests/integration/test_watcher.py
 POLL = 1.0
 CASES = ("ok", "fails", "cleared", "marked_failed", "marked_success")
 REASON = "CannotInspectContainerError: Could not transition to inspecting; timed out after waiting 30s"
@@ -76,7 +76,7 @@ def test_deferred_gpu_tasks_through_a_real_scheduler_and_triggerer(airflow: Airf
     runs = {FANOUT: (fanout_run, MAPPED), FAILURES: (failures_run, len(CASES))}
     total = MAPPED + len(CASES)
 
-    # Every task submits its job and defers; with two slots, only deferral lets all 25 jobs run at once.
+    # Every task submits its job and defers; with two slots, only deferral lets all 15 jobs run at once.
     def all_deferred() -> bool:
         for dag_id, (run_id, count) in runs.items():
             states = airflow.states(dag_id, run_id)

@@ -5,7 +5,7 @@ two triggerers) on a PostgreSQL cluster that this test starts and removes (tests
 two triggerers cannot share SQLite. The moto server belongs to this test process, which holds
 every Batch job RUNNING until it releases it:
 
-* triggerer A (capacity 12) takes 12 of the 24 deferred tasks' triggers, triggerer B the other 12;
+* triggerer A (capacity 6) takes 6 of the 12 deferred tasks' triggers, triggerer B the other 6;
 * each triggerer describes exactly the jobs it watches, in one DescribeJobs call per poll cycle
   (at most ceil(watched / 100)), told apart by the metadata database's trigger assignments;
 * some jobs end while both run, and their tasks succeed;
@@ -31,8 +31,8 @@ from tests.support.moto_aws import MotoAws, iter_describe_cycles
 pytestmark = [pytest.mark.timeout(900), pytest.mark.airflow_behaviour]
 
 DAG_ID = "e2e_two_triggerers"
-MAPPED = 24
-CAPACITY_A = 12
+MAPPED = 12
+CAPACITY_A = 6
 POLL = 1.0
 HEALTH_THRESHOLD = 10  # seconds without a heartbeat before a triggerer's triggers go to another
 
