@@ -14,6 +14,7 @@ Test support only: the product never imports it.
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import hashlib
 import os
 import re
@@ -117,16 +118,26 @@ def build_text(text: str, stem: str, defines: dict[str, object] | None = None, c
     library = cache / f"{stem}-{digest}.so"
     if library.exists():
         return library
-    unit_path = cache / f"{stem}-{digest}.cpp"
-    _write_atomically(unit_path, unit)
-    partial = cache / f"{stem}-{digest}.{os.getpid()}.so"
-    result = subprocess.run(
-        ["g++", *flags, "-o", str(partial), str(unit_path)], capture_output=True, text=True, timeout=300, check=False
-    )
-    if result.returncode != 0:
-        partial.unlink(missing_ok=True)
-        raise EmulationError(f"g++ could not build {stem} for the CPU:\n{result.stderr[-4000:]}")
-    os.replace(partial, library)  # atomic: a concurrent build of the same input writes the same bytes
+    # One build per input even when several test workers need it at once: the first builds, the others
+    # wait on the lock and find the library (a g++ build of als.cu takes seconds of CPU).
+    with open(cache / f"{stem}-{digest}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if library.exists():
+            return library
+        unit_path = cache / f"{stem}-{digest}.cpp"
+        _write_atomically(unit_path, unit)
+        partial = cache / f"{stem}-{digest}.{os.getpid()}.so"
+        result = subprocess.run(
+            ["g++", *flags, "-o", str(partial), str(unit_path)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        if result.returncode != 0:
+            partial.unlink(missing_ok=True)
+            raise EmulationError(f"g++ could not build {stem} for the CPU:\n{result.stderr[-4000:]}")
+        os.replace(partial, library)  # atomic: a reader never sees half a library
     return library
 
 
