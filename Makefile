@@ -5,6 +5,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+BYTECODE := $(VENV)/.bytecode
 # The uv that installs the lock; the lock itself pins the same one in the dev extra.
 UV_VERSION := 0.13.9
 UV     := $(BIN)/uv
@@ -18,12 +19,16 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml uv.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	test -x $(UV) || $(BIN)/pip install -q uv==$(UV_VERSION)
-	# --frozen: exactly the versions in uv.lock, never a fresh resolution. --compile-bytecode: every
-	# process imports Airflow from .pyc files written once here; where PYTHONDONTWRITEBYTECODE is set
-	# (this VM and CI set it) nothing else writes them, and each process compiled Airflow anew: about
-	# 1.5 CPU s per process, a third of the suite's CPU time (benchmarks/README.md, "The test suite").
-	$(UV) sync --frozen --compile-bytecode $(EXTRAS) --python $(BIN)/python
+	# --frozen: exactly the versions in uv.lock, never a fresh resolution.
+	$(UV) sync --frozen $(EXTRAS) --python $(BIN)/python
 	touch $(STAMP)
+
+# Every installed module compiled to .pyc once. Where PYTHONDONTWRITEBYTECODE is set (this VM sets it;
+# CI runs on one like it) nothing else writes them, and each process compiled Airflow anew: about 1.5 CPU s
+# a process, a third of the suite's CPU time (benchmarks/README.md, "The test suite").
+$(BYTECODE): $(STAMP)
+	$(BIN)/python -m compileall -q -j 0 $(VENV)/lib > /dev/null
+	touch $(BYTECODE)
 
 lock: $(STAMP)
 	$(UV) lock --upgrade
@@ -37,19 +42,21 @@ check: $(STAMP)
 # tier is spread over all workers, one test at a time (loadgroup with no group: xdist 3.8 keeps a group
 # on `Item._nodeid`, which pytest 9.2's `nodeid` no longer reads); the slowest tier is collected first.
 TEST_WORKERS ?= 3
-test: check
+# make check, then the suite; the bytecode is compiled beside make check (its mypy keeps one core busy).
+test: $(STAMP)
+	$(MAKE) --no-print-directory -j 2 check $(BYTECODE)
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup $(DURATIONS) $(PYTEST_ARGS)
 
-test-fast: $(STAMP)
+test-fast: $(BYTECODE)
 	$(BIN)/python -m pytest tests/unit $(DURATIONS) $(PYTEST_ARGS)
 
-test-integration: $(STAMP)
+test-integration: $(BYTECODE)
 	$(BIN)/python -m pytest tests/integration -n 2 $(DURATIONS) $(PYTEST_ARGS)
 
-test-e2e: $(STAMP)
+test-e2e: $(BYTECODE)
 	$(BIN)/python -m pytest tests/e2e $(DURATIONS) $(PYTEST_ARGS)
 
-demo: $(STAMP)
+demo: $(BYTECODE)
 	$(BIN)/airflow-gpu demo $(DEMO_ARGS)
 
 clean:
