@@ -118,9 +118,14 @@ class Publisher:
         self._tasks.add(task)
 
     async def drain(self) -> None:
-        tasks, self._tasks = list(self._tasks), set()
-        if tasks:
-            await asyncio.gather(*tasks)
+        # A task leaves the set only once it is done: when one upload fails, the others are still running,
+        # and abort must cancel and await them before it removes the run's files (else one lands after).
+        tasks = list(self._tasks)
+        try:
+            if tasks:
+                await asyncio.gather(*tasks)
+        finally:
+            self._tasks.difference_update(task for task in tasks if task.done())
 
     async def commit(self, manifest: dict[str, Any]) -> dict[str, Any]:
         """Write manifest.json after every other file is up: from here on the run exists."""
