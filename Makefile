@@ -40,13 +40,13 @@ check: $(STAMP)
 
 # Three pytest workers on the two cores: the real-Airflow tests spend much of their time waiting on
 # Airflow's loops, and a third worker fills that time (two workers left a fifth of the CPU idle). Every
-# tier is spread over all workers, one test at a time (loadgroup with no group: xdist 3.8 keeps a group
-# on `Item._nodeid`, which pytest 9.2's `nodeid` no longer reads); the slowest tier is collected first.
+# tier is spread over all workers, one test at a time (no xdist groups: xdist 3.8 keeps a group on
+# `Item._nodeid`, which pytest 9.2's `nodeid` no longer reads); the slowest tier is collected first.
 TEST_WORKERS ?= 3
 # make check, then the suite; the bytecode is compiled beside make check (its mypy keeps one core busy).
 test: $(STAMP)
 	$(MAKE) --no-print-directory -j 2 check $(BYTECODE)
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup $(DURATIONS) $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist load $(DURATIONS) $(PYTEST_ARGS)
 
 test-fast: $(BYTECODE)
 	$(BIN)/python -m pytest tests/unit $(DURATIONS) $(PYTEST_ARGS)

@@ -370,7 +370,7 @@ class LocalBackend(JobBackend):
             return JobState(status="RUNNING", attempts=1, **common)
         # The supervisor writes exit.json and then ends: it may have done both since exit.json was read
         # above. Only a supervisor gone with no exit.json after it ended was lost.
-        done = records.read_json(str(self.state_dir / job_id / records.EXIT_FILE))
+        done = records.read_json(str(self.job_dir(job_id) / records.EXIT_FILE))
         if done is not None:
             return self._state(job_id, _Record(job=job, run=run, exit=done, cancel=cancel))
         why = cancel.get("reason") if cancel else None
