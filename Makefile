@@ -38,24 +38,30 @@ lock: $(STAMP)
 check: $(STAMP)
 	scripts/check
 
+# The suite writes bytecode where PYTHONDONTWRITEBYTECODE would forbid it: the package's and the tests'
+# own modules are compiled by the first process that imports them, not again by each of the hundreds of
+# processes the suite starts (Airflow components, task runners, drivers, CLIs), and pytest keeps its
+# rewritten test modules. The suite's CPU time fell by a sixth (benchmarks/README.md, "The test suite").
+SUITE := PYTHONDONTWRITEBYTECODE= $(BIN)/python -m pytest
 # Three pytest workers on the two cores: the real-Airflow tests spend much of their time waiting on
-# Airflow's loops, and a third worker fills that time (two workers left a fifth of the CPU idle). Every
-# tier is spread over all workers, one test at a time (no xdist groups: xdist 3.8 keeps a group on
-# `Item._nodeid`, which pytest 9.2's `nodeid` no longer reads); the slowest tier is collected first.
+# Airflow's loops, and a third worker fills that time (two workers left a fifth of the CPU idle). Tests
+# go out one at a time (--maxschedchunk 1: each worker holds the test it runs and one more), in the
+# order collected, slowest tier first; --dist load's default first step hands each worker a quarter of
+# its share at once, so every e2e test landed on the first worker, one after another.
 TEST_WORKERS ?= 3
 # make check, then the suite; the bytecode is compiled beside make check (its mypy keeps one core busy).
 test: $(STAMP)
 	$(MAKE) --no-print-directory -j 2 check $(BYTECODE)
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist load $(DURATIONS) $(PYTEST_ARGS)
+	$(SUITE) -n $(TEST_WORKERS) --dist load --maxschedchunk 1 $(DURATIONS) $(PYTEST_ARGS)
 
 test-fast: $(BYTECODE)
-	$(BIN)/python -m pytest tests/unit $(DURATIONS) $(PYTEST_ARGS)
+	$(SUITE) tests/unit $(DURATIONS) $(PYTEST_ARGS)
 
 test-integration: $(BYTECODE)
-	$(BIN)/python -m pytest tests/integration -n 2 $(DURATIONS) $(PYTEST_ARGS)
+	$(SUITE) tests/integration -n 2 --dist load --maxschedchunk 1 $(DURATIONS) $(PYTEST_ARGS)
 
 test-e2e: $(BYTECODE)
-	$(BIN)/python -m pytest tests/e2e $(DURATIONS) $(PYTEST_ARGS)
+	$(SUITE) tests/e2e $(DURATIONS) $(PYTEST_ARGS)
 
 demo: $(BYTECODE)
 	$(BIN)/airflow-gpu demo $(DEMO_ARGS)
