@@ -123,7 +123,10 @@ inline void thread_main();
 
 // Switching between threads. On x86-64 a few instructions save the callee-saved registers and
 // swap stacks (ucontext's swapcontext makes a system call per switch, and a kernel meets its
-// warp millions of times in a test); elsewhere ucontext.
+// warp millions of times in a test); elsewhere ucontext. The floating-point control words
+// (MXCSR, x87) are not switched: every thread runs on the launching OS thread, no kernel changes
+// its rounding or exception masks, and saving them (fldcw serialises the pipeline) was a fifth of
+// an emulated ALS fit.
 #if defined(__x86_64__)
 extern "C" void cuda_cpu_switch(void** save_sp, void* load_sp);
 asm(R"(
@@ -139,14 +142,8 @@ cuda_cpu_switch:
     pushq %r13
     pushq %r14
     pushq %r15
-    subq $8, %rsp
-    stmxcsr (%rsp)
-    fnstcw 4(%rsp)
     movq %rsp, (%rdi)
     movq %rsi, %rsp
-    ldmxcsr (%rsp)
-    fldcw 4(%rsp)
-    addq $8, %rsp
     popq %r15
     popq %r14
     popq %r13
@@ -174,13 +171,6 @@ inline void prepare(Thread& th) {
     *--sp = 0;                                              // thread_entry's return address: none
     *--sp = reinterpret_cast<uint64_t>(&thread_entry);      // where the first switch "returns" to
     for (int k = 0; k < 6; ++k) *--sp = 0;                  // rbp, rbx, r12-r15
-    --sp;                                                   // mxcsr and the x87 control word: the caller's
-    uint32_t mxcsr;
-    uint16_t control;
-    asm volatile("stmxcsr %0" : "=m"(mxcsr));
-    asm volatile("fnstcw %0" : "=m"(control));
-    std::memcpy(sp, &mxcsr, 4);
-    std::memcpy(reinterpret_cast<char*>(sp) + 4, &control, 2);
     th.sp = sp;
 }
 
@@ -217,6 +207,16 @@ inline std::string where(const std::source_location& at) {
     return std::string(at.file_name()) + ":" + std::to_string(at.line());
 }
 
+// Whether a lane arriving at (site, line) meets the lanes already waiting at (waiting, waiting_line):
+// the same call, or __syncwarp anywhere. The names are string literals, so the same call nearly
+// always has the same pointer and line, settled without comparing characters (a lane meets its
+// warp millions of times in a fit).
+inline bool same_site(const char* waiting, unsigned waiting_line, const char* site, unsigned line) {
+    if (waiting == site && waiting_line == line) return true;
+    if (std::strcmp(waiting, site) != 0) return false;
+    return waiting_line == line || std::strcmp(site, "__syncwarp") == 0;
+}
+
 // The warp barrier every shuffle and __syncwarp goes through. Returns the generation passed.
 inline unsigned warp_meet(unsigned mask, const char* site, const std::source_location& at) {
     State& s = state();
@@ -232,12 +232,10 @@ inline unsigned warp_meet(unsigned mask, const char* site, const std::source_loc
         fail(where(at) + ": " + site + " by lane " + std::to_string(lane) + " with a full mask, but " +
              std::to_string(w.returned) + " lanes of the warp have returned");
     const unsigned generation = w.generation;
-    const bool is_syncwarp = std::strcmp(site, "__syncwarp") == 0;
     if (w.arrived == 0) {
         w.site = site;
         w.site_line = at.line();
-    } else if (!(is_syncwarp && std::strcmp(w.site, "__syncwarp") == 0) &&
-               (std::strcmp(w.site, site) != 0 || w.site_line != at.line())) {
+    } else if (!same_site(w.site, w.site_line, site, at.line())) {
         fail(where(at) + ": lane " + std::to_string(lane) + " reached " + site + " while other lanes of its warp wait at " +
              w.site + " on line " + std::to_string(w.site_line) + " (divergent warp synchronisation)");
     }
