@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import signal
 import socket
 import time
 from typing import Any, Iterator
@@ -23,6 +24,15 @@ pytest_plugins = [
 
 # One line per HTTP request from moto's server drowns every failure report.
 logging.getLogger("werkzeug").setLevel(logging.WARNING)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # A suite started in the background of a non-interactive shell (`make test &`) inherits SIGINT ignored,
+    # and so would every process it starts: the Ctrl-C tests' subprocesses would never see their Ctrl-C.
+    # Each pytest process (xdist's workers too) takes Python's own handler back; its children then start
+    # with SIGINT at its default, as from a terminal.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session", autouse=True)
