@@ -125,8 +125,7 @@ inline void thread_main();
 // swap stacks (ucontext's swapcontext makes a system call per switch, and a kernel meets its
 // warp millions of times in a test); elsewhere ucontext. The floating-point control words
 // (MXCSR, x87) are not switched: every thread runs on the launching OS thread, no kernel changes
-// its rounding or exception masks, and saving them (fldcw serialises the pipeline) was a fifth of
-// an emulated ALS fit.
+// its rounding or exception masks, and saving them cost every switch a serialising fldcw.
 #if defined(__x86_64__)
 extern "C" void cuda_cpu_switch(void** save_sp, void* load_sp);
 asm(R"(
