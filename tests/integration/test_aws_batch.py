@@ -322,3 +322,21 @@ def test_a_job_logging_elsewhere_than_cloudwatch_has_no_log_group():
     default = parse_job({"jobId": "j", "status": "RUNNING", "container": {"logStreamName": "def/default/t"}})
     assert default.log_group == "/aws/batch/job"
     assert parse_job({"jobId": "j", "status": "RUNNABLE", "container": {}}).log_group is None  # no stream yet
+
+
+async def test_closed_is_set_only_once_every_http_session_is_gone(moto_aws, gpu_batch, aws_conn):
+    """A reader that sees ``closed`` (the watcher's grace period, a test) finds no HTTP session still closing:
+    the flag goes up after the clients' closes, which await their aiohttp sessions' ends."""
+    backend = await AwsBatchBackend.open(BackendTarget())
+    await backend.describe([submit_raw(moto_aws, gpu_batch, "a")])  # a call: the client now holds a session
+    sessions = backend._batch._endpoint.http_session
+    assert sessions._sessions, "no HTTP session was opened"
+    closing = asyncio.create_task(backend.aclose())
+    seen_open_while_closed = []
+    while not closing.done():
+        if backend.closed and sessions._sessions is not None:
+            seen_open_while_closed.append(dict(sessions._sessions))
+        await asyncio.sleep(0)
+    await closing
+    assert backend.closed and sessions._sessions is None
+    assert seen_open_while_closed == [], "closed was set while a session was still closing"

@@ -212,7 +212,8 @@ class AwsBatchBackend(JobBackend):
         self._region_asked: str | None = connection.region_name
         self._standard_chain: BackendTarget | None = None  # set when opened from the standard chain (the terminal)
         self.credential_refreshes = 0  # for tests and metrics
-        self.closed = False
+        self._closing = False  # aclose has begun: no credential refresh swaps in new clients from here
+        self.closed = False  # every client closed, its HTTP sessions with it
 
     @classmethod
     async def open(cls, target: BackendTarget) -> AwsBatchBackend:
@@ -415,7 +416,7 @@ class AwsBatchBackend(JobBackend):
         CloudWatch Logs client at its next use.
         """
         async with self._refresh_lock:
-            if failed_client not in (self._batch, self._logs) or self.closed:
+            if failed_client not in (self._batch, self._logs) or self._closing:
                 return
             log.warning(
                 "%s answered %s: re-reading connection %r for fresh credentials",
@@ -548,9 +549,14 @@ class AwsBatchBackend(JobBackend):
         return log_stream_url(self.region, job.log_group, job.log_stream)
 
     async def aclose(self) -> None:
-        if self.closed:
+        if self._closing:
             return
-        self.closed = True
-        for client in (self._batch, self._logs, self._ecs, *self._retired):
-            if client is not None:
-                await client.close()
+        self._closing = True
+        try:
+            for client in (self._batch, self._logs, self._ecs, *self._retired):
+                if client is not None:
+                    await client.close()
+        finally:
+            # Set last: `closed` promises that no HTTP session is left open (a client's close awaits its
+            # sessions' ends; a reader that saw `closed` set before that found one still closing).
+            self.closed = True
