@@ -41,7 +41,8 @@ check: $(STAMP)
 # The suite writes bytecode where PYTHONDONTWRITEBYTECODE would forbid it: the package's and the tests'
 # own modules are compiled by the first process that imports them, not again by each of the hundreds of
 # processes the suite starts (Airflow components, task runners, drivers, CLIs), and pytest keeps its
-# rewritten test modules: 866 CPU s of tests became 768 (benchmarks/README.md, "The test suite").
+# rewritten test modules (benchmarks/README.md, "The test suite": 866 CPU s of tests became 768 in two
+# profiled runs).
 SUITE := PYTHONDONTWRITEBYTECODE= $(BIN)/python -m pytest
 # Three pytest workers on the two cores: the real-Airflow tests spend much of their time waiting on
 # Airflow's loops, and a third worker fills that time (two workers left a fifth of the CPU idle). Tests
