@@ -50,16 +50,17 @@ SUITE := PYTHONDONTWRITEBYTECODE= $(BIN)/python -m pytest
 # order collected, slowest tier first; --dist load's default first step hands each worker a quarter of
 # its share at once, so every e2e test landed on the first worker, one after another.
 TEST_WORKERS ?= 3
+ONE_TEST_AT_A_TIME := --dist load --maxschedchunk 1
 # make check, then the suite; the bytecode is compiled beside make check (its mypy keeps one core busy).
 test: $(STAMP)
 	$(MAKE) --no-print-directory -j 2 check $(BYTECODE)
-	$(SUITE) -n $(TEST_WORKERS) --dist load --maxschedchunk 1 $(DURATIONS) $(PYTEST_ARGS)
+	$(SUITE) -n $(TEST_WORKERS) $(ONE_TEST_AT_A_TIME) $(DURATIONS) $(PYTEST_ARGS)
 
 test-fast: $(BYTECODE)
 	$(SUITE) tests/unit $(DURATIONS) $(PYTEST_ARGS)
 
 test-integration: $(BYTECODE)
-	$(SUITE) tests/integration -n 2 --dist load --maxschedchunk 1 $(DURATIONS) $(PYTEST_ARGS)
+	$(SUITE) tests/integration -n 2 $(ONE_TEST_AT_A_TIME) $(DURATIONS) $(PYTEST_ARGS)
 
 test-e2e: $(BYTECODE)
 	$(SUITE) tests/e2e $(DURATIONS) $(PYTEST_ARGS)
